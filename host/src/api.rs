@@ -1,0 +1,508 @@
+//! The HTTP server API (`POST /api/<method>`, Centrifugo's shape) through which backends publish and manage
+//! connections. Every method goes through the same [`Node`] operations as client commands.
+//!
+//! Authentication: `X-API-Key: <key>`, `Authorization: apikey <key>` or `?api_key=<key>`, compared in
+//! constant time. With no key configured the API answers 401 to everything unless `http_api.insecure` is set.
+//! Errors are `200 {"error":{code,message}}`, or HTTP statuses with `X-Centrifugo-Error-Mode: transport`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use subtle::ConstantTimeEq;
+
+use crate::disconnect::Disconnect;
+use crate::engine::{HistoryFilter, StreamPosition};
+use crate::errors::ClientError;
+use crate::hub::SessionCommand;
+use crate::node::{Node, PublishRequest, VERSION};
+use crate::protocol::centrifuge::encode::{Object, write_history_result, write_presence_result};
+use crate::protocol::compact_json;
+
+/// The `[http_api]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpApiConfig {
+    /// The API key; empty turns the API off (every request 401) unless `insecure` is set.
+    pub key: String,
+    /// Accept requests without a key. For local development only.
+    pub insecure: bool,
+    /// Largest request body in bytes (default 1 MiB; larger gets 413).
+    pub max_body_size: usize,
+}
+
+impl Default for HttpApiConfig {
+    fn default() -> Self {
+        Self {
+            key: String::new(),
+            insecure: false,
+            max_body_size: 1024 * 1024,
+        }
+    }
+}
+
+/// The `/api` routes.
+pub fn router(node: Arc<Node>) -> Router {
+    let limit = node.config.http_api.max_body_size;
+    Router::new()
+        .route("/api/{method}", post(handle))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(node)
+}
+
+fn authorized(config: &HttpApiConfig, headers: &HeaderMap, query: Option<&str>) -> bool {
+    if config.insecure {
+        return true;
+    }
+    if config.key.is_empty() {
+        return false;
+    }
+    let from_header = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    let from_authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("apikey "));
+    let from_query = query.and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "api_key")
+            .map(|(_, v)| v.into_owned())
+    });
+    let expected = config.key.as_bytes();
+    let matches = |given: &str| bool::from(given.as_bytes().ct_eq(expected));
+    from_header.is_some_and(matches)
+        || from_authorization.is_some_and(matches)
+        || from_query.as_deref().is_some_and(matches)
+}
+
+async fn handle(
+    State(node): State<Arc<Node>>,
+    Path(method): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authorized(&node.config.http_api, &headers, query.as_deref()) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let transport_errors = headers
+        .get("x-centrifugo-error-mode")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"transport"));
+    match dispatch(&node, &method, &body).await {
+        Ok(result) => json(StatusCode::OK, result),
+        Err(ApiError::Malformed(message)) => (StatusCode::BAD_REQUEST, message).into_response(),
+        Err(ApiError::Client(error)) => {
+            let body = error_body(&error);
+            if transport_errors {
+                json(transport_status(error.code), body_inner_error(&error))
+            } else {
+                json(StatusCode::OK, body)
+            }
+        }
+    }
+}
+
+enum ApiError {
+    /// The body is not the JSON the method expects: HTTP 400.
+    Malformed(String),
+    /// A well-formed request that failed.
+    Client(ClientError),
+}
+
+impl From<ClientError> for ApiError {
+    fn from(error: ClientError) -> Self {
+        Self::Client(error)
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::Malformed(format!("malformed request body: {e}")))
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn transport_status(code: u32) -> StatusCode {
+    match code {
+        102 | 104 => StatusCode::NOT_FOUND,
+        107 | 108 => StatusCode::BAD_REQUEST,
+        112 => StatusCode::RANGE_NOT_SATISFIABLE,
+        113 => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn write_error(o: &mut Object<'_>, error: &ClientError) {
+    o.u64("code", error.code.into())
+        .str("message", &error.message)
+        .flag("temporary", error.temporary);
+}
+
+fn error_body(error: &ClientError) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut o = Object::open(&mut out);
+    o.object("error", |e| write_error(e, error));
+    o.close();
+    out
+}
+
+fn body_inner_error(error: &ClientError) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut o = Object::open(&mut out);
+    write_error(&mut o, error);
+    o.close();
+    out
+}
+
+/// `{"result":{…}}`.
+fn result(write: impl FnOnce(&mut Object<'_>)) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    let mut o = Object::open(&mut out);
+    o.object("result", write);
+    o.close();
+    out
+}
+
+#[derive(Deserialize)]
+struct PublishBody {
+    #[serde(default)]
+    channel: String,
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    skip_history: bool,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct BroadcastBody {
+    #[serde(default)]
+    channels: Vec<String>,
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    skip_history: bool,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct ChannelBody {
+    #[serde(default)]
+    channel: String,
+}
+
+#[derive(Deserialize)]
+struct SincePosition {
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    epoch: String,
+}
+
+#[derive(Deserialize)]
+struct HistoryBody {
+    #[serde(default)]
+    channel: String,
+    #[serde(default)]
+    limit: i64,
+    since: Option<SincePosition>,
+    #[serde(default)]
+    reverse: bool,
+}
+
+#[derive(Deserialize)]
+struct ChannelsBody {
+    #[serde(default)]
+    pattern: String,
+}
+
+#[derive(Deserialize)]
+struct DisconnectCode {
+    code: u16,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Deserialize)]
+struct DisconnectBody {
+    #[serde(default)]
+    user: String,
+    client: Option<String>,
+    disconnect: Option<DisconnectCode>,
+}
+
+#[derive(Deserialize)]
+struct UserChannelBody {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    channel: String,
+    client: Option<String>,
+}
+
+fn payload(data: Option<Box<RawValue>>) -> Result<bytes::Bytes, ClientError> {
+    match data {
+        Some(raw) if raw.get().trim() != "null" => Ok(compact_json(raw.get().trim())),
+        _ => Err(ClientError::BAD_REQUEST.with_message("data required")),
+    }
+}
+
+fn require(channel: &str) -> Result<(), ClientError> {
+    if channel.is_empty() {
+        Err(ClientError::BAD_REQUEST.with_message("channel required"))
+    } else {
+        Ok(())
+    }
+}
+
+fn write_position(o: &mut Object<'_>, position: &StreamPosition) {
+    o.u64_nonzero("offset", position.offset)
+        .str_nonempty("epoch", &position.epoch);
+}
+
+async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    match method {
+        "publish" => {
+            let b: PublishBody = parse(body)?;
+            require(&b.channel)?;
+            let data = payload(b.data)?;
+            let position = node
+                .publish(PublishRequest {
+                    channel: b.channel,
+                    data,
+                    info: None,
+                    tags: b.tags,
+                    skip_history: b.skip_history,
+                })
+                .await?;
+            Ok(result(|o| write_position(o, &position)))
+        }
+        "broadcast" => {
+            let b: BroadcastBody = parse(body)?;
+            if b.channels.is_empty() {
+                return Err(ClientError::BAD_REQUEST
+                    .with_message("channels required")
+                    .into());
+            }
+            let data = payload(b.data)?;
+            let mut responses = Vec::with_capacity(b.channels.len());
+            for channel in b.channels {
+                let outcome = match require(&channel) {
+                    Ok(()) => {
+                        node.publish(PublishRequest {
+                            channel,
+                            data: data.clone(),
+                            info: None,
+                            tags: b.tags.clone(),
+                            skip_history: b.skip_history,
+                        })
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
+                responses.push(outcome);
+            }
+            Ok(result(|o| {
+                o.array("responses", &responses, |out, outcome| {
+                    let mut item = Object::open(out);
+                    match outcome {
+                        Ok(position) => item.object("result", |r| write_position(r, position)),
+                        Err(error) => item.object("error", |e| write_error(e, error)),
+                    };
+                    item.close();
+                });
+            }))
+        }
+        "history" => {
+            let b: HistoryBody = parse(body)?;
+            require(&b.channel)?;
+            let since = b.since.map(|s| StreamPosition {
+                offset: s.offset,
+                epoch: s.epoch,
+            });
+            if b.reverse && since.as_ref().is_some_and(|s| s.offset == 0) {
+                return Err(ClientError::BAD_REQUEST
+                    .with_message("reverse history needs a since offset")
+                    .into());
+            }
+            let limit = if b.limit < 0 {
+                None
+            } else {
+                Some(b.limit as usize)
+            };
+            let found = node
+                .history(
+                    &b.channel,
+                    &HistoryFilter {
+                        since,
+                        limit,
+                        reverse: b.reverse,
+                    },
+                )
+                .await?;
+            Ok(result(|o| {
+                write_history_result(o, &found.publications, &found.position)
+            }))
+        }
+        "presence" => {
+            let b: ChannelBody = parse(body)?;
+            require(&b.channel)?;
+            let presence = node.presence(&b.channel).await?;
+            Ok(result(|o| write_presence_result(o, &presence)))
+        }
+        "presence_stats" => {
+            let b: ChannelBody = parse(body)?;
+            require(&b.channel)?;
+            let stats = node.presence_stats(&b.channel).await?;
+            Ok(result(|o| {
+                o.u64("num_clients", stats.num_clients.into())
+                    .u64("num_users", stats.num_users.into());
+            }))
+        }
+        "channels" => {
+            let b: ChannelsBody = if body.is_empty() {
+                ChannelsBody {
+                    pattern: String::new(),
+                }
+            } else {
+                parse(body)?
+            };
+            let mut channels = node.hub.channels();
+            channels.retain(|(name, _)| b.pattern.is_empty() || glob_match(&b.pattern, name));
+            channels.sort();
+            Ok(result(|o| {
+                o.object("channels", |c| {
+                    for (name, count) in &channels {
+                        c.object(name, |info| {
+                            info.u64("num_clients", *count as u64);
+                        });
+                    }
+                });
+            }))
+        }
+        "info" => {
+            let stats = node.hub.stats();
+            Ok(result(|o| {
+                o.array("nodes", [()], |out, ()| {
+                    let mut n = Object::open(out);
+                    n.str("uid", &node.id)
+                        .str("name", &node.config.address.to_string())
+                        .str("version", VERSION);
+                    n.u64("num_clients", stats.clients as u64)
+                        .u64("num_users", stats.users as u64);
+                    n.u64("num_channels", stats.channels as u64)
+                        .u64("num_subs", stats.subscriptions as u64);
+                    n.u64("uptime", node.uptime_seconds());
+                    n.close();
+                });
+            }))
+        }
+        "disconnect" => {
+            let b: DisconnectBody = parse(body)?;
+            let disconnect = match b.disconnect {
+                Some(d) if (3000..5000).contains(&d.code) && d.reason.len() <= 120 => Disconnect {
+                    code: d.code,
+                    reason: d.reason.into(),
+                },
+                Some(_) => {
+                    return Err(ClientError::BAD_REQUEST
+                        .with_message("disconnect code must be within 3000..4999 and the reason under 120 bytes")
+                        .into());
+                }
+                None => Disconnect::FORCE_DISCONNECT,
+            };
+            for session in node.hub.sessions(&b.user, b.client.as_deref()) {
+                session.disconnect(disconnect.clone());
+            }
+            Ok(result(|_| {}))
+        }
+        "subscribe" | "unsubscribe" => {
+            let b: UserChannelBody = parse(body)?;
+            require(&b.channel)?;
+            node.namespace(&b.channel)?;
+            let command = if method == "subscribe" {
+                SessionCommand::Subscribe { channel: b.channel }
+            } else {
+                SessionCommand::Unsubscribe { channel: b.channel }
+            };
+            for session in node.hub.sessions(&b.user, b.client.as_deref()) {
+                session.command(command.clone());
+            }
+            Ok(result(|_| {}))
+        }
+        _ => Err(ClientError::METHOD_NOT_FOUND.into()),
+    }
+}
+
+/// `*` matches any run of characters; everything else literally.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let (Some(first), Some(last)) = (parts.first(), parts.last()) else {
+        return true;
+    };
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    if !name.starts_with(first) || !name[first.len()..].ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("chat:*", "chat:room"));
+        assert!(!glob_match("chat:*", "news:room"));
+        assert!(glob_match("*room*", "chat:room1"));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("a*b*c", "axxc"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("ab*ba", "aba"));
+    }
+
+    #[test]
+    fn keys_are_checked_from_every_place() {
+        let config = HttpApiConfig {
+            key: "secret".into(),
+            ..Default::default()
+        };
+        let mut headers = HeaderMap::new();
+        assert!(!authorized(&config, &headers, None));
+        assert!(authorized(&config, &headers, Some("api_key=secret")));
+        assert!(!authorized(&config, &headers, Some("api_key=secre")));
+        headers.insert("x-api-key", "secret".parse().unwrap());
+        assert!(authorized(&config, &headers, None));
+        headers.insert("x-api-key", "wrong".parse().unwrap());
+        assert!(!authorized(&config, &headers, None));
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, "apikey secret".parse().unwrap());
+        assert!(authorized(&config, &headers, None));
+        let off = HttpApiConfig::default();
+        assert!(!authorized(&off, &HeaderMap::new(), Some("api_key=")));
+        let insecure = HttpApiConfig {
+            insecure: true,
+            ..Default::default()
+        };
+        assert!(authorized(&insecure, &HeaderMap::new(), None));
+    }
+}

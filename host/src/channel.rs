@@ -1,0 +1,315 @@
+//! Channel names: namespaces, private (`$`) and user-limited (`#`) channels, validation, and the per-namespace
+//! options that drive permissions, history, presence and recovery.
+//!
+//! A channel `ns:rest` (after removing a leading `$`) takes the options of namespace `ns`; a name with no `:`
+//! takes the top-level `defaults`. An unconfigured namespace is `102 unknown channel` everywhere.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::HistoryOptions;
+use crate::errors::ClientError;
+
+/// Separates the namespace from the rest of a channel name.
+pub const NAMESPACE_BOUNDARY: char = ':';
+/// Marks a private channel, which needs a subscription token.
+pub const PRIVATE_PREFIX: char = '$';
+/// Separates a user-limited channel's name from its allowed user ids.
+pub const USER_BOUNDARY: char = '#';
+/// Separates the allowed user ids of a user-limited channel.
+pub const USER_SEPARATOR: char = ',';
+
+/// Options of one namespace (and of channels without a namespace). Every option is off unless set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceOptions {
+    /// Publications kept per channel; history is on when this and `history_ttl` are non-zero.
+    pub history_size: usize,
+    /// How long publications are kept (e.g. `"5m"`).
+    #[serde(with = "humantime_serde")]
+    pub history_ttl: Duration,
+    /// How long a stream's top offset and epoch are remembered after its last publication.
+    #[serde(with = "humantime_serde")]
+    pub history_meta_ttl: Duration,
+    /// Track who is subscribed (presence and presence_stats commands).
+    pub presence: bool,
+    /// Send join/leave pushes to subscribers that ask for them (`join_leave: true` in subscribe).
+    pub join_leave: bool,
+    /// Send join/leave pushes to every subscriber.
+    pub force_push_join_leave: bool,
+    /// Clients may ask for recovery (`recoverable: true`).
+    pub allow_recovery: bool,
+    /// Every subscription is recoverable.
+    pub force_recovery: bool,
+    /// Clients may ask for positioning (`positioned: true`).
+    pub allow_positioning: bool,
+    /// Every subscription is positioned.
+    pub force_positioning: bool,
+    /// Authenticated clients may subscribe.
+    pub allow_subscribe_for_client: bool,
+    /// Anonymous clients may subscribe (together with `allow_subscribe_for_client`).
+    pub allow_subscribe_for_anonymous: bool,
+    /// Authenticated clients may publish.
+    pub allow_publish_for_client: bool,
+    /// Subscribers of the channel may publish to it.
+    pub allow_publish_for_subscriber: bool,
+    /// Anonymous clients may publish (together with one of the two above).
+    pub allow_publish_for_anonymous: bool,
+    /// Authenticated clients may read history.
+    pub allow_history_for_client: bool,
+    /// Subscribers may read history.
+    pub allow_history_for_subscriber: bool,
+    /// Anonymous clients may read history (together with one of the two above).
+    pub allow_history_for_anonymous: bool,
+    /// Authenticated clients may read presence.
+    pub allow_presence_for_client: bool,
+    /// Subscribers may read presence.
+    pub allow_presence_for_subscriber: bool,
+    /// Anonymous clients may read presence (together with one of the two above).
+    pub allow_presence_for_anonymous: bool,
+    /// A user listed after `#` in the channel name may subscribe without a token.
+    pub allow_user_limited_channels: bool,
+    /// When set, the part after `ns:` must match this regular expression (and may then be non-ASCII).
+    pub channel_regex: Option<String>,
+}
+
+impl Default for NamespaceOptions {
+    fn default() -> Self {
+        Self {
+            history_size: 0,
+            history_ttl: Duration::ZERO,
+            history_meta_ttl: Duration::from_secs(30 * 24 * 3600),
+            presence: false,
+            join_leave: false,
+            force_push_join_leave: false,
+            allow_recovery: false,
+            force_recovery: false,
+            allow_positioning: false,
+            force_positioning: false,
+            allow_subscribe_for_client: false,
+            allow_subscribe_for_anonymous: false,
+            allow_publish_for_client: false,
+            allow_publish_for_subscriber: false,
+            allow_publish_for_anonymous: false,
+            allow_history_for_client: false,
+            allow_history_for_subscriber: false,
+            allow_history_for_anonymous: false,
+            allow_presence_for_client: false,
+            allow_presence_for_subscriber: false,
+            allow_presence_for_anonymous: false,
+            allow_user_limited_channels: false,
+            channel_regex: None,
+        }
+    }
+}
+
+impl NamespaceOptions {
+    /// History settings, or `None` when history is off.
+    pub fn history(&self) -> Option<HistoryOptions> {
+        (self.history_size > 0 && !self.history_ttl.is_zero()).then_some(HistoryOptions {
+            size: self.history_size,
+            ttl: self.history_ttl,
+            meta_ttl: self.history_meta_ttl,
+        })
+    }
+}
+
+/// The `[channel]` section: name rules, top-level options and namespaces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// Longest accepted channel name, in bytes.
+    pub max_length: usize,
+    /// Options of channels without a namespace.
+    pub defaults: NamespaceOptions,
+    /// Options per namespace name.
+    pub namespaces: BTreeMap<String, NamespaceOptions>,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        Self {
+            max_length: 255,
+            defaults: NamespaceOptions::default(),
+            namespaces: BTreeMap::new(),
+        }
+    }
+}
+
+/// Channel rules compiled from [`ChannelConfig`]: what the node consults on every command.
+#[derive(Debug)]
+pub struct Channels {
+    max_length: usize,
+    defaults: Namespace,
+    namespaces: BTreeMap<String, Namespace>,
+}
+
+/// One namespace's options with its regex compiled.
+#[derive(Debug)]
+pub struct Namespace {
+    /// The options as configured.
+    pub options: NamespaceOptions,
+    regex: Option<Regex>,
+}
+
+impl Namespace {
+    fn compile(name: &str, options: &NamespaceOptions) -> Result<Self, String> {
+        let regex = match &options.channel_regex {
+            Some(pattern) => Some(
+                Regex::new(pattern)
+                    .map_err(|e| format!("channel regex of namespace {name:?} is invalid: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            options: options.clone(),
+            regex,
+        })
+    }
+}
+
+impl Channels {
+    /// Compiles the configured rules; the error names the offending namespace or key.
+    pub fn new(config: &ChannelConfig) -> Result<Self, String> {
+        let mut namespaces = BTreeMap::new();
+        for (name, options) in &config.namespaces {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(format!(
+                    "channel.namespaces.{name:?}: a namespace name may only contain ASCII letters, digits, '-', '_' and '.'"
+                ));
+            }
+            namespaces.insert(name.clone(), Namespace::compile(name, options)?);
+        }
+        Ok(Self {
+            max_length: config.max_length,
+            defaults: Namespace::compile("", &config.defaults)?,
+            namespaces,
+        })
+    }
+
+    /// Validates a channel name and finds its namespace.
+    ///
+    /// Empty names are the caller's concern (a protocol violation for clients, a bad request for the API).
+    pub fn resolve(&self, channel: &str) -> Result<&Namespace, ClientError> {
+        if channel.len() > self.max_length {
+            return Err(ClientError::BAD_REQUEST.with_message("channel name too long"));
+        }
+        let unprefixed = channel.strip_prefix(PRIVATE_PREFIX).unwrap_or(channel);
+        let (namespace, rest) = match unprefixed.split_once(NAMESPACE_BOUNDARY) {
+            Some((ns, rest)) => (
+                self.namespaces
+                    .get(ns)
+                    .ok_or(ClientError::UNKNOWN_CHANNEL)?,
+                rest,
+            ),
+            None => (&self.defaults, unprefixed),
+        };
+        match &namespace.regex {
+            Some(regex) if !regex.is_match(rest) => {
+                Err(ClientError::BAD_REQUEST.with_message("invalid channel name"))
+            }
+            Some(_) => Ok(namespace),
+            None if !channel.is_ascii() || channel.chars().any(|c| c.is_ascii_control()) => {
+                Err(ClientError::BAD_REQUEST.with_message("invalid channel name"))
+            }
+            None => Ok(namespace),
+        }
+    }
+}
+
+/// Whether the channel is private (`$…`) and needs a subscription token.
+pub fn is_private(channel: &str) -> bool {
+    channel.starts_with(PRIVATE_PREFIX)
+}
+
+/// Whether `user` is among the users a user-limited channel (`name#1,2`) allows.
+pub fn user_allowed(channel: &str, user: &str) -> bool {
+    match channel.rsplit_once(USER_BOUNDARY) {
+        Some((_, users)) if !user.is_empty() => users.split(USER_SEPARATOR).any(|u| u == user),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channels() -> Channels {
+        let mut config = ChannelConfig::default();
+        config.namespaces.insert(
+            "chat".into(),
+            NamespaceOptions {
+                presence: true,
+                ..Default::default()
+            },
+        );
+        config.namespaces.insert(
+            "intl".into(),
+            NamespaceOptions {
+                channel_regex: Some("^[\\p{L}0-9]+$".into()),
+                ..Default::default()
+            },
+        );
+        Channels::new(&config).unwrap()
+    }
+
+    #[test]
+    fn namespaces_resolve_by_prefix_and_private_marker() {
+        let c = channels();
+        assert!(c.resolve("chat:room").unwrap().options.presence);
+        assert!(c.resolve("$chat:room").unwrap().options.presence);
+        assert!(!c.resolve("room").unwrap().options.presence);
+        assert_eq!(c.resolve("nope:room").unwrap_err().code, 102);
+    }
+
+    #[test]
+    fn names_are_validated() {
+        let c = channels();
+        assert_eq!(c.resolve(&"a".repeat(256)).unwrap_err().code, 107);
+        assert!(c.resolve(&"a".repeat(255)).is_ok());
+        assert_eq!(c.resolve("caf\u{e9}").unwrap_err().code, 107);
+        assert_eq!(c.resolve("a\tb").unwrap_err().code, 107);
+        assert!(c.resolve("intl:caf\u{e9}").is_ok());
+        assert_eq!(c.resolve("intl:a b").unwrap_err().code, 107);
+    }
+
+    #[test]
+    fn user_limited_channels_list_their_users() {
+        assert!(user_allowed("dialog#42,43", "43"));
+        assert!(user_allowed("news:#42", "42"));
+        assert!(!user_allowed("dialog#42,43", "4"));
+        assert!(!user_allowed("dialog", "42"));
+        assert!(!user_allowed("dialog#", ""));
+    }
+
+    #[test]
+    fn history_needs_size_and_ttl() {
+        let mut o = NamespaceOptions {
+            history_size: 10,
+            ..Default::default()
+        };
+        assert!(o.history().is_none());
+        o.history_ttl = Duration::from_secs(60);
+        assert_eq!(o.history().unwrap().size, 10);
+    }
+
+    #[test]
+    fn bad_namespace_config_names_the_key() {
+        let mut config = ChannelConfig::default();
+        config.namespaces.insert(
+            "x".into(),
+            NamespaceOptions {
+                channel_regex: Some("(".into()),
+                ..Default::default()
+            },
+        );
+        assert!(Channels::new(&config).unwrap_err().contains("\"x\""));
+    }
+}

@@ -1,0 +1,239 @@
+//! The engine: where publications get their place in a channel's stream and reach every node.
+//!
+//! Three seams, each a trait with a contract: [`Broker`] (publish and cross-node fan-out), [`History`]
+//! (streams, offsets, epochs) and [`Presence`]. An engine delivers what it broadcasts to the node's
+//! [`BrokerEventHandler`] (the hub); it never knows about sessions or protocols.
+//!
+//! Implementations: [`memory`] (single node, the default). Every implementation must pass the shared
+//! conformance suite in `conformance.rs`.
+
+pub mod memory;
+
+#[cfg(test)]
+mod conformance;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// Who a publication came from, or who is present in a channel.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClientInfo {
+    /// The user id; empty for anonymous connections.
+    pub user: String,
+    /// The connection (client) id.
+    pub client: String,
+    /// Connection info as compact JSON (from the connect step), if any.
+    pub conn_info: Option<Bytes>,
+    /// Channel info as compact JSON (from the subscribe step), if any.
+    pub chan_info: Option<Bytes>,
+}
+
+/// One message in a channel.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Publication {
+    /// Position in the channel's stream, from 1; 0 when the channel keeps no history.
+    pub offset: u64,
+    /// The payload: compact JSON text with no raw newline.
+    pub data: Bytes,
+    /// The publishing client, when a client published it.
+    pub info: Option<ClientInfo>,
+    /// Free-form string tags, passed through to subscribers.
+    pub tags: BTreeMap<String, String>,
+    /// Publish time, unix milliseconds.
+    pub time_ms: i64,
+}
+
+/// A position in a channel's stream: the offset of a publication and the epoch of the stream it is in.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StreamPosition {
+    /// Offset of the last publication (the stream top), 0 for an empty stream.
+    pub offset: u64,
+    /// Identifies one life of the stream; changes when the stream is lost or recreated.
+    pub epoch: String,
+}
+
+/// How a channel keeps history; absent when the channel's namespace has history off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryOptions {
+    /// Publications kept at most (ring buffer).
+    pub size: usize,
+    /// How long a publication is kept.
+    pub ttl: Duration,
+    /// How long the stream's meta data (top offset, epoch) outlives its last publication.
+    pub meta_ttl: Duration,
+}
+
+/// Options of one publish.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PublishOptions {
+    /// Append to the channel's stream with these options; `None` publishes without history (offset 0).
+    pub history: Option<HistoryOptions>,
+}
+
+/// Which publications a history query returns.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HistoryFilter {
+    /// Only publications after this position (before it when `reverse`). A non-empty epoch that differs
+    /// from the stream's epoch is [`EngineError::UnrecoverablePosition`].
+    pub since: Option<StreamPosition>,
+    /// At most this many publications; `None` means all that are kept. `Some(0)` returns only the top.
+    pub limit: Option<usize>,
+    /// Newest first.
+    pub reverse: bool,
+}
+
+/// The answer to a history query.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HistoryResult {
+    /// The selected publications, in the requested order.
+    pub publications: Vec<Arc<Publication>>,
+    /// The stream's current top and epoch.
+    pub position: StreamPosition,
+}
+
+/// Counts of who is present in a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PresenceStats {
+    /// Connections present.
+    pub num_clients: u32,
+    /// Distinct user ids among them.
+    pub num_users: u32,
+}
+
+/// Engine failures, as values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// A `since` epoch that is not the stream's current epoch.
+    #[error("unrecoverable position")]
+    UnrecoverablePosition,
+    /// The backing service cannot be reached now; the caller may retry.
+    #[error("engine temporarily unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Receives what a [`Broker`] delivers on this node. Implemented by the hub.
+///
+/// Calls for one channel arrive in offset order and never concurrently, so the handler must not block: it
+/// hands bytes to bounded queues and returns.
+pub trait BrokerEventHandler: Send + Sync + 'static {
+    /// A publication (with its stream position when the channel keeps history).
+    fn handle_publication(
+        &self,
+        channel: &str,
+        publication: Arc<Publication>,
+        position: StreamPosition,
+    );
+    /// A client joined the channel.
+    fn handle_join(&self, channel: &str, info: Arc<ClientInfo>);
+    /// A client left the channel.
+    fn handle_leave(&self, channel: &str, info: Arc<ClientInfo>);
+}
+
+/// Publish and cross-node fan-out.
+///
+/// Delivery is at most once: a publication reaches the handler of every node that is subscribed to the
+/// channel, in offset order per channel. Appending to history and assigning the offset happen atomically
+/// with respect to other publishes on the same channel, and delivery order equals offset order, so a
+/// subscriber that sees offsets jump knows it missed something.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Publishes: appends to the channel's stream when `opts.history` is set (offset = top + 1), then
+    /// delivers to every subscribed node. Returns the publication's position (offset 0 without history).
+    async fn publish(
+        &self,
+        channel: &str,
+        publication: Publication,
+        opts: &PublishOptions,
+    ) -> Result<StreamPosition, EngineError>;
+    /// Delivers a join event to every subscribed node.
+    async fn publish_join(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError>;
+    /// Delivers a leave event to every subscribed node.
+    async fn publish_leave(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError>;
+    /// This node now has local subscribers for the channel and wants its publications.
+    async fn subscribe(&self, channel: &str) -> Result<(), EngineError>;
+    /// This node has no local subscriber for the channel any more.
+    async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError>;
+}
+
+/// Channel streams: offsets, epochs and the publications kept.
+#[async_trait]
+pub trait History: Send + Sync + 'static {
+    /// Reads the channel's stream, creating it empty (with a fresh epoch) on first access.
+    async fn history(
+        &self,
+        channel: &str,
+        filter: &HistoryFilter,
+        opts: &HistoryOptions,
+    ) -> Result<HistoryResult, EngineError>;
+    /// Drops the channel's publications; the stream keeps its top offset and epoch.
+    async fn remove_history(&self, channel: &str) -> Result<(), EngineError>;
+}
+
+/// Who is subscribed to a channel, across nodes.
+#[async_trait]
+pub trait Presence: Send + Sync + 'static {
+    /// Records a client as present (or refreshes it).
+    async fn add_presence(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError>;
+    /// Removes a client.
+    async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), EngineError>;
+    /// Everyone present, by client id.
+    async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, EngineError>;
+    /// Counts of who is present.
+    async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError>;
+}
+
+/// The three seams as one cheaply cloned value.
+#[derive(Clone)]
+pub struct Engine {
+    /// Publish and fan-out.
+    pub broker: Arc<dyn Broker>,
+    /// Streams.
+    pub history: Arc<dyn History>,
+    /// Presence.
+    pub presence: Arc<dyn Presence>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// The single-node in-memory engine delivering to `handler`. Inside a tokio runtime, a background task
+    /// sweeps expired streams every few seconds for as long as the engine lives.
+    pub fn memory(handler: Arc<dyn BrokerEventHandler>) -> Self {
+        let engine = Arc::new(memory::MemoryEngine::new(handler));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&engine);
+            runtime.spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(5));
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    match weak.upgrade() {
+                        Some(engine) => engine.sweep(),
+                        None => break,
+                    }
+                }
+            });
+        }
+        Self {
+            broker: engine.clone(),
+            history: engine.clone(),
+            presence: engine,
+        }
+    }
+}
+
+/// Current unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,27 @@
+//! Herald: a real-time push server speaking the Centrifugo client protocol, with its HTTP server API.
+//!
+//! # Layout
+//!
+//! Dependencies point downward only:
+//!
+//! - [`server`] and [`transport`]: the port, HTTP routing, WebSocket upgrade and frame I/O.
+//! - [`protocol`]: pure codecs (Centrifugo JSON) between wire frames and commands, replies and pushes.
+//! - [`session`]: one per connection — state machine, heartbeat, bounded outbound queue, subscriptions.
+//! - [`hub`]: this node's sessions and subscriptions; fan-out of encoded frames.
+//! - [`engine`]: broker, history and presence behind traits; [`engine::memory`] is the default.
+//! - [`api`]: the HTTP server API, another entrance to the same [`node`] operations.
+//! - [`config`], [`channel`], [`errors`], [`disconnect`]: configuration, channel rules, and the registries of
+//!   codes clients see.
+
+pub mod api;
+pub mod channel;
+pub mod config;
+pub mod disconnect;
+pub mod engine;
+pub mod errors;
+pub mod hub;
+pub mod node;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod transport;

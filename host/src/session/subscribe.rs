@@ -1,0 +1,290 @@
+//! Subscribing and unsubscribing: permission checks, positioning and recovery (§8.1–8.2 of the wire notes),
+//! and the ordering guarantee that a subscribe reply precedes every publication of its channel with nothing
+//! lost or duplicated in between.
+
+use std::sync::Arc;
+
+use crate::channel::{self, NamespaceOptions};
+use crate::disconnect::Disconnect;
+use crate::engine::{EngineError, HistoryFilter, StreamPosition};
+use crate::errors::ClientError;
+use crate::hub::{DeliveryGate, Subscriber};
+use crate::protocol::Frame;
+use crate::protocol::centrifuge::command::{FLAG_REJECT_UNRECOVERED, SubscribeRequest};
+use crate::protocol::centrifuge::encode::{self, SubscribeResult};
+
+use super::{Session, Subscription, require_channel};
+
+/// How one subscription behaves, decided from the request and the namespace.
+#[derive(Debug, Clone, Default)]
+struct Mode {
+    positioned: bool,
+    recoverable: bool,
+    join_leave: bool,
+    /// The client's last position, when it asks to recover.
+    recover_from: Option<StreamPosition>,
+    reject_unrecovered: bool,
+}
+
+impl Session {
+    pub(super) async fn subscribe(
+        &mut self,
+        id: u32,
+        request: SubscribeRequest,
+    ) -> Result<(), Disconnect> {
+        require_channel(&request.channel)?;
+        if let Err(error) = self.client_subscribe(id, request).await {
+            self.reply(encode::error_reply(id, &error));
+        }
+        Ok(())
+    }
+
+    async fn client_subscribe(
+        &mut self,
+        id: u32,
+        request: SubscribeRequest,
+    ) -> Result<(), ClientError> {
+        let channel = request.channel.as_str();
+        if self.subscriptions.contains_key(channel) {
+            return Err(ClientError::ALREADY_SUBSCRIBED);
+        }
+        if self.subscriptions.len() >= self.node.config.client.max_channels {
+            return Err(ClientError::LIMIT_EXCEEDED);
+        }
+        let node = self.node.clone();
+        let options = &node.namespace(channel)?.options;
+        if !self.may_subscribe(channel, &request, options) {
+            return Err(ClientError::PERMISSION_DENIED);
+        }
+        let recoverable = options.force_recovery || (request.recoverable && options.allow_recovery);
+        let mode = Mode {
+            positioned: recoverable
+                || options.force_positioning
+                || (request.positioned && options.allow_positioning),
+            recoverable,
+            join_leave: options.force_push_join_leave || (request.join_leave && options.join_leave),
+            recover_from: (recoverable && request.recover).then(|| StreamPosition {
+                offset: request.offset,
+                epoch: request.epoch.clone(),
+            }),
+            reject_unrecovered: request.flag & FLAG_REJECT_UNRECOVERED != 0,
+        };
+        self.open(channel, options, mode, |result| {
+            encode::subscribe_reply(id, result)
+        })
+        .await
+    }
+
+    fn may_subscribe(
+        &self,
+        channel: &str,
+        request: &SubscribeRequest,
+        options: &NamespaceOptions,
+    ) -> bool {
+        if channel::is_private(channel) || !request.token.is_empty() {
+            // Subscription tokens are verified by an auth plugin; without one, none is valid.
+            return false;
+        }
+        if options.allow_user_limited_channels && channel::user_allowed(channel, &self.user) {
+            return true;
+        }
+        options.allow_subscribe_for_client
+            && (!self.anonymous() || options.allow_subscribe_for_anonymous)
+    }
+
+    /// Subscribes server-side (server API): the namespace's forced options apply and the client learns of it
+    /// through a `subscribe` push.
+    pub(super) async fn server_subscribe(&mut self, channel: &str) {
+        if self.subscriptions.contains_key(channel) {
+            return;
+        }
+        let node = self.node.clone();
+        let Ok(namespace) = node.namespace(channel) else {
+            return;
+        };
+        let options = &namespace.options;
+        let mode = Mode {
+            positioned: options.force_positioning || options.force_recovery,
+            recoverable: options.force_recovery,
+            join_leave: options.force_push_join_leave,
+            ..Mode::default()
+        };
+        if let Err(error) = self
+            .open(channel, options, mode, |result| {
+                encode::subscribe_push(channel, result)
+            })
+            .await
+        {
+            tracing::warn!(client = %self.client, channel, %error, "server-side subscribe failed");
+        }
+    }
+
+    /// Registers the subscription with the hub (holding live frames), reads the stream position or the missed
+    /// publications, queues the reply built by `reply`, then releases the held frames that the reply did not
+    /// already cover.
+    async fn open(
+        &mut self,
+        channel: &str,
+        options: &NamespaceOptions,
+        mode: Mode,
+        reply: impl FnOnce(&SubscribeResult) -> Frame,
+    ) -> Result<(), ClientError> {
+        let Some(handle) = self.handle.clone() else {
+            return Err(ClientError::INTERNAL);
+        };
+        let gate = Arc::new(DeliveryGate::held());
+        let subscriber = Subscriber {
+            session: handle,
+            join_leave: mode.join_leave,
+            gate: gate.clone(),
+        };
+        let node = self.node.clone();
+        if node.hub.subscribe(channel, subscriber)
+            && let Err(error) = node.engine.broker.subscribe(channel).await
+        {
+            self.undo_subscribe(channel).await;
+            tracing::warn!(channel, %error, "engine subscribe failed");
+            return Err(error.into());
+        }
+        let (result, after) = match self.position(channel, options, &mode).await {
+            Ok(found) => found,
+            Err(error) => {
+                self.undo_subscribe(channel).await;
+                return Err(error);
+            }
+        };
+        if mode.reject_unrecovered && result.was_recovering && !result.recovered {
+            self.undo_subscribe(channel).await;
+            return Err(ClientError::UNRECOVERABLE_POSITION);
+        }
+        gate.open(&self.outbound, reply(&result), after);
+        self.subscriptions.insert(
+            channel.to_owned(),
+            Subscription {
+                presence: options.presence,
+                join_leave: options.join_leave,
+                chan_info: None,
+            },
+        );
+        if options.presence
+            && let Err(error) = node
+                .engine
+                .presence
+                .add_presence(channel, self.info(None))
+                .await
+        {
+            tracing::warn!(channel, %error, "presence update failed");
+        }
+        if options.join_leave
+            && let Err(error) = node
+                .engine
+                .broker
+                .publish_join(channel, self.info(None))
+                .await
+        {
+            tracing::warn!(channel, %error, "join broadcast failed");
+        }
+        Ok(())
+    }
+
+    /// The subscribe result's stream fields and the offset up to which the reply covers the stream.
+    async fn position(
+        &self,
+        channel: &str,
+        options: &NamespaceOptions,
+        mode: &Mode,
+    ) -> Result<(SubscribeResult, u64), ClientError> {
+        let mut result = SubscribeResult {
+            positioned: mode.positioned,
+            recoverable: mode.recoverable,
+            ..Default::default()
+        };
+        let Some(history) = options.history().filter(|_| mode.positioned) else {
+            return Ok((result, 0));
+        };
+        let history_engine = &self.node.engine.history;
+        let top_only = HistoryFilter {
+            since: None,
+            limit: Some(0),
+            reverse: false,
+        };
+        let Some(from) = &mode.recover_from else {
+            let top = history_engine
+                .history(channel, &top_only, &history)
+                .await?
+                .position;
+            let after = top.offset;
+            result.position = top;
+            return Ok((result, after));
+        };
+        result.was_recovering = true;
+        let max = self.node.config.client.recovery_max_publication_limit;
+        let since = HistoryFilter {
+            since: Some(from.clone()),
+            limit: Some(max + 1),
+            reverse: false,
+        };
+        let found = match history_engine.history(channel, &since, &history).await {
+            Ok(found) => found,
+            Err(EngineError::UnrecoverablePosition) => {
+                let top = history_engine
+                    .history(channel, &top_only, &history)
+                    .await?
+                    .position;
+                let after = top.offset;
+                result.position = top;
+                return Ok((result, after));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let top = found.position;
+        let publications = found.publications;
+        let recovered = match (publications.first(), publications.last()) {
+            (None, _) | (_, None) => top.offset == from.offset,
+            (Some(first), Some(last)) => {
+                first.offset == from.offset + 1
+                    && last.offset == top.offset
+                    && publications.len() <= max
+            }
+        };
+        let after = top.offset;
+        if recovered {
+            result.recovered = true;
+            result.publications = publications;
+            result.position = StreamPosition {
+                offset: from.offset,
+                epoch: top.epoch,
+            };
+        } else {
+            result.position = top;
+        }
+        Ok((result, after))
+    }
+
+    async fn undo_subscribe(&self, channel: &str) {
+        if self.node.hub.unsubscribe(channel, &self.client)
+            && let Err(error) = self.node.engine.broker.unsubscribe(channel).await
+        {
+            tracing::warn!(channel, %error, "engine unsubscribe failed");
+        }
+    }
+
+    /// Ends a subscription (client unsubscribe, server unsubscribe or disconnect); no reply.
+    pub(super) async fn leave(&mut self, channel: &str) {
+        let Some(subscription) = self.subscriptions.remove(channel) else {
+            return;
+        };
+        self.undo_subscribe(channel).await;
+        let engine = &self.node.engine;
+        if subscription.presence
+            && let Err(error) = engine.presence.remove_presence(channel, &self.client).await
+        {
+            tracing::warn!(channel, %error, "presence removal failed");
+        }
+        if subscription.join_leave
+            && let Err(error) = engine.broker.publish_leave(channel, self.info(None)).await
+        {
+            tracing::warn!(channel, %error, "leave broadcast failed");
+        }
+    }
+}

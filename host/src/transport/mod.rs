@@ -1,0 +1,7 @@
+//! Transports: how client connections reach a session. Each transport turns its wire into
+//! [`crate::session::Incoming`] items and writes what the session's outbound queue holds; sessions never
+//! see a socket, so the WebSocket library can change and other transports can be added.
+
+mod websocket;
+
+pub use websocket::{WebsocketConfig, websocket_handler};

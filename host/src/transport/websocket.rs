@@ -1,0 +1,188 @@
+//! WebSocket transport on `/connection/websocket` (axum's upgrade over tokio-tungstenite).
+//!
+//! One task per connection runs the session over the read half; a writer task drains the outbound queue,
+//! coalescing everything queued into one text frame (the JSON protocol allows newline-separated messages in
+//! one frame), and ends with the close frame the session decided. Buffers are sized for many connections.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::response::Response;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite;
+
+use crate::disconnect::Disconnect;
+use crate::node::Node;
+use crate::session::outbound::{Outbound, Outgoing};
+use crate::session::{ConnectionInfo, Incoming, Session};
+
+/// The `[websocket]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebsocketConfig {
+    /// Largest inbound message in bytes; bigger closes the connection with 1009 (default 64 KiB).
+    pub max_message_size: usize,
+    /// Read buffer per connection in bytes (default 4 KiB; the library default is 128 KiB).
+    pub read_buffer_size: usize,
+    /// Bytes buffered before a write is flushed to the socket (default 0: Herald already coalesces frames).
+    pub write_buffer_size: usize,
+    /// How long the writer waits for the socket to accept a write before dropping the client (default 5 s).
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+}
+
+impl Default for WebsocketConfig {
+    fn default() -> Self {
+        Self {
+            max_message_size: 64 * 1024,
+            read_buffer_size: 4 * 1024,
+            write_buffer_size: 0,
+            write_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Query parameters the Centrifugo SDKs and tools may send.
+#[derive(Debug, Deserialize)]
+pub struct WebsocketQuery {
+    /// `true` switches the heartbeat to WebSocket ping frames.
+    #[serde(default)]
+    cf_ws_frame_ping_pong: Option<String>,
+}
+
+/// The axum handler for `/connection/websocket`.
+pub async fn websocket_handler(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Query(query): Query<WebsocketQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let ws = &node.config.websocket;
+    let connection = ConnectionInfo {
+        remote,
+        transport_ping: query.cf_ws_frame_ping_pong.as_deref() == Some("true"),
+    };
+    // The write buffer limit only has to hold one coalesced batch; the outbound queue is the real bound.
+    let max_write_buffer = node.config.client.max_queue_bytes + ws.max_message_size + 1024;
+    upgrade
+        .protocols(["centrifuge-json"])
+        .read_buffer_size(ws.read_buffer_size)
+        .write_buffer_size(ws.write_buffer_size)
+        .max_write_buffer_size(max_write_buffer.max(ws.write_buffer_size + 1))
+        .max_message_size(ws.max_message_size)
+        .max_frame_size(ws.max_message_size)
+        .on_failed_upgrade(
+            move |error| tracing::debug!(%remote, %error, "websocket upgrade failed"),
+        )
+        .on_upgrade(move |socket| serve(node, socket, connection))
+}
+
+async fn serve(node: Arc<Node>, socket: WebSocket, connection: ConnectionInfo) {
+    let _running = node.sessions.token();
+    let outbound = Arc::new(Outbound::new(node.config.client.max_queue_bytes));
+    let (sink, stream) = socket.split();
+    let write_timeout = node.config.websocket.write_timeout;
+    let writer = tokio::spawn(write_loop(sink, outbound.clone(), write_timeout));
+    let incoming = futures_util::stream::unfold(Some(stream), |stream| async move {
+        let mut stream = stream?;
+        loop {
+            let item = match stream.next().await? {
+                Ok(Message::Text(text)) => Incoming::Text(Bytes::from(text)),
+                Ok(Message::Binary(_)) => Incoming::Binary,
+                Ok(Message::Pong(_)) => Incoming::Pong,
+                // The library answers pings itself.
+                Ok(Message::Ping(_)) => continue,
+                Ok(Message::Close(_)) => return None,
+                // Nothing can be read after an error; the session closes with the translated code.
+                Err(error) => return read_error(&error).map(|item| (item, None)),
+            };
+            return Some((item, Some(stream)));
+        }
+    });
+    Session::new(node, outbound.clone(), connection)
+        .run(incoming)
+        .await;
+    // Ends the writer when the client went away on its own (no close frame is owed then).
+    outbound.close(Disconnect::CONNECTION_CLOSED);
+    // The writer ends after the close frame; a client that never reads is cut off by the write timeout.
+    let _ = writer.await;
+}
+
+/// The read errors a client caused and must hear about; any other error just ends the connection.
+fn read_error(error: &axum::Error) -> Option<Incoming> {
+    match std::error::Error::source(error).and_then(|e| e.downcast_ref::<tungstenite::Error>()) {
+        Some(tungstenite::Error::Capacity(_)) => Some(Incoming::TooLarge),
+        Some(tungstenite::Error::Utf8(_)) => Some(Incoming::InvalidUtf8),
+        _ => None,
+    }
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    outbound: Arc<Outbound>,
+    write_timeout: Duration,
+) {
+    let mut coalesced = BytesMut::new();
+    loop {
+        let batch = outbound.next_batch().await;
+        let mut frames = 0usize;
+        for item in batch.items {
+            match item {
+                Outgoing::Frame(frame) => {
+                    if frames > 0 {
+                        coalesced.put_u8(b'\n');
+                    }
+                    coalesced.extend_from_slice(frame.bytes());
+                    frames += 1;
+                }
+                Outgoing::TransportPing => {
+                    if !send(&mut sink, Message::Ping(Bytes::new()), write_timeout).await {
+                        return;
+                    }
+                }
+            }
+        }
+        if frames > 0 {
+            let text = match Utf8Bytes::try_from(coalesced.split().freeze()) {
+                Ok(text) => text,
+                Err(_) => {
+                    tracing::error!("encoder produced invalid UTF-8; closing connection");
+                    outbound.close(Disconnect::INTERNAL);
+                    continue;
+                }
+            };
+            if !send(&mut sink, Message::Text(text), write_timeout).await {
+                outbound.close(Disconnect::WRITE_ERROR);
+                return;
+            }
+        }
+        if let Some(close) = batch.close {
+            if close != Disconnect::CONNECTION_CLOSED {
+                let frame = CloseFrame {
+                    code: close.code,
+                    reason: Utf8Bytes::from(close.reason.as_ref()),
+                };
+                let _ = send(&mut sink, Message::Close(Some(frame)), write_timeout).await;
+            }
+            let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+            return;
+        }
+    }
+}
+
+async fn send(
+    sink: &mut SplitSink<WebSocket, Message>,
+    message: Message,
+    timeout: Duration,
+) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, sink.send(message)).await,
+        Ok(Ok(()))
+    )
+}
