@@ -1,1 +1,367 @@
-//! Test helpers.
+//! Test helpers: a real Herald server on a free loopback port, a raw Centrifugo-protocol WebSocket client
+//! and a server API client. Every wait is bounded by [`WAIT`] so a broken server fails a test instead of
+//! hanging it; nothing here sleeps for a fixed time.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use herald::config::Config;
+use herald::node::Node;
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Upper bound for any single wait in a test.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The API key test servers use.
+pub const API_KEY: &str = "test-api-key";
+
+/// A config with an API key, anonymous connect and an open top-level namespace with history; `extra` TOML
+/// is merged over it (later keys win).
+pub fn config(extra: &str) -> Config {
+    let base = format!(
+        r#"
+        address = "127.0.0.1:0"
+        shutdown_timeout = "5s"
+        [client]
+        allow_anonymous = true
+        [http_api]
+        key = "{API_KEY}"
+        [channel.defaults]
+        history_size = 100
+        history_ttl = "5m"
+        allow_recovery = true
+        allow_positioning = true
+        presence = true
+        join_leave = true
+        allow_subscribe_for_client = true
+        allow_subscribe_for_anonymous = true
+        allow_history_for_subscriber = true
+        allow_history_for_anonymous = true
+        allow_presence_for_subscriber = true
+        allow_presence_for_anonymous = true
+        "#
+    );
+    let mut merged: toml::Table = base.parse().expect("base config");
+    let extra: toml::Table = extra.parse().expect("test config TOML");
+    merge(&mut merged, extra);
+    Config::from_toml(&toml::to_string(&merged).expect("serialise config"))
+        .expect("valid test config")
+}
+
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
+/// A running server.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its core, for direct inspection.
+    pub node: Arc<Node>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    /// Starts a server with [`config`]`(extra)`.
+    pub async fn start(extra: &str) -> Self {
+        Self::start_with(config(extra)).await
+    }
+
+    /// Starts a server with exactly this configuration (its address is replaced by a free port).
+    pub async fn start_with(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let node = Node::new(config).expect("node");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(herald::server::run(node.clone(), listener, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            node,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// `ws://…/connection/websocket`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/connection/websocket", self.addr)
+    }
+
+    /// `http://…/api`.
+    pub fn api_url(&self) -> String {
+        format!("http://{}/api", self.addr)
+    }
+
+    /// Calls an API method with the right key; returns the HTTP status and the JSON body.
+    pub async fn api(&self, method: &str, body: Value) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/{method}", self.api_url()))
+            .header("X-API-Key", API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .expect("api request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("api body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Publishes through the API and returns the result object.
+    pub async fn publish(&self, channel: &str, data: Value) -> Value {
+        let (status, body) = self
+            .api("publish", json!({"channel": channel, "data": data}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body.get("result")
+            .cloned()
+            .unwrap_or_else(|| panic!("publish failed: {body}"))
+    }
+
+    /// Triggers shutdown and waits for the server to finish.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = self.task.take().expect("running");
+        tokio::time::timeout(WAIT, task)
+            .await
+            .expect("shutdown within bound")
+            .expect("server task")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// What the server sent, as seen by [`Client`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    /// One JSON document (a frame may hold several).
+    Json(Value),
+    /// A close frame.
+    Close(u16, String),
+    /// A WebSocket ping frame.
+    Ping,
+}
+
+/// A raw Centrifugo-protocol client over tokio-tungstenite.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u32,
+    pending: VecDeque<Value>,
+    /// Answer `{}` pings with `{}` automatically while waiting for replies.
+    pub auto_pong: bool,
+}
+
+impl Client {
+    /// Opens a WebSocket to the server (no `connect` command yet).
+    pub async fn open(server: &TestServer) -> Self {
+        Self::open_url(&server.ws_url()).await
+    }
+
+    /// Opens a WebSocket to a URL.
+    pub async fn open_url(url: &str) -> Self {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("ws open in time")
+            .expect("ws open");
+        Self {
+            ws,
+            next_id: 0,
+            pending: VecDeque::new(),
+            auto_pong: true,
+        }
+    }
+
+    /// Opens and sends `connect`, returning the connect result.
+    pub async fn connect(server: &TestServer) -> (Self, Value) {
+        let mut client = Self::open(server).await;
+        let reply = client.command("connect", json!({})).await;
+        let result = reply
+            .get("connect")
+            .cloned()
+            .unwrap_or_else(|| panic!("connect failed: {reply}"));
+        (client, result)
+    }
+
+    /// Sends a text frame as is.
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    /// Sends any WebSocket message.
+    pub async fn send_message(&mut self, message: Message) {
+        self.ws.send(message).await.expect("send");
+    }
+
+    /// Allocates the next command id.
+    pub fn next_id(&mut self) -> u32 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Sends `{"id":N,"<method>":body}` and waits for the reply with that id; pushes received meanwhile
+    /// are kept for [`Client::next_push`].
+    pub async fn command(&mut self, method: &str, body: Value) -> Value {
+        let id = self.next_id();
+        let mut command = serde_json::Map::new();
+        command.insert("id".into(), id.into());
+        command.insert(method.into(), body);
+        self.send_text(&Value::Object(command).to_string()).await;
+        self.reply(id).await
+    }
+
+    /// Waits for the reply to command `id`.
+    pub async fn reply(&mut self, id: u32) -> Value {
+        if let Some(i) = self
+            .pending
+            .iter()
+            .position(|v| v.get("id").and_then(Value::as_u64) == Some(id.into()))
+        {
+            return self.pending.remove(i).expect("present");
+        }
+        loop {
+            match self.receive().await {
+                Received::Json(v) if v.get("id").and_then(Value::as_u64) == Some(id.into()) => {
+                    return v;
+                }
+                Received::Json(v) => self.pending.push_back(v),
+                other => panic!("waiting for reply {id}, got {other:?}"),
+            }
+        }
+    }
+
+    /// Next push (or reply) not yet consumed, skipping pings.
+    pub async fn next_json(&mut self) -> Value {
+        if let Some(v) = self.pending.pop_front() {
+            return v;
+        }
+        loop {
+            match self.receive().await {
+                Received::Json(v) => return v,
+                other => panic!("waiting for a message, got {other:?}"),
+            }
+        }
+    }
+
+    /// Next `push` object (`{"channel":…,"pub":…}` etc.).
+    pub async fn next_push(&mut self) -> Value {
+        loop {
+            let v = self.next_json().await;
+            if let Some(push) = v.get("push") {
+                return push.clone();
+            }
+            panic!("expected a push, got {v}");
+        }
+    }
+
+    /// Receives the next item: one JSON document, a close or a ping. `{}` pings are answered when
+    /// `auto_pong` is set and then skipped.
+    pub async fn receive(&mut self) -> Received {
+        loop {
+            if let Some(v) = self.pending.pop_front() {
+                return Received::Json(v);
+            }
+            let message = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("message in time");
+            match message {
+                None => return Received::Close(1006, "stream ended".into()),
+                Some(Err(e)) => return Received::Close(1006, format!("error: {e}")),
+                Some(Ok(Message::Text(text))) => {
+                    assert!(!text.is_empty(), "empty frame");
+                    for line in text.split('\n') {
+                        let value: Value = serde_json::from_str(line)
+                            .unwrap_or_else(|e| panic!("bad line {line:?}: {e}"));
+                        if value == json!({}) && self.auto_pong {
+                            self.send_text("{}").await;
+                            continue;
+                        }
+                        self.pending.push_back(value);
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let (code, reason) = frame
+                        .map(|CloseFrame { code, reason }| (u16::from(code), reason.to_string()))
+                        .unwrap_or((1005, String::new()));
+                    return Received::Close(code, reason);
+                }
+                Some(Ok(Message::Ping(_))) => return Received::Ping,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code and reason (pushes before it are dropped).
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        self.pending.clear();
+        loop {
+            match self.receive().await {
+                Received::Close(code, reason) => return (code, reason),
+                Received::Json(_) => self.pending.clear(),
+                Received::Ping => {}
+            }
+        }
+    }
+
+    /// Sends a WebSocket ping and waits for the matching pong.
+    pub async fn ping_pong(&mut self, payload: &'static [u8]) {
+        self.ws
+            .send(Message::Ping(Bytes::from_static(payload)))
+            .await
+            .expect("send ping");
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("pong in time");
+            match message {
+                Some(Ok(Message::Pong(p))) => {
+                    assert_eq!(&p[..], payload);
+                    return;
+                }
+                Some(Ok(_)) => {}
+                other => panic!("no pong: {other:?}"),
+            }
+        }
+    }
+
+    /// Subscribes and returns the reply.
+    pub async fn subscribe(&mut self, body: Value) -> Value {
+        self.command("subscribe", body).await
+    }
+}
+
+/// The `pub` of a publication push, asserting the channel.
+pub fn publication(push: &Value, channel: &str) -> Value {
+    assert_eq!(push["channel"], channel, "{push}");
+    push.get("pub")
+        .cloned()
+        .unwrap_or_else(|| panic!("not a publication: {push}"))
+}
