@@ -111,8 +111,11 @@ enum State {
 /// One subscription of this connection.
 #[derive(Debug, Clone)]
 struct Subscription {
+    /// Listed in presence: remove it when the subscription ends.
     presence: bool,
-    join_leave: bool,
+    /// The namespace broadcasts join/leave: announce the leave when the subscription ends.
+    announce_leave: bool,
+    /// Channel info attached to this client's publications in the channel.
     chan_info: Option<Bytes>,
 }
 

@@ -157,12 +157,13 @@ impl Session {
             self.undo_subscribe(channel).await;
             return Err(ClientError::UNRECOVERABLE_POSITION);
         }
+        let announce = options.join_leave || options.force_push_join_leave;
         gate.open(&self.outbound, reply(&result), after);
         self.subscriptions.insert(
             channel.to_owned(),
             Subscription {
                 presence: options.presence,
-                join_leave: options.join_leave,
+                announce_leave: announce,
                 chan_info: None,
             },
         );
@@ -175,7 +176,7 @@ impl Session {
         {
             tracing::warn!(channel, %error, "presence update failed");
         }
-        if options.join_leave
+        if announce
             && let Err(error) = node
                 .engine
                 .broker
@@ -281,7 +282,7 @@ impl Session {
         {
             tracing::warn!(channel, %error, "presence removal failed");
         }
-        if subscription.join_leave
+        if subscription.announce_leave
             && let Err(error) = engine.broker.publish_leave(channel, self.info(None)).await
         {
             tracing::warn!(channel, %error, "leave broadcast failed");

@@ -12,8 +12,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{ConnectInfo, Query, State};
 use axum::response::Response;
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite;
 
@@ -123,11 +122,11 @@ fn read_error(error: &axum::Error) -> Option<Incoming> {
     }
 }
 
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    outbound: Arc<Outbound>,
-    write_timeout: Duration,
-) {
+/// Writes what the session queues until the close it decided (or a write failure).
+async fn write_loop<S>(mut sink: S, outbound: Arc<Outbound>, write_timeout: Duration)
+where
+    S: Sink<Message> + Unpin,
+{
     let mut coalesced = BytesMut::new();
     loop {
         let batch = outbound.next_batch().await;
@@ -176,13 +175,49 @@ async fn write_loop(
     }
 }
 
-async fn send(
-    sink: &mut SplitSink<WebSocket, Message>,
-    message: Message,
-    timeout: Duration,
-) -> bool {
+async fn send<S: Sink<Message> + Unpin>(sink: &mut S, message: Message, timeout: Duration) -> bool {
     matches!(
         tokio::time::timeout(timeout, sink.send(message)).await,
         Ok(Ok(()))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Frame;
+    use futures_channel::mpsc;
+
+    /// Everything queued while the writer was busy goes out as one frame, in order, then the close.
+    #[tokio::test]
+    async fn queued_frames_are_coalesced_into_one_write() {
+        let outbound = Arc::new(Outbound::new(1 << 20));
+        for text in ["{\"a\":1}", "{\"b\":2}", "{}"] {
+            outbound.push(Frame::new(text.as_bytes().to_vec()));
+        }
+        outbound.close(Disconnect::SHUTDOWN);
+        let (sink, mut written) = mpsc::unbounded::<Message>();
+        write_loop(sink, outbound, Duration::from_secs(5)).await;
+        assert_eq!(
+            written.next().await,
+            Some(Message::text("{\"a\":1}\n{\"b\":2}\n{}"))
+        );
+        match written.next().await {
+            Some(Message::Close(Some(frame))) => {
+                assert_eq!(frame.code, 3001);
+                assert_eq!(frame.reason.as_str(), "shutdown");
+            }
+            other => panic!("expected close, got {other:?}"),
+        }
+    }
+
+    /// A client that went away gets no close frame.
+    #[tokio::test]
+    async fn no_close_frame_for_a_client_that_left() {
+        let outbound = Arc::new(Outbound::new(1 << 20));
+        outbound.close(Disconnect::CONNECTION_CLOSED);
+        let (sink, mut written) = mpsc::unbounded::<Message>();
+        write_loop(sink, outbound, Duration::from_secs(5)).await;
+        assert_eq!(written.next().await, None);
+    }
 }
