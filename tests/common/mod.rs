@@ -263,23 +263,18 @@ impl Client {
         if let Some(v) = self.pending.pop_front() {
             return v;
         }
-        loop {
-            match self.receive().await {
-                Received::Json(v) => return v,
-                other => panic!("waiting for a message, got {other:?}"),
-            }
+        match self.receive().await {
+            Received::Json(v) => v,
+            other => panic!("waiting for a message, got {other:?}"),
         }
     }
 
     /// Next `push` object (`{"channel":…,"pub":…}` etc.).
     pub async fn next_push(&mut self) -> Value {
-        loop {
-            let v = self.next_json().await;
-            if let Some(push) = v.get("push") {
-                return push.clone();
-            }
-            panic!("expected a push, got {v}");
-        }
+        let v = self.next_json().await;
+        v.get("push")
+            .cloned()
+            .unwrap_or_else(|| panic!("expected a push, got {v}"))
     }
 
     /// Receives the next item: one JSON document, a close or a ping. `{}` pings are answered when

@@ -59,12 +59,9 @@ impl Heartbeat {
 
     /// The client connected: start pinging.
     pub fn connected(&mut self, now: Instant) {
-        let half = self.interval / 2;
-        let jitter = rand::rng().random_range(Duration::ZERO..=self.interval - half);
+        let first = rand::rng().random_range(self.interval / 2..self.interval);
         self.phase = Phase::Idle {
-            next_ping: now
-                + half
-                + jitter.min(self.interval - half - Duration::from_millis(1).min(half)),
+            next_ping: now + first,
         };
     }
 

@@ -157,6 +157,16 @@ impl Session {
             self.undo_subscribe(channel).await;
             return Err(ClientError::UNRECOVERABLE_POSITION);
         }
+        // Present before the client hears it is subscribed, so a presence query right after sees it.
+        if options.presence
+            && let Err(error) = node
+                .engine
+                .presence
+                .add_presence(channel, self.info(None))
+                .await
+        {
+            tracing::warn!(channel, %error, "presence update failed");
+        }
         let announce = options.join_leave || options.force_push_join_leave;
         gate.open(&self.outbound, reply(&result), after);
         self.subscriptions.insert(
@@ -167,15 +177,6 @@ impl Session {
                 chan_info: None,
             },
         );
-        if options.presence
-            && let Err(error) = node
-                .engine
-                .presence
-                .add_presence(channel, self.info(None))
-                .await
-        {
-            tracing::warn!(channel, %error, "presence update failed");
-        }
         if announce
             && let Err(error) = node
                 .engine
