@@ -240,20 +240,13 @@ impl Client {
 
     /// Waits for the reply to command `id`.
     pub async fn reply(&mut self, id: u32) -> Value {
-        if let Some(i) = self
-            .pending
-            .iter()
-            .position(|v| v.get("id").and_then(Value::as_u64) == Some(id.into()))
-        {
-            return self.pending.remove(i).expect("present");
-        }
+        let is_reply = |v: &Value| v.get("id").and_then(Value::as_u64) == Some(id.into());
         loop {
-            match self.receive().await {
-                Received::Json(v) if v.get("id").and_then(Value::as_u64) == Some(id.into()) => {
-                    return v;
-                }
-                Received::Json(v) => self.pending.push_back(v),
-                other => panic!("waiting for reply {id}, got {other:?}"),
+            if let Some(i) = self.pending.iter().position(is_reply) {
+                return self.pending.remove(i).expect("present");
+            }
+            if let Some(other) = self.read_socket().await {
+                panic!("waiting for reply {id}, got {other:?}");
             }
         }
     }
@@ -284,33 +277,42 @@ impl Client {
             if let Some(v) = self.pending.pop_front() {
                 return Received::Json(v);
             }
-            let message = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("message in time");
-            match message {
-                None => return Received::Close(1006, "stream ended".into()),
-                Some(Err(e)) => return Received::Close(1006, format!("error: {e}")),
-                Some(Ok(Message::Text(text))) => {
-                    assert!(!text.is_empty(), "empty frame");
-                    for line in text.split('\n') {
-                        let value: Value = serde_json::from_str(line)
-                            .unwrap_or_else(|e| panic!("bad line {line:?}: {e}"));
-                        if value == json!({}) && self.auto_pong {
-                            self.send_text("{}").await;
-                            continue;
-                        }
-                        self.pending.push_back(value);
-                    }
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    let (code, reason) = frame
-                        .map(|CloseFrame { code, reason }| (u16::from(code), reason.to_string()))
-                        .unwrap_or((1005, String::new()));
-                    return Received::Close(code, reason);
-                }
-                Some(Ok(Message::Ping(_))) => return Received::Ping,
-                Some(Ok(_)) => {}
+            if let Some(other) = self.read_socket().await {
+                return other;
             }
+        }
+    }
+
+    /// Reads one WebSocket message: JSON documents go to `pending` (answering `{}` pings when `auto_pong`
+    /// is set); a close or ping frame is returned.
+    async fn read_socket(&mut self) -> Option<Received> {
+        let message = tokio::time::timeout(WAIT, self.ws.next())
+            .await
+            .expect("message in time");
+        match message {
+            None => Some(Received::Close(1006, "stream ended".into())),
+            Some(Err(e)) => Some(Received::Close(1006, format!("error: {e}"))),
+            Some(Ok(Message::Text(text))) => {
+                assert!(!text.is_empty(), "empty frame");
+                for line in text.split('\n') {
+                    let value: Value = serde_json::from_str(line)
+                        .unwrap_or_else(|e| panic!("bad line {line:?}: {e}"));
+                    if value == json!({}) && self.auto_pong {
+                        self.send_text("{}").await;
+                        continue;
+                    }
+                    self.pending.push_back(value);
+                }
+                None
+            }
+            Some(Ok(Message::Close(frame))) => {
+                let (code, reason) = frame
+                    .map(|CloseFrame { code, reason }| (u16::from(code), reason.to_string()))
+                    .unwrap_or((1005, String::new()));
+                Some(Received::Close(code, reason))
+            }
+            Some(Ok(Message::Ping(_))) => Some(Received::Ping),
+            Some(Ok(_)) => None,
         }
     }
 
