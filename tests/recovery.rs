@@ -7,33 +7,6 @@ use herald::node::PublishRequest;
 use herald_tests::{Client, TestServer, publication};
 use serde_json::{Value, json};
 
-/// Commands that fail, rather than hang, when something other than the reply arrives first.
-///
-/// `Client::command` loops without ever awaiting once a message that is not its reply was received in an
-/// earlier frame (it re-queues it and immediately takes it again), so a push arriving ahead of a reply
-/// would hang the test at full CPU instead of failing it. These tests only send commands when no push is
-/// due, so the next message must be the reply.
-trait Strict {
-    /// Sends `{"id":N,"<method>":body}` and returns the reply, which must be the next message.
-    async fn call(&mut self, method: &str, body: Value) -> Value;
-}
-
-impl Strict for Client {
-    async fn call(&mut self, method: &str, body: Value) -> Value {
-        let id = self.next_id();
-        let mut command = serde_json::Map::new();
-        command.insert("id".into(), id.into());
-        command.insert(method.into(), body);
-        self.send_text(&Value::Object(command).to_string()).await;
-        let reply = self.next_json().await;
-        assert_eq!(
-            reply["id"], id,
-            "expected the reply to {method} #{id} first, got {reply}"
-        );
-        reply
-    }
-}
-
 /// Namespaces used by the history and recovery tests, on top of the harness' open top-level namespace.
 const NAMESPACES: &str = r#"
     [channel.namespaces.nohist]

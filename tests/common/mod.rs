@@ -238,6 +238,21 @@ impl Client {
         self.reply(id).await
     }
 
+    /// Like [`Client::command`], but the reply must be the very next message (nothing may arrive first).
+    pub async fn call(&mut self, method: &str, body: Value) -> Value {
+        let id = self.next_id();
+        let mut command = serde_json::Map::new();
+        command.insert("id".into(), id.into());
+        command.insert(method.into(), body);
+        self.send_text(&Value::Object(command).to_string()).await;
+        let reply = self.next_json().await;
+        assert_eq!(
+            reply["id"], id,
+            "expected the reply to {method} #{id} first, got {reply}"
+        );
+        reply
+    }
+
     /// Waits for the reply to command `id`.
     pub async fn reply(&mut self, id: u32) -> Value {
         let is_reply = |v: &Value| v.get("id").and_then(Value::as_u64) == Some(id.into());
