@@ -21,9 +21,9 @@ use subtle::ConstantTimeEq;
 
 use crate::disconnect::Disconnect;
 use crate::engine::{HistoryFilter, StreamPosition};
-use crate::errors::ClientError;
+use crate::errors::{ClientError, Refusal};
 use crate::hub::SessionCommand;
-use crate::node::{Node, PublishRequest, VERSION};
+use crate::node::{Node, PublishRequest, Source, VERSION};
 use crate::protocol::centrifuge::encode::{Object, write_history_result, write_presence_result};
 use crate::protocol::compact_json;
 
@@ -119,6 +119,12 @@ enum ApiError {
 impl From<ClientError> for ApiError {
     fn from(error: ClientError) -> Self {
         Self::Client(error)
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        Self::Client(refusal.into_error())
     }
 }
 
@@ -282,6 +288,7 @@ async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<Vec<u8>, Api
                     info: None,
                     tags: b.tags,
                     skip_history: b.skip_history,
+                    source: Source::Api,
                 })
                 .await?;
             Ok(result(|o| write_position(o, &position)))
@@ -297,16 +304,17 @@ async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<Vec<u8>, Api
             let mut responses = Vec::with_capacity(b.channels.len());
             for channel in b.channels {
                 let outcome = match require(&channel) {
-                    Ok(()) => {
-                        node.publish(PublishRequest {
+                    Ok(()) => node
+                        .publish(PublishRequest {
                             channel,
                             data: data.clone(),
                             info: None,
                             tags: b.tags.clone(),
                             skip_history: b.skip_history,
+                            source: Source::Api,
                         })
                         .await
-                    }
+                        .map_err(Refusal::into_error),
                     Err(e) => Err(e),
                 };
                 responses.push(outcome);

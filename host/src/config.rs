@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::HttpApiConfig;
 use crate::channel::{ChannelConfig, Channels};
+use crate::plugin::PluginsConfig;
 use crate::session::ClientConfig;
 use crate::transport::WebsocketConfig;
 
@@ -40,6 +41,8 @@ pub struct Config {
     pub http_api: HttpApiConfig,
     /// Channel rules and namespaces.
     pub channel: ChannelConfig,
+    /// WebAssembly plugins.
+    pub plugins: PluginsConfig,
 }
 
 impl Default for Config {
@@ -51,6 +54,7 @@ impl Default for Config {
             websocket: WebsocketConfig::default(),
             http_api: HttpApiConfig::default(),
             channel: ChannelConfig::default(),
+            plugins: PluginsConfig::default(),
         }
     }
 }
@@ -166,6 +170,28 @@ impl Config {
             }
         }
         Channels::new(&self.channel).map_err(ConfigError)?;
+        let p = &self.plugins;
+        if p.deadline.is_zero() {
+            return err("plugins.deadline: must be greater than 0".into());
+        }
+        if p.memory_limit < 1024 * 1024 {
+            return err("plugins.memory_limit: must be at least 1 MiB".into());
+        }
+        for (name, limits) in &p.limits {
+            if limits.deadline.is_some_and(|d| d.is_zero()) {
+                return err(format!(
+                    "plugins.limits.{name}.deadline: must be greater than 0"
+                ));
+            }
+            if limits.memory_limit.is_some_and(|m| m < 1024 * 1024) {
+                return err(format!(
+                    "plugins.limits.{name}.memory_limit: must be at least 1 MiB"
+                ));
+            }
+        }
+        if !p.dir.is_empty() && !std::path::Path::new(&p.dir).is_dir() {
+            return err(format!("plugins.dir: {} is not a folder", p.dir));
+        }
         Ok(())
     }
 

@@ -31,6 +31,8 @@ impl Disconnect {
     pub const SHUTDOWN: Self = known(3001, "shutdown");
     /// Server-side failure; reconnect.
     pub const INTERNAL: Self = known(3004, "internal server error");
+    /// The connection expired without a refresh; reconnect with a new token.
+    pub const CONNECTION_EXPIRED: Self = known(3005, "connection expired");
     /// The outbound queue overflowed: the client did not read fast enough; reconnect and recover.
     pub const SLOW: Self = known(3008, "slow");
     /// Writing to the socket failed.

@@ -76,3 +76,48 @@ impl From<crate::engine::EngineError> for ClientError {
         }
     }
 }
+
+/// A refusal decided by a plugin (or any rule that may close the connection): codes below 3000 are error
+/// replies, codes 3000–4999 close the connection with that code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Answer the command with this error.
+    Error(ClientError),
+    /// Close the connection.
+    Disconnect(crate::disconnect::Disconnect),
+}
+
+impl Refusal {
+    /// Interprets a plugin's deny code.
+    pub fn from_code(code: u32, reason: String) -> Self {
+        match u16::try_from(code) {
+            Ok(code @ 3000..5000) => Self::Disconnect(crate::disconnect::Disconnect {
+                code,
+                reason: reason.into(),
+            }),
+            _ => Self::Error(ClientError {
+                code,
+                message: reason.into(),
+                temporary: code == 100 || code == 111,
+            }),
+        }
+    }
+
+    /// The refusal as an error reply (for callers that cannot be disconnected, such as the server API).
+    pub fn into_error(self) -> ClientError {
+        match self {
+            Self::Error(error) => error,
+            Self::Disconnect(d) => ClientError {
+                code: 103,
+                message: d.reason,
+                temporary: false,
+            },
+        }
+    }
+}
+
+impl From<ClientError> for Refusal {
+    fn from(error: ClientError) -> Self {
+        Self::Error(error)
+    }
+}

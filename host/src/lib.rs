@@ -21,6 +21,7 @@ pub mod engine;
 pub mod errors;
 pub mod hub;
 pub mod node;
+pub mod plugin;
 pub mod protocol;
 pub mod server;
 pub mod session;

@@ -96,7 +96,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let address = config.address;
     let api_on = config.http_api.insecure || !config.http_api.key.is_empty();
-    let node = Node::new(config)?;
+    let node = Node::start(config).await?;
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;

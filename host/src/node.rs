@@ -16,8 +16,11 @@ use crate::engine::{
     ClientInfo, Engine, HistoryFilter, HistoryResult, PresenceStats, Publication, PublishOptions,
     StreamPosition, now_ms,
 };
-use crate::errors::ClientError;
+use crate::errors::{ClientError, Refusal};
 use crate::hub::Hub;
+use crate::plugin::Plugins;
+use crate::plugin::bindings::{self as plugin_types, PublishSource};
+use crate::plugin::chain::PublishDecision;
 
 /// Herald's version, reported to clients and by the API.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -33,6 +36,8 @@ pub struct Node {
     pub hub: Arc<Hub>,
     /// Broker, history and presence.
     pub engine: Engine,
+    /// The loaded plugins and their hook chains.
+    pub plugins: Arc<Plugins>,
     /// Cancelled when the server shuts down; sessions close with 3001.
     pub shutdown: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for them.
@@ -55,25 +60,51 @@ pub struct PublishRequest {
     pub tags: BTreeMap<String, String>,
     /// Do not store in history even if the namespace keeps it.
     pub skip_history: bool,
+    /// Where it comes from (plugins see it).
+    pub source: Source,
+}
+
+/// Where a publication comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Source {
+    /// A client's publish command.
+    Client,
+    /// The HTTP server API.
+    #[default]
+    Api,
+    /// A message queue.
+    Queue,
 }
 
 impl Node {
-    /// A node with the memory engine.
-    pub fn new(config: Config) -> Result<Arc<Self>, crate::config::ConfigError> {
+    /// A node with the memory engine; plugins are set up but not loaded (see [`Node::start`]).
+    pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
         config.validate()?;
         let channels = Channels::new(&config.channel).map_err(crate::config::ConfigError)?;
         let hub = Arc::new(Hub::new());
         let engine = Engine::memory(hub.clone());
+        let plugins = Arc::new(Plugins::new(&config.plugins)?);
         Ok(Arc::new(Self {
             config,
             channels,
             hub,
             engine,
+            plugins,
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             id: uuid::Uuid::new_v4().to_string(),
             started: Instant::now(),
         }))
+    }
+
+    /// A node with its plugins loaded and (if configured) watched for changes.
+    pub async fn start(config: Config) -> anyhow::Result<Arc<Self>> {
+        let node = Self::new(config)?;
+        node.plugins.load_all().await;
+        if node.config.plugins.watch {
+            crate::plugin::watch::start(node.plugins.clone(), node.shutdown.clone())?;
+        }
+        Ok(node)
     }
 
     /// Seconds since the node started.
@@ -86,31 +117,78 @@ impl Node {
         self.channels.resolve(channel)
     }
 
-    /// Publishes into a channel: assigns the offset (when the namespace keeps history) and fans out.
-    pub async fn publish(&self, request: PublishRequest) -> Result<StreamPosition, ClientError> {
-        let namespace = self.namespace(&request.channel)?;
-        let history = if request.skip_history {
+    /// Publishes into a channel: runs the plugins' publish chain (which may transform, route, drop or
+    /// deny), then assigns the offset (when the namespace keeps history) and fans out. The position is the
+    /// original channel's, or the first routed channel's; a dropped publication reports the empty position.
+    pub async fn publish(&self, request: PublishRequest) -> Result<StreamPosition, Refusal> {
+        self.namespace(&request.channel)?;
+        let (data, tags, channels) = if self.plugins.any(plugin_types::Hooks::PUBLISH) {
+            match self.plugins.publish(plugin_request(&request)).await {
+                PublishDecision::Publish {
+                    data,
+                    tags,
+                    channels,
+                } => {
+                    let data = if data == request.data {
+                        request.data.clone()
+                    } else {
+                        valid_json(data)?
+                    };
+                    (data, tags.into_iter().collect(), channels)
+                }
+                PublishDecision::Dropped => return Ok(StreamPosition::default()),
+                PublishDecision::Denied(deny) => {
+                    return Err(Refusal::from_code(deny.code, deny.reason));
+                }
+            }
+        } else {
+            (
+                request.data.clone(),
+                request.tags.clone(),
+                vec![request.channel.clone()],
+            )
+        };
+        let mut first = None;
+        for channel in &channels {
+            let position = self
+                .publish_to(channel, &data, &request.info, &tags, request.skip_history)
+                .await?;
+            if first.is_none() || *channel == request.channel {
+                first = Some(position);
+            }
+        }
+        Ok(first.unwrap_or_default())
+    }
+
+    async fn publish_to(
+        &self,
+        channel: &str,
+        data: &Bytes,
+        info: &Option<ClientInfo>,
+        tags: &BTreeMap<String, String>,
+        skip_history: bool,
+    ) -> Result<StreamPosition, ClientError> {
+        let namespace = self.namespace(channel)?;
+        let history = if skip_history {
             None
         } else {
             namespace.options.history()
         };
         let publication = Publication {
             offset: 0,
-            data: request.data,
-            info: request.info,
-            tags: request.tags,
+            data: data.clone(),
+            info: info.clone(),
+            tags: tags.clone(),
             time_ms: now_ms(),
         };
-        let position = self
-            .engine
+        self.engine
             .broker
-            .publish(&request.channel, publication, &PublishOptions { history })
+            .publish(channel, publication, &PublishOptions { history })
             .await
             .map_err(|e| {
-                tracing::warn!(channel = %request.channel, error = %e, "publish failed");
+                tracing::warn!(channel, error = %e, "publish failed");
                 ClientError::from(e)
-            })?;
-        Ok(position)
+            })
     }
 
     /// Reads a channel's history (`108` when the namespace keeps none).
@@ -149,4 +227,41 @@ impl Node {
         }
         Ok(self.engine.presence.presence_stats(channel).await?)
     }
+}
+
+/// The plugin-facing view of a publish request.
+fn plugin_request(request: &PublishRequest) -> plugin_types::PublishRequest {
+    plugin_types::PublishRequest {
+        source: match request.source {
+            Source::Client => PublishSource::Client,
+            Source::Api => PublishSource::Api,
+            Source::Queue => PublishSource::Queue,
+        },
+        publisher: request.info.as_ref().map(plugin_client_info),
+        channel: request.channel.clone(),
+        data: request.data.to_vec(),
+        tags: request
+            .tags
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+/// A client as plugins see it.
+pub fn plugin_client_info(info: &ClientInfo) -> plugin_types::ClientInfo {
+    plugin_types::ClientInfo {
+        user: info.user.clone(),
+        client: info.client.clone(),
+        info: info.conn_info.as_ref().map(|b| b.to_vec()),
+    }
+}
+
+/// Payload a plugin produced: must be JSON (for JSON protocols), compacted to one line.
+pub fn valid_json(data: Vec<u8>) -> Result<Bytes, ClientError> {
+    let text = String::from_utf8(data)
+        .map_err(|_| ClientError::INTERNAL.with_message("plugin produced non-UTF-8 data"))?;
+    let raw: Box<serde_json::value::RawValue> = serde_json::from_str(&text)
+        .map_err(|_| ClientError::INTERNAL.with_message("plugin produced data that is not JSON"))?;
+    Ok(crate::protocol::compact_json(raw.get().trim()))
 }

@@ -1,4 +1,276 @@
-//! The Herald plugin SDK.
+//! # herald-sdk: write Herald plugins
 //!
-//! Plugins are WebAssembly components that Herald loads from a watched folder. The contract (`wit/`), the
-//! bindings and the plugin trait arrive with the plugin platform; this crate reserves the name and place.
+//! A Herald plugin is a WebAssembly component that Herald loads from its plugin folder and calls at the
+//! decisions that differ per deployment: accepting a connection ([`Plugin::on_connect`]), a subscription
+//! ([`Plugin::on_subscribe`]), filtering, transforming or routing a publication ([`Plugin::on_publish`]),
+//! answering an RPC ([`Plugin::on_rpc`]), allowing history and presence reads ([`Plugin::on_access`]) and
+//! hearing about disconnects ([`Plugin::on_disconnect`]).
+//!
+//! A plugin is one `impl` of [`Plugin`] plus one [`export!`] line:
+//!
+//! ```
+//! use herald_sdk::{Config, Hooks, Plugin, PublishRequest, PublishVerdict, deny};
+//!
+//! struct NoShouting;
+//!
+//! impl Plugin for NoShouting {
+//!     const NAME: &'static str = "no-shouting";
+//!     const VERSION: &'static str = "1.0.0";
+//!     const HOOKS: Hooks = Hooks::PUBLISH;
+//!
+//!     fn init(_config: Config) -> Result<Self, String> {
+//!         Ok(NoShouting)
+//!     }
+//!
+//!     fn on_publish(&self, request: &PublishRequest) -> PublishVerdict {
+//!         let text = String::from_utf8_lossy(&request.data);
+//!         if text.chars().filter(|c| c.is_alphabetic()).all(char::is_uppercase) && text.len() > 10 {
+//!             return PublishVerdict::Deny(deny(400, "no shouting"));
+//!         }
+//!         PublishVerdict::Pass
+//!     }
+//! }
+//!
+//! herald_sdk::export!(NoShouting);
+//! ```
+//!
+//! Build it with `cargo build --profile plugin --target wasm32-wasip2` (or the `plugins/build` script) and
+//! drop the `.wasm` into Herald's plugin folder. Plugin logic is plain Rust: [`log`] and [`now_ms`] fall back
+//! to stderr and the system clock outside WebAssembly, so `cargo test` exercises it natively.
+
+extern crate self as herald_sdk;
+
+pub mod json;
+pub mod pattern;
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "herald:plugin/plugin@0.1.0",
+        pub_export_macro: true,
+        export_macro_name: "__export_guest",
+        default_bindings_module: "herald_sdk::bindings",
+        runtime_path: "herald_sdk::wit_bindgen::rt",
+        generate_unused_types: true,
+    });
+}
+
+#[doc(hidden)]
+pub use wit_bindgen;
+
+pub use bindings::herald::plugin::host::Level;
+pub use bindings::herald::plugin::types::{
+    AccessKind, AccessRequest, AccessVerdict, ClientInfo, ConnectAllow, ConnectRequest,
+    ConnectVerdict, Deny, DisconnectEvent, Hooks, PluginMetadata as Metadata, PublishRequest,
+    PublishSource, PublishVerdict, Route, RpcRequest, RpcVerdict, SubscribeAllow, SubscribeRequest,
+    SubscribeVerdict, Transform,
+};
+
+/// Well-known codes for [`deny`]. Below 3000 an error reply; 3000–4999 closes the connection.
+pub mod codes {
+    /// Error reply: internal error (temporary: clients retry).
+    pub const INTERNAL: u32 = 100;
+    /// Error reply: unauthorized.
+    pub const UNAUTHORIZED: u32 = 101;
+    /// Error reply: permission denied.
+    pub const PERMISSION_DENIED: u32 = 103;
+    /// Error reply: method not found (RPC).
+    pub const METHOD_NOT_FOUND: u32 = 104;
+    /// Error reply: bad request.
+    pub const BAD_REQUEST: u32 = 107;
+    /// Error reply: token expired — the SDKs fetch a new token and retry.
+    pub const TOKEN_EXPIRED: u32 = 109;
+    /// Close: connection expired (reconnects with a new token).
+    pub const CONNECTION_EXPIRED: u32 = 3005;
+    /// Close: invalid token (terminal).
+    pub const INVALID_TOKEN: u32 = 3500;
+    /// Close: permission denied (terminal).
+    pub const DISCONNECT_PERMISSION_DENIED: u32 = 3507;
+}
+
+/// A refusal with a code and a short reason (see [`codes`]).
+pub fn deny(code: u32, reason: impl Into<String>) -> Deny {
+    Deny {
+        code,
+        reason: reason.into(),
+    }
+}
+
+/// A plugin's configuration: the table `[plugins.<name>.config]` of Herald's configuration, or the
+/// `<file>.toml` beside the plugin, as JSON.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Config(pub serde_json::Value);
+
+impl Config {
+    /// Parses configuration text (JSON; an empty string is an empty object).
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Ok(Self(serde_json::Value::Object(Default::default())));
+        }
+        serde_json::from_str(text)
+            .map(Self)
+            .map_err(|e| format!("configuration is not JSON: {e}"))
+    }
+
+    /// Deserialises the whole configuration into `T`; the error names the problem for Herald's log.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+        serde_json::from_value(self.0.clone()).map_err(|e| format!("invalid configuration: {e}"))
+    }
+}
+
+/// The plugin: implement the hooks you need (the others default to "pass") and list them in `HOOKS`.
+///
+/// Herald creates one value per instance with [`Plugin::init`] and keeps it for every call the instance
+/// serves, so state built in `init` (parsed rules, keys) is reused. Hooks must be quick: each call has a
+/// deadline (10 ms by default) and a plugin that exceeds it, panics or runs out of memory fails closed.
+pub trait Plugin: Sized + 'static {
+    /// The plugin's name; its configuration is looked up under it.
+    const NAME: &'static str;
+    /// The plugin's version, shown by `/api/plugins`.
+    const VERSION: &'static str;
+    /// The hooks Herald calls; a hook not listed here is never called.
+    const HOOKS: Hooks;
+
+    /// Builds the plugin from its configuration; an error rejects the plugin (the old version keeps serving).
+    fn init(config: Config) -> Result<Self, String>;
+
+    /// A connection asks to be accepted (or, with `request.refresh`, to extend its expiry).
+    fn on_connect(&self, request: &ConnectRequest) -> ConnectVerdict {
+        let _ = request;
+        ConnectVerdict::Pass
+    }
+
+    /// A connection asks to subscribe (or, with `request.refresh`, to extend a subscription).
+    fn on_subscribe(&self, request: &SubscribeRequest) -> SubscribeVerdict {
+        let _ = request;
+        SubscribeVerdict::Pass
+    }
+
+    /// A publication is on its way into a channel (from a client, the API or a queue).
+    fn on_publish(&self, request: &PublishRequest) -> PublishVerdict {
+        let _ = request;
+        PublishVerdict::Pass
+    }
+
+    /// A client calls a server method.
+    fn on_rpc(&self, request: &RpcRequest) -> RpcVerdict {
+        let _ = request;
+        RpcVerdict::Pass
+    }
+
+    /// A client reads a channel's history or presence.
+    fn on_access(&self, request: &AccessRequest) -> AccessVerdict {
+        let _ = request;
+        AccessVerdict::Pass
+    }
+
+    /// A connection ended.
+    fn on_disconnect(&self, event: &DisconnectEvent) {
+        let _ = event;
+    }
+}
+
+/// Writes a line to Herald's log, attributed to this plugin (stderr when running natively).
+pub fn log(level: Level, message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    bindings::herald::plugin::host::log(level, message);
+    #[cfg(not(target_arch = "wasm32"))]
+    eprintln!("[{level:?}] {message}");
+}
+
+/// Wall-clock time in milliseconds since the unix epoch (Herald's clock inside WebAssembly).
+pub fn now_ms() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    return bindings::herald::plugin::host::now_ms();
+    #[cfg(not(target_arch = "wasm32"))]
+    return std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+}
+
+/// Wall-clock time in whole seconds since the unix epoch.
+pub fn now_seconds() -> u64 {
+    now_ms() / 1000
+}
+
+#[doc(hidden)]
+pub mod __private {
+    use std::any::Any;
+    use std::cell::RefCell;
+
+    use super::{Config, Metadata, Plugin};
+
+    thread_local! {
+        static INSTANCE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    }
+
+    pub fn metadata<P: Plugin>() -> Metadata {
+        Metadata {
+            name: P::NAME.into(),
+            version: P::VERSION.into(),
+            hooks: P::HOOKS,
+        }
+    }
+
+    pub fn init<P: Plugin>(config: String) -> Result<(), String> {
+        let plugin = P::init(Config::from_json(&config)?)?;
+        INSTANCE.with(|slot| *slot.borrow_mut() = Some(Box::new(plugin)));
+        Ok(())
+    }
+
+    /// Runs a hook on the initialised plugin. Herald always calls `init` first; a hook before it is a host
+    /// bug and traps, which Herald treats as a failed (denied) decision.
+    pub fn with<P: Plugin, R>(hook: impl FnOnce(&P) -> R) -> R {
+        INSTANCE.with(|slot| {
+            let slot = slot.borrow();
+            let plugin = slot
+                .as_ref()
+                .and_then(|p| p.downcast_ref::<P>())
+                .expect("hook called before init");
+            hook(plugin)
+        })
+    }
+}
+
+/// Exports a [`Plugin`] implementation as the component's `guest` interface. Use once per plugin crate.
+#[macro_export]
+macro_rules! export {
+    ($plugin:ty) => {
+        #[doc(hidden)]
+        pub struct __HeraldGuest;
+
+        impl $crate::bindings::exports::herald::plugin::guest::Guest for __HeraldGuest {
+            fn metadata() -> $crate::Metadata {
+                $crate::__private::metadata::<$plugin>()
+            }
+            fn init(config: String) -> Result<(), String> {
+                $crate::__private::init::<$plugin>(config)
+            }
+            fn on_connect(request: $crate::ConnectRequest) -> $crate::ConnectVerdict {
+                $crate::__private::with::<$plugin, _>(|p| $crate::Plugin::on_connect(p, &request))
+            }
+            fn on_subscribe(request: $crate::SubscribeRequest) -> $crate::SubscribeVerdict {
+                $crate::__private::with::<$plugin, _>(|p| $crate::Plugin::on_subscribe(p, &request))
+            }
+            fn on_publish(request: $crate::PublishRequest) -> $crate::PublishVerdict {
+                $crate::__private::with::<$plugin, _>(|p| $crate::Plugin::on_publish(p, &request))
+            }
+            fn on_rpc(request: $crate::RpcRequest) -> $crate::RpcVerdict {
+                $crate::__private::with::<$plugin, _>(|p| $crate::Plugin::on_rpc(p, &request))
+            }
+            fn on_access(request: $crate::AccessRequest) -> $crate::AccessVerdict {
+                $crate::__private::with::<$plugin, _>(|p| $crate::Plugin::on_access(p, &request))
+            }
+            fn on_disconnect(event: $crate::DisconnectEvent) {
+                $crate::__private::with::<$plugin, _>(|p| $crate::Plugin::on_disconnect(p, &event))
+            }
+        }
+
+        // Only a WebAssembly build exports the component's functions; native builds (unit tests) link as
+        // ordinary libraries, whose linkers reject the component-model export names.
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::__export_guest!(__HeraldGuest with_types_in $crate::bindings);
+    };
+}

@@ -6,6 +6,7 @@
 
 pub mod outbound;
 
+mod connect;
 mod heartbeat;
 mod subscribe;
 
@@ -23,17 +24,17 @@ use tokio::time::Instant;
 use crate::channel::Namespace;
 use crate::disconnect::Disconnect;
 use crate::engine::{ClientInfo, HistoryFilter, StreamPosition};
-use crate::errors::ClientError;
+use crate::errors::{ClientError, Refusal};
 use crate::hub::{SessionCommand, SessionHandle};
-use crate::node::{Node, PublishRequest, VERSION};
+use crate::node::{Node, PublishRequest, Source};
+use crate::plugin::bindings::{AccessKind, DisconnectEvent, Hooks};
 use crate::protocol::Frame;
 use crate::protocol::centrifuge::command::{
-    ChannelRequest, Command, ConnectRequest, HistoryRequest, Method,
-    PublishRequest as ClientPublish,
+    ChannelRequest, Command, HistoryRequest, Method, PublishRequest as ClientPublish,
 };
 use crate::protocol::centrifuge::encode;
 
-use heartbeat::{Beat, Heartbeat};
+use heartbeat::Heartbeat;
 use outbound::Outbound;
 
 /// The `[client]` section: how client connections are authenticated, kept alive and limited.
@@ -59,6 +60,10 @@ pub struct ClientConfig {
     pub history_max_publication_limit: usize,
     /// Most publications a recovery returns; more missed means "not recovered" (default 300).
     pub recovery_max_publication_limit: usize,
+    /// How long after its expiry a connection (3005) or subscription (unsubscribe 2501) that did not
+    /// refresh is ended (default 25 s).
+    #[serde(with = "humantime_serde")]
+    pub expired_close_delay: Duration,
 }
 
 impl Default for ClientConfig {
@@ -72,6 +77,7 @@ impl Default for ClientConfig {
             max_channels: 128,
             history_max_publication_limit: 300,
             recovery_max_publication_limit: 300,
+            expired_close_delay: Duration::from_secs(25),
         }
     }
 }
@@ -92,12 +98,16 @@ pub enum Incoming {
 }
 
 /// Facts about the connection the transport knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionInfo {
     /// The client's address.
     pub remote: SocketAddr,
     /// Heartbeat with transport ping frames instead of `{}` messages (`cf_ws_frame_ping_pong=true`).
     pub transport_ping: bool,
+    /// Headers of the upgrade request (lower-case names), for connect plugins.
+    pub headers: Arc<[(String, String)]>,
+    /// Query parameters of the upgrade request, for connect plugins.
+    pub query: Arc<[(String, String)]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +116,8 @@ enum State {
     Opened,
     /// Connected.
     Connected,
+    /// The connect was answered with an error: the connection is unusable.
+    Refused,
 }
 
 /// One subscription of this connection.
@@ -117,6 +129,8 @@ struct Subscription {
     announce_leave: bool,
     /// Channel info attached to this client's publications in the channel.
     chan_info: Option<Bytes>,
+    /// When the subscription expires unless refreshed.
+    expires_at: Option<Instant>,
 }
 
 /// One client connection's state.
@@ -133,6 +147,8 @@ pub struct Session {
     commands: Option<mpsc::UnboundedReceiver<SessionCommand>>,
     subscriptions: HashMap<String, Subscription>,
     heartbeat: Heartbeat,
+    /// When the connection expires unless refreshed.
+    expires_at: Option<Instant>,
 }
 
 impl Session {
@@ -157,6 +173,7 @@ impl Session {
             commands: None,
             subscriptions: HashMap::new(),
             heartbeat,
+            expires_at: None,
         }
     }
 
@@ -167,7 +184,7 @@ impl Session {
         let node = self.node.clone();
         let outbound = self.outbound.clone();
         loop {
-            let deadline = self.heartbeat.deadline();
+            let deadline = self.next_deadline();
             tokio::select! {
                 _ = outbound.closed() => break,
                 _ = node.shutdown.cancelled() => {
@@ -183,14 +200,9 @@ impl Session {
                 }
                 Some(command) = next_command(&mut self.commands) => self.handle_session_command(command).await,
                 _ = tokio::time::sleep_until(deadline) => {
-                    match self.heartbeat.beat(Instant::now()) {
-                        Some(Beat::Ping) if self.connection.transport_ping => outbound.push_transport_ping(),
-                        Some(Beat::Ping) => { outbound.push(encode::PING); }
-                        Some(Beat::Close(disconnect)) => {
-                            outbound.close(disconnect);
-                            break;
-                        }
-                        None => {}
+                    if let Err(disconnect) = self.deadline_passed(Instant::now()).await {
+                        outbound.close(disconnect);
+                        break;
                     }
                 }
             }
@@ -199,6 +211,21 @@ impl Session {
     }
 
     async fn finish(mut self) {
+        if self.state == State::Connected && self.node.plugins.any(Hooks::DISCONNECT) {
+            let (code, reason) = match self.outbound.close_reason() {
+                Some(d) => (u32::from(d.code), d.reason.into_owned()),
+                None => (3000, "connection closed".to_owned()),
+            };
+            let client = self.plugin_client();
+            self.node
+                .plugins
+                .disconnect(DisconnectEvent {
+                    client,
+                    code,
+                    reason,
+                })
+                .await;
+        }
         let channels: Vec<String> = self.subscriptions.keys().cloned().collect();
         for channel in channels {
             self.leave(&channel).await;
@@ -257,18 +284,21 @@ impl Session {
         self.outbound.push(frame);
     }
 
-    fn reply_result(&self, id: u32, result: Result<Frame, ClientError>) {
+    /// Queues the reply, or the error; a refusal that closes the connection is returned.
+    fn reply_result(&self, id: u32, result: Result<Frame, Refusal>) -> Result<(), Disconnect> {
         match result {
             Ok(frame) => self.reply(frame),
-            Err(error) => self.reply(encode::error_reply(id, &error)),
+            Err(Refusal::Error(error)) => self.reply(encode::error_reply(id, &error)),
+            Err(Refusal::Disconnect(disconnect)) => return Err(disconnect),
         }
+        Ok(())
     }
 
     async fn handle_command(&mut self, command: Command) -> Result<(), Disconnect> {
         let id = command.id;
         match (self.state, command.method) {
-            (State::Opened, Method::Connect(request)) => self.connect(id, request),
-            (State::Opened, _) | (State::Connected, Method::Connect(_)) => {
+            (State::Opened, Method::Connect(request)) => self.connect(id, request).await,
+            (State::Opened | State::Refused, _) | (State::Connected, Method::Connect(_)) => {
                 Err(Disconnect::BAD_REQUEST)
             }
             (State::Connected, Method::Pong) => {
@@ -290,26 +320,22 @@ impl Session {
                     .publish(request)
                     .await
                     .map(|_| encode::empty_reply(id, "publish"));
-                self.reply_result(id, result);
-                Ok(())
+                self.reply_result(id, result)
             }
             (State::Connected, Method::History(request)) => {
                 require_channel(&request.channel)?;
                 let result = self.history(id, request).await;
-                self.reply_result(id, result);
-                Ok(())
+                self.reply_result(id, result)
             }
             (State::Connected, Method::Presence(ChannelRequest { channel })) => {
                 require_channel(&channel)?;
                 let result = self.presence(id, &channel, false).await;
-                self.reply_result(id, result);
-                Ok(())
+                self.reply_result(id, result)
             }
             (State::Connected, Method::PresenceStats(ChannelRequest { channel })) => {
                 require_channel(&channel)?;
                 let result = self.presence(id, &channel, true).await;
-                self.reply_result(id, result);
-                Ok(())
+                self.reply_result(id, result)
             }
             (State::Connected, Method::Send(_)) => {
                 tracing::debug!(client = %self.client, "send dropped: no plugin handles messages");
@@ -317,53 +343,22 @@ impl Session {
             }
             (State::Connected, Method::SubRefresh(request)) => {
                 require_channel(&request.channel)?;
+                let result = self.sub_refresh(id, request).await;
+                self.reply_result(id, result)
+            }
+            (State::Connected, Method::Refresh(request)) => {
+                let result = self.refresh(id, request).await;
+                self.reply_result(id, result)
+            }
+            (State::Connected, Method::Rpc(request)) => {
+                let result = self.rpc(id, request).await;
+                self.reply_result(id, result)
+            }
+            (State::Connected, Method::Ping) => {
                 self.reply(encode::error_reply(id, &ClientError::NOT_AVAILABLE));
                 Ok(())
             }
-            (State::Connected, Method::Rpc(_) | Method::Refresh(_) | Method::Ping) => {
-                self.reply(encode::error_reply(id, &ClientError::NOT_AVAILABLE));
-                Ok(())
-            }
         }
-    }
-
-    fn connect(&mut self, id: u32, request: ConnectRequest) -> Result<(), Disconnect> {
-        if !request.token.is_empty() {
-            // Tokens are verified by an auth plugin; without one, a token cannot be trusted.
-            tracing::info!(remote = %self.connection.remote, "connect refused: no auth plugin verifies tokens");
-            return Err(Disconnect::INVALID_TOKEN);
-        }
-        if !self.node.config.client.allow_anonymous {
-            tracing::debug!(remote = %self.connection.remote, "connect refused: anonymous connections are off");
-            return Err(Disconnect::BAD_REQUEST);
-        }
-        self.client = uuid::Uuid::new_v4().to_string();
-        self.user = String::new();
-        let (handle, commands) = SessionHandle::new(
-            self.client.clone(),
-            self.user.clone(),
-            self.outbound.clone(),
-        );
-        self.node.hub.register(handle.clone());
-        self.handle = Some(handle);
-        self.commands = Some(commands);
-        self.state = State::Connected;
-        let transport_ping = self.connection.transport_ping;
-        let result = encode::ConnectResult {
-            client: self.client.clone(),
-            version: VERSION.into(),
-            ping: if transport_ping {
-                0
-            } else {
-                self.node.config.client.ping_interval.as_secs().max(1) as u32
-            },
-            pong: !transport_ping,
-            ..Default::default()
-        };
-        self.reply(encode::connect_reply(id, &result));
-        self.heartbeat.connected(Instant::now());
-        tracing::debug!(client = %self.client, remote = %self.connection.remote, "client connected");
-        Ok(())
     }
 
     fn info(&self, chan_info: Option<Bytes>) -> ClientInfo {
@@ -392,7 +387,7 @@ impl Session {
         granted && (!self.anonymous() || for_anonymous)
     }
 
-    async fn publish(&self, request: ClientPublish) -> Result<StreamPosition, ClientError> {
+    async fn publish(&self, request: ClientPublish) -> Result<StreamPosition, Refusal> {
         let namespace = self.node.namespace(&request.channel)?;
         let o = &namespace.options;
         if !self.permitted(
@@ -401,7 +396,7 @@ impl Session {
             o.allow_publish_for_subscriber,
             o.allow_publish_for_anonymous,
         ) {
-            return Err(ClientError::PERMISSION_DENIED);
+            return Err(ClientError::PERMISSION_DENIED.into());
         }
         let data = request
             .data
@@ -415,25 +410,26 @@ impl Session {
                 info: Some(self.info(chan_info)),
                 data,
                 channel: request.channel,
+                source: Source::Client,
                 ..Default::default()
             })
             .await
     }
 
-    async fn history(&self, id: u32, request: HistoryRequest) -> Result<Frame, ClientError> {
+    async fn history(&self, id: u32, request: HistoryRequest) -> Result<Frame, Refusal> {
         let namespace: &Namespace = self.node.namespace(&request.channel)?;
         let o = &namespace.options;
         if o.history().is_none() {
-            return Err(ClientError::NOT_AVAILABLE);
+            return Err(ClientError::NOT_AVAILABLE.into());
         }
-        if !self.permitted(
+        let configured = self.permitted(
             &request.channel,
             o.allow_history_for_client,
             o.allow_history_for_subscriber,
             o.allow_history_for_anonymous,
-        ) {
-            return Err(ClientError::PERMISSION_DENIED);
-        }
+        );
+        self.may_read(&request.channel, AccessKind::History, configured)
+            .await?;
         let filter = history_filter(
             &request,
             self.node.config.client.history_max_publication_limit,
@@ -446,19 +442,19 @@ impl Session {
         ))
     }
 
-    async fn presence(&self, id: u32, channel: &str, stats: bool) -> Result<Frame, ClientError> {
+    async fn presence(&self, id: u32, channel: &str, stats: bool) -> Result<Frame, Refusal> {
         let o = &self.node.namespace(channel)?.options;
         if !o.presence {
-            return Err(ClientError::NOT_AVAILABLE);
+            return Err(ClientError::NOT_AVAILABLE.into());
         }
-        if !self.permitted(
+        let configured = self.permitted(
             channel,
             o.allow_presence_for_client,
             o.allow_presence_for_subscriber,
             o.allow_presence_for_anonymous,
-        ) {
-            return Err(ClientError::PERMISSION_DENIED);
-        }
+        );
+        self.may_read(channel, AccessKind::Presence, configured)
+            .await?;
         if stats {
             let s = self.node.presence_stats(channel).await?;
             Ok(encode::presence_stats_reply(id, s.num_clients, s.num_users))

@@ -3,16 +3,23 @@
 //! lost or duplicated in between.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
 
 use crate::channel::{self, NamespaceOptions};
 use crate::disconnect::Disconnect;
 use crate::engine::{EngineError, HistoryFilter, StreamPosition};
-use crate::errors::ClientError;
+use crate::errors::{ClientError, Refusal};
 use crate::hub::{DeliveryGate, Subscriber};
+use crate::plugin::bindings::{self, Hooks, SubscribeAllow};
+use crate::plugin::chain::Decision;
 use crate::protocol::Frame;
 use crate::protocol::centrifuge::command::{FLAG_REJECT_UNRECOVERED, SubscribeRequest};
 use crate::protocol::centrifuge::encode::{self, SubscribeResult};
 
+use super::connect::{plugin_json, ttl_until};
 use super::{Session, Subscription, require_channel};
 
 /// How one subscription behaves, decided from the request and the namespace.
@@ -24,6 +31,12 @@ struct Mode {
     /// The client's last position, when it asks to recover.
     recover_from: Option<StreamPosition>,
     reject_unrecovered: bool,
+    /// Channel info granted by a plugin.
+    chan_info: Option<Bytes>,
+    /// Data for the subscribe reply, from a plugin.
+    data: Option<Bytes>,
+    /// Seconds until the subscription expires, when a plugin set an expiry.
+    ttl: Option<u32>,
 }
 
 impl Session {
@@ -33,29 +46,59 @@ impl Session {
         request: SubscribeRequest,
     ) -> Result<(), Disconnect> {
         require_channel(&request.channel)?;
-        if let Err(error) = self.client_subscribe(id, request).await {
-            self.reply(encode::error_reply(id, &error));
+        match self.client_subscribe(id, request).await {
+            Ok(()) => Ok(()),
+            Err(Refusal::Error(error)) => {
+                self.reply(encode::error_reply(id, &error));
+                Ok(())
+            }
+            Err(Refusal::Disconnect(disconnect)) => Err(disconnect),
         }
-        Ok(())
     }
 
     async fn client_subscribe(
         &mut self,
         id: u32,
         request: SubscribeRequest,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), Refusal> {
         let channel = request.channel.as_str();
         if self.subscriptions.contains_key(channel) {
-            return Err(ClientError::ALREADY_SUBSCRIBED);
+            return Err(ClientError::ALREADY_SUBSCRIBED.into());
         }
         if self.subscriptions.len() >= self.node.config.client.max_channels {
-            return Err(ClientError::LIMIT_EXCEEDED);
+            return Err(ClientError::LIMIT_EXCEEDED.into());
         }
         let node = self.node.clone();
         let options = &node.namespace(channel)?.options;
-        if !self.may_subscribe(channel, &request, options) {
-            return Err(ClientError::PERMISSION_DENIED);
-        }
+        let decision = if node.plugins.any(Hooks::SUBSCRIBE) {
+            node.plugins
+                .subscribe(bindings::SubscribeRequest {
+                    client: self.plugin_client(),
+                    channel: channel.to_owned(),
+                    token: request.token.clone(),
+                    data: request.data.as_ref().map(|d| d.to_vec()),
+                    refresh: false,
+                })
+                .await
+        } else {
+            Decision::Undecided
+        };
+        let grant = match decision {
+            Decision::Denied(deny) => return Err(Refusal::from_code(deny.code, deny.reason)),
+            Decision::Allowed(grant) => grant,
+            Decision::Undecided if self.may_subscribe(channel, &request, options) => {
+                SubscribeAllow {
+                    info: None,
+                    data: None,
+                    expire_at: None,
+                }
+            }
+            Decision::Undecided => return Err(ClientError::PERMISSION_DENIED.into()),
+        };
+        let ttl = match grant.expire_at.filter(|at| *at > 0) {
+            Some(at) => Some(ttl_until(at).ok_or(ClientError::TOKEN_EXPIRED)?),
+            None => None,
+        };
         let recoverable = options.force_recovery || (request.recoverable && options.allow_recovery);
         let mode = Mode {
             positioned: recoverable
@@ -68,11 +111,15 @@ impl Session {
                 epoch: request.epoch.clone(),
             }),
             reject_unrecovered: request.flag & FLAG_REJECT_UNRECOVERED != 0,
+            chan_info: plugin_json(grant.info, "channel info"),
+            data: plugin_json(grant.data, "subscribe data"),
+            ttl,
         };
-        self.open(channel, options, mode, |result| {
-            encode::subscribe_reply(id, result)
-        })
-        .await
+        Ok(self
+            .open(channel, options, mode, |result| {
+                encode::subscribe_reply(id, result)
+            })
+            .await?)
     }
 
     fn may_subscribe(
@@ -146,7 +193,7 @@ impl Session {
             tracing::warn!(channel, %error, "engine subscribe failed");
             return Err(error.into());
         }
-        let (result, after) = match self.position(channel, options, &mode).await {
+        let (mut result, after) = match self.position(channel, options, &mode).await {
             Ok(found) => found,
             Err(error) => {
                 self.undo_subscribe(channel).await;
@@ -157,12 +204,14 @@ impl Session {
             self.undo_subscribe(channel).await;
             return Err(ClientError::UNRECOVERABLE_POSITION);
         }
+        result.data = mode.data.clone();
+        result.ttl = mode.ttl;
         // Present before the client hears it is subscribed, so a presence query right after sees it.
         if options.presence
             && let Err(error) = node
                 .engine
                 .presence
-                .add_presence(channel, self.info(None))
+                .add_presence(channel, self.info(mode.chan_info.clone()))
                 .await
         {
             tracing::warn!(channel, %error, "presence update failed");
@@ -174,14 +223,17 @@ impl Session {
             Subscription {
                 presence: options.presence,
                 announce_leave: announce,
-                chan_info: None,
+                chan_info: mode.chan_info.clone(),
+                expires_at: mode
+                    .ttl
+                    .map(|ttl| Instant::now() + Duration::from_secs(ttl.into())),
             },
         );
         if announce
             && let Err(error) = node
                 .engine
                 .broker
-                .publish_join(channel, self.info(None))
+                .publish_join(channel, self.info(mode.chan_info.clone()))
                 .await
         {
             tracing::warn!(channel, %error, "join broadcast failed");
@@ -284,7 +336,10 @@ impl Session {
             tracing::warn!(channel, %error, "presence removal failed");
         }
         if subscription.announce_leave
-            && let Err(error) = engine.broker.publish_leave(channel, self.info(None)).await
+            && let Err(error) = engine
+                .broker
+                .publish_leave(channel, self.info(subscription.chan_info.clone()))
+                .await
         {
             tracing::warn!(channel, %error, "leave broadcast failed");
         }

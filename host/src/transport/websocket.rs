@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, Query, RawQuery, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{Sink, SinkExt, StreamExt};
@@ -60,12 +61,27 @@ pub async fn websocket_handler(
     State(node): State<Arc<Node>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Query(query): Query<WebsocketQuery>,
+    RawQuery(raw_query): RawQuery,
+    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let ws = &node.config.websocket;
     let connection = ConnectionInfo {
         remote,
         transport_ping: query.cf_ws_frame_ping_pong.as_deref() == Some("true"),
+        headers: headers
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+            })
+            .collect(),
+        query: raw_query
+            .map(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .into_owned()
+                    .collect()
+            })
+            .unwrap_or_default(),
     };
     // The write buffer limit only has to hold one coalesced batch; the outbound queue is the real bound.
     let max_write_buffer = node.config.client.max_queue_bytes + ws.max_message_size + 1024;

@@ -326,6 +326,22 @@ pub fn refresh_reply(id: u32, client: &str, version: &str, ttl: Option<u32>) -> 
     })
 }
 
+/// `{"id":N,"sub_refresh":{…}}`.
+pub fn sub_refresh_reply(id: u32, ttl: Option<u32>) -> Frame {
+    reply(id, "sub_refresh", |o| {
+        if let Some(ttl) = ttl {
+            o.flag("expires", true).u64("ttl", ttl.into());
+        }
+    })
+}
+
+/// `{"id":N,"rpc":{"data":…}}`.
+pub fn rpc_reply(id: u32, data: &Bytes) -> Frame {
+    reply(id, "rpc", |o| {
+        o.raw("data", Some(data));
+    })
+}
+
 fn push(channel: &str, kind: &str, write: impl FnOnce(&mut Object<'_>)) -> Frame {
     let mut out = Vec::with_capacity(96);
     let mut o = Object::open(&mut out);

@@ -1,0 +1,118 @@
+//! What a plugin instance's store holds, and the host functions a plugin may import (log, clock).
+//!
+//! Each instance gets its own [`InstanceState`]: a closed WASI context (no files, no network, no
+//! environment; the Rust standard library in the guest needs WASI to exist, not to do anything) and a
+//! memory cap that records when it refused to grow, so a failure can be reported as "memory limit".
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Result};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{self, Level};
+
+/// Largest guest stderr kept (a panic message) to explain a trap.
+const STDERR_CAPTURE: usize = 4096;
+
+/// Per-instance host state.
+pub struct InstanceState {
+    plugin: String,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    stderr: MemoryOutputPipe,
+    /// The memory cap.
+    pub limits: MemoryCap,
+}
+
+impl std::fmt::Debug for InstanceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceState")
+            .field("plugin", &self.plugin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InstanceState {
+    /// State for a new instance of `plugin` capped at `memory_limit` bytes of linear memory.
+    pub fn new(plugin: &str, memory_limit: usize) -> Self {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
+        let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
+        Self {
+            plugin: plugin.to_owned(),
+            wasi,
+            table: ResourceTable::new(),
+            stderr,
+            limits: MemoryCap {
+                limit: memory_limit,
+                refused: false,
+            },
+        }
+    }
+
+    /// What the guest wrote to stderr (a Rust panic message), trimmed.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.contents())
+            .trim()
+            .to_owned()
+    }
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::herald::plugin::host::Host for InstanceState {
+    fn log(&mut self, level: Level, message: String) {
+        let plugin = self.plugin.as_str();
+        match level {
+            Level::Trace => tracing::trace!(plugin, "{message}"),
+            Level::Debug => tracing::debug!(plugin, "{message}"),
+            Level::Info => tracing::info!(plugin, "{message}"),
+            Level::Warn => tracing::warn!(plugin, "{message}"),
+            Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        crate::engine::now_ms().max(0) as u64
+    }
+}
+
+impl bindings::herald::plugin::types::Host for InstanceState {}
+
+/// Caps an instance's linear memory and remembers a refusal.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryCap {
+    limit: usize,
+    /// Set once a growth was refused.
+    pub refused: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> Result<bool> {
+        if desired > self.limit {
+            self.refused = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}

@@ -1,0 +1,435 @@
+//! Plugins: WebAssembly components that make the decisions that differ per deployment (auth, channel
+//! permissions, filtering, routing), loaded from a watched folder and swapped without a restart.
+//!
+//! [`Plugins`] owns the loaded set (replaced atomically, so calls in flight finish on the version they
+//! started with) and runs the hook chains in file-name order. [`runtime`] isolates each call;
+//! [`chain`] holds the chain rules; [`watch`] reloads on file changes. A plugin never sees the node.
+
+pub mod bindings;
+pub mod chain;
+mod host;
+pub mod runtime;
+pub mod watch;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+
+use bindings::{
+    AccessRequest, ConnectAllow, ConnectRequest, DisconnectEvent, Hooks, PublishRequest,
+    RpcRequest, SubscribeAllow, SubscribeRequest,
+};
+use chain::{Decision, Draft, PublishDecision, RpcDecision};
+use runtime::{Call, Limits, LoadedPlugin, Reply, Runtime};
+
+/// Per-plugin limit overrides (`[plugins.limits.<name>]`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginLimits {
+    /// Deadline of one hook call.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Option<Duration>,
+    /// Linear memory of one instance, in bytes.
+    pub memory_limit: Option<usize>,
+}
+
+/// The `[plugins]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Folder of `.wasm` plugins; empty turns plugins off.
+    pub dir: String,
+    /// Where compiled plugins are cached (default: `<dir>/.cache`); empty string = default.
+    pub cache_dir: String,
+    /// Reload plugins when their files change (default true).
+    pub watch: bool,
+    /// Deadline of one hook call (default 10 ms).
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+    /// Linear memory one plugin instance may use, in bytes (default 16 MiB).
+    pub memory_limit: usize,
+    /// Warm instances kept per plugin (default 16).
+    pub max_idle_instances: usize,
+    /// Configuration passed to each plugin's `init`, by plugin name. A `<file>.toml` beside the plugin
+    /// takes precedence.
+    pub config: BTreeMap<String, serde_json::Value>,
+    /// Limit overrides by plugin name.
+    pub limits: BTreeMap<String, PluginLimits>,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            dir: String::new(),
+            cache_dir: String::new(),
+            watch: true,
+            deadline: Duration::from_millis(10),
+            memory_limit: 16 * 1024 * 1024,
+            max_idle_instances: 16,
+            config: BTreeMap::new(),
+            limits: BTreeMap::new(),
+        }
+    }
+}
+
+/// The most memory any plugin can be given (the pooling allocator's slot size).
+fn largest_memory(config: &PluginsConfig) -> usize {
+    config
+        .limits
+        .values()
+        .filter_map(|l| l.memory_limit)
+        .chain([config.memory_limit])
+        .max()
+        .unwrap_or(0)
+}
+
+/// A file that failed to load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    /// When.
+    pub at: SystemTime,
+    /// Why.
+    pub message: String,
+}
+
+/// The loaded plugins and the chains over them.
+pub struct Plugins {
+    config: PluginsConfig,
+    runtime: Option<Runtime>,
+    set: ArcSwap<Vec<Arc<LoadedPlugin>>>,
+    errors: Mutex<BTreeMap<String, LoadError>>,
+    /// Serialises loads so two reloads of one file cannot interleave.
+    loading: tokio::sync::Mutex<()>,
+    watcher: Mutex<Option<notify::RecommendedWatcher>>,
+}
+
+impl std::fmt::Debug for Plugins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugins")
+            .field("dir", &self.config.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugins {
+    /// Plugins per `config`; nothing is loaded yet (see [`Plugins::load_all`]).
+    pub fn new(config: &PluginsConfig) -> anyhow::Result<Self> {
+        let runtime = if config.dir.is_empty() {
+            None
+        } else {
+            let cache = if config.cache_dir.is_empty() {
+                Path::new(&config.dir).join(".cache")
+            } else {
+                PathBuf::from(&config.cache_dir)
+            };
+            Some(Runtime::new(Some(&cache), largest_memory(config))?)
+        };
+        Ok(Self::with_runtime(config, runtime))
+    }
+
+    fn with_runtime(config: &PluginsConfig, runtime: Option<Runtime>) -> Self {
+        Self {
+            config: config.clone(),
+            runtime,
+            set: ArcSwap::from_pointee(Vec::new()),
+            errors: Mutex::new(BTreeMap::new()),
+            loading: tokio::sync::Mutex::new(()),
+            watcher: Mutex::new(None),
+        }
+    }
+
+    /// The plugin folder, when plugins are on.
+    pub fn dir(&self) -> Option<&Path> {
+        self.runtime.as_ref().map(|_| Path::new(&self.config.dir))
+    }
+
+    /// The loaded plugins, in chain order.
+    pub fn loaded(&self) -> Arc<Vec<Arc<LoadedPlugin>>> {
+        self.set.load_full()
+    }
+
+    /// Files that failed to load, with the last error.
+    pub fn load_errors(&self) -> BTreeMap<String, LoadError> {
+        self.errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether any loaded plugin implements `hook` (lets callers skip building a request).
+    pub fn any(&self, hook: Hooks) -> bool {
+        self.set.load().iter().any(|p| p.implements(hook))
+    }
+
+    /// Loads every `.wasm` of the folder, in name order; failures are logged and recorded.
+    pub async fn load_all(&self) {
+        let Some(dir) = self.dir() else { return };
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| is_plugin_file(p))
+                .collect(),
+            Err(error) => {
+                tracing::error!(dir = %dir.display(), %error, "cannot read the plugin folder");
+                return;
+            }
+        };
+        files.sort();
+        for file in files {
+            self.load_file(&file, false).await;
+        }
+    }
+
+    /// Loads (or reloads) one plugin file and swaps it into the set; on any failure the old version keeps
+    /// serving and the reason is logged. Unchanged content is skipped unless `force` (its config changed).
+    pub async fn load_file(&self, path: &Path, force: bool) {
+        let Some(runtime) = &self.runtime else { return };
+        let Some(file) = path.file_name().and_then(|f| f.to_str()).map(str::to_owned) else {
+            return;
+        };
+        let _loading = self.loading.lock().await;
+        let bytes = match tokio::fs::read(path).await {
+            Ok(bytes) => bytes,
+            Err(error) => return self.rejected(&file, format!("cannot read: {error}")),
+        };
+        let hash = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(&bytes))
+        };
+        let current = self.loaded().iter().find(|p| p.file == file).cloned();
+        if !force && current.as_ref().is_some_and(|p| p.hash == hash) {
+            tracing::debug!(%file, "plugin unchanged; not reloaded");
+            return;
+        }
+        let beside = path.with_extension("toml");
+        let started = std::time::Instant::now();
+        let loaded = runtime
+            .load(&file, bytes, |name| self.settings_for(name, &beside))
+            .await;
+        match loaded {
+            Ok(plugin) => {
+                let plugin = Arc::new(plugin);
+                let m = &plugin.metadata;
+                tracing::info!(
+                    %file, plugin = %m.name, version = %m.version, hooks = ?m.hooks,
+                    millis = started.elapsed().as_millis() as u64,
+                    "plugin {}", if current.is_some() { "reloaded" } else { "loaded" }
+                );
+                self.errors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&file);
+                self.set.rcu(|set| {
+                    let mut next: Vec<Arc<LoadedPlugin>> =
+                        set.iter().filter(|p| p.file != file).cloned().collect();
+                    next.push(plugin.clone());
+                    next.sort_by(|a, b| a.file.cmp(&b.file));
+                    next
+                });
+            }
+            Err(reason) => self.rejected(&file, reason),
+        }
+    }
+
+    fn rejected(&self, file: &str, reason: String) {
+        let serving = self.loaded().iter().any(|p| p.file == file);
+        tracing::error!(%file, %reason, "plugin rejected{}", if serving { "; the previous version keeps serving" } else { "" });
+        self.errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                file.to_owned(),
+                LoadError {
+                    at: SystemTime::now(),
+                    message: reason,
+                },
+            );
+    }
+
+    /// Unloads the plugin loaded from `file` (its file was removed).
+    pub fn unload(&self, file: &str) {
+        let mut removed = false;
+        self.set.rcu(|set| {
+            let next: Vec<Arc<LoadedPlugin>> =
+                set.iter().filter(|p| p.file != file).cloned().collect();
+            removed = next.len() != set.len();
+            next
+        });
+        self.errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(file);
+        if removed {
+            tracing::info!(%file, "plugin unloaded (file removed)");
+        }
+    }
+
+    /// The configuration (as JSON text) and limits of the plugin named `name`.
+    fn settings_for(&self, name: &str, beside: &Path) -> Result<(String, Limits), String> {
+        let config = if beside.is_file() {
+            let text = std::fs::read_to_string(beside)
+                .map_err(|e| format!("cannot read {}: {e}", beside.display()))?;
+            let table: toml::Table = text
+                .parse()
+                .map_err(|e| format!("{} is not valid TOML: {e}", beside.display()))?;
+            serde_json::to_string(&table).map_err(|e| e.to_string())?
+        } else {
+            match self.config.config.get(name) {
+                Some(value) => value.to_string(),
+                None => "{}".to_owned(),
+            }
+        };
+        let overrides = self.config.limits.get(name).cloned().unwrap_or_default();
+        let limits = Limits {
+            deadline: overrides.deadline.unwrap_or(self.config.deadline),
+            memory: overrides.memory_limit.unwrap_or(self.config.memory_limit),
+            max_idle: self.config.max_idle_instances,
+        };
+        Ok((config, limits))
+    }
+
+    fn members(&self, hook: Hooks) -> Vec<Arc<LoadedPlugin>> {
+        self.set
+            .load()
+            .iter()
+            .filter(|p| p.implements(hook))
+            .cloned()
+            .collect()
+    }
+
+    /// The connect chain.
+    pub async fn connect(&self, request: ConnectRequest) -> Decision<ConnectAllow> {
+        let call = Call::Connect(request);
+        let mut allowed = None;
+        for plugin in self.members(Hooks::CONNECT) {
+            let verdict = ask(&plugin, &call).await.and_then(|reply| match reply {
+                Reply::Connect(verdict) => Ok(verdict),
+                _ => Err(mismatch()),
+            });
+            if let Some(decision) = chain::connect_step(&mut allowed, verdict) {
+                return decision;
+            }
+        }
+        chain::finish(allowed)
+    }
+
+    /// The subscribe chain.
+    pub async fn subscribe(&self, request: SubscribeRequest) -> Decision<SubscribeAllow> {
+        let call = Call::Subscribe(request);
+        let mut allowed = None;
+        for plugin in self.members(Hooks::SUBSCRIBE) {
+            let verdict = ask(&plugin, &call).await.and_then(|reply| match reply {
+                Reply::Subscribe(verdict) => Ok(verdict),
+                _ => Err(mismatch()),
+            });
+            if let Some(decision) = chain::subscribe_step(&mut allowed, verdict) {
+                return decision;
+            }
+        }
+        chain::finish(allowed)
+    }
+
+    /// The access chain (history and presence reads).
+    pub async fn access(&self, request: AccessRequest) -> Decision<()> {
+        let call = Call::Access(request);
+        let mut allowed = None;
+        for plugin in self.members(Hooks::ACCESS) {
+            let verdict = ask(&plugin, &call).await.and_then(|reply| match reply {
+                Reply::Access(verdict) => Ok(verdict),
+                _ => Err(mismatch()),
+            });
+            if let Some(decision) = chain::access_step(&mut allowed, verdict) {
+                return decision;
+            }
+        }
+        chain::finish(allowed)
+    }
+
+    /// The publish chain.
+    pub async fn publish(&self, request: PublishRequest) -> PublishDecision {
+        let mut draft = Draft::new(
+            request.channel.clone(),
+            request.data.clone(),
+            request.tags.clone(),
+        );
+        for plugin in self.members(Hooks::PUBLISH) {
+            let call = Call::Publish(PublishRequest {
+                data: draft.data.clone(),
+                tags: draft.tags.clone(),
+                ..request.clone()
+            });
+            let verdict = ask(&plugin, &call).await.and_then(|reply| match reply {
+                Reply::Publish(verdict) => Ok(verdict),
+                _ => Err(mismatch()),
+            });
+            if let Some(decision) = chain::publish_step(&mut draft, verdict) {
+                return decision;
+            }
+        }
+        draft.finish()
+    }
+
+    /// The RPC chain.
+    pub async fn rpc(&self, request: RpcRequest) -> RpcDecision {
+        let call = Call::Rpc(request);
+        for plugin in self.members(Hooks::RPC) {
+            let verdict = ask(&plugin, &call).await.and_then(|reply| match reply {
+                Reply::Rpc(verdict) => Ok(verdict),
+                _ => Err(mismatch()),
+            });
+            if let Some(decision) = chain::rpc_step(verdict) {
+                return decision;
+            }
+        }
+        RpcDecision::Unanswered
+    }
+
+    /// Tells every plugin with the disconnect hook; failures are only logged.
+    pub async fn disconnect(&self, event: DisconnectEvent) {
+        let call = Call::Disconnect(event);
+        for plugin in self.members(Hooks::DISCONNECT) {
+            let _ = plugin.call(&call).await;
+        }
+    }
+
+    /// Keeps the file watcher alive for as long as the plugins live.
+    pub(crate) fn keep_watcher(&self, watcher: notify::RecommendedWatcher) {
+        *self.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(watcher);
+    }
+}
+
+/// `.wasm` files that are not hidden (a deploy writes `.name.wasm.tmp` or `.name.wasm`, then renames).
+pub fn is_plugin_file(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    !name.starts_with('.') && name.ends_with(".wasm")
+}
+
+fn mismatch() -> String {
+    "the plugin answered a different hook".into()
+}
+
+/// Calls and counts denies.
+async fn ask(plugin: &LoadedPlugin, call: &Call) -> Result<Reply, String> {
+    let reply = plugin.call(call).await?;
+    let denied = matches!(
+        &reply,
+        Reply::Connect(bindings::ConnectVerdict::Deny(_))
+            | Reply::Subscribe(bindings::SubscribeVerdict::Deny(_))
+            | Reply::Publish(bindings::PublishVerdict::Deny(_))
+            | Reply::Rpc(bindings::RpcVerdict::Deny(_))
+            | Reply::Access(bindings::AccessVerdict::Deny(_))
+    );
+    if denied {
+        plugin
+            .stats
+            .denies
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(reply)
+}
