@@ -1,0 +1,1 @@
+//! Herald example plugin: content-filter (being written).

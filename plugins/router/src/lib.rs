@@ -1,0 +1,1 @@
+//! Herald example plugin: router (being written).
