@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -54,6 +54,7 @@ pub fn router(node: Arc<Node>) -> Router {
     let limit = node.config.http_api.max_body_size;
     Router::new()
         .route("/api/{method}", post(handle))
+        .route("/api/plugins", get(plugins))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(node)
 }
@@ -107,6 +108,54 @@ async fn handle(
             }
         }
     }
+}
+
+/// `GET /api/plugins`: loaded plugins with their counters, and files that failed to load.
+async fn plugins(State(node): State<Arc<Node>>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+    if !authorized(&node.config.http_api, &headers, query.as_deref()) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let millis = |at: std::time::SystemTime| {
+        at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    };
+    let loaded: Vec<serde_json::Value> = node
+        .plugins
+        .loaded()
+        .iter()
+        .map(|p| {
+            let stats = &p.stats;
+            let reasons: Vec<serde_json::Value> = stats
+                .failure_reasons
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|((hook, reason), count)| serde_json::json!({"hook": hook, "reason": reason, "count": count}))
+                .collect();
+            let limits = p.limits();
+            serde_json::json!({
+                "file": p.file,
+                "name": p.metadata.name,
+                "version": p.metadata.version,
+                "hooks": crate::plugin::hook_names(p.metadata.hooks),
+                "sha256": p.hash,
+                "loaded_at_ms": millis(p.loaded_at),
+                "deadline_ms": limits.deadline.as_secs_f64() * 1000.0,
+                "memory_limit": limits.memory,
+                "calls": stats.calls.load(std::sync::atomic::Ordering::Relaxed),
+                "denies": stats.denies.load(std::sync::atomic::Ordering::Relaxed),
+                "failures": stats.failures.load(std::sync::atomic::Ordering::Relaxed),
+                "failure_reasons": reasons,
+            })
+        })
+        .collect();
+    let errors: Vec<serde_json::Value> = node
+        .plugins
+        .load_errors()
+        .into_iter()
+        .map(|(file, e)| serde_json::json!({"file": file, "at_ms": millis(e.at), "error": e.message}))
+        .collect();
+    let body = serde_json::json!({"result": {"plugins": loaded, "load_errors": errors}});
+    json(StatusCode::OK, body.to_string().into_bytes())
 }
 
 enum ApiError {

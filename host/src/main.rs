@@ -38,6 +38,22 @@ enum Command {
     },
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Work with plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Validate a plugin offline: compile it, check it fits the plugin contract, read its metadata and run
+    /// its `init` with the configuration in `<file>.toml` beside it (or --config).
+    Check {
+        /// The `.wasm` component.
+        file: PathBuf,
+        /// The plugin's configuration as a TOML file (default: `<file>.toml` beside the plugin, if any).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,6 +69,16 @@ fn main() -> ExitCode {
             print!("{EMBEDDED_DEFAULT}");
             ExitCode::SUCCESS
         }
+        Command::Plugin(PluginCommand::Check { file, config }) => match check_plugin(&file, config.as_deref()) {
+            Ok(description) => {
+                println!("{description}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("{}: rejected: {error}", file.display());
+                ExitCode::FAILURE
+            }
+        },
         Command::CheckConfig { file } => match Config::load(Source::File(&file)) {
             Ok(config) => {
                 for warning in config.warnings() {
@@ -87,6 +113,19 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+#[tokio::main]
+async fn check_plugin(file: &std::path::Path, config: Option<&std::path::Path>) -> Result<String, String> {
+    let config = match config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let table: toml::Table = text.parse().map_err(|e| format!("{} is not valid TOML: {e}", path.display()))?;
+            Some(serde_json::to_string(&table).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
+    herald::plugin::check(file, config).await
 }
 
 #[tokio::main]

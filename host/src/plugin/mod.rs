@@ -215,7 +215,7 @@ impl Plugins {
                 let plugin = Arc::new(plugin);
                 let m = &plugin.metadata;
                 tracing::info!(
-                    %file, plugin = %m.name, version = %m.version, hooks = ?m.hooks,
+                    %file, plugin = %m.name, version = %m.version, hooks = ?hook_names(m.hooks),
                     millis = started.elapsed().as_millis() as u64,
                     "plugin {}", if current.is_some() { "reloaded" } else { "loaded" }
                 );
@@ -400,6 +400,41 @@ impl Plugins {
     pub(crate) fn keep_watcher(&self, watcher: notify::RecommendedWatcher) {
         *self.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(watcher);
     }
+}
+
+/// The names of the hooks in a set, for logs and the API.
+pub fn hook_names(hooks: Hooks) -> Vec<&'static str> {
+    [
+        (Hooks::CONNECT, "connect"),
+        (Hooks::SUBSCRIBE, "subscribe"),
+        (Hooks::PUBLISH, "publish"),
+        (Hooks::RPC, "rpc"),
+        (Hooks::ACCESS, "access"),
+        (Hooks::DISCONNECT, "disconnect"),
+    ]
+    .into_iter()
+    .filter(|(hook, _)| hooks.contains(*hook))
+    .map(|(_, name)| name)
+    .collect()
+}
+
+/// Validates a plugin offline (`herald plugin check`): compiles, links, reads its metadata and runs
+/// `init` with the configuration beside it (or `config`, JSON). Returns a description of the plugin.
+pub async fn check(path: &Path, config: Option<String>) -> Result<String, String> {
+    let runtime = Runtime::new(None, 64 * 1024 * 1024).map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("plugin.wasm").to_owned();
+    let defaults = PluginsConfig::default();
+    let plugins = Plugins::with_runtime(&defaults, None);
+    let beside = path.with_extension("toml");
+    let plugin = runtime
+        .load(&file, bytes, |name| match &config {
+            Some(json) => Ok((json.clone(), plugins.settings_for(name, Path::new(""))?.1)),
+            None => plugins.settings_for(name, &beside),
+        })
+        .await?;
+    let m = &plugin.metadata;
+    Ok(format!("{file}: plugin {} {} (hooks: {}) ok", m.name, m.version, hook_names(m.hooks).join(", ")))
 }
 
 /// `.wasm` files that are not hidden (a deploy writes `.name.wasm.tmp` or `.name.wasm`, then renames).
