@@ -111,12 +111,18 @@ async fn handle(
 }
 
 /// `GET /api/plugins`: loaded plugins with their counters, and files that failed to load.
-async fn plugins(State(node): State<Arc<Node>>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+async fn plugins(
+    State(node): State<Arc<Node>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     if !authorized(&node.config.http_api, &headers, query.as_deref()) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     let millis = |at: std::time::SystemTime| {
-        at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+        at.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
     };
     let loaded: Vec<serde_json::Value> = node
         .plugins

@@ -69,16 +69,18 @@ fn main() -> ExitCode {
             print!("{EMBEDDED_DEFAULT}");
             ExitCode::SUCCESS
         }
-        Command::Plugin(PluginCommand::Check { file, config }) => match check_plugin(&file, config.as_deref()) {
-            Ok(description) => {
-                println!("{description}");
-                ExitCode::SUCCESS
+        Command::Plugin(PluginCommand::Check { file, config }) => {
+            match check_plugin(&file, config.as_deref()) {
+                Ok(description) => {
+                    println!("{description}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("{}: rejected: {error}", file.display());
+                    ExitCode::FAILURE
+                }
             }
-            Err(error) => {
-                eprintln!("{}: rejected: {error}", file.display());
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::CheckConfig { file } => match Config::load(Source::File(&file)) {
             Ok(config) => {
                 for warning in config.warnings() {
@@ -116,11 +118,17 @@ fn main() -> ExitCode {
 }
 
 #[tokio::main]
-async fn check_plugin(file: &std::path::Path, config: Option<&std::path::Path>) -> Result<String, String> {
+async fn check_plugin(
+    file: &std::path::Path,
+    config: Option<&std::path::Path>,
+) -> Result<String, String> {
     let config = match config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let table: toml::Table = text.parse().map_err(|e| format!("{} is not valid TOML: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let table: toml::Table = text
+                .parse()
+                .map_err(|e| format!("{} is not valid TOML: {e}", path.display()))?;
             Some(serde_json::to_string(&table).map_err(|e| e.to_string())?)
         }
         None => None,

@@ -149,13 +149,25 @@ fn fixture(name: &str) -> std::path::PathBuf {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/wasm32-wasip2/plugin")
         .join(format!("{name}.wasm"));
-    assert!(path.is_file(), "{} is missing: run plugins/build first", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run plugins/build first",
+        path.display()
+    );
     path
 }
 
 fn plugin_check(args: &[&std::ffi::OsStr]) -> (bool, String) {
-    let output = std::process::Command::new(HERALD).args(["plugin", "check"]).args(args).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let output = std::process::Command::new(HERALD)
+        .args(["plugin", "check"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     (output.status.success(), text)
 }
 
@@ -164,7 +176,10 @@ fn plugin_check(args: &[&std::ffi::OsStr]) -> (bool, String) {
 fn plugin_check_describes_a_valid_plugin() {
     let (ok, out) = plugin_check(&[fixture("herald_test_hostile").as_os_str()]);
     assert!(ok, "{out}");
-    assert!(out.contains("plugin hostile 1.0.0 (hooks: connect, subscribe, publish) ok"), "{out}");
+    assert!(
+        out.contains("plugin hostile 1.0.0 (hooks: connect, subscribe, publish) ok"),
+        "{out}"
+    );
 }
 
 /// Garbage, a core module and a plugin whose init refuses its configuration are rejected with the reason.
@@ -183,6 +198,13 @@ fn plugin_check_rejects_bad_plugins() {
 
     let config = dir.path().join("fail.toml");
     std::fs::write(&config, "fail_init = true\n").unwrap();
-    let (ok, out) = plugin_check(&[fixture("herald_test_hostile").as_os_str(), "--config".as_ref(), config.as_os_str()]);
-    assert!(!ok && out.contains("refusing to start: fail_init is set"), "{out}");
+    let (ok, out) = plugin_check(&[
+        fixture("herald_test_hostile").as_os_str(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    assert!(
+        !ok && out.contains("refusing to start: fail_init is set"),
+        "{out}"
+    );
 }

@@ -421,9 +421,14 @@ pub fn hook_names(hooks: Hooks) -> Vec<&'static str> {
 /// Validates a plugin offline (`herald plugin check`): compiles, links, reads its metadata and runs
 /// `init` with the configuration beside it (or `config`, JSON). Returns a description of the plugin.
 pub async fn check(path: &Path, config: Option<String>) -> Result<String, String> {
-    let runtime = Runtime::new(None, 64 * 1024 * 1024).map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let runtime = Runtime::new(None, 64 * 1024 * 1024)
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("plugin.wasm").to_owned();
+    let file = path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or("plugin.wasm")
+        .to_owned();
     let defaults = PluginsConfig::default();
     let plugins = Plugins::with_runtime(&defaults, None);
     let beside = path.with_extension("toml");
@@ -434,7 +439,12 @@ pub async fn check(path: &Path, config: Option<String>) -> Result<String, String
         })
         .await?;
     let m = &plugin.metadata;
-    Ok(format!("{file}: plugin {} {} (hooks: {}) ok", m.name, m.version, hook_names(m.hooks).join(", ")))
+    Ok(format!(
+        "{file}: plugin {} {} (hooks: {}) ok",
+        m.name,
+        m.version,
+        hook_names(m.hooks).join(", ")
+    ))
 }
 
 /// `.wasm` files that are not hidden (a deploy writes `.name.wasm.tmp` or `.name.wasm`, then renames).

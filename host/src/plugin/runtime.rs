@@ -276,12 +276,16 @@ fn new_store(engine: &Engine, plugin: &str, memory: usize) -> Store<InstanceStat
     store
 }
 
+/// The error with its causes on one line, bounded so a log line stays readable.
 fn root_cause(error: &wasmtime::Error) -> String {
-    format!("{error:#}")
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
+    let text = format!("{error:#}")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    match text.char_indices().nth(300) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
 }
 
 /// Why a call failed, in a few words.
@@ -292,13 +296,25 @@ fn describe(error: &wasmtime::Error, state: &InstanceState) -> String {
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => "deadline exceeded".into(),
         Some(Trap::StackOverflow) => "stack overflow".into(),
-        Some(Trap::UnreachableCodeReached) => match state.stderr() {
-            stderr if stderr.is_empty() => "trap: unreachable code (abort)".into(),
-            stderr => format!("panic: {}", stderr.lines().last().unwrap_or_default()),
+        Some(Trap::UnreachableCodeReached) => match panic_message(&state.stderr()) {
+            Some(message) => format!("panic: {message}"),
+            None => "trap: unreachable code (abort)".into(),
         },
-        Some(trap) => format!("trap: {trap}"),
+        // Safe Rust never reads out of bounds; a Rust guest does when its in-memory stack overflows.
+        Some(Trap::MemoryOutOfBounds) => "stack overflow (out-of-bounds memory access)".into(),
+        Some(trap) => trap.to_string(),
         None => root_cause(error),
     }
+}
+
+/// The message of a Rust panic from the guest's stderr: the last line that is not the standard library's
+/// `note:` hint.
+fn panic_message(stderr: &str) -> Option<&str> {
+    stderr
+        .lines()
+        .map(str::trim)
+        .rev()
+        .find(|l| !l.is_empty() && !l.starts_with("note:"))
 }
 
 impl LoadedPlugin {
@@ -392,4 +408,23 @@ async fn invoke(warm: &mut Warm, call: &Call) -> wasmtime::Result<Reply> {
             Reply::Disconnect
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_message_skips_the_backtrace_hint() {
+        let stderr = "thread '<unnamed>' panicked at src/lib.rs:33:20:\nboom\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(panic_message(stderr), Some("boom"));
+        assert_eq!(panic_message(""), None);
+    }
+
+    #[test]
+    fn deadlines_round_up_to_whole_ticks() {
+        assert_eq!(ticks(Duration::from_micros(10)), 1);
+        assert_eq!(ticks(Duration::from_millis(10)), 10);
+        assert_eq!(ticks(Duration::from_micros(10_500)), 11);
+    }
 }

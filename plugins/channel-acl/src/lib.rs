@@ -170,20 +170,20 @@ impl Rule {
 
 /// Splits a pattern into pieces once, at init, so matching needs no string building.
 fn compile(pattern: &str) -> Vec<Piece> {
-    let mut pieces = Vec::with_capacity(pattern.len());
-    let mut rest = pattern;
-    while !rest.is_empty() {
-        if let Some(after) = rest.strip_prefix("{user}") {
+    const USER: &[u8] = b"{user}";
+    let bytes = pattern.as_bytes();
+    let mut pieces = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at..].starts_with(USER) {
             pieces.push(Piece::User);
-            rest = after;
+            at += USER.len();
         } else {
-            let byte = rest.as_bytes()[0];
-            pieces.push(if byte == b'*' {
-                Piece::Star
-            } else {
-                Piece::Byte(byte)
+            pieces.push(match bytes[at] {
+                b'*' => Piece::Star,
+                byte => Piece::Byte(byte),
             });
-            rest = &rest[1..];
+            at += 1;
         }
     }
     pieces
@@ -570,6 +570,8 @@ mod tests {
         assert!(m("dm:{user}:*", "dm:7:inbox", "7"));
         assert!(!m("dm:{user}:*", "dm:77:inbox", "7"));
         assert!(m("{user}", "ünï", "ünï"));
+        assert!(m("çhät:*", "çhät:ü", ""));
+        assert!(!m("çhät:*", "chat:u", ""));
         // A lone brace or an unknown placeholder is literal text.
         assert!(m("a{b}", "a{b}", ""));
         assert!(m("a{user", "a{user", ""));

@@ -9,14 +9,15 @@
 //!
 //! ## Configuration
 //!
-//! Given in Herald's configuration under the plugin's name, or in a TOML file beside the `.wasm` named after
-//! the file's stem (`herald_plugin_jwt_auth.wasm` reads `herald_plugin_jwt_auth.toml`; the file wins over
-//! Herald's table):
+//! Given in Herald's configuration under the plugin's name (`jwt-auth`), or in a TOML file beside the `.wasm`
+//! named after the file's stem: `jwt-auth.wasm` (as `plugins/build` installs it) reads `jwt-auth.toml`, with
+//! the same keys at top level. The file wins over Herald's table.
 //!
 //! ```toml
 //! [plugins.config.jwt-auth]
 //! hmac_secret = "a-long-random-secret"        # HS256, HS384, HS512
-//! rsa_public_key = """                        # RS256, RS384, RS512 (SPKI, PKCS#1 or certificate PEM)
+//! # RS256, RS384, RS512: an SPKI ("PUBLIC KEY"), PKCS#1 ("RSA PUBLIC KEY") or certificate PEM
+//! rsa_public_key = """
 //! -----BEGIN PUBLIC KEY-----
 //! ...
 //! -----END PUBLIC KEY-----

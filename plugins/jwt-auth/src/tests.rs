@@ -85,6 +85,25 @@ q4BAKR40xGBpzQwYgczEA+/C4YdlU97YTS+jLci3OxRAKLR41QuY46gkeg==
 -----END PUBLIC KEY-----
 ";
 
+/// Test-only P-384 key pair (generated with `openssl ecparam -name secp384r1 -genkey`): private half, PKCS#8.
+const EC384_PRIVATE_KEY: &str = "\
+-----BEGIN PRIVATE KEY-----
+MIG2AgEAMBAGByqGSM49AgEGBSuBBAAiBIGeMIGbAgEBBDDhUsrX/Kvr+wSuy+iZ
+9u245Mgajl6LU4vFQqyC3FQykoYM3GqNKwVsBQeof/qdnOihZANiAARgP0GZz/Mx
+wCE+8ngyqtOf9tOZp69UnR/uFQMwopdBFKRIENAvADzqAM8+rxZgont6+ClKuXZv
+wpWhDjcQT42HlKoSKNztMt6W4F1f6Xm63Kau8546CBk8u0vY/t8gTm0=
+-----END PRIVATE KEY-----
+";
+
+/// Public half of [`EC384_PRIVATE_KEY`] (SPKI).
+const EC384_PUBLIC_KEY: &str = "\
+-----BEGIN PUBLIC KEY-----
+MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEYD9Bmc/zMcAhPvJ4MqrTn/bTmaevVJ0f
+7hUDMKKXQRSkSBDQLwA86gDPPq8WYKJ7evgpSrl2b8KVoQ43EE+Nh5SqEijc7TLe
+luBdX+l5utymrvOeOggZPLtL2P7fIE5t
+-----END PUBLIC KEY-----
+";
+
 fn plugin(config: Value) -> JwtAuth {
     JwtAuth::init(Config(config)).expect("valid configuration")
 }
@@ -323,6 +342,24 @@ fn es256_is_accepted() {
     let plugin = plugin(json!({ "ecdsa_public_key": EC_PUBLIC_KEY }));
     let allow = allowed(plugin.connect_at(&connect_request(&es256(&user_claims())), NOW));
     assert_eq!(allow.user, "42");
+}
+
+#[test]
+fn es384_is_accepted_with_a_p384_key_and_curves_must_match() {
+    let p384 = plugin(json!({ "ecdsa_public_key": EC384_PUBLIC_KEY }));
+    let key = EncodingKey::from_ec_pem(EC384_PRIVATE_KEY.as_bytes()).expect("P-384 private key");
+    let token = sign(Algorithm::ES384, &user_claims(), &key);
+    assert_eq!(
+        allowed(p384.connect_at(&connect_request(&token), NOW)).user,
+        "42"
+    );
+    // An ES256 token against the P-384 key, and the ES384 token against the P-256 key.
+    assert_eq!(
+        connect_code(&p384, &es256(&user_claims())),
+        codes::INVALID_TOKEN
+    );
+    let p256 = plugin(json!({ "ecdsa_public_key": EC_PUBLIC_KEY }));
+    assert_eq!(connect_code(&p256, &token), codes::INVALID_TOKEN);
 }
 
 #[test]

@@ -1,0 +1,118 @@
+//! Plugin costs: one hook call through the chain on a warm instance, and loading (compiling) a plugin with
+//! and without the on-disk cache. Needs the fixtures built first: `plugins/build`.
+//!
+//! `cargo bench -p herald --bench plugin_hooks`
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use herald::plugin::bindings::{ClientInfo, PublishRequest, PublishSource, SubscribeRequest};
+use herald::plugin::{Plugins, PluginsConfig};
+
+fn fixture() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip2/plugin/herald_test_hostile.wasm");
+    assert!(
+        path.is_file(),
+        "{} is missing: run plugins/build first",
+        path.display()
+    );
+    path
+}
+
+fn plugins_in(dir: &Path, cache: &Path) -> Plugins {
+    let config = PluginsConfig {
+        dir: dir.display().to_string(),
+        cache_dir: cache.display().to_string(),
+        watch: false,
+        ..PluginsConfig::default()
+    };
+    Plugins::new(&config).expect("plugin runtime")
+}
+
+fn hooks(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture(), dir.path().join("10-hostile.wasm")).unwrap();
+    let plugins = plugins_in(dir.path(), &dir.path().join(".cache"));
+    runtime.block_on(plugins.load_all());
+    assert_eq!(plugins.loaded().len(), 1, "fixture loaded");
+
+    let data = br#"{"text":"a publication of about two hundred bytes, which is what a chat message or a small event tends to be in practice; it is scanned by the plugin and passed through"}"#.to_vec();
+    let publish = PublishRequest {
+        source: PublishSource::Api,
+        publisher: None,
+        channel: "chat:room".into(),
+        data,
+        tags: vec![],
+    };
+    c.bench_function("publish hook, 1 plugin, warm instance", |b| {
+        b.to_async(&runtime)
+            .iter(|| plugins.publish(publish.clone()))
+    });
+    let subscribe = SubscribeRequest {
+        client: ClientInfo {
+            user: "42".into(),
+            client: "c".into(),
+            info: None,
+        },
+        channel: "chat:room".into(),
+        token: String::new(),
+        data: None,
+        refresh: false,
+    };
+    c.bench_function("subscribe hook, 1 plugin, warm instance", |b| {
+        b.to_async(&runtime)
+            .iter(|| plugins.subscribe(subscribe.clone()))
+    });
+}
+
+fn loading(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("load plugin");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    group.bench_function("uncached (compile)", |b| {
+        b.iter_custom(|iterations| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iterations {
+                let dir = tempfile::tempdir().unwrap();
+                std::fs::copy(fixture(), dir.path().join("10-hostile.wasm")).unwrap();
+                let plugins = plugins_in(dir.path(), &dir.path().join(".cache"));
+                let started = Instant::now();
+                runtime.block_on(plugins.load_all());
+                total += started.elapsed();
+                assert_eq!(plugins.loaded().len(), 1);
+            }
+            total
+        })
+    });
+    let cache = tempfile::tempdir().unwrap();
+    group.bench_function("cached", |b| {
+        b.iter_custom(|iterations| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iterations {
+                let dir = tempfile::tempdir().unwrap();
+                std::fs::copy(fixture(), dir.path().join("10-hostile.wasm")).unwrap();
+                let plugins = plugins_in(dir.path(), cache.path());
+                let started = Instant::now();
+                runtime.block_on(plugins.load_all());
+                total += started.elapsed();
+                assert_eq!(plugins.loaded().len(), 1);
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, hooks, loading);
+criterion_main!(benches);
