@@ -50,6 +50,28 @@ fn hooks(c: &mut Criterion) {
         data,
         tags: vec![],
     };
+    // Criterion reports the mean; the tail matters too, so time single calls and print percentiles.
+    let mut samples: Vec<Duration> = runtime.block_on(async {
+        let mut samples = Vec::with_capacity(100_000);
+        for _ in 0..100_000 {
+            let started = Instant::now();
+            std::hint::black_box(plugins.publish(publish.clone()).await);
+            samples.push(started.elapsed());
+        }
+        samples
+    });
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    println!(
+        "publish hook, single calls (n = {}): p50 {:?}, p90 {:?}, p99 {:?}, p99.9 {:?}, max {:?}",
+        samples.len(),
+        at(0.50),
+        at(0.90),
+        at(0.99),
+        at(0.999),
+        samples[samples.len() - 1]
+    );
+
     c.bench_function("publish hook, 1 plugin, warm instance", |b| {
         b.to_async(&runtime)
             .iter(|| plugins.publish(publish.clone()))
