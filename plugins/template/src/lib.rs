@@ -1,0 +1,74 @@
+//! A plugin template: copy this crate, rename it, list the hooks you implement in `HOOKS` and replace the
+//! example logic. As written it denies subscriptions to the channels listed in its configuration and passes
+//! everything else:
+//!
+//! ```toml
+//! # <wasm file stem>.toml beside the .wasm, or [plugins.config.template] in Herald's configuration
+//! blocked_channels = ["internal:*"]
+//! ```
+//!
+//! Build: `cargo build --profile plugin --target wasm32-wasip2 -p herald-plugin-template` (or
+//! `plugins/build`, which builds every plugin but does not deploy this template).
+
+use herald_sdk::{Config, Hooks, Plugin, SubscribeRequest, SubscribeVerdict, codes, deny, pattern};
+
+/// The plugin's configuration.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
+    /// Channel patterns (`*` and `{user}` allowed) nobody may subscribe to.
+    blocked_channels: Vec<String>,
+}
+
+/// The plugin: state built once per instance by `init`, reused by every call.
+pub struct Template {
+    settings: Settings,
+}
+
+impl Plugin for Template {
+    const NAME: &'static str = "template";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const HOOKS: Hooks = Hooks::SUBSCRIBE;
+
+    fn init(config: Config) -> Result<Self, String> {
+        Ok(Self { settings: config.parse()? })
+    }
+
+    fn on_subscribe(&self, request: &SubscribeRequest) -> SubscribeVerdict {
+        let user = &request.client.user;
+        if self.settings.blocked_channels.iter().any(|p| pattern::matches(p, &request.channel, user)) {
+            return SubscribeVerdict::Deny(deny(codes::PERMISSION_DENIED, "permission denied"));
+        }
+        SubscribeVerdict::Pass
+    }
+}
+
+herald_sdk::export!(Template);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_sdk::ClientInfo;
+
+    fn subscribe(plugin: &Template, channel: &str) -> SubscribeVerdict {
+        plugin.on_subscribe(&SubscribeRequest {
+            client: ClientInfo { user: "42".into(), client: "c".into(), info: None },
+            channel: channel.into(),
+            token: String::new(),
+            data: None,
+            refresh: false,
+        })
+    }
+
+    #[test]
+    fn blocks_configured_channels_and_passes_the_rest() {
+        let plugin = Template::init(Config::from_json(r#"{"blocked_channels":["internal:*"]}"#).unwrap()).unwrap();
+        assert!(matches!(subscribe(&plugin, "internal:metrics"), SubscribeVerdict::Deny(d) if d.code == 103));
+        assert!(matches!(subscribe(&plugin, "chat:room"), SubscribeVerdict::Pass));
+    }
+
+    #[test]
+    fn rejects_unknown_configuration() {
+        assert!(Template::init(Config::from_json(r#"{"blocked":[]}"#).unwrap()).is_err());
+    }
+}
