@@ -1,38 +1,75 @@
 //! Channel patterns: `*` matches any run of characters (including none), `{user}` matches the connection's
 //! user id, everything else matches literally. `chat:*`, `user:#{user}`, `*:public`.
 
-/// Whether `channel` matches `pattern` for `user`. `{user}` never matches for an anonymous user (empty id).
+/// Whether `channel` matches `pattern` for `user`. `{user}` matches the user id literally (a `*` in an id
+/// is not a wildcard) and never matches for an anonymous user (empty id).
 pub fn matches(pattern: &str, channel: &str, user: &str) -> bool {
-    if pattern.contains("{user}") {
+    let mut tokens = Vec::new();
+    let mut rest = pattern;
+    while let Some(at) = rest.find("{user}") {
         if user.is_empty() {
             return false;
         }
-        return glob(&pattern.replace("{user}", user), channel);
+        push_literal_and_stars(&mut tokens, &rest[..at]);
+        tokens.push(Token::Literal(user.as_bytes()));
+        rest = &rest[at + "{user}".len()..];
     }
-    glob(pattern, channel)
+    push_literal_and_stars(&mut tokens, rest);
+    match_tokens(&tokens, channel.as_bytes())
 }
 
-/// `*` wildcard matching (iterative, linear in practice).
+/// `*` wildcard matching.
 pub fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t) = (pattern.as_bytes(), text.as_bytes());
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some((star_p, star_t)) = star {
-            pi = star_p + 1;
-            ti = star_t + 1;
-            star = Some((star_p, star_t + 1));
-        } else {
-            return false;
+    let mut tokens = Vec::new();
+    push_literal_and_stars(&mut tokens, pattern);
+    match_tokens(&tokens, text.as_bytes())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Token<'a> {
+    Star,
+    Literal(&'a [u8]),
+}
+
+fn push_literal_and_stars<'a>(tokens: &mut Vec<Token<'a>>, text: &'a str) {
+    for (i, part) in text.split('*').enumerate() {
+        if i > 0 {
+            tokens.push(Token::Star);
+        }
+        if !part.is_empty() {
+            tokens.push(Token::Literal(part.as_bytes()));
         }
     }
-    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// Backtracking over the last star: linear in practice, quadratic at worst.
+fn match_tokens(tokens: &[Token<'_>], text: &[u8]) -> bool {
+    let (mut ti, mut pos) = (0, 0);
+    let mut resume: Option<(usize, usize)> = None;
+    loop {
+        match tokens.get(ti) {
+            Some(Token::Star) => {
+                resume = Some((ti, pos));
+                ti += 1;
+                continue;
+            }
+            Some(Token::Literal(lit)) if text[pos..].starts_with(lit) => {
+                pos += lit.len();
+                ti += 1;
+                continue;
+            }
+            None if pos == text.len() => return true,
+            _ => {}
+        }
+        match resume {
+            Some((star, from)) if from < text.len() => {
+                resume = Some((star, from + 1));
+                ti = star + 1;
+                pos = from + 1;
+            }
+            _ => return false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -59,5 +96,11 @@ mod tests {
         assert!(!matches("user:#{user}", "user:#43", "42"));
         assert!(!matches("user:#{user}", "user:#", ""));
         assert!(matches("dm:{user}:*", "dm:7:inbox", "7"));
+        assert!(
+            !matches("private:{user}", "private:alice", "*"),
+            "a * in a user id is literal"
+        );
+        assert!(matches("private:{user}", "private:*", "*"));
+        assert!(matches("*:{user}", "a:b:42", "42"));
     }
 }

@@ -68,7 +68,17 @@ pub fn connect_step(
     match verdict {
         Ok(ConnectVerdict::Pass) => None,
         Ok(ConnectVerdict::Allow(allow)) => {
-            *allowed = Some(allow);
+            *allowed = Some(match allowed.take() {
+                // A later plugin refines the identity; what it leaves unset keeps what an earlier one gave.
+                Some(earlier) => ConnectAllow {
+                    user: allow.user,
+                    info: allow.info.or(earlier.info),
+                    channels: earlier.channels.into_iter().chain(allow.channels).collect(),
+                    expire_at: allow.expire_at.or(earlier.expire_at),
+                    data: allow.data.or(earlier.data),
+                },
+                None => allow,
+            });
             None
         }
         Ok(ConnectVerdict::Deny(deny)) => Some(Decision::Denied(deny)),
@@ -84,7 +94,15 @@ pub fn subscribe_step(
     match verdict {
         Ok(SubscribeVerdict::Pass) => None,
         Ok(SubscribeVerdict::Allow(allow)) => {
-            *allowed = Some(allow);
+            *allowed = Some(match allowed.take() {
+                // An ACL's bare allow after a token plugin's allow keeps the token's info, data and expiry.
+                Some(earlier) => SubscribeAllow {
+                    info: allow.info.or(earlier.info),
+                    data: allow.data.or(earlier.data),
+                    expire_at: allow.expire_at.or(earlier.expire_at),
+                },
+                None => allow,
+            });
             None
         }
         Ok(SubscribeVerdict::Deny(deny)) => Some(Decision::Denied(deny)),
@@ -252,6 +270,54 @@ mod tests {
             Ok(ConnectVerdict::Allow(allow("b"))),
         ]);
         assert_eq!(decision, Decision::Allowed(allow("b")));
+    }
+
+    #[test]
+    fn later_allows_refine_earlier_ones() {
+        let token = ConnectAllow {
+            user: "42".into(),
+            info: Some(b"{}".to_vec()),
+            channels: vec!["a".into()],
+            expire_at: Some(100),
+            data: None,
+        };
+        let (decision, _) = connect(vec![
+            Ok(ConnectVerdict::Allow(token)),
+            Ok(ConnectVerdict::Allow(ConnectAllow {
+                channels: vec!["b".into()],
+                ..allow("42")
+            })),
+        ]);
+        assert_eq!(
+            decision,
+            Decision::Allowed(ConnectAllow {
+                user: "42".into(),
+                info: Some(b"{}".to_vec()),
+                channels: vec!["a".into(), "b".into()],
+                expire_at: Some(100),
+                data: None,
+            })
+        );
+        let mut allowed = None;
+        let grant = SubscribeAllow {
+            info: Some(b"1".to_vec()),
+            data: Some(b"2".to_vec()),
+            expire_at: Some(7),
+        };
+        assert_eq!(
+            subscribe_step(&mut allowed, Ok(SubscribeVerdict::Allow(grant.clone()))),
+            None
+        );
+        let bare = SubscribeAllow {
+            info: None,
+            data: None,
+            expire_at: None,
+        };
+        assert_eq!(
+            subscribe_step(&mut allowed, Ok(SubscribeVerdict::Allow(bare))),
+            None
+        );
+        assert_eq!(finish(allowed), Decision::Allowed(grant));
     }
 
     #[test]

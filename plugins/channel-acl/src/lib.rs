@@ -5,8 +5,8 @@
 //! leaves the decision to the namespace configuration (and to later plugins), `"deny"` refuses.
 //!
 //! ```toml
-//! # In Herald's configuration; or, without the `plugins.config.channel-acl` prefix, in
-//! # `channel-acl.toml` beside `channel-acl.wasm`.
+//! # In Herald's configuration. Or in a file beside the plugin with the same stem (`channel-acl.toml`
+//! # beside `channel-acl.wasm`), holding these keys without the `plugins.config.channel-acl` prefix.
 //! [plugins.config.channel-acl]
 //! default = "pass"                 # "pass" | "deny": what happens when no rule matches
 //!
@@ -55,6 +55,10 @@
 //!
 //! A `{user}` rule never matches an anonymous connection, and the user id is matched literally (a `*` in a
 //! user id is not a wildcard).
+//!
+//! The ACL's subscribe allow carries no info, data or expiry. Herald keeps the last allow of the chain, so
+//! give this plugin a file name that sorts before plugins that grant subscriptions with those (a
+//! subscription-token plugin): `10-channel-acl.wasm`, `20-jwt-auth.wasm`.
 
 use herald_sdk::{
     AccessKind, AccessRequest, AccessVerdict, Config, Hooks, Plugin, PublishRequest, PublishSource,

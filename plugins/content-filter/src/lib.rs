@@ -12,11 +12,11 @@
 //!    not inspected). `on_blocked` says what happens on a hit: `"reject"` refuses (`400 blocked content`),
 //!    `"drop"` discards silently, `"mask"` replaces each occurrence with `mask` and publishes the result.
 //!    With `whole_words = true` (the default) a word only matches between non-alphanumeric characters, so
-//!    blocking "ass" leaves "class" alone; `false` matches anywhere inside words.
+//!    blocking "spam" leaves "antispam" alone; `false` matches anywhere inside words.
 //!
 //! ```toml
-//! # In Herald's configuration; or, without the `plugins.config.content-filter` prefix, in
-//! # `content-filter.toml` beside `content-filter.wasm`.
+//! # In Herald's configuration. Or in a file beside the plugin with the same stem (`content-filter.toml`
+//! # beside `content-filter.wasm`), holding these keys without the `plugins.config.content-filter` prefix.
 //! [plugins.config.content-filter]
 //! channels = ["chat:*", "comments:*"] # where the filter applies (`*` wildcard); default: every channel
 //! sources = ["client"]                # "client" | "api" | "queue"; default: all three
@@ -32,6 +32,13 @@
 //! A masked publication is re-encoded from the parsed JSON: its meaning is kept, but whitespace is
 //! compacted, object keys come out sorted, and numbers beyond 64-bit precision are rounded. Publications
 //! without a hit are published byte for byte as sent.
+//!
+//! Inspection takes time in proportion to the data, and each hook call has a deadline (10 ms by default;
+//! a call that overruns fails closed with error 100). Keep `max_size` at 64 KiB or below, or raise the
+//! deadline for this plugin (`[plugins.limits.content-filter] deadline = "25ms"`).
+
+use std::borrow::Cow;
+use std::ops::Range;
 
 use herald_sdk::pattern::glob;
 use herald_sdk::{
@@ -49,8 +56,7 @@ pub struct ContentFilter {
     sources: Option<Vec<PublishSource>>,
     max_size: Option<usize>,
     on_too_large: OnTooLarge,
-    /// Lowercased per character (as the text is), longest first so the longest word wins at a position.
-    blocked_words: Vec<Vec<char>>,
+    blocked_words: Vec<BlockedWord>,
     on_blocked: OnBlocked,
     mask: String,
     whole_words: bool,
@@ -120,9 +126,51 @@ impl Default for Settings {
     }
 }
 
-/// Lowercases per character, the same way the searched text is folded, so both sides agree.
-fn fold(text: &str) -> Vec<char> {
-    text.chars().flat_map(char::to_lowercase).collect()
+/// A blocked word, lowercased character by character exactly as the searched text is.
+struct BlockedWord {
+    folded: String,
+    chars: Vec<char>,
+}
+
+impl BlockedWord {
+    fn new(word: &str) -> Self {
+        let chars: Vec<char> = word.chars().flat_map(char::to_lowercase).collect();
+        BlockedWord {
+            folded: chars.iter().collect(),
+            chars,
+        }
+    }
+}
+
+/// `text` lowercased, when lowercasing maps every character to one character of the same UTF-8 length (so
+/// byte offsets in the result are byte offsets in `text`): true of ASCII and nearly all real text.
+fn fold_in_place(text: &str) -> Option<Cow<'_, str>> {
+    if text.is_ascii() {
+        // Most strings in a publication are short and already lower case: no copy for them.
+        if !text.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Some(Cow::Borrowed(text));
+        }
+        return Some(Cow::Owned(text.to_ascii_lowercase()));
+    }
+    let mut folded = String::with_capacity(text.len());
+    for c in text.chars() {
+        // The common case first: the general lowercasing looks every character up in a table.
+        if c.is_ascii() {
+            folded.push(c.to_ascii_lowercase());
+            continue;
+        }
+        let mut lower = c.to_lowercase();
+        let first = lower.next()?;
+        if lower.next().is_some() || first.len_utf8() != c.len_utf8() {
+            return None;
+        }
+        folded.push(first);
+    }
+    Some(Cow::Owned(folded))
+}
+
+fn is_word_char(c: Option<char>) -> bool {
+    c.is_some_and(char::is_alphanumeric)
 }
 
 impl ContentFilter {
@@ -137,46 +185,76 @@ impl ContentFilter {
     }
 
     /// Byte ranges of the blocked words in `text`: leftmost first, longest at a position, not overlapping.
-    fn blocked_ranges(&self, text: &str) -> Vec<std::ops::Range<usize>> {
-        // Each folded character remembers where its original character starts: lowercasing can change a
-        // character's length (and count), and the ranges must point into the original text.
-        let folded: Vec<(char, usize)> = text
-            .char_indices()
-            .flat_map(|(at, c)| c.to_lowercase().map(move |l| (l, at)))
-            .collect();
+    fn blocked_ranges(&self, text: &str) -> Vec<Range<usize>> {
+        let mut found = match fold_in_place(text) {
+            Some(folded) => self.occurrences_in_place(&folded),
+            None => self.occurrences_shifted(text),
+        };
+        if self.whole_words {
+            found.retain(|r| {
+                !is_word_char(text[..r.start].chars().next_back())
+                    && !is_word_char(text[r.end..].chars().next())
+            });
+        }
+        found.sort_unstable_by_key(|r| (r.start, std::cmp::Reverse(r.end)));
+        let mut taken_up_to = 0;
+        found.retain(|r| {
+            let free = r.start >= taken_up_to;
+            if free {
+                taken_up_to = r.end;
+            }
+            free
+        });
+        found
+    }
+
+    /// Every occurrence (overlapping ones too) of every word, when folding kept the offsets: a substring
+    /// search per word, which is what keeps large publications within the hook's deadline.
+    fn occurrences_in_place(&self, folded: &str) -> Vec<Range<usize>> {
+        let mut found = Vec::new();
+        for word in &self.blocked_words {
+            let step = word.chars[0].len_utf8();
+            let mut from = 0;
+            while let Some(at) = folded[from..].find(&word.folded) {
+                let start = from + at;
+                found.push(start..start + word.folded.len());
+                from = start + step;
+            }
+        }
+        found
+    }
+
+    /// Every occurrence of every word when lowercasing changes lengths ("İ" becomes two characters):
+    /// character by character, each folded character remembering where its original one starts.
+    fn occurrences_shifted(&self, text: &str) -> Vec<Range<usize>> {
+        let mut folded: Vec<(char, usize)> = Vec::with_capacity(text.len());
+        for (at, c) in text.char_indices() {
+            if c.is_ascii() {
+                folded.push((c.to_ascii_lowercase(), at));
+            } else {
+                folded.extend(c.to_lowercase().map(|l| (l, at)));
+            }
+        }
         // A match must start and end on whole original characters.
         let on_char_boundary =
             |i: usize| i == 0 || i == folded.len() || folded[i - 1].1 != folded[i].1;
         let offset = |i: usize| folded.get(i).map_or(text.len(), |f| f.1);
-        let is_word_char = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
-
-        let mut ranges = Vec::new();
-        let mut i = 0;
-        'scan: while i < folded.len() {
-            if on_char_boundary(i) {
-                for word in &self.blocked_words {
-                    let end = i + word.len();
-                    if end > folded.len()
-                        || !on_char_boundary(end)
-                        || !folded[i..end].iter().map(|f| f.0).eq(word.iter().copied())
-                    {
-                        continue;
-                    }
-                    let range = offset(i)..offset(end);
-                    if self.whole_words
-                        && (is_word_char(text[..range.start].chars().next_back())
-                            || is_word_char(text[range.end..].chars().next()))
-                    {
-                        continue;
-                    }
-                    ranges.push(range);
-                    i = end;
-                    continue 'scan;
+        let mut found = Vec::new();
+        for start in (0..folded.len()).filter(|&i| on_char_boundary(i)) {
+            for word in &self.blocked_words {
+                let end = start + word.chars.len();
+                if end <= folded.len()
+                    && on_char_boundary(end)
+                    && folded[start..end]
+                        .iter()
+                        .map(|f| f.0)
+                        .eq(word.chars.iter().copied())
+                {
+                    found.push(offset(start)..offset(end));
                 }
             }
-            i += 1;
         }
-        ranges
+        found
     }
 
     fn contains_blocked(&self, value: &Value) -> bool {
@@ -240,15 +318,13 @@ impl Plugin for ContentFilter {
                 "sources: an empty list filters nothing; omit it to filter every source".into(),
             );
         }
-        let mut blocked_words: Vec<Vec<char>> = Vec::with_capacity(settings.blocked_words.len());
+        let mut blocked_words = Vec::with_capacity(settings.blocked_words.len());
         for (index, word) in settings.blocked_words.iter().enumerate() {
-            let word = fold(word.trim());
-            if word.is_empty() {
+            if word.trim().is_empty() {
                 return Err(format!("blocked_words[{index}]: must not be empty"));
             }
-            blocked_words.push(word);
+            blocked_words.push(BlockedWord::new(word.trim()));
         }
-        blocked_words.sort_by_key(|word| std::cmp::Reverse(word.len()));
         for (index, field) in settings.required_fields.iter().enumerate() {
             if !field.starts_with('/') {
                 return Err(format!(
@@ -494,6 +570,12 @@ mod tests {
             publish(&f, r#"{"t":"ÜNÏ-x"}"#),
             masked(serde_json::json!({"t":"***-x"}))
         );
+        // The Kelvin sign (3 bytes) lowercases to a 1-byte "k".
+        let f = filter(r#"{ "blocked_words": ["kill"], "on_blocked": "mask" }"#);
+        assert_eq!(
+            publish(&f, "{\"t\":\"\u{212A}ILL it, \u{212A}\"}"),
+            masked(serde_json::json!({"t":"*** it, \u{212A}"}))
+        );
     }
 
     #[test]
@@ -503,6 +585,46 @@ mod tests {
             publish(&f, r#"{"t":"buy now, buy"}"#),
             masked(serde_json::json!({"t":"***, ***"}))
         );
+    }
+
+    #[test]
+    fn overlapping_occurrences_are_all_considered() {
+        // The occurrence at 1 is inside "xab"; the one at 4 overlaps it and is a whole phrase.
+        let f = filter(r#"{ "blocked_words": ["ab ab"], "on_blocked": "mask" }"#);
+        assert_eq!(
+            publish(&f, r#"["xab ab ab"]"#),
+            masked(serde_json::json!(["xab ***"]))
+        );
+        let f =
+            filter(r#"{ "blocked_words": ["aa"], "on_blocked": "mask", "whole_words": false }"#);
+        assert_eq!(
+            publish(&f, r#"["aaaaa"]"#),
+            masked(serde_json::json!(["******a"]))
+        );
+    }
+
+    #[test]
+    fn the_fast_and_the_general_search_agree() {
+        let f = filter(
+            r#"{ "blocked_words": ["spam", "ünï", "Straße", "aa", "buy now"], "whole_words": false }"#,
+        );
+        for text in [
+            "",
+            "SPAM spam Spam",
+            "aaaa",
+            "ÜNÏ ünï Ünï",
+            "STRASSE straße",
+            "buy now buy  now",
+            "ÀÉÎ spam",
+        ] {
+            let folded = fold_in_place(text).expect("lowercasing keeps these lengths");
+            let mut fast = f.occurrences_in_place(&folded);
+            let mut general = f.occurrences_shifted(text);
+            fast.sort_by_key(|r| (r.start, r.end));
+            general.sort_by_key(|r| (r.start, r.end));
+            assert_eq!(fast, general, "{text}");
+        }
+        assert!(fold_in_place("İ").is_none() && fold_in_place("\u{212A}").is_none()); // İ and the Kelvin sign
     }
 
     #[test]
@@ -580,41 +702,5 @@ mod tests {
         assert!(init_error(r#"{ "sources": ["http"] }"#).contains("http"));
         init_error(r#"{ "max_size": -1 }"#);
         assert!(init_error(r#"{ "blocked_word": ["x"] }"#).contains("blocked_word"));
-    }
-}
-#[cfg(test)]
-mod scratch_bench {
-    use super::*;
-    #[test]
-    #[ignore]
-    fn bench() {
-        let f = ContentFilter::init(
-            Config::from_json(r#"{"blocked_words":["spam"],"on_blocked":"mask"}"#).unwrap(),
-        )
-        .unwrap();
-        let text = "hello world spam, İstanbul straße ".repeat(3000);
-        let data = serde_json::to_vec(&serde_json::json!({"text": text})).unwrap();
-        let req = PublishRequest {
-            source: PublishSource::Api,
-            publisher: None,
-            channel: "c".into(),
-            data: data.clone(),
-            tags: vec![],
-        };
-        for _ in 0..3 {
-            let t = std::time::Instant::now();
-            let v: Value = json::value(&data).unwrap();
-            let t1 = t.elapsed();
-            let r = f.blocked_ranges(v.as_str().unwrap_or(&text));
-            let t2 = t.elapsed();
-            let _ = f.on_publish(&req);
-            let t3 = t.elapsed();
-            eprintln!(
-                "parse {t1:?} ranges {:?} ({}) full {:?}",
-                t2 - t1,
-                r.len(),
-                t3 - t2
-            );
-        }
     }
 }

@@ -17,8 +17,8 @@
 //! publication passes unchanged.
 //!
 //! ```toml
-//! # In Herald's configuration; or, without the `plugins.config.router` prefix, in `router.toml` beside
-//! # `router.wasm`.
+//! # In Herald's configuration. Or in a file beside the plugin with the same stem (`router.toml`
+//! # beside `router.wasm`), holding these keys without the `plugins.config.router` prefix.
 //! [plugins.config.router]
 //! max_channels = 64              # more targets than this refuses the publication (400)
 //!
@@ -54,7 +54,7 @@
 //! private channel syntax) — `{"user_id": "1,2"}` must not reach `user:#1,2`. Routed publications are not
 //! checked by the channel ACL of their new channels: route client publications only where that is intended.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use herald_sdk::pattern::glob;
 use herald_sdk::{
@@ -159,6 +159,63 @@ struct Rule {
 }
 
 impl Rule {
+    /// Validates one rule; errors start with the key at fault (`.field: ...`) or `: ` for the whole rule.
+    fn new(rule: RuleSettings) -> Result<Self, String> {
+        if rule.from.is_empty() {
+            return Err(".from: must not be empty".into());
+        }
+        let key = match (rule.field, rule.tag) {
+            (Some(_), Some(_)) => return Err(": give `field` or `tag`, not both".into()),
+            (Some(field), None) if !field.starts_with('/') => {
+                return Err(format!(
+                    ".field: `{field}` is not a JSON pointer (write \"/{field}\")"
+                ));
+            }
+            (Some(field), None) => Key::Field(field),
+            (None, Some(tag)) if tag.is_empty() => return Err(".tag: must not be empty".into()),
+            (None, Some(tag)) => Key::Tag(tag),
+            (None, None) => Key::None,
+        };
+        let to = rule.to.map(OneOrMany::into_vec).unwrap_or_default();
+        let map: BTreeMap<String, Vec<String>> = rule
+            .map
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_vec()))
+            .collect();
+        if to.is_empty() && map.is_empty() {
+            return Err(": give `to` or `map`: the channels to route to".into());
+        }
+        if to
+            .iter()
+            .chain(map.values().flatten())
+            .any(String::is_empty)
+        {
+            return Err(": a target channel is empty".into());
+        }
+        if matches!(key, Key::None) {
+            if to.iter().any(|t| t.contains(VALUE)) {
+                return Err(".to: `{value}` needs a `field` or a `tag` to take it from".into());
+            }
+            if !map.is_empty() {
+                return Err(".map: needs a `field` or a `tag` to look up".into());
+            }
+        }
+        if rule.sources.as_ref().is_some_and(Vec::is_empty) {
+            return Err(".sources: an empty list routes nothing; omit it for all sources".into());
+        }
+        Ok(Rule {
+            from: rule.from,
+            key,
+            to,
+            map,
+            keep_original: rule.keep_original,
+            sources: rule
+                .sources
+                .map(|s| s.into_iter().map(PublishSource::from).collect()),
+        })
+    }
+
     fn applies_to(&self, request: &PublishRequest) -> bool {
         self.sources
             .as_ref()
@@ -167,13 +224,12 @@ impl Rule {
     }
 
     /// The channels for one value: templates filled in, then the map's entry.
-    fn channels_for(&self, value: &str, out: &mut Vec<String>) {
-        out.extend(
-            self.to
-                .iter()
-                .map(|template| template.replace(VALUE, value)),
-        );
-        out.extend(self.map.get(value).into_iter().flatten().cloned());
+    fn channels_for<'a>(&'a self, value: &'a str) -> impl Iterator<Item = String> + 'a {
+        let templated = self
+            .to
+            .iter()
+            .map(move |template| template.replace(VALUE, value));
+        templated.chain(self.map.get(value).into_iter().flatten().cloned())
     }
 }
 
@@ -211,80 +267,12 @@ impl Plugin for Router {
         if settings.max_channels == 0 {
             return Err("max_channels: must be at least 1".into());
         }
-        let mut rules = Vec::with_capacity(settings.rules.len());
-        for (index, rule) in settings.rules.into_iter().enumerate() {
-            let at = |what: &str| format!("rules[{index}]{what}");
-            if rule.from.is_empty() {
-                return Err(format!("{}: must not be empty", at(".from")));
-            }
-            let key = match (rule.field, rule.tag) {
-                (Some(_), Some(_)) => {
-                    return Err(format!("{}: give `field` or `tag`, not both", at("")));
-                }
-                (Some(field), None) if !field.starts_with('/') => {
-                    return Err(format!(
-                        "{}: `{field}` is not a JSON pointer (write \"/{field}\")",
-                        at(".field")
-                    ));
-                }
-                (Some(field), None) => Key::Field(field),
-                (None, Some(tag)) if tag.is_empty() => {
-                    return Err(format!("{}: must not be empty", at(".tag")));
-                }
-                (None, Some(tag)) => Key::Tag(tag),
-                (None, None) => Key::None,
-            };
-            let to = rule.to.map(OneOrMany::into_vec).unwrap_or_default();
-            let map: BTreeMap<String, Vec<String>> = rule
-                .map
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.into_vec()))
-                .collect();
-            if to.is_empty() && map.is_empty() {
-                return Err(format!(
-                    "{}: give `to` or `map`: the channels to route to",
-                    at("")
-                ));
-            }
-            if to
-                .iter()
-                .chain(map.values().flatten())
-                .any(String::is_empty)
-            {
-                return Err(format!("{}: a target channel is empty", at("")));
-            }
-            if matches!(key, Key::None) {
-                if to.iter().any(|t| t.contains(VALUE)) {
-                    return Err(format!(
-                        "{}: `{{value}}` needs a `field` or a `tag` to take it from",
-                        at(".to")
-                    ));
-                }
-                if !map.is_empty() {
-                    return Err(format!(
-                        "{}: `map` needs a `field` or a `tag` to look up",
-                        at(".map")
-                    ));
-                }
-            }
-            if rule.sources.as_ref().is_some_and(Vec::is_empty) {
-                return Err(format!(
-                    "{}: an empty list routes nothing; omit it for all sources",
-                    at(".sources")
-                ));
-            }
-            rules.push(Rule {
-                from: rule.from,
-                key,
-                to,
-                map,
-                keep_original: rule.keep_original,
-                sources: rule
-                    .sources
-                    .map(|s| s.into_iter().map(PublishSource::from).collect()),
-            });
-        }
+        let rules = settings
+            .rules
+            .into_iter()
+            .enumerate()
+            .map(|(index, rule)| Rule::new(rule).map_err(|e| format!("rules[{index}]{e}")))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Router {
             rules,
             max_channels: settings.max_channels,
@@ -294,66 +282,86 @@ impl Plugin for Router {
     fn on_publish(&self, request: &PublishRequest) -> PublishVerdict {
         // Parsed at most once, and only when a matching rule reads a field. `None` inside: not JSON.
         let mut data: Option<Option<Value>> = None;
-        let mut channels: Vec<String> = Vec::new();
+        let mut targets = Targets::new(self.max_channels);
         let mut keep_original = false;
+        let mut unusable = 0;
 
         for rule in self.rules.iter().filter(|rule| rule.applies_to(request)) {
-            let values = match &rule.key {
-                Key::None => None,
-                Key::Tag(tag) => Some(
-                    request
-                        .tags
-                        .iter()
-                        .filter(|(k, _)| k == tag)
-                        .map(|(_, v)| v.clone())
-                        .collect(),
-                ),
+            let values: Vec<String> = match &rule.key {
+                Key::None => vec![String::new()],
+                Key::Tag(tag) => request
+                    .tags
+                    .iter()
+                    .filter(|(k, _)| k == tag)
+                    .map(|(_, v)| v.clone())
+                    .collect(),
                 Key::Field(pointer) => {
                     let data = data.get_or_insert_with(|| json::value(&request.data).ok());
-                    Some(
-                        data.as_ref()
-                            .and_then(|d| d.pointer(pointer))
-                            .map(field_values)
-                            .unwrap_or_default(),
-                    )
+                    data.as_ref()
+                        .and_then(|d| d.pointer(pointer))
+                        .map(field_values)
+                        .unwrap_or_default()
                 }
             };
-            let before = channels.len();
-            match values {
-                None => channels.extend(rule.to.iter().cloned()),
-                Some(values) => {
-                    for value in values {
-                        if is_safe_value(&value) {
-                            rule.channels_for(&value, &mut channels);
-                        } else {
-                            log(
-                                Level::Debug,
-                                &format!(
-                                    "not routing {}: unusable value {value:?}",
-                                    request.channel
-                                ),
-                            );
-                        }
+            let mut produced = false;
+            for value in values {
+                // A static rule's single empty value fills no placeholder (init made sure there is none).
+                if !matches!(rule.key, Key::None) && !is_safe_value(&value) {
+                    unusable += 1;
+                    continue;
+                }
+                for channel in rule.channels_for(&value) {
+                    produced = true;
+                    if !targets.add(channel) {
+                        return PublishVerdict::Deny(deny(400, "too many target channels"));
                     }
                 }
             }
-            if channels.len() > before {
-                keep_original |= rule.keep_original;
-            }
+            keep_original |= produced && rule.keep_original;
         }
 
-        if channels.is_empty() {
+        if unusable > 0 {
+            log(
+                Level::Debug,
+                &format!(
+                    "{}: {unusable} value(s) unusable in a channel name",
+                    request.channel
+                ),
+            );
+        }
+        if targets.channels.is_empty() {
             return PublishVerdict::Pass;
         }
-        let mut seen = std::collections::BTreeSet::new();
-        channels.retain(|channel| seen.insert(channel.clone()));
-        if channels.len() > self.max_channels {
-            return PublishVerdict::Deny(deny(400, "too many target channels"));
-        }
         PublishVerdict::Route(Route {
-            channels,
+            channels: targets.channels,
             keep_original,
         })
+    }
+}
+
+/// The target channels of one publication, each once, in the order the rules name them.
+struct Targets {
+    channels: Vec<String>,
+    seen: BTreeSet<String>,
+    max: usize,
+}
+
+impl Targets {
+    fn new(max: usize) -> Self {
+        Targets {
+            channels: Vec::new(),
+            seen: BTreeSet::new(),
+            max,
+        }
+    }
+
+    /// Adds `channel` unless already there; false once there are more than allowed, so a huge array in a
+    /// publication is refused as soon as it overflows rather than expanded in full.
+    fn add(&mut self, channel: String) -> bool {
+        if self.seen.insert(channel.clone()) {
+            self.channels.push(channel);
+        }
+        self.channels.len() <= self.max
     }
 }
 
@@ -583,6 +591,16 @@ mod tests {
         );
         assert_eq!(
             publish(&r, "o", r#"{"u":[1,2,3]}"#),
+            Outcome::Deny("too many target channels".into())
+        );
+        // Repeated values are one target each.
+        assert_eq!(
+            publish(&r, "o", r#"{"u":[1,1,2,1,"1"]}"#),
+            routed(&["user:#1", "user:#2"], true)
+        );
+        let huge: Vec<u32> = (0..100_000).collect();
+        assert_eq!(
+            publish(&r, "o", &serde_json::json!({ "u": huge }).to_string()),
             Outcome::Deny("too many target channels".into())
         );
     }
