@@ -89,6 +89,28 @@ pub mod codes {
     pub const DISCONNECT_PERMISSION_DENIED: u32 = 3507;
 }
 
+/// A publication source as plugin configurations name it: `"client"`, `"api"` or `"queue"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceName {
+    /// A client's publish command.
+    Client,
+    /// The HTTP server API.
+    Api,
+    /// A message queue.
+    Queue,
+}
+
+impl From<SourceName> for PublishSource {
+    fn from(source: SourceName) -> Self {
+        match source {
+            SourceName::Client => PublishSource::Client,
+            SourceName::Api => PublishSource::Api,
+            SourceName::Queue => PublishSource::Queue,
+        }
+    }
+}
+
 /// A refusal with a code and a short reason (see [`codes`]).
 pub fn deny(code: u32, reason: impl Into<String>) -> Deny {
     Deny {

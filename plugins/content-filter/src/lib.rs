@@ -78,23 +78,7 @@ enum OnBlocked {
     Mask,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Source {
-    Client,
-    Api,
-    Queue,
-}
-
-impl From<Source> for PublishSource {
-    fn from(source: Source) -> Self {
-        match source {
-            Source::Client => PublishSource::Client,
-            Source::Api => PublishSource::Api,
-            Source::Queue => PublishSource::Queue,
-        }
-    }
-}
+use herald_sdk::SourceName as Source;
 
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -76,23 +76,7 @@ pub struct Router {
     max_channels: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Source {
-    Client,
-    Api,
-    Queue,
-}
-
-impl From<Source> for PublishSource {
-    fn from(source: Source) -> Self {
-        match source {
-            Source::Client => PublishSource::Client,
-            Source::Api => PublishSource::Api,
-            Source::Queue => PublishSource::Queue,
-        }
-    }
-}
+use herald_sdk::SourceName as Source;
 
 /// A single string or a list of strings.
 #[derive(Debug, Deserialize)]
