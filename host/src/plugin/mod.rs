@@ -301,52 +301,77 @@ impl Plugins {
             .collect()
     }
 
-    /// The connect chain.
-    pub async fn connect(&self, request: ConnectRequest) -> Decision<ConnectAllow> {
-        let call = Call::Connect(request);
-        let mut allowed = None;
-        for plugin in self.members(Hooks::CONNECT) {
-            let verdict = ask(&plugin, &call).await.and_then(|reply| match reply {
-                Reply::Connect(verdict) => Ok(verdict),
-                _ => Err(mismatch()),
-            });
-            if let Some(decision) = chain::connect_step(&mut allowed, verdict) {
-                return decision;
+    /// Asks every plugin implementing `hook`, in order, feeding each verdict to `step` until one ends the
+    /// chain; `None` when all were asked.
+    async fn run<V, S, D>(
+        &self,
+        hook: Hooks,
+        call: Call,
+        verdict_of: fn(Reply) -> Option<V>,
+        state: &mut S,
+        step: fn(&mut S, Result<V, String>) -> Option<D>,
+    ) -> Option<D> {
+        for plugin in self.members(hook) {
+            let verdict = ask(&plugin, &call)
+                .await
+                .and_then(|reply| verdict_of(reply).ok_or_else(mismatch));
+            if let Some(decision) = step(state, verdict) {
+                return Some(decision);
             }
         }
-        chain::finish(allowed)
+        None
+    }
+
+    /// The connect chain.
+    pub async fn connect(&self, request: ConnectRequest) -> Decision<ConnectAllow> {
+        let mut allowed = None;
+        let verdict_of = |reply| match reply {
+            Reply::Connect(verdict) => Some(verdict),
+            _ => None,
+        };
+        let decision = self.run(
+            Hooks::CONNECT,
+            Call::Connect(request),
+            verdict_of,
+            &mut allowed,
+            chain::connect_step,
+        );
+        decision.await.unwrap_or_else(|| chain::finish(allowed))
     }
 
     /// The subscribe chain.
     pub async fn subscribe(&self, request: SubscribeRequest) -> Decision<SubscribeAllow> {
-        let call = Call::Subscribe(request);
         let mut allowed = None;
-        for plugin in self.members(Hooks::SUBSCRIBE) {
-            let verdict = ask(&plugin, &call).await.and_then(|reply| match reply {
-                Reply::Subscribe(verdict) => Ok(verdict),
-                _ => Err(mismatch()),
-            });
-            if let Some(decision) = chain::subscribe_step(&mut allowed, verdict) {
-                return decision;
-            }
-        }
-        chain::finish(allowed)
+        let verdict_of = |reply| match reply {
+            Reply::Subscribe(verdict) => Some(verdict),
+            _ => None,
+        };
+        let call = Call::Subscribe(request);
+        let decision = self.run(
+            Hooks::SUBSCRIBE,
+            call,
+            verdict_of,
+            &mut allowed,
+            chain::subscribe_step,
+        );
+        decision.await.unwrap_or_else(|| chain::finish(allowed))
     }
 
     /// The access chain (history and presence reads).
     pub async fn access(&self, request: AccessRequest) -> Decision<()> {
-        let call = Call::Access(request);
         let mut allowed = None;
-        for plugin in self.members(Hooks::ACCESS) {
-            let verdict = ask(&plugin, &call).await.and_then(|reply| match reply {
-                Reply::Access(verdict) => Ok(verdict),
-                _ => Err(mismatch()),
-            });
-            if let Some(decision) = chain::access_step(&mut allowed, verdict) {
-                return decision;
-            }
-        }
-        chain::finish(allowed)
+        let verdict_of = |reply| match reply {
+            Reply::Access(verdict) => Some(verdict),
+            _ => None,
+        };
+        let decision = self.run(
+            Hooks::ACCESS,
+            Call::Access(request),
+            verdict_of,
+            &mut allowed,
+            chain::access_step,
+        );
+        decision.await.unwrap_or_else(|| chain::finish(allowed))
     }
 
     /// The publish chain.
@@ -375,17 +400,14 @@ impl Plugins {
 
     /// The RPC chain.
     pub async fn rpc(&self, request: RpcRequest) -> RpcDecision {
-        let call = Call::Rpc(request);
-        for plugin in self.members(Hooks::RPC) {
-            let verdict = ask(&plugin, &call).await.and_then(|reply| match reply {
-                Reply::Rpc(verdict) => Ok(verdict),
-                _ => Err(mismatch()),
-            });
-            if let Some(decision) = chain::rpc_step(verdict) {
-                return decision;
-            }
-        }
-        RpcDecision::Unanswered
+        let verdict_of = |reply| match reply {
+            Reply::Rpc(verdict) => Some(verdict),
+            _ => None,
+        };
+        let step = |_: &mut (), verdict| chain::rpc_step(verdict);
+        self.run(Hooks::RPC, Call::Rpc(request), verdict_of, &mut (), step)
+            .await
+            .unwrap_or(RpcDecision::Unanswered)
     }
 
     /// Tells every plugin with the disconnect hook; failures are only logged.
