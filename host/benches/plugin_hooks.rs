@@ -136,5 +136,69 @@ fn loading(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, hooks, loading);
+/// The fixture with a custom section appended: same behaviour, different content hash (a "new version").
+fn new_version(original: &[u8], n: u32) -> Vec<u8> {
+    let name = b"herald-bench";
+    let payload = n.to_le_bytes();
+    let mut bytes = original.to_vec();
+    bytes.push(0); // custom section
+    bytes.push((1 + name.len() + payload.len()) as u8);
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(&payload);
+    bytes
+}
+
+fn reload(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let original = std::fs::read(fixture()).unwrap();
+    let target = dir.path().join("10-hostile.wasm");
+    std::fs::write(&target, &original).unwrap();
+    let config = PluginsConfig {
+        dir: dir.path().display().to_string(),
+        ..PluginsConfig::default()
+    };
+    let plugins = std::sync::Arc::new(Plugins::new(&config).unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    runtime.block_on(async {
+        plugins.load_all().await;
+        herald::plugin::watch::start(plugins.clone(), shutdown.clone()).unwrap();
+    });
+    let mut version = 0;
+    let mut group = c.benchmark_group("hot reload");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
+    group.bench_function("rename into place -> new version serving", |b| {
+        b.iter_custom(|iterations| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iterations {
+                version += 1;
+                let before = plugins.loaded()[0].hash.clone();
+                let staged = dir.path().join(".10-hostile.wasm.tmp");
+                std::fs::write(&staged, new_version(&original, version)).unwrap();
+                let started = Instant::now();
+                std::fs::rename(&staged, &target).unwrap();
+                while plugins.loaded()[0].hash == before {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(10),
+                        "reload did not happen"
+                    );
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                total += started.elapsed();
+            }
+            total
+        })
+    });
+    group.finish();
+    shutdown.cancel();
+}
+
+criterion_group!(benches, hooks, loading, reload);
 criterion_main!(benches);

@@ -1,0 +1,231 @@
+//! End to end with the official centrifuge-js SDK and the `jwt-auth` plugin: `tests/e2e/js/jwt.js` mints
+//! HS256 and RS256 tokens with Node's crypto and checks, against a real Herald that loads the plugin, the
+//! 109 → `getToken` → connect flow, connection refresh past `exp` + `expired_close_delay`, subscription
+//! tokens for `$` channels (and 103 without one), presence of two users, and the terminal 3500 of a token
+//! with a bad signature.
+//!
+//! Needs the plugin built (`./plugins/build`) and Node 20+ with `npm ci --prefix tests/e2e/js`. A missing
+//! plugin, toolchain or dependency fails the test with those instructions; it is never skipped.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use herald_tests::{API_KEY, TestServer};
+use serde_json::Value;
+use tokio::process::Command;
+
+/// The repository root, where the script's relative path starts.
+const REPO_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+/// Upper bound for one script run; the script itself gives up after 40 s.
+const SCRIPT_WAIT: Duration = Duration::from_secs(90);
+
+/// The HS256 secret the plugin verifies with and the script signs with.
+const HMAC_SECRET: &str = "herald-e2e-jwt-hmac-secret-0123456789abcdef";
+
+/// A test-only RSA key pair (`openssl genrsa 2048`), never used for anything else: the script signs RS256
+/// tokens with the private key, the plugin verifies them with the public one.
+const RSA_PRIVATE_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIIEvgIBADANBgkqhkiG9w0BAQEFAASCBKgwggSkAgEAAoIBAQC1x1/VTXu8Ww7q
+XvRAdaqxW99l+PFat8ElCrL0/9ezxPai0uqyNudP/0ZQSiE/Gjw9Iugtu05EwOKU
+GLgRmfFel6txeX1doejg8ikV5JZXCEhFsXc+m9NlAAGKm5RZOyeqgC6rqbBxGgal
+JQZIcb7/tSy8RUEEiGU1pvTxLZZy+wcC2VfDqReCW8W2VQPlXxIADMFVLw1sYEIm
+OqREtsopODuWfw6k/nWDXTayF521SBjzYyr40yiIZdwkxGHAuh1KPLuA2D/nh7Ki
+geTNe8hqrwZlKSCzP6MczXKKuppi1Jp9be0YcioDNIum8JZPAp8qSVgiFkziS8yM
+wnqYOP2HAgMBAAECggEAB/7z6BmB34eBa3SvXSGeHmre7KxfMJhCMUVDUirp8tq9
+rUHb2FpVr41C8msukaV2kDXiUN3+sCdP5XzobMByqiIxkvV35XqYiiZSHeSG+N+H
+1lD3xCkmWP/GvD+M0fsb0h63xCpqH7FGYcbXtOi+op7Z5QTbuoTCTEfCkrf2v6pm
+cqIlqctYq6YsmvX3qmKVPJw6GD6IZd8CZRohPWhMAg174/O3kHwUMYQhYpYLd+IP
+x1ey36RJFdr4GeZVGzjbYnMmBbu5TaI2ytHAjq35B0nqDiztGWt2oLZWw+hj7KYm
+V2ugRSJWlgUs5iCo8A6pcivC45OD8t6lqjEraWzS6QKBgQDzBAcnGjqocroIZ8OB
+oid4ilRYxY+XJCTbFd0lyn2aeEhUUbUx6pq1arxQoJvwwZQ5ihwUFX/7E4Q4XfpH
+UCJh+13F3H9oTctYdTuotjA13UfsxRobPWNUKoxI/6m0JRz61AsYmJEVpb9kh4n0
+jwsUEjT/e0lYRpvkWeoEZj8kGwKBgQC/fb86mmcuBJ0/Q21Pb5EvqIYh7jOqvSZV
+JTeLcb/QiDi3nJm28G71U0dp3htWx554uAN9rpnjoPtvnwa8UX6+aybeMtRnWeE3
+lIERZcKTMzkjduy4CGAbn0abHtIe2sYmFrcw5+IDHYLJT0aCRQKRx21/2lby1lze
+NS3TsRJrBQKBgQDW98gwAdbDrYD88HUUVlGeIpeMU266n0Fu//85b8799srcs86a
+ElK6iml81SY8qbCp2Y8PARnOCyyaBB/iN3PCwu3nmi6mILLxU/rrOgaZj14RhyWZ
+1QrpqB2icW44KeBhzXLnVgZ5ZL5SekdBq8t7/MMfAHsX+JXsQNFvBNdz4wKBgCyt
+rz+CJQ7UnsfS+J8vHcXr4RfrlvyAU4BMRbBwYtvJ3MnibO8FHC57Ns9ZtjFCNBRg
+gtgBNACrX98EULMBpLvTDmeLnolarDSmnpKrloF30x4WMlciBSKMwBGTWF1AmDjs
+1eNARziI2yoTKBVe+qF+0WqiS+Uu5M4nxEB/MRftAoGBAMvOQaJ6EEAXKhqr6+4s
+UFJWDFvXtmfQMgwb4hJEXegR9kOVSDzdWg4xPghQUTrk7wTdlAZlmoWltEAKk4rI
+gV1ri9PJLZuU176y6BF2+k3F01sz7qlQQK9KabVdLli17nc0KaTyjjbyaNatotzH
+RQwzN5DLMUK0JlkvFBgloVam
+-----END PRIVATE KEY-----
+";
+
+/// The public half of [`RSA_PRIVATE_KEY`] (`openssl rsa -pubout`).
+const RSA_PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAtcdf1U17vFsO6l70QHWq
+sVvfZfjxWrfBJQqy9P/Xs8T2otLqsjbnT/9GUEohPxo8PSLoLbtORMDilBi4EZnx
+XpercXl9XaHo4PIpFeSWVwhIRbF3PpvTZQABipuUWTsnqoAuq6mwcRoGpSUGSHG+
+/7UsvEVBBIhlNab08S2WcvsHAtlXw6kXglvFtlUD5V8SAAzBVS8NbGBCJjqkRLbK
+KTg7ln8OpP51g102shedtUgY82Mq+NMoiGXcJMRhwLodSjy7gNg/54eyooHkzXvI
+aq8GZSkgsz+jHM1yirqaYtSafW3tGHIqAzSLpvCWTwKfKklYIhZM4kvMjMJ6mDj9
+hwIDAQAB
+-----END PUBLIC KEY-----
+";
+
+/// The plugin's file name in the plugin folder; its configuration is the `.toml` of the same stem.
+const PLUGIN_FILE: &str = "10-jwt-auth.wasm";
+
+fn repo_path(relative: &str) -> PathBuf {
+    Path::new(REPO_ROOT).join(relative)
+}
+
+/// The built jwt-auth plugin, failing with how to build it when missing.
+fn jwt_auth_wasm() -> Vec<u8> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_path("target"));
+    let path = target.join("wasm32-wasip2/plugin/herald_plugin_jwt_auth.wasm");
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "the jwt-auth plugin {} is missing ({e}): run `./plugins/build` in the workspace first",
+            path.display()
+        )
+    })
+}
+
+/// Fails (never skips) unless node and the JS dependencies are installed.
+async fn require_node() {
+    const INSTALL: &str =
+        "install Node 20+ and run `npm ci --prefix tests/e2e/js` in the repository root";
+    let version = tokio::time::timeout(
+        SCRIPT_WAIT,
+        Command::new("node")
+            .arg("--version")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("`node --version` did not finish in time");
+    match version {
+        Ok(output) if output.status.success() => {}
+        Ok(output) => panic!(
+            "`node --version` failed: {}{}\n{INSTALL}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        Err(e) => panic!("node is not available ({e}); {INSTALL}"),
+    }
+    for package in ["centrifuge", "ws"] {
+        let manifest = repo_path(&format!("tests/e2e/js/node_modules/{package}/package.json"));
+        assert!(
+            manifest.is_file(),
+            "{} is missing: the JS e2e dependencies are not installed; {INSTALL}",
+            manifest.display()
+        );
+    }
+}
+
+/// The plugin's configuration file: both keys the script signs with.
+fn plugin_toml() -> String {
+    let mut table = toml::Table::new();
+    table.insert("hmac_secret".into(), HMAC_SECRET.into());
+    table.insert("rsa_public_key".into(), RSA_PUBLIC_KEY.into());
+    toml::to_string(&table).expect("serialise plugin config")
+}
+
+/// Server configuration: the plugin folder, tokens required, a 1 s grace after expiry, and a `private`
+/// namespace (for `$private:…`) that no client may subscribe to without a subscription token. The
+/// harness's top level (where the script's public channel lives) lets clients subscribe and has presence.
+fn server_toml(plugin_dir: &Path) -> String {
+    format!(
+        r#"
+        [plugins]
+        dir = {dir:?}
+        # Headroom over the 10 ms default (enough here) for RS256 checks on a loaded CI machine.
+        deadline = "100ms"
+
+        [client]
+        allow_anonymous = false
+        expired_close_delay = "1s"
+
+        [channel.namespaces.private]
+        history_size = 10
+        history_ttl = "1m"
+        presence = true
+        allow_subscribe_for_client = false
+        allow_subscribe_for_anonymous = false
+        "#,
+        dir = plugin_dir.to_str().expect("utf-8 temp path"),
+    )
+}
+
+/// `GET /api/plugins`'s `result`.
+async fn plugins_status(server: &TestServer) -> Value {
+    let response = reqwest::Client::new()
+        .get(format!("{}/plugins", server.api_url()))
+        .header("X-API-Key", API_KEY)
+        .send()
+        .await
+        .expect("GET /api/plugins");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    assert_eq!(status, 200, "GET /api/plugins: {text}");
+    let body: Value = serde_json::from_str(&text).expect("JSON from /api/plugins");
+    body.get("result")
+        .cloned()
+        .unwrap_or_else(|| panic!("/api/plugins has no result: {body}"))
+}
+
+/// centrifuge-js 5.8 against Herald with jwt-auth: HS256 connect after a 109 retry through `getToken`,
+/// refresh that keeps the connection past `exp` + `expired_close_delay`, a subscription token for
+/// `$private:room` (and 103 without one), an RS256 user next to an HS256 one in presence, and a bad
+/// signature ending the client with 3500 and no reconnect.
+#[tokio::test]
+async fn centrifuge_js_authenticates_with_jwt_auth() {
+    let wasm = jwt_auth_wasm();
+    require_node().await;
+
+    let plugin_dir = tempfile::tempdir().expect("temp plugin dir");
+    std::fs::write(plugin_dir.path().join(PLUGIN_FILE), wasm).expect("write plugin");
+    std::fs::write(
+        plugin_dir
+            .path()
+            .join(Path::new(PLUGIN_FILE).with_extension("toml")),
+        plugin_toml(),
+    )
+    .expect("write plugin config");
+    let server = TestServer::start(&server_toml(plugin_dir.path())).await;
+
+    let status = plugins_status(&server).await;
+    let loaded = status["plugins"]
+        .as_array()
+        .is_some_and(|plugins| plugins.iter().any(|p| p["file"] == PLUGIN_FILE));
+    assert!(loaded, "jwt-auth did not load: {status:#}");
+
+    let run = Command::new("node")
+        .arg("tests/e2e/js/jwt.js")
+        .current_dir(REPO_ROOT)
+        .env("HERALD_WS_URL", server.ws_url())
+        .env("HERALD_API_URL", server.api_url())
+        .env("HERALD_API_KEY", API_KEY)
+        .env("HERALD_HMAC_SECRET", HMAC_SECRET)
+        .env("HERALD_RSA_PRIVATE_KEY", RSA_PRIVATE_KEY)
+        .env("HERALD_CHANNEL", "e2e-js-jwt")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(SCRIPT_WAIT, run)
+        .await
+        .unwrap_or_else(|_| {
+            panic!("`node tests/e2e/js/jwt.js` did not finish within {SCRIPT_WAIT:?}")
+        })
+        .unwrap_or_else(|e| panic!("cannot start `node tests/e2e/js/jwt.js`: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "`node tests/e2e/js/jwt.js` failed with {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+        output.status
+    );
+    assert!(
+        stdout.contains("PASS"),
+        "`node tests/e2e/js/jwt.js` exited 0 without reporting PASS\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+    );
+}
