@@ -31,12 +31,19 @@ impl Plugin for Template {
     const HOOKS: Hooks = Hooks::SUBSCRIBE;
 
     fn init(config: Config) -> Result<Self, String> {
-        Ok(Self { settings: config.parse()? })
+        Ok(Self {
+            settings: config.parse()?,
+        })
     }
 
     fn on_subscribe(&self, request: &SubscribeRequest) -> SubscribeVerdict {
         let user = &request.client.user;
-        if self.settings.blocked_channels.iter().any(|p| pattern::matches(p, &request.channel, user)) {
+        if self
+            .settings
+            .blocked_channels
+            .iter()
+            .any(|p| pattern::matches(p, &request.channel, user))
+        {
             return SubscribeVerdict::Deny(deny(codes::PERMISSION_DENIED, "permission denied"));
         }
         SubscribeVerdict::Pass
@@ -52,7 +59,11 @@ mod tests {
 
     fn subscribe(plugin: &Template, channel: &str) -> SubscribeVerdict {
         plugin.on_subscribe(&SubscribeRequest {
-            client: ClientInfo { user: "42".into(), client: "c".into(), info: None },
+            client: ClientInfo {
+                user: "42".into(),
+                client: "c".into(),
+                info: None,
+            },
             channel: channel.into(),
             token: String::new(),
             data: None,
@@ -62,9 +73,16 @@ mod tests {
 
     #[test]
     fn blocks_configured_channels_and_passes_the_rest() {
-        let plugin = Template::init(Config::from_json(r#"{"blocked_channels":["internal:*"]}"#).unwrap()).unwrap();
-        assert!(matches!(subscribe(&plugin, "internal:metrics"), SubscribeVerdict::Deny(d) if d.code == 103));
-        assert!(matches!(subscribe(&plugin, "chat:room"), SubscribeVerdict::Pass));
+        let plugin =
+            Template::init(Config::from_json(r#"{"blocked_channels":["internal:*"]}"#).unwrap())
+                .unwrap();
+        assert!(
+            matches!(subscribe(&plugin, "internal:metrics"), SubscribeVerdict::Deny(d) if d.code == 103)
+        );
+        assert!(matches!(
+            subscribe(&plugin, "chat:room"),
+            SubscribeVerdict::Pass
+        ));
     }
 
     #[test]
