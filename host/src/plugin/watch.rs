@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Plugins, is_plugin_file};
 
 /// How long events for the folder are collected before acting on them.
-pub const DEBOUNCE: Duration = Duration::from_millis(100);
+pub const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Starts watching the plugin folder; reloads run until `shutdown`.
 pub fn start(plugins: Arc<Plugins>, shutdown: CancellationToken) -> notify::Result<()> {
