@@ -208,3 +208,51 @@ fn plugin_check_rejects_bad_plugins() {
         "{out}"
     );
 }
+
+/// `herald serve` with a relative plugin folder (as in the README's command) loads the plugins in it.
+#[tokio::test]
+async fn serve_loads_plugins_from_a_relative_folder() {
+    let workdir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(workdir.path().join("plugins")).unwrap();
+    std::fs::copy(
+        fixture("herald_test_hostile"),
+        workdir.path().join("plugins/10-hostile.wasm"),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(HERALD)
+        .args(["serve", "--address", &format!("127.0.0.1:{port}")])
+        .current_dir(workdir.path())
+        .env("HERALD_PLUGINS__DIR", "plugins")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("herald listening") {
+                return;
+            }
+            seen.push(line);
+        }
+        panic!("herald exited before listening: {seen:#?}");
+    })
+    .await
+    .expect("herald starts");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("plugin loaded") && l.contains("10-hostile.wasm")),
+        "{seen:#?}"
+    );
+    assert!(
+        workdir.path().join("plugins/.cache").is_dir(),
+        "compiled plugins are cached beside them"
+    );
+}

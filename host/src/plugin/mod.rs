@@ -126,6 +126,9 @@ impl Plugins {
             } else {
                 PathBuf::from(&config.cache_dir)
             };
+            // wasmtime's cache wants an absolute path; a relative `dir` is relative to the working directory.
+            let cache = std::path::absolute(&cache)
+                .map_err(|e| anyhow::anyhow!("plugins.cache_dir {}: {e}", cache.display()))?;
             Some(Runtime::new(Some(&cache), largest_memory(config))?)
         };
         Ok(Self::with_runtime(config, runtime))
