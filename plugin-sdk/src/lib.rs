@@ -38,6 +38,8 @@
 //! drop the `.wasm` into Herald's plugin folder. Plugin logic is plain Rust: [`log`] and [`now_ms`] fall back
 //! to stderr and the system clock outside WebAssembly, so `cargo test` exercises it natively.
 
+#![warn(missing_docs)]
+
 extern crate self as herald_sdk;
 
 pub mod json;
