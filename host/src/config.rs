@@ -209,6 +209,11 @@ impl Config {
                 self.address
             ));
         }
+        if self.websocket.allowed_origins.iter().any(|o| o == "*") {
+            warnings.push(
+                "websocket.allowed_origins contains \"*\": any web site may open WebSockets".into(),
+            );
+        }
         let anon_publish = std::iter::once(&self.channel.defaults)
             .chain(self.channel.namespaces.values())
             .any(|ns| ns.allow_publish_for_anonymous);

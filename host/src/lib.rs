@@ -19,6 +19,7 @@ pub mod config;
 pub mod disconnect;
 pub mod engine;
 pub mod errors;
+pub mod glob;
 pub mod hub;
 pub mod node;
 pub mod plugin;

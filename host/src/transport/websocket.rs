@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, RawQuery, State};
-use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{Sink, SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -35,6 +35,10 @@ pub struct WebsocketConfig {
     /// How long the writer waits for the socket to accept a write before dropping the client (default 5 s).
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// Browser origins allowed to open WebSockets besides the server's own host, as `*` patterns
+    /// (`"https://*.example.com"`, `"*"` for any). Requests without an `Origin` header (non-browser clients)
+    /// are always allowed. Default: none.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for WebsocketConfig {
@@ -44,6 +48,7 @@ impl Default for WebsocketConfig {
             read_buffer_size: 4 * 1024,
             write_buffer_size: 0,
             write_timeout: Duration::from_secs(5),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -66,6 +71,12 @@ pub async fn websocket_handler(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let ws = &node.config.websocket;
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !origin_allowed(origin, host, &ws.allowed_origins) {
+        tracing::info!(%remote, origin, "websocket upgrade refused: origin not allowed");
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
     let connection = ConnectionInfo {
         remote,
         transport_ping: query.cf_ws_frame_ping_pong.as_deref() == Some("true"),
@@ -127,6 +138,23 @@ async fn serve(node: Arc<Node>, socket: WebSocket, connection: ConnectionInfo) {
     outbound.close(Disconnect::CONNECTION_CLOSED);
     // The writer ends after the close frame; a client that never reads is cut off by the write timeout.
     let _ = writer.await;
+}
+
+/// Whether a WebSocket upgrade may proceed, against cross-site WebSocket hijacking: no `Origin` (not a
+/// browser), an origin whose host is the request's `Host`, or one matching an allowed pattern.
+fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(origin) = origin else { return true };
+    let origin = origin.to_ascii_lowercase();
+    if allowed
+        .iter()
+        .any(|pattern| crate::glob::matches(&pattern.to_ascii_lowercase(), &origin))
+    {
+        return true;
+    }
+    let origin_host = origin
+        .split_once("://")
+        .map_or(origin.as_str(), |(_, host)| host);
+    host.is_some_and(|host| host.eq_ignore_ascii_case(origin_host))
 }
 
 /// The read errors a client caused and must hear about; any other error just ends the connection.
@@ -203,6 +231,41 @@ mod tests {
     use super::*;
     use crate::protocol::Frame;
     use futures_channel::mpsc;
+
+    #[test]
+    fn origins() {
+        let allowed = vec!["https://*.example.com".to_string()];
+        assert!(
+            origin_allowed(None, Some("h:1"), &[]),
+            "non-browser clients send no origin"
+        );
+        assert!(
+            origin_allowed(Some("http://h:1"), Some("h:1"), &[]),
+            "same host"
+        );
+        assert!(origin_allowed(Some("HTTP://H:1"), Some("h:1"), &[]));
+        assert!(
+            !origin_allowed(Some("http://h:2"), Some("h:1"), &[]),
+            "another port is another origin"
+        );
+        assert!(!origin_allowed(Some("https://evil.test"), Some("h:1"), &[]));
+        assert!(!origin_allowed(Some("null"), Some("h:1"), &[]));
+        assert!(origin_allowed(
+            Some("https://app.example.com"),
+            Some("h:1"),
+            &allowed
+        ));
+        assert!(!origin_allowed(
+            Some("https://example.com.evil.test"),
+            Some("h:1"),
+            &allowed
+        ));
+        assert!(origin_allowed(
+            Some("https://anything"),
+            None,
+            &["*".to_string()]
+        ));
+    }
 
     /// Everything queued while the writer was busy goes out as one frame, in order, then the close.
     #[tokio::test]
