@@ -16,7 +16,7 @@ use crate::api::HttpApiConfig;
 use crate::channel::{ChannelConfig, Channels};
 use crate::plugin::PluginsConfig;
 use crate::session::ClientConfig;
-use crate::transport::WebsocketConfig;
+use crate::transport::{TlsConfig, WebsocketConfig};
 
 /// The embedded default configuration file.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
@@ -35,6 +35,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Client connections: authentication, heartbeats, limits.
     pub client: ClientConfig,
+    /// TLS (off unless certificate and key are set).
+    pub tls: TlsConfig,
     /// WebSocket transport buffers and limits.
     pub websocket: WebsocketConfig,
     /// The HTTP server API.
@@ -51,6 +53,7 @@ impl Default for Config {
             address: SocketAddr::from(([127, 0, 0, 1], 8000)),
             shutdown_timeout: Duration::from_secs(10),
             client: ClientConfig::default(),
+            tls: TlsConfig::default(),
             websocket: WebsocketConfig::default(),
             http_api: HttpApiConfig::default(),
             channel: ChannelConfig::default(),
@@ -170,6 +173,19 @@ impl Config {
             }
         }
         Channels::new(&self.channel).map_err(ConfigError)?;
+        if self.tls.enabled() {
+            if self.tls.cert_file.is_empty() || self.tls.key_file.is_empty() {
+                return err("tls: cert_file and key_file must be set together".into());
+            }
+            if self.tls.handshake_timeout.is_zero() {
+                return err("tls.handshake_timeout: must be greater than 0".into());
+            }
+            crate::transport::tls::load_key_pair(
+                self.tls.cert_file.as_ref(),
+                self.tls.key_file.as_ref(),
+            )
+            .map_err(ConfigError)?;
+        }
         let p = &self.plugins;
         if p.deadline.is_zero() {
             return err("plugins.deadline: must be greater than 0".into());
@@ -202,6 +218,12 @@ impl Config {
             warnings.push(
                 "http_api.insecure is on: the server API accepts requests without a key".into(),
             );
+        }
+        if !self.address.ip().is_loopback() && !self.tls.enabled() {
+            warnings.push(format!(
+                "no TLS on the non-loopback address {}: fine behind a TLS-terminating load balancer, otherwise set tls.cert_file and tls.key_file",
+                self.address
+            ));
         }
         if !self.address.ip().is_loopback() && self.client.allow_anonymous {
             warnings.push(format!(

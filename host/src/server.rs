@@ -1,4 +1,5 @@
-//! The server: one port for WebSocket, the server API and health checks; graceful shutdown.
+//! The server: one port for WebSocket, the server API and health checks (with TLS when configured);
+//! graceful shutdown.
 //!
 //! Shutdown is passed in as a future so the binary can use signals and tests anything else. When it
 //! resolves: stop accepting, close every client with 3001 (they reconnect elsewhere), let in-flight API
@@ -10,9 +11,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::node::Node;
+use crate::transport::tls::Certificates;
 use crate::{api, transport};
 
 /// Every route, for serving or for tests.
@@ -38,6 +41,18 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let tls = if node.config.tls.enabled() {
+        let certificates = Certificates::load(&node.config.tls).map_err(std::io::Error::other)?;
+        certificates
+            .watch(node.shutdown.clone())
+            .map_err(std::io::Error::other)?;
+        let config = transport::tls::server_config(certificates).map_err(std::io::Error::other)?;
+        Some((config, node.config.tls.handshake_timeout))
+    } else {
+        None
+    };
+    // The tap is what lets axum hand the remote address of our own listener to the handlers.
+    let listener = transport::Listener::new(listener, tls)?.tap_io(|_| {});
     let stop_accepting = node.shutdown.clone();
     let server = axum::serve(
         listener,

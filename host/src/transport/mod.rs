@@ -2,6 +2,8 @@
 //! [`crate::session::Incoming`] items and writes what the session's outbound queue holds; sessions never
 //! see a socket, so the WebSocket library can change and other transports can be added.
 
+pub mod tls;
 mod websocket;
 
+pub use tls::{Listener, TlsConfig};
 pub use websocket::{WebsocketConfig, websocket_handler};
