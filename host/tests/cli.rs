@@ -16,11 +16,14 @@ fn write_config(text: &str) -> tempfile::NamedTempFile {
     file
 }
 
-fn check_config(text: &str) -> (bool, String) {
-    let file = write_config(text);
+/// Runs the binary to completion; whether it succeeded and everything it printed.
+fn herald<I, S>(args: I) -> (bool, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
     let output = std::process::Command::new(HERALD)
-        .arg("check-config")
-        .arg(file.path())
+        .args(args)
         .env_remove("HERALD_HTTP_API__KEY")
         .output()
         .unwrap();
@@ -32,17 +35,58 @@ fn check_config(text: &str) -> (bool, String) {
     (output.status.success(), text)
 }
 
+fn check_config(text: &str) -> (bool, String) {
+    let file = write_config(text);
+    herald([
+        std::ffi::OsStr::new("check-config"),
+        file.path().as_os_str(),
+    ])
+}
+
+/// Starts `herald serve` on a free port and waits until it listens; returns the child, its port and the
+/// log lines printed before it listened.
+async fn serve(
+    configure: impl FnOnce(&mut tokio::process::Command),
+) -> (tokio::process::Child, u16, Vec<String>) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut command = tokio::process::Command::new(HERALD);
+    command
+        .args(["serve", "--address", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    configure(&mut command);
+    let mut child = command.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("herald listening") {
+                return;
+            }
+            seen.push(line);
+        }
+        panic!("herald exited before listening: {seen:#?}");
+    })
+    .await
+    .expect("herald starts");
+    // Keep draining the log so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, port, seen)
+}
+
 /// A valid file passes; the embedded default (printed by `default-config`) is itself valid.
 #[test]
 fn check_config_accepts_valid_files() {
     let (ok, out) = check_config("[client]\nallow_anonymous = true\n");
     assert!(ok, "{out}");
-    let default = std::process::Command::new(HERALD)
-        .arg("default-config")
-        .output()
-        .unwrap();
-    assert!(default.status.success());
-    let (ok, out) = check_config(&String::from_utf8(default.stdout).unwrap());
+    let (ok, default) = herald(["default-config"]);
+    assert!(ok, "{default}");
+    let (ok, out) = check_config(&default);
     assert!(ok, "{out}");
 }
 
@@ -85,29 +129,7 @@ fn check_config_warns_about_insecure_settings() {
 /// SIGTERM closes connected clients with 3001 (they reconnect elsewhere) and the process exits cleanly.
 #[tokio::test]
 async fn sigterm_closes_clients_with_shutdown_and_exits() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = tokio::process::Command::new(HERALD)
-        .args(["serve", "--address", &format!("127.0.0.1:{port}")])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("herald listening") {
-                return;
-            }
-        }
-        panic!("herald exited before listening");
-    })
-    .await
-    .expect("herald starts");
+    let (mut child, port, _) = serve(|_| {}).await;
     let url = format!("ws://127.0.0.1:{port}/connection/websocket");
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     ws.send(Message::text("{\"id\":1,\"connect\":{}}"))
@@ -158,17 +180,14 @@ fn fixture(name: &str) -> std::path::PathBuf {
 }
 
 fn plugin_check(args: &[&std::ffi::OsStr]) -> (bool, String) {
-    let output = std::process::Command::new(HERALD)
-        .args(["plugin", "check"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    herald(
+        [
+            std::ffi::OsStr::new("plugin"),
+            std::ffi::OsStr::new("check"),
+        ]
+        .into_iter()
+        .chain(args.iter().copied()),
+    )
 }
 
 /// `herald plugin check` accepts a valid plugin and names it, its version and hooks.
@@ -219,33 +238,12 @@ async fn serve_loads_plugins_from_a_relative_folder() {
         workdir.path().join("plugins/10-hostile.wasm"),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = tokio::process::Command::new(HERALD)
-        .args(["serve", "--address", &format!("127.0.0.1:{port}")])
-        .current_dir(workdir.path())
-        .env("HERALD_PLUGINS__DIR", "plugins")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("herald listening") {
-                return;
-            }
-            seen.push(line);
-        }
-        panic!("herald exited before listening: {seen:#?}");
+    let (_child, _port, seen) = serve(|command| {
+        command
+            .current_dir(workdir.path())
+            .env("HERALD_PLUGINS__DIR", "plugins");
     })
-    .await
-    .expect("herald starts");
+    .await;
     assert!(
         seen.iter()
             .any(|l| l.contains("plugin loaded") && l.contains("10-hostile.wasm")),
