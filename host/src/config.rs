@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::HttpApiConfig;
 use crate::channel::{ChannelConfig, Channels};
+use crate::limits::LimitsConfig;
 use crate::plugin::PluginsConfig;
 use crate::session::ClientConfig;
 use crate::transport::{TlsConfig, WebsocketConfig};
@@ -39,6 +40,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// WebSocket transport buffers and limits.
     pub websocket: WebsocketConfig,
+    /// Connection and rate limits.
+    pub limits: LimitsConfig,
     /// The HTTP server API.
     pub http_api: HttpApiConfig,
     /// Channel rules and namespaces.
@@ -55,6 +58,7 @@ impl Default for Config {
             client: ClientConfig::default(),
             tls: TlsConfig::default(),
             websocket: WebsocketConfig::default(),
+            limits: LimitsConfig::default(),
             http_api: HttpApiConfig::default(),
             channel: ChannelConfig::default(),
             plugins: PluginsConfig::default(),
@@ -173,6 +177,7 @@ impl Config {
             }
         }
         Channels::new(&self.channel).map_err(ConfigError)?;
+        self.limits.validate().map_err(ConfigError)?;
         if self.tls.enabled() {
             if self.tls.cert_file.is_empty() || self.tls.key_file.is_empty() {
                 return err("tls: cert_file and key_file must be set together".into());

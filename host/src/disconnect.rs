@@ -43,6 +43,8 @@ impl Disconnect {
     pub const FORCE_RECONNECT: Self = known(3011, "force reconnect");
     /// No pong within the pong timeout after a ping.
     pub const NO_PONG: Self = known(3012, "no pong");
+    /// The connection kept sending commands over its rate; reconnect after a backoff.
+    pub const TOO_MANY_REQUESTS: Self = known(3013, "too many requests");
     /// Invalid token; terminal.
     pub const INVALID_TOKEN: Self = known(3500, "invalid token");
     /// Protocol violation; terminal.

@@ -21,6 +21,7 @@ pub mod engine;
 pub mod errors;
 pub mod glob;
 pub mod hub;
+pub mod limits;
 pub mod node;
 pub mod plugin;
 pub mod protocol;

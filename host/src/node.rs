@@ -38,6 +38,8 @@ pub struct Node {
     pub engine: Engine,
     /// The loaded plugins and their hook chains.
     pub plugins: Arc<Plugins>,
+    /// Connection admission and rate limits.
+    pub admission: Arc<crate::limits::Admission>,
     /// Cancelled when the server shuts down; sessions close with 3001.
     pub shutdown: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for them.
@@ -84,7 +86,9 @@ impl Node {
         let hub = Arc::new(Hub::new());
         let engine = Engine::memory(hub.clone());
         let plugins = Arc::new(Plugins::new(&config.plugins)?);
+        let admission = crate::limits::Admission::new(&config.limits);
         Ok(Arc::new(Self {
+            admission,
             config,
             channels,
             hub,

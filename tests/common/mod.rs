@@ -35,6 +35,12 @@ pub fn config(extra: &str) -> Config {
         allow_anonymous = true
         [http_api]
         key = "{API_KEY}"
+        # Every test client comes from 127.0.0.1: per-address limits are raised except where a test sets them.
+        [limits]
+        max_connections_per_ip = 100000
+        connections_per_second_per_ip = 100000
+        commands_per_second = 100000
+        command_burst = 100000
         [channel.defaults]
         history_size = 100
         history_ttl = "5m"

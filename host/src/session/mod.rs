@@ -26,6 +26,7 @@ use crate::disconnect::Disconnect;
 use crate::engine::{ClientInfo, HistoryFilter, StreamPosition};
 use crate::errors::{ClientError, Refusal};
 use crate::hub::{SessionCommand, SessionHandle};
+use crate::limits::{CommandRate, Verdict};
 use crate::node::{Node, PublishRequest, Source};
 use crate::plugin::bindings::{AccessKind, DisconnectEvent, Hooks};
 use crate::protocol::Frame;
@@ -149,6 +150,8 @@ pub struct Session {
     heartbeat: Heartbeat,
     /// When the connection expires unless refreshed.
     expires_at: Option<Instant>,
+    /// How fast this connection may send commands.
+    rate: CommandRate,
 }
 
 impl Session {
@@ -161,6 +164,7 @@ impl Session {
             c.ping_interval,
             c.pong_timeout,
         );
+        let rate = node.admission.command_rate();
         Self {
             node,
             outbound,
@@ -172,6 +176,7 @@ impl Session {
             handle: None,
             commands: None,
             subscriptions: HashMap::new(),
+            rate,
             heartbeat,
             expires_at: None,
         }
@@ -272,6 +277,25 @@ impl Session {
                 tracing::debug!(remote = %self.connection.remote, %error, "bad command");
                 Disconnect::BAD_REQUEST
             })?;
+            // Heartbeat answers are not requests; everything else counts against the rate.
+            if command.method != Method::Pong {
+                match self.rate.check() {
+                    Verdict::Allow => {}
+                    Verdict::Refuse => {
+                        if command.id > 0 {
+                            self.reply(encode::error_reply(
+                                command.id,
+                                &ClientError::TOO_MANY_REQUESTS,
+                            ));
+                        }
+                        continue;
+                    }
+                    Verdict::Disconnect => {
+                        tracing::info!(client = %self.client, remote = %self.connection.remote, "client dropped: too many requests");
+                        return Err(Disconnect::TOO_MANY_REQUESTS);
+                    }
+                }
+            }
             self.handle_command(command).await?;
             if self.outbound.is_closed() {
                 break;

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite;
 
 use crate::disconnect::Disconnect;
+use crate::limits::Slot;
 use crate::node::Node;
 use crate::session::outbound::{Outbound, Outgoing};
 use crate::session::{ConnectionInfo, Incoming, Session};
@@ -71,12 +72,21 @@ pub async fn websocket_handler(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let ws = &node.config.websocket;
+    let forwarded_for = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let remote = node.admission.client_address(remote, forwarded_for);
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     if !origin_allowed(origin, host, &ws.allowed_origins) {
         tracing::info!(%remote, origin, "websocket upgrade refused: origin not allowed");
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
+    let slot = match node.admission.admit(remote.ip()) {
+        Ok(slot) => slot,
+        Err(refused) => {
+            tracing::info!(%remote, reason = %refused, "websocket upgrade refused");
+            return (StatusCode::SERVICE_UNAVAILABLE, refused.to_string()).into_response();
+        }
+    };
     let connection = ConnectionInfo {
         remote,
         transport_ping: query.cf_ws_frame_ping_pong.as_deref() == Some("true"),
@@ -106,10 +116,10 @@ pub async fn websocket_handler(
         .on_failed_upgrade(
             move |error| tracing::debug!(%remote, %error, "websocket upgrade failed"),
         )
-        .on_upgrade(move |socket| serve(node, socket, connection))
+        .on_upgrade(move |socket| serve(node, socket, connection, slot))
 }
 
-async fn serve(node: Arc<Node>, socket: WebSocket, connection: ConnectionInfo) {
+async fn serve(node: Arc<Node>, socket: WebSocket, connection: ConnectionInfo, _slot: Slot) {
     let _running = node.sessions.token();
     let outbound = Arc::new(Outbound::new(node.config.client.max_queue_bytes));
     let (sink, stream) = socket.split();
