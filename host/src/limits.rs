@@ -146,7 +146,11 @@ impl Admission {
 
     /// Admits a connection from `address`, or says why not.
     pub fn admit(self: &Arc<Self>, address: IpAddr) -> Result<Slot, Refused> {
-        if self.admitted.fetch_add(1, Ordering::Relaxed).is_multiple_of(4096) {
+        if self
+            .admitted
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(4096)
+        {
             // Forget addresses whose budget is full again, so the rate table does not grow forever.
             self.rate.retain_recent();
         }
