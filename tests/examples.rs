@@ -8,45 +8,23 @@
 //! marker must be the subscriber's next publication. Every wait is bounded by the harness's
 //! `herald_tests::WAIT`; nothing sleeps.
 
-use std::path::{Path, PathBuf};
-
 use herald::config::{Config, EMBEDDED_DEFAULT};
-use herald_tests::{API_KEY, Client, TestServer, publication};
+use herald_tests::{API_KEY, Client, TestServer, built_plugin, publication, target_dir};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
 // -------------------------------------------------------------------------------------- harness ---
 
-/// The workspace's target folder (`CARGO_TARGET_DIR` when set).
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
-/// The built example plugin of crate `crate_name`, failing with how to build it when missing.
-fn built(crate_name: &str) -> Vec<u8> {
-    let path = target_dir()
-        .join("wasm32-wasip2/plugin")
-        .join(format!("{}.wasm", crate_name.replace('-', "_")));
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "example plugin {} is missing ({e}): run `./plugins/build` in the workspace first",
-            path.display()
-        )
-    })
-}
-
 fn channel_acl() -> Vec<u8> {
-    built("herald-plugin-channel-acl")
+    built_plugin("herald-plugin-channel-acl")
 }
 
 fn content_filter() -> Vec<u8> {
-    built("herald-plugin-content-filter")
+    built_plugin("herald-plugin-content-filter")
 }
 
 fn router() -> Vec<u8> {
-    built("herald-plugin-router")
+    built_plugin("herald-plugin-router")
 }
 
 /// Top-level channels open to anonymous clients for subscribe, publish, history and presence (client

@@ -14,10 +14,10 @@
 //!
 //! Needs the plugins built (`./plugins/build`); a missing plugin fails the test with that instruction.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use herald_tests::{API_KEY, Client, TestServer, WAIT, publication};
+use herald_tests::{API_KEY, Client, TestServer, WAIT, built_plugin, publication};
 use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -27,22 +27,6 @@ const HMAC_SECRET: &str = "herald-expiry-test-hmac-secret-0123456789abcdef";
 
 /// Between two polls of `/api/plugins`.
 const POLL: Duration = Duration::from_millis(20);
-
-/// The built plugin crate `crate_name`, failing with how to build it when missing.
-fn wasm(crate_name: &str) -> Vec<u8> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target
-        .join("wasm32-wasip2/plugin")
-        .join(format!("{}.wasm", crate_name.replace('-', "_")));
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "plugin {} is missing ({e}): run `./plugins/build` in the workspace first",
-            path.display()
-        )
-    })
-}
 
 /// Unix seconds now.
 fn now() -> u64 {
@@ -81,7 +65,7 @@ struct Plugged {
 impl Plugged {
     async fn start(plugin: &str, file: &str, plugin_toml: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp plugin dir");
-        std::fs::write(dir.path().join(file), wasm(plugin)).expect("write plugin");
+        std::fs::write(dir.path().join(file), built_plugin(plugin)).expect("write plugin");
         std::fs::write(
             dir.path().join(Path::new(file).with_extension("toml")),
             plugin_toml,

@@ -8,12 +8,12 @@
 //! `GET /api/plugins` in a loop bounded by [`WAIT`].
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use herald_tests::{API_KEY, Client, Received, TestServer, WAIT, publication};
+use herald_tests::{API_KEY, Client, Received, TestServer, WAIT, built_plugin, publication};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -38,28 +38,12 @@ allow_presence_for_client = true
 allow_presence_for_anonymous = true
 "#;
 
-/// The built fixture `crate_name` (dashes or underscores), failing with how to build it when missing.
-fn fixture(crate_name: &str) -> Vec<u8> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target
-        .join("wasm32-wasip2/plugin")
-        .join(format!("{}.wasm", crate_name.replace('-', "_")));
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "fixture plugin {} is missing ({e}): run `./plugins/build` in the workspace first",
-            path.display()
-        )
-    })
-}
-
 fn hostile() -> Vec<u8> {
-    fixture("herald-test-hostile")
+    built_plugin("herald-test-hostile")
 }
 
 fn scripted() -> Vec<u8> {
-    fixture("herald-test-scripted")
+    built_plugin("herald-test-scripted")
 }
 
 /// The component with a custom section appended: behaves the same, but has another SHA-256 (a "new

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use herald_tests::{API_KEY, TestServer};
+use herald_tests::{API_KEY, TestServer, built_plugin};
 use serde_json::Value;
 use tokio::process::Command;
 
@@ -73,20 +73,6 @@ const PLUGIN_FILE: &str = "10-jwt-auth.wasm";
 
 fn repo_path(relative: &str) -> PathBuf {
     Path::new(REPO_ROOT).join(relative)
-}
-
-/// The built jwt-auth plugin, failing with how to build it when missing.
-fn jwt_auth_wasm() -> Vec<u8> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_path("target"));
-    let path = target.join("wasm32-wasip2/plugin/herald_plugin_jwt_auth.wasm");
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "the jwt-auth plugin {} is missing ({e}): run `./plugins/build` in the workspace first",
-            path.display()
-        )
-    })
 }
 
 /// Fails (never skips) unless node and the JS dependencies are installed.
@@ -179,7 +165,7 @@ async fn plugins_status(server: &TestServer) -> Value {
 /// signature ending the client with 3500 and no reconnect.
 #[tokio::test]
 async fn centrifuge_js_authenticates_with_jwt_auth() {
-    let wasm = jwt_auth_wasm();
+    let wasm = built_plugin("herald-plugin-jwt-auth");
     require_node().await;
 
     let plugin_dir = tempfile::tempdir().expect("temp plugin dir");

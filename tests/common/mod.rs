@@ -383,3 +383,24 @@ pub fn publication(push: &Value, channel: &str) -> Value {
         .cloned()
         .unwrap_or_else(|| panic!("not a publication: {push}"))
 }
+
+/// The workspace's target folder (`CARGO_TARGET_DIR` when set).
+pub fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// The plugin crate `crate_name` built to WebAssembly by `plugins/build`, failing with how to build it when
+/// missing.
+pub fn built_plugin(crate_name: &str) -> Vec<u8> {
+    let path = target_dir()
+        .join("wasm32-wasip2/plugin")
+        .join(format!("{}.wasm", crate_name.replace('-', "_")));
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "plugin {} is missing ({e}): run `./plugins/build` in the workspace first",
+            path.display()
+        )
+    })
+}
