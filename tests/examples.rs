@@ -66,24 +66,9 @@ async fn start(files: &[(&str, &[u8])], extra: &str) -> Plugged {
     Plugged { server, _dir: dir }
 }
 
-/// `GET /api/plugins`'s `result`.
-async fn plugins_status(server: &TestServer) -> Value {
-    let response = reqwest::Client::new()
-        .get(format!("{}/plugins", server.api_url()))
-        .header("X-API-Key", API_KEY)
-        .send()
-        .await
-        .expect("GET /api/plugins");
-    assert_eq!(response.status().as_u16(), 200);
-    let body: Value = response.json().await.expect("JSON body");
-    body.get("result")
-        .cloned()
-        .unwrap_or_else(|| panic!("no result: {body}"))
-}
-
 /// Asserts the server loaded exactly `files`, in this order, without load errors; returns the status.
 async fn assert_loaded(server: &TestServer, files: &[&str]) -> Value {
-    let status = plugins_status(server).await;
+    let status = server.plugins_status().await;
     assert_eq!(status["load_errors"], json!([]), "{status:#}");
     let loaded: Vec<&str> = status["plugins"]
         .as_array()
@@ -107,7 +92,7 @@ fn entry<'a>(status: &'a Value, file: &str) -> &'a Value {
 
 /// Asserts no plugin call failed (a failure would be a deadline, trap or bug, not a decision).
 async fn assert_no_failures(server: &TestServer) {
-    let status = plugins_status(server).await;
+    let status = server.plugins_status().await;
     for plugin in status["plugins"].as_array().expect("plugins array") {
         assert_eq!(plugin["failures"], 0, "{plugin:#}");
     }
@@ -315,7 +300,7 @@ async fn channel_acl_enforces_its_rules() {
     // Still connected, and the ACL made the refusals: 2 subscribe + 2 access + 1 publish denies (the
     // `members:other` refusal is the namespace's).
     subscribe_ok(&mut client, "after").await;
-    let status = plugins_status(server).await;
+    let status = server.plugins_status().await;
     let acl = entry(&status, "channel-acl.wasm");
     assert_eq!(acl["name"], "channel-acl", "{acl:#}");
     assert_eq!(acl["denies"], 5, "{acl:#}");

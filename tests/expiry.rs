@@ -17,7 +17,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use herald_tests::{API_KEY, Client, TestServer, WAIT, built_plugin, publication};
+use herald_tests::{Client, TestServer, WAIT, built_plugin, publication};
 use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -76,7 +76,7 @@ impl Plugged {
             dir.path().to_str().expect("utf-8 temp path"),
         );
         let server = TestServer::start(&config).await;
-        let status = plugins_status(&server).await;
+        let status = server.plugins_status().await;
         let loaded = status["plugins"]
             .as_array()
             .is_some_and(|plugins| plugins.iter().any(|p| p["file"] == file));
@@ -108,23 +108,6 @@ impl Plugged {
         )
         .await
     }
-}
-
-/// `GET /api/plugins`'s `result`.
-async fn plugins_status(server: &TestServer) -> Value {
-    let response = reqwest::Client::new()
-        .get(format!("{}/plugins", server.api_url()))
-        .header("X-API-Key", API_KEY)
-        .send()
-        .await
-        .expect("GET /api/plugins");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
-    assert_eq!(status, 200, "GET /api/plugins: {text}");
-    let body: Value = serde_json::from_str(&text).expect("JSON from /api/plugins");
-    body.get("result")
-        .cloned()
-        .unwrap_or_else(|| panic!("/api/plugins has no result: {body}"))
 }
 
 /// Opens a connection and sends `connect` with `token`; returns the client and the connect result.
@@ -376,7 +359,7 @@ async fn disconnect_hook_is_called_when_a_client_goes_away() {
     const FILE: &str = "scripted.wasm";
     let plugged = Plugged::start("herald-test-scripted", FILE, "id = \"expiry\"\n", "").await;
     let server = &plugged.server;
-    let status = plugins_status(server).await;
+    let status = server.plugins_status().await;
     let entry = status["plugins"]
         .as_array()
         .and_then(|plugins| plugins.iter().find(|p| p["file"] == FILE))
@@ -388,7 +371,7 @@ async fn disconnect_hook_is_called_when_a_client_goes_away() {
     let (mut client, _) = Client::connect(server).await;
     let reply = client.subscribe(json!({"channel": "news"})).await;
     assert!(reply.get("subscribe").is_some(), "{reply}");
-    let before = calls(&plugins_status(server).await, FILE);
+    let before = calls(&server.plugins_status().await, FILE);
 
     client
         .send_message(tokio_tungstenite::tungstenite::Message::Close(None))
@@ -397,7 +380,7 @@ async fn disconnect_hook_is_called_when_a_client_goes_away() {
 
     let deadline = tokio::time::Instant::now() + WAIT;
     let status = loop {
-        let status = plugins_status(server).await;
+        let status = server.plugins_status().await;
         if calls(&status, FILE) > before {
             break status;
         }

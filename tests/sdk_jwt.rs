@@ -12,7 +12,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use herald_tests::{API_KEY, TestServer, built_plugin};
-use serde_json::Value;
 use tokio::process::Command;
 
 /// The repository root, where the script's relative path starts.
@@ -142,23 +141,6 @@ fn server_toml(plugin_dir: &Path) -> String {
     )
 }
 
-/// `GET /api/plugins`'s `result`.
-async fn plugins_status(server: &TestServer) -> Value {
-    let response = reqwest::Client::new()
-        .get(format!("{}/plugins", server.api_url()))
-        .header("X-API-Key", API_KEY)
-        .send()
-        .await
-        .expect("GET /api/plugins");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
-    assert_eq!(status, 200, "GET /api/plugins: {text}");
-    let body: Value = serde_json::from_str(&text).expect("JSON from /api/plugins");
-    body.get("result")
-        .cloned()
-        .unwrap_or_else(|| panic!("/api/plugins has no result: {body}"))
-}
-
 /// centrifuge-js 5.8 against Herald with jwt-auth: HS256 connect after a 109 retry through `getToken`,
 /// refresh that keeps the connection past `exp` + `expired_close_delay`, a subscription token for
 /// `$private:room` (and 103 without one), an RS256 user next to an HS256 one in presence, and a bad
@@ -179,7 +161,7 @@ async fn centrifuge_js_authenticates_with_jwt_auth() {
     .expect("write plugin config");
     let server = TestServer::start(&server_toml(plugin_dir.path())).await;
 
-    let status = plugins_status(&server).await;
+    let status = server.plugins_status().await;
     let loaded = status["plugins"]
         .as_array()
         .is_some_and(|plugins| plugins.iter().any(|p| p["file"] == PLUGIN_FILE));

@@ -145,6 +145,23 @@ impl TestServer {
             .unwrap_or_else(|| panic!("publish failed: {body}"))
     }
 
+    /// `GET /api/plugins` with the right key; its `result`.
+    pub async fn plugins_status(&self) -> Value {
+        let response = reqwest::Client::new()
+            .get(format!("{}/plugins", self.api_url()))
+            .header("X-API-Key", API_KEY)
+            .send()
+            .await
+            .expect("GET /api/plugins");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        assert_eq!(status, 200, "GET /api/plugins: {text}");
+        let body: Value = serde_json::from_str(&text).expect("JSON from /api/plugins");
+        body.get("result")
+            .cloned()
+            .unwrap_or_else(|| panic!("/api/plugins has no result: {body}"))
+    }
+
     /// Triggers shutdown and waits for the server to finish.
     pub async fn shutdown(mut self) -> std::io::Result<()> {
         if let Some(stop) = self.stop.take() {
