@@ -81,32 +81,15 @@ async fn require_python() {
 /// Runs one SDK scenario script against `server` on `channel` and asserts exit status 0, printing the
 /// script's stdout and stderr otherwise.
 async fn run_scenario(server: &TestServer, program: &str, script: &str, channel: &str) {
-    let run = Command::new(program)
-        .arg(script)
+    let mut run = Command::new(program);
+    run.arg(script)
         .current_dir(REPO_ROOT)
         .env("HERALD_WS_URL", server.ws_url())
         .env("HERALD_API_URL", server.api_url())
         .env("HERALD_API_KEY", API_KEY)
         .env("HERALD_CHANNEL", channel)
-        .env("PYTHONUNBUFFERED", "1")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(SCRIPT_WAIT, run)
-        .await
-        .unwrap_or_else(|_| panic!("`{program} {script}` did not finish within {SCRIPT_WAIT:?}"))
-        .unwrap_or_else(|e| panic!("cannot start `{program} {script}`: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "`{program} {script}` failed with {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
-        output.status
-    );
-    assert!(
-        stdout.contains("PASS"),
-        "`{program} {script}` exited 0 without reporting PASS\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
-    );
+        .env("PYTHONUNBUFFERED", "1");
+    herald_tests::assert_script_passes(&mut run, &format!("{program} {script}")).await;
 }
 
 /// centrifuge-js 5.8 connects, receives live publications with contiguous offsets, survives a forced

@@ -167,33 +167,14 @@ async fn centrifuge_js_authenticates_with_jwt_auth() {
         .is_some_and(|plugins| plugins.iter().any(|p| p["file"] == PLUGIN_FILE));
     assert!(loaded, "jwt-auth did not load: {status:#}");
 
-    let run = Command::new("node")
-        .arg("tests/e2e/js/jwt.js")
+    let mut run = Command::new("node");
+    run.arg("tests/e2e/js/jwt.js")
         .current_dir(REPO_ROOT)
         .env("HERALD_WS_URL", server.ws_url())
         .env("HERALD_API_URL", server.api_url())
         .env("HERALD_API_KEY", API_KEY)
         .env("HERALD_HMAC_SECRET", HMAC_SECRET)
         .env("HERALD_RSA_PRIVATE_KEY", RSA_PRIVATE_KEY)
-        .env("HERALD_CHANNEL", "e2e-js-jwt")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(SCRIPT_WAIT, run)
-        .await
-        .unwrap_or_else(|_| {
-            panic!("`node tests/e2e/js/jwt.js` did not finish within {SCRIPT_WAIT:?}")
-        })
-        .unwrap_or_else(|e| panic!("cannot start `node tests/e2e/js/jwt.js`: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "`node tests/e2e/js/jwt.js` failed with {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
-        output.status
-    );
-    assert!(
-        stdout.contains("PASS"),
-        "`node tests/e2e/js/jwt.js` exited 0 without reporting PASS\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
-    );
+        .env("HERALD_CHANNEL", "e2e-js-jwt");
+    herald_tests::assert_script_passes(&mut run, "node tests/e2e/js/jwt.js").await;
 }

@@ -421,3 +421,28 @@ pub fn built_plugin(crate_name: &str) -> Vec<u8> {
         )
     })
 }
+
+/// Runs an end-to-end script (stdin closed, killed if the test ends) and asserts it exits 0 and reports
+/// `PASS`, printing its output otherwise; `what` names it in failures.
+pub async fn assert_script_passes(command: &mut tokio::process::Command, what: &str) {
+    const SCRIPT_WAIT: Duration = Duration::from_secs(90);
+    let run = command
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(SCRIPT_WAIT, run)
+        .await
+        .unwrap_or_else(|_| panic!("`{what}` did not finish within {SCRIPT_WAIT:?}"))
+        .unwrap_or_else(|e| panic!("cannot start `{what}`: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "`{what}` failed with {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+        output.status
+    );
+    assert!(
+        stdout.contains("PASS"),
+        "`{what}` exited 0 without reporting PASS\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+    );
+}
