@@ -156,42 +156,6 @@ async fn health_needs_no_key() {
 
 // ---------------------------------------------------------------------------------------- errors ---
 
-/// A body that is not JSON is a 400 whose message says the body is malformed.
-#[tokio::test]
-async fn malformed_json_is_400() {
-    let server = TestServer::start("").await;
-    let (status, body) = post(
-        &format!("{}/publish", server.api_url()),
-        &[("X-API-Key", API_KEY)],
-        "{\"channel\": \"news\", \"data\": ",
-    )
-    .await;
-    assert_eq!(status, 400, "{body}");
-    assert!(body.to_lowercase().contains("malformed"), "{body}");
-}
-
-/// A body larger than `http_api.max_body_size` is refused with 413; a smaller one on the same server works.
-#[tokio::test]
-async fn body_over_the_limit_is_413() {
-    let server = TestServer::start("[http_api]\nmax_body_size = 2048").await;
-    let url = format!("{}/publish", server.api_url());
-    let small = json!({"channel": "news", "data": "x".repeat(1500)}).to_string();
-    let (status, body) = post(&url, &[("X-API-Key", API_KEY)], small).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(parse(&body)["result"]["offset"], 1, "{body}");
-    let big = json!({"channel": "news", "data": "x".repeat(4096)}).to_string();
-    let (status, body) = post(&url, &[("X-API-Key", API_KEY)], big).await;
-    assert_eq!(status, 413, "{body}");
-    let (_, history) = server
-        .api("history", json!({"channel": "news", "limit": -1}))
-        .await;
-    assert_eq!(
-        history["result"]["publications"].as_array().unwrap().len(),
-        1,
-        "the oversized publish must not be stored: {history}"
-    );
-}
-
 /// An unknown API method is `200 {"error":{"code":104,…}}`.
 #[tokio::test]
 async fn unknown_method_is_104() {
@@ -833,4 +797,45 @@ async fn server_side_unsubscribe_ends_client_side_subscription() {
     }
     // Subscribing again works: the old subscription is gone.
     assert!(subscribe_ok(&mut client, "news").await.is_object());
+}
+
+// ---------------------------------------------------------------------------------- idempotency ---
+
+/// A publish repeated with the same `idempotency_key` answers the first position and reaches subscribers
+/// once; another key is another publication.
+#[tokio::test]
+async fn idempotency_key_publishes_once() {
+    let server = TestServer::start("").await;
+    let (mut client, _) = Client::connect(&server).await;
+    subscribe_ok(&mut client, "orders").await;
+    let once =
+        |n: u32, key: &str| json!({"channel": "orders", "data": {"n": n}, "idempotency_key": key});
+    let (_, first) = server.api("publish", once(1, "order-1")).await;
+    let (_, repeat) = server.api("publish", once(1, "order-1")).await;
+    assert_eq!(repeat, first, "a repeat answers the first position");
+    let (_, second) = server.api("publish", once(2, "order-2")).await;
+    assert_eq!(second["result"]["offset"], 2, "{second}");
+    let (_, broadcast) = server
+        .api(
+            "broadcast",
+            json!({"channels": ["orders"], "data": {"n": 2}, "idempotency_key": "order-2"}),
+        )
+        .await;
+    assert_eq!(broadcast["result"]["responses"][0], second, "{broadcast}");
+
+    let offsets = [
+        publication(&client.next_push().await, "orders")["offset"].clone(),
+        publication(&client.next_push().await, "orders")["offset"].clone(),
+    ];
+    assert_eq!(offsets, [json!(1), json!(2)]);
+    // Nothing else was queued for the client: the reply to a no-op is the very next message.
+    let noop = client
+        .call("unsubscribe", json!({"channel": "never-subscribed"}))
+        .await;
+    assert!(noop.get("unsubscribe").is_some(), "{noop}");
+    let (_, history) = server
+        .api("history", json!({"channel": "orders", "limit": -1}))
+        .await;
+    let stored = history["result"]["publications"].as_array().map(Vec::len);
+    assert_eq!(stored, Some(2), "repeats are not stored: {history}");
 }

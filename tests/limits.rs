@@ -153,3 +153,87 @@ async fn forwarded_for_from_untrusted_peers_is_ignored() {
         "a trusted proxy's client has its own budget"
     );
 }
+
+/// A TCP connection to the server from `local` (any 127.0.0.0/8 address reaches the loopback listener).
+async fn tcp_from(server: &TestServer, local: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{local}:0").parse().expect("address"))
+        .expect("bind");
+    socket.connect(server.addr).await.expect("connect")
+}
+
+/// Writes `header` on a new connection from `local`, then opens a WebSocket over it.
+async fn websocket_after(
+    server: &TestServer,
+    local: &str,
+    header: &[u8],
+) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, tungstenite::Error> {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tcp_from(server, local).await;
+    tcp.write_all(header).await.expect("write header");
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(server.ws_url(), tcp))
+        .await
+        .expect("handshake in time")?;
+    Ok(ws)
+}
+
+/// A PROXY protocol v2 header for a TCP/IPv4 client.
+fn proxy_v2(client: [u8; 4], port: u16) -> Vec<u8> {
+    use ppp::v2::{Builder, Command, IPv4, Protocol, Version};
+    Builder::with_addresses(
+        Version::Two | Command::Proxy,
+        Protocol::Stream,
+        IPv4::new(client, [127, 0, 0, 1], port, 8000),
+    )
+    .build()
+    .expect("v2 header")
+}
+
+/// With `proxy_protocol` on, a trusted proxy's PROXY header (v1 or v2) gives the client address that the
+/// per-address limits use; a trusted peer without a header, or one that sends nothing within
+/// `handshake_timeout`, is closed; an untrusted peer's PROXY header is not believed (its request is refused
+/// as garbage), while its ordinary connections are served.
+#[tokio::test]
+async fn proxy_protocol_from_trusted_proxies_gives_the_client_address() {
+    let server = TestServer::start(
+        "[limits]\nproxy_protocol = true\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
+         max_connections_per_ip = 1\nhandshake_timeout = \"500ms\"",
+    )
+    .await;
+    let v1 = |client: &str| format!("PROXY TCP4 {client} 127.0.0.1 40000 8000\r\n").into_bytes();
+    // Held until the test ends, so the per-address count includes it.
+    let _first = websocket_after(&server, "127.0.0.1", &v1("203.0.113.9"))
+        .await
+        .expect("first client behind the proxy");
+    match websocket_after(&server, "127.0.0.1", &proxy_v2([203, 0, 113, 9], 40001)).await {
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE)
+        }
+        other => panic!("the same client again must hit its limit (503), got {other:?}"),
+    }
+    let _other = websocket_after(&server, "127.0.0.1", &proxy_v2([203, 0, 113, 10], 40002))
+        .await
+        .expect("another client behind the same proxy has its own budget");
+
+    assert!(
+        websocket_after(&server, "127.0.0.1", b"").await.is_err(),
+        "a trusted proxy must send the header"
+    );
+    let mut silent = tcp_from(&server, "127.0.0.1").await;
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut silent, &mut byte))
+        .await
+        .expect("a silent proxy connection is closed after handshake_timeout");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+    assert!(
+        websocket_after(&server, "127.0.0.2", &v1("203.0.113.77"))
+            .await
+            .is_err(),
+        "an untrusted peer's PROXY header is not stripped, so its request is garbage"
+    );
+    websocket_after(&server, "127.0.0.2", b"")
+        .await
+        .expect("an untrusted peer is served as itself");
+}

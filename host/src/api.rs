@@ -4,16 +4,24 @@
 //! Authentication: `X-API-Key: <key>`, `Authorization: apikey <key>` or `?api_key=<key>`, compared in
 //! constant time. With no key configured the API answers 401 to everything unless `http_api.insecure` is set.
 //! Errors are `200 {"error":{code,message}}`, or HTTP statuses with `X-Centrifugo-Error-Mode: transport`.
+//!
+//! Before any of that, every request passes the per-address [`ApiGuard`]: over the request rate, or after
+//! too many wrong keys, it gets `429` with `Retry-After` and is not looked at. Its body must then arrive
+//! within `limits.handshake_timeout` (`408` otherwise) and fit `http_api.max_body_size` (`413`, at once when
+//! `Content-Length` announces more), so a slow or endless body cannot hold a connection.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -24,12 +32,13 @@ use crate::engine::{HistoryFilter, StreamPosition};
 use crate::errors::{ClientError, Refusal};
 use crate::glob;
 use crate::hub::SessionCommand;
+use crate::limits::{ApiGuard, ApiRefused};
 use crate::node::{Node, PublishRequest, Source, VERSION};
 use crate::protocol::centrifuge::encode::{Object, write_history_result, write_presence_result};
 use crate::protocol::compact_json;
 
-/// The `[http_api]` section.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The `[http_api]` section. Its `Debug` never shows the key.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpApiConfig {
     /// The API key; empty turns the API off (every request 401) unless `insecure` is set.
@@ -38,6 +47,21 @@ pub struct HttpApiConfig {
     pub insecure: bool,
     /// Largest request body in bytes (default 1 MiB; larger gets 413).
     pub max_body_size: usize,
+}
+
+impl std::fmt::Debug for HttpApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = if self.key.is_empty() {
+            ""
+        } else {
+            "[redacted]"
+        };
+        f.debug_struct("HttpApiConfig")
+            .field("key", &key)
+            .field("insecure", &self.insecure)
+            .field("max_body_size", &self.max_body_size)
+            .finish()
+    }
 }
 
 impl Default for HttpApiConfig {
@@ -53,11 +77,101 @@ impl Default for HttpApiConfig {
 /// The `/api` routes.
 pub fn router(node: Arc<Node>) -> Router {
     let limit = node.config.http_api.max_body_size;
+    let guard = Arc::new(Guarded {
+        limits: ApiGuard::new(&node.config.limits),
+        node: node.clone(),
+    });
     Router::new()
         .route("/api/{method}", post(handle))
         .route("/api/plugins", get(plugins))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(guard, guard_requests))
         .with_state(node)
+}
+
+/// What the request guard needs: the limits, and the node for the client-address rules.
+struct Guarded {
+    node: Arc<Node>,
+    limits: ApiGuard,
+}
+
+/// Applies [`ApiGuard`] around every API request. Failed authentications are counted from the `401` the
+/// handlers answer, so the one place that decides about keys ([`authorized`]) stays the only one.
+async fn guard_requests(
+    State(guard): State<Arc<Guarded>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    // Without a peer (the router driven outside the server) there is no address to keep budgets for.
+    let Some(address) = client_ip(&guard.node, &request) else {
+        return next.run(request).await;
+    };
+    if let Err(refused) = guard.limits.check(address) {
+        tracing::debug!(%address, reason = %refused, "API request refused");
+        return too_many_requests(refused);
+    }
+    let request = match read_body(&guard.node, request).await {
+        Ok(request) => request,
+        Err(refusal) => return refusal,
+    };
+    let response = next.run(request).await;
+    if response.status() == StatusCode::UNAUTHORIZED
+        && let Some(refused) = guard.limits.failed(address)
+    {
+        // The failure that used up the allowance is answered like the ones that will follow it.
+        return too_many_requests(refused);
+    }
+    response
+}
+
+/// Reads the whole body within the deadline and the size limit, so handlers never wait on the client.
+async fn read_body(node: &Node, request: Request) -> Result<Request, Response> {
+    let limit = node.config.http_api.max_body_size;
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > limit as u64) {
+        return Err(StatusCode::PAYLOAD_TOO_LARGE.into_response());
+    }
+    let (parts, body) = request.into_parts();
+    let deadline = node.config.limits.handshake_timeout;
+    match tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(Request::from_parts(parts, Body::from(collected.to_bytes()))),
+        Ok(Err(error)) if error.is::<LengthLimitError>() => {
+            Err(StatusCode::PAYLOAD_TOO_LARGE.into_response())
+        }
+        Ok(Err(_)) => {
+            Err((StatusCode::BAD_REQUEST, "request body could not be read").into_response())
+        }
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            "request body not received in time",
+        )
+            .into_response()),
+    }
+}
+
+/// The client address of an API request: the peer, or what a trusted proxy says it forwards.
+fn client_ip(node: &Node, request: &Request) -> Option<IpAddr> {
+    let ConnectInfo(peer) = request.extensions().get::<ConnectInfo<SocketAddr>>()?;
+    let forwarded_for = request
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    Some(node.admission.client_address(*peer, forwarded_for).ip())
+}
+
+/// `429` with a `Retry-After` in whole seconds (at least 1).
+fn too_many_requests(refused: ApiRefused) -> Response {
+    let seconds = refused.retry_after().as_secs_f64().ceil().max(1.0) as u64;
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, HeaderValue::from(seconds))],
+        refused.to_string(),
+    )
+        .into_response()
 }
 
 fn authorized(config: &HttpApiConfig, headers: &HeaderMap, query: Option<&str>) -> bool {
@@ -243,6 +357,8 @@ struct PublishBody {
     skip_history: bool,
     #[serde(default)]
     tags: BTreeMap<String, String>,
+    /// A repeat with the same key within the idempotency window is not published again.
+    idempotency_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -254,6 +370,8 @@ struct BroadcastBody {
     skip_history: bool,
     #[serde(default)]
     tags: BTreeMap<String, String>,
+    /// Applies to each channel separately.
+    idempotency_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -345,6 +463,7 @@ async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<Vec<u8>, Api
                     tags: b.tags,
                     skip_history: b.skip_history,
                     source: Source::Api,
+                    idempotency_key: b.idempotency_key,
                 })
                 .await?;
             Ok(result(|o| write_position(o, &position)))
@@ -368,6 +487,7 @@ async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<Vec<u8>, Api
                             tags: b.tags.clone(),
                             skip_history: b.skip_history,
                             source: Source::Api,
+                            idempotency_key: b.idempotency_key.clone(),
                         })
                         .await
                         .map_err(Refusal::into_error),
@@ -510,6 +630,17 @@ async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<Vec<u8>, Api
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let config = HttpApiConfig {
+            key: "very-secret-key".into(),
+            ..Default::default()
+        };
+        let printed = format!("{config:?} {config:#?}");
+        assert!(!printed.contains("very-secret-key"), "{printed}");
+        assert!(printed.contains("[redacted]"), "{printed}");
+    }
 
     #[test]
     fn keys_are_checked_from_every_place() {

@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::HttpApiConfig;
 use crate::channel::{ChannelConfig, Channels};
+use crate::engine::{EngineConfig, EngineKind};
 use crate::limits::LimitsConfig;
 use crate::plugin::PluginsConfig;
+use crate::queue::QueueConfig;
 use crate::session::ClientConfig;
 use crate::transport::{TlsConfig, WebsocketConfig};
 
@@ -48,6 +50,10 @@ pub struct Config {
     pub channel: ChannelConfig,
     /// WebAssembly plugins.
     pub plugins: PluginsConfig,
+    /// History, presence and cross-node fan-out: memory (one node) or Redis.
+    pub engine: EngineConfig,
+    /// Queue ingestion: Redis Streams whose entries Herald publishes (off by default).
+    pub queue: QueueConfig,
 }
 
 impl Default for Config {
@@ -62,6 +68,8 @@ impl Default for Config {
             http_api: HttpApiConfig::default(),
             channel: ChannelConfig::default(),
             plugins: PluginsConfig::default(),
+            engine: EngineConfig::default(),
+            queue: QueueConfig::default(),
         }
     }
 }
@@ -127,6 +135,15 @@ impl Config {
     /// Checks what the types alone cannot express; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |msg: String| Err(ConfigError(msg));
+        if self.engine.kind == EngineKind::Redis {
+            self.engine.redis.validate().map_err(ConfigError)?;
+        }
+        if self.engine.idempotency_window.is_zero() {
+            return err("engine.idempotency_window: must be greater than 0".into());
+        }
+        if self.queue.enabled {
+            self.queue.validate(&self.engine).map_err(ConfigError)?;
+        }
         let c = &self.client;
         if c.ping_interval.is_zero() {
             return err("client.ping_interval: must be greater than 0".into());
@@ -239,6 +256,11 @@ impl Config {
         if self.websocket.allowed_origins.iter().any(|o| o == "*") {
             warnings.push(
                 "websocket.allowed_origins contains \"*\": any web site may open WebSockets".into(),
+            );
+        }
+        if self.websocket.conformance_echo {
+            warnings.push(
+                "websocket.conformance_echo is on: /conformance/echo echoes anything to anyone (conformance tests only)".into(),
             );
         }
         let anon_publish = std::iter::once(&self.channel.defaults)

@@ -32,6 +32,12 @@ pub enum SessionCommand {
         /// The channel.
         channel: String,
     },
+    /// The subscription's live stream has a gap (a publication was lost between nodes, or the stream was
+    /// recreated): end it with "insufficient state" so the client resubscribes and recovers.
+    Resubscribe {
+        /// The channel.
+        channel: String,
+    },
 }
 
 /// What the rest of the server may do to a session: queue frames, close it, or send it a command.
@@ -78,16 +84,80 @@ impl SessionHandle {
 
 /// Holds back live frames while a subscribe is being answered, so the reply goes first and nothing is
 /// delivered twice or lost (publications racing the subscribe are either in the reply or sent after it).
+///
+/// For a positioned subscription it also follows the stream: each publication must be the next offset of
+/// the same epoch. Anything else is a gap ([`Delivery::Gap`]), reported once; the gate then delivers
+/// nothing more of the stream until the subscription is replaced.
 #[derive(Debug)]
 pub struct DeliveryGate {
     live: AtomicBool,
     held: Mutex<Held>,
+    stream: Mutex<Followed>,
 }
 
 #[derive(Debug, Default)]
 struct Held {
-    frames: Vec<(u64, Frame)>,
+    frames: Vec<(StreamPosition, Frame)>,
     bytes: usize,
+}
+
+/// Where a positioned subscriber is in its stream.
+#[derive(Debug, Default)]
+struct Followed {
+    /// The epoch followed; `None` for subscriptions that are not positioned.
+    epoch: Option<String>,
+    /// The last offset delivered (or covered by the subscribe reply).
+    last: u64,
+    /// A stream top reported ahead of `last` by the previous position report.
+    reported_ahead: Option<u64>,
+    /// A gap was found and reported.
+    broken: bool,
+}
+
+impl Followed {
+    /// Whether the frame of a publication at `position` goes out; sets `broken` on a gap.
+    fn admit(&mut self, position: &StreamPosition) -> Admit {
+        let Some(epoch) = &self.epoch else {
+            return Admit::Send;
+        };
+        if position.offset == 0 {
+            return Admit::Send;
+        }
+        if self.broken {
+            return Admit::Drop;
+        }
+        if *epoch != position.epoch || position.offset > self.last + 1 {
+            self.broken = true;
+            return Admit::Gap;
+        }
+        if position.offset <= self.last {
+            return Admit::Drop;
+        }
+        self.last = position.offset;
+        Admit::Send
+    }
+}
+
+enum Admit {
+    Send,
+    Drop,
+    Gap,
+}
+
+/// What became of a frame handed to a gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Delivery {
+    /// Queued, held, or dropped as a duplicate.
+    Done,
+    /// The subscriber's stream has a gap: it must resubscribe to recover.
+    Gap,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl DeliveryGate {
@@ -96,46 +166,96 @@ impl DeliveryGate {
         Self {
             live: AtomicBool::new(false),
             held: Mutex::new(Held::default()),
+            stream: Mutex::new(Followed::default()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
-        self.held
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn deliver(&self, offset: u64, frame: &Frame, outbound: &Outbound) {
-        if self.live.load(Ordering::Acquire) {
-            outbound.push(frame.clone());
-            return;
+    fn deliver(&self, position: &StreamPosition, frame: &Frame, outbound: &Outbound) -> Delivery {
+        if !self.live.load(Ordering::Acquire) {
+            let mut held = lock(&self.held);
+            if !self.live.load(Ordering::Acquire) {
+                held.bytes += frame.len();
+                held.frames.push((position.clone(), frame.clone()));
+                if held.bytes > outbound.max_bytes() {
+                    held.frames.clear();
+                    outbound.close(Disconnect::SLOW);
+                }
+                return Delivery::Done;
+            }
         }
-        let mut held = self.lock();
-        if self.live.load(Ordering::Acquire) {
-            drop(held);
-            outbound.push(frame.clone());
-            return;
-        }
-        held.bytes += frame.len();
-        held.frames.push((offset, frame.clone()));
-        if held.bytes > outbound.max_bytes() {
-            held.frames.clear();
-            outbound.close(Disconnect::SLOW);
+        match lock(&self.stream).admit(position) {
+            Admit::Send => {
+                outbound.push(frame.clone());
+                Delivery::Done
+            }
+            Admit::Drop => Delivery::Done,
+            Admit::Gap => Delivery::Gap,
         }
     }
 
-    /// Queues `reply`, then the held frames whose offset is after `after` (frames without offset always),
-    /// then lets frames flow directly.
-    pub fn open(&self, outbound: &Outbound, reply: Frame, after: u64) {
-        let mut held = self.lock();
+    /// Queues `reply`, then the held frames the reply did not cover, then lets frames flow directly.
+    /// `covered` is the stream position the reply brings the client to: for a positioned subscription the
+    /// gate follows the stream from there; `None` for subscriptions that are not positioned, whose held
+    /// frames all follow.
+    pub fn open(
+        &self,
+        outbound: &Outbound,
+        reply: Frame,
+        covered: Option<StreamPosition>,
+    ) -> Delivery {
+        let mut held = lock(&self.held);
+        let mut stream = lock(&self.stream);
         outbound.push(reply);
-        for (offset, frame) in held.frames.drain(..) {
-            if offset == 0 || offset > after {
-                outbound.push(frame);
+        let mut delivery = Delivery::Done;
+        match covered {
+            Some(position) => {
+                stream.epoch = Some(position.epoch);
+                stream.last = position.offset;
+                for (position, frame) in held.frames.drain(..) {
+                    match stream.admit(&position) {
+                        Admit::Send => {
+                            outbound.push(frame);
+                        }
+                        Admit::Drop => {}
+                        Admit::Gap => delivery = Delivery::Gap,
+                    }
+                }
+            }
+            None => {
+                for (_, frame) in held.frames.drain(..) {
+                    outbound.push(frame);
+                }
             }
         }
         held.bytes = 0;
         self.live.store(true, Ordering::Release);
+        delivery
+    }
+
+    /// A report that the stream has reached at least `top` (see
+    /// [`BrokerEventHandler::handle_position`]): a gap when the epoch changed, or when the previous report
+    /// was already ahead of what has been delivered since.
+    fn check_position(&self, top: &StreamPosition) -> Delivery {
+        if !self.live.load(Ordering::Acquire) {
+            return Delivery::Done;
+        }
+        let mut stream = lock(&self.stream);
+        let Some(epoch) = &stream.epoch else {
+            return Delivery::Done;
+        };
+        if stream.broken {
+            return Delivery::Done;
+        }
+        let lost = *epoch != top.epoch
+            || stream
+                .reported_ahead
+                .is_some_and(|ahead| stream.last < ahead);
+        if lost {
+            stream.broken = true;
+            return Delivery::Gap;
+        }
+        stream.reported_ahead = (top.offset > stream.last).then_some(top.offset);
+        Delivery::Done
     }
 }
 
@@ -311,7 +431,7 @@ impl Hub {
     fn broadcast(
         &self,
         channel: &str,
-        offset: u64,
+        position: &StreamPosition,
         encode: impl FnOnce() -> Frame,
         only_join_leave: bool,
     ) {
@@ -326,11 +446,26 @@ impl Hub {
                 continue;
             }
             let frame = frame.get_or_insert_with(|| (encode.take().expect("encoded once"))());
-            subscriber
+            let delivery = subscriber
                 .gate
-                .deliver(offset, frame, &subscriber.session.outbound);
+                .deliver(position, frame, &subscriber.session.outbound);
+            if delivery == Delivery::Gap {
+                resubscribe(channel, subscriber);
+            }
         }
     }
+}
+
+/// Asks a subscriber whose stream has a gap to resubscribe (and so recover).
+pub fn resubscribe(channel: &str, subscriber: &Subscriber) {
+    tracing::info!(
+        channel,
+        client = %subscriber.session.client,
+        "publications were lost on the way; the subscriber resubscribes to recover"
+    );
+    subscriber.session.command(SessionCommand::Resubscribe {
+        channel: channel.to_owned(),
+    });
 }
 
 impl BrokerEventHandler for Hub {
@@ -338,22 +473,50 @@ impl BrokerEventHandler for Hub {
         &self,
         channel: &str,
         publication: Arc<Publication>,
-        _position: StreamPosition,
+        position: StreamPosition,
     ) {
+        let position = StreamPosition {
+            offset: publication.offset,
+            epoch: position.epoch,
+        };
         self.broadcast(
             channel,
-            publication.offset,
+            &position,
             || encode::publication_push(channel, &publication),
             false,
         );
     }
 
     fn handle_join(&self, channel: &str, info: Arc<ClientInfo>) {
-        self.broadcast(channel, 0, || encode::join_push(channel, &info), true);
+        let unpositioned = StreamPosition::default();
+        self.broadcast(
+            channel,
+            &unpositioned,
+            || encode::join_push(channel, &info),
+            true,
+        );
     }
 
     fn handle_leave(&self, channel: &str, info: Arc<ClientInfo>) {
-        self.broadcast(channel, 0, || encode::leave_push(channel, &info), true);
+        let unpositioned = StreamPosition::default();
+        self.broadcast(
+            channel,
+            &unpositioned,
+            || encode::leave_push(channel, &info),
+            true,
+        );
+    }
+
+    fn handle_position(&self, channel: &str, position: StreamPosition) {
+        let shard = read(self.shard(channel));
+        let Some(subscribers) = shard.get(channel) else {
+            return;
+        };
+        for subscriber in subscribers.values() {
+            if subscriber.gate.check_position(&position) == Delivery::Gap {
+                resubscribe(channel, subscriber);
+            }
+        }
     }
 }
 
@@ -370,7 +533,8 @@ mod tests {
     fn subscriber(session: &Arc<SessionHandle>, join_leave: bool, live: bool) -> Subscriber {
         let gate = Arc::new(DeliveryGate::held());
         if live {
-            gate.open(&session.outbound, Frame::from_static("reply"), 0);
+            let opened = gate.open(&session.outbound, Frame::from_static("reply"), None);
+            assert_eq!(opened, Delivery::Done);
         }
         Subscriber {
             session: session.clone(),
@@ -426,7 +590,14 @@ mod tests {
             hub.handle_publication("news", publication(offset), StreamPosition::default());
         }
         // The reply already carried everything up to offset 2.
-        sub.gate.open(&a.outbound, Frame::from_static("reply"), 2);
+        let covered = StreamPosition {
+            offset: 2,
+            epoch: String::new(),
+        };
+        let opened = sub
+            .gate
+            .open(&a.outbound, Frame::from_static("reply"), Some(covered));
+        assert_eq!(opened, Delivery::Done);
         hub.handle_publication("news", publication(4), StreamPosition::default());
         let got = texts(&a).await;
         assert_eq!(got.len(), 3);
@@ -450,6 +621,93 @@ mod tests {
         );
         assert_eq!(texts(&a).await.len(), 2);
         assert_eq!(texts(&b).await, vec!["reply"]);
+    }
+
+    fn at(offset: u64, epoch: &str) -> StreamPosition {
+        StreamPosition {
+            offset,
+            epoch: epoch.into(),
+        }
+    }
+
+    /// A positioned subscriber of `news` at offset 1 of epoch `e1`, and its session's command receiver.
+    fn positioned(hub: &Hub) -> (Arc<SessionHandle>, mpsc::UnboundedReceiver<SessionCommand>) {
+        let (handle, commands) =
+            SessionHandle::new("p".into(), "".into(), Arc::new(Outbound::new(1 << 20)));
+        let gate = Arc::new(DeliveryGate::held());
+        let opened = gate.open(
+            &handle.outbound,
+            Frame::from_static("reply"),
+            Some(at(1, "e1")),
+        );
+        assert_eq!(opened, Delivery::Done);
+        hub.subscribe(
+            "news",
+            Subscriber {
+                session: handle.clone(),
+                join_leave: false,
+                gate,
+            },
+        );
+        (handle, commands)
+    }
+
+    fn publish(hub: &Hub, offset: u64, epoch: &str) {
+        hub.handle_publication("news", publication(offset), at(offset, epoch));
+    }
+
+    fn resubscribe_news() -> SessionCommand {
+        SessionCommand::Resubscribe {
+            channel: "news".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gap_in_the_live_stream_makes_the_subscriber_resubscribe() {
+        let hub = Hub::new();
+        let (handle, mut commands) = positioned(&hub);
+        publish(&hub, 2, "e1");
+        publish(&hub, 2, "e1");
+        publish(&hub, 4, "e1");
+        publish(&hub, 5, "e1");
+        let got = texts(&handle).await;
+        assert_eq!(got.len(), 2, "the reply, then offset 2 once: {got:?}");
+        assert!(got[1].contains("\"offset\":2"));
+        assert_eq!(commands.try_recv(), Ok(resubscribe_news()));
+        assert!(commands.try_recv().is_err(), "asked once");
+    }
+
+    #[tokio::test]
+    async fn a_new_epoch_is_a_gap() {
+        let hub = Hub::new();
+        let (_handle, mut commands) = positioned(&hub);
+        publish(&hub, 1, "e2");
+        assert_eq!(commands.try_recv(), Ok(resubscribe_news()));
+    }
+
+    #[test]
+    fn position_reports_find_a_gap_only_when_it_lasts() {
+        let hub = Hub::new();
+        let (_handle, mut commands) = positioned(&hub);
+        hub.handle_position("news", at(2, "e1"));
+        publish(&hub, 2, "e1");
+        hub.handle_position("news", at(2, "e1"));
+        assert!(
+            commands.try_recv().is_err(),
+            "a report racing a publication on its way is no gap"
+        );
+        hub.handle_position("news", at(3, "e1"));
+        hub.handle_position("news", at(3, "e1"));
+        assert_eq!(commands.try_recv(), Ok(resubscribe_news()));
+
+        let hub = Hub::new();
+        let (_handle, mut commands) = positioned(&hub);
+        hub.handle_position("news", at(1, "e9"));
+        assert_eq!(
+            commands.try_recv(),
+            Ok(resubscribe_news()),
+            "a new epoch needs no second report"
+        );
     }
 
     #[test]

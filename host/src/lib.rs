@@ -8,8 +8,10 @@
 //! - [`protocol`]: pure codecs (Centrifugo JSON) between wire frames and commands, replies and pushes.
 //! - [`session`]: one per connection — state machine, heartbeat, bounded outbound queue, subscriptions.
 //! - [`hub`]: this node's sessions and subscriptions; fan-out of encoded frames.
-//! - [`engine`]: broker, history and presence behind traits; [`engine::memory`] is the default.
+//! - [`engine`]: broker, history and presence behind traits; [`engine::memory`] is the default,
+//!   [`engine::redis`] runs many nodes on Redis.
 //! - [`api`]: the HTTP server API, another entrance to the same [`node`] operations.
+//! - [`queue`]: queue ingestion, a third entrance: Redis Streams entries published through [`node`].
 //! - [`config`], [`channel`], [`errors`], [`disconnect`]: configuration, channel rules, and the registries of
 //!   codes clients see.
 
@@ -25,6 +27,9 @@ pub mod limits;
 pub mod node;
 pub mod plugin;
 pub mod protocol;
+pub mod queue;
 pub mod server;
 pub mod session;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod transport;

@@ -1,13 +1,16 @@
 //! Admission and rate limits: how many connections the server, and each client address, may hold; how fast
-//! an address may open them; how fast one connection may send commands. Refusals are decided here, the
-//! transport and the session turn them into an HTTP 503 or a `111` / `3013`.
+//! an address may open them; how fast one connection may send commands; how fast an address may call the
+//! HTTP API and how often it may present a wrong API key. Refusals are decided here; the transport, the
+//! session and the API turn them into an HTTP 503 or 429, or a `111` / `3013`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -29,9 +32,28 @@ pub struct LimitsConfig {
     pub command_burst: u32,
     /// Refused commands in a row after which the connection is closed with `3013` (default 50).
     pub disconnect_after_refused_commands: u32,
-    /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` header is believed for the client address.
-    /// Default: none — the socket's peer address is the client.
+    /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` header (and PROXY protocol header, with
+    /// `proxy_protocol`) is believed for the client address. Default: none — the socket's peer is the client.
     pub trusted_proxies: Vec<IpNet>,
+    /// Expect a PROXY protocol header (v1 or v2) on connections from `trusted_proxies` and take the client
+    /// address from it (default off). Connections from other peers are served as they are, so nobody else
+    /// can claim an address.
+    pub proxy_protocol: bool,
+    /// How long a new connection may take to send its PROXY header and each HTTP request head (the WebSocket
+    /// upgrade included), how long an API request's body may take (then HTTP 408), and how long an idle
+    /// keep-alive API connection is kept (default 10 s). Slow or silent connections are closed after it.
+    /// TLS handshakes have their own `tls.handshake_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// HTTP API requests per second one client address may make (default 1,000, also the burst); more get
+    /// HTTP 429.
+    pub api_requests_per_second_per_ip: u32,
+    /// Failed API authentications one client address may make per minute (default 10, also the burst); past
+    /// that, every API request from the address gets HTTP 429 for `api_auth_backoff`.
+    pub api_auth_failures_per_minute: u32,
+    /// How long an address that kept presenting wrong API keys is refused (default 1 min).
+    #[serde(with = "humantime_serde")]
+    pub api_auth_backoff: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -44,6 +66,11 @@ impl Default for LimitsConfig {
             command_burst: 200,
             disconnect_after_refused_commands: 50,
             trusted_proxies: Vec::new(),
+            proxy_protocol: false,
+            handshake_timeout: Duration::from_secs(10),
+            api_requests_per_second_per_ip: 1_000,
+            api_auth_failures_per_minute: 10,
+            api_auth_backoff: Duration::from_secs(60),
         }
     }
 }
@@ -70,10 +97,32 @@ impl LimitsConfig {
                 "limits.disconnect_after_refused_commands",
                 self.disconnect_after_refused_commands.into(),
             ),
+            (
+                "limits.api_requests_per_second_per_ip",
+                self.api_requests_per_second_per_ip.into(),
+            ),
+            (
+                "limits.api_auth_failures_per_minute",
+                self.api_auth_failures_per_minute.into(),
+            ),
+            (
+                "limits.handshake_timeout",
+                self.handshake_timeout.as_millis() as u64,
+            ),
+            (
+                "limits.api_auth_backoff",
+                self.api_auth_backoff.as_millis() as u64,
+            ),
         ] {
             if value == 0 {
                 return Err(format!("{key}: must be greater than 0"));
             }
+        }
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return Err(
+                "limits.proxy_protocol: needs limits.trusted_proxies (PROXY headers are read only from them)"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -173,15 +222,18 @@ impl Admission {
         })
     }
 
+    /// Whether `ip` is one of `trusted_proxies`.
+    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        self.config
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&ip))
+    }
+
     /// The client's address: the peer, or — when the peer is a trusted proxy — the last address in
     /// `X-Forwarded-For` that is not itself a trusted proxy.
     pub fn client_address(&self, peer: SocketAddr, forwarded_for: Option<&str>) -> SocketAddr {
-        let trusted = |ip: &IpAddr| {
-            self.config
-                .trusted_proxies
-                .iter()
-                .any(|net| net.contains(ip))
-        };
+        let trusted = |ip: &IpAddr| self.is_trusted_proxy(*ip);
         if !trusted(&peer.ip()) {
             return peer;
         }
@@ -237,6 +289,111 @@ impl CommandRate {
         } else {
             Verdict::Refuse
         }
+    }
+}
+
+/// Why an HTTP API request was refused before it was looked at (HTTP 429).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ApiRefused {
+    /// The address calls the API faster than `api_requests_per_second_per_ip`.
+    #[error("too many requests")]
+    TooFast {
+        /// When the next request may be made.
+        retry_after: Duration,
+    },
+    /// The address presented too many wrong keys and is in its back-off period.
+    #[error("too many failed authentications")]
+    BackingOff {
+        /// When the back-off ends.
+        retry_after: Duration,
+    },
+}
+
+impl ApiRefused {
+    /// How long the client should wait before retrying.
+    pub fn retry_after(&self) -> Duration {
+        match *self {
+            Self::TooFast { retry_after } | Self::BackingOff { retry_after } => retry_after,
+        }
+    }
+}
+
+/// Guards the HTTP API per client address: a request rate, and a back-off for addresses that keep presenting
+/// wrong keys, so a key cannot be guessed at line speed. It refuses at once instead of delaying answers:
+/// a delayed answer would hold a connection and a task per attempt, which is what an attacker wants.
+#[derive(Debug)]
+pub struct ApiGuard {
+    requests: DefaultKeyedRateLimiter<IpAddr>,
+    failures: DefaultKeyedRateLimiter<IpAddr>,
+    /// Addresses in back-off, with when it ends. Entries are dropped when they are found expired, and the
+    /// whole table is swept now and then, so it holds at most the addresses blocked in the last back-off.
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
+    backoff: Duration,
+    checked: AtomicUsize,
+}
+
+impl ApiGuard {
+    /// A guard per `config`.
+    pub fn new(config: &LimitsConfig) -> Self {
+        let per_second = nonzero(config.api_requests_per_second_per_ip);
+        let failures = nonzero(config.api_auth_failures_per_minute);
+        Self {
+            requests: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(per_second)),
+            // The allowance refills evenly over the minute, and the whole minute's worth may be used at once.
+            failures: RateLimiter::keyed(Quota::per_minute(failures)),
+            blocked: Mutex::new(HashMap::new()),
+            backoff: config.api_auth_backoff,
+            checked: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether a request from `address` may be looked at.
+    pub fn check(&self, address: IpAddr) -> Result<(), ApiRefused> {
+        let now = Instant::now();
+        if self
+            .checked
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(4096)
+        {
+            // Forget addresses whose budgets are full again and back-offs that ended.
+            self.requests.retain_recent();
+            self.failures.retain_recent();
+            self.blocked().retain(|_, until| *until > now);
+        }
+        {
+            let mut blocked = self.blocked();
+            if let Some(&until) = blocked.get(&address) {
+                if until > now {
+                    return Err(ApiRefused::BackingOff {
+                        retry_after: until - now,
+                    });
+                }
+                blocked.remove(&address);
+            }
+        }
+        self.requests
+            .check_key(&address)
+            .map_err(|not_until| ApiRefused::TooFast {
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            })
+    }
+
+    /// Records a failed authentication from `address`. Past the allowance the address starts its back-off,
+    /// and the refusal is returned so this very request can already be answered with it.
+    pub fn failed(&self, address: IpAddr) -> Option<ApiRefused> {
+        if self.failures.check_key(&address).is_ok() {
+            return None;
+        }
+        self.blocked()
+            .insert(address, Instant::now() + self.backoff);
+        tracing::warn!(%address, backoff = ?self.backoff, "too many failed API authentications; refusing the address for a while");
+        Some(ApiRefused::BackingOff {
+            retry_after: self.backoff,
+        })
+    }
+
+    fn blocked(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Instant>> {
+        self.blocked.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -320,6 +477,68 @@ mod tests {
         );
         assert_eq!(admission.client_address(proxy, Some("garbage")), proxy);
         assert_eq!(admission.client_address(proxy, None), proxy);
+    }
+
+    #[test]
+    fn api_requests_over_the_rate_are_refused_per_address() {
+        let guard = ApiGuard::new(&LimitsConfig {
+            api_requests_per_second_per_ip: 2,
+            ..LimitsConfig::default()
+        });
+        assert!(guard.check(ip("10.0.0.1")).is_ok());
+        assert!(guard.check(ip("10.0.0.1")).is_ok());
+        let refused = guard.check(ip("10.0.0.1")).unwrap_err();
+        assert!(matches!(refused, ApiRefused::TooFast { .. }), "{refused:?}");
+        assert!(refused.retry_after() <= Duration::from_secs(1));
+        assert!(
+            guard.check(ip("10.0.0.2")).is_ok(),
+            "other addresses have their own budget"
+        );
+    }
+
+    #[test]
+    fn repeated_auth_failures_start_a_back_off() {
+        let guard = ApiGuard::new(&LimitsConfig {
+            api_auth_failures_per_minute: 2,
+            api_auth_backoff: Duration::from_secs(30),
+            ..LimitsConfig::default()
+        });
+        assert_eq!(guard.failed(ip("10.0.0.1")), None);
+        assert_eq!(guard.failed(ip("10.0.0.1")), None);
+        assert!(
+            guard.check(ip("10.0.0.1")).is_ok(),
+            "failures within the allowance"
+        );
+        assert!(matches!(
+            guard.failed(ip("10.0.0.1")),
+            Some(ApiRefused::BackingOff { .. })
+        ));
+        match guard.check(ip("10.0.0.1")) {
+            Err(ApiRefused::BackingOff { retry_after }) => {
+                assert!(
+                    retry_after > Duration::from_secs(25) && retry_after <= Duration::from_secs(30)
+                )
+            }
+            other => panic!("expected a back-off, got {other:?}"),
+        }
+        assert!(guard.check(ip("10.0.0.2")).is_ok(), "per address");
+    }
+
+    #[test]
+    fn zero_limits_and_timeouts_are_rejected() {
+        for bad in [
+            LimitsConfig {
+                api_requests_per_second_per_ip: 0,
+                ..LimitsConfig::default()
+            },
+            LimitsConfig {
+                handshake_timeout: Duration::ZERO,
+                ..LimitsConfig::default()
+            },
+        ] {
+            assert!(bad.validate().is_err());
+        }
+        assert!(LimitsConfig::default().validate().is_ok());
     }
 
     #[test]

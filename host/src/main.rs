@@ -95,6 +95,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config, address } => {
+            raise_open_file_limit();
             let source = config.as_deref().map_or(Source::Embedded, Source::File);
             let mut config = match Config::load(source) {
                 Ok(config) => config,
@@ -114,6 +115,15 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: every connection is a file descriptor, and the
+/// usual soft limit (1024) would cap the server far below `limits.max_connections`.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open-file limit raised to the hard limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
     }
 }
 

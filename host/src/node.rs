@@ -13,8 +13,8 @@ use tokio_util::task::TaskTracker;
 use crate::channel::{Channels, Namespace};
 use crate::config::Config;
 use crate::engine::{
-    ClientInfo, Engine, HistoryFilter, HistoryResult, PresenceStats, Publication, PublishOptions,
-    StreamPosition, now_ms,
+    ClientInfo, Engine, HistoryFilter, HistoryResult, Idempotency, PresenceStats, Publication,
+    PublishOptions, StreamPosition, now_ms,
 };
 use crate::errors::{ClientError, Refusal};
 use crate::hub::Hub;
@@ -64,6 +64,8 @@ pub struct PublishRequest {
     pub skip_history: bool,
     /// Where it comes from (plugins see it).
     pub source: Source,
+    /// Publish at most once per key and channel within `engine.idempotency_window`.
+    pub idempotency_key: Option<String>,
 }
 
 /// Where a publication comes from.
@@ -79,12 +81,17 @@ pub enum Source {
 }
 
 impl Node {
-    /// A node with the memory engine; plugins are set up but not loaded (see [`Node::start`]).
+    /// A node with the memory engine whatever the configuration says; plugins are set up but not loaded
+    /// (see [`Node::start`], which also connects the configured engine).
     pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
-        config.validate()?;
-        let channels = Channels::new(&config.channel).map_err(crate::config::ConfigError)?;
         let hub = Arc::new(Hub::new());
         let engine = Engine::memory(hub.clone());
+        Self::assemble(config, hub, engine)
+    }
+
+    fn assemble(config: Config, hub: Arc<Hub>, engine: Engine) -> anyhow::Result<Arc<Self>> {
+        config.validate()?;
+        let channels = Channels::new(&config.channel).map_err(crate::config::ConfigError)?;
         let plugins = Arc::new(Plugins::new(&config.plugins)?);
         let admission = crate::limits::Admission::new(&config.limits);
         Ok(Arc::new(Self {
@@ -101,12 +108,23 @@ impl Node {
         }))
     }
 
-    /// A node with its plugins loaded and (if configured) watched for changes.
+    /// A node with the configured engine connected, its plugins loaded and (if configured) watched for
+    /// changes.
     pub async fn start(config: Config) -> anyhow::Result<Arc<Self>> {
-        let node = Self::new(config)?;
+        let hub = Arc::new(Hub::new());
+        let engine = Engine::from_config(&config.engine, hub.clone())
+            .await
+            .map_err(|error| anyhow::anyhow!("engine: {error}"))?;
+        let node = Self::assemble(config, hub, engine)?;
         node.plugins.load_all().await;
         if node.config.plugins.watch {
             crate::plugin::watch::start(node.plugins.clone(), node.shutdown.clone())?;
+        }
+        // After the plugins are loaded: every entry goes through their publish chain.
+        if node.config.queue.enabled {
+            crate::queue::start(node.clone())
+                .await
+                .map_err(|error| anyhow::anyhow!("queue: {error}"))?;
         }
         Ok(node)
     }
@@ -154,9 +172,7 @@ impl Node {
         };
         let mut first = None;
         for channel in &channels {
-            let position = self
-                .publish_to(channel, &data, &request.info, &tags, request.skip_history)
-                .await?;
+            let position = self.publish_to(channel, &data, &request, &tags).await?;
             if first.is_none() || *channel == request.channel {
                 first = Some(position);
             }
@@ -168,26 +184,36 @@ impl Node {
         &self,
         channel: &str,
         data: &Bytes,
-        info: &Option<ClientInfo>,
+        request: &PublishRequest,
         tags: &BTreeMap<String, String>,
-        skip_history: bool,
     ) -> Result<StreamPosition, ClientError> {
         let namespace = self.namespace(channel)?;
-        let history = if skip_history {
+        let history = if request.skip_history {
             None
         } else {
             namespace.options.history()
         };
+        let idempotency = request.idempotency_key.as_ref().map(|key| Idempotency {
+            key: key.clone(),
+            window: self.config.engine.idempotency_window,
+        });
         let publication = Publication {
             offset: 0,
             data: data.clone(),
-            info: info.clone(),
+            info: request.info.clone(),
             tags: tags.clone(),
             time_ms: now_ms(),
         };
         self.engine
             .broker
-            .publish(channel, publication, &PublishOptions { history })
+            .publish(
+                channel,
+                publication,
+                &PublishOptions {
+                    history,
+                    idempotency,
+                },
+            )
             .await
             .map_err(|e| {
                 tracing::warn!(channel, error = %e, "publish failed");

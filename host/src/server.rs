@@ -5,13 +5,11 @@
 //! resolves: stop accepting, close every client with 3001 (they reconnect elsewhere), let in-flight API
 //! requests finish, and give up waiting after `shutdown_timeout`.
 
-use std::future::{Future, IntoFuture};
-use std::net::SocketAddr;
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::node::Node;
@@ -20,7 +18,12 @@ use crate::{api, transport};
 
 /// Every route, for serving or for tests.
 pub fn app(node: Arc<Node>) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    // Only for the Autobahn|Testsuite: the echo endpoint answers anyone, so it exists only when asked for.
+    if node.config.websocket.conformance_echo {
+        router = router.route("/conformance/echo", get(transport::echo_handler));
+    }
+    router
         .route("/connection/websocket", get(transport::websocket_handler))
         .route(
             "/health",
@@ -51,17 +54,21 @@ pub async fn run(
     } else {
         None
     };
-    // The tap is what lets axum hand the remote address of our own listener to the handlers.
-    let listener = transport::Listener::new(listener, tls)?.tap_io(|_| {});
-    let stop_accepting = node.shutdown.clone();
-    let server = axum::serve(
+    let limits = &node.config.limits;
+    let proxy = limits.proxy_protocol.then(|| transport::ProxyProtocol {
+        trusted: limits.trusted_proxies.clone(),
+        timeout: limits.handshake_timeout,
+    });
+    let listener = transport::Listener::new(listener, tls, proxy)?;
+    let server = transport::http::serve(
         listener,
-        app(node.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop_accepting.cancelled_owned());
-    let mut server = std::pin::pin!(server.into_future());
+        app(node.clone()),
+        limits.handshake_timeout,
+        node.shutdown.clone(),
+    );
+    let mut server = std::pin::pin!(server);
     tokio::select! {
-        result = &mut server => return result,
+        () = &mut server => return Ok(()),
         _ = shutdown => {}
     }
     let sessions = node.hub.stats().clients;
@@ -72,13 +79,12 @@ pub async fn run(
     node.shutdown.cancel();
     node.sessions.close();
     let drained = tokio::time::timeout(node.config.shutdown_timeout, async {
-        let result = (&mut server).await;
+        (&mut server).await;
         node.sessions.wait().await;
-        result
     })
     .await;
     match drained {
-        Ok(result) => result,
+        Ok(()) => Ok(()),
         Err(_) => {
             tracing::warn!(timeout = ?node.config.shutdown_timeout, "shutdown timeout reached; dropping what is left");
             Ok(())

@@ -254,3 +254,162 @@ async fn serve_loads_plugins_from_a_relative_folder() {
         "compiled plugins are cached beside them"
     );
 }
+
+/// Sends one HTTP/1.1 POST to the server on `port` and returns the status code.
+async fn http_post(port: u16, target: &str, headers: &str, body: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let request = format!(
+        "POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
+}
+
+/// The API key and a plugin's configured secret never reach the log, even at trace level, while the server
+/// is driven through the paths that could print them: start-up with the whole configuration, a plugin
+/// whose init refuses its (secret) value, wrong keys until the address is refused, the right key in each
+/// place Centrifugo accepts it, a malformed body; nor does `check-config` print them.
+#[tokio::test]
+async fn secrets_are_never_logged() {
+    const KEY: &str = "api-key-7f3c9a1e5b";
+    const PLUGIN_SECRET: &str = "plugin-secret-4d2b8e6a";
+    let workdir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(workdir.path().join("plugins")).unwrap();
+    std::fs::copy(
+        fixture("herald_test_hostile"),
+        workdir.path().join("plugins/10-hostile.wasm"),
+    )
+    .unwrap();
+    let config = workdir.path().join("herald.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http_api]\nkey = \"{KEY}\"\n[plugins]\ndir = \"plugins\"\n\
+             [plugins.config.hostile]\nfail_init = \"{PLUGIN_SECRET}\"\n\
+             [limits]\napi_auth_failures_per_minute = 2\n"
+        ),
+    )
+    .unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(HERALD)
+        .args([
+            "serve",
+            "--address",
+            &format!("127.0.0.1:{port}"),
+            "--config",
+        ])
+        .arg(&config)
+        .current_dir(workdir.path())
+        // Everything of Herald and the HTTP/WebSocket stack; the compiler's trace (megabytes of IR) is noise.
+        .env(
+            "RUST_LOG",
+            "info,herald=trace,hyper=trace,hyper_util=trace,axum=trace,tungstenite=trace,tokio_tungstenite=trace",
+        )
+        .env_remove("HERALD_HTTP_API__KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (log_tx, mut log_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    for output in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let log_tx = log_tx.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(output).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = log_tx.send(line);
+            }
+        });
+    }
+    drop(log_tx);
+    let mut log = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = log_rx.recv().await {
+            let listening = line.contains("herald listening");
+            log.push(line);
+            if listening {
+                return;
+            }
+        }
+        panic!("herald exited before listening: {log:#?}");
+    })
+    .await
+    .expect("herald starts");
+
+    for (headers, target) in [
+        (format!("X-API-Key: {KEY}\r\n"), "/api/info".to_string()),
+        (
+            format!("Authorization: apikey {KEY}\r\n"),
+            "/api/info".to_string(),
+        ),
+        (String::new(), format!("/api/info?api_key={KEY}")),
+    ] {
+        assert_eq!(http_post(port, &target, &headers, "{}").await, 200);
+    }
+    let malformed = http_post(port, "/api/publish", &format!("X-API-Key: {KEY}\r\n"), "{").await;
+    assert_eq!(malformed, 400);
+    let mut statuses = Vec::new();
+    for guess in 0..4 {
+        let headers = format!("X-API-Key: wrong-{guess}\r\n");
+        statuses.push(http_post(port, "/api/info", &headers, "{}").await);
+    }
+    assert_eq!(statuses, [401, 401, 429, 429]);
+
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = log_rx.recv().await {
+            log.push(line);
+        }
+    })
+    .await
+    .expect("herald exits and its output ends");
+    let log = log.join("\n");
+    assert!(
+        log.contains("init refused the configuration") && log.contains("[redacted]"),
+        "the refusal path must have run: {log}"
+    );
+    assert!(
+        log.contains("too many failed API authentications"),
+        "the back-off path must have run: {log}"
+    );
+    for secret in [KEY, PLUGIN_SECRET] {
+        assert!(!log.contains(secret), "{secret} was logged:\n{log}");
+    }
+
+    let (_, checked) = herald([std::ffi::OsStr::new("check-config"), config.as_os_str()]);
+    for secret in [KEY, PLUGIN_SECRET] {
+        assert!(
+            !checked.contains(secret),
+            "check-config printed {secret}: {checked}"
+        );
+    }
+}

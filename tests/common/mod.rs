@@ -18,6 +18,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod cluster;
+
 /// Upper bound for any single wait in a test.
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -41,6 +43,7 @@ pub fn config(extra: &str) -> Config {
         connections_per_second_per_ip = 100000
         commands_per_second = 100000
         command_burst = 100000
+        api_requests_per_second_per_ip = 100000
         [channel.defaults]
         history_size = 100
         history_ttl = "5m"

@@ -21,7 +21,7 @@ use rand::distr::Alphabetic;
 
 use super::{
     BrokerEventHandler, ClientInfo, Engine, EngineError, HistoryFilter, HistoryOptions,
-    HistoryResult, PresenceStats, Publication, PublishOptions, StreamPosition,
+    HistoryResult, Idempotency, PresenceStats, Publication, PublishOptions, StreamPosition,
 };
 
 /// How long [`Recorder::wait_for`] waits before failing the case; only reached when a delivery is missing.
@@ -51,6 +51,11 @@ impl ManualClock {
 
     pub(crate) fn now(&self) -> Instant {
         self.start + *lock(&self.elapsed)
+    }
+
+    /// The instant the clock started at.
+    pub(crate) fn origin(&self) -> Instant {
+        self.start
     }
 }
 
@@ -232,6 +237,7 @@ impl Harness {
     ) -> StreamPosition {
         let opts = PublishOptions {
             history: history.cloned(),
+            ..PublishOptions::default()
         };
         let result = self
             .engine
@@ -357,6 +363,7 @@ macro_rules! engine_conformance_tests {
             join_and_leave_are_delivered,
             presence_add_replace_remove_and_stats,
             channels_are_independent,
+            idempotent_publishes_are_published_once,
         );
     };
     (@cases $make_engine:path; $($case:ident),+ $(,)?) => {
@@ -435,6 +442,7 @@ pub(crate) mod cases {
             let channel = channel.clone();
             let opts = PublishOptions {
                 history: Some(opts.clone()),
+                ..PublishOptions::default()
             };
             publishers.spawn(async move {
                 let mut offsets = Vec::new();
@@ -944,6 +952,69 @@ pub(crate) mod cases {
                 .await
                 .expect("presence")
                 .is_empty()
+        );
+    }
+    pub(crate) async fn idempotent_publishes_are_published_once(h: Harness) {
+        let channel = h.channel("idempotent").await;
+        let once = |key: &str, window: u64| PublishOptions {
+            history: Some(keep(10)),
+            idempotency: Some(Idempotency {
+                key: key.to_owned(),
+                window: Duration::from_secs(window),
+            }),
+        };
+        let broker = &h.engine.broker;
+        let first = broker
+            .publish(&channel, publication("a"), &once("k1", 60))
+            .await
+            .expect("publish");
+        let repeat = broker
+            .publish(&channel, publication("a again"), &once("k1", 60))
+            .await
+            .expect("repeat");
+        assert_eq!(repeat, first, "a repeat answers the first position");
+        let other = broker
+            .publish(&channel, publication("b"), &once("k2", 60))
+            .await
+            .expect("publish");
+        assert_eq!(other.offset, 2, "another key is another publication");
+        assert_eq!(
+            h.history_offsets(&channel, HistoryFilter::default(), &keep(10))
+                .await,
+            vec![1, 2],
+            "the repeat was not stored"
+        );
+        assert_eq!(h.recorder.wait_for_offsets(&channel, 2).await, vec![1, 2]);
+
+        let without_history = |key: &str| PublishOptions {
+            history: None,
+            ..once(key, 60)
+        };
+        let plain = h.channel("idempotent-no-history").await;
+        for _ in 0..2 {
+            broker
+                .publish(&plain, publication("x"), &without_history("k3"))
+                .await
+                .expect("publish");
+        }
+        broker
+            .publish(&plain, publication("y"), &without_history("k4"))
+            .await
+            .expect("publish");
+        let delivered: Vec<Bytes> = h
+            .recorder
+            .wait_for(&plain, 2)
+            .await
+            .into_iter()
+            .filter_map(|event| match event {
+                Event::Publication { data, .. } => Some(data),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            delivered[..2],
+            [Bytes::from_static(b"x"), Bytes::from_static(b"y")],
+            "the repeat was not delivered"
         );
     }
 }

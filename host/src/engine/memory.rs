@@ -37,6 +37,8 @@ pub struct MemoryEngine {
     clock: Clock,
     streams: Sharded<Stream>,
     presence: Sharded<HashMap<String, ClientInfo>>,
+    /// Positions of idempotent publishes by (channel, key), until their window ends.
+    idempotent: Mutex<HashMap<(String, String), (StreamPosition, Instant)>>,
 }
 
 impl std::fmt::Debug for MemoryEngine {
@@ -58,6 +60,7 @@ impl MemoryEngine {
             clock,
             streams: Sharded::new(),
             presence: Sharded::new(),
+            idempotent: Mutex::default(),
         }
     }
 
@@ -69,6 +72,7 @@ impl MemoryEngine {
     /// briefly in turn, so publishing on other shards is not blocked.
     pub fn sweep(&self) {
         let now = (self.clock)();
+        lock(&self.idempotent).retain(|_, (_, until)| *until > now);
         for shard in self.streams.shards.iter() {
             let mut streams = lock(shard);
             streams.retain(|_, stream| !stream.is_forgotten(now));
@@ -234,9 +238,61 @@ impl Broker for MemoryEngine {
     async fn publish(
         &self,
         channel: &str,
-        mut publication: Publication,
+        publication: Publication,
         opts: &PublishOptions,
     ) -> Result<StreamPosition, EngineError> {
+        let Some(idempotency) = &opts.idempotency else {
+            return Ok(self.publish_now(channel, publication, opts));
+        };
+        let now = (self.clock)();
+        // Held across the publish so two concurrent repeats cannot both miss the key.
+        let mut idempotent = lock(&self.idempotent);
+        let key = (channel.to_owned(), idempotency.key.clone());
+        if let Some((position, until)) = idempotent.get(&key)
+            && *until > now
+        {
+            return Ok(position.clone());
+        }
+        let position = self.publish_now(channel, publication, opts);
+        idempotent.insert(
+            key,
+            (
+                position.clone(),
+                now + idempotency.window.max(Duration::from_millis(1)),
+            ),
+        );
+        Ok(position)
+    }
+
+    async fn publish_join(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError> {
+        self.handler.handle_join(channel, Arc::new(info));
+        Ok(())
+    }
+
+    async fn publish_leave(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError> {
+        self.handler.handle_leave(channel, Arc::new(info));
+        Ok(())
+    }
+
+    /// Nothing to do: every publication already reaches this node's handler.
+    async fn subscribe(&self, _channel: &str) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// Nothing to do: the hub ignores publications for channels without local subscribers.
+    async fn unsubscribe(&self, _channel: &str) -> Result<(), EngineError> {
+        Ok(())
+    }
+}
+
+impl MemoryEngine {
+    /// Appends (with history) and delivers; the position of the publication.
+    fn publish_now(
+        &self,
+        channel: &str,
+        mut publication: Publication,
+        opts: &PublishOptions,
+    ) -> StreamPosition {
         let Some(history) = &opts.history else {
             publication.offset = 0;
             self.handler.handle_publication(
@@ -244,7 +300,7 @@ impl Broker for MemoryEngine {
                 Arc::new(publication),
                 StreamPosition::default(),
             );
-            return Ok(StreamPosition::default());
+            return StreamPosition::default();
         };
 
         let now = (self.clock)();
@@ -270,27 +326,7 @@ impl Broker for MemoryEngine {
         // overtake this delivery, so the handler sees offsets in order.
         self.handler
             .handle_publication(channel, publication, position.clone());
-        Ok(position)
-    }
-
-    async fn publish_join(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError> {
-        self.handler.handle_join(channel, Arc::new(info));
-        Ok(())
-    }
-
-    async fn publish_leave(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError> {
-        self.handler.handle_leave(channel, Arc::new(info));
-        Ok(())
-    }
-
-    /// Nothing to do: every publication already reaches this node's handler.
-    async fn subscribe(&self, _channel: &str) -> Result<(), EngineError> {
-        Ok(())
-    }
-
-    /// Nothing to do: the hub ignores publications for channels without local subscribers.
-    async fn unsubscribe(&self, _channel: &str) -> Result<(), EngineError> {
-        Ok(())
+        position
     }
 }
 
@@ -433,6 +469,7 @@ mod tests {
         let engine = Engine::memory(recorder.clone());
         let opts = PublishOptions {
             history: Some(history_options(10, 60, 600)),
+            ..PublishOptions::default()
         };
         let position = engine
             .broker
@@ -474,6 +511,7 @@ mod tests {
         let (engine, clock) = engine_with_manual_clock();
         let opts = PublishOptions {
             history: Some(history_options(10, 5, 60)),
+            ..PublishOptions::default()
         };
         engine
             .publish("idle", publication("1"), &opts)
@@ -512,6 +550,7 @@ mod tests {
         let history = history_options(10, 0, 0);
         let opts = PublishOptions {
             history: Some(history.clone()),
+            ..PublishOptions::default()
         };
         let first = engine
             .publish("news", publication("1"), &opts)
@@ -539,6 +578,7 @@ mod tests {
         };
         let opts = PublishOptions {
             history: Some(history.clone()),
+            ..PublishOptions::default()
         };
         engine
             .publish("news", publication("1"), &opts)
@@ -557,6 +597,7 @@ mod tests {
         let history = history_options(10, 60, 600);
         let opts = PublishOptions {
             history: Some(history.clone()),
+            ..PublishOptions::default()
         };
         let first = engine
             .publish("news", publication("1"), &opts)

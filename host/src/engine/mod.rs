@@ -4,10 +4,11 @@
 //! (streams, offsets, epochs) and [`Presence`]. An engine delivers what it broadcasts to the node's
 //! [`BrokerEventHandler`] (the hub); it never knows about sessions or protocols.
 //!
-//! Implementations: [`memory`] (single node, the default). Every implementation must pass the shared
-//! conformance suite in `conformance.rs`.
+//! Implementations: [`memory`] (single node, the default) and [`redis`] (many nodes on one Redis or Redis
+//! Cluster). Every implementation must pass the shared conformance suite in `conformance.rs`.
 
 pub mod memory;
+pub mod redis;
 
 #[cfg(test)]
 mod conformance;
@@ -18,9 +19,47 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use self::redis::RedisConfig;
+
+/// `[engine]`: which engine keeps history and presence and carries publications between nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// `memory` (one node, the default) or `redis`.
+    #[serde(rename = "type")]
+    pub kind: EngineKind,
+    /// How long an idempotency key (API `idempotency_key`, queue entries) is remembered (default 5 min).
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+    /// Used when `type = "redis"`.
+    pub redis: RedisConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            kind: EngineKind::Memory,
+            idempotency_window: Duration::from_secs(300),
+            redis: RedisConfig::default(),
+        }
+    }
+}
+
+/// The engine implementations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// In process memory: a single node.
+    #[default]
+    Memory,
+    /// Redis or Redis Cluster: any number of nodes.
+    Redis,
+}
 
 /// Who a publication came from, or who is present in a channel.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ClientInfo {
     /// The user id; empty for anonymous connections.
     pub user: String,
@@ -33,7 +72,7 @@ pub struct ClientInfo {
 }
 
 /// One message in a channel.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Publication {
     /// Position in the channel's stream, from 1; 0 when the channel keeps no history.
     pub offset: u64,
@@ -72,6 +111,18 @@ pub struct HistoryOptions {
 pub struct PublishOptions {
     /// Append to the channel's stream with these options; `None` publishes without history (offset 0).
     pub history: Option<HistoryOptions>,
+    /// Publish at most once per key within a window.
+    pub idempotency: Option<Idempotency>,
+}
+
+/// An idempotency key: a publish repeating one already published in the channel within `window` is not
+/// published again, and answers the first one's position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    /// Chosen by the publisher (or derived from a queue entry id).
+    pub key: String,
+    /// How long the key is remembered.
+    pub window: Duration,
 }
 
 /// Which publications a history query returns.
@@ -131,6 +182,11 @@ pub trait BrokerEventHandler: Send + Sync + 'static {
     fn handle_join(&self, channel: &str, info: Arc<ClientInfo>);
     /// A client left the channel.
     fn handle_leave(&self, channel: &str, info: Arc<ClientInfo>);
+    /// The channel's stream has reached at least `position`. Engines whose delivery can lose publications
+    /// (Redis pub/sub across a reconnect) report it after reconnecting and periodically; a handler that
+    /// delivered less, in two reports in a row, or a different epoch, knows publications were lost. A
+    /// single report may race a publication still on its way, so one alone proves nothing.
+    fn handle_position(&self, _channel: &str, _position: StreamPosition) {}
 }
 
 /// Publish and cross-node fan-out.
@@ -143,6 +199,8 @@ pub trait BrokerEventHandler: Send + Sync + 'static {
 pub trait Broker: Send + Sync + 'static {
     /// Publishes: appends to the channel's stream when `opts.history` is set (offset = top + 1), then
     /// delivers to every subscribed node. Returns the publication's position (offset 0 without history).
+    /// With `opts.idempotency`, a repeat within the window is neither stored nor delivered and returns the
+    /// first publish's position.
     async fn publish(
         &self,
         channel: &str,
@@ -226,6 +284,28 @@ impl Engine {
             broker: engine.clone(),
             history: engine.clone(),
             presence: engine,
+        }
+    }
+}
+
+impl Engine {
+    /// The engine `config` selects, delivering to `handler`; the Redis engine connects first and fails with
+    /// the reason when Redis cannot be reached.
+    pub async fn from_config(
+        config: &EngineConfig,
+        handler: Arc<dyn BrokerEventHandler>,
+    ) -> Result<Self, EngineError> {
+        match config.kind {
+            EngineKind::Memory => Ok(Self::memory(handler)),
+            EngineKind::Redis => {
+                let engine =
+                    redis::RedisEngine::connect(&config.redis, handler, Arc::new(now_ms)).await?;
+                Ok(Self {
+                    broker: engine.clone(),
+                    history: engine.clone(),
+                    presence: engine,
+                })
+            }
         }
     }
 }

@@ -37,8 +37,9 @@ pub struct PluginLimits {
     pub memory_limit: Option<usize>,
 }
 
-/// The `[plugins]` section.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The `[plugins]` section. Its `Debug` shows which plugins are configured, never their configuration
+/// (it holds their secrets).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PluginsConfig {
     /// Folder of `.wasm` plugins; empty turns plugins off.
@@ -59,6 +60,22 @@ pub struct PluginsConfig {
     pub config: BTreeMap<String, serde_json::Value>,
     /// Limit overrides by plugin name.
     pub limits: BTreeMap<String, PluginLimits>,
+}
+
+impl std::fmt::Debug for PluginsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let configured: Vec<&String> = self.config.keys().collect();
+        f.debug_struct("PluginsConfig")
+            .field("dir", &self.dir)
+            .field("cache_dir", &self.cache_dir)
+            .field("watch", &self.watch)
+            .field("deadline", &self.deadline)
+            .field("memory_limit", &self.memory_limit)
+            .field("max_idle_instances", &self.max_idle_instances)
+            .field("config (redacted) for", &configured)
+            .field("limits", &self.limits)
+            .finish()
+    }
 }
 
 impl Default for PluginsConfig {

@@ -317,6 +317,32 @@ fn panic_message(stderr: &str) -> Option<&str> {
         .find(|l| !l.is_empty() && !l.starts_with("note:"))
 }
 
+/// Plugin configurations hold secrets, and a plugin's refusal may quote the value it refused (serde's
+/// messages do: `invalid type: string "…"`); the message is logged and shown by `/api/plugins`, so every
+/// string value of the configuration (of 4 bytes or more, longest first) is blanked out of it.
+fn redact_config_values(message: &str, config_json: &str) -> String {
+    fn strings<'a>(value: &'a serde_json::Value, found: &mut Vec<&'a str>) {
+        match value {
+            serde_json::Value::String(s) => found.push(s),
+            serde_json::Value::Array(items) => items.iter().for_each(|v| strings(v, found)),
+            serde_json::Value::Object(map) => map.values().for_each(|v| strings(v, found)),
+            _ => {}
+        }
+    }
+    let Ok(config) = serde_json::from_str::<serde_json::Value>(config_json) else {
+        return message.to_owned();
+    };
+    let mut values = Vec::new();
+    strings(&config, &mut values);
+    values.retain(|v| v.len() >= 4);
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    values
+        .into_iter()
+        .fold(message.to_owned(), |message, value| {
+            message.replace(value, "[redacted]")
+        })
+}
+
 impl LoadedPlugin {
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Warm>> {
         self.idle
@@ -347,7 +373,12 @@ impl LoadedPlugin {
             .call_init(&mut store, &self.config)
             .await
             .map_err(|e| format!("init failed: {}", describe(&e, store.data())))?
-            .map_err(|e| format!("init refused the configuration: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "init refused the configuration: {}",
+                    redact_config_values(&e, &self.config)
+                )
+            })?;
         Ok(Warm { store, plugin })
     }
 
@@ -413,6 +444,17 @@ async fn invoke(warm: &mut Warm, call: &Call) -> wasmtime::Result<Reply> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_never_quote_configured_strings() {
+        let config = r#"{"secret":"hunter2-long","nested":{"keys":["abc-key-1"]},"n":5,"s":"ab"}"#;
+        let message =
+            r#"invalid type: string "hunter2-long", expected a boolean; also abc-key-1; ab"#;
+        assert_eq!(
+            redact_config_values(message, config),
+            r#"invalid type: string "[redacted]", expected a boolean; also [redacted]; ab"#
+        );
+    }
 
     #[test]
     fn panic_message_skips_the_backtrace_hint() {

@@ -132,6 +132,8 @@ struct Subscription {
     chan_info: Option<Bytes>,
     /// When the subscription expires unless refreshed.
     expires_at: Option<Instant>,
+    /// Made by the server: the client cannot resubscribe it by itself.
+    server_side: bool,
 }
 
 /// One client connection's state.
@@ -502,6 +504,22 @@ impl Session {
                         "server unsubscribe",
                     ));
                 }
+            }
+            SessionCommand::Resubscribe { channel } => {
+                let Some(subscription) = self.subscriptions.get(&channel) else {
+                    return;
+                };
+                if subscription.server_side {
+                    // A server-side subscription comes back only with a new connection (and recovers there).
+                    self.outbound.close(Disconnect::INSUFFICIENT_STATE);
+                    return;
+                }
+                self.leave(&channel).await;
+                self.reply(encode::unsubscribe_push(
+                    &channel,
+                    2500,
+                    "insufficient state",
+                ));
             }
         }
     }

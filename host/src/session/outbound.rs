@@ -5,6 +5,10 @@
 //! (3008) instead of delaying anyone else. The writer drains everything queued at once so it can coalesce
 //! frames into few writes. Closing is a state of the queue, so a close decided anywhere reaches the writer
 //! after the frames queued before it.
+//!
+//! Fan-out pushes into thousands of these per publication, so a push is one uncontended lock and, only
+//! when the queue was empty, one wake-up: a writer that has not yet drained the queue was already woken by
+//! the push that made it non-empty.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -40,11 +44,16 @@ struct State {
     close: Option<Disconnect>,
 }
 
-/// A batch taken by the writer.
+/// Queue capacity (in items) kept between batches. A burst grows the queue far beyond what an idle
+/// connection needs; anything larger is given back to the allocator once drained.
+const KEEP_CAPACITY: usize = 32;
+
+/// A batch taken by the writer. The writer keeps one and passes it back to [`Outbound::next_batch_into`],
+/// so the drained buffer becomes the next queue and batches cost no allocation.
 #[derive(Debug, Default)]
 pub struct Batch {
     /// What to write, in order.
-    pub items: Vec<Outgoing>,
+    pub items: VecDeque<Outgoing>,
     /// Set when the connection must be closed after writing `items`.
     pub close: Option<Disconnect>,
 }
@@ -83,9 +92,12 @@ impl Outbound {
             return false;
         }
         state.bytes += frame.len();
+        let was_empty = state.queue.is_empty();
         state.queue.push_back(Outgoing::Frame(frame));
         drop(state);
-        self.wake_writer.notify_one();
+        if was_empty {
+            self.wake_writer.notify_one();
+        }
         true
     }
 
@@ -93,9 +105,12 @@ impl Outbound {
     pub fn push_transport_ping(&self) {
         let mut state = self.lock();
         if state.close.is_none() {
+            let was_empty = state.queue.is_empty();
             state.queue.push_back(Outgoing::TransportPing);
             drop(state);
-            self.wake_writer.notify_one();
+            if was_empty {
+                self.wake_writer.notify_one();
+            }
         }
     }
 
@@ -132,17 +147,29 @@ impl Outbound {
 
     /// Waits until there is something to write or a close, then takes all of it.
     pub async fn next_batch(&self) -> Batch {
+        let mut batch = Batch::default();
+        self.next_batch_into(&mut batch).await;
+        batch
+    }
+
+    /// Like [`Outbound::next_batch`], into the writer's batch: what it still holds is discarded and its
+    /// buffer becomes the queue's (shrunk first if a burst grew it).
+    pub async fn next_batch_into(&self, batch: &mut Batch) {
+        batch.items.clear();
+        if batch.items.capacity() > KEEP_CAPACITY {
+            batch.items = VecDeque::new();
+        }
         loop {
             {
                 let mut state = self.lock();
                 if !state.queue.is_empty() || state.close.is_some() {
                     state.bytes = 0;
-                    return Batch {
-                        items: state.queue.drain(..).collect(),
-                        close: state.close.clone(),
-                    };
+                    std::mem::swap(&mut state.queue, &mut batch.items);
+                    batch.close = state.close.clone();
+                    return;
                 }
             }
+            // A push between the check above and this wait leaves a permit, so it is not missed.
             self.wake_writer.notified().await;
         }
     }
@@ -151,6 +178,7 @@ impl Outbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn frame(n: usize) -> Frame {
         Frame::new(vec![b'x'; n])
@@ -179,6 +207,54 @@ mod tests {
         assert!(batch.items.is_empty());
         assert_eq!(batch.close, Some(Disconnect::SLOW));
         assert!(!q.push(frame(1)), "nothing is queued after a close");
+    }
+
+    /// A writer reusing its batch gets each frame once, and a burst's buffer is not kept.
+    #[tokio::test]
+    async fn reused_batches_take_only_new_frames_and_shed_burst_capacity() {
+        let q = Outbound::new(1 << 20);
+        let mut batch = Batch::default();
+        for n in 1..=1000 {
+            assert!(q.push(frame(n % 7 + 1)));
+        }
+        q.next_batch_into(&mut batch).await;
+        assert_eq!(batch.items.len(), 1000);
+        assert!(q.push(frame(3)));
+        q.next_batch_into(&mut batch).await;
+        assert_eq!(batch.items, vec![Outgoing::Frame(frame(3))]);
+        q.close(Disconnect::SHUTDOWN);
+        q.next_batch_into(&mut batch).await;
+        assert!(batch.items.is_empty());
+        assert!(batch.items.capacity() <= KEEP_CAPACITY);
+        assert!(q.lock().queue.capacity() <= KEEP_CAPACITY);
+        assert_eq!(batch.close, Some(Disconnect::SHUTDOWN));
+    }
+
+    /// Only the push that finds the queue empty wakes the writer, and that is enough to get every frame.
+    #[tokio::test]
+    async fn one_wake_up_delivers_everything_pushed_meanwhile() {
+        let q = Arc::new(Outbound::new(1 << 20));
+        let writer = tokio::spawn({
+            let q = q.clone();
+            async move {
+                let mut got = 0;
+                let mut batch = Batch::default();
+                while got < 300 {
+                    q.next_batch_into(&mut batch).await;
+                    got += batch.items.len();
+                }
+                got
+            }
+        });
+        for round in 0..30 {
+            for _ in 0..10 {
+                assert!(q.push(frame(1)));
+            }
+            if round % 3 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(writer.await.unwrap(), 300);
     }
 
     #[tokio::test]

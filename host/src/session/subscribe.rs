@@ -12,7 +12,7 @@ use crate::channel::{self, NamespaceOptions};
 use crate::disconnect::Disconnect;
 use crate::engine::{EngineError, HistoryFilter, StreamPosition};
 use crate::errors::{ClientError, Refusal};
-use crate::hub::{DeliveryGate, Subscriber};
+use crate::hub::{Delivery, DeliveryGate, SessionCommand, Subscriber};
 use crate::plugin::bindings::{self, Hooks, SubscribeAllow};
 use crate::plugin::chain::Decision;
 use crate::protocol::Frame;
@@ -37,6 +37,8 @@ struct Mode {
     data: Option<Bytes>,
     /// Seconds until the subscription expires, when a plugin set an expiry.
     ttl: Option<u32>,
+    /// Made by the server (API subscribe, connect-time channels), not by the client.
+    server_side: bool,
 }
 
 impl Session {
@@ -114,6 +116,7 @@ impl Session {
             chan_info: plugin_json(grant.info, "channel info"),
             data: plugin_json(grant.data, "subscribe data"),
             ttl,
+            server_side: false,
         };
         Ok(self
             .open(channel, options, mode, |result| {
@@ -154,6 +157,7 @@ impl Session {
             positioned: options.force_positioning || options.force_recovery,
             recoverable: options.force_recovery,
             join_leave: options.force_push_join_leave,
+            server_side: true,
             ..Mode::default()
         };
         if let Err(error) = self
@@ -181,7 +185,7 @@ impl Session {
         };
         let gate = Arc::new(DeliveryGate::held());
         let subscriber = Subscriber {
-            session: handle,
+            session: handle.clone(),
             join_leave: mode.join_leave,
             gate: gate.clone(),
         };
@@ -193,7 +197,7 @@ impl Session {
             tracing::warn!(channel, %error, "engine subscribe failed");
             return Err(error.into());
         }
-        let (mut result, after) = match self.position(channel, options, &mode).await {
+        let (mut result, covered) = match self.position(channel, options, &mode).await {
             Ok(found) => found,
             Err(error) => {
                 self.undo_subscribe(channel).await;
@@ -217,13 +221,19 @@ impl Session {
             tracing::warn!(channel, %error, "presence update failed");
         }
         let announce = options.join_leave || options.force_push_join_leave;
-        gate.open(&self.outbound, reply(&result), after);
+        if gate.open(&self.outbound, reply(&result), covered) == Delivery::Gap {
+            // Publications raced the reply with a hole between them: start over at once.
+            let _ = handle.command(SessionCommand::Resubscribe {
+                channel: channel.to_owned(),
+            });
+        }
         self.subscriptions.insert(
             channel.to_owned(),
             Subscription {
                 presence: options.presence,
                 announce_leave: announce,
                 chan_info: mode.chan_info.clone(),
+                server_side: mode.server_side,
                 expires_at: mode
                     .ttl
                     .map(|ttl| Instant::now() + Duration::from_secs(ttl.into())),
@@ -241,20 +251,21 @@ impl Session {
         Ok(())
     }
 
-    /// The subscribe result's stream fields and the offset up to which the reply covers the stream.
+    /// The subscribe result's stream fields and, for a positioned subscription, the stream position the reply
+    /// brings the client to (live delivery continues from there).
     async fn position(
         &self,
         channel: &str,
         options: &NamespaceOptions,
         mode: &Mode,
-    ) -> Result<(SubscribeResult, u64), ClientError> {
+    ) -> Result<(SubscribeResult, Option<StreamPosition>), ClientError> {
         let mut result = SubscribeResult {
             positioned: mode.positioned,
             recoverable: mode.recoverable,
             ..Default::default()
         };
         let Some(history) = options.history().filter(|_| mode.positioned) else {
-            return Ok((result, 0));
+            return Ok((result, None));
         };
         let history_engine = &self.node.engine.history;
         let top_only = HistoryFilter {
@@ -267,9 +278,8 @@ impl Session {
                 .history(channel, &top_only, &history)
                 .await?
                 .position;
-            let after = top.offset;
-            result.position = top;
-            return Ok((result, after));
+            result.position = top.clone();
+            return Ok((result, Some(top)));
         };
         result.was_recovering = true;
         let max = self.node.config.client.recovery_max_publication_limit;
@@ -285,9 +295,8 @@ impl Session {
                     .history(channel, &top_only, &history)
                     .await?
                     .position;
-                let after = top.offset;
-                result.position = top;
-                return Ok((result, after));
+                result.position = top.clone();
+                return Ok((result, Some(top)));
             }
             Err(error) => return Err(error.into()),
         };
@@ -301,7 +310,7 @@ impl Session {
                     && publications.len() <= max
             }
         };
-        let after = top.offset;
+        let covered = top.clone();
         if recovered {
             result.recovered = true;
             result.publications = publications;
@@ -312,7 +321,7 @@ impl Session {
         } else {
             result.position = top;
         }
-        Ok((result, after))
+        Ok((result, Some(covered)))
     }
 
     async fn undo_subscribe(&self, channel: &str) {

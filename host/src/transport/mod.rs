@@ -2,8 +2,11 @@
 //! [`crate::session::Incoming`] items and writes what the session's outbound queue holds; sessions never
 //! see a socket, so the WebSocket library can change and other transports can be added.
 
+mod echo;
+pub mod http;
 pub mod tls;
 mod websocket;
 
-pub use tls::{Listener, TlsConfig};
+pub use echo::echo_handler;
+pub use tls::{Listener, ProxyProtocol, TlsConfig};
 pub use websocket::{WebsocketConfig, websocket_handler};

@@ -1,18 +1,22 @@
 //! WebSocket transport on `/connection/websocket` (axum's upgrade over tokio-tungstenite).
 //!
-//! One task per connection runs the session over the read half; a writer task drains the outbound queue,
-//! coalescing everything queued into one text frame (the JSON protocol allows newline-separated messages in
-//! one frame), and ends with the close frame the session decided. Buffers are sized for many connections.
+//! One task per connection runs the session over the read half; a writer task drains the outbound queue
+//! and ends with the close frame the session decided. Everything queued at once is joined into text
+//! messages of up to `write_buffer_size` bytes (the JSON protocol allows newline-separated messages in one
+//! frame), each written with one socket write; a frame that goes out alone is handed over as is, shared
+//! with the other subscribers, without a copy. Buffers are sized for many connections.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{Sink, SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite;
@@ -20,7 +24,7 @@ use tokio_tungstenite::tungstenite;
 use crate::disconnect::Disconnect;
 use crate::limits::Slot;
 use crate::node::Node;
-use crate::session::outbound::{Outbound, Outgoing};
+use crate::session::outbound::{Batch, Outbound, Outgoing};
 use crate::session::{ConnectionInfo, Incoming, Session};
 
 /// The `[websocket]` section.
@@ -31,7 +35,9 @@ pub struct WebsocketConfig {
     pub max_message_size: usize,
     /// Read buffer per connection in bytes (default 4 KiB; the library default is 128 KiB).
     pub read_buffer_size: usize,
-    /// Bytes buffered before a write is flushed to the socket (default 0: Herald already coalesces frames).
+    /// Most bytes of queued frames joined into one message and one socket write (default 16 KiB; a
+    /// bigger frame goes alone). Bigger means fewer writes under load, but every connection that once had
+    /// that much queued keeps a write buffer of this size: the WebSocket library never shrinks it.
     pub write_buffer_size: usize,
     /// How long the writer waits for the socket to accept a write before dropping the client (default 5 s).
     #[serde(with = "humantime_serde")]
@@ -40,6 +46,9 @@ pub struct WebsocketConfig {
     /// (`"https://*.example.com"`, `"*"` for any). Requests without an `Origin` header (non-browser clients)
     /// are always allowed. Default: none.
     pub allowed_origins: Vec<String>,
+    /// Serve `/conformance/echo`, an endpoint that echoes every message back, for the Autobahn|Testsuite
+    /// (`tests/autobahn/run`). Never on in production: it answers anyone (default off).
+    pub conformance_echo: bool,
 }
 
 impl Default for WebsocketConfig {
@@ -47,9 +56,10 @@ impl Default for WebsocketConfig {
         Self {
             max_message_size: 64 * 1024,
             read_buffer_size: 4 * 1024,
-            write_buffer_size: 0,
+            write_buffer_size: 16 * 1024,
             write_timeout: Duration::from_secs(5),
             allowed_origins: Vec::new(),
+            conformance_echo: false,
         }
     }
 }
@@ -104,27 +114,38 @@ pub async fn websocket_handler(
             })
             .unwrap_or_default(),
     };
-    // The write buffer limit only has to hold one coalesced batch; the outbound queue is the real bound.
-    let max_write_buffer = node.config.client.max_queue_bytes + ws.max_message_size + 1024;
-    upgrade
+    with_limits(upgrade, &node)
         .protocols(["centrifuge-json"])
-        .read_buffer_size(ws.read_buffer_size)
-        .write_buffer_size(ws.write_buffer_size)
-        .max_write_buffer_size(max_write_buffer.max(ws.write_buffer_size + 1))
-        .max_message_size(ws.max_message_size)
-        .max_frame_size(ws.max_message_size)
         .on_failed_upgrade(
             move |error| tracing::debug!(%remote, %error, "websocket upgrade failed"),
         )
         .on_upgrade(move |socket| serve(node, socket, connection, slot))
 }
 
+/// Applies the configured buffer sizes and message limits; every WebSocket endpoint goes through this.
+pub(super) fn with_limits(upgrade: WebSocketUpgrade, node: &Node) -> WebSocketUpgrade {
+    let ws = &node.config.websocket;
+    // Writers join frames themselves (`write_buffer_size`), so the library writes each message at once
+    // and its buffer holds one message: no more than the outbound queue's budget, plus framing.
+    let max_write_buffer = node.config.client.max_queue_bytes + ws.max_message_size + 1024;
+    upgrade
+        .read_buffer_size(ws.read_buffer_size)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max_write_buffer.max(ws.write_buffer_size + 1024))
+        .max_message_size(ws.max_message_size)
+        .max_frame_size(ws.max_message_size)
+}
+
 async fn serve(node: Arc<Node>, socket: WebSocket, connection: ConnectionInfo, _slot: Slot) {
     let _running = node.sessions.token();
     let outbound = Arc::new(Outbound::new(node.config.client.max_queue_bytes));
     let (sink, stream) = socket.split();
-    let write_timeout = node.config.websocket.write_timeout;
-    let writer = tokio::spawn(write_loop(sink, outbound.clone(), write_timeout));
+    let writer = tokio::spawn(write_loop(
+        sink,
+        outbound.clone(),
+        node.config.websocket.write_timeout,
+        node.config.websocket.write_buffer_size,
+    ));
     let incoming = futures_util::stream::unfold(Some(stream), |stream| async move {
         let mut stream = stream?;
         loop {
@@ -168,7 +189,7 @@ fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) 
 }
 
 /// The read errors a client caused and must hear about; any other error just ends the connection.
-fn read_error(error: &axum::Error) -> Option<Incoming> {
+pub(super) fn read_error(error: &axum::Error) -> Option<Incoming> {
     match std::error::Error::source(error).and_then(|e| e.downcast_ref::<tungstenite::Error>()) {
         Some(tungstenite::Error::Capacity(_)) => Some(Incoming::TooLarge),
         Some(tungstenite::Error::Utf8(_)) => Some(Incoming::InvalidUtf8),
@@ -177,45 +198,34 @@ fn read_error(error: &axum::Error) -> Option<Incoming> {
 }
 
 /// Writes what the session queues until the close it decided (or a write failure).
-async fn write_loop<S>(mut sink: S, outbound: Arc<Outbound>, write_timeout: Duration)
-where
+async fn write_loop<S>(
+    mut sink: S,
+    outbound: Arc<Outbound>,
+    write_timeout: Duration,
+    join_up_to: usize,
+) where
     S: Sink<Message> + Unpin,
 {
-    let mut coalesced = BytesMut::new();
+    let mut batch = Batch::default();
     loop {
-        let batch = outbound.next_batch().await;
-        let mut frames = 0usize;
-        for item in batch.items {
-            match item {
-                Outgoing::Frame(frame) => {
-                    if frames > 0 {
-                        coalesced.put_u8(b'\n');
+        outbound.next_batch_into(&mut batch).await;
+        if !batch.items.is_empty() {
+            // Usually the socket takes the whole batch at once: only a write that has to wait is timed,
+            // which spares a timer per connection per publication during fan-out.
+            let mut write = std::pin::pin!(write_batch(&mut sink, &mut batch.items, join_up_to));
+            let written =
+                match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+                    Poll::Ready(result) => result.is_ok(),
+                    Poll::Pending => {
+                        matches!(tokio::time::timeout(write_timeout, write).await, Ok(Ok(())))
                     }
-                    coalesced.extend_from_slice(frame.bytes());
-                    frames += 1;
-                }
-                Outgoing::TransportPing => {
-                    if !send(&mut sink, Message::Ping(Bytes::new()), write_timeout).await {
-                        return;
-                    }
-                }
-            }
-        }
-        if frames > 0 {
-            let text = match Utf8Bytes::try_from(coalesced.split().freeze()) {
-                Ok(text) => text,
-                Err(_) => {
-                    tracing::error!("encoder produced invalid UTF-8; closing connection");
-                    outbound.close(Disconnect::INTERNAL);
-                    continue;
-                }
-            };
-            if !send(&mut sink, Message::Text(text), write_timeout).await {
+                };
+            if !written {
                 outbound.close(Disconnect::WRITE_ERROR);
                 return;
             }
         }
-        if let Some(close) = batch.close {
+        if let Some(close) = batch.close.take() {
             if close != Disconnect::CONNECTION_CLOSED {
                 let frame = CloseFrame {
                     code: close.code,
@@ -227,6 +237,53 @@ where
             return;
         }
     }
+}
+
+/// Writes a batch: each run of frames is joined, newline-separated, into messages of up to `join_up_to`
+/// bytes, each one socket write. Joining copies the frames once (the WebSocket library copies each message
+/// into its write buffer anyway), and concatenated UTF-8 needs no new check; a frame alone is not copied.
+async fn write_batch<S>(
+    sink: &mut S,
+    items: &mut VecDeque<Outgoing>,
+    join_up_to: usize,
+) -> Result<(), S::Error>
+where
+    S: Sink<Message> + Unpin,
+{
+    let mut start = 0;
+    while let Some(item) = items.get(start) {
+        let Outgoing::Frame(first) = item else {
+            sink.feed(Message::Ping(Bytes::new())).await?;
+            start += 1;
+            continue;
+        };
+        let (mut end, mut len) = (start + 1, first.len());
+        while let Some(Outgoing::Frame(next)) = items.get(end) {
+            if len + 1 + next.len() > join_up_to {
+                break;
+            }
+            len += 1 + next.len();
+            end += 1;
+        }
+        let text = if end == start + 1 {
+            first.clone().into_text()
+        } else {
+            let mut joined = String::with_capacity(len);
+            for item in items.range(start..end) {
+                if let Outgoing::Frame(frame) = item {
+                    if !joined.is_empty() {
+                        joined.push('\n');
+                    }
+                    joined.push_str(frame.as_str());
+                }
+            }
+            Utf8Bytes::from(joined)
+        };
+        sink.feed(Message::Text(text)).await?;
+        start = end;
+    }
+    items.clear();
+    sink.flush().await
 }
 
 async fn send<S: Sink<Message> + Unpin>(sink: &mut S, message: Message, timeout: Duration) -> bool {
@@ -286,7 +343,7 @@ mod tests {
         }
         outbound.close(Disconnect::SHUTDOWN);
         let (sink, mut written) = mpsc::unbounded::<Message>();
-        write_loop(sink, outbound, Duration::from_secs(5)).await;
+        write_loop(sink, outbound, Duration::from_secs(5), 1024).await;
         assert_eq!(
             written.next().await,
             Some(Message::text("{\"a\":1}\n{\"b\":2}\n{}"))
@@ -306,7 +363,35 @@ mod tests {
         let outbound = Arc::new(Outbound::new(1 << 20));
         outbound.close(Disconnect::CONNECTION_CLOSED);
         let (sink, mut written) = mpsc::unbounded::<Message>();
-        write_loop(sink, outbound, Duration::from_secs(5)).await;
+        write_loop(sink, outbound, Duration::from_secs(5), 1024).await;
+        assert_eq!(written.next().await, None);
+    }
+
+    /// Joined messages stay within the limit, a frame over it goes alone, and a transport ping keeps its
+    /// place between the frames.
+    #[tokio::test]
+    async fn joined_messages_respect_the_limit_and_pings_keep_their_place() {
+        let outbound = Arc::new(Outbound::new(1 << 20));
+        let push = |text: &str| assert!(outbound.push(Frame::new(text.as_bytes().to_vec())));
+        push("aaaa");
+        push("bbbb");
+        push("cccc");
+        push("a frame longer than ten bytes");
+        outbound.push_transport_ping();
+        push("dd");
+        outbound.close(Disconnect::CONNECTION_CLOSED);
+        let (sink, mut written) = mpsc::unbounded::<Message>();
+        write_loop(sink, outbound.clone(), Duration::from_secs(5), 10).await;
+        let expected = [
+            Message::text("aaaa\nbbbb"),
+            Message::text("cccc"),
+            Message::text("a frame longer than ten bytes"),
+            Message::Ping(Bytes::new()),
+            Message::text("dd"),
+        ];
+        for message in expected {
+            assert_eq!(written.next().await, Some(message));
+        }
         assert_eq!(written.next().await, None);
     }
 }

@@ -6,3 +6,6 @@
 
 pub mod command;
 pub mod encode;
+
+#[cfg(test)]
+mod properties;

@@ -1,0 +1,125 @@
+//! Connections to Redis, one standalone server or a Redis Cluster, behind one type: commands go through
+//! [`Connection`] (a [`ConnectionLike`], so scripts and pipelines work on both) and pub/sub through
+//! [`Connection::subscribe`], which uses sharded pub/sub on a cluster.
+//!
+//! Both kinds reconnect by themselves and restore their subscriptions; pushes (messages, and a
+//! `Disconnection` when the link drops) reach the sender given at connect time.
+
+use std::time::Duration;
+
+use redis::aio::{AsyncPushSender, ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, ProtocolVersion, RedisFuture, RedisResult, Value};
+
+/// A command or subscriber connection.
+#[derive(Clone)]
+pub(super) enum Connection {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub(super) struct Target {
+    /// `redis://` URLs: one server, or any nodes of a cluster.
+    pub addresses: Vec<String>,
+    pub cluster: bool,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+}
+
+impl Connection {
+    /// Connects; pushes go to `pushes` when given (subscriber connections).
+    pub(super) async fn open(
+        target: &Target,
+        pushes: Option<impl AsyncPushSender>,
+    ) -> RedisResult<Self> {
+        if target.cluster {
+            let mut builder = ClusterClientBuilder::new(target.addresses.clone())
+                .use_protocol(ProtocolVersion::RESP3)
+                .connection_timeout(target.connect_timeout)
+                .response_timeout(target.command_timeout)
+                .retries(2);
+            if let Some(pushes) = pushes {
+                builder = builder.push_sender(pushes);
+            }
+            let client = builder.build()?;
+            let connection = client
+                .get_async_connection_with_config(ClusterConfig::new())
+                .await?;
+            return Ok(Self::Cluster(connection));
+        }
+        let address = target.addresses.first().map(String::as_str).unwrap_or("");
+        let info = redis::IntoConnectionInfo::into_connection_info(address)?;
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let mut config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(target.connect_timeout))
+            .set_response_timeout(Some(target.command_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        if let Some(pushes) = pushes {
+            config = config
+                .set_push_sender(pushes)
+                .set_automatic_resubscription();
+        }
+        Ok(Self::Standalone(
+            ConnectionManager::new_with_config(client, config).await?,
+        ))
+    }
+
+    /// The command that publishes to a channel: sharded on a cluster, so only the shard owning the channel
+    /// carries it.
+    pub(super) fn publish_command(&self) -> &'static str {
+        match self {
+            Self::Standalone(_) => "publish",
+            Self::Cluster(_) => "spublish",
+        }
+    }
+
+    pub(super) async fn subscribe(&mut self, channel: &str) -> RedisResult<()> {
+        match self {
+            Self::Standalone(connection) => connection.subscribe(channel).await,
+            Self::Cluster(connection) => connection.ssubscribe(channel).await,
+        }
+    }
+
+    pub(super) async fn unsubscribe(&mut self, channel: &str) -> RedisResult<()> {
+        match self {
+            Self::Standalone(connection) => connection.unsubscribe(channel).await,
+            Self::Cluster(connection) => connection.sunsubscribe(channel).await,
+        }
+    }
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Standalone(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Standalone(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Standalone(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Redis key and pub/sub channel names of a Herald channel.
+//!
+//! Every key of one channel carries the same hash tag, so they live in one Redis Cluster slot and one script
+//! can touch them all; the channel's sharded pub/sub channel carries it too, so a script may publish to it.
+
+use sha2::{Digest, Sha256};
+
+/// Names derived from one configured prefix.
+#[derive(Debug, Clone)]
+pub(super) struct Keys {
+    prefix: String,
+}
+
+/// The names belonging to one channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ChannelKeys {
+    /// Hash: `top`, `epoch`, `forget` (unix ms when the stream is forgotten, 0 = never).
+    pub meta: String,
+    /// Stream of kept publications; entry ids are `<offset>-0`.
+    pub stream: String,
+    /// Hash of who is present: client id → MessagePack client info.
+    pub presence: String,
+    /// Sorted set: client id → when its presence entry expires (unix ms).
+    pub presence_expiry: String,
+    /// The pub/sub channel publications, joins and leaves travel on.
+    pub pubsub: String,
+}
+
+impl Keys {
+    pub(super) fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The hash tag of a channel: the channel itself, unless braces in it would end the tag early, in which
+    /// case a digest of it.
+    fn tag(channel: &str) -> String {
+        if !channel.is_empty() && !channel.contains(['{', '}']) {
+            return channel.to_owned();
+        }
+        let digest = Sha256::digest(channel.as_bytes());
+        format!("#{}", hex::encode(&digest[..16]))
+    }
+
+    pub(super) fn channel(&self, channel: &str) -> ChannelKeys {
+        let base = format!("{}:{{{}}}", self.prefix, Self::tag(channel));
+        ChannelKeys {
+            meta: format!("{base}:meta"),
+            stream: format!("{base}:stream"),
+            presence: format!("{base}:presence"),
+            presence_expiry: format!("{base}:presence-expiry"),
+            pubsub: format!("{base}:pub"),
+        }
+    }
+
+    /// Where an idempotent publish remembers its result, in the channel's slot.
+    pub(super) fn idempotency(&self, channel: &str, key: &str) -> String {
+        format!("{}:{{{}}}:idem:{key}", self.prefix, Self::tag(channel))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The part of a key Redis Cluster hashes.
+    fn hash_tag(key: &str) -> &str {
+        let open = key.find('{').expect("tagged");
+        let close = key[open + 1..].find('}').expect("closed") + open + 1;
+        &key[open + 1..close]
+    }
+
+    #[test]
+    fn every_name_of_a_channel_shares_one_hash_tag() {
+        let keys = Keys::new("herald");
+        for channel in ["news", "chat:room-1", "odd}name", "{braced}", ""] {
+            let names = keys.channel(channel);
+            let tag = hash_tag(&names.meta);
+            assert!(
+                !tag.is_empty(),
+                "{channel:?}: an empty tag would hash the whole key"
+            );
+            for name in [
+                &names.stream,
+                &names.presence,
+                &names.presence_expiry,
+                &names.pubsub,
+                &keys.idempotency(channel, "k1"),
+            ] {
+                assert_eq!(hash_tag(name), tag, "{channel:?}: {name}");
+            }
+        }
+        assert_ne!(keys.channel("odd}name").meta, keys.channel("{braced}").meta);
+        assert_eq!(keys.channel("news").meta, "herald:{news}:meta");
+    }
+}

@@ -1,0 +1,767 @@
+//! The Redis engine: history, presence and cross-node fan-out in Redis (standalone or Redis Cluster), so any
+//! number of Herald nodes serve one channel space and a client recovers from any of them.
+//!
+//! - **History**: each channel's stream is a Redis Stream beside a meta hash (top offset, epoch, when the
+//!   stream is forgotten). A Lua script assigns the offset, appends and publishes in one step, so offsets are
+//!   contiguous and the pub/sub order is the offset order on every node.
+//! - **Fan-out**: a node subscribes only to the channels it has local subscribers for (sharded pub/sub on a
+//!   cluster). After Redis reconnects, and periodically, the node compares each channel's stream top with
+//!   what it delivered ([`BrokerEventHandler::handle_position`]), so a publication lost on the way turns into
+//!   a recovery instead of a silent gap.
+//! - **Presence**: a hash of clients plus a sorted set of expiry times; each node refreshes its own entries,
+//!   so the entries of a crashed node expire after `presence_ttl`.
+//!
+//! Time (TTLs, expiry) is this node's clock passed to every script, not Redis' clock: the engine is tested
+//! with a manual clock, and nodes should run NTP anyway.
+
+mod connection;
+mod keys;
+mod wire;
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::Rng;
+use rand::distr::Alphabetic;
+use redis::{PushInfo, PushKind, Script, Value};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use self::connection::{Connection, Target};
+use self::keys::Keys;
+use self::wire::Message;
+use super::{
+    Broker, BrokerEventHandler, ClientInfo, EngineError, History, HistoryFilter, HistoryOptions,
+    HistoryResult, Presence, PresenceStats, Publication, PublishOptions, StreamPosition,
+};
+
+/// `[engine.redis]`: where Redis is and how Herald uses it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` of the server, or of any nodes of a cluster.
+    pub addresses: Vec<String>,
+    /// The addresses are Redis Cluster nodes (sharded pub/sub, keys hash-tagged by channel).
+    pub cluster: bool,
+    /// Prefix of every key and pub/sub channel, so several Herald installations can share a Redis.
+    pub prefix: String,
+    /// How long a presence entry lives unless its node refreshes it (a third of this, periodically).
+    #[serde(with = "humantime_serde")]
+    pub presence_ttl: Duration,
+    /// How often each channel's stream top is compared with what this node delivered.
+    #[serde(with = "humantime_serde")]
+    pub position_check_interval: Duration,
+    /// Connecting to Redis gives up after this long.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// A command without an answer after this long fails (publishes answer "temporarily unavailable").
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            addresses: vec!["redis://127.0.0.1:6379".into()],
+            cluster: false,
+            prefix: "herald".into(),
+            presence_ttl: Duration::from_secs(60),
+            position_check_interval: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RedisConfig {
+    /// Checks what serde cannot; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.addresses.is_empty() {
+            return Err("engine.redis.addresses: at least one address is needed".into());
+        }
+        if let Some(bad) = self.addresses.iter().find(|address| {
+            redis::IntoConnectionInfo::into_connection_info(address.as_str()).is_err()
+        }) {
+            return Err(format!(
+                "engine.redis.addresses: {bad:?} is not a redis:// URL"
+            ));
+        }
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
+            return Err("engine.redis.prefix: must be non-empty and without braces".into());
+        }
+        if self.presence_ttl < Duration::from_secs(3) {
+            return Err("engine.redis.presence_ttl: must be at least 3s".into());
+        }
+        if self.position_check_interval.is_zero() {
+            return Err("engine.redis.position_check_interval: must be greater than 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Unix milliseconds, as this engine sees time.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// How often the subscriber connection is pinged, which is also how soon it notices Redis is back.
+const SUBSCRIBER_KEEPALIVE: Duration = Duration::from_secs(1);
+
+/// Shards of the per-channel subscribe locks.
+const SUBSCRIBE_SHARDS: usize = 64;
+
+/// Centrifuge's epochs are 8 random letters.
+fn new_epoch() -> String {
+    rand::rng()
+        .sample_iter(Alphabetic)
+        .take(8)
+        .map(char::from)
+        .collect()
+}
+
+fn unavailable(error: redis::RedisError) -> EngineError {
+    EngineError::Unavailable(error.to_string())
+}
+
+fn malformed(what: &str) -> EngineError {
+    EngineError::Unavailable(format!("unexpected reply from Redis to {what}"))
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The Lua scripts, loaded into Redis on first use.
+struct Scripts {
+    publish: Script,
+    history: Script,
+    notify: Script,
+    presence_add: Script,
+    presence_remove: Script,
+    presence_get: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            publish: Script::new(include_str!("scripts/publish.lua")),
+            history: Script::new(include_str!("scripts/history.lua")),
+            notify: Script::new(include_str!("scripts/notify.lua")),
+            presence_add: Script::new(include_str!("scripts/presence_add.lua")),
+            presence_remove: Script::new(include_str!("scripts/presence_remove.lua")),
+            presence_get: Script::new(include_str!("scripts/presence_get.lua")),
+        }
+    }
+}
+
+/// Routes pub/sub pushes to the node's handler. Lives in the subscriber connection's push callback, so it
+/// must not block.
+struct PushRouter {
+    /// Pub/sub channel name → Herald channel, for the channels this node is subscribed to.
+    channels: RwLock<HashMap<String, String>>,
+    handler: Arc<dyn BrokerEventHandler>,
+    /// Tells the maintenance task that Redis came back and subscriptions are restored.
+    reconnected: mpsc::UnboundedSender<()>,
+    /// Set when the link dropped, cleared at the first subscription confirmed afterwards.
+    disconnected: std::sync::atomic::AtomicBool,
+}
+
+impl PushRouter {
+    fn route(&self, push: PushInfo) {
+        use std::sync::atomic::Ordering;
+        match push.kind {
+            PushKind::Message | PushKind::SMessage => {
+                let [Value::BulkString(name), Value::BulkString(message)] = &push.data[..] else {
+                    return;
+                };
+                let Ok(name) = std::str::from_utf8(name) else {
+                    return;
+                };
+                let Some(channel) = self
+                    .channels
+                    .read()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .get(name)
+                    .cloned()
+                else {
+                    return;
+                };
+                match wire::decode_message(message) {
+                    Some(Message::Publication(publication, position)) => {
+                        self.handler
+                            .handle_publication(&channel, Arc::new(publication), position);
+                    }
+                    Some(Message::Join(info)) => self.handler.handle_join(&channel, Arc::new(info)),
+                    Some(Message::Leave(info)) => {
+                        self.handler.handle_leave(&channel, Arc::new(info));
+                    }
+                    None => tracing::warn!(channel, "ignored a malformed message from Redis"),
+                }
+            }
+            PushKind::Disconnection if !self.disconnected.swap(true, Ordering::AcqRel) => {
+                tracing::warn!("lost the Redis pub/sub connection; reconnecting");
+            }
+            PushKind::Subscribe | PushKind::SSubscribe
+                if self.disconnected.swap(false, Ordering::AcqRel) =>
+            {
+                tracing::info!("Redis pub/sub connection restored");
+                let _ = self.reconnected.send(());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The engine. Cheap to share; background tasks (presence refresh, position checks) end when it is dropped.
+pub struct RedisEngine {
+    commands: Connection,
+    subscriber: Connection,
+    keys: Keys,
+    clock: Clock,
+    presence_ttl: Duration,
+    scripts: Scripts,
+    router: Arc<PushRouter>,
+    /// Net subscribe calls per channel; the Redis subscription follows its 0 ↔ 1 transitions.
+    subscriptions: Mutex<HashMap<String, i64>>,
+    /// Serialise the Redis (un)subscribe of one channel, so they reach Redis in the order decided.
+    subscribe_locks: Box<[tokio::sync::Mutex<()>]>,
+    hasher: RandomState,
+    /// This node's presence entries (channel → client → encoded info), refreshed before they expire.
+    present: Mutex<HashMap<String, HashMap<String, Vec<u8>>>>,
+}
+
+impl std::fmt::Debug for RedisEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisEngine")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl RedisEngine {
+    /// Connects (failing with the reason when Redis cannot be reached) and starts the background tasks.
+    pub async fn connect(
+        config: &RedisConfig,
+        handler: Arc<dyn BrokerEventHandler>,
+        clock: Clock,
+    ) -> Result<Arc<Self>, EngineError> {
+        let target = Target {
+            addresses: config.addresses.clone(),
+            cluster: config.cluster,
+            connect_timeout: config.connect_timeout,
+            command_timeout: config.command_timeout,
+        };
+        let (reconnected, mut reconnections) = mpsc::unbounded_channel();
+        let router = Arc::new(PushRouter {
+            channels: RwLock::new(HashMap::new()),
+            handler,
+            reconnected,
+            disconnected: std::sync::atomic::AtomicBool::new(false),
+        });
+        let pushes = {
+            let router = router.clone();
+            move |push: PushInfo| {
+                router.route(push);
+                Ok::<(), std::convert::Infallible>(())
+            }
+        };
+        let commands = Connection::open(&target, None::<fn(PushInfo) -> Result<(), ()>>)
+            .await
+            .map_err(unavailable)?;
+        let subscriber = Connection::open(&target, Some(pushes))
+            .await
+            .map_err(unavailable)?;
+        let engine = Arc::new(Self {
+            commands,
+            subscriber,
+            keys: Keys::new(&config.prefix),
+            clock,
+            presence_ttl: config.presence_ttl,
+            scripts: Scripts::new(),
+            router,
+            subscriptions: Mutex::new(HashMap::new()),
+            subscribe_locks: (0..SUBSCRIBE_SHARDS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            hasher: RandomState::new(),
+            present: Mutex::new(HashMap::new()),
+        });
+
+        let weak = Arc::downgrade(&engine);
+        let check_every = config.position_check_interval;
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(check_every);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every.tick().await;
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    restored = reconnections.recv() => {
+                        if restored.is_none() {
+                            break;
+                        }
+                        // Publications may have been lost while the link was down: report positions now
+                        // and once more shortly after, so the hub sees a lasting difference (see the
+                        // handler's contract) without waiting for the periodic check.
+                        if !check_positions(&weak).await {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+                if !check_positions(&weak).await {
+                    break;
+                }
+            }
+        });
+
+        // The subscriber connection sends no commands of its own, and the client library gives up
+        // reconnecting after a few failed attempts until the next command: a steady ping keeps it trying,
+        // so subscriptions come back however long Redis was away.
+        let weak = Arc::downgrade(&engine);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(SUBSCRIBER_KEEPALIVE);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(mut subscriber) = weak.upgrade().map(|engine| engine.subscriber.clone())
+                else {
+                    break;
+                };
+                let _: Result<Value, _> = redis::cmd("PING").query_async(&mut subscriber).await;
+            }
+        });
+
+        let weak = Arc::downgrade(&engine);
+        let refresh_every = config.presence_ttl / 3;
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(refresh_every);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let Some(engine) = weak.upgrade() else {
+                    break;
+                };
+                if let Err(error) = engine.refresh_presence().await {
+                    tracing::warn!(%error, "presence refresh failed");
+                }
+            }
+        });
+        tracing::info!(
+            addresses = ?config.addresses,
+            cluster = config.cluster,
+            "connected to Redis"
+        );
+        Ok(engine)
+    }
+
+    fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
+    fn subscribe_lock(&self, channel: &str) -> &tokio::sync::Mutex<()> {
+        &self.subscribe_locks[(self.hasher.hash_one(channel) as usize) % SUBSCRIBE_SHARDS]
+    }
+
+    /// Moves the channel's subscribe count by `delta` and subscribes or unsubscribes in Redis when it crosses
+    /// between 0 and 1. Counting (rather than obeying the last call) keeps the right end state when a
+    /// subscribe and an unsubscribe of the same channel race.
+    async fn change_subscription(&self, channel: &str, delta: i64) -> Result<(), EngineError> {
+        let _ordered = self.subscribe_lock(channel).lock().await;
+        let (before, after) = {
+            let mut counts = lock(&self.subscriptions);
+            let count = counts.entry(channel.to_owned()).or_insert(0);
+            let before = *count;
+            *count += delta;
+            let after = *count;
+            if after == 0 {
+                counts.remove(channel);
+            }
+            (before, after)
+        };
+        let pubsub = self.keys.channel(channel).pubsub;
+        let mut subscriber = self.subscriber.clone();
+        if before <= 0 && after > 0 {
+            self.router
+                .channels
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(pubsub.clone(), channel.to_owned());
+            if let Err(error) = subscriber.subscribe(&pubsub).await {
+                self.undo_count(channel, delta);
+                self.forget_route(&pubsub);
+                return Err(unavailable(error));
+            }
+        } else if before > 0 && after <= 0 {
+            self.forget_route(&pubsub);
+            if let Err(error) = subscriber.unsubscribe(&pubsub).await {
+                // Extra messages for a channel without local subscribers are dropped by the hub; the
+                // subscription goes away with the next reconnect.
+                tracing::warn!(channel, %error, "Redis unsubscribe failed");
+            }
+        }
+        Ok(())
+    }
+
+    fn undo_count(&self, channel: &str, delta: i64) {
+        let mut counts = lock(&self.subscriptions);
+        let count = counts.entry(channel.to_owned()).or_insert(0);
+        *count -= delta;
+        if *count == 0 {
+            counts.remove(channel);
+        }
+    }
+
+    fn forget_route(&self, pubsub: &str) {
+        self.router
+            .channels
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(pubsub);
+    }
+
+    /// Reports every subscribed channel's stream top to the handler. The reads of a batch go out
+    /// concurrently (the connection pipelines them); not as one pipeline, which Redis Cluster refuses across
+    /// slots.
+    async fn report_positions(&self) -> Result<(), EngineError> {
+        const BATCH: usize = 500;
+        let channels: Vec<String> = lock(&self.subscriptions)
+            .iter()
+            .filter(|(_, count)| **count > 0)
+            .map(|(channel, _)| channel.clone())
+            .collect();
+        for batch in channels.chunks(BATCH) {
+            let reads = batch.iter().map(|channel| {
+                let mut commands = self.commands.clone();
+                let meta = self.keys.channel(channel).meta;
+                async move {
+                    redis::cmd("HMGET")
+                        .arg(meta)
+                        .arg("top")
+                        .arg("epoch")
+                        .query_async::<(Option<u64>, Option<String>)>(&mut commands)
+                        .await
+                }
+            });
+            let tops = futures_util::future::join_all(reads).await;
+            for (channel, top) in batch.iter().zip(tops) {
+                if let (Some(offset), Some(epoch)) = top.map_err(unavailable)? {
+                    self.router
+                        .handler
+                        .handle_position(channel, StreamPosition { offset, epoch });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn refresh_presence(&self) -> Result<(), EngineError> {
+        let entries: Vec<(String, String, Vec<u8>)> = lock(&self.present)
+            .iter()
+            .flat_map(|(channel, clients)| {
+                clients
+                    .iter()
+                    .map(|(client, info)| (channel.clone(), client.clone(), info.clone()))
+            })
+            .collect();
+        for (channel, client, info) in entries {
+            self.write_presence(&channel, &client, &info).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_presence(
+        &self,
+        channel: &str,
+        client: &str,
+        info: &[u8],
+    ) -> Result<(), EngineError> {
+        let keys = self.keys.channel(channel);
+        let mut commands = self.commands.clone();
+        let _: Value = self
+            .scripts
+            .presence_add
+            .key(&keys.presence)
+            .key(&keys.presence_expiry)
+            .arg(self.now())
+            .arg(millis(self.presence_ttl))
+            .arg(client)
+            .arg(info)
+            .invoke_async(&mut commands)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+/// One position check; false when the engine is gone.
+async fn check_positions(engine: &Weak<RedisEngine>) -> bool {
+    let Some(engine) = engine.upgrade() else {
+        return false;
+    };
+    if let Err(error) = engine.report_positions().await {
+        tracing::warn!(%error, "stream position check failed");
+    }
+    true
+}
+
+fn integer(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(text) => Some(text.clone()),
+        _ => None,
+    }
+}
+
+/// A stream entry as XRANGE returns it: `[id, [d, publication, t, time]]`.
+fn entry_publication(entry: &Value) -> Option<Publication> {
+    let Value::Array(parts) = entry else {
+        return None;
+    };
+    let [id, Value::Array(fields)] = &parts[..] else {
+        return None;
+    };
+    let id = text(id)?;
+    let offset: u64 = id.split('-').next()?.parse().ok()?;
+    let Value::BulkString(encoded) = fields.get(1)? else {
+        return None;
+    };
+    wire::decode_publication(encoded, offset)
+}
+
+#[async_trait]
+impl Broker for RedisEngine {
+    async fn publish(
+        &self,
+        channel: &str,
+        publication: Publication,
+        opts: &PublishOptions,
+    ) -> Result<StreamPosition, EngineError> {
+        let keys = self.keys.channel(channel);
+        let payload = wire::encode_publication(&publication)?;
+        let history = opts.history.as_ref();
+        let (idempotency_key, window) = match &opts.idempotency {
+            Some(idempotency) => (
+                self.keys.idempotency(channel, &idempotency.key),
+                millis(idempotency.window).max(1),
+            ),
+            None => (keys.meta.clone(), 0),
+        };
+        let mut commands = self.commands.clone();
+        let reply: Value = self
+            .scripts
+            .publish
+            .key(&keys.meta)
+            .key(&keys.stream)
+            .key(&idempotency_key)
+            .arg(self.now())
+            .arg(if history.is_some() { "1" } else { "0" })
+            .arg(history.map_or(0, |h| h.size))
+            .arg(history.map_or(0, |h| millis(h.ttl)))
+            .arg(history.map_or(0, |h| millis(h.meta_ttl)))
+            .arg(new_epoch())
+            .arg(payload)
+            .arg(commands.publish_command())
+            .arg(&keys.pubsub)
+            .arg(window)
+            .invoke_async(&mut commands)
+            .await
+            .map_err(unavailable)?;
+        let Value::Array(parts) = reply else {
+            return Err(malformed("publish"));
+        };
+        match &parts[..] {
+            [offset, epoch, _repeat] => Ok(StreamPosition {
+                offset: integer(offset).ok_or_else(|| malformed("publish"))? as u64,
+                epoch: text(epoch).unwrap_or_default(),
+            }),
+            _ => Err(malformed("publish")),
+        }
+    }
+
+    async fn publish_join(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError> {
+        self.notify(channel, wire::join_message(&info)?).await
+    }
+
+    async fn publish_leave(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError> {
+        self.notify(channel, wire::leave_message(&info)?).await
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {
+        self.change_subscription(channel, 1).await
+    }
+
+    async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError> {
+        self.change_subscription(channel, -1).await
+    }
+}
+
+impl RedisEngine {
+    async fn notify(&self, channel: &str, message: Vec<u8>) -> Result<(), EngineError> {
+        let keys = self.keys.channel(channel);
+        let mut commands = self.commands.clone();
+        let _: Value = self
+            .scripts
+            .notify
+            .key(&keys.meta)
+            .arg(commands.publish_command())
+            .arg(&keys.pubsub)
+            .arg(message)
+            .invoke_async(&mut commands)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl History for RedisEngine {
+    async fn history(
+        &self,
+        channel: &str,
+        filter: &HistoryFilter,
+        opts: &HistoryOptions,
+    ) -> Result<HistoryResult, EngineError> {
+        let keys = self.keys.channel(channel);
+        let (since_offset, since_epoch) = match &filter.since {
+            Some(since) => (since.offset.to_string(), since.epoch.clone()),
+            None => (String::new(), String::new()),
+        };
+        let limit = filter
+            .limit
+            .map_or(-1, |limit| i64::try_from(limit).unwrap_or(i64::MAX));
+        let mut commands = self.commands.clone();
+        let reply: Value = self
+            .scripts
+            .history
+            .key(&keys.meta)
+            .key(&keys.stream)
+            .arg(self.now())
+            .arg(millis(opts.ttl))
+            .arg(millis(opts.meta_ttl))
+            .arg(new_epoch())
+            .arg(since_offset)
+            .arg(since_epoch)
+            .arg(limit)
+            .arg(if filter.reverse { "1" } else { "0" })
+            .invoke_async(&mut commands)
+            .await
+            .map_err(unavailable)?;
+        let Value::Array(parts) = reply else {
+            return Err(malformed("history"));
+        };
+        let [top, epoch, status, entries] = &parts[..] else {
+            return Err(malformed("history"));
+        };
+        if integer(status) == Some(1) {
+            return Err(EngineError::UnrecoverablePosition);
+        }
+        let position = StreamPosition {
+            offset: integer(top).ok_or_else(|| malformed("history"))? as u64,
+            epoch: text(epoch).ok_or_else(|| malformed("history"))?,
+        };
+        let publications = match entries {
+            Value::Array(entries) => entries
+                .iter()
+                .filter_map(entry_publication)
+                .map(Arc::new)
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(HistoryResult {
+            publications,
+            position,
+        })
+    }
+
+    async fn remove_history(&self, channel: &str) -> Result<(), EngineError> {
+        let keys = self.keys.channel(channel);
+        let mut commands = self.commands.clone();
+        let _: Value = redis::cmd("DEL")
+            .arg(&keys.stream)
+            .query_async(&mut commands)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Presence for RedisEngine {
+    async fn add_presence(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError> {
+        let encoded = wire::encode_client_info(&info)?;
+        self.write_presence(channel, &info.client, &encoded).await?;
+        lock(&self.present)
+            .entry(channel.to_owned())
+            .or_default()
+            .insert(info.client, encoded);
+        Ok(())
+    }
+
+    async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), EngineError> {
+        {
+            let mut present = lock(&self.present);
+            if let Some(clients) = present.get_mut(channel) {
+                clients.remove(client);
+                if clients.is_empty() {
+                    present.remove(channel);
+                }
+            }
+        }
+        let keys = self.keys.channel(channel);
+        let mut commands = self.commands.clone();
+        let _: Value = self
+            .scripts
+            .presence_remove
+            .key(&keys.presence)
+            .key(&keys.presence_expiry)
+            .arg(client)
+            .invoke_async(&mut commands)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, EngineError> {
+        let keys = self.keys.channel(channel);
+        let mut commands = self.commands.clone();
+        let fields: Vec<Vec<u8>> = self
+            .scripts
+            .presence_get
+            .key(&keys.presence)
+            .key(&keys.presence_expiry)
+            .arg(self.now())
+            .invoke_async(&mut commands)
+            .await
+            .map_err(unavailable)?;
+        Ok(wire::decode_presence(fields))
+    }
+
+    async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError> {
+        let everyone = self.presence(channel).await?;
+        let users: HashSet<&str> = everyone.values().map(|info| info.user.as_str()).collect();
+        Ok(PresenceStats {
+            num_clients: u32::try_from(everyone.len()).unwrap_or(u32::MAX),
+            num_users: u32::try_from(users.len()).unwrap_or(u32::MAX),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,65 @@
+-- Reads a channel's stream: creates it (top 0, a new epoch) when it does not exist or its meta ttl passed,
+-- drops expired publications, and returns the selected ones.
+--
+-- KEYS: 1 meta hash, 2 stream
+-- ARGV: 1 now (unix ms), 2 ttl ms (0 = none), 3 meta ttl ms (0 = forever), 4 epoch for a new stream,
+--       5 since offset ('' = none), 6 since epoch ('' = any), 7 limit (-1 = all), 8 reverse ('1'/'0')
+-- Returns {top, epoch, status, entries}: status 0 = ok, 1 = the since epoch is not the stream's;
+-- entries as XRANGE returns them.
+local now, ttl, meta_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+
+local meta = redis.call('hmget', KEYS[1], 'top', 'epoch', 'forget')
+local forget = tonumber(meta[3] or '-1')
+local top, epoch
+if meta[2] and (forget == 0 or forget > now) then
+  top, epoch = tonumber(meta[1]), meta[2]
+else
+  top, epoch = 0, ARGV[4]
+  if epoch == meta[2] then epoch = epoch .. 'a' end
+  local forget_at = 0
+  if meta_ttl > 0 then forget_at = now + meta_ttl end
+  redis.call('del', KEYS[2])
+  redis.call('hset', KEYS[1], 'top', 0, 'epoch', epoch, 'forget', forget_at)
+  if meta_ttl > 0 then redis.call('pexpire', KEYS[1], meta_ttl) end
+end
+
+if ARGV[6] ~= '' and ARGV[6] ~= epoch then
+  return {top, epoch, 1, {}}
+end
+
+if ttl > 0 then
+  local cutoff = now - ttl
+  while true do
+    local oldest = redis.call('xrange', KEYS[2], '-', '+', 'COUNT', 16)
+    local removed = 0
+    for _, entry in ipairs(oldest) do
+      if tonumber(entry[2][4]) > cutoff then break end
+      redis.call('xdel', KEYS[2], entry[1])
+      removed = removed + 1
+    end
+    if removed < 16 then break end
+  end
+end
+
+local limit = tonumber(ARGV[7])
+if limit == 0 then
+  return {top, epoch, 0, {}}
+end
+local count = {}
+if limit > 0 then count = {'COUNT', limit} end
+
+local entries
+if ARGV[8] == '1' then
+  local before = '+'
+  if ARGV[5] ~= '' then
+    local since = tonumber(ARGV[5])
+    if since <= 1 then return {top, epoch, 0, {}} end
+    before = (since - 1) .. '-0'
+  end
+  entries = redis.call('xrevrange', KEYS[2], before, '-', unpack(count))
+else
+  local after = '-'
+  if ARGV[5] ~= '' then after = (tonumber(ARGV[5]) + 1) .. '-0' end
+  entries = redis.call('xrange', KEYS[2], after, '+', unpack(count))
+end
+return {top, epoch, 0, entries}

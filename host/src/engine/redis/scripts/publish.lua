@@ -1,0 +1,65 @@
+-- Appends a publication to a channel's stream (when it keeps history) and broadcasts it, atomically, so the
+-- offset order is the delivery order on every node.
+--
+-- KEYS: 1 meta hash, 2 stream, 3 idempotency hash (same hash slot as the others)
+-- ARGV: 1 now (unix ms), 2 keep history ('1'/'0'), 3 size, 4 ttl ms (0 = none), 5 meta ttl ms (0 = forever),
+--       6 epoch for a new stream, 7 publication (MessagePack), 8 'publish' or 'spublish', 9 pub/sub channel,
+--       10 idempotency window ms (0 = no key)
+-- Returns {offset, epoch, 1 if this was a repeat of an idempotent publish else 0}.
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[10])
+
+if window > 0 then
+  local seen = redis.call('hmget', KEYS[3], 'offset', 'epoch')
+  if seen[1] then
+    return {tonumber(seen[1]), seen[2], 1}
+  end
+end
+
+local offset, epoch = 0, ''
+if ARGV[2] == '1' then
+  local size, ttl, meta_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+  local meta = redis.call('hmget', KEYS[1], 'top', 'epoch', 'forget')
+  local forget = tonumber(meta[3] or '-1')
+  if meta[2] and (forget == 0 or forget > now) then
+    offset, epoch = tonumber(meta[1]), meta[2]
+  else
+    -- A new life of the stream: never reuse the epoch it replaces.
+    epoch = ARGV[6]
+    if epoch == meta[2] then epoch = epoch .. 'a' end
+    redis.call('del', KEYS[2])
+  end
+  offset = offset + 1
+  local forget_at = 0
+  if meta_ttl > 0 then forget_at = now + meta_ttl end
+  redis.call('hset', KEYS[1], 'top', offset, 'epoch', epoch, 'forget', forget_at)
+  if meta_ttl > 0 then redis.call('pexpire', KEYS[1], meta_ttl) else redis.call('persist', KEYS[1]) end
+  if size > 0 then
+    redis.call('xadd', KEYS[2], 'MAXLEN', size, offset .. '-0', 'd', ARGV[7], 't', now)
+    if ttl > 0 then
+      -- Publications are appended in time order: the expired ones are the oldest.
+      local cutoff = now - ttl
+      while true do
+        local oldest = redis.call('xrange', KEYS[2], '-', '+', 'COUNT', 16)
+        local removed = 0
+        for _, entry in ipairs(oldest) do
+          if tonumber(entry[2][4]) > cutoff then break end
+          redis.call('xdel', KEYS[2], entry[1])
+          removed = removed + 1
+        end
+        if removed < 16 then break end
+      end
+      redis.call('pexpire', KEYS[2], ttl)
+    elseif meta_ttl > 0 then
+      redis.call('pexpire', KEYS[2], meta_ttl)
+    end
+  end
+end
+
+redis.call(ARGV[8], ARGV[9], 'p' .. offset .. ' ' .. epoch .. ' ' .. ARGV[7])
+
+if window > 0 then
+  redis.call('hset', KEYS[3], 'offset', offset, 'epoch', epoch)
+  redis.call('pexpire', KEYS[3], window)
+end
+return {offset, epoch, 0}

@@ -1,0 +1,826 @@
+//! Queue ingestion: applications append entries to Redis Streams and Herald publishes them (the
+//! app → queue → pusher pattern), so a web request never waits for the push.
+//!
+//! One consumer task per configured stream reads through a consumer group shared by every node, publishes
+//! each entry through the same [`Node::publish`] as the server API (plugins' publish chain included) and
+//! acknowledges it only after the publish succeeded. Delivery is therefore at least once; each publish
+//! carries an idempotency key (the entry's own, or `<stream>:<entry id>`), so a redelivered entry is not
+//! published twice within `engine.idempotency_window`. Entries a crashed consumer held are claimed by the
+//! others after `claim_idle`. Entries that can never succeed go to the dead-letter stream with the reason,
+//! then are acknowledged; a temporary failure (the engine unreachable) leaves the entry pending and retries
+//! it with backoff, holding back the entries behind it so a stream is published in order.
+//!
+//! The consumer never acknowledges an entry it has not published or dead-lettered.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, RedisError, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+use crate::engine::{EngineConfig, EngineKind};
+use crate::errors::Refusal;
+use crate::node::{Node, PublishRequest, Source};
+
+/// `[queue]`: which Redis Streams Herald consumes and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Consume the streams (default off).
+    pub enabled: bool,
+    /// `redis://` URLs of the Redis holding the streams; empty (the default) means `[engine.redis]`'s
+    /// addresses and `cluster` flag, which needs `engine.type = "redis"`.
+    pub addresses: Vec<String>,
+    /// The `addresses` are Redis Cluster nodes (only read when `addresses` is set).
+    pub cluster: bool,
+    /// Stream keys to consume (default `["herald:queue"]`); each gets its own consumer task, publishing
+    /// its entries in order.
+    pub streams: Vec<String>,
+    /// Consumer group, shared by every node so each entry goes to one of them (default `herald`).
+    pub group: String,
+    /// This node's consumer name in the group; empty (the default) means `<hostname>-<pid>`. A stable
+    /// name lets a restarted node take its own unacknowledged entries back at once.
+    pub consumer: String,
+    /// Where entries that can never be published go, with the reason (default `herald:queue:dead`).
+    pub dead_letter_stream: String,
+    /// The dead-letter stream is trimmed to about this many entries; 0 keeps all (default 100000).
+    pub dead_letter_max_len: u64,
+    /// Delete each entry once it is acknowledged, so the stream holds only the backlog (default true).
+    /// Turn off when other consumer groups read the same streams, and trim them with `XADD … MAXLEN`.
+    pub delete_acknowledged: bool,
+    /// Entries read per round trip (default 100).
+    pub batch: usize,
+    /// How long a read waits for new entries (`XREADGROUP BLOCK`, default 1 s); also the longest a
+    /// shutdown waits for the consumer.
+    #[serde(with = "humantime_serde")]
+    pub block: Duration,
+    /// An entry another consumer has held this long without acknowledging it is taken over (default 30 s).
+    /// Must exceed the time one batch takes to publish, and be well below `engine.idempotency_window`.
+    #[serde(with = "humantime_serde")]
+    pub claim_idle: Duration,
+    /// Longest wait between retries while Redis or the engine is failing (default 5 s).
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            addresses: Vec::new(),
+            cluster: false,
+            streams: vec!["herald:queue".into()],
+            group: "herald".into(),
+            consumer: String::new(),
+            dead_letter_stream: "herald:queue:dead".into(),
+            dead_letter_max_len: 100_000,
+            delete_acknowledged: true,
+            batch: 100,
+            block: Duration::from_secs(1),
+            claim_idle: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl QueueConfig {
+    /// Checks what serde cannot, given the engine the queue may borrow its Redis from; the error names the
+    /// key. Only meaningful when `enabled`.
+    pub fn validate(&self, engine: &EngineConfig) -> Result<(), String> {
+        if self.addresses.is_empty() && engine.kind != EngineKind::Redis {
+            return Err(
+                "queue.addresses: set the Redis holding the streams, or use engine.type = \"redis\" (whose addresses the queue then shares)"
+                    .into(),
+            );
+        }
+        if let Some(bad) = self
+            .addresses
+            .iter()
+            .find(|a| redis::IntoConnectionInfo::into_connection_info(a.as_str()).is_err())
+        {
+            return Err(format!("queue.addresses: {bad:?} is not a redis:// URL"));
+        }
+        if self.streams.is_empty() || self.streams.iter().any(String::is_empty) {
+            return Err("queue.streams: at least one non-empty stream key is needed".into());
+        }
+        for (i, stream) in self.streams.iter().enumerate() {
+            if self.streams[..i].contains(stream) {
+                return Err(format!("queue.streams: {stream:?} is listed twice"));
+            }
+        }
+        if self.dead_letter_stream.is_empty() || self.streams.contains(&self.dead_letter_stream) {
+            return Err(
+                "queue.dead_letter_stream: must be set and not one of queue.streams".into(),
+            );
+        }
+        if self.group.is_empty() {
+            return Err("queue.group: must not be empty".into());
+        }
+        if !(1..=10_000).contains(&self.batch) {
+            return Err("queue.batch: must be between 1 and 10000".into());
+        }
+        if self.block.is_zero() || self.block > Duration::from_secs(10) {
+            // BLOCK 0 would wait forever, and a shutdown waits for the read in progress.
+            return Err("queue.block: must be greater than 0 and at most 10s".into());
+        }
+        if self.claim_idle.is_zero() || self.claim_idle >= engine.idempotency_window {
+            // A reclaimed entry that its first consumer had published is only recognised as a repeat while
+            // its idempotency key is remembered.
+            return Err(format!(
+                "queue.claim_idle: must be greater than 0 and less than engine.idempotency_window ({:?})",
+                engine.idempotency_window
+            ));
+        }
+        if self.max_backoff.is_zero() {
+            return Err("queue.max_backoff: must be greater than 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Connects to the queue's Redis, creates the consumer group on every stream, and starts one consumer task
+/// per stream (tracked with the node's tasks, stopped by its `shutdown`). Fails, like the engine, when
+/// Redis cannot be reached at start.
+pub async fn start(node: Arc<Node>) -> Result<(), String> {
+    let config = &node.config.queue;
+    let consumer = if config.consumer.is_empty() {
+        default_consumer_name()
+    } else {
+        config.consumer.clone()
+    };
+    let mut consumers = Vec::with_capacity(config.streams.len());
+    for stream in &config.streams {
+        let mut link = Link::open(&node.config)
+            .await
+            .map_err(|e| format!("cannot connect to Redis: {e}"))?;
+        create_group(&mut link, stream, &config.group)
+            .await
+            .map_err(|e| format!("cannot create consumer group on {stream:?}: {e}"))?;
+        consumers.push(Consumer {
+            node: node.clone(),
+            link,
+            stream: stream.clone(),
+            name: consumer.clone(),
+        });
+    }
+    for consumer in consumers {
+        node.sessions.spawn(consumer.run());
+    }
+    Ok(())
+}
+
+/// `<hostname>-<pid>`: unique among running processes and recognisable in `XINFO CONSUMERS`.
+fn default_consumer_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "herald".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// A command connection to the queue's Redis; both kinds reconnect by themselves after a failed command.
+enum Link {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Link {
+    async fn open(config: &crate::config::Config) -> Result<Self, RedisError> {
+        let queue = &config.queue;
+        let redis = &config.engine.redis;
+        let (addresses, cluster) = if queue.addresses.is_empty() {
+            (&redis.addresses, redis.cluster)
+        } else {
+            (&queue.addresses, queue.cluster)
+        };
+        // A blocking read legitimately takes `block` before answering.
+        let response_timeout = queue.block + redis.command_timeout;
+        if cluster {
+            let client = ClusterClientBuilder::new(addresses.clone())
+                .connection_timeout(redis.connect_timeout)
+                .response_timeout(response_timeout)
+                .retries(2)
+                .build()?;
+            return Ok(Self::Cluster(client.get_async_connection().await?));
+        }
+        let client = redis::Client::open(addresses.first().map(String::as_str).unwrap_or(""))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(redis.connect_timeout))
+            .set_response_timeout(Some(response_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        Ok(Self::Standalone(
+            ConnectionManager::new_with_config(client, config).await?,
+        ))
+    }
+
+    /// Runs the commands in order in one round trip; they must all address the same key (cluster slot).
+    async fn pipeline(&mut self, pipe: &redis::Pipeline) -> Result<(), RedisError> {
+        match self {
+            Self::Standalone(connection) => pipe.exec_async(connection).await,
+            Self::Cluster(connection) => pipe.exec_async(connection).await,
+        }
+    }
+
+    async fn query(&mut self, cmd: &Cmd) -> Result<Value, RedisError> {
+        match self {
+            Self::Standalone(connection) => cmd.query_async(connection).await,
+            Self::Cluster(connection) => cmd.query_async(connection).await,
+        }
+    }
+}
+
+/// Creates the group reading the stream from its beginning (entries added before Herald first ran are
+/// published too), and the stream itself if needed; an existing group is kept as it is.
+async fn create_group(link: &mut Link, stream: &str, group: &str) -> Result<(), RedisError> {
+    let mut cmd = redis::cmd("XGROUP");
+    cmd.arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM");
+    match link.query(&cmd).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// One stream entry as read: its id and fields, `None` when it was deleted (trimmed) while pending.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    id: String,
+    fields: Option<Vec<(String, Bytes)>>,
+}
+
+/// Why the consumer stopped making progress; it backs off and resumes from its own pending entries.
+#[derive(Debug)]
+enum Stall {
+    /// The queue's Redis failed a command.
+    Redis(RedisError),
+    /// A publish failed temporarily (e.g. the engine is unreachable); the entry stays pending.
+    Publish(String),
+}
+
+/// Where the consumer is in its round: its own pending entries first (after a start or a stall), then a
+/// claim of others' idle entries when due, then new entries.
+struct Cursor {
+    /// Reading this consumer's own pending entries after this id.
+    own_pending: Option<String>,
+    /// Where the current claim sweep continues.
+    claim: String,
+    /// When the next claim sweep starts.
+    next_claim: Instant,
+    /// The group must be (re)created before reading: after any Redis failure, as Redis may have lost it.
+    recreate_group: bool,
+}
+
+/// The consumer of one stream.
+struct Consumer {
+    node: Arc<Node>,
+    link: Link,
+    stream: String,
+    name: String,
+}
+
+impl Consumer {
+    async fn run(mut self) {
+        let config = self.node.config.queue.clone();
+        tracing::info!(
+            stream = %self.stream,
+            group = %config.group,
+            consumer = %self.name,
+            "queue consumer started"
+        );
+        let mut cursor = Cursor {
+            own_pending: Some("0".into()),
+            claim: "0-0".into(),
+            next_claim: Instant::now(),
+            recreate_group: false,
+        };
+        let mut backoff = Backoff::new(config.max_backoff);
+        let mut stalled: Option<String> = None;
+        while !self.node.shutdown.is_cancelled() {
+            match self.step(&config, &mut cursor).await {
+                Ok(()) => {
+                    if let Some(why) = stalled.take() {
+                        tracing::info!(stream = %self.stream, after = %why, "queue consumer resumed");
+                    }
+                    backoff.reset();
+                }
+                Err(stall) => {
+                    // One line per outage, not per retry.
+                    let why = match &stall {
+                        Stall::Redis(e) if e.is_io_error() || e.is_timeout() => {
+                            format!("Redis unreachable: {e}")
+                        }
+                        Stall::Redis(e) => format!("Redis command failed: {e}"),
+                        Stall::Publish(e) => format!("publish failing temporarily: {e}"),
+                    };
+                    if stalled.is_none() {
+                        tracing::warn!(stream = %self.stream, "queue consumer stalled, retrying with backoff: {why}");
+                    }
+                    stalled = Some(why);
+                    cursor.own_pending = Some("0".into());
+                    cursor.recreate_group |= matches!(stall, Stall::Redis(_));
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.next()) => {}
+                        () = self.node.shutdown.cancelled() => {}
+                    }
+                }
+            }
+        }
+        tracing::info!(stream = %self.stream, "queue consumer stopped");
+    }
+
+    /// One round trip's worth of work.
+    async fn step(&mut self, config: &QueueConfig, cursor: &mut Cursor) -> Result<(), Stall> {
+        if cursor.recreate_group {
+            create_group(&mut self.link, &self.stream, &config.group)
+                .await
+                .map_err(Stall::Redis)?;
+            cursor.recreate_group = false;
+        }
+        if let Some(after) = cursor.own_pending.clone() {
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP").arg(&config.group).arg(&self.name);
+            cmd.arg("COUNT").arg(config.batch);
+            cmd.arg("STREAMS").arg(&self.stream).arg(&after);
+            let entries = self.read(&cmd).await?;
+            cursor.own_pending = entries.last().map(|e| e.id.clone());
+            return self.process(config, entries).await;
+        }
+        if Instant::now() >= cursor.next_claim {
+            let mut cmd = redis::cmd("XAUTOCLAIM");
+            cmd.arg(&self.stream).arg(&config.group).arg(&self.name);
+            cmd.arg(millis(config.claim_idle)).arg(&cursor.claim);
+            cmd.arg("COUNT").arg(config.batch);
+            let reply = self.link.query(&cmd).await.map_err(Stall::Redis)?;
+            let (next, entries) = parse_autoclaim(reply).map_err(Stall::Redis)?;
+            if !entries.is_empty() {
+                tracing::info!(
+                    stream = %self.stream,
+                    entries = entries.len(),
+                    idle = ?config.claim_idle,
+                    "queue: took over entries another consumer left unacknowledged"
+                );
+            }
+            if next == "0-0" {
+                cursor.claim = next;
+                // Half the idle time: an abandoned entry waits at most 1.5 × claim_idle.
+                cursor.next_claim = Instant::now() + config.claim_idle / 2;
+            } else {
+                cursor.claim = next;
+            }
+            return self.process(config, entries).await;
+        }
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP").arg(&config.group).arg(&self.name);
+        cmd.arg("COUNT").arg(config.batch);
+        cmd.arg("BLOCK").arg(millis(config.block));
+        cmd.arg("STREAMS").arg(&self.stream).arg(">");
+        let entries = self.read(&cmd).await?;
+        self.process(config, entries).await
+    }
+
+    async fn read(&mut self, cmd: &Cmd) -> Result<Vec<Entry>, Stall> {
+        let reply = self.link.query(cmd).await.map_err(Stall::Redis)?;
+        parse_read(reply).map_err(Stall::Redis)
+    }
+
+    /// Publishes the entries in order, acknowledging each as soon as it is published or dead-lettered;
+    /// stops at the first temporary failure, leaving it and the rest pending.
+    async fn process(&mut self, config: &QueueConfig, entries: Vec<Entry>) -> Result<(), Stall> {
+        for entry in entries {
+            let Some(fields) = &entry.fields else {
+                tracing::warn!(stream = %self.stream, id = %entry.id, "queue entry is no longer in the stream (trimmed or deleted); nothing to publish");
+                self.ack(config, &entry.id).await?;
+                continue;
+            };
+            let outcome = match parse_entry(&self.stream, &entry.id, fields) {
+                Ok(request) => match self.node.publish(request).await {
+                    Ok(_) => Ok(()),
+                    Err(Refusal::Error(error)) if error.temporary => {
+                        return Err(Stall::Publish(error.to_string()));
+                    }
+                    Err(refusal) => Err(format!("refused: {}", refusal.into_error())),
+                },
+                Err(reason) => Err(reason),
+            };
+            if let Err(reason) = outcome {
+                self.dead_letter(config, &entry.id, fields, &reason).await?;
+            }
+            self.ack(config, &entry.id).await?;
+        }
+        Ok(())
+    }
+
+    /// Acknowledges (and deletes, if configured) in one round trip; an entry deleted without being
+    /// acknowledged would stay in the pending list for ever, hence the order.
+    async fn ack(&mut self, config: &QueueConfig, id: &str) -> Result<(), Stall> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("XACK")
+            .arg(&self.stream)
+            .arg(&config.group)
+            .arg(id);
+        if config.delete_acknowledged {
+            pipe.cmd("XDEL").arg(&self.stream).arg(id);
+        }
+        self.link.pipeline(&pipe).await.map_err(Stall::Redis)
+    }
+
+    /// Appends the entry, its origin and the reason to the dead-letter stream. The original fields are
+    /// kept as they were, so a fixed entry can be added back to the queue as is.
+    async fn dead_letter(
+        &mut self,
+        config: &QueueConfig,
+        id: &str,
+        fields: &[(String, Bytes)],
+        reason: &str,
+    ) -> Result<(), Stall> {
+        tracing::warn!(stream = %self.stream, id, reason, dead_letter_stream = %config.dead_letter_stream, "queue entry dead-lettered");
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&config.dead_letter_stream);
+        if config.dead_letter_max_len > 0 {
+            cmd.arg("MAXLEN").arg("~").arg(config.dead_letter_max_len);
+        }
+        cmd.arg("*");
+        cmd.arg("reason").arg(reason);
+        cmd.arg("source_stream").arg(&self.stream);
+        cmd.arg("source_id").arg(id);
+        for (name, value) in fields {
+            if !DEAD_LETTER_FIELDS.contains(&name.as_str()) {
+                cmd.arg(name).arg(value.as_ref());
+            }
+        }
+        self.link.query(&cmd).await.map_err(Stall::Redis)?;
+        Ok(())
+    }
+}
+
+/// Fields the dead-letter stream adds; an entry's own fields of these names are not copied.
+const DEAD_LETTER_FIELDS: [&str; 3] = ["reason", "source_stream", "source_id"];
+
+/// Turns an entry into a publish request, or says why it can never be published.
+fn parse_entry(
+    stream: &str,
+    id: &str,
+    fields: &[(String, Bytes)],
+) -> Result<PublishRequest, String> {
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| value)
+    };
+    let text = |name: &str| -> Result<Option<&str>, String> {
+        field(name)
+            .map(|value| std::str::from_utf8(value).map_err(|_| format!("{name} is not UTF-8")))
+            .transpose()
+    };
+    let channel = text("channel")?
+        .filter(|c| !c.is_empty())
+        .ok_or("missing field channel")?;
+    let data = text("data")?.ok_or("missing field data")?;
+    let raw: &RawValue =
+        serde_json::from_str(data).map_err(|e| format!("data is not JSON: {e}"))?;
+    if raw.get().trim() == "null" {
+        return Err("data is null".into());
+    }
+    let tags = match text("tags")? {
+        None | Some("") => BTreeMap::new(),
+        Some(tags) => serde_json::from_str::<BTreeMap<String, String>>(tags)
+            .map_err(|e| format!("tags is not a JSON object of strings: {e}"))?,
+    };
+    let skip_history = match text("skip_history")? {
+        None | Some("" | "0" | "false") => false,
+        Some("1" | "true") => true,
+        Some(other) => return Err(format!("skip_history is {other:?}, not true or false")),
+    };
+    let idempotency_key = match text("idempotency_key")? {
+        Some(key) if !key.is_empty() => key.to_string(),
+        // Entry ids are unique within a stream, so a redelivery of this entry carries the same key.
+        _ => format!("{stream}:{id}"),
+    };
+    Ok(PublishRequest {
+        channel: channel.to_string(),
+        data: crate::protocol::compact_json(raw.get().trim()),
+        info: None,
+        tags,
+        skip_history,
+        source: Source::Queue,
+        idempotency_key: Some(idempotency_key),
+    })
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn malformed(what: &str) -> RedisError {
+    RedisError::from((
+        redis::ErrorKind::Parse,
+        "unexpected reply from Redis",
+        what.to_string(),
+    ))
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        _ => None,
+    }
+}
+
+/// An `XREADGROUP` reply for one stream (RESP2 array or RESP3 map); nil when nothing arrived in time.
+fn parse_read(reply: Value) -> Result<Vec<Entry>, RedisError> {
+    let entries = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Map(streams) => streams.into_iter().next().map(|(_, entries)| entries),
+        Value::Array(streams) => match streams.into_iter().next() {
+            Some(Value::Array(pair)) => pair.into_iter().nth(1),
+            None => None,
+            Some(_) => return Err(malformed("XREADGROUP")),
+        },
+        _ => return Err(malformed("XREADGROUP")),
+    };
+    match entries {
+        Some(entries) => parse_entries(entries),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// An `XAUTOCLAIM` reply: where the sweep continues, and the claimed entries (ids of entries deleted
+/// meanwhile, the optional third element, are already dropped from the pending list by Redis).
+fn parse_autoclaim(reply: Value) -> Result<(String, Vec<Entry>), RedisError> {
+    let Value::Array(parts) = reply else {
+        return Err(malformed("XAUTOCLAIM"));
+    };
+    let mut parts = parts.into_iter();
+    let next = parts
+        .next()
+        .as_ref()
+        .and_then(text)
+        .ok_or_else(|| malformed("XAUTOCLAIM"))?;
+    let entries = parse_entries(parts.next().unwrap_or(Value::Nil))?;
+    // Redis 6.2 answers nil for claimed entries deleted meanwhile; they have nothing to publish.
+    Ok((
+        next,
+        entries.into_iter().filter(|e| !e.id.is_empty()).collect(),
+    ))
+}
+
+fn parse_entries(entries: Value) -> Result<Vec<Entry>, RedisError> {
+    let entries = match entries {
+        Value::Array(entries) => entries,
+        Value::Nil => return Ok(Vec::new()),
+        _ => return Err(malformed("stream entries")),
+    };
+    entries
+        .into_iter()
+        .map(|entry| {
+            let mut parts = match entry {
+                Value::Array(parts) => parts.into_iter(),
+                Value::Nil => {
+                    return Ok(Entry {
+                        id: String::new(),
+                        fields: None,
+                    });
+                }
+                _ => return Err(malformed("stream entry")),
+            };
+            let id = parts
+                .next()
+                .as_ref()
+                .and_then(text)
+                .ok_or_else(|| malformed("stream entry id"))?;
+            let fields = match parts.next() {
+                None | Some(Value::Nil) => None,
+                Some(Value::Array(flat)) => Some(
+                    flat.chunks(2)
+                        .map(|pair| match pair {
+                            [name, value] => Ok((
+                                text(name).ok_or_else(|| malformed("field name"))?,
+                                bytes(value).ok_or_else(|| malformed("field value"))?,
+                            )),
+                            _ => Err(malformed("stream entry fields")),
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+                Some(Value::Map(pairs)) => Some(
+                    pairs
+                        .iter()
+                        .map(|(name, value)| {
+                            Ok((
+                                text(name).ok_or_else(|| malformed("field name"))?,
+                                bytes(value).ok_or_else(|| malformed("field value"))?,
+                            ))
+                        })
+                        .collect::<Result<Vec<_>, RedisError>>()?,
+                ),
+                Some(_) => return Err(malformed("stream entry fields")),
+            };
+            Ok(Entry { id, fields })
+        })
+        .collect()
+}
+
+fn bytes(value: &Value) -> Option<Bytes> {
+    match value {
+        Value::BulkString(bytes) => Some(Bytes::copy_from_slice(bytes)),
+        other => text(other).map(Bytes::from),
+    }
+}
+
+/// Exponential backoff with jitter, so nodes retrying against a recovering Redis do not move in step.
+struct Backoff {
+    current: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(50);
+
+    fn new(max: Duration) -> Self {
+        Self {
+            current: Self::FIRST.min(max),
+            max,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let wait = self.current.mul_f64(rand::random_range(0.5..=1.0));
+        self.current = (self.current * 2).min(self.max);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.current = Self::FIRST.min(self.max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> Vec<(String, Bytes)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), Bytes::copy_from_slice(v.as_bytes())))
+            .collect()
+    }
+
+    #[test]
+    fn an_entry_becomes_a_queue_publish_keyed_by_its_id_unless_it_has_a_key() {
+        let request = parse_entry(
+            "q",
+            "1-0",
+            &fields(&[
+                ("channel", "news"),
+                ("data", "{\"a\":\n 1}"),
+                ("tags", "{\"k\":\"v\"}"),
+                ("trace", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(request.channel, "news");
+        assert_eq!(&request.data[..], b"{\"a\": 1}");
+        assert_eq!(request.tags["k"], "v");
+        assert_eq!(request.source, Source::Queue);
+        assert_eq!(request.idempotency_key.as_deref(), Some("q:1-0"));
+        assert!(!request.skip_history);
+        let keyed = parse_entry(
+            "q",
+            "1-0",
+            &fields(&[
+                ("channel", "news"),
+                ("data", "1"),
+                ("idempotency_key", "order-7"),
+                ("skip_history", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(keyed.idempotency_key.as_deref(), Some("order-7"));
+        assert!(keyed.skip_history);
+    }
+
+    #[test]
+    fn entries_that_can_never_be_published_say_why() {
+        let reason = |pairs: &[(&str, &str)]| parse_entry("q", "1-0", &fields(pairs)).unwrap_err();
+        assert_eq!(reason(&[("data", "1")]), "missing field channel");
+        assert_eq!(reason(&[("channel", "a")]), "missing field data");
+        assert!(reason(&[("channel", "a"), ("data", "{oops")]).starts_with("data is not JSON"));
+        assert_eq!(
+            reason(&[("channel", "a"), ("data", "null")]),
+            "data is null"
+        );
+        assert!(
+            reason(&[("channel", "a"), ("data", "1"), ("tags", "[1]")])
+                .starts_with("tags is not a JSON object of strings")
+        );
+        assert!(
+            reason(&[("channel", "a"), ("data", "1"), ("skip_history", "maybe")])
+                .contains("skip_history")
+        );
+        let not_utf8 = vec![
+            ("channel".to_string(), Bytes::from_static(b"a")),
+            ("data".to_string(), Bytes::from_static(b"\xff")),
+        ];
+        assert_eq!(
+            parse_entry("q", "1-0", &not_utf8).unwrap_err(),
+            "data is not UTF-8"
+        );
+    }
+
+    #[test]
+    fn read_replies_parse_in_both_protocols_and_keep_deleted_entries_as_empty() {
+        let entry =
+            |id: &str, fields: Value| Value::Array(vec![Value::BulkString(id.into()), fields]);
+        let flat = Value::Array(vec![
+            Value::BulkString(b"channel".to_vec()),
+            Value::BulkString(b"news".to_vec()),
+        ]);
+        let entries = Value::Array(vec![entry("1-0", flat), entry("2-0", Value::Nil)]);
+        let expected = vec![
+            Entry {
+                id: "1-0".into(),
+                fields: Some(vec![("channel".into(), Bytes::from_static(b"news"))]),
+            },
+            Entry {
+                id: "2-0".into(),
+                fields: None,
+            },
+        ];
+        let resp2 = Value::Array(vec![Value::Array(vec![
+            Value::BulkString(b"q".to_vec()),
+            entries.clone(),
+        ])]);
+        assert_eq!(parse_read(resp2).unwrap(), expected);
+        let resp3 = Value::Map(vec![(Value::BulkString(b"q".to_vec()), entries.clone())]);
+        assert_eq!(parse_read(resp3).unwrap(), expected);
+        assert!(parse_read(Value::Nil).unwrap().is_empty());
+        let claim = Value::Array(vec![
+            Value::BulkString(b"0-0".to_vec()),
+            entries,
+            Value::Array(vec![]),
+        ]);
+        let (next, claimed) = parse_autoclaim(claim).unwrap();
+        assert_eq!(next, "0-0");
+        assert_eq!(claimed, expected);
+    }
+
+    #[test]
+    fn config_needs_a_redis_and_a_claim_idle_inside_the_idempotency_window() {
+        let memory = EngineConfig::default();
+        let queue = QueueConfig {
+            enabled: true,
+            ..QueueConfig::default()
+        };
+        assert!(
+            queue
+                .validate(&memory)
+                .unwrap_err()
+                .starts_with("queue.addresses")
+        );
+        let redis = EngineConfig {
+            kind: EngineKind::Redis,
+            ..EngineConfig::default()
+        };
+        queue.validate(&redis).unwrap();
+        let own = QueueConfig {
+            addresses: vec!["redis://127.0.0.1:7000".into()],
+            ..queue.clone()
+        };
+        own.validate(&memory).unwrap();
+        let late = QueueConfig {
+            claim_idle: memory.idempotency_window,
+            ..own.clone()
+        };
+        assert!(
+            late.validate(&memory)
+                .unwrap_err()
+                .starts_with("queue.claim_idle")
+        );
+        let looping = QueueConfig {
+            dead_letter_stream: "herald:queue".into(),
+            ..own
+        };
+        assert!(
+            looping
+                .validate(&memory)
+                .unwrap_err()
+                .starts_with("queue.dead_letter_stream")
+        );
+    }
+}
