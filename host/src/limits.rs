@@ -34,6 +34,7 @@ pub struct LimitsConfig {
     pub disconnect_after_refused_commands: u32,
     /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` header (and PROXY protocol header, with
     /// `proxy_protocol`) is believed for the client address. Default: none — the socket's peer is the client.
+    #[serde(deserialize_with = "addresses_or_ranges")]
     pub trusted_proxies: Vec<IpNet>,
     /// Expect a PROXY protocol header (v1 or v2) on connections from `trusted_proxies` and take the client
     /// address from it (default off). Connections from other peers are served as they are, so nobody else
@@ -73,6 +74,26 @@ impl Default for LimitsConfig {
             api_auth_backoff: Duration::from_secs(60),
         }
     }
+}
+
+/// Reads a list of `10.0.0.7` or `10.0.0.0/8` entries: a plain address is the range of just itself.
+fn addresses_or_ranges<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<IpNet>, D::Error> {
+    let entries: Vec<String> = serde::Deserialize::deserialize(deserializer)?;
+    entries
+        .iter()
+        .map(|entry| {
+            entry
+                .parse::<IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "{entry:?} is neither an IP address nor a CIDR range"
+                    ))
+                })
+        })
+        .collect()
 }
 
 impl LimitsConfig {
@@ -403,6 +424,22 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_ranges() {
+        let config = crate::config::Config::from_toml(
+            "[limits]\ntrusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\", \"::1\"]\n",
+        )
+        .expect("valid");
+        let trusted = &config.limits.trusted_proxies;
+        assert_eq!(trusted.len(), 3);
+        assert!(trusted[0].contains(&ip("127.0.0.1")) && !trusted[0].contains(&ip("127.0.0.2")));
+        assert!(trusted[1].contains(&ip("10.9.8.7")));
+        let wrong =
+            crate::config::Config::from_toml("[limits]\ntrusted_proxies = [\"localhost\"]\n");
+        let error = wrong.expect_err("not an address").to_string();
+        assert!(error.contains("localhost"), "{error}");
     }
 
     #[test]

@@ -900,6 +900,8 @@ impl Conn {
         })
         .await
         .unwrap_or_else(|_| Err(format!("no reply to command {id} in time")));
+        // What came before the reply goes first; what came after it (in the same frame) stays queued.
+        skipped.append(&mut self.pending);
         self.pending = skipped;
         reply
     }

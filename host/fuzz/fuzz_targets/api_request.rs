@@ -19,6 +19,7 @@ use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
 
 /// History, presence and recovery on for `ns:` channels and the defaults, so every method has work to do.
+/// (No `channel_regex`: compiling it for every node made the run three times slower.)
 const CONFIG: &str = r#"
 [http_api]
 insecure = true
@@ -34,7 +35,6 @@ history_size = 2
 history_ttl = "1m"
 presence = true
 join_leave = true
-channel_regex = "^[a-z0-9]+$"
 "#;
 
 static CONFIGURED: LazyLock<Config> =

@@ -205,16 +205,17 @@ impl Session {
                         break;
                     }
                 }
-                Some(command) = next_command(&mut self.commands) => self.handle_session_command(command).await,
+                // Boxed like commands (see `handle_frame`): rare work must not size every idle connection.
+                Some(command) = next_command(&mut self.commands) => Box::pin(self.handle_session_command(command)).await,
                 _ = tokio::time::sleep_until(deadline) => {
-                    if let Err(disconnect) = self.deadline_passed(Instant::now()).await {
+                    if let Err(disconnect) = Box::pin(self.deadline_passed(Instant::now())).await {
                         outbound.close(disconnect);
                         break;
                     }
                 }
             }
         }
-        self.finish().await;
+        Box::pin(self.finish()).await;
     }
 
     async fn finish(mut self) {
@@ -298,7 +299,9 @@ impl Session {
                     }
                 }
             }
-            self.handle_command(command).await?;
+            // Boxed: commands are rare next to the time a connection spends idle, and their futures
+            // (plugin calls, engine round trips) would otherwise make every idle connection several KiB.
+            Box::pin(self.handle_command(command)).await?;
             if self.outbound.is_closed() {
                 break;
             }

@@ -12,9 +12,9 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::disconnect::Disconnect;
 use crate::protocol::Frame;
@@ -33,7 +33,10 @@ pub enum Outgoing {
 pub struct Outbound {
     state: Mutex<State>,
     wake_writer: Notify,
-    closed: CancellationToken,
+    /// Set once a close is decided; with `wake_closed` it tells the session without a lock. (Inline
+    /// rather than a cancellation token, which is a separate allocation for every connection.)
+    closed: AtomicBool,
+    wake_closed: Notify,
     max_bytes: usize,
 }
 
@@ -64,7 +67,8 @@ impl Outbound {
         Self {
             state: Mutex::new(State::default()),
             wake_writer: Notify::new(),
-            closed: CancellationToken::new(),
+            closed: AtomicBool::new(false),
+            wake_closed: Notify::new(),
             max_bytes,
         }
     }
@@ -87,8 +91,7 @@ impl Outbound {
             state.bytes = 0;
             state.close = Some(Disconnect::SLOW);
             drop(state);
-            self.closed.cancel();
-            self.wake_writer.notify_one();
+            self.mark_closed();
             return false;
         }
         state.bytes += frame.len();
@@ -121,7 +124,12 @@ impl Outbound {
             state.close = Some(disconnect);
         }
         drop(state);
-        self.closed.cancel();
+        self.mark_closed();
+    }
+
+    fn mark_closed(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.wake_closed.notify_waiters();
         self.wake_writer.notify_one();
     }
 
@@ -132,12 +140,18 @@ impl Outbound {
 
     /// Whether a close has been decided.
     pub fn is_closed(&self) -> bool {
-        self.closed.is_cancelled()
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Resolves once a close has been decided.
     pub async fn closed(&self) {
-        self.closed.cancelled().await
+        let notified = self.wake_closed.notified();
+        let mut notified = std::pin::pin!(notified);
+        // Registered before the check, so a close between the check and the wait still wakes us.
+        notified.as_mut().enable();
+        if !self.is_closed() {
+            notified.await;
+        }
     }
 
     /// The decided close, if any.
@@ -255,6 +269,22 @@ mod tests {
             }
         }
         assert_eq!(writer.await.unwrap(), 300);
+    }
+
+    /// Whoever waits for the close hears of it, however it was decided.
+    #[tokio::test]
+    async fn waiting_for_the_close_ends_when_it_is_decided() {
+        let q = Arc::new(Outbound::new(100));
+        let waiter = tokio::spawn({
+            let q = q.clone();
+            async move { q.closed().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!q.is_closed());
+        assert!(!q.push(frame(200)), "overflow closes");
+        waiter.await.unwrap();
+        q.closed().await;
+        assert!(q.is_closed());
     }
 
     #[tokio::test]

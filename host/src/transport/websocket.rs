@@ -33,7 +33,9 @@ use crate::session::{ConnectionInfo, Incoming, Session};
 pub struct WebsocketConfig {
     /// Largest inbound message in bytes; bigger closes the connection with 1009 (default 64 KiB).
     pub max_message_size: usize,
-    /// Read buffer per connection in bytes (default 4 KiB; the library default is 128 KiB).
+    /// Read buffer per connection in bytes, also the most read from the socket at once (default 1 KiB:
+    /// client commands are small, and every connection holds this buffer all its life; the library
+    /// default is 128 KiB). A bigger message takes several reads.
     pub read_buffer_size: usize,
     /// Most bytes of queued frames joined into one message and one socket write (default 16 KiB; a
     /// bigger frame goes alone). Bigger means fewer writes under load, but every connection that once had
@@ -55,7 +57,7 @@ impl Default for WebsocketConfig {
     fn default() -> Self {
         Self {
             max_message_size: 64 * 1024,
-            read_buffer_size: 4 * 1024,
+            read_buffer_size: 1024,
             write_buffer_size: 16 * 1024,
             write_timeout: Duration::from_secs(5),
             allowed_origins: Vec::new(),

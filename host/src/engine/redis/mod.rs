@@ -120,6 +120,17 @@ fn new_epoch() -> String {
         .collect()
 }
 
+/// A `redis://` URL fit for logs: the password (if any) replaced.
+pub fn without_password(address: &str) -> String {
+    match url::Url::parse(address) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("redacted"));
+            parsed.to_string()
+        }
+        _ => address.to_owned(),
+    }
+}
+
 fn unavailable(error: redis::RedisError) -> EngineError {
     EngineError::Unavailable(error.to_string())
 }
@@ -355,11 +366,12 @@ impl RedisEngine {
                 }
             }
         });
-        tracing::info!(
-            addresses = ?config.addresses,
-            cluster = config.cluster,
-            "connected to Redis"
-        );
+        let addresses: Vec<String> = config
+            .addresses
+            .iter()
+            .map(|a| without_password(a))
+            .collect();
+        tracing::info!(?addresses, cluster = config.cluster, "connected to Redis");
         Ok(engine)
     }
 

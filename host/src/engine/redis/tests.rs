@@ -414,3 +414,15 @@ async fn an_outage_fails_publishes_then_the_engine_comes_back_by_itself() {
         "a client from before the loss is told it cannot recover"
     );
 }
+
+#[test]
+fn logged_addresses_hide_the_password() {
+    assert_eq!(
+        super::without_password("redis://app:s3cret@10.0.0.5:6379/0"),
+        "redis://app:redacted@10.0.0.5:6379/0"
+    );
+    assert_eq!(
+        super::without_password("redis://127.0.0.1:6379"),
+        "redis://127.0.0.1:6379"
+    );
+}
