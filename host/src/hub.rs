@@ -4,12 +4,12 @@
 //! A publication is encoded once and the same [`Frame`] handed to every subscriber's bounded queue; the hub
 //! never waits on a client and never awaits while holding one of its locks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::disconnect::Disconnect;
 use crate::engine::{BrokerEventHandler, ClientInfo, Publication, StreamPosition};
@@ -40,6 +40,47 @@ pub enum SessionCommand {
     },
 }
 
+/// Commands waiting for one session. Allocates nothing until a command arrives: every idle connection has
+/// one, and tokio's unbounded channel would allocate a block of slots (~1.5 KB) up front.
+#[derive(Debug, Default)]
+struct CommandQueue {
+    waiting: Mutex<VecDeque<SessionCommand>>,
+    arrived: Notify,
+    receiver_gone: AtomicBool,
+}
+
+/// The session's end of its command queue.
+#[derive(Debug)]
+pub struct CommandReceiver {
+    queue: Arc<CommandQueue>,
+}
+
+impl CommandReceiver {
+    /// The next command, once there is one.
+    pub async fn recv(&mut self) -> SessionCommand {
+        loop {
+            if let Some(command) = self.try_recv() {
+                return command;
+            }
+            // `notify_one` keeps a permit when nobody waits, so a command queued between the look above and
+            // this wait is not missed.
+            self.queue.arrived.notified().await;
+        }
+    }
+
+    /// The next command if one is waiting.
+    pub fn try_recv(&mut self) -> Option<SessionCommand> {
+        lock(&self.queue.waiting).pop_front()
+    }
+}
+
+impl Drop for CommandReceiver {
+    fn drop(&mut self) {
+        self.queue.receiver_gone.store(true, Ordering::Release);
+        lock(&self.queue.waiting).clear();
+    }
+}
+
 /// What the rest of the server may do to a session: queue frames, close it, or send it a command.
 #[derive(Debug)]
 pub struct SessionHandle {
@@ -49,17 +90,20 @@ pub struct SessionHandle {
     pub user: String,
     /// The connection's outbound queue.
     pub outbound: Arc<Outbound>,
-    commands: mpsc::UnboundedSender<SessionCommand>,
+    commands: Arc<CommandQueue>,
 }
 
 impl SessionHandle {
-    /// A handle and the receiving end of its command channel (kept by the session).
+    /// A handle and the receiving end of its command queue (kept by the session).
     pub fn new(
         client: String,
         user: String,
         outbound: Arc<Outbound>,
-    ) -> (Arc<Self>, mpsc::UnboundedReceiver<SessionCommand>) {
-        let (commands, rx) = mpsc::unbounded_channel();
+    ) -> (Arc<Self>, CommandReceiver) {
+        let commands = Arc::new(CommandQueue::default());
+        let receiver = CommandReceiver {
+            queue: commands.clone(),
+        };
         (
             Arc::new(Self {
                 client,
@@ -67,13 +111,18 @@ impl SessionHandle {
                 outbound,
                 commands,
             }),
-            rx,
+            receiver,
         )
     }
 
     /// Sends a command; false when the session is gone.
     pub fn command(&self, command: SessionCommand) -> bool {
-        self.commands.send(command).is_ok()
+        if self.commands.receiver_gone.load(Ordering::Acquire) {
+            return false;
+        }
+        lock(&self.commands.waiting).push_back(command);
+        self.commands.arrived.notify_one();
+        true
     }
 
     /// Closes the connection.
@@ -631,7 +680,7 @@ mod tests {
     }
 
     /// A positioned subscriber of `news` at offset 1 of epoch `e1`, and its session's command receiver.
-    fn positioned(hub: &Hub) -> (Arc<SessionHandle>, mpsc::UnboundedReceiver<SessionCommand>) {
+    fn positioned(hub: &Hub) -> (Arc<SessionHandle>, CommandReceiver) {
         let (handle, commands) =
             SessionHandle::new("p".into(), "".into(), Arc::new(Outbound::new(1 << 20)));
         let gate = Arc::new(DeliveryGate::held());
@@ -673,8 +722,8 @@ mod tests {
         let got = texts(&handle).await;
         assert_eq!(got.len(), 2, "the reply, then offset 2 once: {got:?}");
         assert!(got[1].contains("\"offset\":2"));
-        assert_eq!(commands.try_recv(), Ok(resubscribe_news()));
-        assert!(commands.try_recv().is_err(), "asked once");
+        assert_eq!(commands.try_recv(), Some(resubscribe_news()));
+        assert!(commands.try_recv().is_none(), "asked once");
     }
 
     #[tokio::test]
@@ -682,7 +731,7 @@ mod tests {
         let hub = Hub::new();
         let (_handle, mut commands) = positioned(&hub);
         publish(&hub, 1, "e2");
-        assert_eq!(commands.try_recv(), Ok(resubscribe_news()));
+        assert_eq!(commands.try_recv(), Some(resubscribe_news()));
     }
 
     #[test]
@@ -693,19 +742,19 @@ mod tests {
         publish(&hub, 2, "e1");
         hub.handle_position("news", at(2, "e1"));
         assert!(
-            commands.try_recv().is_err(),
+            commands.try_recv().is_none(),
             "a report racing a publication on its way is no gap"
         );
         hub.handle_position("news", at(3, "e1"));
         hub.handle_position("news", at(3, "e1"));
-        assert_eq!(commands.try_recv(), Ok(resubscribe_news()));
+        assert_eq!(commands.try_recv(), Some(resubscribe_news()));
 
         let hub = Hub::new();
         let (_handle, mut commands) = positioned(&hub);
         hub.handle_position("news", at(1, "e9"));
         assert_eq!(
             commands.try_recv(),
-            Ok(resubscribe_news()),
+            Some(resubscribe_news()),
             "a new epoch needs no second report"
         );
     }

@@ -18,14 +18,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::channel::Namespace;
 use crate::disconnect::Disconnect;
 use crate::engine::{ClientInfo, HistoryFilter, StreamPosition};
 use crate::errors::{ClientError, Refusal};
-use crate::hub::{SessionCommand, SessionHandle};
+use crate::hub::{CommandReceiver, SessionCommand, SessionHandle};
 use crate::limits::{CommandRate, Verdict};
 use crate::node::{Node, PublishRequest, Source};
 use crate::plugin::bindings::{AccessKind, DisconnectEvent, Hooks};
@@ -147,7 +146,7 @@ pub struct Session {
     user: String,
     conn_info: Option<Bytes>,
     handle: Option<Arc<SessionHandle>>,
-    commands: Option<mpsc::UnboundedReceiver<SessionCommand>>,
+    commands: Option<CommandReceiver>,
     subscriptions: HashMap<String, Subscription>,
     heartbeat: Heartbeat,
     /// When the connection expires unless refreshed.
@@ -528,11 +527,9 @@ impl Session {
     }
 }
 
-async fn next_command(
-    commands: &mut Option<mpsc::UnboundedReceiver<SessionCommand>>,
-) -> Option<SessionCommand> {
+async fn next_command(commands: &mut Option<CommandReceiver>) -> Option<SessionCommand> {
     match commands {
-        Some(rx) => rx.recv().await,
+        Some(rx) => Some(rx.recv().await),
         None => std::future::pending().await,
     }
 }

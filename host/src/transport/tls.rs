@@ -188,8 +188,9 @@ pub fn server_config(certificates: Arc<Certificates>) -> Result<rustls::ServerCo
     Ok(config)
 }
 
-/// A plain or TLS connection.
-pub type Connection = Either<TcpConnection, TlsStream<TcpConnection>>;
+/// A plain or TLS connection. The TLS state is large (rustls keeps its buffers inline), so it is boxed and
+/// plain connections do not pay for it.
+pub type Connection = Either<TcpConnection, Box<TlsStream<TcpConnection>>>;
 
 /// A TCP connection, with whatever was read past its PROXY header served again before the socket's data.
 #[derive(Debug)]
@@ -424,7 +425,7 @@ impl Listener {
                         None => Either::Left(stream),
                         Some((acceptor, timeout)) => {
                             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                                Ok(Ok(tls)) => Either::Right(tls),
+                                Ok(Ok(tls)) => Either::Right(Box::new(tls)),
                                 Ok(Err(error)) => {
                                     tracing::debug!(%client, %error, "TLS handshake failed");
                                     return;
