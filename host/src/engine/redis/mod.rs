@@ -156,8 +156,15 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Self {
-            publish: Script::new(include_str!("scripts/publish.lua")),
-            history: Script::new(include_str!("scripts/history.lua")),
+            // Lua scripts cannot import each other: the shared stream functions are prepended.
+            publish: Script::new(concat!(
+                include_str!("scripts/stream.lua"),
+                include_str!("scripts/publish.lua")
+            )),
+            history: Script::new(concat!(
+                include_str!("scripts/stream.lua"),
+                include_str!("scripts/history.lua")
+            )),
             notify: Script::new(include_str!("scripts/notify.lua")),
             presence_add: Script::new(include_str!("scripts/presence_add.lua")),
             presence_remove: Script::new(include_str!("scripts/presence_remove.lua")),

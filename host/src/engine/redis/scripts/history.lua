@@ -8,38 +8,18 @@
 -- entries as XRANGE returns them.
 local now, ttl, meta_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 
-local meta = redis.call('hmget', KEYS[1], 'top', 'epoch', 'forget')
-local forget = tonumber(meta[3] or '-1')
-local top, epoch
-if meta[2] and (forget == 0 or forget > now) then
-  top, epoch = tonumber(meta[1]), meta[2]
-else
-  top, epoch = 0, ARGV[4]
-  if epoch == meta[2] then epoch = epoch .. 'a' end
-  local forget_at = 0
-  if meta_ttl > 0 then forget_at = now + meta_ttl end
+local top, epoch = live_stream(KEYS[1], now)
+if not top then
+  top, epoch = 0, fresh_epoch(ARGV[4], epoch)
   redis.call('del', KEYS[2])
-  redis.call('hset', KEYS[1], 'top', 0, 'epoch', epoch, 'forget', forget_at)
-  if meta_ttl > 0 then redis.call('pexpire', KEYS[1], meta_ttl) end
+  write_meta(KEYS[1], 0, epoch, now, meta_ttl)
 end
 
 if ARGV[6] ~= '' and ARGV[6] ~= epoch then
   return {top, epoch, 1, {}}
 end
 
-if ttl > 0 then
-  local cutoff = now - ttl
-  while true do
-    local oldest = redis.call('xrange', KEYS[2], '-', '+', 'COUNT', 16)
-    local removed = 0
-    for _, entry in ipairs(oldest) do
-      if tonumber(entry[2][4]) > cutoff then break end
-      redis.call('xdel', KEYS[2], entry[1])
-      removed = removed + 1
-    end
-    if removed < 16 then break end
-  end
-end
+if ttl > 0 then drop_expired(KEYS[2], now - ttl) end
 
 local limit = tonumber(ARGV[7])
 if limit == 0 then

@@ -19,36 +19,19 @@ end
 local offset, epoch = 0, ''
 if ARGV[2] == '1' then
   local size, ttl, meta_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-  local meta = redis.call('hmget', KEYS[1], 'top', 'epoch', 'forget')
-  local forget = tonumber(meta[3] or '-1')
-  if meta[2] and (forget == 0 or forget > now) then
-    offset, epoch = tonumber(meta[1]), meta[2]
+  local top, previous = live_stream(KEYS[1], now)
+  if top then
+    offset, epoch = top, previous
   else
-    -- A new life of the stream: never reuse the epoch it replaces.
-    epoch = ARGV[6]
-    if epoch == meta[2] then epoch = epoch .. 'a' end
+    epoch = fresh_epoch(ARGV[6], previous)
     redis.call('del', KEYS[2])
   end
   offset = offset + 1
-  local forget_at = 0
-  if meta_ttl > 0 then forget_at = now + meta_ttl end
-  redis.call('hset', KEYS[1], 'top', offset, 'epoch', epoch, 'forget', forget_at)
-  if meta_ttl > 0 then redis.call('pexpire', KEYS[1], meta_ttl) else redis.call('persist', KEYS[1]) end
+  write_meta(KEYS[1], offset, epoch, now, meta_ttl)
   if size > 0 then
     redis.call('xadd', KEYS[2], 'MAXLEN', size, offset .. '-0', 'd', ARGV[7], 't', now)
     if ttl > 0 then
-      -- Publications are appended in time order: the expired ones are the oldest.
-      local cutoff = now - ttl
-      while true do
-        local oldest = redis.call('xrange', KEYS[2], '-', '+', 'COUNT', 16)
-        local removed = 0
-        for _, entry in ipairs(oldest) do
-          if tonumber(entry[2][4]) > cutoff then break end
-          redis.call('xdel', KEYS[2], entry[1])
-          removed = removed + 1
-        end
-        if removed < 16 then break end
-      end
+      drop_expired(KEYS[2], now - ttl)
       redis.call('pexpire', KEYS[2], ttl)
     elseif meta_ttl > 0 then
       redis.call('pexpire', KEYS[2], meta_ttl)
