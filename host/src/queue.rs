@@ -17,14 +17,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClientBuilder;
-use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, RedisError, Value};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
+use crate::engine::redis::connection::{Connection as Link, Target};
 use crate::engine::{EngineConfig, EngineKind};
 use crate::errors::Refusal;
 use crate::node::{Node, PublishRequest, Source};
@@ -157,7 +155,7 @@ pub async fn start(node: Arc<Node>) -> Result<(), String> {
     };
     let mut consumers = Vec::with_capacity(config.streams.len());
     for stream in &config.streams {
-        let mut link = Link::open(&node.config)
+        let mut link = open_link(&node.config)
             .await
             .map_err(|e| format!("cannot connect to Redis: {e}"))?;
         create_group(&mut link, stream, &config.group)
@@ -187,56 +185,24 @@ fn default_consumer_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// A command connection to the queue's Redis; both kinds reconnect by themselves after a failed command.
-enum Link {
-    Standalone(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl Link {
-    async fn open(config: &crate::config::Config) -> Result<Self, RedisError> {
-        let queue = &config.queue;
-        let redis = &config.engine.redis;
-        let (addresses, cluster) = if queue.addresses.is_empty() {
-            (&redis.addresses, redis.cluster)
-        } else {
-            (&queue.addresses, queue.cluster)
-        };
-        // A blocking read legitimately takes `block` before answering.
-        let response_timeout = queue.block + redis.command_timeout;
-        if cluster {
-            let client = ClusterClientBuilder::new(addresses.clone())
-                .connection_timeout(redis.connect_timeout)
-                .response_timeout(response_timeout)
-                .retries(2)
-                .build()?;
-            return Ok(Self::Cluster(client.get_async_connection().await?));
-        }
-        let client = redis::Client::open(addresses.first().map(String::as_str).unwrap_or(""))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(redis.connect_timeout))
-            .set_response_timeout(Some(response_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        Ok(Self::Standalone(
-            ConnectionManager::new_with_config(client, config).await?,
-        ))
-    }
-
-    /// Runs the commands in order in one round trip; they must all address the same key (cluster slot).
-    async fn pipeline(&mut self, pipe: &redis::Pipeline) -> Result<(), RedisError> {
-        match self {
-            Self::Standalone(connection) => pipe.exec_async(connection).await,
-            Self::Cluster(connection) => pipe.exec_async(connection).await,
-        }
-    }
-
-    async fn query(&mut self, cmd: &Cmd) -> Result<Value, RedisError> {
-        match self {
-            Self::Standalone(connection) => cmd.query_async(connection).await,
-            Self::Cluster(connection) => cmd.query_async(connection).await,
-        }
-    }
+/// A command connection to the queue's Redis (the engine's kind: standalone or cluster, reconnecting by
+/// itself after a failed command). A blocking read legitimately takes `block` before answering, so the
+/// command timeout is extended by it.
+async fn open_link(config: &crate::config::Config) -> Result<Link, RedisError> {
+    let queue = &config.queue;
+    let redis = &config.engine.redis;
+    let (addresses, cluster) = if queue.addresses.is_empty() {
+        (&redis.addresses, redis.cluster)
+    } else {
+        (&queue.addresses, queue.cluster)
+    };
+    let target = Target {
+        addresses: addresses.clone(),
+        cluster,
+        connect_timeout: redis.connect_timeout,
+        command_timeout: queue.block + redis.command_timeout,
+    };
+    Link::open(&target, None::<fn(redis::PushInfo) -> Result<(), ()>>).await
 }
 
 /// Creates the group reading the stream from its beginning (entries added before Herald first ran are
@@ -248,7 +214,7 @@ async fn create_group(link: &mut Link, stream: &str, group: &str) -> Result<(), 
         .arg(group)
         .arg("0")
         .arg("MKSTREAM");
-    match link.query(&cmd).await {
+    match cmd.query_async::<Value>(link).await {
         Ok(_) => Ok(()),
         Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
         Err(e) => Err(e),
@@ -364,7 +330,10 @@ impl Consumer {
             cmd.arg(&self.stream).arg(&config.group).arg(&self.name);
             cmd.arg(millis(config.claim_idle)).arg(&cursor.claim);
             cmd.arg("COUNT").arg(config.batch);
-            let reply = self.link.query(&cmd).await.map_err(Stall::Redis)?;
+            let reply: Value = cmd
+                .query_async(&mut self.link)
+                .await
+                .map_err(Stall::Redis)?;
             let (next, entries) = parse_autoclaim(reply).map_err(Stall::Redis)?;
             if !entries.is_empty() {
                 tracing::info!(
@@ -393,7 +362,10 @@ impl Consumer {
     }
 
     async fn read(&mut self, cmd: &Cmd) -> Result<Vec<Entry>, Stall> {
-        let reply = self.link.query(cmd).await.map_err(Stall::Redis)?;
+        let reply: Value = cmd
+            .query_async(&mut self.link)
+            .await
+            .map_err(Stall::Redis)?;
         parse_read(reply).map_err(Stall::Redis)
     }
 
@@ -435,7 +407,7 @@ impl Consumer {
         if config.delete_acknowledged {
             pipe.cmd("XDEL").arg(&self.stream).arg(id);
         }
-        self.link.pipeline(&pipe).await.map_err(Stall::Redis)
+        pipe.exec_async(&mut self.link).await.map_err(Stall::Redis)
     }
 
     /// Appends the entry, its origin and the reason to the dead-letter stream. The original fields are
@@ -462,7 +434,9 @@ impl Consumer {
                 cmd.arg(name).arg(value.as_ref());
             }
         }
-        self.link.query(&cmd).await.map_err(Stall::Redis)?;
+        cmd.query_async::<Value>(&mut self.link)
+            .await
+            .map_err(Stall::Redis)?;
         Ok(())
     }
 }

@@ -3,7 +3,9 @@
 //! [`Connection::subscribe`], which uses sharded pub/sub on a cluster.
 //!
 //! Both kinds reconnect by themselves and restore their subscriptions; pushes (messages, and a
-//! `Disconnection` when the link drops) reach the sender given at connect time.
+//! `Disconnection` when the link drops) reach the sender given at connect time. Only connections with a push
+//! sender speak RESP3 (pub/sub on a multiplexed connection needs it); the others keep RESP2's reply shapes
+//! (arrays where RESP3 has maps), which the engine's scripts and the queue's stream readers parse.
 
 use std::time::Duration;
 
@@ -14,14 +16,14 @@ use redis::{Cmd, Pipeline, ProtocolVersion, RedisFuture, RedisResult, Value};
 
 /// A command or subscriber connection.
 #[derive(Clone)]
-pub(super) enum Connection {
+pub(crate) enum Connection {
     Standalone(ConnectionManager),
     Cluster(ClusterConnection),
 }
 
 /// How to reach Redis.
 #[derive(Debug, Clone)]
-pub(super) struct Target {
+pub(crate) struct Target {
     /// `redis://` URLs: one server, or any nodes of a cluster.
     pub addresses: Vec<String>,
     pub cluster: bool,
@@ -31,18 +33,19 @@ pub(super) struct Target {
 
 impl Connection {
     /// Connects; pushes go to `pushes` when given (subscriber connections).
-    pub(super) async fn open(
+    pub(crate) async fn open(
         target: &Target,
         pushes: Option<impl AsyncPushSender>,
     ) -> RedisResult<Self> {
         if target.cluster {
             let mut builder = ClusterClientBuilder::new(target.addresses.clone())
-                .use_protocol(ProtocolVersion::RESP3)
                 .connection_timeout(target.connect_timeout)
                 .response_timeout(target.command_timeout)
                 .retries(2);
             if let Some(pushes) = pushes {
-                builder = builder.push_sender(pushes);
+                builder = builder
+                    .use_protocol(ProtocolVersion::RESP3)
+                    .push_sender(pushes);
             }
             let client = builder.build()?;
             let connection = client

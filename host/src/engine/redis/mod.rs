@@ -14,7 +14,7 @@
 //! Time (TTLs, expiry) is this node's clock passed to every script, not Redis' clock: the engine is tested
 //! with a manual clock, and nodes should run NTP anyway.
 
-mod connection;
+pub(crate) mod connection;
 mod keys;
 mod wire;
 
