@@ -21,6 +21,7 @@
 const crypto = require('crypto');
 const { Centrifuge } = require('centrifuge');
 const WebSocket = require('ws');
+const { CheckError, check, within, apiCall } = require('./common');
 
 const T0 = Date.now();
 const elapsed = () => Date.now() - T0;
@@ -134,12 +135,6 @@ function finish(ok, message) {
   process.exit(ok ? 0 : 1);
 }
 
-class CheckError extends Error {}
-
-function check(cond, message) {
-  if (!cond) throw new CheckError(message);
-}
-
 const hardTimer = setTimeout(() => {
   finish(false, `overall timeout of ${cfg.timeoutMs} ms exceeded`);
 }, cfg.timeoutMs);
@@ -148,16 +143,6 @@ process.on('unhandledRejection', (e) => finish(false, `unhandled rejection: ${e 
 process.on('uncaughtException', (e) => finish(false, `uncaught exception: ${e && e.stack || e}`));
 
 // --------------------------------------------------------------- helpers ---
-
-// Awaits a promise for at most ms milliseconds, failing with a message naming what we waited for.
-function within(promise, ms, what, hint) {
-  let t;
-  const timeout = new Promise((_, reject) => {
-    t = setTimeout(() => reject(new CheckError(
-      `timed out after ${ms} ms waiting for ${what}${hint ? ` (${hint()})` : ''}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(t));
-}
 
 // Only for checking that something does NOT happen within a protocol time span.
 const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -237,38 +222,7 @@ function newSub(name, client, channel, options) {
   return ev;
 }
 
-async function api(method, body) {
-  const url = `${cfg.apiUrl}/${method}`;
-  let resp;
-  try {
-    resp = await fetch(url, {
-      method: 'POST',
-      headers: { 'Content-Type': 'application/json', 'X-API-Key': cfg.apiKey },
-      body: JSON.stringify(body),
-      signal: AbortSignal.timeout(5000),
-    });
-  } catch (e) {
-    const cause = e && e.cause ? ` (${e.cause.code || e.cause.message || e.cause})` : '';
-    throw new CheckError(`HTTP API ${url} request failed: ${e && e.message}${cause}`);
-  }
-  const text = await resp.text();
-  if (resp.status !== 200) {
-    throw new CheckError(`HTTP API ${url} returned HTTP ${resp.status}: ${JSON.stringify(text.slice(0, 300))}`);
-  }
-  let json;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new CheckError(`HTTP API ${url} returned non-JSON body: ${JSON.stringify(text.slice(0, 300))}`);
-  }
-  if (json.error) {
-    throw new CheckError(`HTTP API ${method} returned error: ${JSON.stringify(json.error)}`);
-  }
-  if (!json.result || typeof json.result !== 'object') {
-    throw new CheckError(`HTTP API ${method} reply has no "result" object: ${text.slice(0, 300)}`);
-  }
-  return json.result;
-}
+const api = (method, body) => apiCall(cfg, method, body);
 
 // Publishes `data` to `channel` through the API and awaits it on `subEv`.
 async function publishAndReceive(subEv, channel, data) {
