@@ -142,6 +142,8 @@ pub struct DeliveryGate {
     live: AtomicBool,
     held: Mutex<Held>,
     stream: Mutex<Followed>,
+    /// Set once at open for positioned subscriptions, so deliveries to the others skip the stream lock.
+    follows: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -216,6 +218,7 @@ impl DeliveryGate {
             live: AtomicBool::new(false),
             held: Mutex::new(Held::default()),
             stream: Mutex::new(Followed::default()),
+            follows: AtomicBool::new(false),
         }
     }
 
@@ -231,6 +234,10 @@ impl DeliveryGate {
                 }
                 return Delivery::Done;
             }
+        }
+        if !self.follows.load(Ordering::Acquire) {
+            outbound.push(frame.clone());
+            return Delivery::Done;
         }
         match lock(&self.stream).admit(position) {
             Admit::Send => {
@@ -259,6 +266,7 @@ impl DeliveryGate {
         match covered {
             Some(position) => {
                 stream.epoch = Some(position.epoch);
+                self.follows.store(true, Ordering::Release);
                 stream.last = position.offset;
                 for (position, frame) in held.frames.drain(..) {
                     match stream.admit(&position) {
