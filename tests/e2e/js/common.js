@@ -1,6 +1,37 @@
-// What the end-to-end scripts (recover.js, jwt.js) share: failed checks as CheckError, bounded waits, and
-// calls to Herald's HTTP server API.
+// What the end-to-end scripts (recover.js, jwt.js) share: their common environment, failed checks as
+// CheckError, bounded waits, and calls to Herald's HTTP server API.
 'use strict';
+
+// Reads and checks the variables every script needs (plus `extra` names), exiting with 2 and `usage` when
+// one is missing or malformed: {wsUrl, apiUrl, apiKey, channel, timeoutMs}.
+function readEnv(script, { extra = [], usage, defaultTimeoutSec }) {
+  const fail = (message) => {
+    console.error(`${script}: ${message}`);
+    process.exit(2);
+  };
+  const names = ['HERALD_WS_URL', 'HERALD_API_URL', 'HERALD_API_KEY', 'HERALD_CHANNEL', ...extra];
+  const missing = names.filter((n) => !process.env[n]);
+  if (missing.length) {
+    fail(`missing required env var(s): ${missing.join(', ')}\nusage: ${usage}`);
+  }
+  if (!/^wss?:\/\/[^/]/.test(process.env.HERALD_WS_URL)) {
+    fail(`HERALD_WS_URL must be a ws:// or wss:// URL, got ${JSON.stringify(process.env.HERALD_WS_URL)}`);
+  }
+  if (!/^https?:\/\/[^/]/.test(process.env.HERALD_API_URL)) {
+    fail(`HERALD_API_URL must be an http:// or https:// URL, got ${JSON.stringify(process.env.HERALD_API_URL)}`);
+  }
+  const timeoutSec = Number(process.env.HERALD_E2E_TIMEOUT || String(defaultTimeoutSec));
+  if (!Number.isFinite(timeoutSec) || timeoutSec <= 0) {
+    fail(`HERALD_E2E_TIMEOUT must be a positive number of seconds, got ${process.env.HERALD_E2E_TIMEOUT}`);
+  }
+  return {
+    wsUrl: process.env.HERALD_WS_URL,
+    apiUrl: process.env.HERALD_API_URL.replace(/\/+$/, ''),
+    apiKey: process.env.HERALD_API_KEY,
+    channel: process.env.HERALD_CHANNEL,
+    timeoutMs: timeoutSec * 1000,
+  };
+}
 
 class CheckError extends Error {}
 
@@ -52,4 +83,4 @@ async function apiCall({ apiUrl, apiKey }, method, body) {
   return json.result;
 }
 
-module.exports = { CheckError, check, within, apiCall };
+module.exports = { readEnv, CheckError, check, within, apiCall };

@@ -21,7 +21,7 @@
 const crypto = require('crypto');
 const { Centrifuge } = require('centrifuge');
 const WebSocket = require('ws');
-const { CheckError, check, within, apiCall } = require('./common');
+const { readEnv, CheckError, check, within, apiCall } = require('./common');
 
 const T0 = Date.now();
 const elapsed = () => Date.now() - T0;
@@ -29,25 +29,14 @@ const nowSec = () => Math.floor(Date.now() / 1000);
 
 // ---------------------------------------------------------------- config ---
 
-function readEnv() {
-  const names = ['HERALD_WS_URL', 'HERALD_API_URL', 'HERALD_API_KEY', 'HERALD_HMAC_SECRET',
-    'HERALD_RSA_PRIVATE_KEY', 'HERALD_CHANNEL'];
-  const missing = names.filter((n) => !process.env[n]);
-  if (missing.length) {
-    console.error(`jwt.js: missing required env var(s): ${missing.join(', ')}`);
-    console.error('usage: HERALD_WS_URL=ws://127.0.0.1:PORT/connection/websocket ' +
-      'HERALD_API_URL=http://127.0.0.1:PORT/api HERALD_API_KEY=... HERALD_HMAC_SECRET=... ' +
-      'HERALD_RSA_PRIVATE_KEY="$(cat key.pem)" HERALD_CHANNEL=chan node jwt.js');
-    process.exit(2);
-  }
-  if (!/^wss?:\/\/[^/]/.test(process.env.HERALD_WS_URL)) {
-    console.error(`jwt.js: HERALD_WS_URL must be a ws:// or wss:// URL, got ${JSON.stringify(process.env.HERALD_WS_URL)}`);
-    process.exit(2);
-  }
-  if (!/^https?:\/\/[^/]/.test(process.env.HERALD_API_URL)) {
-    console.error(`jwt.js: HERALD_API_URL must be an http:// or https:// URL, got ${JSON.stringify(process.env.HERALD_API_URL)}`);
-    process.exit(2);
-  }
+function readJwtEnv() {
+  const base = readEnv('jwt.js', {
+    extra: ['HERALD_HMAC_SECRET', 'HERALD_RSA_PRIVATE_KEY'],
+    usage: 'HERALD_WS_URL=ws://127.0.0.1:PORT/connection/websocket HERALD_API_URL=http://127.0.0.1:PORT/api ' +
+      'HERALD_API_KEY=... HERALD_HMAC_SECRET=... HERALD_RSA_PRIVATE_KEY="$(cat key.pem)" HERALD_CHANNEL=chan ' +
+      'node jwt.js',
+    defaultTimeoutSec: 40,
+  });
   let rsaKey;
   try {
     rsaKey = crypto.createPrivateKey(process.env.HERALD_RSA_PRIVATE_KEY);
@@ -59,23 +48,10 @@ function readEnv() {
     console.error(`jwt.js: HERALD_RSA_PRIVATE_KEY is a ${rsaKey.asymmetricKeyType} key, expected RSA`);
     process.exit(2);
   }
-  const timeoutSec = Number(process.env.HERALD_E2E_TIMEOUT || '40');
-  if (!Number.isFinite(timeoutSec) || timeoutSec <= 0) {
-    console.error(`jwt.js: HERALD_E2E_TIMEOUT must be a positive number of seconds, got ${process.env.HERALD_E2E_TIMEOUT}`);
-    process.exit(2);
-  }
-  return {
-    wsUrl: process.env.HERALD_WS_URL,
-    apiUrl: process.env.HERALD_API_URL.replace(/\/+$/, ''),
-    apiKey: process.env.HERALD_API_KEY,
-    hmacSecret: process.env.HERALD_HMAC_SECRET,
-    rsaKey,
-    channel: process.env.HERALD_CHANNEL,
-    timeoutMs: timeoutSec * 1000,
-  };
+  return { ...base, hmacSecret: process.env.HERALD_HMAC_SECRET, rsaKey };
 }
 
-const cfg = readEnv();
+const cfg = readJwtEnv();
 
 // The server's expired_close_delay (the Rust test configures 1s).
 const EXPIRED_CLOSE_DELAY_MS = 1000;

@@ -16,45 +16,18 @@
 
 const { Centrifuge } = require('centrifuge');
 const WebSocket = require('ws');
-const { CheckError, check, within, apiCall } = require('./common');
+const { readEnv, CheckError, check, within, apiCall } = require('./common');
 
 const T0 = Date.now();
 const elapsed = () => Date.now() - T0;
 
 // ---------------------------------------------------------------- config ---
 
-function readEnv() {
-  const names = ['HERALD_WS_URL', 'HERALD_API_URL', 'HERALD_API_KEY', 'HERALD_CHANNEL'];
-  const missing = names.filter((n) => !process.env[n]);
-  if (missing.length) {
-    console.error(`recover.js: missing required env var(s): ${missing.join(', ')}`);
-    console.error('usage: HERALD_WS_URL=ws://127.0.0.1:PORT/connection/websocket ' +
-      'HERALD_API_URL=http://127.0.0.1:PORT/api HERALD_API_KEY=... HERALD_CHANNEL=ns:chan node recover.js');
-    process.exit(2);
-  }
-  if (!/^wss?:\/\/[^/]/.test(process.env.HERALD_WS_URL)) {
-    console.error(`recover.js: HERALD_WS_URL must be a ws:// or wss:// URL, got ${JSON.stringify(process.env.HERALD_WS_URL)}`);
-    process.exit(2);
-  }
-  if (!/^https?:\/\/[^/]/.test(process.env.HERALD_API_URL)) {
-    console.error(`recover.js: HERALD_API_URL must be an http:// or https:// URL, got ${JSON.stringify(process.env.HERALD_API_URL)}`);
-    process.exit(2);
-  }
-  const timeoutSec = Number(process.env.HERALD_E2E_TIMEOUT || '30');
-  if (!Number.isFinite(timeoutSec) || timeoutSec <= 0) {
-    console.error(`recover.js: HERALD_E2E_TIMEOUT must be a positive number of seconds, got ${process.env.HERALD_E2E_TIMEOUT}`);
-    process.exit(2);
-  }
-  return {
-    wsUrl: process.env.HERALD_WS_URL,
-    apiUrl: process.env.HERALD_API_URL.replace(/\/+$/, ''),
-    apiKey: process.env.HERALD_API_KEY,
-    channel: process.env.HERALD_CHANNEL,
-    timeoutMs: timeoutSec * 1000,
-  };
-}
-
-const cfg = readEnv();
+const cfg = readEnv('recover.js', {
+  usage: 'HERALD_WS_URL=ws://127.0.0.1:PORT/connection/websocket HERALD_API_URL=http://127.0.0.1:PORT/api ' +
+    'HERALD_API_KEY=... HERALD_CHANNEL=ns:chan node recover.js',
+  defaultTimeoutSec: 30,
+});
 
 // --------------------------------------------------------------- summary ---
 
