@@ -5,16 +5,20 @@
 //! publishes M stamped messages through HTTP or from the clients at a fixed or maximum rate, and reports
 //! connect rate, deliveries/s, latency percentiles, losses, the server's RSS and CPU (from `/proc`) and the
 //! tool's own CPU — as a human summary and as JSON (`--json`). `herald-load table` turns JSON reports into
-//! the Markdown table of BENCHMARKS.md. `tests/load/scenarios` runs the benchmark scenarios.
+//! the Markdown table of BENCHMARKS.md. `herald-load floor` measures what the kernel alone charges for the
+//! same fan-out (the yardstick under every server's latency). `tests/load/scenarios` runs the benchmark
+//! scenarios.
 //!
 //! # Layout
 //! - `wire`: the dialects as pure functions (payload stamps, handshakes, publish frames).
 //! - `connection`: one subscriber connection's I/O.
+//! - `floor`: the bare-socket fan-out.
 //! - `publisher`: pacing and sending the messages.
 //! - `measure`: shared counters, latency histograms, `/proc` sampling.
 //! - `report`: JSON document, summary, Markdown table.
 
 mod connection;
+mod floor;
 mod measure;
 mod publisher;
 mod report;
@@ -50,6 +54,8 @@ struct Cli {
 enum Command {
     /// Run one load scenario and report.
     Run(Box<RunArgs>),
+    /// Measure the kernel's own cost of a fan-out: plain writes to loopback TCP connections, no server.
+    Floor(floor::FloorArgs),
     /// Print a Markdown table of JSON reports (from `run --json`).
     Table {
         /// Report files, one row each, in this order.
@@ -153,6 +159,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Run(args) => run_command(*args),
+        Command::Floor(args) => floor::command(&args),
         Command::Table { files } => table(&files),
     };
     match outcome {
@@ -197,13 +204,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
     let report = runtime.block_on(run(&args))?;
     print!("{}", report.summary());
     if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report)?;
-        if path.as_os_str() == "-" {
-            println!("{json}");
-        } else {
-            std::fs::write(path, json + "\n")
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
+        report::write_json(&report, path)?;
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())

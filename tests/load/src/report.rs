@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use crate::wire::Protocol;
@@ -263,4 +264,16 @@ pub fn markdown_table(reports: &[Report]) -> String {
 
 fn millis(micros: u64) -> String {
     format!("{:.2}", micros as f64 / 1000.0)
+}
+
+/// Writes a report as pretty JSON to `path`, or to standard output for `-`.
+pub fn write_json(report: &impl Serialize, path: &std::path::Path) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
+    if path.as_os_str() == "-" {
+        println!("{json}");
+    } else {
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }
