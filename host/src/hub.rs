@@ -4,7 +4,7 @@
 //! A publication is encoded once and the same [`Frame`] handed to every subscriber's bounded queue; the hub
 //! never waits on a client and never awaits while holding one of its locks.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -335,7 +335,9 @@ type ChannelShard = HashMap<String, HashMap<String, Subscriber>>;
 pub struct Hub {
     channels: Box<[RwLock<ChannelShard>]>,
     sessions: RwLock<HashMap<String, Arc<SessionHandle>>>,
-    users: RwLock<HashMap<String, Vec<String>>>,
+    /// Client ids by user. A set, not a list: every anonymous connection shares the user "", and a mass
+    /// disconnect of N of them must not cost N² comparisons.
+    users: RwLock<HashMap<String, HashSet<String>>>,
     hasher: RandomState,
 }
 
@@ -387,7 +389,7 @@ impl Hub {
         write(&self.users)
             .entry(session.user.clone())
             .or_default()
-            .push(session.client.clone());
+            .insert(session.client.clone());
         write(&self.sessions).insert(session.client.clone(), session);
     }
 
@@ -396,7 +398,7 @@ impl Hub {
         write(&self.sessions).remove(client);
         let mut users = write(&self.users);
         if let Some(clients) = users.get_mut(user) {
-            clients.retain(|c| c != client);
+            clients.remove(client);
             if clients.is_empty() {
                 users.remove(user);
             }
