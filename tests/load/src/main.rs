@@ -114,6 +114,10 @@ struct RunArgs {
     /// Seconds to hold the connections idle after they are subscribed (before publishing).
     #[arg(long, default_value_t = 0.0)]
     hold: f64,
+    /// Hold until this wall-clock time (seconds since the Unix epoch) instead, so that several tool
+    /// processes publish in the same window.
+    #[arg(long, conflicts_with = "hold")]
+    publish_at: Option<f64>,
     /// Messages to publish at most (0: none, an idle run).
     #[arg(long, default_value_t = 0)]
     messages: u64,
@@ -352,8 +356,24 @@ async fn run(args: &RunArgs) -> anyhow::Result<Report> {
         publishers.push(publisher);
     }
 
-    if args.hold > 0.0 {
-        tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
+    let hold = match args.publish_at {
+        Some(at) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
+            if at < now {
+                eprintln!(
+                    "warning: --publish-at is {:.1} s past; publishing now",
+                    now - at
+                );
+            }
+            (at - now).max(0.0)
+        }
+        None => args.hold,
+    };
+    if hold > 0.0 {
+        tokio::time::sleep(Duration::from_secs_f64(hold)).await;
     }
     // Let the server settle (allocator, deferred work) before reading its memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
