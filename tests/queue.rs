@@ -319,6 +319,47 @@ async fn unpublishable_entries_are_dead_lettered_with_the_reason_and_acknowledge
     }
 }
 
+/// An entry whose publish fails temporarily by itself — a plugin that panics on its payload, while the engine
+/// is fine — is retried `max_attempts` times, then dead-lettered with the count and the last error, and the
+/// entries behind it flow again; without the limit it would hold its stream back for ever.
+#[tokio::test]
+async fn an_entry_that_keeps_failing_by_itself_is_dead_lettered_after_max_attempts() {
+    let redis = RedisServer::start();
+    let plugins = tempfile::tempdir().expect("plugin dir");
+    std::fs::write(
+        plugins.path().join("hostile.wasm"),
+        built_plugin("herald-test-hostile"),
+    )
+    .expect("write plugin");
+    let server = TestServer::start(&format!(
+        "{}[plugins]\ndir = {:?}\n",
+        queue_config(&format!(
+            "addresses = [{:?}]\nmax_attempts = 3",
+            redis.url()
+        )),
+        plugins.path().to_str().expect("UTF-8 path"),
+    ))
+    .await;
+    let mut client = subscriber(&server, "news").await;
+    let mut conn = connect(&redis.url()).await;
+
+    add(&mut conn, &[("channel", "news"), ("data", r#"{"n":1}"#)]).await;
+    let poisoned = add(&mut conn, &[("channel", "news"), ("data", r#""panic""#)]).await;
+    add(&mut conn, &[("channel", "news"), ("data", r#"{"n":2}"#)]).await;
+
+    assert_eq!(next_pub(&mut client, "news").await["data"], json!({"n": 1}));
+    assert_eq!(next_pub(&mut client, "news").await["data"], json!({"n": 2}));
+    all_acknowledged(&mut conn).await;
+    let dead = dead_letters(&mut conn).await;
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(dead[0]["source_id"], poisoned);
+    assert_eq!(
+        dead[0]["reason"], "failed 3 times, last: 100 internal server error",
+        "{dead:#?}"
+    );
+    assert_eq!(dead[0]["data"], r#""panic""#);
+}
+
 /// Entries repeating an `idempotency_key` already published are acknowledged but not published again:
 /// the subscriber sees the first `order-1`, then `order-2`, then the entry without a key.
 #[tokio::test]
@@ -357,14 +398,18 @@ async fn an_idempotency_key_is_published_once() {
 }
 
 /// While the engine's Redis is down a publish fails temporarily: the entry is neither acknowledged nor
-/// dead-lettered but retried (its delivery count grows); once Redis is back it is published, once.
+/// dead-lettered but retried (its delivery count grows), and these retries are not attempts counted against
+/// it (`max_attempts = 1` would dead-letter it at the first); once Redis is back it is published, once.
 #[tokio::test]
 async fn an_engine_outage_leaves_entries_pending_until_they_can_be_published() {
     let mut engine_redis = RedisServer::start();
     let queue_redis = RedisServer::start();
     let server = TestServer::start(&format!(
         "{}{}",
-        queue_config(&format!("addresses = [{:?}]", queue_redis.url())),
+        queue_config(&format!(
+            "addresses = [{:?}]\nmax_attempts = 1",
+            queue_redis.url()
+        )),
         redis_engine(&engine_redis),
     ))
     .await;

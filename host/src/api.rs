@@ -465,7 +465,8 @@ async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<Vec<u8>, Api
                     source: Source::Api,
                     idempotency_key: b.idempotency_key,
                 })
-                .await?;
+                .await
+                .map_err(Refusal::from)?;
             Ok(result(|o| write_position(o, &position)))
         }
         "broadcast" => {
@@ -490,7 +491,7 @@ async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<Vec<u8>, Api
                             idempotency_key: b.idempotency_key.clone(),
                         })
                         .await
-                        .map_err(Refusal::into_error),
+                        .map_err(|e| Refusal::from(e).into_error()),
                     Err(e) => Err(e),
                 };
                 responses.push(outcome);

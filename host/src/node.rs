@@ -13,14 +13,47 @@ use tokio_util::task::TaskTracker;
 use crate::channel::{Channels, Namespace};
 use crate::config::Config;
 use crate::engine::{
-    ClientInfo, Engine, HistoryFilter, HistoryResult, Idempotency, PresenceStats, Publication,
-    PublishOptions, StreamPosition, now_ms,
+    ClientInfo, Engine, EngineError, HistoryFilter, HistoryResult, Idempotency, PresenceStats,
+    Publication, PublishOptions, StreamPosition, now_ms,
 };
 use crate::errors::{ClientError, Refusal};
 use crate::hub::Hub;
 use crate::plugin::Plugins;
 use crate::plugin::bindings::{self as plugin_types, PublishSource};
 use crate::plugin::chain::PublishDecision;
+
+/// Why [`Node::publish`] did not publish. Callers that answer a client turn it into a [`Refusal`]; the
+/// queue consumer needs the difference, since an outage must hold its entry back for as long as it lasts,
+/// while a request that keeps failing by itself is given up after a number of attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishError {
+    /// The request was refused: channel rules, a plugin, bad data (the error may still be temporary, e.g.
+    /// a plugin that failed).
+    Refused(Refusal),
+    /// The engine could not be reached; the same request may succeed once it is back.
+    EngineUnavailable(ClientError),
+}
+
+impl From<PublishError> for Refusal {
+    fn from(error: PublishError) -> Self {
+        match error {
+            PublishError::Refused(refusal) => refusal,
+            PublishError::EngineUnavailable(error) => Self::Error(error),
+        }
+    }
+}
+
+impl From<Refusal> for PublishError {
+    fn from(refusal: Refusal) -> Self {
+        Self::Refused(refusal)
+    }
+}
+
+impl From<ClientError> for PublishError {
+    fn from(error: ClientError) -> Self {
+        Self::Refused(error.into())
+    }
+}
 
 /// Herald's version, reported to clients and by the API.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -142,7 +175,7 @@ impl Node {
     /// Publishes into a channel: runs the plugins' publish chain (which may transform, route, drop or
     /// deny), then assigns the offset (when the namespace keeps history) and fans out. The position is the
     /// original channel's, or the first routed channel's; a dropped publication reports the empty position.
-    pub async fn publish(&self, request: PublishRequest) -> Result<StreamPosition, Refusal> {
+    pub async fn publish(&self, request: PublishRequest) -> Result<StreamPosition, PublishError> {
         self.namespace(&request.channel)?;
         let (data, tags, channels) = if self.plugins.any(plugin_types::Hooks::PUBLISH) {
             match self.plugins.publish(plugin_request(&request)).await {
@@ -160,7 +193,7 @@ impl Node {
                 }
                 PublishDecision::Dropped => return Ok(StreamPosition::default()),
                 PublishDecision::Denied(deny) => {
-                    return Err(Refusal::from_code(deny.code, deny.reason));
+                    return Err(Refusal::from_code(deny.code, deny.reason).into());
                 }
             }
         } else {
@@ -186,7 +219,7 @@ impl Node {
         data: &Bytes,
         request: &PublishRequest,
         tags: &BTreeMap<String, String>,
-    ) -> Result<StreamPosition, ClientError> {
+    ) -> Result<StreamPosition, PublishError> {
         let namespace = self.namespace(channel)?;
         let history = if request.skip_history {
             None
@@ -217,7 +250,14 @@ impl Node {
             .await
             .map_err(|e| {
                 tracing::warn!(channel, error = %e, "publish failed");
-                ClientError::from(e)
+                match e {
+                    EngineError::Unavailable(_) => {
+                        PublishError::EngineUnavailable(ClientError::from(e))
+                    }
+                    EngineError::UnrecoverablePosition => {
+                        PublishError::Refused(ClientError::from(e).into())
+                    }
+                }
             })
     }
 

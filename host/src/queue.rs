@@ -7,8 +7,10 @@
 //! carries an idempotency key (the entry's own, or `<stream>:<entry id>`), so a redelivered entry is not
 //! published twice within `engine.idempotency_window`. Entries a crashed consumer held are claimed by the
 //! others after `claim_idle`. Entries that can never succeed go to the dead-letter stream with the reason,
-//! then are acknowledged; a temporary failure (the engine unreachable) leaves the entry pending and retries
-//! it with backoff, holding back the entries behind it so a stream is published in order.
+//! then are acknowledged. A temporary failure leaves the entry pending and retries it with backoff, holding
+//! back the entries behind it so a stream is published in order: for as long as it takes when the engine
+//! is unreachable, but at most `max_attempts` times when the entry fails by itself (a plugin that traps on
+//! its payload, say), after which it is dead-lettered so one poisoned entry cannot stop its stream.
 //!
 //! The consumer never acknowledges an entry it has not published or dead-lettered.
 
@@ -25,7 +27,7 @@ use tokio::time::Instant;
 use crate::engine::redis::connection::{Connection as Link, Target};
 use crate::engine::{EngineConfig, EngineKind};
 use crate::errors::Refusal;
-use crate::node::{Node, PublishRequest, Source};
+use crate::node::{Node, PublishError, PublishRequest, Source};
 
 /// `[queue]`: which Redis Streams Herald consumes and how.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,6 +68,10 @@ pub struct QueueConfig {
     /// Longest wait between retries while Redis or the engine is failing (default 5 s).
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// Times this node tries an entry whose publish fails temporarily while the engine is reachable (a
+    /// plugin failing on it, for instance) before dead-lettering it; 0 retries for ever (default 10, about
+    /// 15 s with the default backoff). Engine outages never count: the entry waits for the engine.
+    pub max_attempts: u32,
 }
 
 impl Default for QueueConfig {
@@ -84,6 +90,7 @@ impl Default for QueueConfig {
             block: Duration::from_secs(1),
             claim_idle: Duration::from_secs(30),
             max_backoff: Duration::from_secs(5),
+            max_attempts: 10,
         }
     }
 }
@@ -166,6 +173,7 @@ pub async fn start(node: Arc<Node>) -> Result<(), String> {
             link,
             stream: stream.clone(),
             name: consumer.clone(),
+            failing: None,
         });
     }
     for consumer in consumers {
@@ -256,6 +264,8 @@ struct Consumer {
     link: Link,
     stream: String,
     name: String,
+    /// The entry at the head of the stream that keeps failing by itself, and its attempts so far.
+    failing: Option<(String, u32)>,
 }
 
 impl Consumer {
@@ -381,19 +391,46 @@ impl Consumer {
             let outcome = match parse_entry(&self.stream, &entry.id, fields) {
                 Ok(request) => match self.node.publish(request).await {
                     Ok(_) => Ok(()),
-                    Err(Refusal::Error(error)) if error.temporary => {
+                    Err(PublishError::EngineUnavailable(error)) => {
                         return Err(Stall::Publish(error.to_string()));
                     }
-                    Err(refusal) => Err(format!("refused: {}", refusal.into_error())),
+                    Err(PublishError::Refused(Refusal::Error(error))) if error.temporary => {
+                        let attempts = self.count_attempt(&entry.id);
+                        if config.max_attempts == 0 || attempts < config.max_attempts {
+                            return Err(Stall::Publish(format!(
+                                "{error} (entry {}, attempt {attempts})",
+                                entry.id
+                            )));
+                        }
+                        Err(format!("failed {attempts} times, last: {error}"))
+                    }
+                    Err(PublishError::Refused(refusal)) => {
+                        Err(format!("refused: {}", refusal.into_error()))
+                    }
                 },
                 Err(reason) => Err(reason),
             };
+            self.failing = None;
             if let Err(reason) = outcome {
                 self.dead_letter(config, &entry.id, fields, &reason).await?;
             }
             self.ack(config, &entry.id).await?;
         }
         Ok(())
+    }
+
+    /// Counts a failed attempt at `id`, the entry that now heads the stream; returns the attempts so far.
+    fn count_attempt(&mut self, id: &str) -> u32 {
+        match &mut self.failing {
+            Some((failing, attempts)) if failing == id => {
+                *attempts += 1;
+                *attempts
+            }
+            _ => {
+                self.failing = Some((id.to_owned(), 1));
+                1
+            }
+        }
     }
 
     /// Acknowledges (and deletes, if configured) in one round trip; an entry deleted without being

@@ -442,6 +442,7 @@ impl Session {
                 ..Default::default()
             })
             .await
+            .map_err(Refusal::from)
     }
 
     async fn history(&self, id: u32, request: HistoryRequest) -> Result<Frame, Refusal> {
