@@ -104,6 +104,73 @@ async fn api_publish_on_one_node_reaches_clients_on_every_node() {
     }
 }
 
+/// The node entry with this uid in an `info` result.
+fn node_entry<'a>(info: &'a Value, uid: &str) -> Option<&'a Value> {
+    info["result"]["nodes"]
+        .as_array()?
+        .iter()
+        .find(|node| node["uid"] == uid)
+}
+
+/// Asks `node`'s `info` until `done` accepts the result (nodes announce themselves every few seconds, so a
+/// change on another node shows up within that), failing after [`CLUSTER_WAIT`].
+async fn info_until(node: &TestServer, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + CLUSTER_WAIT;
+    loop {
+        let (status, info) = node.api("info", json!({})).await;
+        assert_eq!(status, 200, "{info}");
+        if done(&info) {
+            return info;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}; last info: {info:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The server API's `info` on any node lists every node of the cluster with its own counts, and a node
+/// that shuts down leaves the list.
+#[tokio::test]
+async fn info_lists_every_node_with_its_counts() {
+    let redis = RedisServer::start();
+    let mut nodes = three_nodes(&redis).await;
+    let uids: Vec<String> = nodes.iter().map(|n| n.node.id.clone()).collect();
+    let (_client, _) = subscribed(&nodes[1], "counted", json!({})).await;
+
+    let info = info_until(&nodes[0], "node 1's client counted on node 0", |info| {
+        uids.iter().all(|uid| node_entry(info, uid).is_some())
+            && node_entry(info, &uids[1]).is_some_and(|n| n["num_clients"] == 1)
+    })
+    .await;
+    assert_eq!(
+        info["result"]["nodes"].as_array().map(Vec::len),
+        Some(3),
+        "{info:#}"
+    );
+    let second = node_entry(&info, &uids[1]).expect("listed");
+    assert_eq!(second["num_subs"], 1, "{info:#}");
+    assert_eq!(second["num_channels"], 1, "{info:#}");
+    assert_eq!(second["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        node_entry(&info, &uids[0]).expect("listed")["num_clients"],
+        0
+    );
+
+    nodes
+        .pop()
+        .expect("third node")
+        .shutdown()
+        .await
+        .expect("clean shutdown");
+    info_until(&nodes[0], "the stopped node leaves the list", |info| {
+        node_entry(info, &uids[2]).is_none()
+            && info["result"]["nodes"].as_array().map(Vec::len) == Some(2)
+    })
+    .await;
+}
+
 /// Presence and presence stats list the subscribers of every node from every node (server API and client
 /// commands); join and leave pushes reach subscribers on other nodes, and a leave is gone from presence
 /// everywhere.

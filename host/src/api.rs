@@ -33,7 +33,7 @@ use crate::errors::{ClientError, Refusal};
 use crate::glob;
 use crate::hub::SessionCommand;
 use crate::limits::{ApiGuard, ApiRefused};
-use crate::node::{Node, PublishRequest, Source, VERSION};
+use crate::node::{Node, PublishRequest, Source};
 use crate::protocol::centrifuge::encode::{Object, write_history_result, write_presence_result};
 use crate::protocol::compact_json;
 
@@ -575,18 +575,18 @@ async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<Vec<u8>, Api
             }))
         }
         "info" => {
-            let stats = node.hub.stats();
+            let nodes = crate::nodes::list(node).await;
             Ok(result(|o| {
-                o.array("nodes", [()], |out, ()| {
+                o.array("nodes", &nodes, |out, info| {
                     let mut n = Object::open(out);
-                    n.str("uid", &node.id)
-                        .str("name", &node.config.address.to_string())
-                        .str("version", VERSION);
-                    n.u64("num_clients", stats.clients as u64)
-                        .u64("num_users", stats.users as u64);
-                    n.u64("num_channels", stats.channels as u64)
-                        .u64("num_subs", stats.subscriptions as u64);
-                    n.u64("uptime", node.uptime_seconds());
+                    n.str("uid", &info.uid)
+                        .str("name", &info.name)
+                        .str("version", &info.version);
+                    n.u64("num_clients", info.num_clients)
+                        .u64("num_users", info.num_users);
+                    n.u64("num_channels", info.num_channels)
+                        .u64("num_subs", info.num_subs);
+                    n.u64("uptime", info.uptime);
                     n.close();
                 });
             }))

@@ -33,6 +33,9 @@ pub const ENV_PREFIX: &str = "HERALD_";
 pub struct Config {
     /// Address for HTTP, the server API and WebSocket (default `127.0.0.1:8000`).
     pub address: SocketAddr,
+    /// This node's name in the `info` API and in other nodes' logs; empty (the default) means the
+    /// address, or `<host name>:<port>` when it listens on every interface.
+    pub name: String,
     /// How long a shutdown may take before remaining connections are dropped (default 10 s).
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -60,6 +63,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             address: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            name: String::new(),
             shutdown_timeout: Duration::from_secs(10),
             client: ClientConfig::default(),
             tls: TlsConfig::default(),

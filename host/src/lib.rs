@@ -12,6 +12,7 @@
 //!   [`engine::redis`] runs many nodes on Redis.
 //! - [`api`]: the HTTP server API, another entrance to the same [`node`] operations.
 //! - [`queue`]: queue ingestion, a third entrance: Redis Streams entries published through [`node`].
+//! - [`nodes`]: the cluster's node list, announced through the engine's presence.
 //! - [`config`], [`channel`], [`errors`], [`disconnect`]: configuration, channel rules, and the registries of
 //!   codes clients see.
 
@@ -25,6 +26,7 @@ pub mod glob;
 pub mod hub;
 pub mod limits;
 pub mod node;
+pub mod nodes;
 pub mod plugin;
 pub mod protocol;
 pub mod queue;

@@ -22,6 +22,18 @@ use crate::plugin::Plugins;
 use crate::plugin::bindings::{self as plugin_types, PublishSource};
 use crate::plugin::chain::PublishDecision;
 
+/// The configured node name, or the address (`<host name>:<port>` for an address on every interface, which
+/// would name every node alike).
+fn node_name(config: &Config) -> String {
+    if !config.name.is_empty() {
+        config.name.clone()
+    } else if config.address.ip().is_unspecified() {
+        format!("{}:{}", crate::nodes::hostname(), config.address.port())
+    } else {
+        config.address.to_string()
+    }
+}
+
 /// Why [`Node::publish`] did not publish. Callers that answer a client turn it into a [`Refusal`]; the
 /// queue consumer needs the difference, since an outage must hold its entry back for as long as it lasts,
 /// while a request that keeps failing by itself is given up after a number of attempts.
@@ -79,6 +91,8 @@ pub struct Node {
     pub sessions: TaskTracker,
     /// Unique id of this node.
     pub id: String,
+    /// Its name in the node list (`name`, or one made from the address).
+    pub name: String,
     started: Instant,
 }
 
@@ -129,7 +143,6 @@ impl Node {
         let admission = crate::limits::Admission::new(&config.limits);
         Ok(Arc::new(Self {
             admission,
-            config,
             channels,
             hub,
             engine,
@@ -137,7 +150,9 @@ impl Node {
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             id: uuid::Uuid::new_v4().to_string(),
+            name: node_name(&config),
             started: Instant::now(),
+            config,
         }))
     }
 
@@ -153,6 +168,7 @@ impl Node {
         if node.config.plugins.watch {
             crate::plugin::watch::start(node.plugins.clone(), node.shutdown.clone())?;
         }
+        crate::nodes::start(node.clone());
         // After the plugins are loaded: every entry goes through their publish chain.
         if node.config.queue.enabled {
             crate::queue::start(node.clone())

@@ -184,13 +184,7 @@ pub async fn start(node: Arc<Node>) -> Result<(), String> {
 
 /// `<hostname>-<pid>`: unique among running processes and recognisable in `XINFO CONSUMERS`.
 fn default_consumer_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "herald".into());
-    format!("{host}-{}", std::process::id())
+    format!("{}-{}", crate::nodes::hostname(), std::process::id())
 }
 
 /// A command connection to the queue's Redis (the engine's kind: standalone or cluster, reconnecting by

@@ -206,11 +206,16 @@ impl HeraldProcess {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// How many clients are connected to this node (server API `info`).
+    /// How many clients are connected to this node (its entry, named by its address, in the server API's
+    /// `info`, which lists every node of the cluster).
     pub async fn local_clients(&self) -> u64 {
         let (status, body) = self.api("info", json!({})).await;
         assert_eq!(status, 200, "{body}");
-        body["result"]["nodes"][0]["num_clients"]
+        let name = self.addr.to_string();
+        body["result"]["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|node| node["name"] == name.as_str()))
+            .unwrap_or_else(|| panic!("{name} is not in the node list: {body}"))["num_clients"]
             .as_u64()
             .unwrap_or(0)
     }
