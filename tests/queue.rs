@@ -39,6 +39,26 @@ fn redis_engine(redis: &RedisServer) -> String {
     )
 }
 
+/// A node consuming the queue on `redis` (with the `[queue]` keys in `extra`) through one plugin, the test
+/// fixture `crate_name` with `plugin_config`; the plugin directory lives as long as the returned guard.
+async fn with_plugin(
+    redis: &RedisServer,
+    extra: &str,
+    crate_name: &str,
+    plugin_config: &str,
+) -> (tempfile::TempDir, TestServer) {
+    let plugins = tempfile::tempdir().expect("plugin dir");
+    std::fs::write(plugins.path().join("p.wasm"), built_plugin(crate_name)).expect("write plugin");
+    std::fs::write(plugins.path().join("p.toml"), plugin_config).expect("write plugin config");
+    let server = TestServer::start(&format!(
+        "{}[plugins]\ndir = {:?}\n",
+        queue_config(&format!("addresses = [{:?}]\n{extra}", redis.url())),
+        plugins.path().to_str().expect("UTF-8 path"),
+    ))
+    .await;
+    (plugins, server)
+}
+
 async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
         .expect("redis URL")
@@ -245,22 +265,12 @@ async fn entries_of_several_streams_flow_through_a_redis_cluster() {
 #[tokio::test]
 async fn unpublishable_entries_are_dead_lettered_with_the_reason_and_acknowledged() {
     let redis = RedisServer::start();
-    let plugins = tempfile::tempdir().expect("plugin dir");
-    std::fs::write(
-        plugins.path().join("gate.wasm"),
-        built_plugin("herald-test-scripted"),
-    )
-    .expect("write plugin");
-    std::fs::write(
-        plugins.path().join("gate.toml"),
+    let (_plugins, server) = with_plugin(
+        &redis,
+        "",
+        "herald-test-scripted",
         "id = \"gate\"\ndeny_publish_containing = \"forbidden\"\ndeny_publish_code = 460\n",
     )
-    .expect("write plugin config");
-    let server = TestServer::start(&format!(
-        "{}[plugins]\ndir = {:?}\n",
-        queue_config(&format!("addresses = [{:?}]", redis.url())),
-        plugins.path().to_str().expect("UTF-8 path"),
-    ))
     .await;
     let mut client = subscriber(&server, "news").await;
     let mut conn = connect(&redis.url()).await;
@@ -325,21 +335,8 @@ async fn unpublishable_entries_are_dead_lettered_with_the_reason_and_acknowledge
 #[tokio::test]
 async fn an_entry_that_keeps_failing_by_itself_is_dead_lettered_after_max_attempts() {
     let redis = RedisServer::start();
-    let plugins = tempfile::tempdir().expect("plugin dir");
-    std::fs::write(
-        plugins.path().join("hostile.wasm"),
-        built_plugin("herald-test-hostile"),
-    )
-    .expect("write plugin");
-    let server = TestServer::start(&format!(
-        "{}[plugins]\ndir = {:?}\n",
-        queue_config(&format!(
-            "addresses = [{:?}]\nmax_attempts = 3",
-            redis.url()
-        )),
-        plugins.path().to_str().expect("UTF-8 path"),
-    ))
-    .await;
+    let (_plugins, server) =
+        with_plugin(&redis, "max_attempts = 3", "herald-test-hostile", "").await;
     let mut client = subscriber(&server, "news").await;
     let mut conn = connect(&redis.url()).await;
 
