@@ -2,12 +2,13 @@
 //! node killed with `kill -9` or restarted under traffic costs its clients nothing — they reconnect to
 //! another node and recover every missed publication, none lost and none duplicated.
 //!
-//! The first tests run the nodes in process; the failure tests run real `herald serve` processes.
+//! The first tests run the nodes in process; the failure tests run real `herald serve` processes (the
+//! `kill -9` one on standalone Redis and on a Redis Cluster).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use herald::testing::RedisServer;
+use herald::testing::{RedisCluster, RedisServer};
 use herald_tests::cluster::{
     CLUSTER_WAIT, Follower, HeraldProcess, Publisher, assert_saw_everything, node_config,
 };
@@ -250,10 +251,23 @@ async fn wait_for_more(followers: &mut [Follower], more: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_clients_recover_on_surviving_nodes() {
     let redis = RedisServer::start();
-    let config = node_config(&redis.url(), "");
+    kill_9_scenario(&node_config(&redis.url(), "")).await;
+}
+
+/// The same on a three-master Redis Cluster: sharded pub/sub, hash-tagged keys, scripts routed by slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_clients_recover_on_a_redis_cluster() {
+    let redis = RedisCluster::start();
+    let urls = redis.urls();
+    let engine = format!("[engine.redis]\naddresses = {urls:?}\ncluster = true\n");
+    kill_9_scenario(&node_config(&urls[0], &engine)).await;
+}
+
+/// Three nodes with `config`; the first is killed under traffic (see the tests above).
+async fn kill_9_scenario(config: &str) {
     let mut nodes = Vec::new();
     for _ in 0..3 {
-        nodes.push(HeraldProcess::start(&config).await);
+        nodes.push(HeraldProcess::start(config).await);
     }
     let urls: Vec<String> = nodes.iter().map(HeraldProcess::ws_url).collect();
     let channel = "kill-9";
