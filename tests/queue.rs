@@ -3,7 +3,7 @@
 //! never be published land in the dead-letter stream with the reason; and a consumer killed mid-stream
 //! loses and duplicates nothing. Every test runs its own `redis-server`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use herald::config::Config;
@@ -355,6 +355,73 @@ async fn an_entry_that_keeps_failing_by_itself_is_dead_lettered_after_max_attemp
         "{dead:#?}"
     );
     assert_eq!(dead[0]["data"], r#""panic""#);
+}
+
+/// The consumer names in the group (`XINFO CONSUMERS`).
+async fn consumer_names(redis: &mut impl AsyncCommands) -> BTreeSet<String> {
+    let reply: redis::streams::StreamInfoConsumersReply = redis
+        .xinfo_consumers(STREAM, GROUP)
+        .await
+        .expect("XINFO CONSUMERS");
+    reply.consumers.into_iter().map(|c| c.name).collect()
+}
+
+/// Consumers of stopped nodes do not pile up in the group: once their entries are taken over and they have
+/// not read for 10 × `claim_idle`, the running node removes them — here one that never held anything and one
+/// whose entry the node claimed (and published) first. The running node's own consumer stays.
+#[tokio::test]
+async fn consumers_gone_for_long_are_removed_from_the_group() {
+    let redis = RedisServer::start();
+    let mut conn = connect(&redis.url()).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(STREAM)
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .expect("create the group");
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(STREAM)
+        .arg(GROUP)
+        .arg("ghost")
+        .query_async(&mut conn)
+        .await
+        .expect("create a consumer");
+    add(&mut conn, &[("channel", "news"), ("data", r#"{"n":1}"#)]).await;
+    let taken: redis::streams::StreamReadReply = conn
+        .xread_options(
+            &[STREAM],
+            &[">"],
+            &redis::streams::StreamReadOptions::default().group(GROUP, "holder"),
+        )
+        .await
+        .expect("a dead node's read");
+    assert_eq!(taken.keys[0].ids.len(), 1);
+
+    let server = TestServer::start(&queue_config(&format!(
+        "addresses = [{:?}]\nclaim_idle = \"100ms\"\nconsumer = \"alive\"",
+        redis.url()
+    )))
+    .await;
+    let mut client = subscriber(&server, "news").await;
+    assert_eq!(next_pub(&mut client, "news").await["data"], json!({"n": 1}));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let names = consumer_names(&mut conn).await;
+        if names == BTreeSet::from(["alive".to_string()]) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "consumers left: {names:?}"
+        );
+        // Idleness is Redis's clock, not an event: look again shortly.
+        tokio::time::sleep(POLL).await;
+    }
+    all_acknowledged(&mut conn).await;
 }
 
 /// Entries repeating an `idempotency_key` already published are acknowledged but not published again:

@@ -351,6 +351,7 @@ impl Consumer {
                 cursor.claim = next;
                 // Half the idle time: an abandoned entry waits at most 1.5 × claim_idle.
                 cursor.next_claim = Instant::now() + config.claim_idle / 2;
+                self.forget_gone_consumers(config).await?;
             } else {
                 cursor.claim = next;
             }
@@ -363,6 +364,42 @@ impl Consumer {
         cmd.arg("STREAMS").arg(&self.stream).arg(">");
         let entries = self.read(&cmd).await?;
         self.process(config, entries).await
+    }
+
+    /// Removes from the group the consumers that hold nothing and have not read for
+    /// [`GONE_AFTER_CLAIM_IDLES`] × `claim_idle`: nodes that stopped or crashed and whose entries were taken
+    /// over. Every restart adds a consumer name (`<host>-<pid>`), so without this the group grows for ever.
+    /// A live consumer reads every `block`, so it is never that idle (and would come back by reading).
+    async fn forget_gone_consumers(&mut self, config: &QueueConfig) -> Result<(), Stall> {
+        let reply: Value = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&self.stream)
+            .arg(&config.group)
+            .query_async(&mut self.link)
+            .await
+            .map_err(Stall::Redis)?;
+        let gone_after = millis(config.claim_idle.saturating_mul(GONE_AFTER_CLAIM_IDLES));
+        for consumer in parse_consumers(reply).map_err(Stall::Redis)? {
+            if consumer.name == self.name || consumer.pending > 0 || consumer.idle_ms < gone_after {
+                continue;
+            }
+            let removed: i64 = redis::Script::new(DELETE_CONSUMER_HOLDING_NOTHING)
+                .key(&self.stream)
+                .arg(&config.group)
+                .arg(&consumer.name)
+                .invoke_async(&mut self.link)
+                .await
+                .map_err(Stall::Redis)?;
+            if removed == 1 {
+                tracing::info!(
+                    stream = %self.stream,
+                    consumer = %consumer.name,
+                    idle = ?Duration::from_millis(consumer.idle_ms),
+                    "queue: removed a consumer that has been gone (nothing pending)"
+                );
+            }
+        }
+        Ok(())
     }
 
     async fn read(&mut self, cmd: &Cmd) -> Result<Vec<Entry>, Stall> {
@@ -470,6 +507,62 @@ impl Consumer {
             .map_err(Stall::Redis)?;
         Ok(())
     }
+}
+
+/// Deletes a consumer from the group only if it holds no entry, in one step: deleting a consumer drops its
+/// pending entries, so one that came back and read between the check and the deletion must be kept.
+const DELETE_CONSUMER_HOLDING_NOTHING: &str = r"
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+";
+
+/// A consumer that has neither read nor held an entry for this many `claim_idle`s is removed from the group.
+const GONE_AFTER_CLAIM_IDLES: u32 = 10;
+
+/// One consumer of the group, from `XINFO CONSUMERS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ConsumerInfo {
+    name: String,
+    pending: u64,
+    idle_ms: u64,
+}
+
+/// An `XINFO CONSUMERS` reply: one flat key/value array (RESP2) or map (RESP3) per consumer.
+fn parse_consumers(reply: Value) -> Result<Vec<ConsumerInfo>, RedisError> {
+    let Value::Array(consumers) = reply else {
+        return Err(malformed("XINFO CONSUMERS"));
+    };
+    consumers
+        .into_iter()
+        .map(|consumer| {
+            let pairs: Vec<(Value, Value)> = match consumer {
+                Value::Map(pairs) => pairs,
+                Value::Array(flat) => {
+                    let mut flat = flat.into_iter();
+                    std::iter::from_fn(|| Some((flat.next()?, flat.next()?))).collect()
+                }
+                _ => return Err(malformed("XINFO CONSUMERS entry")),
+            };
+            let field = |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| text(key).as_deref() == Some(name))
+                    .map(|(_, value)| value)
+            };
+            let number = |name: &str| match field(name) {
+                Some(Value::Int(n)) => u64::try_from(*n).ok(),
+                _ => None,
+            };
+            Ok(ConsumerInfo {
+                name: field("name")
+                    .and_then(text)
+                    .ok_or_else(|| malformed("XINFO CONSUMERS name"))?,
+                pending: number("pending").ok_or_else(|| malformed("XINFO CONSUMERS pending"))?,
+                idle_ms: number("idle").ok_or_else(|| malformed("XINFO CONSUMERS idle"))?,
+            })
+        })
+        .collect()
 }
 
 /// Fields the dead-letter stream adds; an entry's own fields of these names are not copied.
@@ -746,6 +839,35 @@ mod tests {
             parse_entry("q", "1-0", &not_utf8).unwrap_err(),
             "data is not UTF-8"
         );
+    }
+
+    #[test]
+    fn consumer_lists_parse_in_both_protocols() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let resp2 = Value::Array(vec![Value::Array(vec![
+            bulk("name"),
+            bulk("node-1"),
+            bulk("pending"),
+            Value::Int(2),
+            bulk("idle"),
+            Value::Int(1500),
+            bulk("inactive"),
+            Value::Int(-1),
+        ])]);
+        let resp3 = Value::Array(vec![Value::Map(vec![
+            (bulk("name"), bulk("node-1")),
+            (bulk("pending"), Value::Int(2)),
+            (bulk("idle"), Value::Int(1500)),
+        ])]);
+        let expected = vec![ConsumerInfo {
+            name: "node-1".into(),
+            pending: 2,
+            idle_ms: 1500,
+        }];
+        assert_eq!(parse_consumers(resp2).unwrap(), expected);
+        assert_eq!(parse_consumers(resp3).unwrap(), expected);
+        assert!(parse_consumers(Value::Array(vec![Value::Array(vec![bulk("name")])])).is_err());
+        assert!(parse_consumers(Value::Nil).is_err());
     }
 
     #[test]
