@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use herald::testing::{RedisCluster, RedisServer};
 use herald_tests::cluster::{
-    CLUSTER_WAIT, Follower, HeraldProcess, Publisher, assert_saw_everything, node_config,
+    CLUSTER_WAIT, Follower, HeraldProcess, Publisher, node_config, stop_and_check_everyone,
 };
 use herald_tests::{Client, TestServer, WAIT, publication};
 use serde_json::{Value, json};
@@ -298,12 +298,7 @@ async fn kill_9_scenario(config: &str) {
     // Traffic goes on and reaches everyone after the recovery.
     wait_for_more(&mut followers, 10).await;
 
-    let published = publisher.stop().await;
-    let top = published.last().expect("published").offset;
-    for follower in &mut followers {
-        follower.wait_for_offset(top).await;
-        assert_saw_everything(follower, &published);
-    }
+    stop_and_check_everyone(publisher, &mut followers).await;
     for follower in &followers[..4] {
         let log = follower.log();
         assert_eq!(log.clients.len(), 2, "one move: {}", log.summary());
@@ -386,11 +381,8 @@ async fn rolling_restart_under_traffic_loses_nothing() {
         wait_for_more(&mut followers, 10).await;
     }
 
-    let published = publisher.stop().await;
-    let top = published.last().expect("published").offset;
-    for follower in &mut followers {
-        follower.wait_for_offset(top).await;
-        assert_saw_everything(follower, &published);
+    stop_and_check_everyone(publisher, &mut followers).await;
+    for follower in &followers {
         let log = follower.log();
         assert!(
             log.disconnects

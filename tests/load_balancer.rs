@@ -16,8 +16,8 @@ use std::time::Duration;
 use herald::testing::RedisServer;
 use herald_tests::API_KEY;
 use herald_tests::cluster::{
-    Follower, HeraldProcess, Nginx, Publisher, REPO_ROOT, SdkScript, assert_saw_everything,
-    node_config,
+    Follower, HeraldProcess, Nginx, Publisher, REPO_ROOT, SdkScript, node_config,
+    stop_and_check_everyone,
 };
 use serde_json::json;
 
@@ -152,12 +152,7 @@ async fn clients_come_back_through_nginx_and_recover() {
             .await;
         recovered += usize::from(!log.resubscribes.is_empty());
     }
-    let published = publisher.stop().await;
-    let top = published.last().expect("published").offset;
-    for follower in &mut followers {
-        follower.wait_for_offset(top).await;
-        assert_saw_everything(follower, &published);
-    }
+    stop_and_check_everyone(publisher, &mut followers).await;
     assert!(
         recovered >= moved,
         "{recovered} clients recovered, {moved} were on the killed node\nnginx:\n{}",

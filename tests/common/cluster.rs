@@ -691,6 +691,21 @@ impl Drop for Follower {
     }
 }
 
+/// Stops the publisher, waits until every follower has its last publication and asserts that each saw
+/// exactly what was published ([`assert_saw_everything`]); returns what was published.
+pub async fn stop_and_check_everyone(
+    publisher: Publisher,
+    followers: &mut [Follower],
+) -> Vec<Published> {
+    let published = publisher.stop().await;
+    let top = published.last().expect("published").offset;
+    for follower in followers.iter_mut() {
+        follower.wait_for_offset(top).await;
+        assert_saw_everything(follower, &published);
+    }
+    published
+}
+
 /// Asserts that the follower saw exactly what was published, in order, each once: it subscribed before the
 /// first publication, so its publications must be `published` itself.
 pub fn assert_saw_everything(follower: &Follower, published: &[Published]) {
