@@ -247,7 +247,7 @@ async fn wait_for_more(followers: &mut [Follower], more: usize) {
 /// `kill -9` of a node while its clients are subscribed and publications keep flowing through the other
 /// two: its clients reconnect to a survivor and recover (`recovered: true`) every publication they missed;
 /// every client sees every publication exactly once, in offset order, in one epoch; the dead node's
-/// presence entries expire.
+/// presence entries expire, and it drops out of the node list (`info`), the survivors logging `node left`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_clients_recover_on_surviving_nodes() {
     let redis = RedisServer::start();
@@ -333,6 +333,37 @@ async fn kill_9_scenario(config: &str) {
         // Expiry is a clock in Redis, not an event anyone can wait for: look again shortly.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // The killed node stops announcing itself and drops out of the node list once its entry is stale; the
+    // survivors log that it left.
+    let survivors: BTreeSet<String> = nodes[1..].iter().map(|n| n.addr.to_string()).collect();
+    let deadline = tokio::time::Instant::now() + CLUSTER_WAIT;
+    loop {
+        let (status, info) = nodes[1].api("info", json!({})).await;
+        assert_eq!(status, 200, "{info}");
+        let listed: BTreeSet<String> = info["result"]["nodes"]
+            .as_array()
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .filter_map(|n| n["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if listed == survivors {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "info still lists {listed:?}, expected {survivors:?}"
+        );
+        // Staleness is a clock too.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let killed = nodes[0].addr.to_string();
+    nodes[1]
+        .wait_for_log(&format!("node left node={killed}"))
+        .await;
 }
 
 /// A rolling restart of all three nodes under traffic (each gets `SIGTERM`, exits cleanly and starts again

@@ -220,6 +220,13 @@ impl HeraldProcess {
             .unwrap_or(0)
     }
 
+    /// Waits until the node has logged a line containing `needle` (in its current run).
+    pub async fn wait_for_log(&mut self, needle: &str) {
+        if let Err(output) = wait_for_line(&mut self.stderr, needle).await {
+            panic!("the node ended before logging {needle:?}:\n{output}");
+        }
+    }
+
     /// Everything the node logged, over all its runs.
     pub fn log(&self) -> String {
         format!("{}{}", self.history, self.stderr.borrow().join("\n"))
