@@ -113,22 +113,32 @@ fn node_entry<'a>(info: &'a Value, uid: &str) -> Option<&'a Value> {
         .find(|node| node["uid"] == uid)
 }
 
-/// Asks `node`'s `info` until `done` accepts the result (nodes announce themselves every few seconds, so a
-/// change on another node shows up within that), failing after [`CLUSTER_WAIT`].
-async fn info_until(node: &TestServer, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+/// Calls the server API with `call` until `done` accepts the result, failing after [`CLUSTER_WAIT`] with
+/// `what`. For state that changes on a clock (presence expiry, stale node entries, nodes announcing
+/// themselves every few seconds), which nobody can wait for as an event.
+async fn api_until<F, Fut>(what: &str, mut call: F, done: impl Fn(&Value) -> bool) -> Value
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = (u16, Value)>,
+{
     let deadline = tokio::time::Instant::now() + CLUSTER_WAIT;
     loop {
-        let (status, info) = node.api("info", json!({})).await;
-        assert_eq!(status, 200, "{info}");
-        if done(&info) {
-            return info;
+        let (status, body) = call().await;
+        assert_eq!(status, 200, "{body}");
+        if done(&body) {
+            return body;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{what}; last info: {info:#}"
+            "{what}; last answer: {body:#}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `info` from an in-process node, until `done` accepts it.
+async fn info_until(node: &TestServer, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    api_until(what, || node.api("info", json!({})), done).await
 }
 
 /// The server API's `info` on any node lists every node of the cluster with its own counts, and a node
@@ -318,48 +328,33 @@ async fn kill_9_scenario(config: &str) {
         .iter()
         .map(|f| f.log().clients.last().expect("connected").clone())
         .collect();
-    let deadline = tokio::time::Instant::now() + CLUSTER_WAIT;
-    loop {
-        let (status, body) = nodes[1].api("presence", json!({"channel": channel})).await;
-        assert_eq!(status, 200, "{body}");
-        let present = presence_clients(&body["result"]);
-        if present == alive {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "presence still lists {present:?}, expected {alive:?}"
-        );
-        // Expiry is a clock in Redis, not an event anyone can wait for: look again shortly.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    api_until(
+        "presence still lists connections of the killed node",
+        || nodes[1].api("presence", json!({"channel": channel})),
+        |body| presence_clients(&body["result"]) == alive,
+    )
+    .await;
 
     // The killed node stops announcing itself and drops out of the node list once its entry is stale; the
     // survivors log that it left.
     let survivors: BTreeSet<String> = nodes[1..].iter().map(|n| n.addr.to_string()).collect();
-    let deadline = tokio::time::Instant::now() + CLUSTER_WAIT;
-    loop {
-        let (status, info) = nodes[1].api("info", json!({})).await;
-        assert_eq!(status, 200, "{info}");
-        let listed: BTreeSet<String> = info["result"]["nodes"]
-            .as_array()
-            .map(|nodes| {
-                nodes
-                    .iter()
-                    .filter_map(|n| n["name"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if listed == survivors {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "info still lists {listed:?}, expected {survivors:?}"
-        );
-        // Staleness is a clock too.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    api_until(
+        "the killed node is still in the node list",
+        || nodes[1].api("info", json!({})),
+        |info| {
+            let listed: BTreeSet<String> = info["result"]["nodes"]
+                .as_array()
+                .map(|nodes| {
+                    nodes
+                        .iter()
+                        .filter_map(|n| n["name"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            listed == survivors
+        },
+    )
+    .await;
     let killed = nodes[0].addr.to_string();
     nodes[1]
         .wait_for_log(&format!("node left node={killed}"))
