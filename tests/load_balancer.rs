@@ -180,7 +180,7 @@ async fn sdk_failover(program: &str, script: &str, channel: &str) {
     );
     run.wait_for_line("STEP failover").await;
     let victim = holder(&nodes, 1).await;
-    nodes[victim].freeze();
+    nodes[victim].freeze().await;
     for n in 4..=7 {
         let (status, body) = nodes[1 - victim]
             .api(

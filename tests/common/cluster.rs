@@ -239,9 +239,32 @@ impl HeraldProcess {
         self.reap().await;
     }
 
-    /// Freezes the node (`SIGSTOP`): its sockets stay open but it does nothing until killed.
-    pub fn freeze(&self) {
-        signal(self.child.as_ref().expect("running"), Signal::STOP);
+    /// Freezes the node (`SIGSTOP`): its sockets stay open but it does nothing until killed. Returns once
+    /// every thread is stopped: `kill` only queues the signal, and a thread still running on the other core
+    /// could deliver one more message before it stops.
+    pub async fn freeze(&self) {
+        let child = self.child.as_ref().expect("running");
+        signal(child, Signal::STOP);
+        let tasks = PathBuf::from(format!("/proc/{}/task", child.id().expect("running")));
+        let all_stopped = || {
+            std::fs::read_dir(&tasks)
+                .expect("read the node's threads")
+                .flatten()
+                .all(|task| {
+                    // `pid (comm) S ...`: the state follows the last `)`.
+                    let stat =
+                        std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+                    let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+                    matches!(state, Some(Some('T' | 't')) | None)
+                })
+        };
+        tokio::time::timeout(WAIT, async {
+            while !all_stopped() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the node did not stop after SIGSTOP"));
     }
 
     /// Stops the node gracefully (`SIGTERM`) and returns its exit status.
