@@ -35,15 +35,17 @@ pub const CLUSTER_WAIT: Duration = Duration::from_secs(60);
 /// The repository root.
 pub const REPO_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
-/// The `herald` binary, built on first use with `cargo build -p herald --bin herald --features testing`:
-/// the same features `cargo test --workspace` resolves, so after `./tests/run` nothing is rebuilt.
+/// The `herald` binary, built on first use with `cargo build --workspace --tests`: exactly the build
+/// `cargo test --workspace` makes (host's own integration tests need the binary, and the features are
+/// unified over the whole workspace, this crate's `testing` included), so after `./tests/run` nothing is
+/// rebuilt. (`cargo build -p herald` resolves features for herald alone and rebuilt tokio and everything
+/// above it, a minute of CI.)
 pub fn herald_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let output = std::process::Command::new(cargo)
-            .args(["build", "--quiet", "-p", "herald", "--bin", "herald"])
-            .args(["--features", "testing"])
+            .args(["build", "--quiet", "--workspace", "--tests"])
             .current_dir(REPO_ROOT)
             .stdin(Stdio::null())
             .output()
