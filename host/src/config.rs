@@ -19,6 +19,7 @@ use crate::limits::LimitsConfig;
 use crate::plugin::PluginsConfig;
 use crate::queue::QueueConfig;
 use crate::session::ClientConfig;
+use crate::session::pusher::PusherConfig;
 use crate::transport::{TlsConfig, WebsocketConfig};
 
 /// The embedded default configuration file.
@@ -57,6 +58,8 @@ pub struct Config {
     pub engine: EngineConfig,
     /// Queue ingestion: Redis Streams whose entries Herald publishes (off by default).
     pub queue: QueueConfig,
+    /// The Pusher protocol and its HTTP API (off unless an app key is set).
+    pub pusher: PusherConfig,
 }
 
 impl Default for Config {
@@ -74,6 +77,7 @@ impl Default for Config {
             plugins: PluginsConfig::default(),
             engine: EngineConfig::default(),
             queue: QueueConfig::default(),
+            pusher: PusherConfig::default(),
         }
     }
 }
@@ -148,6 +152,7 @@ impl Config {
         if self.queue.enabled {
             self.queue.validate(&self.engine).map_err(ConfigError)?;
         }
+        self.pusher.validate().map_err(ConfigError)?;
         let c = &self.client;
         if c.ping_interval.is_zero() {
             return err("client.ping_interval: must be greater than 0".into());

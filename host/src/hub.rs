@@ -13,8 +13,9 @@ use tokio::sync::Notify;
 
 use crate::disconnect::Disconnect;
 use crate::engine::{BrokerEventHandler, ClientInfo, Publication, StreamPosition};
-use crate::protocol::Frame;
 use crate::protocol::centrifuge::encode;
+use crate::protocol::pusher::codec as pusher;
+use crate::protocol::{Frame, Protocol};
 use crate::session::outbound::Outbound;
 
 const SHARDS: usize = 64;
@@ -321,6 +322,8 @@ impl DeliveryGate {
 pub struct Subscriber {
     /// The session.
     pub session: Arc<SessionHandle>,
+    /// The protocol its connection speaks, which decides the encoding it receives.
+    pub protocol: Protocol,
     /// Whether it wants join/leave pushes.
     pub join_leave: bool,
     /// Holds frames while its subscribe is answered.
@@ -470,6 +473,13 @@ impl Hub {
             .collect()
     }
 
+    /// How many of this node's connections are subscribed to `channel`.
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        read(self.shard(channel))
+            .get(channel)
+            .map_or(0, HashMap::len)
+    }
+
     /// Counts for the `info` API.
     pub fn stats(&self) -> HubStats {
         let (channels, subscriptions) = self.channels.iter().fold((0, 0), |(c, s), shard| {
@@ -487,24 +497,30 @@ impl Hub {
         }
     }
 
+    /// Hands every subscriber of `channel` its protocol's frame, encoded at most once per protocol.
+    /// `excluded` is a client that must not receive it (Pusher's `socket_id` exclusion).
     fn broadcast(
         &self,
         channel: &str,
         position: &StreamPosition,
-        encode: impl FnOnce() -> Frame,
+        encode: impl Fn(Protocol) -> Frame,
         only_join_leave: bool,
+        excluded: Option<&str>,
     ) {
         let shard = read(self.shard(channel));
         let Some(subscribers) = shard.get(channel) else {
             return;
         };
-        let mut frame = None;
-        let mut encode = Some(encode);
+        let mut frames: [Option<Frame>; Protocol::COUNT] = Default::default();
         for subscriber in subscribers.values() {
             if only_join_leave && !subscriber.join_leave {
                 continue;
             }
-            let frame = frame.get_or_insert_with(|| (encode.take().expect("encoded once"))());
+            if excluded == Some(subscriber.session.client.as_str()) {
+                continue;
+            }
+            let protocol = subscriber.protocol;
+            let frame = frames[protocol.index()].get_or_insert_with(|| encode(protocol));
             let delivery = subscriber
                 .gate
                 .deliver(position, frame, &subscriber.session.outbound);
@@ -541,8 +557,15 @@ impl BrokerEventHandler for Hub {
         self.broadcast(
             channel,
             &position,
-            || encode::publication_push(channel, &publication),
+            |protocol| match protocol {
+                Protocol::Centrifuge => encode::publication_push(channel, &publication),
+                Protocol::Pusher => pusher::publication(channel, &publication),
+            },
             false,
+            publication
+                .tags
+                .get(pusher::EXCLUDE_TAG)
+                .map(String::as_str),
         );
     }
 
@@ -551,8 +574,9 @@ impl BrokerEventHandler for Hub {
         self.broadcast(
             channel,
             &unpositioned,
-            || encode::join_push(channel, &info),
+            |_| encode::join_push(channel, &info),
             true,
+            None,
         );
     }
 
@@ -561,8 +585,9 @@ impl BrokerEventHandler for Hub {
         self.broadcast(
             channel,
             &unpositioned,
-            || encode::leave_push(channel, &info),
+            |_| encode::leave_push(channel, &info),
             true,
+            None,
         );
     }
 
@@ -596,6 +621,7 @@ mod tests {
             assert_eq!(opened, Delivery::Done);
         }
         Subscriber {
+            protocol: Protocol::Centrifuge,
             session: session.clone(),
             join_leave,
             gate,
@@ -703,6 +729,7 @@ mod tests {
         hub.subscribe(
             "news",
             Subscriber {
+                protocol: Protocol::Centrifuge,
                 session: handle.clone(),
                 join_leave: false,
                 gate,

@@ -10,7 +10,8 @@
 //! - [`hub`]: this node's sessions and subscriptions; fan-out of encoded frames.
 //! - [`engine`]: broker, history and presence behind traits; [`engine::memory`] is the default,
 //!   [`engine::redis`] runs many nodes on Redis.
-//! - [`api`]: the HTTP server API, another entrance to the same [`node`] operations.
+//! - [`api`]: the HTTP server API, another entrance to the same [`node`] operations; [`pusher_api`] is the
+//!   Pusher HTTP API, served beside it.
 //! - [`queue`]: queue ingestion, a third entrance: Redis Streams entries published through [`node`].
 //! - [`nodes`]: the cluster's node list, announced through the engine's presence.
 //! - [`config`], [`channel`], [`errors`], [`disconnect`]: configuration, channel rules, and the registries of
@@ -29,6 +30,7 @@ pub mod node;
 pub mod nodes;
 pub mod plugin;
 pub mod protocol;
+pub mod pusher_api;
 pub mod queue;
 pub mod server;
 pub mod session;

@@ -25,6 +25,7 @@ pub fn app(node: Arc<Node>) -> Router {
     }
     router
         .route("/connection/websocket", get(transport::websocket_handler))
+        .route("/app/{key}", get(transport::pusher_handler))
         .route(
             "/health",
             get(|| async {

@@ -4,9 +4,29 @@
 //! encoded once per protocol and the resulting [`Frame`] shared by every subscriber.
 
 pub mod centrifuge;
+pub mod pusher;
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
+
+/// The client protocols a connection may speak; the hub encodes each publication once per protocol in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// The Centrifugo client protocol (JSON).
+    Centrifuge,
+    /// The Pusher Channels protocol v7.
+    Pusher,
+}
+
+impl Protocol {
+    /// How many protocols there are, for per-protocol tables.
+    pub const COUNT: usize = 2;
+
+    /// Position in per-protocol tables.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
 
 /// One encoded, complete message for a client: UTF-8 text, shared cheaply between subscribers.
 ///

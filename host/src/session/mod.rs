@@ -5,6 +5,7 @@
 //! ends. It never touches a socket: the transport feeds it [`Incoming`] items and writes what it queues.
 
 pub mod outbound;
+pub mod pusher;
 
 mod connect;
 mod heartbeat;

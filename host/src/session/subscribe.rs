@@ -15,9 +15,9 @@ use crate::errors::{ClientError, Refusal};
 use crate::hub::{Delivery, DeliveryGate, SessionCommand, Subscriber};
 use crate::plugin::bindings::{self, Hooks, SubscribeAllow};
 use crate::plugin::chain::Decision;
-use crate::protocol::Frame;
 use crate::protocol::centrifuge::command::{FLAG_REJECT_UNRECOVERED, SubscribeRequest};
 use crate::protocol::centrifuge::encode::{self, SubscribeResult};
+use crate::protocol::{Frame, Protocol};
 
 use super::connect::{plugin_json, ttl_until};
 use super::{Session, Subscription, require_channel};
@@ -185,6 +185,7 @@ impl Session {
         };
         let gate = Arc::new(DeliveryGate::held());
         let subscriber = Subscriber {
+            protocol: Protocol::Centrifuge,
             session: handle.clone(),
             join_leave: mode.join_leave,
             gate: gate.clone(),

@@ -4,9 +4,11 @@
 
 mod echo;
 pub mod http;
+mod pusher;
 pub mod tls;
 mod websocket;
 
 pub use echo::echo_handler;
+pub use pusher::pusher_handler;
 pub use tls::{Listener, ProxyProtocol, TlsConfig};
 pub use websocket::{WebsocketConfig, websocket_handler};

@@ -24,7 +24,9 @@ use tokio_tungstenite::tungstenite;
 use crate::disconnect::Disconnect;
 use crate::limits::Slot;
 use crate::node::Node;
+use crate::protocol::Protocol;
 use crate::session::outbound::{Batch, Outbound, Outgoing};
+use crate::session::pusher::{self, PusherSession};
 use crate::session::{ConnectionInfo, Incoming, Session};
 
 /// The `[websocket]` section.
@@ -83,21 +85,9 @@ pub async fn websocket_handler(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let ws = &node.config.websocket;
-    let forwarded_for = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    let remote = node.admission.client_address(remote, forwarded_for);
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    if !origin_allowed(origin, host, &ws.allowed_origins) {
-        tracing::info!(%remote, origin, "websocket upgrade refused: origin not allowed");
-        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
-    }
-    let slot = match node.admission.admit(remote.ip()) {
-        Ok(slot) => slot,
-        Err(refused) => {
-            tracing::info!(%remote, reason = %refused, "websocket upgrade refused");
-            return (StatusCode::SERVICE_UNAVAILABLE, refused.to_string()).into_response();
-        }
+    let (remote, slot) = match admit(&node, remote, &headers) {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused.into_response(),
     };
     let connection = ConnectionInfo {
         remote,
@@ -121,7 +111,55 @@ pub async fn websocket_handler(
         .on_failed_upgrade(
             move |error| tracing::debug!(%remote, %error, "websocket upgrade failed"),
         )
-        .on_upgrade(move |socket| serve(node, socket, connection, slot))
+        .on_upgrade(move |socket| serve(node, socket, Speaker::Centrifuge(connection), slot))
+}
+
+/// The checks every WebSocket upgrade passes first: the client's address (through trusted proxies), its
+/// origin, and its admission under the connection limits. The refusal is the HTTP status and reason to give.
+pub(super) fn admit(
+    node: &Node,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(SocketAddr, Slot), (StatusCode, String)> {
+    let ws = &node.config.websocket;
+    let forwarded_for = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let remote = node.admission.client_address(peer, forwarded_for);
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !origin_allowed(origin, host, &ws.allowed_origins) {
+        tracing::info!(%remote, origin, "websocket upgrade refused: origin not allowed");
+        return Err((StatusCode::FORBIDDEN, "origin not allowed".into()));
+    }
+    match node.admission.admit(remote.ip()) {
+        Ok(slot) => Ok((remote, slot)),
+        Err(refused) => {
+            tracing::info!(%remote, reason = %refused, "websocket upgrade refused");
+            Err((StatusCode::SERVICE_UNAVAILABLE, refused.to_string()))
+        }
+    }
+}
+
+/// Who speaks on an upgraded connection.
+pub(super) enum Speaker {
+    /// A Centrifugo protocol client.
+    Centrifuge(ConnectionInfo),
+    /// A Pusher protocol client.
+    Pusher {
+        /// The client's address.
+        remote: SocketAddr,
+    },
+    /// A Pusher client refused at the handshake (unknown key, protocol version): pusher-js reads the
+    /// reason from a `pusher:error` first, then the close.
+    PusherRefused(Disconnect),
+}
+
+impl Speaker {
+    fn protocol(&self) -> Protocol {
+        match self {
+            Self::Centrifuge(_) => Protocol::Centrifuge,
+            Self::Pusher { .. } | Self::PusherRefused(_) => Protocol::Pusher,
+        }
+    }
 }
 
 /// Applies the configured buffer sizes and message limits; every WebSocket endpoint goes through this.
@@ -138,13 +176,15 @@ pub(super) fn with_limits(upgrade: WebSocketUpgrade, node: &Node) -> WebSocketUp
         .max_frame_size(ws.max_message_size)
 }
 
-async fn serve(node: Arc<Node>, socket: WebSocket, connection: ConnectionInfo, _slot: Slot) {
+pub(super) async fn serve(node: Arc<Node>, socket: WebSocket, speaker: Speaker, _slot: Slot) {
     let _running = node.sessions.token();
     let outbound = Arc::new(Outbound::new(node.config.client.max_queue_bytes));
     let (sink, stream) = socket.split();
+    let protocol = speaker.protocol();
     let writer = tokio::spawn(write_loop(
         sink,
         outbound.clone(),
+        protocol,
         node.config.websocket.write_timeout,
         node.config.websocket.write_buffer_size,
     ));
@@ -164,9 +204,22 @@ async fn serve(node: Arc<Node>, socket: WebSocket, connection: ConnectionInfo, _
             return Some((item, Some(stream)));
         }
     });
-    Session::new(node, outbound.clone(), connection)
-        .run(incoming)
-        .await;
+    match speaker {
+        Speaker::Centrifuge(connection) => {
+            Session::new(node, outbound.clone(), connection)
+                .run(incoming)
+                .await;
+        }
+        Speaker::Pusher { remote } => {
+            PusherSession::new(node, outbound.clone(), remote)
+                .run(incoming)
+                .await;
+        }
+        Speaker::PusherRefused(disconnect) => {
+            outbound.push(pusher::refusal(&disconnect));
+            outbound.close(disconnect);
+        }
+    }
     // Ends the writer when the client went away on its own (no close frame is owed then).
     outbound.close(Disconnect::CONNECTION_CLOSED);
     // The writer ends after the close frame; a client that never reads is cut off by the write timeout.
@@ -199,15 +252,22 @@ pub(super) fn read_error(error: &axum::Error) -> Option<Incoming> {
     }
 }
 
-/// Writes what the session queues until the close it decided (or a write failure).
+/// Writes what the session queues until the close it decided (or a write failure). Pusher clients read one
+/// message per WebSocket message, so their frames are never joined, and they get the close codes of their
+/// protocol.
 async fn write_loop<S>(
     mut sink: S,
     outbound: Arc<Outbound>,
+    protocol: Protocol,
     write_timeout: Duration,
     join_up_to: usize,
 ) where
     S: Sink<Message> + Unpin,
 {
+    let join_up_to = match protocol {
+        Protocol::Centrifuge => join_up_to,
+        Protocol::Pusher => 0,
+    };
     let mut batch = Batch::default();
     loop {
         outbound.next_batch_into(&mut batch).await;
@@ -229,6 +289,10 @@ async fn write_loop<S>(
         }
         if let Some(close) = batch.close.take() {
             if close != Disconnect::CONNECTION_CLOSED {
+                let close = match protocol {
+                    Protocol::Centrifuge => close,
+                    Protocol::Pusher => close.for_pusher(),
+                };
                 let frame = CloseFrame {
                     code: close.code,
                     reason: Utf8Bytes::from(close.reason.as_ref()),
@@ -345,7 +409,14 @@ mod tests {
         }
         outbound.close(Disconnect::SHUTDOWN);
         let (sink, mut written) = mpsc::unbounded::<Message>();
-        write_loop(sink, outbound, Duration::from_secs(5), 1024).await;
+        write_loop(
+            sink,
+            outbound,
+            Protocol::Centrifuge,
+            Duration::from_secs(5),
+            1024,
+        )
+        .await;
         assert_eq!(
             written.next().await,
             Some(Message::text("{\"a\":1}\n{\"b\":2}\n{}"))
@@ -365,7 +436,14 @@ mod tests {
         let outbound = Arc::new(Outbound::new(1 << 20));
         outbound.close(Disconnect::CONNECTION_CLOSED);
         let (sink, mut written) = mpsc::unbounded::<Message>();
-        write_loop(sink, outbound, Duration::from_secs(5), 1024).await;
+        write_loop(
+            sink,
+            outbound,
+            Protocol::Centrifuge,
+            Duration::from_secs(5),
+            1024,
+        )
+        .await;
         assert_eq!(written.next().await, None);
     }
 
@@ -383,7 +461,14 @@ mod tests {
         push("dd");
         outbound.close(Disconnect::CONNECTION_CLOSED);
         let (sink, mut written) = mpsc::unbounded::<Message>();
-        write_loop(sink, outbound.clone(), Duration::from_secs(5), 10).await;
+        write_loop(
+            sink,
+            outbound.clone(),
+            Protocol::Centrifuge,
+            Duration::from_secs(5),
+            10,
+        )
+        .await;
         let expected = [
             Message::text("aaaa\nbbbb"),
             Message::text("cccc"),

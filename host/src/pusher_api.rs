@@ -1,0 +1,435 @@
+//! The Pusher HTTP API under `/apps/{app_id}/…`: what the Pusher server libraries (pusher-http-php, the
+//! `pusher` packages for Node and Python, Laravel's broadcaster) call to trigger events and ask about
+//! channels. Another entrance to the same publish path as Herald's own API.
+//!
+//! Every request is signed with the app secret (`auth_signature` over method, path and sorted query,
+//! `body_md5` for the body) and must be recent (`pusher.timestamp_window`). Success is `200` with a JSON
+//! body, as the libraries require; errors are real 4xx/5xx codes with a plain-text reason.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::errors::Refusal;
+use crate::node::{Node, PublishError, PublishRequest, Source};
+use crate::protocol::pusher::codec::{self, ChannelKind};
+use crate::protocol::pusher::sign::{self, ApiRequest};
+
+/// Most channels one trigger may name (Pusher's limit).
+const MAX_CHANNELS_PER_TRIGGER: usize = 100;
+/// Most events in one `batch_events` request (Pusher's limit).
+const MAX_BATCH: usize = 10;
+/// Longest event name (Pusher's limit).
+const MAX_EVENT_NAME: usize = 200;
+
+/// The `/apps/{app_id}/…` routes; served with the `/api` routes, under the same request guard.
+pub fn routes() -> Router<Arc<Node>> {
+    Router::new()
+        .route("/apps/{app_id}/events", post(events))
+        .route("/apps/{app_id}/batch_events", post(batch_events))
+        .route("/apps/{app_id}/channels", get(channels))
+        .route("/apps/{app_id}/channels/{channel}", get(channel))
+}
+
+/// A refusal: status and plain-text reason.
+struct Failure(StatusCode, String);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, self.1).into_response()
+    }
+}
+
+fn bad_request(reason: impl Into<String>) -> Failure {
+    Failure(StatusCode::BAD_REQUEST, reason.into())
+}
+
+fn ok(body: Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// The request's query parameters, URL-decoded.
+fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
+    uri.query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Checks that the request is for this server's app and signed with its secret.
+fn verify(
+    node: &Node,
+    app_id: &str,
+    method: &Method,
+    uri: &Uri,
+    query: &[(String, String)],
+    body: &[u8],
+) -> Result<(), Failure> {
+    let config = &node.config.pusher;
+    if !config.enabled() {
+        return Err(Failure(
+            StatusCode::NOT_FOUND,
+            "the Pusher API is not enabled".into(),
+        ));
+    }
+    if app_id != config.app_id {
+        return Err(Failure(
+            StatusCode::NOT_FOUND,
+            format!("unknown app {app_id:?}"),
+        ));
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let request = ApiRequest {
+        method: method.as_str(),
+        path: uri.path(),
+        query,
+        body,
+    };
+    sign::verify_api_request(
+        &config.key,
+        &config.secret,
+        now,
+        config.timestamp_window.as_secs(),
+        &request,
+    )
+    .map_err(|error| {
+        tracing::debug!(%error, "pusher API request refused");
+        Failure(StatusCode::UNAUTHORIZED, error.to_string())
+    })
+}
+
+/// One event to trigger, as `events` and the items of `batch_events` carry it.
+#[derive(Debug, Deserialize)]
+struct Trigger {
+    name: String,
+    /// A string by the protocol; anything else is taken as the JSON it is.
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    channels: Option<Vec<String>>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    socket_id: Option<String>,
+    #[serde(default)]
+    info: Option<String>,
+}
+
+/// A trigger checked against the protocol's rules and the limits, ready to publish.
+struct Checked {
+    name: String,
+    data: bytes::Bytes,
+    channels: Vec<String>,
+    socket_id: Option<String>,
+    info: Vec<String>,
+}
+
+fn check(node: &Node, trigger: Trigger) -> Result<Checked, Failure> {
+    let config = &node.config.pusher;
+    if trigger.name.is_empty() || trigger.name.len() > MAX_EVENT_NAME {
+        return Err(bad_request(format!(
+            "event name must be 1 to {MAX_EVENT_NAME} characters"
+        )));
+    }
+    if trigger.name.starts_with("pusher:") || trigger.name.starts_with("pusher_internal:") {
+        return Err(bad_request(
+            "event names starting with pusher: are reserved",
+        ));
+    }
+    let data = match trigger.data {
+        None => String::new(),
+        Some(Value::String(text)) => text,
+        Some(other) => other.to_string(),
+    };
+    if data.len() > config.max_event_bytes {
+        return Err(Failure(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "event data is {} bytes, more than the {} allowed",
+                data.len(),
+                config.max_event_bytes
+            ),
+        ));
+    }
+    let channels = match (trigger.channels, trigger.channel) {
+        (Some(channels), None) => channels,
+        (None, Some(channel)) => vec![channel],
+        _ => return Err(bad_request("give either channels or channel")),
+    };
+    if channels.is_empty() || channels.len() > MAX_CHANNELS_PER_TRIGGER {
+        return Err(bad_request(format!(
+            "give 1 to {MAX_CHANNELS_PER_TRIGGER} channels"
+        )));
+    }
+    if let Some(bad) = channels
+        .iter()
+        .find(|c| !codec::valid_channel_name(c, config.max_channel_name_length))
+    {
+        return Err(bad_request(format!("invalid channel name {bad:?}")));
+    }
+    if channels.len() > 1
+        && channels
+            .iter()
+            .any(|c| ChannelKind::of(c) == ChannelKind::PrivateEncrypted)
+    {
+        return Err(bad_request(
+            "an event for an encrypted channel must name that channel alone",
+        ));
+    }
+    if let Some(socket_id) = &trigger.socket_id
+        && !valid_socket_id(socket_id)
+    {
+        return Err(bad_request(format!("invalid socket_id {socket_id:?}")));
+    }
+    Ok(Checked {
+        name: trigger.name,
+        data: codec::publication_data(&data),
+        channels,
+        socket_id: trigger.socket_id,
+        info: info_attributes(trigger.info.as_deref()),
+    })
+}
+
+/// `<digits>.<digits>`, the shape every socket id has.
+fn valid_socket_id(socket_id: &str) -> bool {
+    socket_id.split_once('.').is_some_and(|(a, b)| {
+        [a, b]
+            .iter()
+            .all(|part| !part.is_empty() && part.bytes().all(|c| c.is_ascii_digit()))
+    })
+}
+
+fn info_attributes(info: Option<&str>) -> Vec<String> {
+    info.map(|info| {
+        info.split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// Publishes a checked trigger to each of its channels and reports the asked-for channel attributes.
+async fn publish(node: &Node, checked: Checked) -> Result<Map<String, Value>, Failure> {
+    let mut tags = BTreeMap::from([(codec::EVENT_TAG.to_owned(), checked.name)]);
+    if let Some(socket_id) = checked.socket_id {
+        tags.insert(codec::EXCLUDE_TAG.to_owned(), socket_id);
+    }
+    for channel in &checked.channels {
+        node.publish(PublishRequest {
+            channel: channel.clone(),
+            data: checked.data.clone(),
+            tags: tags.clone(),
+            source: Source::Api,
+            ..PublishRequest::default()
+        })
+        .await
+        .map_err(|error| match error {
+            PublishError::EngineUnavailable(error) => {
+                Failure(StatusCode::SERVICE_UNAVAILABLE, error.message.to_string())
+            }
+            PublishError::Refused(Refusal::Error(error)) => bad_request(error.message.to_string()),
+            PublishError::Refused(Refusal::Disconnect(disconnect)) => {
+                bad_request(disconnect.reason.to_string())
+            }
+        })?;
+    }
+    let mut attributes = Map::new();
+    if !checked.info.is_empty() {
+        for channel in &checked.channels {
+            attributes.insert(
+                channel.clone(),
+                Value::Object(channel_attributes(node, channel, &checked.info)?),
+            );
+        }
+    }
+    Ok(attributes)
+}
+
+/// The attributes `info` asks for: `subscription_count` (connections subscribed on this node).
+/// `user_count` belongs to presence channels, which this server does not serve yet.
+fn channel_attributes(
+    node: &Node,
+    channel: &str,
+    info: &[String],
+) -> Result<Map<String, Value>, Failure> {
+    let mut attributes = Map::new();
+    for attribute in info {
+        match attribute.as_str() {
+            "subscription_count" => {
+                attributes.insert(
+                    "subscription_count".into(),
+                    node.hub.subscriber_count(channel).into(),
+                );
+            }
+            "user_count" => {
+                return Err(bad_request(
+                    "user_count is only available for presence channels",
+                ));
+            }
+            other => return Err(bad_request(format!("unknown info attribute {other:?}"))),
+        }
+    }
+    Ok(attributes)
+}
+
+/// `POST /apps/{app_id}/events`.
+async fn events(
+    State(node): State<Arc<Node>>,
+    Path(app_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    verify(&node, &app_id, &method, &uri, &query_pairs(&uri), &body)?;
+    let trigger: Trigger = serde_json::from_slice(&body)
+        .map_err(|error| bad_request(format!("invalid event: {error}")))?;
+    let checked = check(&node, trigger)?;
+    let attributes = publish(&node, checked).await?;
+    if attributes.is_empty() {
+        Ok(ok(json!({})))
+    } else {
+        Ok(ok(json!({ "channels": attributes })))
+    }
+}
+
+/// `POST /apps/{app_id}/batch_events`: up to ten events, each checked before any is published.
+async fn batch_events(
+    State(node): State<Arc<Node>>,
+    Path(app_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    verify(&node, &app_id, &method, &uri, &query_pairs(&uri), &body)?;
+    #[derive(Deserialize)]
+    struct Batch {
+        batch: Vec<Trigger>,
+    }
+    let Batch { batch } = serde_json::from_slice(&body)
+        .map_err(|error| bad_request(format!("invalid batch: {error}")))?;
+    if batch.len() > MAX_BATCH {
+        return Err(bad_request(format!("at most {MAX_BATCH} events per batch")));
+    }
+    let checked = batch
+        .into_iter()
+        .map(|trigger| check(&node, trigger))
+        .collect::<Result<Vec<_>, _>>()?;
+    let wants_info = checked.iter().any(|c| !c.info.is_empty());
+    let mut results = Vec::with_capacity(checked.len());
+    for event in checked {
+        let channel = event.channels[0].clone();
+        let mut attributes = publish(&node, event).await?;
+        results.push(attributes.remove(&channel).unwrap_or_else(|| json!({})));
+    }
+    if wants_info {
+        Ok(ok(json!({ "batch": results })))
+    } else {
+        Ok(ok(json!({})))
+    }
+}
+
+/// `GET /apps/{app_id}/channels`: occupied channels on this node, optionally by prefix.
+async fn channels(
+    State(node): State<Arc<Node>>,
+    Path(app_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let query = query_pairs(&uri);
+    verify(&node, &app_id, &method, &uri, &query, &body)?;
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    };
+    let prefix = param("filter_by_prefix").unwrap_or("");
+    let info = info_attributes(param("info"));
+    if info.iter().any(|a| a == "user_count") && !prefix.starts_with("presence-") {
+        return Err(bad_request("user_count needs filter_by_prefix=presence-"));
+    }
+    let max_len = node.config.pusher.max_channel_name_length;
+    let mut listed = Map::new();
+    for (name, _) in node.hub.channels() {
+        // Channels only the Centrifugo protocol can name, and users' private channels, are not listed.
+        if !name.starts_with(prefix)
+            || !codec::valid_channel_name(&name, max_len)
+            || matches!(ChannelKind::of(&name), ChannelKind::ServerToUser(_))
+        {
+            continue;
+        }
+        listed.insert(name, json!({}));
+    }
+    Ok(ok(json!({ "channels": listed })))
+}
+
+/// `GET /apps/{app_id}/channels/{channel}`: whether it is occupied (on this node), with `info` attributes.
+async fn channel(
+    State(node): State<Arc<Node>>,
+    Path((app_id, channel)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let query = query_pairs(&uri);
+    verify(&node, &app_id, &method, &uri, &query, &body)?;
+    if !codec::valid_channel_name(&channel, node.config.pusher.max_channel_name_length) {
+        return Err(bad_request(format!("invalid channel name {channel:?}")));
+    }
+    let info = info_attributes(
+        query
+            .iter()
+            .find(|(key, _)| key == "info")
+            .map(|(_, value)| value.as_str()),
+    );
+    let mut body = channel_attributes(&node, &channel, &info)?;
+    body.insert(
+        "occupied".into(),
+        (node.hub.subscriber_count(&channel) > 0).into(),
+    );
+    Ok(ok(Value::Object(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_ids_are_two_numbers() {
+        assert!(valid_socket_id("123.456"));
+        for bad in ["123", ".1", "1.", "1.2.3", "a.1", "1.-2", ""] {
+            assert!(!valid_socket_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn info_lists_are_split_and_trimmed() {
+        assert_eq!(
+            info_attributes(Some("user_count, subscription_count,")),
+            vec!["user_count", "subscription_count"]
+        );
+        assert!(info_attributes(None).is_empty());
+    }
+}

@@ -1,0 +1,67 @@
+//! The Pusher protocol's WebSocket endpoint, `/app/{key}`: pusher-js and Laravel Echo connect here.
+//!
+//! The upgrade passes the same checks as every WebSocket (origin, connection limits); the app key and the
+//! protocol version are answered inside the WebSocket, as Pusher clients expect: a `pusher:error`, then
+//! the close code that tells them not to retry.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use crate::disconnect::Disconnect;
+use crate::node::Node;
+
+use super::websocket::{Speaker, admit, serve, with_limits};
+
+/// The query pusher-js sends (`protocol=7&client=js&version=8.6.0&flash=false`); only the protocol
+/// version matters.
+#[derive(Debug, Deserialize)]
+pub struct PusherQuery {
+    protocol: Option<String>,
+}
+
+/// The protocol versions served: 7 is current; 5 and 6 differ only in what this server does not use.
+const PROTOCOL_VERSIONS: std::ops::RangeInclusive<u32> = 5..=7;
+
+/// The axum handler for `/app/{key}`.
+pub async fn pusher_handler(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(key): Path<String>,
+    Query(query): Query<PusherQuery>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let config = &node.config.pusher;
+    if !config.enabled() {
+        return (StatusCode::NOT_FOUND, "the Pusher protocol is not enabled").into_response();
+    }
+    let (remote, slot) = match admit(&node, peer, &headers) {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused.into_response(),
+    };
+    let supported = query.protocol.as_deref().is_none_or(|version| {
+        version
+            .parse::<u32>()
+            .is_ok_and(|version| PROTOCOL_VERSIONS.contains(&version))
+    });
+    let speaker = if key != config.key {
+        tracing::info!(%remote, "pusher connection refused: unknown app key");
+        Speaker::PusherRefused(Disconnect::PUSHER_UNKNOWN_APP)
+    } else if !supported {
+        tracing::info!(%remote, protocol = ?query.protocol, "pusher connection refused: protocol version");
+        Speaker::PusherRefused(Disconnect::PUSHER_UNSUPPORTED_PROTOCOL)
+    } else {
+        Speaker::Pusher { remote }
+    };
+    with_limits(upgrade, &node)
+        .on_failed_upgrade(
+            move |error| tracing::debug!(%remote, %error, "websocket upgrade failed"),
+        )
+        .on_upgrade(move |socket| serve(node, socket, speaker, slot))
+}
