@@ -14,11 +14,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use herald::testing::RedisServer;
-use herald_tests::API_KEY;
 use herald_tests::cluster::{
     Follower, HeraldProcess, Nginx, Publisher, REPO_ROOT, SdkScript, node_config,
     stop_and_check_everyone,
 };
+use herald_tests::{API_KEY, require_node, require_python};
 use serde_json::json;
 
 /// Two nodes on one Redis, behind nginx. The nodes believe nginx's `X-Forwarded-For`.
@@ -194,39 +194,17 @@ async fn sdk_failover(program: &str, script: &str, channel: &str) {
     run.assert_passes().await;
 }
 
-/// Fails (never skips) unless node and the JS dependencies are installed.
-fn require_node() {
-    let installed = Path::new(REPO_ROOT).join("tests/e2e/js/node_modules/centrifuge/package.json");
-    assert!(
-        installed.is_file(),
-        "centrifuge-js is not installed: install Node 20+ and run `npm ci --prefix tests/e2e/js`"
-    );
-}
-
-/// Fails (never skips) unless python3 and centrifuge-python are installed.
-fn require_python() {
-    let importable = std::process::Command::new("python3")
-        .args(["-c", "import centrifuge"])
-        .output()
-        .is_ok_and(|output| output.status.success());
-    assert!(
-        importable,
-        "centrifuge-python is not importable: install Python 3.11 and run \
-         `python3 -m pip install -r tests/e2e/python/requirements.txt`"
-    );
-}
-
 /// centrifuge-js through nginx survives `kill -9` of its node and recovers exactly what it missed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn centrifuge_js_fails_over_through_nginx() {
-    require_node();
+    require_node(&["centrifuge", "ws"]).await;
     sdk_failover("node", "tests/e2e/js/failover.js", "sdk-js-failover").await;
 }
 
 /// centrifuge-python through nginx does the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn centrifuge_python_fails_over_through_nginx() {
-    require_python();
+    require_python("centrifuge").await;
     sdk_failover(
         "python3",
         "tests/e2e/python/failover.py",

@@ -7,18 +7,13 @@
 //! Needs the plugin built (`./plugins/build`) and Node 20+ with `npm ci --prefix tests/e2e/js`. A missing
 //! plugin, toolchain or dependency fails the test with those instructions; it is never skipped.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
+use std::path::Path;
 
-use herald_tests::{API_KEY, TestServer, built_plugin};
+use herald_tests::{API_KEY, TestServer, built_plugin, require_node};
 use tokio::process::Command;
 
 /// The repository root, where the script's relative path starts.
 const REPO_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-
-/// Upper bound for one script run; the script itself gives up after 40 s.
-const SCRIPT_WAIT: Duration = Duration::from_secs(90);
 
 /// The HS256 secret the plugin verifies with and the script signs with.
 const HMAC_SECRET: &str = "herald-e2e-jwt-hmac-secret-0123456789abcdef";
@@ -70,43 +65,6 @@ hwIDAQAB
 /// The plugin's file name in the plugin folder; its configuration is the `.toml` of the same stem.
 const PLUGIN_FILE: &str = "10-jwt-auth.wasm";
 
-fn repo_path(relative: &str) -> PathBuf {
-    Path::new(REPO_ROOT).join(relative)
-}
-
-/// Fails (never skips) unless node and the JS dependencies are installed.
-async fn require_node() {
-    const INSTALL: &str =
-        "install Node 20+ and run `npm ci --prefix tests/e2e/js` in the repository root";
-    let version = tokio::time::timeout(
-        SCRIPT_WAIT,
-        Command::new("node")
-            .arg("--version")
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("`node --version` did not finish in time");
-    match version {
-        Ok(output) if output.status.success() => {}
-        Ok(output) => panic!(
-            "`node --version` failed: {}{}\n{INSTALL}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-        Err(e) => panic!("node is not available ({e}); {INSTALL}"),
-    }
-    for package in ["centrifuge", "ws"] {
-        let manifest = repo_path(&format!("tests/e2e/js/node_modules/{package}/package.json"));
-        assert!(
-            manifest.is_file(),
-            "{} is missing: the JS e2e dependencies are not installed; {INSTALL}",
-            manifest.display()
-        );
-    }
-}
-
 /// The plugin's configuration file: both keys the script signs with.
 fn plugin_toml() -> String {
     let mut table = toml::Table::new();
@@ -148,7 +106,7 @@ fn server_toml(plugin_dir: &Path) -> String {
 #[tokio::test]
 async fn centrifuge_js_authenticates_with_jwt_auth() {
     let wasm = built_plugin("herald-plugin-jwt-auth");
-    require_node().await;
+    require_node(&["centrifuge", "ws"]).await;
 
     let plugin_dir = tempfile::tempdir().expect("temp plugin dir");
     std::fs::write(plugin_dir.path().join(PLUGIN_FILE), wasm).expect("write plugin");

@@ -449,3 +449,58 @@ pub async fn assert_script_passes(command: &mut tokio::process::Command, what: &
         "`{what}` exited 0 without reporting PASS\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
     );
 }
+
+/// Fails (never skips) unless `node` runs and these npm packages of the end-to-end tests are installed.
+pub async fn require_node(packages: &[&str]) {
+    const INSTALL: &str =
+        "install Node 20+ and run `npm ci --prefix tests/e2e/js` in the repository root";
+    match probe("node", &["--version"]).await {
+        Ok((true, _)) => {}
+        Ok((false, out)) => panic!("`node --version` failed: {out}\n{INSTALL}"),
+        Err(e) => panic!("node is not available ({e}); {INSTALL}"),
+    }
+    for package in packages {
+        let manifest = std::path::Path::new(cluster::REPO_ROOT)
+            .join(format!("tests/e2e/js/node_modules/{package}/package.json"));
+        assert!(
+            manifest.is_file(),
+            "{} is missing: the JS e2e dependencies are not installed; {INSTALL}",
+            manifest.display()
+        );
+    }
+}
+
+/// Fails (never skips) unless `python3` can import these modules (`"centrifuge, websockets"`).
+pub async fn require_python(modules: &str) {
+    const INSTALL: &str = "install Python 3.11 and run \
+        `python3 -m pip install -r tests/e2e/python/requirements.txt` in the repository root";
+    match probe("python3", &["-c", &format!("import {modules}")]).await {
+        Ok((true, _)) => {}
+        Ok((false, out)) => panic!("`import {modules}` failed:\n{out}\n{INSTALL}"),
+        Err(e) => panic!("python3 is not available ({e}); {INSTALL}"),
+    }
+}
+
+/// Runs `program args…` in the repository root: whether it succeeded, with its output; `Err` when it
+/// cannot be started.
+async fn probe(program: &str, args: &[&str]) -> Result<(bool, String), std::io::Error> {
+    let output = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(program)
+            .args(args)
+            .current_dir(cluster::REPO_ROOT)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("`{program} {args:?}` did not finish in time"))?;
+    Ok((
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    ))
+}
