@@ -1,11 +1,12 @@
-//! Herald: a real-time push server speaking the Centrifugo client protocol, with its HTTP server API.
+//! Herald: a real-time push server speaking the Centrifugo client protocol and the Pusher protocol, with
+//! their HTTP server APIs.
 //!
 //! # Layout
 //!
 //! Dependencies point downward only:
 //!
 //! - [`server`] and [`transport`]: the port, HTTP routing, WebSocket upgrade and frame I/O.
-//! - [`protocol`]: pure codecs (Centrifugo JSON) between wire frames and commands, replies and pushes.
+//! - [`protocol`]: pure codecs (Centrifugo JSON, Pusher) between wire frames and commands, replies and pushes.
 //! - [`session`]: one per connection — state machine, heartbeat, bounded outbound queue, subscriptions.
 //! - [`hub`]: this node's sessions and subscriptions; fan-out of encoded frames.
 //! - [`engine`]: broker, history and presence behind traits; [`engine::memory`] is the default,
