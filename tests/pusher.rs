@@ -7,20 +7,11 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use herald::protocol::pusher::sign;
-use herald_tests::{Client, Received, TestServer, publication};
+use herald_tests::{
+    Client, PUSHER_APP_ID as APP_ID, PUSHER_CONFIG as PUSHER, PUSHER_KEY as KEY,
+    PUSHER_SECRET as SECRET, Received, TestServer, publication,
+};
 use serde_json::{Value, json};
-
-const APP_ID: &str = "1";
-const KEY: &str = "herald-key";
-const SECRET: &str = "herald-secret";
-
-const PUSHER: &str = r#"
-    [pusher]
-    app_id = "1"
-    key = "herald-key"
-    secret = "herald-secret"
-    client_events = true
-"#;
 
 /// A raw Pusher-protocol client: the shared test client reading one JSON event per message.
 struct Pusher {

@@ -10,23 +10,14 @@
 //! `python3 -m pip install -r tests/e2e/python/requirements.txt`. A missing toolchain or dependency fails the
 //! test with those instructions; it is never skipped.
 
-use herald_tests::{API_KEY, TestServer, require_node, require_python};
+use herald_tests::{
+    API_KEY, PUSHER_APP_ID as APP_ID, PUSHER_CONFIG, PUSHER_KEY as APP_KEY,
+    PUSHER_SECRET as APP_SECRET, TestServer, require_node, require_python,
+};
 use tokio::process::Command;
 
 /// The repository root, where the scripts' relative paths start.
 const REPO_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-
-/// The Pusher app Herald serves; the scripts get the same values through their environment.
-const PUSHER_CONFIG: &str = r#"
-[pusher]
-app_id = "1"
-key = "herald-key"
-secret = "herald-secret"
-client_events = true
-"#;
-const APP_ID: &str = "1";
-const APP_KEY: &str = "herald-key";
-const APP_SECRET: &str = "herald-secret";
 
 /// Runs one scenario script against `server` and asserts exit status 0 and PASS, printing the script's
 /// stdout and stderr otherwise.

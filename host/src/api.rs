@@ -84,7 +84,7 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/api/{method}", post(handle))
         .route("/api/plugins", get(plugins))
-        .merge(crate::pusher_api::routes())
+        .merge(crate::pusher_api::routes(node.clone()))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(guard, guard_requests))
         .with_state(node)

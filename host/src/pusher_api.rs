@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
 use axum::http::{Method, StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -31,13 +32,35 @@ const MAX_BATCH: usize = 10;
 /// Longest event name (Pusher's limit).
 const MAX_EVENT_NAME: usize = 200;
 
-/// The `/apps/{app_id}/…` routes; served with the `/api` routes, under the same request guard.
-pub fn routes() -> Router<Arc<Node>> {
+/// The `/apps/{app_id}/…` routes; served with the `/api` routes, under the same request guard (which has
+/// already read the body within its limits), each request verified by [`signed_only`] first.
+pub fn routes(node: Arc<Node>) -> Router<Arc<Node>> {
     Router::new()
         .route("/apps/{app_id}/events", post(events))
         .route("/apps/{app_id}/batch_events", post(batch_events))
         .route("/apps/{app_id}/channels", get(channels))
         .route("/apps/{app_id}/channels/{channel}", get(channel))
+        .route_layer(axum::middleware::from_fn_with_state(node, signed_only))
+}
+
+/// Lets through only requests for this server's app signed with its secret.
+async fn signed_only(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    // The guard in front buffered the body and enforced its size limit.
+    let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
+        return bad_request("request body could not be read").into_response();
+    };
+    let app_id = parts
+        .uri
+        .path()
+        .strip_prefix("/apps/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default();
+    let query = query_pairs(&parts.uri);
+    if let Err(failure) = verify(&node, app_id, &parts.method, &parts.uri, &query, &body) {
+        return failure.into_response();
+    }
+    next.run(Request::from_parts(parts, Body::from(body))).await
 }
 
 /// A refusal: status and plain-text reason.
@@ -294,14 +317,7 @@ fn channel_attributes(
 }
 
 /// `POST /apps/{app_id}/events`.
-async fn events(
-    State(node): State<Arc<Node>>,
-    Path(app_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    body: Bytes,
-) -> Result<Response, Failure> {
-    verify(&node, &app_id, &method, &uri, &query_pairs(&uri), &body)?;
+async fn events(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, Failure> {
     let trigger: Trigger = serde_json::from_slice(&body)
         .map_err(|error| bad_request(format!("invalid event: {error}")))?;
     let checked = check(&node, trigger)?;
@@ -314,14 +330,7 @@ async fn events(
 }
 
 /// `POST /apps/{app_id}/batch_events`: up to ten events, each checked before any is published.
-async fn batch_events(
-    State(node): State<Arc<Node>>,
-    Path(app_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    body: Bytes,
-) -> Result<Response, Failure> {
-    verify(&node, &app_id, &method, &uri, &query_pairs(&uri), &body)?;
+async fn batch_events(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, Failure> {
     #[derive(Deserialize)]
     struct Batch {
         batch: Vec<Trigger>,
@@ -350,15 +359,8 @@ async fn batch_events(
 }
 
 /// `GET /apps/{app_id}/channels`: occupied channels on this node, optionally by prefix.
-async fn channels(
-    State(node): State<Arc<Node>>,
-    Path(app_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    body: Bytes,
-) -> Result<Response, Failure> {
+async fn channels(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, Failure> {
     let query = query_pairs(&uri);
-    verify(&node, &app_id, &method, &uri, &query, &body)?;
     let param = |name: &str| {
         query
             .iter()
@@ -388,13 +390,10 @@ async fn channels(
 /// `GET /apps/{app_id}/channels/{channel}`: whether it is occupied (on this node), with `info` attributes.
 async fn channel(
     State(node): State<Arc<Node>>,
-    Path((app_id, channel)): Path<(String, String)>,
-    method: Method,
+    Path((_app_id, channel)): Path<(String, String)>,
     uri: Uri,
-    body: Bytes,
 ) -> Result<Response, Failure> {
     let query = query_pairs(&uri);
-    verify(&node, &app_id, &method, &uri, &query, &body)?;
     if !codec::valid_channel_name(&channel, node.config.pusher.max_channel_name_length) {
         return Err(bad_request(format!("invalid channel name {channel:?}")));
     }

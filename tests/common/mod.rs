@@ -26,6 +26,21 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// The API key test servers use.
 pub const API_KEY: &str = "test-api-key";
 
+/// The Pusher app of [`PUSHER_CONFIG`]: its id, key and secret.
+pub const PUSHER_APP_ID: &str = "1";
+/// See [`PUSHER_APP_ID`].
+pub const PUSHER_KEY: &str = "herald-key";
+/// See [`PUSHER_APP_ID`].
+pub const PUSHER_SECRET: &str = "herald-secret";
+/// Configuration that serves one Pusher app, with client events on.
+pub const PUSHER_CONFIG: &str = r#"
+    [pusher]
+    app_id = "1"
+    key = "herald-key"
+    secret = "herald-secret"
+    client_events = true
+"#;
+
 /// A config with an API key, anonymous connect and an open top-level namespace with history; `extra` TOML
 /// is merged over it (later keys win).
 pub fn config(extra: &str) -> Config {

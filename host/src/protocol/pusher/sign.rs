@@ -305,6 +305,17 @@ mod tests {
     }
 
     /// The documented HTTP example's query, as a library would send it (arrival order unsorted).
+    /// The documented event request's query with one parameter's value replaced.
+    fn event_query_with(key: &str, value: &str) -> Vec<(String, String)> {
+        let mut query = event_query();
+        for (k, v) in &mut query {
+            if k == key {
+                *v = value.to_owned();
+            }
+        }
+        query
+    }
+
     fn event_query() -> Vec<(String, String)> {
         q(&[
             ("body_md5", EVENT_BODY_MD5),
@@ -783,12 +794,7 @@ mod tests {
     #[test]
     fn non_integer_timestamp_is_rejected() {
         for sent in ["", "abc", "1353088179.5", "99999999999999999999999"] {
-            let mut query = event_query();
-            for (k, v) in &mut query {
-                if k == "auth_timestamp" {
-                    *v = sent.to_owned();
-                }
-            }
+            let query = event_query_with("auth_timestamp", sent);
             assert_eq!(
                 verify(
                     "POST",
@@ -924,12 +930,7 @@ mod tests {
 
     #[test]
     fn unsupported_version_is_rejected() {
-        let mut query = event_query();
-        for (k, v) in &mut query {
-            if k == "auth_version" {
-                *v = "2.0".to_owned();
-            }
-        }
+        let query = event_query_with("auth_version", "2.0");
         assert_eq!(
             verify(
                 "POST",
@@ -979,12 +980,7 @@ mod tests {
         let mut flipped = EVENT_SIG.to_owned();
         flipped.replace_range(..1, "e");
         for sent in ["", &EVENT_SIG[..63], &flipped, &format!("{EVENT_SIG}0")] {
-            let mut query = event_query();
-            for (k, v) in &mut query {
-                if k == "auth_signature" {
-                    *v = sent.to_owned();
-                }
-            }
+            let query = event_query_with("auth_signature", sent);
             assert_eq!(
                 verify(
                     "POST",
