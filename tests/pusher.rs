@@ -4,152 +4,18 @@
 //! request signing, limits and shutdown. The real pusher-js and Pusher server libraries run in
 //! `pusher_sdk.rs`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use herald::protocol::pusher::sign;
+use herald_tests::pusher::{Pusher, data, now, signed, trigger, url};
 use herald_tests::{
     Client, PUSHER_APP_ID as APP_ID, PUSHER_CONFIG as PUSHER, PUSHER_KEY as KEY,
     PUSHER_SECRET as SECRET, Received, TestServer, publication,
 };
 use serde_json::{Value, json};
 
-/// A raw Pusher-protocol client: the shared test client reading one JSON event per message.
-struct Pusher {
-    client: Client,
-    socket_id: String,
-}
-
-impl Pusher {
-    /// Connects with the app key and reads `pusher:connection_established`.
-    async fn connect(server: &TestServer) -> Self {
-        let mut client =
-            Client::open_url(&url(server, KEY, "?protocol=7&client=js&version=8.6.0")).await;
-        let established = client.next_json().await;
-        assert_eq!(
-            established["event"], "pusher:connection_established",
-            "{established}"
-        );
-        let data: Value =
-            serde_json::from_str(established["data"].as_str().expect("data is a string"))
-                .expect("data is JSON");
-        let socket_id = data["socket_id"].as_str().expect("socket_id").to_owned();
-        Self { client, socket_id }
-    }
-
-    async fn send(&mut self, message: Value) {
-        self.client.send_text(&message.to_string()).await;
-    }
-
-    async fn next(&mut self) -> Value {
-        self.client.next_json().await
-    }
-
-    /// Subscribes and returns the answer (`subscription_succeeded` or `subscription_error`).
-    async fn subscribe(&mut self, channel: &str, auth: Option<String>) -> Value {
-        let mut data = json!({ "channel": channel });
-        if let Some(auth) = auth {
-            data["auth"] = auth.into();
-        }
-        self.send(json!({"event": "pusher:subscribe", "data": data}))
-            .await;
-        self.next().await
-    }
-
-    /// Subscribes, asserting it succeeds.
-    async fn subscribed(&mut self, channel: &str, auth: Option<String>) {
-        let answer = self.subscribe(channel, auth).await;
-        assert_eq!(
-            (answer["event"].as_str(), answer["channel"].as_str()),
-            (
-                Some("pusher_internal:subscription_succeeded"),
-                Some(channel)
-            ),
-            "{answer}"
-        );
-    }
-
-    /// What the app backend would answer pusher-js's authorisation request with.
-    fn auth(&self, channel: &str) -> String {
-        format!(
-            "{KEY}:{}",
-            sign::channel_signature(SECRET, &self.socket_id, channel, None)
-        )
-    }
-}
-
-fn url(server: &TestServer, key: &str, query: &str) -> String {
-    format!("ws://{}/app/{key}{query}", server.addr)
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64
-}
-
-/// Sends a Pusher HTTP API request signed like the server libraries do (with `secret` and `timestamp`);
-/// returns the status and the body.
-async fn signed(
-    server: &TestServer,
-    method: &str,
-    path: &str,
-    params: &[(&str, &str)],
-    body: Option<Value>,
-    secret: &str,
-    timestamp: i64,
-) -> (u16, String) {
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let params: Vec<(String, String)> = params
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    let query = sign::sign_api_request(
-        KEY,
-        secret,
-        method,
-        path,
-        &params,
-        body.as_bytes(),
-        timestamp,
-    );
-    let client = reqwest::Client::new();
-    let url = format!("http://{}{path}", server.addr);
-    let request = match method {
-        "GET" => client.get(url),
-        _ => client
-            .post(url)
-            .header("content-type", "application/json")
-            .body(body),
-    };
-    let response = request.query(&query).send().await.expect("request");
-    let status = response.status().as_u16();
-    (status, response.text().await.expect("body"))
-}
-
-/// `POST /apps/1/events`, correctly signed.
-async fn trigger(server: &TestServer, body: Value) -> (u16, String) {
-    signed(
-        server,
-        "POST",
-        &format!("/apps/{APP_ID}/events"),
-        &[],
-        Some(body),
-        SECRET,
-        now(),
-    )
-    .await
-}
-
-/// The `data` of a Pusher event, parsed from its string.
-fn data(event: &Value) -> Value {
-    serde_json::from_str(event["data"].as_str().expect("data is a string")).expect("data is JSON")
-}
-
 #[tokio::test]
 async fn the_handshake_gives_a_socket_id_and_bad_messages_keep_the_connection() {
     let server = TestServer::start(PUSHER).await;
-    let mut pusher = Pusher::connect(&server).await;
+    let mut pusher = Pusher::connect(server.addr).await;
     let (a, b) = pusher.socket_id.split_once('.').expect("two numbers");
     assert!(
         a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok(),
@@ -184,14 +50,14 @@ async fn unknown_keys_and_protocol_versions_are_refused_with_their_codes() {
         (KEY, "?protocol=3", 4007),
         (KEY, "?protocol=seven", 4007),
     ] {
-        let mut client = Client::open_url(&url(&server, key, query)).await;
+        let mut client = Client::open_url(&url(server.addr, key, query)).await;
         let error = client.next_json().await;
         assert_eq!(error["event"], "pusher:error", "{error}");
         assert_eq!(error["data"]["code"], code, "{error}");
         assert_eq!(client.expect_close().await.0, code);
     }
     // No version at all is the oldest clients' way and accepted.
-    let mut client = Client::open_url(&url(&server, KEY, "")).await;
+    let mut client = Client::open_url(&url(server.addr, KEY, "")).await;
     assert_eq!(
         client.next_json().await["event"],
         "pusher:connection_established"
@@ -201,7 +67,7 @@ async fn unknown_keys_and_protocol_versions_are_refused_with_their_codes() {
 #[tokio::test]
 async fn the_pusher_endpoint_is_off_without_an_app() {
     let server = TestServer::start("").await;
-    match tokio_tungstenite::connect_async(url(&server, KEY, "")).await {
+    match tokio_tungstenite::connect_async(url(server.addr, KEY, "")).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status().as_u16(), 404)
         }
@@ -212,8 +78,8 @@ async fn the_pusher_endpoint_is_off_without_an_app() {
 #[tokio::test]
 async fn private_channels_need_the_backends_signature_for_this_socket() {
     let server = TestServer::start(PUSHER).await;
-    let mut pusher = Pusher::connect(&server).await;
-    let other = Pusher::connect(&server).await;
+    let mut pusher = Pusher::connect(server.addr).await;
+    let other = Pusher::connect(server.addr).await;
 
     let unsigned = pusher.subscribe("private-orders", None).await;
     assert_eq!(unsigned["event"], "pusher:subscription_error", "{unsigned}");
@@ -240,15 +106,15 @@ async fn private_channels_need_the_backends_signature_for_this_socket() {
 #[tokio::test]
 async fn triggers_reach_pusher_and_centrifuge_subscribers_except_the_excluded_socket() {
     let server = TestServer::start(PUSHER).await;
-    let mut first = Pusher::connect(&server).await;
-    let mut second = Pusher::connect(&server).await;
+    let mut first = Pusher::connect(server.addr).await;
+    let mut second = Pusher::connect(server.addr).await;
     first.subscribed("news", None).await;
     second.subscribed("news", None).await;
     let (mut centrifuge, _) = Client::connect(&server).await;
     centrifuge.subscribe(json!({"channel": "news"})).await;
 
     let (status, body) = trigger(
-        &server,
+        server.addr,
         json!({"name": "order-shipped", "channel": "news", "data": "{\"n\":1}",
                "socket_id": first.socket_id}),
     )
@@ -281,7 +147,7 @@ async fn triggers_reach_pusher_and_centrifuge_subscribers_except_the_excluded_so
 
     // Data that is not JSON arrives exactly as sent.
     let (status, _) = trigger(
-        &server,
+        server.addr,
         json!({"name": "text", "channels": ["news"], "data": "plain text"}),
     )
     .await;
@@ -296,7 +162,7 @@ async fn the_api_refuses_bad_signatures_stale_requests_and_oversized_events() {
     let path = format!("/apps/{APP_ID}/events");
 
     let (status, body) = signed(
-        &server,
+        server.addr,
         "POST",
         &path,
         &[],
@@ -309,7 +175,7 @@ async fn the_api_refuses_bad_signatures_stale_requests_and_oversized_events() {
     assert!(body.contains("Invalid signature"), "{body}");
     assert!(!body.contains(SECRET), "the secret leaked: {body}");
     let (status, body) = signed(
-        &server,
+        server.addr,
         "POST",
         &path,
         &[],
@@ -327,7 +193,7 @@ async fn the_api_refuses_bad_signatures_stale_requests_and_oversized_events() {
         .expect("request");
     assert_eq!(unsigned.status().as_u16(), 401);
     let (status, _) = signed(
-        &server,
+        server.addr,
         "POST",
         "/apps/2/events",
         &[],
@@ -340,7 +206,7 @@ async fn the_api_refuses_bad_signatures_stale_requests_and_oversized_events() {
 
     let big = "x".repeat(10 * 1024 + 1);
     let (status, body) = trigger(
-        &server,
+        server.addr,
         json!({"name": "e", "channel": "news", "data": big}),
     )
     .await;
@@ -352,7 +218,7 @@ async fn the_api_refuses_bad_signatures_stale_requests_and_oversized_events() {
         json!({"name": "e", "channel": "news", "data": "{}", "socket_id": "not-a-socket"}),
         json!({"name": "e", "channels": (0..101).map(|i| format!("c{i}")).collect::<Vec<_>>(), "data": "{}"}),
     ] {
-        let (status, body) = trigger(&server, bad.clone()).await;
+        let (status, body) = trigger(server.addr, bad.clone()).await;
         assert_eq!(status, 400, "{bad}: {body}");
     }
 }
@@ -360,20 +226,20 @@ async fn the_api_refuses_bad_signatures_stale_requests_and_oversized_events() {
 #[tokio::test]
 async fn channel_queries_report_occupied_channels_and_counts() {
     let server = TestServer::start(PUSHER).await;
-    let mut a = Pusher::connect(&server).await;
-    let mut b = Pusher::connect(&server).await;
+    let mut a = Pusher::connect(server.addr).await;
+    let mut b = Pusher::connect(server.addr).await;
     a.subscribed("news", None).await;
     b.subscribed("news", None).await;
     let auth = a.auth("private-a");
     a.subscribed("private-a", Some(auth)).await;
 
     let channels = format!("/apps/{APP_ID}/channels");
-    let (status, body) = signed(&server, "GET", &channels, &[], None, SECRET, now()).await;
+    let (status, body) = signed(server.addr, "GET", &channels, &[], None, SECRET, now()).await;
     assert_eq!(status, 200, "{body}");
     let listed: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(listed, json!({"channels": {"news": {}, "private-a": {}}}));
     let (_, body) = signed(
-        &server,
+        server.addr,
         "GET",
         &channels,
         &[("filter_by_prefix", "private-")],
@@ -389,7 +255,7 @@ async fn channel_queries_report_occupied_channels_and_counts() {
 
     let news = format!("/apps/{APP_ID}/channels/news");
     let (status, body) = signed(
-        &server,
+        server.addr,
         "GET",
         &news,
         &[("info", "subscription_count")],
@@ -404,7 +270,7 @@ async fn channel_queries_report_occupied_channels_and_counts() {
         json!({"occupied": true, "subscription_count": 2})
     );
     let empty = format!("/apps/{APP_ID}/channels/empty");
-    let (_, body) = signed(&server, "GET", &empty, &[], None, SECRET, now()).await;
+    let (_, body) = signed(server.addr, "GET", &empty, &[], None, SECRET, now()).await;
     assert_eq!(
         serde_json::from_str::<Value>(&body).expect("JSON"),
         json!({"occupied": false})
@@ -414,8 +280,8 @@ async fn channel_queries_report_occupied_channels_and_counts() {
 #[tokio::test]
 async fn client_events_reach_the_other_subscribers_of_private_channels_only() {
     let server = TestServer::start(PUSHER).await;
-    let mut a = Pusher::connect(&server).await;
-    let mut b = Pusher::connect(&server).await;
+    let mut a = Pusher::connect(server.addr).await;
+    let mut b = Pusher::connect(server.addr).await;
     for pusher in [&mut a, &mut b] {
         let auth = pusher.auth("private-chat");
         pusher.subscribed("private-chat", Some(auth)).await;
@@ -433,7 +299,7 @@ async fn client_events_reach_the_other_subscribers_of_private_channels_only() {
     assert_eq!(data(&typing), json!({"who": "a"}));
     // The sender's next event is the one triggered after: its own was never sent back.
     let (status, _) = trigger(
-        &server,
+        server.addr,
         json!({"name": "done", "channel": "private-chat", "data": "{}"}),
     )
     .await;
@@ -460,7 +326,7 @@ async fn client_events_reach_the_other_subscribers_of_private_channels_only() {
 #[tokio::test]
 async fn client_events_are_refused_unless_enabled() {
     let server = TestServer::start(&PUSHER.replace("client_events = true", "")).await;
-    let mut a = Pusher::connect(&server).await;
+    let mut a = Pusher::connect(server.addr).await;
     let auth = a.auth("private-chat");
     a.subscribed("private-chat", Some(auth)).await;
     a.send(json!({"event": "client-x", "channel": "private-chat", "data": {}}))
@@ -475,8 +341,8 @@ async fn silent_clients_are_pinged_then_closed_with_4201() {
         "{PUSHER}\nactivity_timeout = \"1s\"\npong_timeout = \"1s\""
     ))
     .await;
-    let mut answering = Pusher::connect(&server).await;
-    let mut silent = Pusher::connect(&server).await;
+    let mut answering = Pusher::connect(server.addr).await;
+    let mut silent = Pusher::connect(server.addr).await;
 
     assert_eq!(answering.next().await["event"], "pusher:ping");
     answering
@@ -498,7 +364,7 @@ async fn silent_clients_are_pinged_then_closed_with_4201() {
 #[tokio::test]
 async fn shutdown_tells_pusher_clients_to_reconnect_at_once() {
     let server = TestServer::start(PUSHER).await;
-    let mut pusher = Pusher::connect(&server).await;
+    let mut pusher = Pusher::connect(server.addr).await;
     pusher.subscribed("news", None).await;
     let closed = tokio::spawn(async move { pusher.client.expect_close().await });
     server.shutdown().await.expect("shutdown");
@@ -508,7 +374,7 @@ async fn shutdown_tells_pusher_clients_to_reconnect_at_once() {
 #[tokio::test]
 async fn binary_messages_get_an_error_and_the_connection_stays() {
     let server = TestServer::start(PUSHER).await;
-    let mut pusher = Pusher::connect(&server).await;
+    let mut pusher = Pusher::connect(server.addr).await;
     pusher
         .client
         .send_message(tokio_tungstenite::tungstenite::Message::binary(vec![
@@ -522,4 +388,315 @@ async fn binary_messages_get_an_error_and_the_connection_stays() {
         Received::Json(pong) => assert_eq!(pong["event"], "pusher:pong"),
         other => panic!("expected a pong, got {other:?}"),
     }
+}
+
+/// The roster of a presence `subscription_succeeded`.
+fn roster(answer: &Value) -> Value {
+    assert_eq!(
+        answer["event"], "pusher_internal:subscription_succeeded",
+        "{answer}"
+    );
+    data(answer)["presence"].clone()
+}
+
+#[tokio::test]
+async fn presence_members_are_announced_once_per_user_with_their_info() {
+    let server = TestServer::start(PUSHER).await;
+    let ada = r#"{"user_id":"1","user_info":{"name":"Ada"}}"#;
+    let mut first = Pusher::connect(server.addr).await;
+    assert_eq!(
+        roster(&first.subscribe_presence("presence-room", ada).await),
+        json!({"ids": ["1"], "hash": {"1": {"name": "Ada"}}, "count": 1})
+    );
+
+    // A numeric user id is the same user as its string.
+    let mut bob = Pusher::connect(server.addr).await;
+    let joined = roster(
+        &bob.subscribe_presence(
+            "presence-room",
+            r#"{"user_id":2,"user_info":{"name":"Bob"}}"#,
+        )
+        .await,
+    );
+    assert_eq!(joined["count"], 2, "{joined}");
+    assert_eq!(joined["hash"]["1"], json!({"name": "Ada"}));
+    let added = first.next().await;
+    assert_eq!(added["event"], "pusher_internal:member_added", "{added}");
+    assert_eq!(
+        data(&added),
+        json!({"user_id": "2", "user_info": {"name": "Bob"}})
+    );
+
+    // Ada's second connection: the same two users, and nobody hears of a new member.
+    let mut again = Pusher::connect(server.addr).await;
+    assert_eq!(
+        roster(&again.subscribe_presence("presence-room", ada).await)["count"],
+        2
+    );
+    let (_, users) = herald_tests::pusher::get(
+        server.addr,
+        &format!("/apps/{APP_ID}/channels/presence-room/users"),
+        &[],
+    )
+    .await;
+    assert_eq!(users, json!({"users": [{"id": "1"}, {"id": "2"}]}));
+    let (_, info) = herald_tests::pusher::get(
+        server.addr,
+        &format!("/apps/{APP_ID}/channels/presence-room"),
+        &[("info", "user_count,subscription_count")],
+    )
+    .await;
+    assert_eq!(
+        info,
+        json!({"occupied": true, "user_count": 2, "subscription_count": 3})
+    );
+
+    // Ada's second connection leaving is not her leaving; Bob's last connection is Bob leaving.
+    again
+        .send(json!({"event": "pusher:unsubscribe", "data": {"channel": "presence-room"}}))
+        .await;
+    // Messages are handled in order: once the ping is answered, the unsubscribe is done.
+    again.send(json!({"event": "pusher:ping"})).await;
+    assert_eq!(again.next().await["event"], "pusher:pong");
+    drop(bob);
+    let removed = first.next().await;
+    assert_eq!(
+        removed["event"], "pusher_internal:member_removed",
+        "{removed}"
+    );
+    assert_eq!(data(&removed), json!({"user_id": "2"}));
+    let (status, _) = trigger(
+        server.addr,
+        json!({"name": "after", "channel": "presence-room", "data": "{}"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        first.next().await["event"],
+        "after",
+        "no more member events"
+    );
+}
+
+#[tokio::test]
+async fn presence_subscriptions_need_signed_valid_channel_data() {
+    let server = TestServer::start(&format!(
+        "{PUSHER}\nmax_presence_members = 1\nmax_presence_user_info_bytes = 16"
+    ))
+    .await;
+    let mut pusher = Pusher::connect(server.addr).await;
+
+    // Signed for other channel_data than what is sent.
+    let auth = format!(
+        "{KEY}:{}",
+        sign::channel_signature(
+            SECRET,
+            &pusher.socket_id,
+            "presence-x",
+            Some(r#"{"user_id":"9"}"#)
+        )
+    );
+    pusher
+        .send(json!({"event": "pusher:subscribe", "data": {
+            "channel": "presence-x", "auth": auth, "channel_data": r#"{"user_id":"1"}"#}}))
+        .await;
+    let refused = pusher.next().await;
+    assert_eq!(refused["data"]["status"], 401, "{refused}");
+
+    for (channel_data, status) in [
+        (r#"{"user_info":{}}"#, 400),
+        (r#"{"user_id":""}"#, 400),
+        ("not json", 400),
+        (
+            r#"{"user_id":"1","user_info":{"bio":"far too long for sixteen bytes"}}"#,
+            4301,
+        ),
+    ] {
+        let refused = pusher.subscribe_presence("presence-x", channel_data).await;
+        assert_eq!(
+            (
+                refused["event"].as_str(),
+                refused["data"]["status"].as_u64()
+            ),
+            (Some("pusher:subscription_error"), Some(status)),
+            "{channel_data}: {refused}"
+        );
+    }
+
+    let mut full = Pusher::connect(server.addr).await;
+    assert_eq!(
+        roster(
+            &full
+                .subscribe_presence("presence-x", r#"{"user_id":"1"}"#)
+                .await
+        )["count"],
+        1
+    );
+    let refused = pusher
+        .subscribe_presence("presence-x", r#"{"user_id":"2"}"#)
+        .await;
+    assert_eq!(refused["data"]["type"], "LimitReached", "{refused}");
+    let (status, _) = herald_tests::pusher::get(
+        server.addr,
+        &format!("/apps/{APP_ID}/channels/news/users"),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        status, 400,
+        "users of a channel that is not a presence channel"
+    );
+}
+
+/// Signs in as `user_data` the way pusher-js does after asking the app backend.
+async fn sign_in(pusher: &mut Pusher, user_data: &str) -> Value {
+    let auth = format!(
+        "{KEY}:{}",
+        sign::user_signature(SECRET, &pusher.socket_id, user_data)
+    );
+    pusher
+        .send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}))
+        .await;
+    pusher.next().await
+}
+
+#[tokio::test]
+async fn signed_in_users_get_their_own_channel_and_can_be_terminated() {
+    let server = TestServer::start(PUSHER).await;
+    let user_data = r#"{"id":"77","name":"Grace"}"#;
+    let mut signed = Pusher::connect(server.addr).await;
+    let success = sign_in(&mut signed, user_data).await;
+    assert_eq!(
+        success,
+        json!({"event": "pusher:signin_success", "data": {"user_data": user_data}})
+    );
+    signed.subscribed("#server-to-user-77", None).await;
+
+    let mut other = Pusher::connect(server.addr).await;
+    let refused = other.subscribe("#server-to-user-77", None).await;
+    assert_eq!(refused["data"]["status"], 401, "{refused}");
+    let reserved = other.subscribe("#mine", None).await;
+    assert_eq!(reserved["data"]["status"], 400, "{reserved}");
+
+    let (status, _) = trigger(
+        server.addr,
+        json!({"name": "note", "channel": "#server-to-user-77", "data": "{\"for\":\"you\"}"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let note = signed.next().await;
+    assert_eq!(
+        (note["event"].as_str(), data(&note)),
+        (Some("note"), json!({"for": "you"}))
+    );
+
+    // The path the Python library uses, without the app part.
+    let (status, body) = signed_post(&server, "/users/77/terminate_connections").await;
+    assert_eq!((status, body.as_str()), (200, "{}"));
+    assert_eq!(signed.client.expect_close().await.0, 4009);
+    other.send(json!({"event": "pusher:ping"})).await;
+    assert_eq!(other.next().await["event"], "pusher:pong", "others stay");
+}
+
+#[tokio::test]
+async fn a_forged_sign_in_closes_the_connection_with_4009() {
+    let server = TestServer::start(PUSHER).await;
+    let mut pusher = Pusher::connect(server.addr).await;
+    pusher
+        .send(json!({"event": "pusher:signin", "data": {
+            "auth": format!("{KEY}:{}", "0".repeat(64)), "user_data": r#"{"id":"1"}"#}}))
+        .await;
+    let error = pusher.next().await;
+    assert_eq!(error["data"]["code"], 4009, "{error}");
+    assert_eq!(pusher.client.expect_close().await.0, 4009);
+
+    // Signed, but without the id pusher-js needs.
+    let mut pusher = Pusher::connect(server.addr).await;
+    let error = sign_in(&mut pusher, r#"{"name":"no id"}"#).await;
+    assert_eq!(error["data"]["code"], 4009, "{error}");
+}
+
+async fn signed_post(server: &TestServer, path: &str) -> (u16, String) {
+    signed(
+        server.addr,
+        "POST",
+        path,
+        &[],
+        Some(json!({})),
+        SECRET,
+        now(),
+    )
+    .await
+}
+
+/// A server whose plugin folder holds the scripted test plugin with `script` as its configuration.
+async fn with_scripted_plugin(script: &str) -> (TestServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("plugin dir");
+    std::fs::write(
+        dir.path().join("10-p.wasm"),
+        herald_tests::built_plugin("herald-test-scripted"),
+    )
+    .expect("write plugin");
+    std::fs::write(dir.path().join("10-p.toml"), script).expect("write plugin config");
+    let server = TestServer::start(&format!(
+        "{PUSHER}\n[plugins]\ndir = {:?}\ndeadline = \"50ms\"",
+        dir.path().to_str().expect("utf-8 path")
+    ))
+    .await;
+    (server, dir)
+}
+
+#[tokio::test]
+async fn subscribe_plugins_decide_before_the_signature_rules() {
+    let (server, _dir) = with_scripted_plugin(
+        r#"
+        id = "p"
+        deny_code = 403
+        deny_subscribe = ["news-blocked", "private-blocked"]
+        allow_subscribe = ["private-open*"]
+        connect_user = "carol"
+        connect_protocols = ["pusher"]
+        "#,
+    )
+    .await;
+    let mut pusher = Pusher::connect(server.addr).await;
+    // Allowed by the plugin: no backend signature needed.
+    pusher.subscribed("private-open-room", None).await;
+    // Denied by the plugin, even with a valid signature, and on a public channel.
+    let auth = pusher.auth("private-blocked");
+    let denied = pusher.subscribe("private-blocked", Some(auth)).await;
+    assert_eq!(denied["event"], "pusher:subscription_error", "{denied}");
+    assert_eq!(denied["data"]["status"], 403, "{denied}");
+    assert_eq!(
+        pusher.subscribe("news-blocked", None).await["data"]["status"],
+        403
+    );
+    // Passed: Pusher's rules decide.
+    pusher.subscribed("news", None).await;
+    assert_eq!(
+        pusher.subscribe("private-other", None).await["data"]["status"],
+        401
+    );
+    // The connect plugin made the connection carol's: terminating carol closes it.
+    let path = format!("/apps/{APP_ID}/users/carol/terminate_connections");
+    let (status, _) = signed_post(&server, &path).await;
+    assert_eq!(status, 200);
+    assert_eq!(pusher.client.expect_close().await.0, 4009);
+}
+
+#[tokio::test]
+async fn connect_plugins_can_refuse_pusher_connections() {
+    let (server, _dir) =
+        with_scripted_plugin("id = \"p\"\ndeny_code = 4009\ndeny_protocols = [\"pusher\"]").await;
+    let mut client = Client::open_url(&url(server.addr, KEY, "?protocol=7")).await;
+    let error = client.next_json().await;
+    assert_eq!(
+        (error["event"].as_str(), error["data"]["code"].as_u64()),
+        (Some("pusher:error"), Some(4009)),
+        "{error}"
+    );
+    assert_eq!(client.expect_close().await.0, 4009);
+    // The Centrifugo side is another protocol: not denied.
+    let (_, connected) = Client::connect(&server).await;
+    assert!(connected["client"].is_string(), "{connected}");
 }

@@ -1,10 +1,11 @@
 //! End to end with the real Pusher libraries against Herald's Pusher Channels (protocol 7) adapter:
 //! `tests/e2e/js/pusher.js` drives pusher-js 8.6 clients and the `pusher` Node server library 5.3 (public and
 //! private channels, socket_id exclusion, client events, a failed channel auth, Herald's own API publishing to
-//! Pusher clients, channel queries, the 10 KiB data limit and a wrong secret), and
+//! Pusher clients, channel queries, the 10 KiB data limit, a wrong secret, and presence: pusher-js's
+//! `members`, member_added / member_removed once per user, the users and user_count queries), and
 //! `tests/e2e/python/pusher_api.py` drives the `pusher` Python server library 3.3 with a raw protocol-7
 //! WebSocket client (trigger, trigger_batch, channel queries signed with body_md5 on GETs, a wrong secret,
-//! ping/pong). Both run as child processes against a real Herald.
+//! ping/pong, a presence channel signed by the library's `authenticate`). Both run as child processes against a real Herald.
 //!
 //! They need Node 20+ with `npm ci --prefix tests/e2e/js` done, and Python 3.11 with
 //! `python3 -m pip install -r tests/e2e/python/requirements.txt`. A missing toolchain or dependency fails the

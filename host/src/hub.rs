@@ -116,6 +116,17 @@ impl SessionHandle {
         )
     }
 
+    /// The same session under another user (a Pusher connection that signed in): same connection, queue
+    /// and commands. Subscriptions made before keep the old handle, which reaches the same session.
+    pub fn with_user(&self, user: String) -> Arc<Self> {
+        Arc::new(Self {
+            client: self.client.clone(),
+            user,
+            outbound: self.outbound.clone(),
+            commands: self.commands.clone(),
+        })
+    }
+
     /// Sends a command; false when the session is gone.
     pub fn command(&self, command: SessionCommand) -> bool {
         if self.commands.receiver_gone.load(Ordering::Acquire) {
@@ -498,14 +509,15 @@ impl Hub {
     }
 
     /// Hands every subscriber of `channel` its protocol's frame, encoded at most once per protocol.
-    /// `excluded` is a client that must not receive it (Pusher's `socket_id` exclusion).
+    /// Subscribers for which `skip` holds get nothing (Pusher's `socket_id` exclusion, a Pusher member's
+    /// own presence events).
     fn broadcast(
         &self,
         channel: &str,
         position: &StreamPosition,
         encode: impl Fn(Protocol) -> Frame,
         only_join_leave: bool,
-        excluded: Option<&str>,
+        skip: impl Fn(&Subscriber) -> bool,
     ) {
         let shard = read(self.shard(channel));
         let Some(subscribers) = shard.get(channel) else {
@@ -516,7 +528,7 @@ impl Hub {
             if only_join_leave && !subscriber.join_leave {
                 continue;
             }
-            if excluded == Some(subscriber.session.client.as_str()) {
+            if skip(subscriber) {
                 continue;
             }
             let protocol = subscriber.protocol;
@@ -529,6 +541,11 @@ impl Hub {
             }
         }
     }
+}
+
+/// Whether a join or leave is the Pusher subscriber's own: Pusher clients never hear of themselves.
+fn own_pusher_event(subscriber: &Subscriber, info: &ClientInfo) -> bool {
+    subscriber.protocol == Protocol::Pusher && subscriber.session.client == info.client
 }
 
 /// Asks a subscriber whose stream has a gap to resubscribe (and so recover).
@@ -554,6 +571,8 @@ impl BrokerEventHandler for Hub {
             offset: publication.offset,
             epoch: position.epoch,
         };
+        // Looked up once, not per subscriber: fan-out loops over thousands.
+        let excluded = publication.tags.get(pusher::EXCLUDE_TAG);
         self.broadcast(
             channel,
             &position,
@@ -562,32 +581,44 @@ impl BrokerEventHandler for Hub {
                 Protocol::Pusher => pusher::publication(channel, &publication),
             },
             false,
-            publication
-                .tags
-                .get(pusher::EXCLUDE_TAG)
-                .map(String::as_str),
+            |subscriber| excluded == Some(&subscriber.session.client),
         );
     }
 
+    /// A join: a `join` push for Centrifugo subscribers; for Pusher presence members `member_added` (a
+    /// Pusher session announces only a user's first connection), never to the member who joined.
     fn handle_join(&self, channel: &str, info: Arc<ClientInfo>) {
         let unpositioned = StreamPosition::default();
         self.broadcast(
             channel,
             &unpositioned,
-            |_| encode::join_push(channel, &info),
+            |protocol| match protocol {
+                Protocol::Centrifuge => encode::join_push(channel, &info),
+                Protocol::Pusher => pusher::member_added(
+                    channel,
+                    &info.user,
+                    info.conn_info
+                        .as_deref()
+                        .and_then(|i| std::str::from_utf8(i).ok()),
+                ),
+            },
             true,
-            None,
+            |subscriber| own_pusher_event(subscriber, &info),
         );
     }
 
+    /// A leave: a `leave` push, or `member_removed` (for a user's last connection), as for joins.
     fn handle_leave(&self, channel: &str, info: Arc<ClientInfo>) {
         let unpositioned = StreamPosition::default();
         self.broadcast(
             channel,
             &unpositioned,
-            |_| encode::leave_push(channel, &info),
+            |protocol| match protocol {
+                Protocol::Centrifuge => encode::leave_push(channel, &info),
+                Protocol::Pusher => pusher::member_removed(channel, &info.user),
+            },
             true,
-            None,
+            |subscriber| own_pusher_event(subscriber, &info),
         );
     }
 

@@ -6,7 +6,7 @@
 //! `body_md5` for the body) and must be recent (`pusher.timestamp_window`). Success is `200` with a JSON
 //! body, as the libraries require; errors are real 4xx/5xx codes with a plain-text reason.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,6 +20,8 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::disconnect::Disconnect;
+use crate::engine::EngineError;
 use crate::errors::Refusal;
 use crate::node::{Node, PublishError, PublishRequest, Source};
 use crate::protocol::pusher::codec::{self, ChannelKind};
@@ -40,6 +42,16 @@ pub fn routes(node: Arc<Node>) -> Router<Arc<Node>> {
         .route("/apps/{app_id}/batch_events", post(batch_events))
         .route("/apps/{app_id}/channels", get(channels))
         .route("/apps/{app_id}/channels/{channel}", get(channel))
+        .route("/apps/{app_id}/channels/{channel}/users", get(users))
+        .route(
+            "/apps/{app_id}/users/{user_id}/terminate_connections",
+            post(terminate_connections),
+        )
+        // The Python library leaves out the app part of this one path; the key names the app.
+        .route(
+            "/users/{user_id}/terminate_connections",
+            post(terminate_connections),
+        )
         .route_layer(axum::middleware::from_fn_with_state(node, signed_only))
 }
 
@@ -50,12 +62,11 @@ async fn signed_only(State(node): State<Arc<Node>>, request: Request, next: Next
     let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
         return bad_request("request body could not be read").into_response();
     };
-    let app_id = parts
-        .uri
-        .path()
-        .strip_prefix("/apps/")
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_default();
+    let path = parts.uri.path();
+    let app_id = match path.strip_prefix("/apps/") {
+        Some(rest) => rest.split('/').next().unwrap_or_default(),
+        None => node.config.pusher.app_id.as_str(),
+    };
     let query = query_pairs(&parts.uri);
     if let Err(failure) = verify(&node, app_id, &parts.method, &parts.uri, &query, &body) {
         return failure.into_response();
@@ -282,16 +293,16 @@ async fn publish(node: &Node, checked: Checked) -> Result<Map<String, Value>, Fa
         for channel in &checked.channels {
             attributes.insert(
                 channel.clone(),
-                Value::Object(channel_attributes(node, channel, &checked.info)?),
+                Value::Object(channel_attributes(node, channel, &checked.info).await?),
             );
         }
     }
     Ok(attributes)
 }
 
-/// The attributes `info` asks for: `subscription_count` (connections subscribed on this node).
-/// `user_count` belongs to presence channels, which this server does not serve yet.
-fn channel_attributes(
+/// The attributes `info` asks for: `subscription_count` (connections subscribed on this node) and, for
+/// presence channels, `user_count` (distinct users on every node).
+async fn channel_attributes(
     node: &Node,
     channel: &str,
     info: &[String],
@@ -304,6 +315,15 @@ fn channel_attributes(
                     "subscription_count".into(),
                     node.hub.subscriber_count(channel).into(),
                 );
+            }
+            "user_count" if ChannelKind::of(channel) == ChannelKind::Presence => {
+                let stats = node
+                    .engine
+                    .presence
+                    .presence_stats(channel)
+                    .await
+                    .map_err(presence_unavailable(channel))?;
+                attributes.insert("user_count".into(), stats.num_users.into());
             }
             "user_count" => {
                 return Err(bad_request(
@@ -382,7 +402,12 @@ async fn channels(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, F
         {
             continue;
         }
-        listed.insert(name, json!({}));
+        let attributes = if info.iter().any(|a| a == "user_count") {
+            channel_attributes(&node, &name, &["user_count".to_owned()]).await?
+        } else {
+            Map::new()
+        };
+        listed.insert(name, Value::Object(attributes));
     }
     Ok(ok(json!({ "channels": listed })))
 }
@@ -403,12 +428,66 @@ async fn channel(
             .find(|(key, _)| key == "info")
             .map(|(_, value)| value.as_str()),
     );
-    let mut body = channel_attributes(&node, &channel, &info)?;
+    let mut body = channel_attributes(&node, &channel, &info).await?;
     body.insert(
         "occupied".into(),
         (node.hub.subscriber_count(&channel) > 0).into(),
     );
     Ok(ok(Value::Object(body)))
+}
+
+/// `GET /apps/{app_id}/channels/{channel}/users`: the ids of a presence channel's users, on every node.
+async fn users(
+    State(node): State<Arc<Node>>,
+    Path((_app_id, channel)): Path<(String, String)>,
+) -> Result<Response, Failure> {
+    if ChannelKind::of(&channel) != ChannelKind::Presence {
+        return Err(bad_request(
+            "users can only be listed for presence channels",
+        ));
+    }
+    let present = node
+        .engine
+        .presence
+        .presence(&channel)
+        .await
+        .map_err(presence_unavailable(&channel))?;
+    let mut ids: Vec<&str> = present.values().map(|info| info.user.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let users: Vec<Value> = ids.into_iter().map(|id| json!({ "id": id })).collect();
+    Ok(ok(json!({ "users": users })))
+}
+
+/// `POST /apps/{app_id}/users/{user_id}/terminate_connections`: closes this node's connections signed in
+/// as the user (Pusher clients get 4009 and stay disconnected).
+async fn terminate_connections(
+    State(node): State<Arc<Node>>,
+    Path(params): Path<HashMap<String, String>>,
+) -> Response {
+    let user = params.get("user_id").map_or("", String::as_str);
+    if user.is_empty() {
+        // "" is every connection that never signed in.
+        return bad_request("a user id is required").into_response();
+    }
+    let sessions = node.hub.sessions(user, None);
+    for session in &sessions {
+        session.disconnect(Disconnect::FORCE_DISCONNECT);
+    }
+    tracing::info!(
+        user,
+        connections = sessions.len(),
+        "pusher API terminated a user's connections"
+    );
+    ok(json!({}))
+}
+
+/// `503` for a presence read the engine could not answer.
+fn presence_unavailable(channel: &str) -> impl FnOnce(EngineError) -> Failure + '_ {
+    move |error| {
+        tracing::warn!(channel, %error, "presence read failed");
+        Failure(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+    }
 }
 
 #[cfg(test)]

@@ -5,8 +5,7 @@
 //! at once), channels authorised by the app backend's signatures instead of tokens, liveness by the
 //! client's activity, and `client-*` events relayed to the other members of private channels.
 
-use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,15 +16,18 @@ use tokio::time::Instant;
 
 use crate::disconnect::Disconnect;
 use crate::engine::ClientInfo;
+use crate::errors::Refusal;
 use crate::hub::{CommandReceiver, DeliveryGate, SessionCommand, SessionHandle, Subscriber};
 use crate::limits::{CommandRate, Verdict};
-use crate::node::{Node, PublishRequest, Source};
+use crate::node::{Node, PublishRequest, Source, plugin_client_info};
+use crate::plugin::bindings::{self, Hooks};
+use crate::plugin::chain::Decision;
 use crate::protocol::pusher::codec::{self, ChannelKind, ClientMessage};
 use crate::protocol::pusher::sign;
 use crate::protocol::{Frame, Protocol};
 
-use super::Incoming;
 use super::outbound::Outbound;
+use super::{ConnectionInfo, Incoming};
 
 /// The `[pusher]` section: the app whose clients and server libraries speak the Pusher protocol.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +53,10 @@ pub struct PusherConfig {
     pub max_event_bytes: usize,
     /// Longest channel name (default 164, Pusher's).
     pub max_channel_name_length: usize,
+    /// Most distinct users in one presence channel (default 100); more are refused the subscription.
+    pub max_presence_members: usize,
+    /// Largest `user_info` of a presence member in bytes (default 2 KiB).
+    pub max_presence_user_info_bytes: usize,
     /// How far an HTTP API request's `auth_timestamp` may be from the server's clock (default 600 s).
     #[serde(with = "humantime_serde")]
     pub timestamp_window: Duration,
@@ -67,6 +73,8 @@ impl Default for PusherConfig {
             pong_timeout: Duration::from_secs(30),
             max_event_bytes: 10 * 1024,
             max_channel_name_length: 164,
+            max_presence_members: 100,
+            max_presence_user_info_bytes: 2048,
             timestamp_window: Duration::from_secs(600),
         }
     }
@@ -83,6 +91,11 @@ impl std::fmt::Debug for PusherConfig {
             .field("pong_timeout", &self.pong_timeout)
             .field("max_event_bytes", &self.max_event_bytes)
             .field("max_channel_name_length", &self.max_channel_name_length)
+            .field("max_presence_members", &self.max_presence_members)
+            .field(
+                "max_presence_user_info_bytes",
+                &self.max_presence_user_info_bytes,
+            )
             .field("timestamp_window", &self.timestamp_window)
             .finish()
     }
@@ -118,14 +131,84 @@ impl PusherConfig {
 /// Longest `client-*` event name (Pusher's limit).
 const MAX_EVENT_NAME: usize = 200;
 
+/// A refused subscription: the `type`, message and status of `pusher:subscription_error`.
+type Refused = (&'static str, String, u16);
+
+fn unavailable() -> Refused {
+    (
+        "ServerError",
+        "the server cannot subscribe right now, try again".into(),
+        503,
+    )
+}
+
+/// Presence `channel_data`: `{"user_id": string or number, "user_info": any JSON}`, as user id and the
+/// compact `user_info` text.
+fn parse_channel_data(channel_data: &str) -> Result<(String, Option<Bytes>), String> {
+    #[derive(serde::Deserialize)]
+    struct ChannelData {
+        user_id: serde_json::Value,
+        #[serde(default)]
+        user_info: Option<Box<serde_json::value::RawValue>>,
+    }
+    let data: ChannelData = serde_json::from_str(channel_data)
+        .map_err(|error| format!("channel_data must be JSON with a user_id: {error}"))?;
+    let user = match data.user_id {
+        serde_json::Value::String(id) if !id.is_empty() => id,
+        serde_json::Value::Number(id) => id.to_string(),
+        _ => return Err("user_id must be a non-empty string or a number".into()),
+    };
+    let info = data
+        .user_info
+        .map(|info| crate::protocol::compact_json(info.get()));
+    Ok((user, info))
+}
+
+/// The `id` of sign-in `user_data`: a non-empty string (pusher-js insists) or a number.
+fn user_id(user_data: &str) -> Option<String> {
+    let data: serde_json::Value = serde_json::from_str(user_data).ok()?;
+    match &data["id"] {
+        serde_json::Value::String(id) if !id.is_empty() => Some(id.clone()),
+        serde_json::Value::Number(id) => Some(id.to_string()),
+        _ => None,
+    }
+}
+
+/// Members by user (a user with several connections counts once), ordered by user id.
+fn members(present: &HashMap<String, ClientInfo>) -> Vec<(String, Option<String>)> {
+    let mut by_user: std::collections::BTreeMap<&str, Option<String>> = Default::default();
+    for info in present.values() {
+        by_user.entry(&info.user).or_insert_with(|| {
+            info.conn_info
+                .as_deref()
+                .and_then(|i| std::str::from_utf8(i).ok())
+                .map(str::to_owned)
+        });
+    }
+    by_user
+        .into_iter()
+        .map(|(user, info)| (user.to_owned(), info))
+        .collect()
+}
+
+/// How many distinct users are present.
+fn distinct_users(present: &HashMap<String, ClientInfo>) -> usize {
+    present
+        .values()
+        .map(|info| info.user.as_str())
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
+
 /// One Pusher connection's state.
 pub struct PusherSession {
     node: Arc<Node>,
     outbound: Arc<Outbound>,
-    remote: SocketAddr,
+    connection: ConnectionInfo,
     handle: Arc<SessionHandle>,
     commands: CommandReceiver,
-    channels: HashSet<String>,
+    /// Subscribed channels, with this connection's membership for presence channels.
+    channels: HashMap<String, Option<ClientInfo>>,
     /// When the client last sent anything, WebSocket control frames included.
     last_heard: Instant,
     /// When the server's unanswered ping went out.
@@ -135,17 +218,17 @@ pub struct PusherSession {
 
 impl PusherSession {
     /// A session for a connection that just opened on the app's key.
-    pub fn new(node: Arc<Node>, outbound: Arc<Outbound>, remote: SocketAddr) -> Self {
+    pub fn new(node: Arc<Node>, outbound: Arc<Outbound>, connection: ConnectionInfo) -> Self {
         let (handle, commands) =
             SessionHandle::new(new_socket_id(), String::new(), outbound.clone());
         let rate = node.admission.command_rate();
         Self {
             node,
             outbound,
-            remote,
+            connection,
             handle,
             commands,
-            channels: HashSet::new(),
+            channels: HashMap::new(),
             last_heard: Instant::now(),
             pinged_at: None,
             rate,
@@ -160,18 +243,33 @@ impl PusherSession {
         &self.node.config.pusher
     }
 
+    /// The connection as plugins and publications see it.
+    fn info(&self) -> ClientInfo {
+        ClientInfo {
+            user: self.handle.user.clone(),
+            client: self.socket_id().to_owned(),
+            conn_info: None,
+            chan_info: None,
+        }
+    }
+
     /// Runs until the client goes away or a close is decided, then cleans up; the close is left in the
     /// outbound queue for the writer.
     pub async fn run(mut self, incoming: impl Stream<Item = Incoming>) {
         let mut incoming = std::pin::pin!(incoming);
         let node = self.node.clone();
         let outbound = self.outbound.clone();
+        if let Err(refused) = self.connect_hook().await {
+            outbound.push(codec::error(Some(refused.code), &refused.reason));
+            outbound.close(refused);
+            return;
+        }
         node.hub.register(self.handle.clone());
         outbound.push(codec::connection_established(
             self.socket_id(),
             self.config().activity_timeout.as_secs(),
         ));
-        tracing::debug!(socket_id = %self.socket_id(), remote = %self.remote, "pusher client connected");
+        tracing::debug!(socket_id = %self.socket_id(), remote = %self.connection.remote, "pusher client connected");
         loop {
             let deadline = self.deadline();
             tokio::select! {
@@ -204,6 +302,46 @@ impl PusherSession {
         Box::pin(self.finish()).await;
     }
 
+    /// The connect plugins see every Pusher connection as it opens (protocol `pusher`, no token: Pusher
+    /// authorises channels, not connections). A denial closes it with the Pusher form of the code; an
+    /// identity makes it that user's, as a sign-in would.
+    async fn connect_hook(&mut self) -> Result<(), Disconnect> {
+        let plugins = self.node.plugins.clone();
+        if !plugins.any(Hooks::CONNECT) {
+            return Ok(());
+        }
+        let request = bindings::ConnectRequest {
+            transport: "websocket".into(),
+            protocol: "pusher".into(),
+            remote_addr: self.connection.remote.to_string(),
+            headers: self.connection.headers.to_vec(),
+            query: self.connection.query.to_vec(),
+            token: String::new(),
+            data: None,
+            client: self.socket_id().to_owned(),
+            refresh: false,
+            user: String::new(),
+        };
+        match plugins.connect(request).await {
+            Decision::Undecided => Ok(()),
+            Decision::Allowed(identity) => {
+                self.handle = self.handle.with_user(identity.user);
+                Ok(())
+            }
+            Decision::Denied(deny) => {
+                tracing::info!(remote = %self.connection.remote, code = deny.code, reason = %deny.reason, "pusher connection denied by plugin");
+                let disconnect = match Refusal::from_code(deny.code, deny.reason) {
+                    Refusal::Disconnect(disconnect) => disconnect,
+                    Refusal::Error(error) => Disconnect {
+                        reason: error.message,
+                        ..Disconnect::PUSHER_UNAUTHORIZED
+                    },
+                };
+                Err(disconnect.for_pusher())
+            }
+        }
+    }
+
     /// The next liveness check: the pong deadline after a ping, else the end of the allowed silence.
     fn deadline(&self) -> Instant {
         match self.pinged_at {
@@ -213,19 +351,19 @@ impl PusherSession {
     }
 
     async fn finish(mut self) {
-        let channels: Vec<String> = self.channels.drain().collect();
-        for channel in channels {
-            self.leave(&channel).await;
+        let channels: Vec<_> = self.channels.drain().collect();
+        for (channel, member) in channels {
+            self.leave(&channel, member).await;
         }
         self.node
             .hub
             .unregister(&self.handle.client, &self.handle.user);
         match self.outbound.close_reason() {
             Some(d) if d == Disconnect::SLOW => {
-                tracing::warn!(socket_id = %self.socket_id(), remote = %self.remote, "pusher client dropped as slow: outbound queue full")
+                tracing::warn!(socket_id = %self.socket_id(), remote = %self.connection.remote, "pusher client dropped as slow: outbound queue full")
             }
             reason => {
-                tracing::debug!(socket_id = %self.socket_id(), remote = %self.remote, ?reason, "pusher client disconnected")
+                tracing::debug!(socket_id = %self.socket_id(), remote = %self.connection.remote, ?reason, "pusher client disconnected")
             }
         }
     }
@@ -271,7 +409,7 @@ impl PusherSession {
                     return;
                 }
                 Verdict::Disconnect => {
-                    tracing::info!(socket_id = %self.socket_id(), remote = %self.remote, "pusher client dropped: too many messages");
+                    tracing::info!(socket_id = %self.socket_id(), remote = %self.connection.remote, "pusher client dropped: too many messages");
                     self.outbound.close(Disconnect::TOO_MANY_REQUESTS);
                     return;
                 }
@@ -287,22 +425,13 @@ impl PusherSession {
                 auth,
                 channel_data,
             } => self.subscribe(channel, auth, channel_data).await,
-            ClientMessage::Unsubscribe { channel } => {
-                if self.channels.remove(&channel) {
-                    self.leave(&channel).await;
-                }
-            }
+            ClientMessage::Unsubscribe { channel } => self.unsubscribe(&channel).await,
             ClientMessage::ClientEvent {
                 event,
                 channel,
                 data,
             } => self.client_event(event, channel, data).await,
-            ClientMessage::Signin { .. } => {
-                self.outbound.push(codec::error(
-                    None,
-                    "user authentication (signin) is not supported by this server yet",
-                ));
-            }
+            ClientMessage::Signin { auth, user_data } => self.signin(&auth, &user_data),
             ClientMessage::Other { event } => {
                 tracing::debug!(socket_id = %self.socket_id(), event, "unknown pusher event ignored");
             }
@@ -315,112 +444,302 @@ impl PusherSession {
         auth: Option<String>,
         channel_data: Option<String>,
     ) {
-        if self.channels.contains(&channel) {
-            self.outbound.push(codec::subscription_succeeded(&channel));
+        if let Some(member) = self.channels.get(&channel) {
+            // Idempotent, and a member is not announced twice.
+            let again = match member {
+                Some(_) => match self.roster(&channel).await {
+                    Ok(members) => codec::presence_subscription_succeeded(&channel, &members),
+                    Err(refused) => self.refused(&channel, refused),
+                },
+                None => codec::subscription_succeeded(&channel),
+            };
+            self.outbound.push(again);
             return;
         }
-        if let Err((kind, message, status)) = self.may_subscribe(&channel, auth, channel_data) {
-            tracing::debug!(socket_id = %self.socket_id(), channel, message, "pusher subscription refused");
-            self.outbound
-                .push(codec::subscription_error(&channel, kind, &message, status));
-            return;
+        let member = match self.authorize(&channel, auth, channel_data).await {
+            Ok(member) => member,
+            Err(refused) => {
+                let frame = self.refused(&channel, refused);
+                self.outbound.push(frame);
+                return;
+            }
+        };
+        let reply = match &member {
+            Some(member) => self.join(&channel, member).await,
+            None => self
+                .open(&channel, false)
+                .await
+                .map(|gate| (gate, codec::subscription_succeeded(&channel))),
+        };
+        match reply {
+            Ok((gate, reply)) => {
+                // Not positioned: whatever arrived while subscribing follows the confirmation.
+                let _ = gate.open(&self.outbound, reply, None);
+                self.channels.insert(channel, member);
+            }
+            Err(refused) => {
+                let frame = self.refused(&channel, refused);
+                self.outbound.push(frame);
+            }
         }
+    }
+
+    /// The `pusher:subscription_error` for a refusal, logged.
+    fn refused(&self, channel: &str, (kind, message, status): Refused) -> Frame {
+        tracing::debug!(socket_id = %self.socket_id(), channel, message, "pusher subscription refused");
+        codec::subscription_error(channel, kind, &message, status)
+    }
+
+    /// Registers the subscription with the hub, holding its frames, and with the engine for the node's
+    /// first subscriber. `members` asks for presence events.
+    async fn open(&self, channel: &str, members: bool) -> Result<Arc<DeliveryGate>, Refused> {
         let gate = Arc::new(DeliveryGate::held());
         let subscriber = Subscriber {
             session: self.handle.clone(),
             protocol: Protocol::Pusher,
-            join_leave: false,
+            join_leave: members,
             gate: gate.clone(),
         };
-        let node = self.node.clone();
-        if node.hub.subscribe(&channel, subscriber)
-            && let Err(error) = node.engine.broker.subscribe(&channel).await
+        if self.node.hub.subscribe(channel, subscriber)
+            && let Err(error) = self.node.engine.broker.subscribe(channel).await
         {
             tracing::warn!(channel, %error, "engine subscribe failed");
-            self.leave(&channel).await;
-            self.outbound.push(codec::subscription_error(
-                &channel,
-                "ServerError",
-                "the server cannot subscribe right now, try again",
-                503,
-            ));
-            return;
+            self.close(channel).await;
+            return Err(unavailable());
         }
-        // Not positioned: whatever arrived while subscribing follows the confirmation.
-        let _ = gate.open(
-            &self.outbound,
-            codec::subscription_succeeded(&channel),
-            None,
-        );
-        self.channels.insert(channel);
+        Ok(gate)
     }
 
-    /// Why a subscription is refused: the `type`, message and status of `pusher:subscription_error`.
-    fn may_subscribe(
+    /// Joins a presence channel: subscribes, enters the roster (on every node, through the engine) and
+    /// announces the member to the others when it is the user's first connection there. Returns the held
+    /// gate and the confirmation with the roster, the joiner included.
+    async fn join(
+        &self,
+        channel: &str,
+        member: &ClientInfo,
+    ) -> Result<(Arc<DeliveryGate>, Frame), Refused> {
+        let presence = &self.node.engine.presence;
+        let before = presence.presence(channel).await.map_err(|error| {
+            tracing::warn!(channel, %error, "presence read failed");
+            unavailable()
+        })?;
+        let returning = before.values().any(|info| info.user == member.user);
+        let max = self.config().max_presence_members;
+        if !returning && distinct_users(&before) >= max {
+            return Err((
+                "LimitReached",
+                format!("presence channel is full ({max} members)"),
+                4100,
+            ));
+        }
+        let gate = self.open(channel, true).await?;
+        if let Err(error) = presence.add_presence(channel, member.clone()).await {
+            tracing::warn!(channel, %error, "presence update failed");
+            self.close(channel).await;
+            return Err(unavailable());
+        }
+        // A failed read still confirms: the roster then is what was there, and the joiner.
+        let mut present = presence.presence(channel).await.unwrap_or_else(|error| {
+            tracing::warn!(channel, %error, "presence read failed");
+            before
+        });
+        present.insert(member.client.clone(), member.clone());
+        let members = members(&present);
+        if !returning
+            && let Err(error) = self
+                .node
+                .engine
+                .broker
+                .publish_join(channel, member.clone())
+                .await
+        {
+            tracing::warn!(channel, %error, "member_added broadcast failed");
+        }
+        Ok((
+            gate,
+            codec::presence_subscription_succeeded(channel, &members),
+        ))
+    }
+
+    /// The channel's members, one per user, ordered by user id.
+    async fn roster(&self, channel: &str) -> Result<Vec<(String, Option<String>)>, Refused> {
+        let present = self
+            .node
+            .engine
+            .presence
+            .presence(channel)
+            .await
+            .map_err(|error| {
+                tracing::warn!(channel, %error, "presence read failed");
+                unavailable()
+            })?;
+        Ok(members(&present))
+    }
+
+    /// Why a subscription is refused, or the membership a presence channel's `channel_data` declares.
+    /// The subscribe plugins decide first; when they all pass, Pusher's rules do ([`Self::may_subscribe`]).
+    async fn authorize(
         &self,
         channel: &str,
         auth: Option<String>,
         channel_data: Option<String>,
-    ) -> Result<(), (&'static str, String, u16)> {
-        let config = self.config();
-        if !codec::valid_channel_name(channel, config.max_channel_name_length) {
+    ) -> Result<Option<ClientInfo>, Refused> {
+        let max_channels = self.node.config.client.max_channels;
+        if !codec::valid_channel_name(channel, self.config().max_channel_name_length) {
             return Err((
                 "InvalidChannel",
                 format!("invalid channel name {channel:?}"),
                 400,
             ));
         }
-        if self.channels.len() >= self.node.config.client.max_channels {
+        if self.channels.len() >= max_channels {
             return Err((
                 "LimitReached",
-                format!(
-                    "at most {} channels per connection",
-                    self.node.config.client.max_channels
-                ),
+                format!("at most {max_channels} channels per connection"),
                 400,
             ));
         }
-        match ChannelKind::of(channel) {
-            ChannelKind::Public => Ok(()),
-            ChannelKind::Presence => Err((
-                "UnsupportedChannel",
-                "presence channels are not supported by this server yet".into(),
-                501,
-            )),
-            ChannelKind::ServerToUser(_) => Err((
+        let plugins = &self.node.plugins;
+        if !plugins.any(Hooks::SUBSCRIBE) {
+            return self.may_subscribe(channel, auth, channel_data, false);
+        }
+        let request = bindings::SubscribeRequest {
+            client: plugin_client_info(&self.info()),
+            channel: channel.to_owned(),
+            token: auth.clone().unwrap_or_default(),
+            data: channel_data.as_ref().map(|d| d.clone().into_bytes()),
+            refresh: false,
+        };
+        match plugins.subscribe(request).await {
+            Decision::Denied(deny) => Err((
                 "AuthError",
-                "server-to-user channels need a signed-in connection".into(),
-                401,
+                deny.reason,
+                u16::try_from(deny.code).unwrap_or(403),
             )),
-            ChannelKind::Private | ChannelKind::PrivateEncrypted => {
-                let signed = auth.is_some_and(|auth| {
-                    sign::channel_auth_valid(
-                        &config.key,
-                        &config.secret,
-                        self.socket_id(),
-                        channel,
-                        channel_data.as_deref(),
-                        &auth,
-                    )
-                });
-                if signed {
-                    Ok(())
-                } else {
-                    Err((
-                        "AuthError",
-                        format!(
-                            "invalid signature for {channel} on socket {}",
-                            self.socket_id()
-                        ),
-                        401,
-                    ))
-                }
-            }
+            Decision::Allowed(_) => self.may_subscribe(channel, auth, channel_data, true),
+            Decision::Undecided => self.may_subscribe(channel, auth, channel_data, false),
         }
     }
 
-    /// Ends a subscription in the hub (and the engine, for the node's last subscriber).
-    async fn leave(&self, channel: &str) {
+    /// Pusher's rules for a subscription; `granted` when a plugin allowed it, which stands in for the
+    /// backend's signature.
+    fn may_subscribe(
+        &self,
+        channel: &str,
+        auth: Option<String>,
+        channel_data: Option<String>,
+        granted: bool,
+    ) -> Result<Option<ClientInfo>, Refused> {
+        let config = self.config();
+        let kind = ChannelKind::of(channel);
+        match kind {
+            ChannelKind::Public if channel.starts_with('#') => {
+                return Err((
+                    "InvalidChannel",
+                    "channels starting with # are reserved".into(),
+                    400,
+                ));
+            }
+            ChannelKind::Public => return Ok(None),
+            // pusher-js subscribes to its user's channel without a signature once signed in.
+            ChannelKind::ServerToUser(user)
+                if granted || (!user.is_empty() && user == self.handle.user) =>
+            {
+                return Ok(None);
+            }
+            ChannelKind::ServerToUser(_) => {
+                return Err((
+                    "AuthError",
+                    "server-to-user channels are for the connection signed in as that user".into(),
+                    401,
+                ));
+            }
+            ChannelKind::Private | ChannelKind::PrivateEncrypted | ChannelKind::Presence => {}
+        }
+        let presence = kind == ChannelKind::Presence;
+        // Only presence signatures cover channel_data; a private channel's stray channel_data is ignored.
+        let signed_data = if presence {
+            channel_data.as_deref()
+        } else {
+            None
+        };
+        let signed = granted
+            || auth.is_some_and(|auth| {
+                sign::channel_auth_valid(
+                    &config.key,
+                    &config.secret,
+                    self.socket_id(),
+                    channel,
+                    signed_data,
+                    &auth,
+                )
+            });
+        if !signed {
+            return Err((
+                "AuthError",
+                format!(
+                    "invalid signature for {channel} on socket {}",
+                    self.socket_id()
+                ),
+                401,
+            ));
+        }
+        if !presence {
+            return Ok(None);
+        }
+        let (user, user_info) = parse_channel_data(channel_data.as_deref().unwrap_or_default())
+            .map_err(|message| ("InvalidChannelData", message, 400))?;
+        if user_info.as_ref().map_or(0, Bytes::len) > config.max_presence_user_info_bytes {
+            return Err((
+                "LimitReached",
+                format!(
+                    "user_info is larger than {} bytes",
+                    config.max_presence_user_info_bytes
+                ),
+                4301,
+            ));
+        }
+        Ok(Some(ClientInfo {
+            user,
+            client: self.socket_id().to_owned(),
+            conn_info: user_info,
+            chan_info: None,
+        }))
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) {
+        if let Some(member) = self.channels.remove(channel) {
+            self.leave(channel, member).await;
+        }
+    }
+
+    /// Ends a subscription: out of the hub (and the engine, for the node's last subscriber), out of the
+    /// roster, announcing the member's departure when it was the user's last connection there.
+    async fn leave(&self, channel: &str, member: Option<ClientInfo>) {
+        self.close(channel).await;
+        let Some(member) = member else { return };
+        let engine = &self.node.engine;
+        if let Err(error) = engine
+            .presence
+            .remove_presence(channel, &member.client)
+            .await
+        {
+            tracing::warn!(channel, %error, "presence removal failed");
+        }
+        let last = match engine.presence.presence(channel).await {
+            Ok(present) => !present.values().any(|info| info.user == member.user),
+            Err(error) => {
+                tracing::warn!(channel, %error, "presence read failed");
+                false
+            }
+        };
+        if last && let Err(error) = engine.broker.publish_leave(channel, member).await {
+            tracing::warn!(channel, %error, "member_removed broadcast failed");
+        }
+    }
+
+    /// Removes the subscription from the hub, and from the engine for the node's last subscriber.
+    async fn close(&self, channel: &str) {
         if self.node.hub.unsubscribe(channel, &self.handle.client)
             && let Err(error) = self.node.engine.broker.unsubscribe(channel).await
         {
@@ -437,7 +756,7 @@ impl PusherSession {
             ChannelKind::Private | ChannelKind::Presence
         ) {
             Some("client events are only allowed on private and presence channels")
-        } else if !self.channels.contains(&channel) {
+        } else if !self.channels.contains_key(&channel) {
             Some("client events need a subscription to the channel")
         } else if event.len() > MAX_EVENT_NAME {
             Some("event name too long")
@@ -460,12 +779,7 @@ impl PusherSession {
             .publish(PublishRequest {
                 channel,
                 data: data.map_or(Bytes::from_static(b"null"), Bytes::from),
-                info: Some(ClientInfo {
-                    user: String::new(),
-                    client: self.socket_id().to_owned(),
-                    conn_info: None,
-                    chan_info: None,
-                }),
+                info: Some(self.info()),
                 tags,
                 // Pusher keeps no client events: they are relayed, never replayed.
                 skip_history: true,
@@ -474,20 +788,43 @@ impl PusherSession {
             })
             .await;
         if let Err(error) = published {
-            let refusal = crate::errors::Refusal::from(error);
+            let refusal = Refusal::from(error);
             tracing::debug!(socket_id = %self.socket_id(), ?refusal, "client event refused");
             self.outbound
                 .push(codec::error(Some(4301), "client event refused"));
         }
     }
 
+    /// `pusher:signin`: the app backend's signature over `user_data` makes this connection its user's, for
+    /// `terminate_connections` and the user's `#server-to-user-{id}` channel. A refused sign-in closes the
+    /// connection with 4009, as Pusher does.
+    fn signin(&mut self, auth: &str, user_data: &str) {
+        let config = self.config();
+        let signed = sign::user_auth_valid(
+            &config.key,
+            &config.secret,
+            self.socket_id(),
+            user_data,
+            auth,
+        );
+        let user = signed.then(|| user_id(user_data)).flatten();
+        let Some(user) = user else {
+            tracing::info!(socket_id = %self.socket_id(), remote = %self.connection.remote, "pusher sign-in refused");
+            self.outbound
+                .push(codec::error(Some(4009), "Connection not authorized."));
+            self.outbound.close(Disconnect::PUSHER_UNAUTHORIZED);
+            return;
+        };
+        let hub = &self.node.hub;
+        hub.unregister(&self.handle.client, &self.handle.user);
+        self.handle = self.handle.with_user(user);
+        hub.register(self.handle.clone());
+        self.outbound.push(codec::signin_success(user_data));
+    }
+
     async fn handle_command(&mut self, command: SessionCommand) {
         match command {
-            SessionCommand::Unsubscribe { channel } => {
-                if self.channels.remove(&channel) {
-                    self.leave(&channel).await;
-                }
-            }
+            SessionCommand::Unsubscribe { channel } => self.unsubscribe(&channel).await,
             // Server-side subscriptions and recovery are Centrifugo protocol features.
             SessionCommand::Subscribe { .. } | SessionCommand::Resubscribe { .. } => {}
         }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -16,7 +16,7 @@ use serde::Deserialize;
 use crate::disconnect::Disconnect;
 use crate::node::Node;
 
-use super::websocket::{Speaker, admit, serve, with_limits};
+use super::websocket::{Speaker, admit, connection_info, serve, with_limits};
 
 /// The query pusher-js sends (`protocol=7&client=js&version=8.6.0&flash=false`); only the protocol
 /// version matters.
@@ -34,6 +34,7 @@ pub async fn pusher_handler(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(key): Path<String>,
     Query(query): Query<PusherQuery>,
+    RawQuery(raw_query): RawQuery,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
@@ -57,7 +58,12 @@ pub async fn pusher_handler(
         tracing::info!(%remote, protocol = ?query.protocol, "pusher connection refused: protocol version");
         Speaker::PusherRefused(Disconnect::PUSHER_UNSUPPORTED_PROTOCOL)
     } else {
-        Speaker::Pusher { remote }
+        Speaker::Pusher(connection_info(
+            remote,
+            false,
+            &headers,
+            raw_query.as_deref(),
+        ))
     };
     with_limits(upgrade, &node)
         .on_failed_upgrade(

@@ -89,23 +89,8 @@ pub async fn websocket_handler(
         Ok(admitted) => admitted,
         Err(refused) => return refused.into_response(),
     };
-    let connection = ConnectionInfo {
-        remote,
-        transport_ping: query.cf_ws_frame_ping_pong.as_deref() == Some("true"),
-        headers: headers
-            .iter()
-            .filter_map(|(name, value)| {
-                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
-            })
-            .collect(),
-        query: raw_query
-            .map(|q| {
-                url::form_urlencoded::parse(q.as_bytes())
-                    .into_owned()
-                    .collect()
-            })
-            .unwrap_or_default(),
-    };
+    let transport_ping = query.cf_ws_frame_ping_pong.as_deref() == Some("true");
+    let connection = connection_info(remote, transport_ping, &headers, raw_query.as_deref());
     with_limits(upgrade, &node)
         .protocols(["centrifuge-json"])
         .on_failed_upgrade(
@@ -139,15 +124,38 @@ pub(super) fn admit(
     }
 }
 
+/// What connect plugins see of an upgrade request.
+pub(super) fn connection_info(
+    remote: SocketAddr,
+    transport_ping: bool,
+    headers: &HeaderMap,
+    raw_query: Option<&str>,
+) -> ConnectionInfo {
+    ConnectionInfo {
+        remote,
+        transport_ping,
+        headers: headers
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+            })
+            .collect(),
+        query: raw_query
+            .map(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .into_owned()
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
 /// Who speaks on an upgraded connection.
 pub(super) enum Speaker {
     /// A Centrifugo protocol client.
     Centrifuge(ConnectionInfo),
     /// A Pusher protocol client.
-    Pusher {
-        /// The client's address.
-        remote: SocketAddr,
-    },
+    Pusher(ConnectionInfo),
     /// A Pusher client refused at the handshake (unknown key, protocol version): pusher-js reads the
     /// reason from a `pusher:error` first, then the close.
     PusherRefused(Disconnect),
@@ -157,7 +165,7 @@ impl Speaker {
     fn protocol(&self) -> Protocol {
         match self {
             Self::Centrifuge(_) => Protocol::Centrifuge,
-            Self::Pusher { .. } | Self::PusherRefused(_) => Protocol::Pusher,
+            Self::Pusher(_) | Self::PusherRefused(_) => Protocol::Pusher,
         }
     }
 }
@@ -210,8 +218,8 @@ pub(super) async fn serve(node: Arc<Node>, socket: WebSocket, speaker: Speaker, 
                 .run(incoming)
                 .await;
         }
-        Speaker::Pusher { remote } => {
-            PusherSession::new(node, outbound.clone(), remote)
+        Speaker::Pusher(connection) => {
+            PusherSession::new(node, outbound.clone(), connection)
                 .run(incoming)
                 .await;
         }

@@ -10,8 +10,13 @@ and a raw Pusher-protocol WebSocket client (run by tests/pusher_sdk.rs).
   4. trigger_batch with one event to `news` and one to `private-py`: the client receives both
   5. channels_info() lists both channels; channel_info('news', ['subscription_count']) → occupied, count 1
      (the library signs its GETs with body_md5 of the empty body)
-  6. a library built with a wrong secret: trigger and channels_info raise PusherBadAuth (HTTP 401)
-  7. pusher:ping is answered with pusher:pong, as the next frame (nothing from step 6 was delivered)
+  6. presence: subscribe `presence-py` with auth and channel_data from authenticate(channel, socket_id,
+     {'user_id': 7, 'user_info': …}) (the library's json.dumps, with spaces, is signed and sent as is; the numeric
+     user_id comes back as "7"); pusher_internal:subscription_succeeded carries the roster {"presence": {"ids":
+     ["7"], "hash": {"7": info}, "count": 1}}; users_info → [{"id": "7"}]; channel_info(['user_count']) →
+     occupied, 1; channels_info('presence-', ['user_count']) → presence-py 1; users_info('news') → PusherBadRequest
+  7. a library built with a wrong secret: trigger and channels_info raise PusherBadAuth (HTTP 401)
+  8. pusher:ping is answered with pusher:pong, as the next frame (nothing from step 7 was delivered)
 
 Env: HERALD_PUSHER_HOST, HERALD_PUSHER_PORT, HERALD_PUSHER_APP_ID (numeric: the library requires it),
      HERALD_PUSHER_KEY, HERALD_PUSHER_SECRET, HERALD_API_URL, HERALD_API_KEY (read for parity with pusher.js; this
@@ -28,7 +33,7 @@ import sys
 import time
 
 import pusher
-from pusher.errors import PusherBadAuth
+from pusher.errors import PusherBadAuth, PusherBadRequest
 from websockets.asyncio.client import connect
 
 T0 = time.monotonic()
@@ -250,7 +255,34 @@ async def scenario(client: RawClient) -> None:
     check(news.get("occupied") is True and news.get("subscription_count") == 1,
           f"channel_info(news): expected occupied with subscription_count 1, got {json.dumps(news)}")
 
-    # 6. A wrong secret is refused with 401, which the library raises as PusherBadAuth.
+    # 6. Presence: the library signs "socket_id:channel:channel_data" over its own serialisation of the user.
+    user_info = {"name": "Py", "tags": ["e2e"]}
+    auth = lib.authenticate(channel="presence-py", socket_id=socket_id,
+                            custom_data={"user_id": 7, "user_info": user_info})
+    log(f"authenticate(presence-py, {socket_id}, user 7) -> {json.dumps(auth)}")
+    check(isinstance(auth, dict) and isinstance(auth.get("auth"), str) and isinstance(auth.get("channel_data"), str),
+          f"authenticate returned {auth!r}")
+    await client.send({"event": "pusher:subscribe", "data": {
+        "channel": "presence-py", "auth": auth["auth"], "channel_data": auth["channel_data"]}})
+    joined = await client.expect("pusher_internal:subscription_succeeded", "presence-py")
+    check(isinstance(joined.get("data"), str), f"presence subscription_succeeded data must be a JSON string: "
+          f"{json.dumps(joined)}")
+    roster = {"presence": {"ids": ["7"], "hash": {"7": user_info}, "count": 1}}
+    check(decoded(joined["data"]) == roster,
+          f"presence subscription_succeeded: expected {json.dumps(roster)}, got {json.dumps(joined)}")
+    users = await call("users_info(presence-py)", lib.users_info, "presence-py")
+    check(users == {"users": [{"id": "7"}]}, f"users_info(presence-py): expected user 7, got {json.dumps(users)}")
+    room = await call("channel_info(presence-py, [user_count])", lib.channel_info, "presence-py", ["user_count"])
+    check(room.get("occupied") is True and room.get("user_count") == 1,
+          f"channel_info(presence-py): expected occupied with user_count 1, got {json.dumps(room)}")
+    rooms = await call("channels_info(presence-, [user_count])", lib.channels_info, "presence-", ["user_count"])
+    check(rooms == {"channels": {"presence-py": {"user_count": 1}}},
+          f"channels_info(presence-, [user_count]): expected presence-py with 1 user, got {json.dumps(rooms)}")
+    error = await rejected("users_info(news)", lib.users_info, "news")
+    check(isinstance(error, PusherBadRequest),
+          f"users_info of a non-presence channel: expected PusherBadRequest (400), got {error!r}")
+
+    # 7. A wrong secret is refused with 401, which the library raises as PusherBadAuth.
     forger = server_library(CFG["secret"] + "-wrong")
     error = await rejected("trigger with a wrong secret", forger.trigger, "news", "forged", {"n": 666})
     check(isinstance(error, PusherBadAuth), f"trigger with a wrong secret: expected PusherBadAuth (401), got {error!r}")
@@ -258,7 +290,7 @@ async def scenario(client: RawClient) -> None:
     check(isinstance(error, PusherBadAuth),
           f"channels_info with a wrong secret: expected PusherBadAuth (401), got {error!r}")
 
-    # 7. Ping/pong; the pong is the next frame, so nothing was delivered for the refused trigger.
+    # 8. Ping/pong; the pong is the next frame, so nothing was delivered for the refused trigger.
     await client.send({"event": "pusher:ping", "data": {}})
     pong = await client.next("pusher:pong")
     check(pong.get("event") == "pusher:pong", f"expected pusher:pong, got {json.dumps(pong)}")

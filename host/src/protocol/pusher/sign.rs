@@ -46,8 +46,14 @@ pub fn channel_auth_valid(
     auth_matches(key, &expected, auth)
 }
 
-/// Decides a `pusher:signin`: the backend signs `"{socket_id}::user::{user_data}"` over the exact
-/// `user_data` string, which binds the user identity to this one connection.
+/// The signature of a `pusher:signin` (after `"{key}:"`): the backend signs
+/// `"{socket_id}::user::{user_data}"` over the exact `user_data` string, which binds the user identity to
+/// this one connection.
+pub fn user_signature(secret: &str, socket_id: &str, user_data: &str) -> String {
+    hmac_hex(secret, &[socket_id, "::user::", user_data])
+}
+
+/// Decides a `pusher:signin` (see [`user_signature`]), in constant time like channel grants.
 pub fn user_auth_valid(
     key: &str,
     secret: &str,
@@ -55,7 +61,7 @@ pub fn user_auth_valid(
     user_data: &str,
     auth: &str,
 ) -> bool {
-    let expected = hmac_hex(secret, &[socket_id, "::user::", user_data]);
+    let expected = user_signature(secret, socket_id, user_data);
     auth_matches(key, &expected, auth)
 }
 

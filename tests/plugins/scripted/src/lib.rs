@@ -14,6 +14,8 @@
 //! deny_publish_code = 460            # publish: deny data containing the above with this code
 //! rpc_echo = true                    # rpc: reply with the request's data
 //! connect_user = "alice"             # connect: token "good" is allowed as this user
+//! connect_protocols = ["pusher"]     # connect: these protocols are allowed as connect_user, token or not
+//! deny_protocols = ["pusher"]        # connect: deny these protocols (with `deny_code`)
 //! access_deny = ["hidden:*"]         # history/presence: deny these channels (with `deny_code`)
 //! fail_init = false                  # init: refuse to start
 //!
@@ -51,6 +53,8 @@ struct Script {
     deny_publish_code: u32,
     rpc_echo: bool,
     connect_user: Option<String>,
+    connect_protocols: Vec<String>,
+    deny_protocols: Vec<String>,
     access_deny: Vec<String>,
     fail_init: bool,
     route: Option<RouteRule>,
@@ -70,6 +74,8 @@ impl Default for Script {
             deny_publish_code: 103,
             rpc_echo: false,
             connect_user: None,
+            connect_protocols: Vec::new(),
+            deny_protocols: Vec::new(),
             access_deny: Vec::new(),
             fail_init: false,
             route: None,
@@ -110,14 +116,24 @@ impl Plugin for Scripted {
     }
 
     fn on_connect(&self, request: &ConnectRequest) -> ConnectVerdict {
-        match &self.0.connect_user {
-            Some(user) if request.token == "good" => ConnectVerdict::Allow(ConnectAllow {
-                user: user.clone(),
-                info: None,
-                channels: Vec::new(),
-                expire_at: None,
-                data: None,
-            }),
+        let s = &self.0;
+        if s.deny_protocols.contains(&request.protocol) {
+            return ConnectVerdict::Deny(deny(
+                s.deny_code,
+                format!("{} connections denied by {}", request.protocol, s.id),
+            ));
+        }
+        let by_protocol = s.connect_protocols.contains(&request.protocol);
+        match &s.connect_user {
+            Some(user) if request.token == "good" || by_protocol => {
+                ConnectVerdict::Allow(ConnectAllow {
+                    user: user.clone(),
+                    info: None,
+                    channels: Vec::new(),
+                    expire_at: None,
+                    data: None,
+                })
+            }
             _ => ConnectVerdict::Pass,
         }
     }
