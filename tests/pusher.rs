@@ -700,3 +700,43 @@ async fn connect_plugins_can_refuse_pusher_connections() {
     let (_, connected) = Client::connect(&server).await;
     assert!(connected["client"].is_string(), "{connected}");
 }
+
+#[tokio::test]
+async fn cache_channels_give_new_subscribers_the_last_event() {
+    // Without history in the namespace, cache channels keep their last event by themselves.
+    let server =
+        TestServer::start(&format!("{PUSHER}\n[channel.defaults]\nhistory_size = 0\nhistory_ttl = \"0s\"\nallow_recovery = false\nallow_positioning = false")).await;
+    for n in 1..=2 {
+        let (status, _) = trigger(
+            server.addr,
+            json!({"name": "price", "channel": "cache-prices", "data": format!("{{\"n\":{n}}}")}),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let mut pusher = Pusher::connect(server.addr).await;
+    pusher.subscribed("cache-prices", None).await;
+    let cached = pusher.next().await;
+    assert_eq!(
+        (cached["event"].as_str(), cached["channel"].as_str()),
+        (Some("price"), Some("cache-prices")),
+        "{cached}"
+    );
+    assert_eq!(data(&cached), json!({"n": 2}), "the last event only");
+
+    pusher.subscribed("cache-empty", None).await;
+    assert_eq!(
+        pusher.next().await,
+        json!({"event": "pusher:cache_miss", "channel": "cache-empty"})
+    );
+    // A plain channel keeps nothing for new subscribers when its namespace keeps no history.
+    let (status, _) = trigger(
+        server.addr,
+        json!({"name": "price", "channel": "prices", "data": "{}"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    pusher.subscribed("prices", None).await;
+    pusher.send(json!({"event": "pusher:ping"})).await;
+    assert_eq!(pusher.next().await["event"], "pusher:pong");
+}

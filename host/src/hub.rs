@@ -261,19 +261,22 @@ impl DeliveryGate {
         }
     }
 
-    /// Queues `reply`, then the held frames the reply did not cover, then lets frames flow directly.
-    /// `covered` is the stream position the reply brings the client to: for a positioned subscription the
-    /// gate follows the stream from there; `None` for subscriptions that are not positioned, whose held
-    /// frames all follow.
+    /// Queues the reply (one frame, or several where a protocol answers with more: a Pusher cache channel's
+    /// last event follows its confirmation), then the held frames the reply did not cover, then lets
+    /// frames flow directly. `covered` is the stream position the reply brings the client to: for a
+    /// positioned subscription the gate follows the stream from there; `None` for subscriptions that are
+    /// not positioned, whose held frames all follow.
     pub fn open(
         &self,
         outbound: &Outbound,
-        reply: Frame,
+        reply: impl IntoIterator<Item = Frame>,
         covered: Option<StreamPosition>,
     ) -> Delivery {
         let mut held = lock(&self.held);
         let mut stream = lock(&self.stream);
-        outbound.push(reply);
+        for frame in reply {
+            outbound.push(frame);
+        }
         let mut delivery = Delivery::Done;
         match covered {
             Some(position) => {
@@ -648,7 +651,7 @@ mod tests {
     fn subscriber(session: &Arc<SessionHandle>, join_leave: bool, live: bool) -> Subscriber {
         let gate = Arc::new(DeliveryGate::held());
         if live {
-            let opened = gate.open(&session.outbound, Frame::from_static("reply"), None);
+            let opened = gate.open(&session.outbound, [Frame::from_static("reply")], None);
             assert_eq!(opened, Delivery::Done);
         }
         Subscriber {
@@ -712,7 +715,7 @@ mod tests {
         };
         let opened = sub
             .gate
-            .open(&a.outbound, Frame::from_static("reply"), Some(covered));
+            .open(&a.outbound, [Frame::from_static("reply")], Some(covered));
         assert_eq!(opened, Delivery::Done);
         hub.handle_publication("news", publication(4), StreamPosition::default());
         let got = texts(&a).await;
@@ -753,7 +756,7 @@ mod tests {
         let gate = Arc::new(DeliveryGate::held());
         let opened = gate.open(
             &handle.outbound,
-            Frame::from_static("reply"),
+            [Frame::from_static("reply")],
             Some(at(1, "e1")),
         );
         assert_eq!(opened, Delivery::Done);

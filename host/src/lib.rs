@@ -15,6 +15,7 @@
 //!   Pusher HTTP API, served beside it.
 //! - [`queue`]: queue ingestion, a third entrance: Redis Streams entries published through [`node`].
 //! - [`nodes`]: the cluster's node list, announced through the engine's presence.
+//! - [`webhooks`]: Pusher webhooks, queued per URL and POSTed in signed batches, retried with backoff.
 //! - [`config`], [`channel`], [`errors`], [`disconnect`]: configuration, channel rules, and the registries of
 //!   codes clients see.
 
@@ -38,3 +39,4 @@ pub mod session;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod transport;
+pub mod webhooks;

@@ -13,14 +13,16 @@ use tokio_util::task::TaskTracker;
 use crate::channel::{Channels, Namespace};
 use crate::config::Config;
 use crate::engine::{
-    ClientInfo, Engine, EngineError, HistoryFilter, HistoryResult, Idempotency, PresenceStats,
-    Publication, PublishOptions, StreamPosition, now_ms,
+    ClientInfo, Engine, EngineError, HistoryFilter, HistoryOptions, HistoryResult, Idempotency,
+    PresenceStats, Publication, PublishOptions, StreamPosition, now_ms,
 };
 use crate::errors::{ClientError, Refusal};
 use crate::hub::Hub;
 use crate::plugin::Plugins;
 use crate::plugin::bindings::{self as plugin_types, PublishSource};
 use crate::plugin::chain::PublishDecision;
+use crate::protocol::pusher::codec as pusher;
+use crate::webhooks::{WebhookEvent, Webhooks};
 
 /// The configured node name, or the address (`<host name>:<port>` for an address on every interface, which
 /// would name every node alike).
@@ -67,6 +69,10 @@ impl From<ClientError> for PublishError {
     }
 }
 
+/// Prefix of the presence lists of which nodes hold a channel (see [`Node::channel_opened`]); clients
+/// cannot name it.
+const OCCUPANCY_PREFIX: &str = "\u{1}herald:occupied:";
+
 /// Herald's version, reported to clients and by the API.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -93,6 +99,8 @@ pub struct Node {
     pub id: String,
     /// Its name in the node list (`name`, or one made from the address).
     pub name: String,
+    /// The Pusher app's webhooks (none unless configured).
+    pub webhooks: Webhooks,
     started: Instant,
 }
 
@@ -141,14 +149,27 @@ impl Node {
         let channels = Channels::new(&config.channel).map_err(crate::config::ConfigError)?;
         let plugins = Arc::new(Plugins::new(&config.plugins)?);
         let admission = crate::limits::Admission::new(&config.limits);
+        let shutdown = CancellationToken::new();
+        let pusher = &config.pusher;
+        let webhooks = if pusher.enabled() {
+            Webhooks::start(
+                &pusher.webhooks,
+                &pusher.key,
+                &pusher.secret,
+                shutdown.clone(),
+            )
+        } else {
+            Webhooks::start(&[], "", "", shutdown.clone())
+        };
         Ok(Arc::new(Self {
             admission,
             channels,
             hub,
             engine,
             plugins,
-            shutdown: CancellationToken::new(),
+            shutdown,
             sessions: TaskTracker::new(),
+            webhooks,
             id: uuid::Uuid::new_v4().to_string(),
             name: node_name(&config),
             started: Instant::now(),
@@ -176,6 +197,85 @@ impl Node {
                 .map_err(|error| anyhow::anyhow!("queue: {error}"))?;
         }
         Ok(node)
+    }
+
+    /// How a channel keeps history: its namespace's way, or for a Pusher cache channel in a namespace
+    /// without history, its last publication for `pusher.cache_ttl`.
+    fn history_options(&self, channel: &str, namespace: &Namespace) -> Option<HistoryOptions> {
+        let pusher = &self.config.pusher;
+        namespace.options.history().or_else(|| {
+            (pusher.enabled() && pusher::is_cache_channel(channel)).then_some(HistoryOptions {
+                size: 1,
+                ttl: pusher.cache_ttl,
+                meta_ttl: pusher.cache_ttl,
+            })
+        })
+    }
+
+    /// A channel got its first subscriber on this node: the engine starts delivering it here, and with
+    /// webhooks on the app hears when the channel became occupied in the whole cluster.
+    pub async fn channel_opened(&self, channel: &str) -> Result<(), EngineError> {
+        self.engine.broker.subscribe(channel).await?;
+        if self.webhooks.enabled() && self.announced_to_the_app(channel) {
+            self.track_occupancy(channel, true).await;
+        }
+        Ok(())
+    }
+
+    /// A channel lost its last subscriber on this node: the engine stops delivering it here, and with
+    /// webhooks on the app hears when no node has a subscriber left.
+    pub async fn channel_closed(&self, channel: &str) -> Result<(), EngineError> {
+        if self.webhooks.enabled() && self.announced_to_the_app(channel) {
+            self.track_occupancy(channel, false).await;
+        }
+        self.engine.broker.unsubscribe(channel).await
+    }
+
+    /// Channels whose occupancy the Pusher app hears of: the names its protocol can use, but not a user's
+    /// own `#server-to-user-` channel.
+    fn announced_to_the_app(&self, channel: &str) -> bool {
+        pusher::valid_channel_name(channel, self.config.pusher.max_channel_name_length)
+            && !matches!(
+                pusher::ChannelKind::of(channel),
+                pusher::ChannelKind::ServerToUser(_)
+            )
+    }
+
+    /// Keeps which nodes hold a channel in the engine's presence (under a name no client can use, this
+    /// node's id as the entry), so occupied/vacated is decided for the cluster: occupied when this node
+    /// entered an empty list, vacated when it left one that is then empty. Two nodes racing may both
+    /// announce; a node that dies leaves its entry to expire without a `channel_vacated`.
+    async fn track_occupancy(&self, channel: &str, occupied: bool) {
+        let holders = format!("{OCCUPANCY_PREFIX}{channel}");
+        let presence = &self.engine.presence;
+        let result = async {
+            if occupied {
+                let before = presence.presence(&holders).await?;
+                let entry = ClientInfo {
+                    client: self.id.clone(),
+                    ..ClientInfo::default()
+                };
+                presence.add_presence(&holders, entry).await?;
+                Ok::<_, EngineError>(before.is_empty())
+            } else {
+                presence.remove_presence(&holders, &self.id).await?;
+                Ok(presence.presence(&holders).await?.is_empty())
+            }
+        }
+        .await;
+        match result {
+            Ok(true) => self.webhooks.send(if occupied {
+                WebhookEvent::ChannelOccupied {
+                    channel: channel.to_owned(),
+                }
+            } else {
+                WebhookEvent::ChannelVacated {
+                    channel: channel.to_owned(),
+                }
+            }),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(channel, %error, "channel occupancy not tracked"),
+        }
     }
 
     /// Seconds since the node started.
@@ -240,7 +340,7 @@ impl Node {
         let history = if request.skip_history {
             None
         } else {
-            namespace.options.history()
+            self.history_options(channel, namespace)
         };
         let idempotency = request.idempotency_key.as_ref().map(|key| Idempotency {
             key: key.clone(),
@@ -284,9 +384,7 @@ impl Node {
         filter: &HistoryFilter,
     ) -> Result<HistoryResult, ClientError> {
         let options = self
-            .namespace(channel)?
-            .options
-            .history()
+            .history_options(channel, self.namespace(channel)?)
             .ok_or(ClientError::NOT_AVAILABLE)?;
         Ok(self
             .engine

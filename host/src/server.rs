@@ -82,6 +82,8 @@ pub async fn run(
     let drained = tokio::time::timeout(node.config.shutdown_timeout, async {
         (&mut server).await;
         node.sessions.wait().await;
+        // The last connections' member and vacancy events are in the webhook queues by now.
+        node.webhooks.stopped().await;
     })
     .await;
     match drained {

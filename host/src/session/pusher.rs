@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::disconnect::Disconnect;
-use crate::engine::ClientInfo;
+use crate::engine::{ClientInfo, HistoryFilter};
 use crate::errors::Refusal;
 use crate::hub::{CommandReceiver, DeliveryGate, SessionCommand, SessionHandle, Subscriber};
 use crate::limits::{CommandRate, Verdict};
@@ -25,6 +25,7 @@ use crate::plugin::chain::Decision;
 use crate::protocol::pusher::codec::{self, ChannelKind, ClientMessage};
 use crate::protocol::pusher::sign;
 use crate::protocol::{Frame, Protocol};
+use crate::webhooks::{WebhookConfig, WebhookEvent};
 
 use super::outbound::Outbound;
 use super::{ConnectionInfo, Incoming};
@@ -53,6 +54,12 @@ pub struct PusherConfig {
     pub max_event_bytes: usize,
     /// Longest channel name (default 164, Pusher's).
     pub max_channel_name_length: usize,
+    /// How long a cache channel (`cache-…`) keeps its last triggered event when its namespace keeps no
+    /// history of its own (default 1 h).
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// Where the app hears of channels becoming occupied or vacated, members, and client events.
+    pub webhooks: Vec<WebhookConfig>,
     /// Most distinct users in one presence channel (default 100); more are refused the subscription.
     pub max_presence_members: usize,
     /// Largest `user_info` of a presence member in bytes (default 2 KiB).
@@ -73,6 +80,8 @@ impl Default for PusherConfig {
             pong_timeout: Duration::from_secs(30),
             max_event_bytes: 10 * 1024,
             max_channel_name_length: 164,
+            cache_ttl: Duration::from_secs(3600),
+            webhooks: Vec::new(),
             max_presence_members: 100,
             max_presence_user_info_bytes: 2048,
             timestamp_window: Duration::from_secs(600),
@@ -91,6 +100,8 @@ impl std::fmt::Debug for PusherConfig {
             .field("pong_timeout", &self.pong_timeout)
             .field("max_event_bytes", &self.max_event_bytes)
             .field("max_channel_name_length", &self.max_channel_name_length)
+            .field("cache_ttl", &self.cache_ttl)
+            .field("webhooks", &self.webhooks)
             .field("max_presence_members", &self.max_presence_members)
             .field(
                 "max_presence_user_info_bytes",
@@ -123,6 +134,11 @@ impl PusherConfig {
         }
         if self.max_channel_name_length == 0 {
             return Err("pusher.max_channel_name_length: must be greater than 0".into());
+        }
+        for (i, webhook) in self.webhooks.iter().enumerate() {
+            webhook
+                .validate()
+                .map_err(|error| format!("pusher.webhooks[{i}].{error}"))?;
         }
         Ok(())
     }
@@ -473,13 +489,37 @@ impl PusherSession {
         };
         match reply {
             Ok((gate, reply)) => {
+                let cached = match codec::is_cache_channel(&channel) {
+                    true => Some(self.cached_event(&channel).await),
+                    false => None,
+                };
                 // Not positioned: whatever arrived while subscribing follows the confirmation.
-                let _ = gate.open(&self.outbound, reply, None);
+                let _ = gate.open(&self.outbound, std::iter::once(reply).chain(cached), None);
                 self.channels.insert(channel, member);
             }
             Err(refused) => {
                 let frame = self.refused(&channel, refused);
                 self.outbound.push(frame);
+            }
+        }
+    }
+
+    /// What a new subscriber of a cache channel gets after its confirmation: the channel's last triggered
+    /// event (kept as its one-entry history), or `pusher:cache_miss`.
+    async fn cached_event(&self, channel: &str) -> Frame {
+        let last = HistoryFilter {
+            since: None,
+            limit: Some(1),
+            reverse: true,
+        };
+        match self.node.history(channel, &last).await {
+            Ok(found) => match found.publications.first() {
+                Some(publication) => codec::publication(channel, publication),
+                None => codec::cache_miss(channel),
+            },
+            Err(error) => {
+                tracing::warn!(channel, %error, "cache channel read failed");
+                codec::cache_miss(channel)
             }
         }
     }
@@ -501,7 +541,7 @@ impl PusherSession {
             gate: gate.clone(),
         };
         if self.node.hub.subscribe(channel, subscriber)
-            && let Err(error) = self.node.engine.broker.subscribe(channel).await
+            && let Err(error) = self.node.channel_opened(channel).await
         {
             tracing::warn!(channel, %error, "engine subscribe failed");
             self.close(channel).await;
@@ -545,6 +585,12 @@ impl PusherSession {
         });
         present.insert(member.client.clone(), member.clone());
         let members = members(&present);
+        if !returning {
+            self.node.webhooks.send(WebhookEvent::MemberAdded {
+                channel: channel.to_owned(),
+                user_id: member.user.clone(),
+            });
+        }
         if !returning
             && let Err(error) = self
                 .node
@@ -716,8 +762,14 @@ impl PusherSession {
     /// Ends a subscription: out of the hub (and the engine, for the node's last subscriber), out of the
     /// roster, announcing the member's departure when it was the user's last connection there.
     async fn leave(&self, channel: &str, member: Option<ClientInfo>) {
+        // The member leaves before the channel may be vacated: the app hears of them in that order.
+        if let Some(member) = member {
+            self.leave_roster(channel, member).await;
+        }
         self.close(channel).await;
-        let Some(member) = member else { return };
+    }
+
+    async fn leave_roster(&self, channel: &str, member: ClientInfo) {
         let engine = &self.node.engine;
         if let Err(error) = engine
             .presence
@@ -733,7 +785,14 @@ impl PusherSession {
                 false
             }
         };
-        if last && let Err(error) = engine.broker.publish_leave(channel, member).await {
+        if !last {
+            return;
+        }
+        self.node.webhooks.send(WebhookEvent::MemberRemoved {
+            channel: channel.to_owned(),
+            user_id: member.user.clone(),
+        });
+        if let Err(error) = engine.broker.publish_leave(channel, member).await {
             tracing::warn!(channel, %error, "member_removed broadcast failed");
         }
     }
@@ -741,7 +800,7 @@ impl PusherSession {
     /// Removes the subscription from the hub, and from the engine for the node's last subscriber.
     async fn close(&self, channel: &str) {
         if self.node.hub.unsubscribe(channel, &self.handle.client)
-            && let Err(error) = self.node.engine.broker.unsubscribe(channel).await
+            && let Err(error) = self.node.channel_closed(channel).await
         {
             tracing::warn!(channel, %error, "engine unsubscribe failed");
         }
@@ -769,16 +828,23 @@ impl PusherSession {
             self.outbound.push(codec::error(Some(4301), message));
             return;
         }
-        let tags = [
-            (codec::EVENT_TAG.to_owned(), event),
+        // On a presence channel the others learn which member sent it.
+        let member = self.channels.get(&channel).cloned().flatten();
+        let mut tags: std::collections::BTreeMap<String, String> = [
+            (codec::EVENT_TAG.to_owned(), event.clone()),
             (codec::EXCLUDE_TAG.to_owned(), self.socket_id().to_owned()),
         ]
         .into();
+        if let Some(member) = &member {
+            tags.insert(codec::USER_ID_TAG.to_owned(), member.user.clone());
+        }
         let published = self
             .node
             .publish(PublishRequest {
-                channel,
-                data: data.map_or(Bytes::from_static(b"null"), Bytes::from),
+                channel: channel.clone(),
+                data: data
+                    .clone()
+                    .map_or(Bytes::from_static(b"null"), Bytes::from),
                 info: Some(self.info()),
                 tags,
                 // Pusher keeps no client events: they are relayed, never replayed.
@@ -787,11 +853,20 @@ impl PusherSession {
                 idempotency_key: None,
             })
             .await;
-        if let Err(error) = published {
-            let refusal = Refusal::from(error);
-            tracing::debug!(socket_id = %self.socket_id(), ?refusal, "client event refused");
-            self.outbound
-                .push(codec::error(Some(4301), "client event refused"));
+        match published {
+            Ok(_) => self.node.webhooks.send(WebhookEvent::ClientEvent {
+                channel,
+                event,
+                data,
+                socket_id: self.socket_id().to_owned(),
+                user_id: member.map(|member| member.user),
+            }),
+            Err(error) => {
+                let refusal = Refusal::from(error);
+                tracing::debug!(socket_id = %self.socket_id(), ?refusal, "client event refused");
+                self.outbound
+                    .push(codec::error(Some(4301), "client event refused"));
+            }
         }
     }
 

@@ -192,7 +192,7 @@ impl Session {
         };
         let node = self.node.clone();
         if node.hub.subscribe(channel, subscriber)
-            && let Err(error) = node.engine.broker.subscribe(channel).await
+            && let Err(error) = node.channel_opened(channel).await
         {
             self.undo_subscribe(channel).await;
             tracing::warn!(channel, %error, "engine subscribe failed");
@@ -222,7 +222,7 @@ impl Session {
             tracing::warn!(channel, %error, "presence update failed");
         }
         let announce = options.join_leave || options.force_push_join_leave;
-        if gate.open(&self.outbound, reply(&result), covered) == Delivery::Gap {
+        if gate.open(&self.outbound, [reply(&result)], covered) == Delivery::Gap {
             // Publications raced the reply with a hole between them: start over at once.
             let _ = handle.command(SessionCommand::Resubscribe {
                 channel: channel.to_owned(),
@@ -327,7 +327,7 @@ impl Session {
 
     async fn undo_subscribe(&self, channel: &str) {
         if self.node.hub.unsubscribe(channel, &self.client)
-            && let Err(error) = self.node.engine.broker.unsubscribe(channel).await
+            && let Err(error) = self.node.channel_closed(channel).await
         {
             tracing::warn!(channel, %error, "engine unsubscribe failed");
         }

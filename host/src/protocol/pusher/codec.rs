@@ -499,6 +499,28 @@ impl ChannelKind {
     }
 }
 
+/// Whether a channel keeps its last triggered event for new subscribers (`cache-`, `private-cache-`,
+/// `private-encrypted-cache-`, `presence-cache-`).
+pub fn is_cache_channel(channel: &str) -> bool {
+    [
+        "cache-",
+        "private-cache-",
+        "private-encrypted-cache-",
+        "presence-cache-",
+    ]
+    .iter()
+    .any(|prefix| channel.starts_with(prefix))
+}
+
+/// `{"event":"pusher:cache_miss","channel":"c"}`: a cache channel has no event to give a new subscriber.
+pub fn cache_miss(channel: &str) -> Frame {
+    let mut out = Vec::with_capacity(48 + channel.len());
+    out.extend_from_slice(br#"{"event":"pusher:cache_miss","channel":"#);
+    serde_json::to_writer(&mut out, channel).expect("writing to a Vec cannot fail");
+    out.push(b'}');
+    Frame::new(out)
+}
+
 /// Whether a channel name is one Pusher accepts, so Herald neither refuses names Pusher clients rely on
 /// nor lets through names the server libraries would reject: 1..=`max_len` characters (the prefix
 /// included) of `[A-Za-z0-9_\-=@,.;]`, optionally after one leading `#` (server-owned channels).
@@ -527,6 +549,25 @@ pub fn publication_data(data: &str) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cache_channels_and_their_miss() {
+        for cached in [
+            "cache-a",
+            "private-cache-a",
+            "private-encrypted-cache-a",
+            "presence-cache-a",
+        ] {
+            assert!(super::is_cache_channel(cached), "{cached}");
+        }
+        for plain in ["a", "private-a", "presence-a", "cachex", "my-cache-a"] {
+            assert!(!super::is_cache_channel(plain), "{plain}");
+        }
+        assert_eq!(
+            super::cache_miss("cache-\"q\"").as_str(),
+            r#"{"event":"pusher:cache_miss","channel":"cache-\"q\""}"#
+        );
+    }
+
     use std::collections::BTreeMap;
 
     use super::*;
