@@ -684,6 +684,58 @@ mod tests {
         })
     }
 
+    /// Each protocol gets its own encoding, the excluded socket nothing, and a Pusher member never hears
+    /// of its own joining; Centrifugo subscribers keep their join pushes.
+    #[tokio::test]
+    async fn each_protocol_gets_its_encoding_and_exclusions_hold() {
+        let hub = Hub::new();
+        let (centrifuge, pusher, excluded) =
+            (session("c", ""), session("1.1", ""), session("2.2", ""));
+        hub.subscribe("room", subscriber(&centrifuge, true, true));
+        for session in [&pusher, &excluded] {
+            let mut sub = subscriber(session, true, true);
+            sub.protocol = Protocol::Pusher;
+            hub.subscribe("room", sub);
+        }
+        let publication = Arc::new(Publication {
+            data: Bytes::from_static(br#"{"n":1}"#),
+            tags: [
+                (pusher::EVENT_TAG.to_owned(), "moved".to_owned()),
+                (pusher::EXCLUDE_TAG.to_owned(), "2.2".to_owned()),
+            ]
+            .into(),
+            ..Default::default()
+        });
+        hub.handle_publication("room", publication, StreamPosition::default());
+        let member = ClientInfo {
+            user: "7".into(),
+            client: "1.1".into(),
+            ..Default::default()
+        };
+        hub.handle_join("room", Arc::new(member));
+        let centrifuge_texts = texts(&centrifuge).await;
+        assert_eq!(centrifuge_texts.len(), 3, "{centrifuge_texts:?}");
+        assert!(centrifuge_texts[1].starts_with(r#"{"push":{"channel":"room","pub":"#));
+        assert!(
+            centrifuge_texts[2].contains(r#""join":"#),
+            "{centrifuge_texts:?}"
+        );
+        assert_eq!(
+            texts(&pusher).await,
+            [
+                "reply",
+                r#"{"event":"moved","channel":"room","data":"{\"n\":1}"}"#
+            ],
+            "its own member_added is not sent to it"
+        );
+        let excluded_texts = texts(&excluded).await;
+        assert_eq!(excluded_texts.len(), 2, "{excluded_texts:?}");
+        assert!(
+            excluded_texts[1].contains("pusher_internal:member_added"),
+            "{excluded_texts:?}"
+        );
+    }
+
     #[tokio::test]
     async fn one_encoding_reaches_every_subscriber() {
         let hub = Hub::new();

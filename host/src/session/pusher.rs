@@ -220,7 +220,10 @@ fn distinct_users(present: &HashMap<String, ClientInfo>) -> usize {
 pub struct PusherSession {
     node: Arc<Node>,
     outbound: Arc<Outbound>,
-    connection: ConnectionInfo,
+    remote: std::net::SocketAddr,
+    /// The upgrade request's headers and query, for the connect plugins; dropped once they have run, so
+    /// an idle connection does not keep a browser's headers.
+    upgrade: Option<ConnectionInfo>,
     handle: Arc<SessionHandle>,
     commands: CommandReceiver,
     /// Subscribed channels, with this connection's membership for presence channels.
@@ -241,7 +244,8 @@ impl PusherSession {
         Self {
             node,
             outbound,
-            connection,
+            remote: connection.remote,
+            upgrade: Some(connection),
             handle,
             commands,
             channels: HashMap::new(),
@@ -285,7 +289,7 @@ impl PusherSession {
             self.socket_id(),
             self.config().activity_timeout.as_secs(),
         ));
-        tracing::debug!(socket_id = %self.socket_id(), remote = %self.connection.remote, "pusher client connected");
+        tracing::debug!(socket_id = %self.socket_id(), remote = %self.remote, "pusher client connected");
         loop {
             let deadline = self.deadline();
             tokio::select! {
@@ -323,15 +327,18 @@ impl PusherSession {
     /// identity makes it that user's, as a sign-in would.
     async fn connect_hook(&mut self) -> Result<(), Disconnect> {
         let plugins = self.node.plugins.clone();
+        let Some(upgrade) = self.upgrade.take() else {
+            return Ok(());
+        };
         if !plugins.any(Hooks::CONNECT) {
             return Ok(());
         }
         let request = bindings::ConnectRequest {
             transport: "websocket".into(),
             protocol: "pusher".into(),
-            remote_addr: self.connection.remote.to_string(),
-            headers: self.connection.headers.to_vec(),
-            query: self.connection.query.to_vec(),
+            remote_addr: self.remote.to_string(),
+            headers: upgrade.headers.to_vec(),
+            query: upgrade.query.to_vec(),
             token: String::new(),
             data: None,
             client: self.socket_id().to_owned(),
@@ -345,7 +352,7 @@ impl PusherSession {
                 Ok(())
             }
             Decision::Denied(deny) => {
-                tracing::info!(remote = %self.connection.remote, code = deny.code, reason = %deny.reason, "pusher connection denied by plugin");
+                tracing::info!(remote = %self.remote, code = deny.code, reason = %deny.reason, "pusher connection denied by plugin");
                 let disconnect = match Refusal::from_code(deny.code, deny.reason) {
                     Refusal::Disconnect(disconnect) => disconnect,
                     Refusal::Error(error) => Disconnect {
@@ -376,10 +383,10 @@ impl PusherSession {
             .unregister(&self.handle.client, &self.handle.user);
         match self.outbound.close_reason() {
             Some(d) if d == Disconnect::SLOW => {
-                tracing::warn!(socket_id = %self.socket_id(), remote = %self.connection.remote, "pusher client dropped as slow: outbound queue full")
+                tracing::warn!(socket_id = %self.socket_id(), remote = %self.remote, "pusher client dropped as slow: outbound queue full")
             }
             reason => {
-                tracing::debug!(socket_id = %self.socket_id(), remote = %self.connection.remote, ?reason, "pusher client disconnected")
+                tracing::debug!(socket_id = %self.socket_id(), remote = %self.remote, ?reason, "pusher client disconnected")
             }
         }
     }
@@ -425,7 +432,7 @@ impl PusherSession {
                     return;
                 }
                 Verdict::Disconnect => {
-                    tracing::info!(socket_id = %self.socket_id(), remote = %self.connection.remote, "pusher client dropped: too many messages");
+                    tracing::info!(socket_id = %self.socket_id(), remote = %self.remote, "pusher client dropped: too many messages");
                     self.outbound.close(Disconnect::TOO_MANY_REQUESTS);
                     return;
                 }
@@ -884,7 +891,7 @@ impl PusherSession {
         );
         let user = signed.then(|| user_id(user_data)).flatten();
         let Some(user) = user else {
-            tracing::info!(socket_id = %self.socket_id(), remote = %self.connection.remote, "pusher sign-in refused");
+            tracing::info!(socket_id = %self.socket_id(), remote = %self.remote, "pusher sign-in refused");
             self.outbound
                 .push(codec::error(Some(4009), "Connection not authorized."));
             self.outbound.close(Disconnect::PUSHER_UNAUTHORIZED);

@@ -1,13 +1,13 @@
 //! `herald-load`: the load tool for Herald and the peer servers it is compared with.
 //!
 //! `herald-load run` opens N subscriber connections (spread over source addresses 127.0.0.x), subscribes
-//! them in the Centrifugo protocol, a raw WebSocket dialect or socket.io, optionally holds them idle,
-//! publishes M stamped messages through HTTP or from the clients at a fixed or maximum rate, and reports
-//! connect rate, deliveries/s, latency percentiles, losses, the server's RSS and CPU (from `/proc`) and the
-//! tool's own CPU — as a human summary and as JSON (`--json`). `herald-load table` turns JSON reports into
-//! the Markdown table of BENCHMARKS.md. `herald-load floor` measures what the kernel alone charges for the
-//! same fan-out (the yardstick under every server's latency). `tests/load/scenarios` runs the benchmark
-//! scenarios.
+//! them in the Centrifugo protocol, the Pusher protocol, a raw WebSocket dialect or socket.io, optionally
+//! holds them idle, publishes M stamped messages through HTTP or from the clients at a fixed or maximum
+//! rate, and reports connect rate, deliveries/s, latency percentiles, losses, the server's RSS and CPU
+//! (from `/proc`) and the tool's own CPU — as a human summary and as JSON (`--json`). `herald-load table`
+//! turns JSON reports into the Markdown table of BENCHMARKS.md. `herald-load floor` measures what the
+//! kernel alone charges for the same fan-out (the yardstick under every server's latency).
+//! `tests/load/scenarios` runs the benchmark scenarios.
 //!
 //! # Layout
 //! - `wire`: the dialects as pure functions (payload stamps, handshakes, publish frames).
@@ -42,7 +42,7 @@ use crate::publisher::{Plan, Route};
 use crate::report::{ConnectPhase, Latency, PublishPhase, Report, ServerUsage};
 use crate::wire::Protocol;
 
-/// Load tool for Herald (Centrifugo protocol) and peer WebSocket servers.
+/// Load tool for Herald (Centrifugo or Pusher protocol) and peer WebSocket servers.
 #[derive(Debug, Parser)]
 #[command(name = "herald-load", version)]
 struct Cli {
@@ -81,9 +81,11 @@ struct RunArgs {
     #[arg(long, value_enum, default_value = "centrifuge")]
     protocol: Protocol,
     /// WebSocket URL; `{channels}` is replaced by the connection's channels joined with commas (raw mode).
+    /// Pusher mode: `ws://127.0.0.1:8000/app/<key>?protocol=7&client=herald-load&version=1`.
     #[arg(long, default_value = "ws://127.0.0.1:8000/connection/websocket")]
     url: String,
-    /// HTTP publish URL (raw and socket.io modes add `?channel=<name>`).
+    /// HTTP publish URL (raw and socket.io modes add `?channel=<name>`; pusher mode posts to Herald's
+    /// `/api/publish` as centrifuge mode does, tagging the publication with the event name `load`).
     #[arg(long, default_value = "http://127.0.0.1:8000/api/publish")]
     publish_url: String,
     /// API key sent as `X-API-Key` with HTTP publishes.
@@ -255,6 +257,14 @@ async fn run(args: &RunArgs) -> anyhow::Result<Report> {
     }
     if args.sources == 0 {
         bail!("--sources must be at least 1");
+    }
+    if args.protocol == Protocol::Pusher
+        && args.messages > 0
+        && args.publish_from == Source::Clients
+    {
+        bail!(
+            "--publish-from clients is not supported with --protocol pusher (client events need signed private channels)"
+        );
     }
     let server = server_address(&args.url).await?;
     let channel_names: Arc<Vec<String>> = Arc::new(

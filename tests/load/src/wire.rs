@@ -1,9 +1,13 @@
 //! The wire dialects the load tool speaks, as pure functions over text frames: the Centrifugo client
-//! protocol (JSON), a raw WebSocket broadcast server and socket.io 4 (engine.io v4 framing). It builds the
-//! stamped payloads, the handshake and publish frames and the HTTP publish requests, and finds the stamp in
-//! what comes back. It never touches a socket; `connection` and `publisher` do the I/O.
+//! protocol (JSON), the Pusher protocol v7, a raw WebSocket broadcast server and socket.io 4 (engine.io v4
+//! framing). It builds the stamped payloads, the handshake and publish frames and the HTTP publish
+//! requests, and finds the stamp in what comes back. It never touches a socket; `connection` and
+//! `publisher` do the I/O.
+
+use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 /// Which server dialect the tool speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -11,6 +15,10 @@ use serde::{Deserialize, Serialize};
 pub enum Protocol {
     /// Centrifugo client protocol (JSON): `connect` + `subscribe` commands; server API `POST /api/publish`.
     Centrifuge,
+    /// Pusher protocol v7 (`/app/{key}?protocol=7`): `pusher:subscribe` to public channels after
+    /// `pusher:connection_established`; publishes through Herald's `POST /api/publish` tagged with the
+    /// event name [`PUSHER_EVENT`], delivered as that event with the payload as a JSON string in `data`.
+    Pusher,
     /// A plain WebSocket broadcast server: the room is in the URL, a frame is the payload itself; HTTP
     /// publish is `POST <url>?channel=<room>` with the payload as body.
     Raw,
@@ -18,6 +26,12 @@ pub enum Protocol {
     /// publish as in `raw`.
     SocketIo,
 }
+
+/// The Pusher event name the tool publishes under (Herald's `event` tag) and counts on receipt.
+pub const PUSHER_EVENT: &str = "load";
+
+/// The answer to Herald's `pusher:ping`.
+const PUSHER_PONG: &str = r#"{"event":"pusher:pong","data":{}}"#;
 
 /// The send time and sequence number every published payload carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +92,80 @@ pub fn greeting(protocol: Protocol, channels: &[String]) -> Option<String> {
             }
             Some(frame)
         }
-        Protocol::Raw | Protocol::SocketIo => None,
+        // Pusher subscribes once `pusher:connection_established` arrived (see `HandshakeState`).
+        Protocol::Raw | Protocol::SocketIo | Protocol::Pusher => None,
+    }
+}
+
+/// The envelope of a Pusher frame: `{"event":…,"channel":…,"data":…}`. `data` is kept as raw JSON text
+/// and only decoded for the events that need it.
+#[derive(Debug, Deserialize)]
+struct PusherEnvelope<'a> {
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+impl PusherEnvelope<'_> {
+    /// Parses a frame; `None` when it is not a Pusher event.
+    fn parse(frame: &str) -> Option<PusherEnvelope<'_>> {
+        serde_json::from_str(frame).ok()
+    }
+
+    /// The JSON text the event carries: Pusher servers send `data` as a string holding JSON, which is
+    /// decoded here; data sent as a JSON value (an object, as in `pusher:error`) is that value's text.
+    fn data_text(&self) -> Option<Cow<'_, str>> {
+        let raw = self.data?.get();
+        if raw.starts_with('"') {
+            serde_json::from_str::<String>(raw).ok().map(Cow::Owned)
+        } else {
+            Some(Cow::Borrowed(raw))
+        }
+    }
+
+    /// The data as a JSON value (for the handshake's few control events).
+    fn data_value(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.data_text()?).ok()
+    }
+
+    /// The stamp of a delivered payload: the data's JSON text is where the Centrifugo dialect's `pub.data`
+    /// is, so the same [`find_stamp`] reads it.
+    fn stamp(&self) -> Option<Stamp> {
+        find_stamp(&self.data_text()?)
+    }
+}
+
+/// `pusher:subscribe` to a public channel (no `auth`).
+fn pusher_subscribe(channel: &str) -> String {
+    format!(
+        r#"{{"event":"pusher:subscribe","data":{{"channel":{}}}}}"#,
+        serde_json::Value::from(channel)
+    )
+}
+
+/// The `code (message)` of a `pusher:error` or `pusher:subscription_error`, for the report.
+fn pusher_error_text(envelope: &PusherEnvelope<'_>) -> String {
+    let data = envelope.data_value().unwrap_or_default();
+    let field = |name: &str| match data.get(name) {
+        None | Some(serde_json::Value::Null) => "-".to_string(),
+        Some(serde_json::Value::String(text)) => text.clone(),
+        Some(other) => other.to_string(),
+    };
+    match envelope.event.as_ref() {
+        "pusher:subscription_error" => format!(
+            "{}: {} {} ({})",
+            envelope.event,
+            field("status"),
+            field("type"),
+            field("error")
+        ),
+        _ => format!(
+            "{}: {} ({})",
+            envelope.event,
+            field("code"),
+            field("message")
+        ),
     }
 }
 
@@ -117,6 +204,7 @@ impl HandshakeState {
             Protocol::Raw => Handshake::Subscribed,
             Protocol::Centrifuge => self.on_centrifuge_frame(frame, replies),
             Protocol::SocketIo => self.on_socket_io_frame(frame, replies),
+            Protocol::Pusher => self.on_pusher_frame(frame, replies),
         }
     }
 
@@ -124,7 +212,7 @@ impl HandshakeState {
     pub fn initial(&self) -> Handshake {
         match self.protocol {
             Protocol::Raw => Handshake::Subscribed,
-            Protocol::Centrifuge | Protocol::SocketIo => Handshake::Pending,
+            Protocol::Centrifuge | Protocol::SocketIo | Protocol::Pusher => Handshake::Pending,
         }
     }
 
@@ -175,6 +263,39 @@ impl HandshakeState {
         self.progress()
     }
 
+    /// `pusher:connection_established` (whose data holds the socket id) → one `pusher:subscribe` per
+    /// channel; each `pusher_internal:subscription_succeeded` confirms one. Pings are answered; an error
+    /// fails the handshake; any other event is ignored.
+    fn on_pusher_frame(&mut self, frame: &str, replies: &mut Vec<String>) -> Handshake {
+        let Some(envelope) = PusherEnvelope::parse(frame) else {
+            return Handshake::Failed("unparseable Pusher frame".to_string());
+        };
+        match envelope.event.as_ref() {
+            "pusher:connection_established" => {
+                let has_socket_id = envelope
+                    .data_value()
+                    .is_some_and(|data| data.get("socket_id").is_some_and(|id| id.is_string()));
+                if !has_socket_id {
+                    return Handshake::Failed(
+                        "pusher:connection_established without a socket_id".to_string(),
+                    );
+                }
+                replies.extend(
+                    self.channels
+                        .iter()
+                        .map(|channel| pusher_subscribe(channel)),
+                );
+            }
+            "pusher_internal:subscription_succeeded" => self.confirmed += 1,
+            "pusher:ping" => replies.push(PUSHER_PONG.to_string()),
+            "pusher:error" | "pusher:subscription_error" => {
+                return Handshake::Failed(pusher_error_text(&envelope));
+            }
+            _ => {}
+        }
+        self.progress()
+    }
+
     fn progress(&self) -> Handshake {
         if self.confirmed >= self.channels.len() {
             Handshake::Subscribed
@@ -220,6 +341,19 @@ pub fn scan_frame(
             }
             None
         }
+        Protocol::Pusher => {
+            let envelope = PusherEnvelope::parse(frame)?;
+            match envelope.event.as_ref() {
+                "pusher:ping" => Some(PUSHER_PONG),
+                PUSHER_EVENT => {
+                    if let Some(stamp) = envelope.stamp() {
+                        on_stamp(stamp);
+                    }
+                    None
+                }
+                _ => None,
+            }
+        }
     }
 }
 
@@ -238,6 +372,14 @@ pub fn http_publish(
             );
             (base_url.to_string(), body)
         }
+        // Herald's own API, the publication tagged with the Pusher event name its Pusher clients get.
+        Protocol::Pusher => {
+            let body = format!(
+                r#"{{"channel":{},"data":{payload},"tags":{{"event":"{PUSHER_EVENT}"}}}}"#,
+                serde_json::Value::from(channel)
+            );
+            (base_url.to_string(), body)
+        }
         Protocol::Raw | Protocol::SocketIo => {
             let separator = if base_url.contains('?') { '&' } else { '?' };
             (
@@ -249,7 +391,8 @@ pub fn http_publish(
 }
 
 /// The frame a subscribed client sends to publish one payload to `channel`. `command_id` numbers the
-/// Centrifugo command (it must be above the handshake's ids).
+/// Centrifugo command (it must be above the handshake's ids). Pusher's is a client event, which servers
+/// accept only on signed private channels; `run` refuses `--publish-from clients` in pusher mode.
 pub fn client_publish(protocol: Protocol, channel: &str, payload: &str, command_id: u32) -> String {
     let channel = serde_json::Value::from(channel);
     match protocol {
@@ -259,6 +402,9 @@ pub fn client_publish(protocol: Protocol, channel: &str, payload: &str, command_
         Protocol::Raw => payload.to_string(),
         Protocol::SocketIo => {
             format!(r#"42["publish",{{"channel":{channel},"data":{payload}}}]"#)
+        }
+        Protocol::Pusher => {
+            format!(r#"{{"event":"client-{PUSHER_EVENT}","channel":{channel},"data":{payload}}}"#)
         }
     }
 }
@@ -292,10 +438,15 @@ mod tests {
         let data = payload(STAMP, 200);
         let centrifuge = format!(r#"{{"push":{{"channel":"c","pub":{{"data":{data}}}}}}}"#);
         let socket_io = format!(r#"42["message",{data}]"#);
+        let pusher = format!(
+            r#"{{"event":"load","channel":"c","data":{}}}"#,
+            serde_json::Value::from(data.as_str())
+        );
         for (protocol, frame) in [
             (Protocol::Centrifuge, centrifuge.as_str()),
             (Protocol::Raw, data.as_str()),
             (Protocol::SocketIo, socket_io.as_str()),
+            (Protocol::Pusher, pusher.as_str()),
         ] {
             let mut seen = Vec::new();
             assert_eq!(scan_frame(protocol, frame, |s| seen.push(s)), None);
@@ -380,12 +531,139 @@ mod tests {
         assert_eq!(state.on_frame("430[]", &mut replies), Handshake::Subscribed);
     }
 
+    /// A delivery exactly as Herald's Pusher codec writes it: the publication's JSON as a string.
+    const PUSHER_DELIVERY: &str = r#"{"event":"load","channel":"bench-0","data":"{\"t\":123456789,\"s\":42,\"text\":\"xx\"}"}"#;
+
+    #[test]
+    fn pusher_deliveries_give_the_stamp_of_their_string_data() {
+        let mut seen = Vec::new();
+        assert_eq!(
+            scan_frame(Protocol::Pusher, PUSHER_DELIVERY, |s| seen.push(s)),
+            None
+        );
+        // Data sent as a JSON object (which pusher-js also accepts) is read the same way.
+        let object =
+            r#"{"event":"load","channel":"bench-0","data":{"t":123456789,"s":42,"text":""}}"#;
+        assert_eq!(scan_frame(Protocol::Pusher, object, |s| seen.push(s)), None);
+        assert_eq!(seen, vec![STAMP, STAMP]);
+    }
+
+    #[test]
+    fn pusher_pings_are_answered_and_other_events_ignored() {
+        let mut seen = Vec::new();
+        assert_eq!(
+            scan_frame(
+                Protocol::Pusher,
+                r#"{"event":"pusher:ping","data":{}}"#,
+                |s| { seen.push(s) }
+            ),
+            Some(r#"{"event":"pusher:pong","data":{}}"#)
+        );
+        for frame in [
+            // Another event name, though its data holds a stamp.
+            r#"{"event":"message","channel":"bench-0","data":"{\"t\":1,\"s\":2}"}"#,
+            r#"{"event":"pusher_internal:subscription_succeeded","channel":"bench-0"}"#,
+            r#"{"event":"pusher:error","data":{"code":4301,"message":"x"}}"#,
+            r#"{"event":"load","channel":"bench-0","data":"not json"}"#,
+            r#"{"event":"load","channel":"bench-0"}"#,
+            "not json",
+            "",
+        ] {
+            assert_eq!(
+                scan_frame(Protocol::Pusher, frame, |s| seen.push(s)),
+                None,
+                "{frame}"
+            );
+        }
+        assert!(seen.is_empty());
+    }
+
+    #[test]
+    fn pusher_handshake_subscribes_after_connection_established() {
+        let channels = vec!["bench-0".to_string(), "bench-\"1".to_string()];
+        assert_eq!(greeting(Protocol::Pusher, &channels), None);
+        let mut state = HandshakeState::new(Protocol::Pusher, channels);
+        assert_eq!(state.initial(), Handshake::Pending);
+        let mut replies = Vec::new();
+        assert_eq!(
+            state.on_frame(
+                r#"{"event":"pusher:connection_established","data":"{\"socket_id\":\"4084018159.6406432958\",\"activity_timeout\":120}"}"#,
+                &mut replies
+            ),
+            Handshake::Pending
+        );
+        assert_eq!(
+            replies,
+            vec![
+                r#"{"event":"pusher:subscribe","data":{"channel":"bench-0"}}"#,
+                r#"{"event":"pusher:subscribe","data":{"channel":"bench-\"1"}}"#,
+            ]
+        );
+        replies.clear();
+        assert_eq!(
+            state.on_frame(
+                r#"{"event":"pusher_internal:subscription_succeeded","channel":"bench-0","data":"{}"}"#,
+                &mut replies
+            ),
+            Handshake::Pending
+        );
+        state.on_frame(r#"{"event":"pusher:ping","data":{}}"#, &mut replies);
+        assert_eq!(replies, vec![r#"{"event":"pusher:pong","data":{}}"#]);
+        assert_eq!(
+            state.on_frame(
+                r#"{"event":"pusher_internal:subscription_succeeded","channel":"bench-\"1"}"#,
+                &mut replies
+            ),
+            Handshake::Subscribed
+        );
+    }
+
+    #[test]
+    fn pusher_handshake_reports_errors() {
+        let refused = |frame: &str| {
+            let mut state = HandshakeState::new(Protocol::Pusher, vec!["c".to_string()]);
+            match state.on_frame(frame, &mut Vec::new()) {
+                Handshake::Failed(reason) => reason,
+                other => panic!("{frame}: {other:?}"),
+            }
+        };
+        assert_eq!(
+            refused(
+                r#"{"event":"pusher:error","data":{"code":4001,"message":"App key x not in use"}}"#
+            ),
+            "pusher:error: 4001 (App key x not in use)"
+        );
+        assert_eq!(
+            refused(r#"{"event":"pusher:error","data":"{\"code\":null,\"message\":\"bad\"}"}"#),
+            "pusher:error: - (bad)"
+        );
+        assert_eq!(
+            refused(
+                r#"{"event":"pusher:subscription_error","channel":"c","data":{"type":"AuthError","error":"The connection is unauthorized.","status":401}}"#
+            ),
+            "pusher:subscription_error: 401 AuthError (The connection is unauthorized.)"
+        );
+        assert!(
+            refused(r#"{"event":"pusher:connection_established","data":"{}"}"#)
+                .contains("socket_id")
+        );
+        assert!(refused("garbage").contains("unparseable"));
+    }
+
     #[test]
     fn publish_requests_per_dialect() {
         let (url, body) = http_publish(Protocol::Centrifuge, "http://h/api/publish", "c", "{}");
         assert_eq!(
             (url.as_str(), body.as_str()),
             ("http://h/api/publish", r#"{"channel":"c","data":{}}"#)
+        );
+        let (url, body) = http_publish(Protocol::Pusher, "http://h/api/publish", "c", "{}");
+        assert_eq!(
+            (url.as_str(), body.as_str()),
+            (
+                "http://h/api/publish",
+                r#"{"channel":"c","data":{},"tags":{"event":"load"}}"#
+            )
         );
         let (url, body) = http_publish(Protocol::Raw, "http://h/publish", "c", "{}");
         assert_eq!(
