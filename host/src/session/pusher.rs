@@ -279,7 +279,8 @@ impl PusherSession {
         let mut incoming = std::pin::pin!(incoming);
         let node = self.node.clone();
         let outbound = self.outbound.clone();
-        if let Err(refused) = self.connect_hook().await {
+        // Boxed like every rare step: a plugin call's future would otherwise size every idle connection.
+        if let Err(refused) = Box::pin(self.connect_hook()).await {
             outbound.push(codec::error(Some(refused.code), &refused.reason));
             outbound.close(refused);
             return;

@@ -65,7 +65,11 @@ pub async fn pusher_handler(
             raw_query.as_deref(),
         ))
     };
+    // Pusher clients read one event per WebSocket message, so the writer cannot join frames into one
+    // message; the library's write buffer gathers the messages of a batch into few socket writes instead.
+    let gather = node.config.websocket.write_buffer_size;
     with_limits(upgrade, &node)
+        .write_buffer_size(gather)
         .on_failed_upgrade(
             move |error| tracing::debug!(%remote, %error, "websocket upgrade failed"),
         )
