@@ -282,3 +282,54 @@ async fn presence_members_join_and_leave_across_nodes() {
         assert_eq!(users(node, channel).await, ids(["1"]), "on {}", node.addr);
     }
 }
+
+/// `terminate_connections` and Herald's own `disconnect` sent to one node close connections held by
+/// another: commands travel through Redis like publications.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_terminated_and_disconnected_through_any_node() {
+    let redis = RedisServer::start();
+    let nodes = pusher_nodes(&redis, 2).await;
+    let user_data = r#"{"id":"77"}"#;
+    let mut grace = Pusher::connect(nodes[1].addr).await;
+    let auth = format!(
+        "{}:{}",
+        herald_tests::PUSHER_KEY,
+        herald::protocol::pusher::sign::user_signature(
+            herald_tests::PUSHER_SECRET,
+            &grace.socket_id,
+            user_data
+        )
+    );
+    grace
+        .send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}))
+        .await;
+    assert_eq!(grace.next().await["event"], "pusher:signin_success");
+    let mut bystander = Pusher::connect(nodes[1].addr).await;
+
+    let (status, body) = herald_tests::pusher::signed(
+        nodes[0].addr,
+        "POST",
+        &format!("/apps/{APP_ID}/users/77/terminate_connections"),
+        &[],
+        Some(json!({})),
+        herald_tests::PUSHER_SECRET,
+        herald_tests::pusher::now(),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "{}"));
+    assert_eq!(grace.client.expect_close().await.0, 4009);
+
+    // Herald's own API, one connection by its id: the Pusher socket id is its client id.
+    let (status, body) = nodes[0]
+        .api(
+            "disconnect",
+            json!({"user": "", "client": bystander.socket_id, "disconnect": {"code": 3011, "reason": "moved"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        bystander.client.expect_close().await.0,
+        4200,
+        "3011 asks to reconnect now"
+    );
+}

@@ -27,11 +27,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
 
+use crate::control::{self, Action, Command, Target};
 use crate::disconnect::Disconnect;
 use crate::engine::{HistoryFilter, StreamPosition};
 use crate::errors::{ClientError, Refusal};
 use crate::glob;
-use crate::hub::SessionCommand;
 use crate::limits::{ApiGuard, ApiRefused};
 use crate::node::{Node, PublishRequest, Source};
 use crate::protocol::centrifuge::encode::{Object, write_history_result, write_presence_result};
@@ -606,23 +606,37 @@ async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<Vec<u8>, Api
                 }
                 None => Disconnect::FORCE_DISCONNECT,
             };
-            for session in node.hub.sessions(&b.user, b.client.as_deref()) {
-                session.disconnect(disconnect.clone());
-            }
+            let target = Target {
+                user: b.user,
+                client: b.client,
+            };
+            control::send(
+                &*node.engine.broker,
+                &Command::disconnect(target, &disconnect),
+            )
+            .await
+            .map_err(ClientError::from)?;
             Ok(result(|_| {}))
         }
         "subscribe" | "unsubscribe" => {
             let b: UserChannelBody = parse(body)?;
             require(&b.channel)?;
             node.namespace(&b.channel)?;
-            let command = if method == "subscribe" {
-                SessionCommand::Subscribe { channel: b.channel }
+            let action = if method == "subscribe" {
+                Action::Subscribe { channel: b.channel }
             } else {
-                SessionCommand::Unsubscribe { channel: b.channel }
+                Action::Unsubscribe { channel: b.channel }
             };
-            for session in node.hub.sessions(&b.user, b.client.as_deref()) {
-                session.command(command.clone());
-            }
+            let command = Command {
+                target: Target {
+                    user: b.user,
+                    client: b.client,
+                },
+                action,
+            };
+            control::send(&*node.engine.broker, &command)
+                .await
+                .map_err(ClientError::from)?;
             Ok(result(|_| {}))
         }
         _ => Err(ClientError::METHOD_NOT_FOUND.into()),

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::Notify;
 
+use crate::control;
 use crate::disconnect::Disconnect;
 use crate::engine::{BrokerEventHandler, ClientInfo, Publication, StreamPosition};
 use crate::protocol::centrifuge::encode;
@@ -570,6 +571,10 @@ impl BrokerEventHandler for Hub {
         publication: Arc<Publication>,
         position: StreamPosition,
     ) {
+        if channel == control::CONTROL_CHANNEL {
+            control::apply(self, &publication);
+            return;
+        }
         let position = StreamPosition {
             offset: publication.offset,
             epoch: position.epoch,

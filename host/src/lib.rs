@@ -14,7 +14,8 @@
 //! - [`api`]: the HTTP server API, another entrance to the same [`node`] operations; [`pusher_api`] is the
 //!   Pusher HTTP API, served beside it.
 //! - [`queue`]: queue ingestion, a third entrance: Redis Streams entries published through [`node`].
-//! - [`nodes`]: the cluster's node list, announced through the engine's presence.
+//! - [`nodes`]: the cluster's node list, announced through the engine's presence; [`control`]: commands for
+//!   the sessions of every node, through the engine's broker.
 //! - [`webhooks`]: Pusher webhooks, queued per URL and POSTed in signed batches, retried with backoff.
 //! - [`config`], [`channel`], [`errors`], [`disconnect`]: configuration, channel rules, and the registries of
 //!   codes clients see.
@@ -22,6 +23,7 @@
 pub mod api;
 pub mod channel;
 pub mod config;
+pub mod control;
 pub mod disconnect;
 pub mod engine;
 pub mod errors;

@@ -185,6 +185,12 @@ impl Node {
             .await
             .map_err(|error| anyhow::anyhow!("engine: {error}"))?;
         let node = Self::assemble(config, hub, engine)?;
+        // Commands for this node's sessions may come from any node's API.
+        node.engine
+            .broker
+            .subscribe(crate::control::CONTROL_CHANNEL)
+            .await
+            .map_err(|error| anyhow::anyhow!("engine: {error}"))?;
         node.plugins.load_all().await;
         if node.config.plugins.watch {
             crate::plugin::watch::start(node.plugins.clone(), node.shutdown.clone())?;

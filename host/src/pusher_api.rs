@@ -20,6 +20,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::control::{self, Command, Target};
 use crate::disconnect::Disconnect;
 use crate::engine::EngineError;
 use crate::errors::Refusal;
@@ -459,8 +460,8 @@ async fn users(
     Ok(ok(json!({ "users": users })))
 }
 
-/// `POST /apps/{app_id}/users/{user_id}/terminate_connections`: closes this node's connections signed in
-/// as the user (Pusher clients get 4009 and stay disconnected).
+/// `POST /apps/{app_id}/users/{user_id}/terminate_connections`: closes the user's connections on every
+/// node (Pusher clients get 4009 and stay disconnected).
 async fn terminate_connections(
     State(node): State<Arc<Node>>,
     Path(params): Path<HashMap<String, String>>,
@@ -470,15 +471,16 @@ async fn terminate_connections(
         // "" is every connection that never signed in.
         return bad_request("a user id is required").into_response();
     }
-    let sessions = node.hub.sessions(user, None);
-    for session in &sessions {
-        session.disconnect(Disconnect::FORCE_DISCONNECT);
+    let target = Target {
+        user: user.to_owned(),
+        client: None,
+    };
+    let command = Command::disconnect(target, &Disconnect::FORCE_DISCONNECT);
+    if let Err(error) = control::send(&*node.engine.broker, &command).await {
+        tracing::warn!(user, %error, "terminate_connections could not reach the cluster");
+        return Failure(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response();
     }
-    tracing::info!(
-        user,
-        connections = sessions.len(),
-        "pusher API terminated a user's connections"
-    );
+    tracing::info!(user, "pusher API terminated a user's connections");
     ok(json!({}))
 }
 

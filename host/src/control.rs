@@ -1,0 +1,135 @@
+//! Commands for sessions wherever they are: the server API's `disconnect`, `subscribe` and `unsubscribe`
+//! and the Pusher API's `terminate_connections` reach the connections of every node.
+//!
+//! A command travels as a publication on a channel no client can name, through the engine's broker like
+//! any other (so it crosses nodes with the Redis engine and stays in-process with the memory engine);
+//! every node subscribes to it at start, and its hub hands each command to the matching local sessions.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::disconnect::Disconnect;
+use crate::engine::{Broker, EngineError, Publication, PublishOptions};
+use crate::hub::{Hub, SessionCommand};
+
+/// The channel commands travel on (a control character first: no client channel name has one).
+pub const CONTROL_CHANNEL: &str = "\u{1}herald:control";
+
+/// Which connections a command is for: a user's (`""` is every anonymous connection), or one of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    /// The user id.
+    pub user: String,
+    /// Only this connection of the user.
+    pub client: Option<String>,
+}
+
+/// What to do to the targeted connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Close with this code and reason.
+    Disconnect {
+        /// The close code.
+        code: u16,
+        /// The reason.
+        reason: String,
+    },
+    /// Subscribe them to a channel server-side.
+    Subscribe {
+        /// The channel.
+        channel: String,
+    },
+    /// Unsubscribe them from a channel.
+    Unsubscribe {
+        /// The channel.
+        channel: String,
+    },
+}
+
+/// A command for sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Whom it is for.
+    pub target: Target,
+    /// What to do.
+    pub action: Action,
+}
+
+impl Command {
+    /// Closes the target's connections.
+    pub fn disconnect(target: Target, disconnect: &Disconnect) -> Self {
+        Self {
+            target,
+            action: Action::Disconnect {
+                code: disconnect.code,
+                reason: disconnect.reason.to_string(),
+            },
+        }
+    }
+}
+
+/// Sends a command to the sessions of every node (this one included).
+pub async fn send(broker: &dyn Broker, command: &Command) -> Result<(), EngineError> {
+    let data = serde_json::to_vec(command).expect("a command serialises");
+    let publication = Publication {
+        data: Bytes::from(data),
+        tags: BTreeMap::new(),
+        ..Publication::default()
+    };
+    broker
+        .publish(CONTROL_CHANNEL, publication, &PublishOptions::default())
+        .await
+        .map(|_| ())
+}
+
+/// Carries out a command that arrived on [`CONTROL_CHANNEL`] on this node's sessions.
+pub fn apply(hub: &Hub, publication: &Publication) {
+    let command: Command = match serde_json::from_slice(&publication.data) {
+        Ok(command) => command,
+        Err(error) => {
+            // Another version of Herald in the cluster, or a stray publish: nothing to do safely.
+            tracing::warn!(%error, "unreadable control command ignored");
+            return;
+        }
+    };
+    let Target { user, client } = &command.target;
+    for session in hub.sessions(user, client.as_deref()) {
+        match &command.action {
+            Action::Disconnect { code, reason } => session.disconnect(Disconnect {
+                code: *code,
+                reason: reason.clone().into(),
+            }),
+            Action::Subscribe { channel } => {
+                session.command(SessionCommand::Subscribe {
+                    channel: channel.clone(),
+                });
+            }
+            Action::Unsubscribe { channel } => {
+                session.command(SessionCommand::Unsubscribe {
+                    channel: channel.clone(),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_survive_the_wire() {
+        let command = Command::disconnect(
+            Target {
+                user: "42".into(),
+                client: None,
+            },
+            &Disconnect::FORCE_DISCONNECT,
+        );
+        let data = serde_json::to_vec(&command).unwrap();
+        assert_eq!(serde_json::from_slice::<Command>(&data).unwrap(), command);
+    }
+}
