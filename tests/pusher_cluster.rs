@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 
 use herald::testing::RedisServer;
 use herald_tests::cluster::{HeraldProcess, node_config};
-use herald_tests::pusher::{Pusher, data, get, trigger};
+use herald_tests::pusher::{Pusher, data, get, triggered};
 use herald_tests::{PUSHER_APP_ID as APP_ID, PUSHER_CONFIG};
 use serde_json::{Value, json};
 
@@ -33,7 +33,7 @@ async fn pusher_nodes(redis: &RedisServer, count: usize) -> Vec<HeraldProcess> {
 
 /// Triggers `name` with `payload` (sent as a JSON string, as the server libraries do) on `channel`
 /// through `node`'s Pusher HTTP API, excluding `socket_id` when given; asserts it is accepted.
-async fn triggered(
+async fn trigger_on(
     node: &HeraldProcess,
     channel: &str,
     name: &str,
@@ -44,13 +44,7 @@ async fn triggered(
     if let Some(socket_id) = socket_id {
         body["socket_id"] = socket_id.into();
     }
-    let (status, answer) = trigger(node.addr, body.clone()).await;
-    assert_eq!(
-        (status, answer.as_str()),
-        (200, "{}"),
-        "trigger {body} on {}",
-        node.addr
-    );
+    triggered(node.addr, body).await;
 }
 
 /// Asserts that `client`'s next event is `name` on `channel` with `payload` as its data; `who` names the
@@ -121,7 +115,7 @@ async fn triggers_reach_every_node_and_socket_id_excludes_that_connection_only()
         client.subscribed("news", None).await;
     }
 
-    triggered(a, "news", "order-shipped", json!({"n": 1}), None).await;
+    trigger_on(a, "news", "order-shipped", json!({"n": 1}), None).await;
     for (client, who) in [
         (&mut on_a, "the client on A"),
         (&mut excluded, "the first client on B"),
@@ -131,7 +125,7 @@ async fn triggers_reach_every_node_and_socket_id_excludes_that_connection_only()
     }
 
     let socket_id = excluded.socket_id.clone();
-    triggered(
+    trigger_on(
         a,
         "news",
         "order-shipped",
@@ -156,7 +150,7 @@ async fn triggers_reach_every_node_and_socket_id_excludes_that_connection_only()
     )
     .await;
 
-    triggered(a, "news", "order-delivered", json!({"n": 3}), None).await;
+    trigger_on(a, "news", "order-delivered", json!({"n": 3}), None).await;
     // The excluded client's next event is this one: the trigger before it never came.
     for (client, who) in [
         (&mut excluded, "the excluded client on B"),
@@ -204,7 +198,7 @@ async fn client_events_reach_subscribers_on_other_nodes_but_not_the_sender() {
     .await;
 
     // Through node B's API this time; the sender's next event is it: its own never came back.
-    triggered(b, channel, "done", json!({}), None).await;
+    trigger_on(b, channel, "done", json!({}), None).await;
     for (client, who) in [
         (&mut sender, "the sender"),
         (&mut beside, "the other subscriber on A"),

@@ -163,6 +163,16 @@ pub async fn trigger(addr: SocketAddr, body: Value) -> (u16, String) {
     .await
 }
 
+/// Triggers the event `body` describes through the node at `addr`, asserting it is accepted (`200 {}`).
+pub async fn triggered(addr: SocketAddr, body: Value) {
+    let (status, answer) = trigger(addr, body.clone()).await;
+    assert_eq!(
+        (status, answer.as_str()),
+        (200, "{}"),
+        "trigger {body} on {addr}"
+    );
+}
+
 /// A correctly signed `GET` of the Pusher HTTP API on the node at `addr`; the status and the body as
 /// JSON (a string when it is not JSON).
 pub async fn get(addr: SocketAddr, path: &str, params: &[(&str, &str)]) -> (u16, Value) {
