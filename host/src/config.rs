@@ -369,4 +369,19 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closure signature
+    fn a_pusher_app_from_the_environment_with_a_numeric_id() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HERALD_PUSHER__APP_ID", "1");
+            jail.set_env("HERALD_PUSHER__KEY", "app-key");
+            jail.set_env("HERALD_PUSHER__SECRET", "12345");
+            let config = Config::load(Source::Embedded).map_err(|e| e.0)?;
+            assert_eq!(config.pusher.app_id, "1");
+            assert_eq!(config.pusher.secret, "12345");
+            assert!(config.pusher.enabled());
+            Ok(())
+        });
+    }
 }

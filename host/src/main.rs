@@ -163,6 +163,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             "server API is off: set http_api.key (e.g. HERALD_HTTP_API__KEY) to enable /api"
         );
     }
+    let pusher = &node.config.pusher;
+    if pusher.enabled() {
+        tracing::info!(
+            app_id = %pusher.app_id,
+            webhooks = pusher.webhooks.len(),
+            "pusher protocol on /app/{}, its HTTP API on /apps/{}",
+            pusher.key,
+            pusher.app_id
+        );
+    }
     herald::server::run(node, listener, herald::server::shutdown_signal()).await?;
     tracing::info!("herald stopped");
     Ok(())

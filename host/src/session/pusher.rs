@@ -35,10 +35,13 @@ use super::{ConnectionInfo, Incoming};
 #[serde(default, deny_unknown_fields)]
 pub struct PusherConfig {
     /// The app id in HTTP API paths (`/apps/{app_id}/…`). The Pusher Python library needs a number.
+    #[serde(deserialize_with = "text_or_number")]
     pub app_id: String,
     /// The app key clients connect with (`/app/{key}`); empty (the default) turns the Pusher protocol off.
+    #[serde(deserialize_with = "text_or_number")]
     pub key: String,
     /// The secret that signs channel authorisations and HTTP API requests.
+    #[serde(deserialize_with = "text_or_number")]
     pub secret: String,
     /// Let clients send `client-*` events to the other subscribers of private channels (default false).
     pub client_events: bool,
@@ -142,6 +145,24 @@ impl PusherConfig {
         }
         Ok(())
     }
+}
+
+/// Reads an id, key or secret given as text or as a number: `HERALD_PUSHER__APP_ID=1` (and the `app_id = 1`
+/// users copy from Pusher's dashboard) arrive as numbers, and an app id is a number for Pusher's Python
+/// library.
+fn text_or_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum TextOrNumber {
+        Text(String),
+        Unsigned(u64),
+        Signed(i64),
+    }
+    Ok(match TextOrNumber::deserialize(deserializer)? {
+        TextOrNumber::Text(text) => text,
+        TextOrNumber::Unsigned(n) => n.to_string(),
+        TextOrNumber::Signed(n) => n.to_string(),
+    })
 }
 
 /// Longest `client-*` event name (Pusher's limit).
@@ -944,6 +965,17 @@ mod tests {
             "{id}"
         );
         assert_ne!(new_socket_id(), id);
+    }
+
+    #[test]
+    fn numeric_ids_and_keys_are_read_as_text() {
+        let config: PusherConfig =
+            toml::from_str("app_id = 1234\nkey = \"k\"\nsecret = 99").expect("valid");
+        assert_eq!(
+            (config.app_id.as_str(), config.secret.as_str()),
+            ("1234", "99")
+        );
+        assert!(toml::from_str::<PusherConfig>("app_id = 1.5").is_err());
     }
 
     #[test]
