@@ -2,10 +2,13 @@
 //! `tests/e2e/js/pusher.js` drives pusher-js 8.6 clients and the `pusher` Node server library 5.3 (public and
 //! private channels, socket_id exclusion, client events, a failed channel auth, Herald's own API publishing to
 //! Pusher clients, channel queries, the 10 KiB data limit, a wrong secret, and presence: pusher-js's
-//! `members`, member_added / member_removed once per user, the users and user_count queries), and
+//! `members`, member_added / member_removed once per user, the users and user_count queries),
+//! `tests/e2e/js/echo.mjs` drives Laravel Echo 2.5 on pusher-js (`listen` with and without the `App.Events`
+//! namespace, a private channel with a whisper, `join` with `here` / `joining` / `leaving`, `toOthers()`), and
 //! `tests/e2e/python/pusher_api.py` drives the `pusher` Python server library 3.3 with a raw protocol-7
 //! WebSocket client (trigger, trigger_batch, channel queries signed with body_md5 on GETs, a wrong secret,
-//! ping/pong, a presence channel signed by the library's `authenticate`). Both run as child processes against a real Herald.
+//! ping/pong, a presence channel signed by the library's `authenticate`). All run as child processes against
+//! a real Herald.
 //!
 //! They need Node 20+ with `npm ci --prefix tests/e2e/js` done, and Python 3.11 with
 //! `python3 -m pip install -r tests/e2e/python/requirements.txt`. A missing toolchain or dependency fails the
@@ -47,6 +50,18 @@ async fn pusher_js_and_the_node_server_library_work_unchanged() {
     require_node(&["pusher-js", "pusher"]).await;
     let server = TestServer::start(PUSHER_CONFIG).await;
     run_scenario(&server, "node", "tests/e2e/js/pusher.js").await;
+}
+
+/// Laravel Echo 2.5 (`broadcaster: 'pusher'` on pusher-js 8.6) as a Laravel front end uses it, with the Node
+/// `pusher` library as the backend: `listen('.OrderShipped')` and the namespaced `listen('OrderShipped')`
+/// (event `App\Events\OrderShipped`), a private channel through Echo's `authorizer` with a whisper to the
+/// other instance only, `join` with `here` / `joining` / `leaving`, and `toOthers()` (`socket_id` from
+/// `Echo.socketId()`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn laravel_echo_works_unchanged() {
+    require_node(&["laravel-echo", "pusher-js", "pusher"]).await;
+    let server = TestServer::start(PUSHER_CONFIG).await;
+    run_scenario(&server, "node", "tests/e2e/js/echo.mjs").await;
 }
 
 /// The Python `pusher` library 3.3 with a raw protocol-7 WebSocket client: handshake, public and private
