@@ -221,3 +221,16 @@ async fn event_types_filter_and_refused_batches_are_sent_again() {
     assert_eq!(receiver.next_batch().await, json!({"refused": vacated}));
     assert_eq!(receiver.next_batch().await["events"], vacated);
 }
+
+#[tokio::test]
+async fn a_cache_channel_without_an_event_is_a_cache_miss() {
+    let mut receiver = Receiver::start(0).await;
+    let server = server(&receiver, &["cache_miss"]).await;
+    let mut pusher = Pusher::connect(server.addr).await;
+    pusher.subscribed("cache-empty", None).await;
+    assert_eq!(pusher.next().await["event"], "pusher:cache_miss");
+    assert_eq!(
+        receiver.next().await,
+        json!({"name": "cache_miss", "channel": "cache-empty"})
+    );
+}

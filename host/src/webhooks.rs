@@ -52,12 +52,13 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const FLUSH_DEADLINE: Duration = Duration::from_secs(3);
 
 /// The event names, as `event_types` lists them and the body's `name` fields carry them.
-const EVENT_NAMES: [&str; 5] = [
+const EVENT_NAMES: [&str; 6] = [
     "channel_occupied",
     "channel_vacated",
     "member_added",
     "member_removed",
     "client_event",
+    "cache_miss",
 ];
 
 /// Every event type (bit `i` is `EVENT_NAMES[i]`).
@@ -133,6 +134,8 @@ pub enum WebhookEvent {
         socket_id: String,
         user_id: Option<String>,
     },
+    /// A subscriber of a cache channel found no event to get.
+    CacheMiss { channel: String },
 }
 
 impl WebhookEvent {
@@ -148,6 +151,7 @@ impl WebhookEvent {
             Self::MemberAdded { .. } => 2,
             Self::MemberRemoved { .. } => 3,
             Self::ClientEvent { .. } => 4,
+            Self::CacheMiss { .. } => 5,
         }
     }
 
@@ -162,7 +166,9 @@ impl WebhookEvent {
             user_id: None,
         };
         match self {
-            Self::ChannelOccupied { channel } | Self::ChannelVacated { channel } => {
+            Self::ChannelOccupied { channel }
+            | Self::ChannelVacated { channel }
+            | Self::CacheMiss { channel } => {
                 wire.channel = channel;
             }
             Self::MemberAdded { channel, user_id } | Self::MemberRemoved { channel, user_id } => {
@@ -836,7 +842,7 @@ mod tests {
         assert!(toml::from_str::<WebhookConfig>("url = \"http://h\"\nfilter = 1").is_err());
         let bad_type = WebhookConfig {
             url: "http://h/x".into(),
-            event_types: vec!["cache_miss".into()],
+            event_types: vec!["subscription_count".into()],
         };
         assert!(bad_type.validate().unwrap_err().starts_with("event_types:"));
         for url in [

@@ -534,23 +534,23 @@ impl PusherSession {
     }
 
     /// What a new subscriber of a cache channel gets after its confirmation: the channel's last triggered
-    /// event (kept as its one-entry history), or `pusher:cache_miss`.
+    /// event (kept as its one-entry history), or `pusher:cache_miss` (and the `cache_miss` webhook).
     async fn cached_event(&self, channel: &str) -> Frame {
         let last = HistoryFilter {
             since: None,
             limit: Some(1),
             reverse: true,
         };
-        match self.node.history(channel, &last).await {
-            Ok(found) => match found.publications.first() {
-                Some(publication) => codec::publication(channel, publication),
-                None => codec::cache_miss(channel),
-            },
-            Err(error) => {
-                tracing::warn!(channel, %error, "cache channel read failed");
-                codec::cache_miss(channel)
-            }
+        let found = self.node.history(channel, &last).await.map_err(|error| {
+            tracing::warn!(channel, %error, "cache channel read failed");
+        });
+        if let Ok(Some(publication)) = found.map(|found| found.publications.first().cloned()) {
+            return codec::publication(channel, &publication);
         }
+        self.node.webhooks.send(WebhookEvent::CacheMiss {
+            channel: channel.to_owned(),
+        });
+        codec::cache_miss(channel)
     }
 
     /// The `pusher:subscription_error` for a refusal, logged.
