@@ -32,95 +32,25 @@ import { isDeepStrictEqual } from 'node:util';
 import Echo from 'laravel-echo';
 import PusherJs from 'pusher-js';
 import PusherServer from 'pusher';
+import harness from './pusher-harness.js';
 
 const PusherClient = PusherJs.default || PusherJs;
 
-const env = (name) => {
-  const value = process.env[name];
-  if (!value) {
-    console.error(`echo.mjs: ${name} is not set`);
-    process.exit(2);
-  }
-  return value;
-};
-const cfg = {
-  host: env('HERALD_PUSHER_HOST'),
-  port: Number(env('HERALD_PUSHER_PORT')),
-  appId: env('HERALD_PUSHER_APP_ID'),
-  key: env('HERALD_PUSHER_KEY'),
-  secret: env('HERALD_PUSHER_SECRET'),
-  timeoutMs: Number(process.env.HERALD_E2E_TIMEOUT || '60') * 1000,
-};
-if (!Number.isInteger(cfg.port) || cfg.port <= 0 || cfg.port > 65535) {
-  console.error(`echo.mjs: HERALD_PUSHER_PORT must be a TCP port, got ${process.env.HERALD_PUSHER_PORT}`);
-  process.exit(2);
-}
-if (!Number.isFinite(cfg.timeoutMs) || cfg.timeoutMs <= 0) {
-  console.error(`echo.mjs: HERALD_E2E_TIMEOUT must be a positive number of seconds, got ${process.env.HERALD_E2E_TIMEOUT}`);
-  process.exit(2);
-}
+const { WAIT_MS, pusherConfig, startRun, check, within, Queue } = harness;
 
-// Bound for every single wait.
-const WAIT_MS = 10000;
+const cfg = pusherConfig('echo.mjs');
 
-const T0 = Date.now();
-// The events log keeps its first 300 and its last 700 lines (a reconnect loop would flood it).
-const events = [];
-let dropped = 0;
-const log = (line) => {
-  events.push(`${Date.now() - T0}ms ${line}`);
-  if (events.length > 1000) {
-    events.splice(300, 1);
-    dropped += 1;
-  }
-};
 const instances = [];
-
-let finished = false;
-function finish(ok, message) {
-  if (finished) return;
-  finished = true;
-  for (const c of instances) {
-    try { c.echo.disconnect(); } catch (e) { log(`${c.name} disconnect failed: ${e}`); }
-  }
-  if (!ok) console.error(`FAIL: ${message}`);
-  const summary = { sdk: 'laravel-echo + pusher-js + pusher (node)', ok, error: message || null, dropped, events };
-  const out = `${JSON.stringify(summary)}\n` +
-    (ok ? 'PASS: Laravel Echo 2.5 on pusher-js 8.6 works unchanged against Herald\n' : '');
-  // Exit once stdout is flushed: process.exit() may cut a long write to a pipe.
-  process.exitCode = ok ? 0 : 1;
-  process.stdout.write(out, () => process.exit(ok ? 0 : 1));
-}
-setTimeout(() => finish(false, `overall timeout of ${cfg.timeoutMs} ms`), cfg.timeoutMs).unref();
-process.on('unhandledRejection', (e) => finish(false, `unhandled rejection: ${e && e.stack || e}`));
-
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-}
-
-// Awaits a promise for at most WAIT_MS, failing with a message naming what was awaited.
-function within(promise, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${WAIT_MS} ms waiting for ${what}`)), WAIT_MS);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-// Resolves with the next value pushed after the call, in order.
-class Queue {
-  constructor() { this.items = []; this.waiters = []; }
-  push(item) { const w = this.waiters.shift(); if (w) w(item); else this.items.push(item); }
-  take(what) {
-    if (this.items.length) return Promise.resolve(this.items.shift());
-    let waiter;
-    const next = new Promise((resolve) => { waiter = resolve; this.waiters.push(resolve); });
-    return within(next, what).catch((e) => {
-      this.waiters = this.waiters.filter((w) => w !== waiter);
-      throw e;
-    });
-  }
-}
+const { log, finish } = startRun({
+  sdk: 'laravel-echo + pusher-js + pusher (node)',
+  passLine: 'Laravel Echo 2.5 on pusher-js 8.6 works unchanged against Herald',
+  timeoutMs: cfg.timeoutMs,
+  teardown: (log) => {
+    for (const c of instances) {
+      try { c.echo.disconnect(); } catch (e) { log(`${c.name} disconnect failed: ${e}`); }
+    }
+  },
+});
 
 // The application backend: PusherBroadcaster's trigger and the /broadcasting/auth route's signatures.
 const backend = new PusherServer({

@@ -1,0 +1,99 @@
+// What the Pusher end-to-end scripts (pusher.js, echo.mjs) share: their environment, a bounded event log,
+// one way to finish (a JSON summary, PASS or FAIL, the exit code once stdout is flushed), bounded waits and
+// an ordered queue of what arrived.
+'use strict';
+
+// Bound for every single wait.
+const WAIT_MS = 10000;
+
+// Reads a required environment variable; a missing one ends the script with exit code 2.
+function env(script, name) {
+  const value = process.env[name];
+  if (!value) {
+    console.error(`${script}: ${name} is not set`);
+    process.exit(2);
+  }
+  return value;
+}
+
+// The Pusher app and server the script drives (HERALD_PUSHER_*), and its overall timeout.
+function pusherConfig(script) {
+  const cfg = {
+    host: env(script, 'HERALD_PUSHER_HOST'),
+    port: Number(env(script, 'HERALD_PUSHER_PORT')),
+    appId: env(script, 'HERALD_PUSHER_APP_ID'),
+    key: env(script, 'HERALD_PUSHER_KEY'),
+    secret: env(script, 'HERALD_PUSHER_SECRET'),
+    timeoutMs: Number(process.env.HERALD_E2E_TIMEOUT || '60') * 1000,
+  };
+  if (!Number.isInteger(cfg.port) || cfg.port <= 0 || cfg.port > 65535) {
+    console.error(`${script}: HERALD_PUSHER_PORT must be a TCP port, got ${process.env.HERALD_PUSHER_PORT}`);
+    process.exit(2);
+  }
+  if (!Number.isFinite(cfg.timeoutMs) || cfg.timeoutMs <= 0) {
+    console.error(`${script}: HERALD_E2E_TIMEOUT must be a positive number of seconds, got ${process.env.HERALD_E2E_TIMEOUT}`);
+    process.exit(2);
+  }
+  return cfg;
+}
+
+// A run: `log` keeps its first 300 and last 700 lines (a reconnect loop would flood it); `finish` runs
+// `teardown`, prints the summary (and `passLine` on success) and exits once stdout is flushed, at most once.
+// The run fails by itself after `timeoutMs` or on an unhandled rejection.
+function startRun({ sdk, passLine, timeoutMs, teardown }) {
+  const t0 = Date.now();
+  const events = [];
+  let dropped = 0;
+  let finished = false;
+  const log = (line) => {
+    events.push(`${Date.now() - t0}ms ${line}`);
+    if (events.length > 1000) {
+      events.splice(300, 1);
+      dropped += 1;
+    }
+  };
+  const finish = (ok, message) => {
+    if (finished) return;
+    finished = true;
+    teardown(log);
+    if (!ok) console.error(`FAIL: ${message}`);
+    const summary = { sdk, ok, error: message || null, dropped, events };
+    const out = `${JSON.stringify(summary)}\n${ok ? `PASS: ${passLine}\n` : ''}`;
+    // Exit once stdout is flushed: process.exit() may cut a long write to a pipe.
+    process.exitCode = ok ? 0 : 1;
+    process.stdout.write(out, () => process.exit(ok ? 0 : 1));
+  };
+  setTimeout(() => finish(false, `overall timeout of ${timeoutMs} ms`), timeoutMs).unref();
+  process.on('unhandledRejection', (e) => finish(false, `unhandled rejection: ${e && e.stack || e}`));
+  return { log, finish };
+}
+
+function check(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+// Awaits a promise for at most WAIT_MS, failing with a message naming what was awaited.
+function within(promise, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${WAIT_MS} ms waiting for ${what}`)), WAIT_MS);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+// Resolves with the next value pushed after the call, in order.
+class Queue {
+  constructor() { this.items = []; this.waiters = []; }
+  push(item) { const w = this.waiters.shift(); if (w) w(item); else this.items.push(item); }
+  take(what) {
+    if (this.items.length) return Promise.resolve(this.items.shift());
+    let waiter;
+    const next = new Promise((resolve) => { waiter = resolve; this.waiters.push(resolve); });
+    return within(next, what).catch((e) => {
+      this.waiters = this.waiters.filter((w) => w !== waiter);
+      throw e;
+    });
+  }
+}
+
+module.exports = { WAIT_MS, env, pusherConfig, startRun, check, within, Queue };
