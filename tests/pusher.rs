@@ -506,7 +506,7 @@ async fn presence_subscriptions_need_signed_valid_channel_data() {
         ("not json", 400),
         (
             r#"{"user_id":"1","user_info":{"bio":"far too long for sixteen bytes"}}"#,
-            4301,
+            413,
         ),
     ] {
         let refused = pusher.subscribe_presence("presence-x", channel_data).await;
@@ -545,24 +545,12 @@ async fn presence_subscriptions_need_signed_valid_channel_data() {
     );
 }
 
-/// Signs in as `user_data` the way pusher-js does after asking the app backend.
-async fn sign_in(pusher: &mut Pusher, user_data: &str) -> Value {
-    let auth = format!(
-        "{KEY}:{}",
-        sign::user_signature(SECRET, &pusher.socket_id, user_data)
-    );
-    pusher
-        .send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}))
-        .await;
-    pusher.next().await
-}
-
 #[tokio::test]
 async fn signed_in_users_get_their_own_channel_and_can_be_terminated() {
     let server = TestServer::start(PUSHER).await;
     let user_data = r#"{"id":"77","name":"Grace"}"#;
     let mut signed = Pusher::connect(server.addr).await;
-    let success = sign_in(&mut signed, user_data).await;
+    let success = signed.sign_in(user_data).await;
     assert_eq!(
         success,
         json!({"event": "pusher:signin_success", "data": {"user_data": user_data}})
@@ -608,7 +596,7 @@ async fn a_forged_sign_in_closes_the_connection_with_4009() {
 
     // Signed, but without the id pusher-js needs.
     let mut pusher = Pusher::connect(server.addr).await;
-    let error = sign_in(&mut pusher, r#"{"name":"no id"}"#).await;
+    let error = pusher.sign_in(r#"{"name":"no id"}"#).await;
     assert_eq!(error["data"]["code"], 4009, "{error}");
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use herald::config::Config;
 use herald::engine::HistoryFilter;
+use herald::policy::Grant;
 use herald::testing::{RedisCluster, RedisServer};
 use herald_tests::cluster::{HeraldProcess, node_config};
 use herald_tests::{Client, TestServer, WAIT, built_plugin, publication};
@@ -161,7 +162,7 @@ async fn next_pub(client: &mut Client, channel: &str) -> Value {
 async fn history_numbers(server: &TestServer, channel: &str) -> Vec<u64> {
     let history = server
         .node
-        .history(channel, &HistoryFilter::default())
+        .history(channel, &HistoryFilter::default(), Grant::server())
         .await
         .expect("history");
     let offsets: Vec<u64> = history.publications.iter().map(|p| p.offset).collect();

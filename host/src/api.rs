@@ -34,6 +34,7 @@ use crate::errors::{ClientError, Refusal};
 use crate::glob;
 use crate::limits::{ApiGuard, ApiRefused};
 use crate::node::{Node, PublishRequest, Source};
+use crate::policy::Grant;
 use crate::protocol::centrifuge::encode::{Object, write_history_result, write_presence_result};
 use crate::protocol::compact_json;
 
@@ -533,6 +534,7 @@ async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<Vec<u8>, Api
                         limit,
                         reverse: b.reverse,
                     },
+                    Grant::server(),
                 )
                 .await?;
             Ok(result(|o| {
@@ -542,13 +544,13 @@ async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<Vec<u8>, Api
         "presence" => {
             let b: ChannelBody = parse(body)?;
             require(&b.channel)?;
-            let presence = node.presence(&b.channel).await?;
+            let presence = node.presence(&b.channel, Grant::server()).await?;
             Ok(result(|o| write_presence_result(o, &presence)))
         }
         "presence_stats" => {
             let b: ChannelBody = parse(body)?;
             require(&b.channel)?;
-            let stats = node.presence_stats(&b.channel).await?;
+            let stats = node.presence_stats(&b.channel, Grant::server()).await?;
             Ok(result(|o| {
                 o.u64("num_clients", stats.num_clients.into())
                     .u64("num_users", stats.num_users.into());

@@ -1,8 +1,9 @@
-//! Channel names: namespaces, private (`$`) and user-limited (`#`) channels, validation, and the per-namespace
-//! options that drive permissions, history, presence and recovery.
+//! Channel names: their [`ChannelKind`], namespaces, validation, and the per-namespace options that drive
+//! permissions, history, presence and recovery.
 //!
 //! A channel `ns:rest` (after removing a leading `$`) takes the options of namespace `ns`; a name with no `:`
-//! takes the top-level `defaults`. An unconfigured namespace is `102 unknown channel` everywhere.
+//! takes the top-level `defaults`. An unconfigured namespace is `102 unknown channel` everywhere. Who may
+//! touch a channel of each kind is decided by [`crate::policy`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -224,9 +225,58 @@ impl Channels {
     }
 }
 
-/// Whether the channel is private (`$…`) and needs a subscription token.
-pub fn is_private(channel: &str) -> bool {
-    channel.starts_with(PRIVATE_PREFIX)
+/// Prefix of a Pusher private channel.
+pub const PUSHER_PRIVATE_PREFIX: &str = "private-";
+/// Prefix of a Pusher end-to-end encrypted channel.
+pub const PUSHER_ENCRYPTED_PREFIX: &str = "private-encrypted-";
+/// Prefix of a Pusher presence channel.
+pub const PUSHER_PRESENCE_PREFIX: &str = "presence-";
+/// Prefix of a user's own channel (Pusher's `#server-to-user-{id}`).
+pub const SERVER_TO_USER_PREFIX: &str = "#server-to-user-";
+
+/// What a channel's name makes it, the same whichever protocol, transport or API names it. Every
+/// protected kind needs something to vouch for a subscriber (see [`crate::policy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelKind<'a> {
+    /// No marker: the namespace's configured permissions decide.
+    Public,
+    /// `$…` (Centrifugo): a subscription token, which a plugin verifies.
+    TokenPrivate,
+    /// `…#1,2` (Centrifugo): the listed users, when the namespace allows user-limited channels; a plain
+    /// channel otherwise.
+    UserLimited,
+    /// `private-…` (Pusher): the app backend's channel signature.
+    Private,
+    /// `private-encrypted-…` (Pusher): signed like private; the server relays ciphertext only, so no client
+    /// may publish into it.
+    PrivateEncrypted,
+    /// `presence-…` (Pusher): signed, and the subscriber becomes a member of its roster under a user id.
+    Presence,
+    /// `#server-to-user-{id}`: the connection of user `{id}`, and nobody else. The id may be empty, which
+    /// matches no user (user ids of identified connections are non-empty).
+    ServerToUser(&'a str),
+}
+
+impl<'a> ChannelKind<'a> {
+    /// Classifies a channel by its name. Markers are checked in this order: the user channel, `$`, Pusher's
+    /// prefixes (presence, private-encrypted, private; matched with their dash), then a `#` anywhere.
+    pub fn of(channel: &'a str) -> Self {
+        if let Some(user) = channel.strip_prefix(SERVER_TO_USER_PREFIX) {
+            Self::ServerToUser(user)
+        } else if channel.starts_with(PRIVATE_PREFIX) {
+            Self::TokenPrivate
+        } else if channel.starts_with(PUSHER_PRESENCE_PREFIX) {
+            Self::Presence
+        } else if channel.starts_with(PUSHER_ENCRYPTED_PREFIX) {
+            Self::PrivateEncrypted
+        } else if channel.starts_with(PUSHER_PRIVATE_PREFIX) {
+            Self::Private
+        } else if channel.contains(USER_BOUNDARY) {
+            Self::UserLimited
+        } else {
+            Self::Public
+        }
+    }
 }
 
 /// Whether `user` is among the users a user-limited channel (`name#1,2`) allows.
@@ -278,6 +328,39 @@ mod tests {
         assert_eq!(c.resolve("a\tb").unwrap_err().code, 107);
         assert!(c.resolve("intl:caf\u{e9}").is_ok());
         assert_eq!(c.resolve("intl:a b").unwrap_err().code, 107);
+    }
+
+    #[test]
+    fn kinds_come_from_the_name_alone() {
+        use ChannelKind::*;
+        for (channel, kind) in [
+            ("news", Public),
+            ("", Public),
+            ("cache-x", Public),
+            ("private", Public),
+            ("presence", Public),
+            ("server-to-user-77", Public),
+            ("chat:room", Public),
+            ("chat:private-x", Public),
+            ("privatex", Public),
+            ("$secret", TokenPrivate),
+            ("$chat:x#1", TokenPrivate),
+            ("dialog#1,2", UserLimited),
+            ("#reserved", UserLimited),
+            ("#server-to-user", UserLimited),
+            ("private-a", Private),
+            ("private-cache-a", Private),
+            ("private-encrypted", Private),
+            ("private-encrypted-a", PrivateEncrypted),
+            ("presence-private-x", Presence),
+            ("private-encrypted-cache-a", PrivateEncrypted),
+            ("presence-a", Presence),
+            ("presence-cache-a", Presence),
+            ("#server-to-user-alice", ServerToUser("alice")),
+            ("#server-to-user-", ServerToUser("")),
+        ] {
+            assert_eq!(ChannelKind::of(channel), kind, "{channel}");
+        }
     }
 
     #[test]

@@ -343,6 +343,8 @@ pub struct Subscriber {
     pub join_leave: bool,
     /// Holds frames while its subscribe is answered.
     pub gate: Arc<DeliveryGate>,
+    /// The channel policy admitted it: no entrance registers a subscriber without asking.
+    pub admitted: crate::policy::Grant,
 }
 
 /// Subscribers by channel, then by client id, for the channels of one shard.
@@ -664,6 +666,7 @@ mod tests {
             session: session.clone(),
             join_leave,
             gate,
+            admitted: crate::policy::Grant::server(),
         }
     }
 
@@ -824,6 +827,7 @@ mod tests {
                 session: handle.clone(),
                 join_leave: false,
                 gate,
+                admitted: crate::policy::Grant::server(),
             },
         );
         (handle, commands)

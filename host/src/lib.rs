@@ -33,6 +33,7 @@ pub mod limits;
 pub mod node;
 pub mod nodes;
 pub mod plugin;
+pub mod policy;
 pub mod protocol;
 pub mod pusher_api;
 pub mod queue;

@@ -21,6 +21,7 @@ use crate::hub::Hub;
 use crate::plugin::Plugins;
 use crate::plugin::bindings::{self as plugin_types, PublishSource};
 use crate::plugin::chain::PublishDecision;
+use crate::policy::Grant;
 use crate::protocol::pusher::codec as pusher;
 use crate::webhooks::{WebhookEvent, Webhooks};
 
@@ -91,7 +92,7 @@ pub struct Node {
     pub plugins: Arc<Plugins>,
     /// Connection admission and rate limits.
     pub admission: Arc<crate::limits::Admission>,
-    /// Cancelled when the server shuts down; sessions close with 3001.
+    /// Cancelled when the server shuts down; sessions close with 3001 (Pusher: 4200).
     pub shutdown: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for them.
     pub sessions: TaskTracker,
@@ -126,8 +127,8 @@ pub struct PublishRequest {
 /// Where a publication comes from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Source {
-    /// A client's publish command.
-    Client,
+    /// A client's publish command (or Pusher client event), as the channel policy granted.
+    Client(Grant),
     /// The HTTP server API.
     #[default]
     Api,
@@ -242,8 +243,8 @@ impl Node {
     fn announced_to_the_app(&self, channel: &str) -> bool {
         pusher::valid_channel_name(channel, self.config.pusher.max_channel_name_length)
             && !matches!(
-                pusher::ChannelKind::of(channel),
-                pusher::ChannelKind::ServerToUser(_)
+                crate::channel::ChannelKind::of(channel),
+                crate::channel::ChannelKind::ServerToUser(_)
             )
     }
 
@@ -383,11 +384,12 @@ impl Node {
             })
     }
 
-    /// Reads a channel's history (`108` when the namespace keeps none).
+    /// Reads a channel's history (`108` when the namespace keeps none), as the channel policy granted.
     pub async fn history(
         &self,
         channel: &str,
         filter: &HistoryFilter,
+        _granted: Grant,
     ) -> Result<HistoryResult, ClientError> {
         let options = self
             .history_options(channel, self.namespace(channel)?)
@@ -399,10 +401,11 @@ impl Node {
             .await?)
     }
 
-    /// Who is in a channel (`108` when the namespace has no presence).
+    /// Who is in a channel (`108` when the namespace has no presence), as the channel policy granted.
     pub async fn presence(
         &self,
         channel: &str,
+        _granted: Grant,
     ) -> Result<HashMap<String, ClientInfo>, ClientError> {
         if !self.namespace(channel)?.options.presence {
             return Err(ClientError::NOT_AVAILABLE);
@@ -410,8 +413,12 @@ impl Node {
         Ok(self.engine.presence.presence(channel).await?)
     }
 
-    /// How many are in a channel (`108` when the namespace has no presence).
-    pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, ClientError> {
+    /// How many are in a channel (`108` when the namespace has no presence), as the channel policy granted.
+    pub async fn presence_stats(
+        &self,
+        channel: &str,
+        _granted: Grant,
+    ) -> Result<PresenceStats, ClientError> {
         if !self.namespace(channel)?.options.presence {
             return Err(ClientError::NOT_AVAILABLE);
         }
@@ -423,7 +430,7 @@ impl Node {
 fn plugin_request(request: &PublishRequest) -> plugin_types::PublishRequest {
     plugin_types::PublishRequest {
         source: match request.source {
-            Source::Client => PublishSource::Client,
+            Source::Client(_) => PublishSource::Client,
             Source::Api => PublishSource::Api,
             Source::Queue => PublishSource::Queue,
         },

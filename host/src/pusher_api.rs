@@ -20,12 +20,13 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::channel::ChannelKind;
 use crate::control::{self, Command, Target};
 use crate::disconnect::Disconnect;
 use crate::engine::EngineError;
 use crate::errors::Refusal;
 use crate::node::{Node, PublishError, PublishRequest, Source};
-use crate::protocol::pusher::codec::{self, ChannelKind};
+use crate::protocol::pusher::codec;
 use crate::protocol::pusher::sign::{self, ApiRequest};
 
 /// Most channels one trigger may name (Pusher's limit).

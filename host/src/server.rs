@@ -2,7 +2,7 @@
 //! graceful shutdown.
 //!
 //! Shutdown is passed in as a future so the binary can use signals and tests anything else. When it
-//! resolves: stop accepting, close every client with 3001 (they reconnect elsewhere), let in-flight API
+//! resolves: stop accepting, close every client with 3001 (Pusher clients 4200; they reconnect elsewhere), let in-flight API
 //! requests finish, and give up waiting after `shutdown_timeout`.
 
 use std::future::Future;
@@ -75,7 +75,7 @@ pub async fn run(
     let sessions = node.hub.stats().clients;
     tracing::info!(
         sessions,
-        "shutting down: closing client connections with 3001"
+        "shutting down: closing client connections (3001 shutdown; Pusher clients 4200, reconnect now)"
     );
     node.shutdown.cancel();
     node.sessions.close();

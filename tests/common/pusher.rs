@@ -88,6 +88,19 @@ impl Pusher {
         self.next().await
     }
 
+    /// Signs in as `user_data` the way pusher-js does after asking the app backend; returns the answer.
+    pub async fn sign_in(&mut self, user_data: &str) -> Value {
+        let auth = format!(
+            "{PUSHER_KEY}:{}",
+            sign::user_signature(PUSHER_SECRET, &self.socket_id, user_data)
+        );
+        self.send(
+            json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}),
+        )
+        .await;
+        self.next().await
+    }
+
     /// What the app backend would answer pusher-js's authorisation request for a private channel with.
     pub fn auth(&self, channel: &str) -> String {
         format!(

@@ -6,12 +6,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use crate::channel::NamespaceOptions;
 use crate::disconnect::Disconnect;
 use crate::errors::{ClientError, Refusal};
 use crate::hub::SessionHandle;
 use crate::node::{VERSION, plugin_client_info, valid_json};
 use crate::plugin::bindings::{self, AccessKind, ConnectAllow, Hooks};
 use crate::plugin::chain::{Decision, RpcDecision};
+use crate::policy::{self, Action, Grant};
 use crate::protocol::Frame;
 use crate::protocol::centrifuge::command::{
     ConnectRequest, RefreshRequest, RpcRequest, SubRefreshRequest,
@@ -220,6 +222,14 @@ impl Session {
             Decision::Denied(deny) => Err(Refusal::from_code(deny.code, deny.reason)),
             Decision::Undecided => Err(Refusal::Disconnect(Disconnect::INVALID_TOKEN)),
             Decision::Allowed(grant) => {
+                let options = &self.node.namespace(&request.channel)?.options;
+                // Renewed like a new subscription, so it must still pass the policy.
+                let _renewed = policy::authorize(
+                    &request.channel,
+                    options,
+                    Action::Subscribe,
+                    self.requester(&request.channel, true),
+                )?;
                 let ttl = match grant.expire_at.filter(|at| *at > 0) {
                     Some(at) => {
                         Some(ttl_until(at).ok_or(Refusal::Error(ClientError::TOKEN_EXPIRED))?)
@@ -255,13 +265,14 @@ impl Session {
         }
     }
 
-    /// History and presence reads: plugins with the access hook decide first, then the configuration.
+    /// History and presence reads: plugins with the access hook decide first (an allow vouches for the
+    /// client), then the channel policy.
     pub(super) async fn may_read(
         &self,
         channel: &str,
+        options: &NamespaceOptions,
         kind: AccessKind,
-        configured: bool,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Grant, Refusal> {
         let plugins = &self.node.plugins;
         let decision = if plugins.any(Hooks::ACCESS) {
             plugins
@@ -274,12 +285,21 @@ impl Session {
         } else {
             Decision::Undecided
         };
-        match decision {
-            Decision::Allowed(()) => Ok(()),
-            Decision::Denied(deny) => Err(Refusal::from_code(deny.code, deny.reason)),
-            Decision::Undecided if configured => Ok(()),
-            Decision::Undecided => Err(ClientError::PERMISSION_DENIED.into()),
-        }
+        let vouched = match decision {
+            Decision::Allowed(()) => true,
+            Decision::Denied(deny) => return Err(Refusal::from_code(deny.code, deny.reason)),
+            Decision::Undecided => false,
+        };
+        let action = match kind {
+            AccessKind::History => Action::History,
+            AccessKind::Presence => Action::Presence,
+        };
+        Ok(policy::authorize(
+            channel,
+            options,
+            action,
+            self.requester(channel, vouched),
+        )?)
     }
 
     /// The earliest of the heartbeat's deadline and the close deadlines of expired connection or

@@ -29,6 +29,7 @@ use crate::hub::{CommandReceiver, SessionCommand, SessionHandle};
 use crate::limits::{CommandRate, Verdict};
 use crate::node::{Node, PublishRequest, Source};
 use crate::plugin::bindings::{AccessKind, DisconnectEvent, Hooks};
+use crate::policy::{self, Action, Requester};
 use crate::protocol::Frame;
 use crate::protocol::centrifuge::command::{
     ChannelRequest, Command, HistoryRequest, Method, PublishRequest as ClientPublish,
@@ -399,34 +400,23 @@ impl Session {
         }
     }
 
-    fn anonymous(&self) -> bool {
-        self.user.is_empty()
-    }
-
-    /// The `allow_*_for_client` / `_for_subscriber` / `_for_anonymous` rule shared by publish, history and
-    /// presence.
-    fn permitted(
-        &self,
-        channel: &str,
-        for_client: bool,
-        for_subscriber: bool,
-        for_anonymous: bool,
-    ) -> bool {
-        let granted = for_client || (for_subscriber && self.subscriptions.contains_key(channel));
-        granted && (!self.anonymous() || for_anonymous)
+    /// Who this connection is to the channel policy, for `channel`.
+    fn requester(&self, channel: &str, vouched: bool) -> Requester<'_> {
+        Requester {
+            user: &self.user,
+            subscribed: self.subscriptions.contains_key(channel),
+            vouched,
+        }
     }
 
     async fn publish(&self, request: ClientPublish) -> Result<StreamPosition, Refusal> {
         let namespace = self.node.namespace(&request.channel)?;
-        let o = &namespace.options;
-        if !self.permitted(
+        let granted = policy::authorize(
             &request.channel,
-            o.allow_publish_for_client,
-            o.allow_publish_for_subscriber,
-            o.allow_publish_for_anonymous,
-        ) {
-            return Err(ClientError::PERMISSION_DENIED.into());
-        }
+            &namespace.options,
+            Action::Publish,
+            self.requester(&request.channel, false),
+        )?;
         let data = request
             .data
             .ok_or_else(|| ClientError::BAD_REQUEST.with_message("data required"))?;
@@ -439,7 +429,7 @@ impl Session {
                 info: Some(self.info(chan_info)),
                 data,
                 channel: request.channel,
-                source: Source::Client,
+                source: Source::Client(granted),
                 ..Default::default()
             })
             .await
@@ -452,19 +442,14 @@ impl Session {
         if o.history().is_none() {
             return Err(ClientError::NOT_AVAILABLE.into());
         }
-        let configured = self.permitted(
-            &request.channel,
-            o.allow_history_for_client,
-            o.allow_history_for_subscriber,
-            o.allow_history_for_anonymous,
-        );
-        self.may_read(&request.channel, AccessKind::History, configured)
+        let grant = self
+            .may_read(&request.channel, o, AccessKind::History)
             .await?;
         let filter = history_filter(
             &request,
             self.node.config.client.history_max_publication_limit,
         )?;
-        let result = self.node.history(&request.channel, &filter).await?;
+        let result = self.node.history(&request.channel, &filter, grant).await?;
         Ok(encode::history_reply(
             id,
             &result.publications,
@@ -477,21 +462,14 @@ impl Session {
         if !o.presence {
             return Err(ClientError::NOT_AVAILABLE.into());
         }
-        let configured = self.permitted(
-            channel,
-            o.allow_presence_for_client,
-            o.allow_presence_for_subscriber,
-            o.allow_presence_for_anonymous,
-        );
-        self.may_read(channel, AccessKind::Presence, configured)
-            .await?;
+        let grant = self.may_read(channel, o, AccessKind::Presence).await?;
         if stats {
-            let s = self.node.presence_stats(channel).await?;
+            let s = self.node.presence_stats(channel, grant).await?;
             Ok(encode::presence_stats_reply(id, s.num_clients, s.num_users))
         } else {
             Ok(encode::presence_reply(
                 id,
-                &self.node.presence(channel).await?,
+                &self.node.presence(channel, grant).await?,
             ))
         }
     }

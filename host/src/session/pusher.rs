@@ -14,6 +14,7 @@ use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::channel::ChannelKind;
 use crate::disconnect::Disconnect;
 use crate::engine::{ClientInfo, HistoryFilter};
 use crate::errors::Refusal;
@@ -22,7 +23,8 @@ use crate::limits::{CommandRate, Verdict};
 use crate::node::{Node, PublishRequest, Source, plugin_client_info};
 use crate::plugin::bindings::{self, Hooks};
 use crate::plugin::chain::Decision;
-use crate::protocol::pusher::codec::{self, ChannelKind, ClientMessage};
+use crate::policy::{self, Action, Denied, Grant, Requester};
+use crate::protocol::pusher::codec::{self, ClientMessage};
 use crate::protocol::pusher::sign;
 use crate::protocol::{Frame, Protocol};
 use crate::webhooks::{WebhookConfig, WebhookEvent};
@@ -501,8 +503,8 @@ impl PusherSession {
             self.outbound.push(again);
             return;
         }
-        let member = match self.authorize(&channel, auth, channel_data).await {
-            Ok(member) => member,
+        let (member, admitted) = match self.authorize(&channel, auth, channel_data).await {
+            Ok(admission) => admission,
             Err(refused) => {
                 let frame = self.refused(&channel, refused);
                 self.outbound.push(frame);
@@ -510,16 +512,16 @@ impl PusherSession {
             }
         };
         let reply = match &member {
-            Some(member) => self.join(&channel, member).await,
+            Some(member) => self.join(&channel, member, admitted).await,
             None => self
-                .open(&channel, false)
+                .open(&channel, false, admitted)
                 .await
                 .map(|gate| (gate, codec::subscription_succeeded(&channel))),
         };
         match reply {
             Ok((gate, reply)) => {
                 let cached = match codec::is_cache_channel(&channel) {
-                    true => Some(self.cached_event(&channel).await),
+                    true => Some(self.cached_event(&channel, admitted).await),
                     false => None,
                 };
                 // Not positioned: whatever arrived while subscribing follows the confirmation.
@@ -535,15 +537,19 @@ impl PusherSession {
 
     /// What a new subscriber of a cache channel gets after its confirmation: the channel's last triggered
     /// event (kept as its one-entry history), or `pusher:cache_miss` (and the `cache_miss` webhook).
-    async fn cached_event(&self, channel: &str) -> Frame {
+    async fn cached_event(&self, channel: &str, admitted: Grant) -> Frame {
         let last = HistoryFilter {
             since: None,
             limit: Some(1),
             reverse: true,
         };
-        let found = self.node.history(channel, &last).await.map_err(|error| {
-            tracing::warn!(channel, %error, "cache channel read failed");
-        });
+        let found = self
+            .node
+            .history(channel, &last, admitted)
+            .await
+            .map_err(|error| {
+                tracing::warn!(channel, %error, "cache channel read failed");
+            });
         if let Ok(Some(publication)) = found.map(|found| found.publications.first().cloned()) {
             return codec::publication(channel, &publication);
         }
@@ -561,13 +567,19 @@ impl PusherSession {
 
     /// Registers the subscription with the hub, holding its frames, and with the engine for the node's
     /// first subscriber. `members` asks for presence events.
-    async fn open(&self, channel: &str, members: bool) -> Result<Arc<DeliveryGate>, Refused> {
+    async fn open(
+        &self,
+        channel: &str,
+        members: bool,
+        admitted: Grant,
+    ) -> Result<Arc<DeliveryGate>, Refused> {
         let gate = Arc::new(DeliveryGate::held());
         let subscriber = Subscriber {
             session: self.handle.clone(),
             protocol: Protocol::Pusher,
             join_leave: members,
             gate: gate.clone(),
+            admitted,
         };
         if self.node.hub.subscribe(channel, subscriber)
             && let Err(error) = self.node.channel_opened(channel).await
@@ -586,6 +598,7 @@ impl PusherSession {
         &self,
         channel: &str,
         member: &ClientInfo,
+        admitted: Grant,
     ) -> Result<(Arc<DeliveryGate>, Frame), Refused> {
         let presence = &self.node.engine.presence;
         let before = presence.presence(channel).await.map_err(|error| {
@@ -601,7 +614,7 @@ impl PusherSession {
                 4100,
             ));
         }
-        let gate = self.open(channel, true).await?;
+        let gate = self.open(channel, true, admitted).await?;
         if let Err(error) = presence.add_presence(channel, member.clone()).await {
             tracing::warn!(channel, %error, "presence update failed");
             self.close(channel).await;
@@ -658,7 +671,7 @@ impl PusherSession {
         channel: &str,
         auth: Option<String>,
         channel_data: Option<String>,
-    ) -> Result<Option<ClientInfo>, Refused> {
+    ) -> Result<(Option<ClientInfo>, Grant), Refused> {
         let max_channels = self.node.config.client.max_channels;
         if !codec::valid_channel_name(channel, self.config().max_channel_name_length) {
             return Err((
@@ -696,41 +709,30 @@ impl PusherSession {
         }
     }
 
-    /// Pusher's rules for a subscription; `granted` when a plugin allowed it, which stands in for the
-    /// backend's signature.
+    /// Pusher's part of a subscription — the reserved `#` names, the app backend's signature and a presence
+    /// member's `channel_data` — then the channel policy, with the signature (or `granted`, a plugin's allow)
+    /// vouching for the client. Returns the presence membership, if any, and the policy's admission.
     fn may_subscribe(
         &self,
         channel: &str,
         auth: Option<String>,
         channel_data: Option<String>,
         granted: bool,
-    ) -> Result<Option<ClientInfo>, Refused> {
+    ) -> Result<(Option<ClientInfo>, Grant), Refused> {
         let config = self.config();
         let kind = ChannelKind::of(channel);
-        match kind {
-            ChannelKind::Public if channel.starts_with('#') => {
-                return Err((
-                    "InvalidChannel",
-                    "channels starting with # are reserved".into(),
-                    400,
-                ));
-            }
-            ChannelKind::Public => return Ok(None),
-            // pusher-js subscribes to its user's channel without a signature once signed in.
-            ChannelKind::ServerToUser(user)
-                if granted || (!user.is_empty() && user == self.handle.user) =>
-            {
-                return Ok(None);
-            }
-            ChannelKind::ServerToUser(_) => {
-                return Err((
-                    "AuthError",
-                    "server-to-user channels are for the connection signed in as that user".into(),
-                    401,
-                ));
-            }
-            ChannelKind::Private | ChannelKind::PrivateEncrypted | ChannelKind::Presence => {}
+        if channel.starts_with('#') && !matches!(kind, ChannelKind::ServerToUser(_)) {
+            return Err((
+                "InvalidChannel",
+                "channels starting with # are reserved".into(),
+                400,
+            ));
         }
+        let options = &self
+            .node
+            .namespace(channel)
+            .map_err(|error| ("InvalidChannel", error.message.into_owned(), 400))?
+            .options;
         let presence = kind == ChannelKind::Presence;
         // Only presence signatures cover channel_data; a private channel's stray channel_data is ignored.
         let signed_data = if presence {
@@ -739,7 +741,10 @@ impl PusherSession {
             None
         };
         let signed = granted
-            || auth.is_some_and(|auth| {
+            || (matches!(
+                kind,
+                ChannelKind::Private | ChannelKind::PrivateEncrypted | ChannelKind::Presence
+            ) && auth.is_some_and(|auth| {
                 sign::channel_auth_valid(
                     &config.key,
                     &config.secret,
@@ -748,38 +753,53 @@ impl PusherSession {
                     signed_data,
                     &auth,
                 )
-            });
-        if !signed {
-            return Err((
-                "AuthError",
-                format!(
-                    "invalid signature for {channel} on socket {}",
-                    self.socket_id()
+            }));
+        let member = if presence && signed {
+            let (user, user_info) = parse_channel_data(channel_data.as_deref().unwrap_or_default())
+                .map_err(|message| ("InvalidChannelData", message, 400))?;
+            if user_info.as_ref().map_or(0, Bytes::len) > config.max_presence_user_info_bytes {
+                return Err((
+                    "LimitReached",
+                    format!(
+                        "user_info is larger than {} bytes",
+                        config.max_presence_user_info_bytes
+                    ),
+                    413,
+                ));
+            }
+            Some(ClientInfo {
+                user,
+                client: self.socket_id().to_owned(),
+                conn_info: user_info,
+                chan_info: None,
+            })
+        } else {
+            None
+        };
+        let requester = Requester {
+            user: member.as_ref().map_or(&self.handle.user, |m| &m.user),
+            subscribed: false,
+            vouched: signed,
+        };
+        let admitted = policy::authorize(channel, options, Action::Subscribe, requester).map_err(
+            |denied| match denied {
+                Denied::NotVouched => (
+                    "AuthError",
+                    format!(
+                        "invalid signature for {channel} on socket {}",
+                        self.socket_id()
+                    ),
+                    401,
                 ),
-                401,
-            ));
-        }
-        if !presence {
-            return Ok(None);
-        }
-        let (user, user_info) = parse_channel_data(channel_data.as_deref().unwrap_or_default())
-            .map_err(|message| ("InvalidChannelData", message, 400))?;
-        if user_info.as_ref().map_or(0, Bytes::len) > config.max_presence_user_info_bytes {
-            return Err((
-                "LimitReached",
-                format!(
-                    "user_info is larger than {} bytes",
-                    config.max_presence_user_info_bytes
+                Denied::OtherUser => (
+                    "AuthError",
+                    "server-to-user channels are for the connection signed in as that user".into(),
+                    401,
                 ),
-                4301,
-            ));
-        }
-        Ok(Some(ClientInfo {
-            user,
-            client: self.socket_id().to_owned(),
-            conn_info: user_info,
-            chan_info: None,
-        }))
+                denied => ("AuthError", denied.message().into(), 403),
+            },
+        )?;
+        Ok((member, admitted))
     }
 
     async fn unsubscribe(&mut self, channel: &str) {
@@ -835,30 +855,58 @@ impl PusherSession {
         }
     }
 
+    /// Pusher's rules for a client event (client events on, private and presence channels only, sizes),
+    /// then the channel policy, for which the app's `client_events` setting vouches; the refusal's message.
+    fn may_send(
+        &self,
+        event: &str,
+        channel: &str,
+        data: Option<&str>,
+        member: Option<&ClientInfo>,
+    ) -> Result<Grant, &'static str> {
+        let kind = ChannelKind::of(channel);
+        if !self.config().client_events {
+            return Err("client events are not enabled");
+        }
+        if kind == ChannelKind::PrivateEncrypted {
+            return Err("client events cannot be sent on encrypted channels");
+        }
+        if !matches!(kind, ChannelKind::Private | ChannelKind::Presence) {
+            return Err("client events are only allowed on private and presence channels");
+        }
+        if !self.channels.contains_key(channel) {
+            return Err("client events need a subscription to the channel");
+        }
+        if event.len() > MAX_EVENT_NAME {
+            return Err("event name too long");
+        }
+        if data.map_or(0, str::len) > self.config().max_event_bytes {
+            return Err("event data too large");
+        }
+        let options = &self
+            .node
+            .namespace(channel)
+            .map_err(|_| "invalid channel name")?
+            .options;
+        let requester = Requester {
+            user: member.map_or(&self.handle.user, |m| &m.user),
+            subscribed: true,
+            vouched: true,
+        };
+        policy::authorize(channel, options, Action::Publish, requester).map_err(Denied::message)
+    }
+
     /// Relays a `client-*` event to the channel's other subscribers, on every node.
     async fn client_event(&mut self, event: String, channel: String, data: Option<String>) {
-        let refusal = if !self.config().client_events {
-            Some("client events are not enabled")
-        } else if !matches!(
-            ChannelKind::of(&channel),
-            ChannelKind::Private | ChannelKind::Presence
-        ) {
-            Some("client events are only allowed on private and presence channels")
-        } else if !self.channels.contains_key(&channel) {
-            Some("client events need a subscription to the channel")
-        } else if event.len() > MAX_EVENT_NAME {
-            Some("event name too long")
-        } else if data.as_ref().map_or(0, String::len) > self.config().max_event_bytes {
-            Some("event data too large")
-        } else {
-            None
-        };
-        if let Some(message) = refusal {
-            self.outbound.push(codec::error(Some(4301), message));
-            return;
-        }
-        // On a presence channel the others learn which member sent it.
         let member = self.channels.get(&channel).cloned().flatten();
+        let granted = match self.may_send(&event, &channel, data.as_deref(), member.as_ref()) {
+            Ok(granted) => granted,
+            Err(message) => {
+                self.outbound.push(codec::error(Some(4301), message));
+                return;
+            }
+        };
+        // On a presence channel the others learn which member sent it.
         let mut tags: std::collections::BTreeMap<String, String> = [
             (codec::EVENT_TAG.to_owned(), event.clone()),
             (codec::EXCLUDE_TAG.to_owned(), self.socket_id().to_owned()),
@@ -878,7 +926,7 @@ impl PusherSession {
                 tags,
                 // Pusher keeps no client events: they are relayed, never replayed.
                 skip_history: true,
-                source: Source::Client,
+                source: Source::Client(granted),
                 idempotency_key: None,
             })
             .await;

@@ -8,13 +8,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::channel::{self, NamespaceOptions};
+use crate::channel::NamespaceOptions;
 use crate::disconnect::Disconnect;
 use crate::engine::{EngineError, HistoryFilter, StreamPosition};
 use crate::errors::{ClientError, Refusal};
 use crate::hub::{Delivery, DeliveryGate, SessionCommand, Subscriber};
 use crate::plugin::bindings::{self, Hooks, SubscribeAllow};
 use crate::plugin::chain::Decision;
+use crate::policy::{self, Action, Grant, Requester};
 use crate::protocol::centrifuge::command::{FLAG_REJECT_UNRECOVERED, SubscribeRequest};
 use crate::protocol::centrifuge::encode::{self, SubscribeResult};
 use crate::protocol::{Frame, Protocol};
@@ -85,18 +86,32 @@ impl Session {
         } else {
             Decision::Undecided
         };
-        let grant = match decision {
+        let (grant, vouched) = match decision {
             Decision::Denied(deny) => return Err(Refusal::from_code(deny.code, deny.reason)),
-            Decision::Allowed(grant) => grant,
-            Decision::Undecided if self.may_subscribe(channel, &request, options) => {
+            Decision::Allowed(grant) => (grant, true),
+            // Subscription tokens are verified by an auth plugin; without one, none is valid.
+            Decision::Undecided if !request.token.is_empty() => {
+                return Err(ClientError::PERMISSION_DENIED.into());
+            }
+            Decision::Undecided => (
                 SubscribeAllow {
                     info: None,
                     data: None,
                     expire_at: None,
-                }
-            }
-            Decision::Undecided => return Err(ClientError::PERMISSION_DENIED.into()),
+                },
+                false,
+            ),
         };
+        let admitted = policy::authorize(
+            channel,
+            options,
+            Action::Subscribe,
+            Requester {
+                user: &self.user,
+                subscribed: false,
+                vouched,
+            },
+        )?;
         let ttl = match grant.expire_at.filter(|at| *at > 0) {
             Some(at) => Some(ttl_until(at).ok_or(ClientError::TOKEN_EXPIRED)?),
             None => None,
@@ -119,31 +134,15 @@ impl Session {
             server_side: false,
         };
         Ok(self
-            .open(channel, options, mode, |result| {
+            .open(channel, options, mode, admitted, |result| {
                 encode::subscribe_reply(id, result)
             })
             .await?)
     }
 
-    fn may_subscribe(
-        &self,
-        channel: &str,
-        request: &SubscribeRequest,
-        options: &NamespaceOptions,
-    ) -> bool {
-        if channel::is_private(channel) || !request.token.is_empty() {
-            // Subscription tokens are verified by an auth plugin; without one, none is valid.
-            return false;
-        }
-        if options.allow_user_limited_channels && channel::user_allowed(channel, &self.user) {
-            return true;
-        }
-        options.allow_subscribe_for_client
-            && (!self.anonymous() || options.allow_subscribe_for_anonymous)
-    }
-
-    /// Subscribes server-side (server API): the namespace's forced options apply and the client learns of it
-    /// through a `subscribe` push.
+    /// Subscribes server-side (server API, a connect plugin's channels): the namespace's forced options
+    /// apply and the client learns of it through a `subscribe` push. The server vouches for the client, but
+    /// the channel policy still decides (a presence roster admits users only).
     pub(super) async fn server_subscribe(&mut self, channel: &str) {
         if self.subscriptions.contains_key(channel) {
             return;
@@ -153,6 +152,18 @@ impl Session {
             return;
         };
         let options = &namespace.options;
+        let requester = Requester {
+            user: &self.user,
+            subscribed: false,
+            vouched: true,
+        };
+        let admitted = match policy::authorize(channel, options, Action::Subscribe, requester) {
+            Ok(admitted) => admitted,
+            Err(denied) => {
+                tracing::info!(client = %self.client, channel, reason = denied.message(), "server-side subscribe refused by the channel policy");
+                return;
+            }
+        };
         let mode = Mode {
             positioned: options.force_positioning || options.force_recovery,
             recoverable: options.force_recovery,
@@ -161,7 +172,7 @@ impl Session {
             ..Mode::default()
         };
         if let Err(error) = self
-            .open(channel, options, mode, |result| {
+            .open(channel, options, mode, admitted, |result| {
                 encode::subscribe_push(channel, result)
             })
             .await
@@ -178,6 +189,7 @@ impl Session {
         channel: &str,
         options: &NamespaceOptions,
         mode: Mode,
+        admitted: Grant,
         reply: impl FnOnce(&SubscribeResult) -> Frame,
     ) -> Result<(), ClientError> {
         let Some(handle) = self.handle.clone() else {
@@ -189,6 +201,7 @@ impl Session {
             session: handle.clone(),
             join_leave: mode.join_leave,
             gate: gate.clone(),
+            admitted,
         };
         let node = self.node.clone();
         if node.hub.subscribe(channel, subscriber)

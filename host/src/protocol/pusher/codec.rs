@@ -456,49 +456,6 @@ pub fn publication(channel: &str, publication: &Publication) -> Frame {
     Frame::new(out)
 }
 
-/// The kind of a channel, which decides its authorization and features (§2.1).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChannelKind {
-    /// Anyone may subscribe.
-    Public,
-    /// `private-*`: needs a channel signature.
-    Private,
-    /// `private-encrypted-*`: signed like private; the server relays ciphertext and refuses client events.
-    PrivateEncrypted,
-    /// `presence-*`: signed, with a roster of members.
-    Presence,
-    /// `#server-to-user-{id}`: only a connection signed in as that user id may subscribe. The id may be
-    /// empty, which matches no signed-in user (their ids are non-empty).
-    ServerToUser(String),
-}
-
-impl ChannelKind {
-    /// Classifies a channel by its prefix, in Pusher's order: presence, private-encrypted, private,
-    /// server-to-user, then public. Prefixes match with their dash, unlike some servers' looser checks.
-    pub fn of(channel: &str) -> Self {
-        if channel.starts_with("presence-") {
-            Self::Presence
-        } else if channel.starts_with("private-encrypted-") {
-            Self::PrivateEncrypted
-        } else if channel.starts_with("private-") {
-            Self::Private
-        } else if let Some(id) = channel.strip_prefix("#server-to-user-") {
-            Self::ServerToUser(id.to_owned())
-        } else {
-            Self::Public
-        }
-    }
-
-    /// Whether a subscription must carry a valid `auth` signature: private, encrypted and presence
-    /// channels do; server-to-user channels are authorized by the signin instead.
-    pub fn needs_auth(&self) -> bool {
-        matches!(
-            self,
-            Self::Private | Self::PrivateEncrypted | Self::Presence
-        )
-    }
-}
-
 /// Whether a channel keeps its last triggered event for new subscribers (`cache-`, `private-cache-`,
 /// `private-encrypted-cache-`, `presence-cache-`).
 pub fn is_cache_channel(channel: &str) -> bool {
@@ -1175,42 +1132,6 @@ mod tests {
     }
 
     // ---- channels ----
-
-    #[test]
-    fn channel_kinds() {
-        assert_eq!(ChannelKind::of("my-channel"), ChannelKind::Public);
-        assert_eq!(ChannelKind::of(""), ChannelKind::Public);
-        assert_eq!(ChannelKind::of("cache-x"), ChannelKind::Public);
-        assert_eq!(ChannelKind::of("private"), ChannelKind::Public);
-        assert_eq!(ChannelKind::of("privatex"), ChannelKind::Public);
-        assert_eq!(ChannelKind::of("presence"), ChannelKind::Public);
-        assert_eq!(ChannelKind::of("private-x"), ChannelKind::Private);
-        assert_eq!(ChannelKind::of("private-cache-x"), ChannelKind::Private);
-        assert_eq!(ChannelKind::of("private-encrypted"), ChannelKind::Private);
-        assert_eq!(
-            ChannelKind::of("private-encrypted-x"),
-            ChannelKind::PrivateEncrypted
-        );
-        assert_eq!(ChannelKind::of("presence-x"), ChannelKind::Presence);
-        assert_eq!(ChannelKind::of("presence-private-x"), ChannelKind::Presence);
-        assert_eq!(
-            ChannelKind::of("#server-to-user-77"),
-            ChannelKind::ServerToUser("77".into())
-        );
-        assert_eq!(
-            ChannelKind::of("#server-to-user-"),
-            ChannelKind::ServerToUser(String::new())
-        );
-        assert_eq!(ChannelKind::of("#server-to-user"), ChannelKind::Public);
-        assert_eq!(ChannelKind::of("server-to-user-77"), ChannelKind::Public);
-        assert_eq!(ChannelKind::of("#other"), ChannelKind::Public);
-
-        assert!(!ChannelKind::Public.needs_auth());
-        assert!(ChannelKind::Private.needs_auth());
-        assert!(ChannelKind::PrivateEncrypted.needs_auth());
-        assert!(ChannelKind::Presence.needs_auth());
-        assert!(!ChannelKind::ServerToUser("77".into()).needs_auth());
-    }
 
     #[test]
     fn channel_names() {
