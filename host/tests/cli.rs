@@ -44,7 +44,7 @@ fn check_config(text: &str) -> (bool, String) {
 }
 
 /// Starts `herald serve` on a free port and waits until it listens; returns the child, its port and the
-/// log lines printed before it listened.
+/// log lines printed until it listened (the `herald listening` line included).
 async fn serve(
     configure: impl FnOnce(&mut tokio::process::Command),
 ) -> (tokio::process::Child, u16, Vec<String>) {
@@ -65,10 +65,11 @@ async fn serve(
     let mut seen = Vec::new();
     tokio::time::timeout(WAIT, async {
         while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("herald listening") {
+            let listening = line.contains("herald listening");
+            seen.push(line);
+            if listening {
                 return;
             }
-            seen.push(line);
         }
         panic!("herald exited before listening: {seen:#?}");
     })
@@ -253,6 +254,19 @@ async fn serve_loads_plugins_from_a_relative_folder() {
         workdir.path().join("plugins/.cache").is_dir(),
         "compiled plugins are cached beside them"
     );
+}
+
+/// Logs written to a pipe (a file, a log collector) are plain text: no ANSI colour escape anywhere.
+#[tokio::test]
+async fn logs_to_a_pipe_carry_no_colour_codes() {
+    let (_child, _port, seen) = serve(|command| {
+        command.env_remove("NO_COLOR");
+    })
+    .await;
+    assert!(seen.iter().any(|l| l.contains("INFO")), "{seen:#?}");
+    for line in &seen {
+        assert!(!line.contains('\x1b'), "colour codes in {line:?}");
+    }
 }
 
 /// Sends one HTTP/1.1 POST to the server on `port` and returns the status code.
