@@ -11,7 +11,8 @@ use tracing_subscriber::EnvFilter;
 /// Herald: a real-time push server (Centrifugo client protocol and server API).
 ///
 /// Every configuration key can be overridden by an environment variable named HERALD_<SECTION>__<KEY>,
-/// for example HERALD_HTTP_API__KEY=secret or HERALD_CLIENT__PING_INTERVAL=10s. Logging follows RUST_LOG
+/// for example HERALD_HTTP_API__KEY=secret or HERALD_CLIENT__PING_INTERVAL=10s; other HERALD_* variables
+/// (such as those Kubernetes sets for a Service named herald) are ignored. Logging follows RUST_LOG
 /// (default "info"), in colour only on a terminal and without NO_COLOR.
 #[derive(Debug, Parser)]
 #[command(name = "herald", version)]
