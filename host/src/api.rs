@@ -246,12 +246,11 @@ async fn plugins(
         .iter()
         .map(|p| {
             let stats = &p.stats;
+            // By hook and kind, never by message: what a guest panics with stays in the log.
             let reasons: Vec<serde_json::Value> = stats
-                .failure_reasons
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .map(|((hook, reason), count)| serde_json::json!({"hook": hook, "reason": reason, "count": count}))
+                .failure_counts()
+                .into_iter()
+                .map(|(hook, kind, count)| serde_json::json!({"hook": hook, "reason": kind.as_str(), "count": count}))
                 .collect();
             let limits = p.limits();
             serde_json::json!({
