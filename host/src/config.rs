@@ -112,7 +112,7 @@ impl Config {
                 ),
                 EnvVariable::Misspelt => tracing::warn!(
                     variable = %name,
-                    "environment variable ignored: its section exists but has no such key (misspelt?)"
+                    "environment variable ignored: it starts like a configuration key but names none (misspelt?)"
                 ),
             }
         }
@@ -309,15 +309,16 @@ impl Config {
 /// What a `HERALD_*` environment variable is to the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnvVariable {
-    /// It names a configuration key, a section, or anything below a map (`channel.namespaces.<name>`,
+    /// It names a configuration key, a map, or anything below a map (`channel.namespaces.<name>`,
     /// `plugins.config.<plugin>`, `plugins.limits.<plugin>`, whose entries have free names): read. Below a
     /// map entry the typed extraction checks it, as in a file.
     Key,
     /// Its first level names no top-level key or section (`HERALD_PORT`, `HERALD_SERVICE_HOST`,
     /// `HERALD_BIN`): another program's variable, ignored.
     Foreign,
-    /// It starts with a real section but names nothing in it (`HERALD_CLIENT__PING_INTERVL`), or goes below
-    /// a plain key (`HERALD_ADDRESS__PORT`): meant for Herald but wrong. Ignored with a warning rather than
+    /// It starts with a real section but names nothing in it (`HERALD_CLIENT__PING_INTERVL`), goes below a
+    /// plain key (`HERALD_ADDRESS__PORT`) or stops at a section (`HERALD_CHANNEL`, which a script may well
+    /// use for something else): most likely meant for Herald but wrong. Ignored with a warning rather than
     /// refusing the start, because a variable from outside can still take this shape (a Kubernetes Service
     /// named `herald-client--x` injects `HERALD_CLIENT__X_SERVICE_HOST`), and refusing to start on someone
     /// else's variable is the failure this classification exists to prevent.
@@ -353,7 +354,10 @@ impl ConfigKeys {
                 _ => return EnvVariable::Misspelt,
             };
         }
-        EnvVariable::Key
+        match node {
+            serde_json::Value::Object(fields) if !fields.is_empty() => EnvVariable::Misspelt,
+            _ => EnvVariable::Key,
+        }
     }
 
     /// Every `HERALD_*` variable of the process with what it is, in name order.
@@ -529,6 +533,7 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("HERALD_CLIENT__PING_INTERVL", "5s");
             jail.set_env("HERALD_ADDRESS__PORT", "9000");
+            jail.set_env("HERALD_CHANNEL", "news");
             let config = Config::load(Source::Embedded).map_err(|e| e.0)?;
             assert_eq!(
                 config.client.ping_interval,
@@ -537,7 +542,11 @@ mod tests {
             let seen = ConfigKeys::of_default()
                 .map_err(|e| e.0)?
                 .environment_variables();
-            for name in ["HERALD_CLIENT__PING_INTERVL", "HERALD_ADDRESS__PORT"] {
+            for name in [
+                "HERALD_CLIENT__PING_INTERVL",
+                "HERALD_ADDRESS__PORT",
+                "HERALD_CHANNEL",
+            ] {
                 assert!(
                     seen.contains(&(name.to_owned(), EnvVariable::Misspelt)),
                     "{name}: {seen:?}"
@@ -603,6 +612,8 @@ mod tests {
             "CLIENT__PING_INTERVL",
             "ADDRESS__PORT",
             "CHANNEL__DEFAULTS__HISTORY",
+            "CHANNEL",
+            "ENGINE__REDIS",
         ] {
             assert_eq!(keys.classify(key), EnvVariable::Misspelt, "{key}");
         }
