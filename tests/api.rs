@@ -165,19 +165,82 @@ async fn unknown_method_is_104() {
     assert_eq!(body["error"]["message"], "method not found");
 }
 
-/// publish without a channel or without data is `107 bad request`.
+/// One rule for bad bodies, Centrifugo's. A body that does not decode as the method's request (not JSON,
+/// empty, a value of the wrong type) is HTTP `400` with a plain-text message in both error modes. A body
+/// that decodes but lacks a needed value — absent, `null` or empty — is the API error `107`: `200` with
+/// `{"error":{"code":107,…}}` by default, `400` with the bare error object in transport error mode.
 #[tokio::test]
-async fn missing_channel_or_data_is_107() {
+async fn bad_bodies_are_400_when_undecodable_and_107_when_a_value_is_missing() {
     let server = TestServer::start("").await;
-    for request in [
-        json!({"data": {"x": 1}}),
-        json!({"channel": "", "data": {"x": 1}}),
-        json!({"channel": "news"}),
-        json!({"channel": "news", "data": null}),
-    ] {
-        let (status, body) = server.api("publish", request.clone()).await;
-        assert_eq!(error_code(status, &body), 107, "{request} -> {body}");
+    let url = |method: &str| format!("{}/{method}", server.api_url());
+    let default_mode = [("X-API-Key", API_KEY)];
+    let transport_mode = [
+        ("X-API-Key", API_KEY),
+        ("X-Centrifugo-Error-Mode", "transport"),
+    ];
+    let undecodable = [
+        ("publish", r#"{"channel": "news", "data": "#),
+        ("publish", "not json"),
+        ("publish", ""),
+        ("publish", r#"{"channel": 5, "data": {}}"#),
+        (
+            "publish",
+            r#"{"channel": "news", "data": 1, "tags": {"a": 1}}"#,
+        ),
+        ("history", r#"{"channel": "news", "limit": "all"}"#),
+        (
+            "disconnect",
+            r#"{"user": "u", "disconnect": {"code": "4000"}}"#,
+        ),
+        ("info", "{"),
+    ];
+    for (method, body) in undecodable {
+        for headers in [&default_mode[..], &transport_mode[..]] {
+            let (status, text) = post(&url(method), headers, body).await;
+            assert_eq!(status, 400, "{method} {body:?} ({headers:?}): {text}");
+            assert!(
+                text.starts_with("malformed request body"),
+                "{method} {body:?}: {text}"
+            );
+        }
     }
+    let missing_a_value = [
+        ("publish", r#"{"data": 1}"#),
+        ("publish", r#"{"channel": "", "data": 1}"#),
+        ("publish", r#"{"channel": null, "data": 1}"#),
+        ("publish", r#"{"channel": "news"}"#),
+        ("publish", r#"{"channel": "news", "data": null}"#),
+        ("broadcast", r#"{"data": 1}"#),
+        ("broadcast", r#"{"channels": [], "data": 1}"#),
+        ("history", "{}"),
+        ("presence", r#"{"channel": ""}"#),
+        ("presence_stats", "{}"),
+        ("subscribe", r#"{"user": "u"}"#),
+        ("unsubscribe", r#"{"user": "u", "channel": null}"#),
+        (
+            "disconnect",
+            r#"{"user": "u", "disconnect": {"reason": "no code"}}"#,
+        ),
+    ];
+    for (method, body) in missing_a_value {
+        let (status, text) = post(&url(method), &default_mode, body).await;
+        assert_eq!(
+            error_code(status, &parse(&text)),
+            107,
+            "{method} {body:?}: {text}"
+        );
+        let (status, text) = post(&url(method), &transport_mode, body).await;
+        assert_eq!(status, 400, "{method} {body:?} (transport): {text}");
+        assert_eq!(parse(&text)["code"], 107, "{method} {body:?}: {text}");
+    }
+    // Nothing of the above was published.
+    let (status, body) = server
+        .api("history", json!({"channel": "news", "limit": -1}))
+        .await;
+    let stored = result_of(status, &body)["publications"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(stored, 0, "{body}");
 }
 
 /// A channel in a namespace that is not configured is `102 unknown channel`.

@@ -5,6 +5,13 @@
 //! constant time. With no key configured the API answers 401 to everything unless `http_api.insecure` is set.
 //! Errors are `200 {"error":{code,message}}`, or HTTP statuses with `X-Centrifugo-Error-Mode: transport`.
 //!
+//! A bad body is judged by one rule, Centrifugo's: a body that cannot be decoded as the method's request
+//! (not JSON, not an object, a value of the wrong type) is HTTP `400` with a plain-text message in either
+//! error mode, as Centrifugo answers a body it cannot unmarshal; a body that decodes but lacks a value the
+//! method needs (a field absent, `null` or empty — `channel`, `data`, `channels` —, or out of range) is the
+//! API error `107`, which follows the error mode like every other API error. Absent and `null` fields read
+//! as empty values, as Go's `encoding/json` reads them in Centrifugo, so "missing" and "empty" are one case.
+//!
 //! Before any of that, every request passes the per-address [`ApiGuard`]: over the request rate, or after
 //! too many wrong keys, it gets `429` with `Retry-After` and is not looked at. Its body must then arrive
 //! within `limits.handshake_timeout` (`408` otherwise) and fit `http_api.max_body_size` (`413`, at once when
@@ -247,12 +254,11 @@ async fn plugins(
         .iter()
         .map(|p| {
             let stats = &p.stats;
+            // By hook and kind, never by message: what a guest panics with stays in the log.
             let reasons: Vec<serde_json::Value> = stats
-                .failure_reasons
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .map(|((hook, reason), count)| serde_json::json!({"hook": hook, "reason": reason, "count": count}))
+                .failure_counts()
+                .into_iter()
+                .map(|(hook, kind, count)| serde_json::json!({"hook": hook, "reason": kind.as_str(), "count": count}))
                 .collect();
             let limits = p.limits();
             serde_json::json!({
@@ -282,7 +288,7 @@ async fn plugins(
 }
 
 enum ApiError {
-    /// The body is not the JSON the method expects: HTTP 400.
+    /// The body cannot be decoded as the method's request: HTTP 400 whatever the error mode.
     Malformed(String),
     /// A well-formed request that failed.
     Client(ClientError),
@@ -300,6 +306,8 @@ impl From<Refusal> for ApiError {
     }
 }
 
+/// Decodes a request body; only a body that is not the method's JSON shape fails here (missing values are
+/// the method's to refuse with `107`).
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::Malformed(format!("malformed request body: {e}")))
@@ -341,6 +349,16 @@ fn body_inner_error(error: &ClientError) -> Vec<u8> {
     out
 }
 
+/// Reads an absent or `null` field as its empty value, as Centrifugo (Go's `encoding/json`) does, so that
+/// `"channel": null` is refused like a missing channel (`107`), not as a body of the wrong shape (`400`).
+fn null_as_empty<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 /// `{"result":{…}}`.
 fn result(write: impl FnOnce(&mut Object<'_>)) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
@@ -352,12 +370,12 @@ fn result(write: impl FnOnce(&mut Object<'_>)) -> Vec<u8> {
 
 #[derive(Deserialize)]
 struct PublishBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     channel: String,
     data: Option<Box<RawValue>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     skip_history: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     tags: BTreeMap<String, String>,
     /// A repeat with the same key within the idempotency window is not published again.
     idempotency_key: Option<String>,
@@ -365,12 +383,12 @@ struct PublishBody {
 
 #[derive(Deserialize)]
 struct BroadcastBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     channels: Vec<String>,
     data: Option<Box<RawValue>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     skip_history: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     tags: BTreeMap<String, String>,
     /// Applies to each channel separately.
     idempotency_key: Option<String>,
@@ -378,45 +396,51 @@ struct BroadcastBody {
 
 #[derive(Deserialize)]
 struct ChannelBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     channel: String,
 }
 
 #[derive(Deserialize)]
 struct SincePosition {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     offset: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     epoch: String,
 }
 
 #[derive(Deserialize)]
 struct HistoryBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     channel: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     limit: i64,
     since: Option<SincePosition>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     reverse: bool,
 }
 
+/// `info` takes no parameters, but its body is held to the same rule as the others.
+#[derive(Deserialize)]
+struct InfoBody {}
+
 #[derive(Deserialize)]
 struct ChannelsBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pattern: String,
 }
 
 #[derive(Deserialize)]
 struct DisconnectCode {
+    /// Absent is 0, refused as out of range (`107`) like any other invalid code.
+    #[serde(default, deserialize_with = "null_as_empty")]
     code: u16,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     reason: String,
 }
 
 #[derive(Deserialize)]
 struct DisconnectBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     user: String,
     client: Option<String>,
     disconnect: Option<DisconnectCode>,
@@ -424,9 +448,9 @@ struct DisconnectBody {
 
 #[derive(Deserialize)]
 struct UserChannelBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     user: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     channel: String,
     client: Option<String>,
 }
@@ -578,6 +602,9 @@ async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<Vec<u8>, Api
             }))
         }
         "info" => {
+            if !body.is_empty() {
+                let InfoBody {} = parse(body)?;
+            }
             let nodes = crate::nodes::list(node).await;
             Ok(result(|o| {
                 o.array("nodes", &nodes, |out, info| {

@@ -1,11 +1,17 @@
 //! Configuration: one TOML file (or the embedded default), every key overridable by an environment variable
 //! `HERALD_<SECTION>__<KEY>` (double underscore between levels), validated once at start-up.
 //!
+//! A file is written for Herald, so an unknown key in it is an error. The environment is not: other
+//! `HERALD_*` variables share it (Kubernetes injects `HERALD_PORT=tcp://…`, `HERALD_SERVICE_HOST`, … into
+//! every pod of a namespace with a Service named `herald`; scripts set `HERALD_BIN`), so only variables
+//! that name a configuration key are read and the others are ignored — see [`EnvVariable`].
+//!
 //! Each section's struct lives beside the module it configures; this file puts them together, loads them and
 //! checks what serde cannot (cross-field rules, regexes).
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use figment::Figment;
@@ -92,9 +98,25 @@ pub enum Source<'a> {
 }
 
 impl Config {
-    /// Loads from `source`, then applies `HERALD_*` environment overrides, then validates.
+    /// Loads from `source`, then applies the `HERALD_*` environment variables that name configuration keys,
+    /// then validates. Each variable that is ignored is logged by name (never with its value): at debug
+    /// level when it is someone else's, as a warning when it looks like a misspelt key.
     pub fn load(source: Source<'_>) -> Result<Self, ConfigError> {
-        Self::load_with_env(source, Env::prefixed(ENV_PREFIX).split("__"))
+        let keys = ConfigKeys::of_default()?;
+        for (name, kind) in keys.environment_variables() {
+            match kind {
+                EnvVariable::Key => {}
+                EnvVariable::Foreign => tracing::debug!(
+                    variable = %name,
+                    "environment variable ignored: it names no configuration section or key"
+                ),
+                EnvVariable::Misspelt => tracing::warn!(
+                    variable = %name,
+                    "environment variable ignored: it starts like a configuration key but names none (misspelt?)"
+                ),
+            }
+        }
+        Self::load_with_env(source, keys.env())
     }
 
     fn load_with_env(source: Source<'_>, env: Env) -> Result<Self, ConfigError> {
@@ -284,6 +306,83 @@ impl Config {
     }
 }
 
+/// What a `HERALD_*` environment variable is to the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvVariable {
+    /// It names a configuration key, a map, or anything below a map (`channel.namespaces.<name>`,
+    /// `plugins.config.<plugin>`, `plugins.limits.<plugin>`, whose entries have free names): read. Below a
+    /// map entry the typed extraction checks it, as in a file.
+    Key,
+    /// Its first level names no top-level key or section (`HERALD_PORT`, `HERALD_SERVICE_HOST`,
+    /// `HERALD_BIN`): another program's variable, ignored.
+    Foreign,
+    /// It starts with a real section but names nothing in it (`HERALD_CLIENT__PING_INTERVL`), goes below a
+    /// plain key (`HERALD_ADDRESS__PORT`) or stops at a section (`HERALD_CHANNEL`, which a script may well
+    /// use for something else): most likely meant for Herald but wrong. Ignored with a warning rather than
+    /// refusing the start, because a variable from outside can still take this shape (a Kubernetes Service
+    /// named `herald-client--x` injects `HERALD_CLIENT__X_SERVICE_HOST`), and refusing to start on someone
+    /// else's variable is the failure this classification exists to prevent.
+    Misspelt,
+}
+
+/// The configuration's key names, taken from the serialized default so they cannot drift from [`Config`]:
+/// an object is a section (its fields are the keys below it), an empty object is a map (any name below it),
+/// anything else is a key.
+#[derive(Debug, Clone)]
+struct ConfigKeys(Arc<serde_json::Value>);
+
+impl ConfigKeys {
+    fn of_default() -> Result<Self, ConfigError> {
+        serde_json::to_value(Config::default())
+            .map(|tree| Self(Arc::new(tree)))
+            .map_err(|e| ConfigError(format!("cannot list the configuration keys: {e}")))
+    }
+
+    /// Classifies a variable by its name without the prefix (`CLIENT__PING_INTERVAL`), the way figment's
+    /// `Env::split("__")` nests it.
+    fn classify(&self, unprefixed: &str) -> EnvVariable {
+        let key = unprefixed.to_ascii_lowercase();
+        let mut node = &*self.0;
+        for (depth, segment) in key.split("__").enumerate() {
+            node = match node {
+                serde_json::Value::Object(fields) if fields.is_empty() => return EnvVariable::Key,
+                serde_json::Value::Object(fields) => match fields.get(segment) {
+                    Some(below) => below,
+                    None if depth == 0 => return EnvVariable::Foreign,
+                    None => return EnvVariable::Misspelt,
+                },
+                _ => return EnvVariable::Misspelt,
+            };
+        }
+        match node {
+            serde_json::Value::Object(fields) if !fields.is_empty() => EnvVariable::Misspelt,
+            _ => EnvVariable::Key,
+        }
+    }
+
+    /// Every `HERALD_*` variable of the process with what it is, in name order.
+    fn environment_variables(&self) -> Vec<(String, EnvVariable)> {
+        let mut found: Vec<(String, EnvVariable)> = Env::prefixed(ENV_PREFIX)
+            .lowercase(false)
+            .iter()
+            .map(|(unprefixed, _)| {
+                let kind = self.classify(unprefixed.as_str());
+                (format!("{ENV_PREFIX}{unprefixed}"), kind)
+            })
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
+    }
+
+    /// The provider of the variables that name keys, nested at `__`.
+    fn env(&self) -> Env {
+        let keys = self.clone();
+        Env::prefixed(ENV_PREFIX)
+            .filter(move |unprefixed| keys.classify(unprefixed.as_str()) == EnvVariable::Key)
+            .split("__")
+    }
+}
+
 fn describe(error: &figment::Error) -> String {
     let key = error.path.join(".");
     if key.is_empty() {
@@ -383,5 +482,161 @@ mod tests {
             assert!(config.pusher.enabled());
             Ok(())
         });
+    }
+
+    /// What Kubernetes injects into every pod of a namespace with a Service named `herald` (port 8000,
+    /// named `http`), and what a deploy script may export.
+    const FOREIGN: [(&str, &str); 9] = [
+        ("HERALD_PORT", "tcp://10.0.0.7:8000"),
+        ("HERALD_PORT_8000_TCP", "tcp://10.0.0.7:8000"),
+        ("HERALD_PORT_8000_TCP_ADDR", "10.0.0.7"),
+        ("HERALD_PORT_8000_TCP_PORT", "8000"),
+        ("HERALD_PORT_8000_TCP_PROTO", "tcp"),
+        ("HERALD_SERVICE_HOST", "10.0.0.7"),
+        ("HERALD_SERVICE_PORT", "8000"),
+        ("HERALD_SERVICE_PORT_HTTP", "8000"),
+        ("HERALD_BIN", "/usr/local/bin/herald"),
+    ];
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closure signature
+    fn kubernetes_service_variables_are_ignored_and_real_keys_still_apply() {
+        figment::Jail::expect_with(|jail| {
+            for (name, value) in FOREIGN {
+                jail.set_env(name, value);
+            }
+            jail.set_env("HERALD_ADDRESS", "0.0.0.0:9000");
+            jail.set_env("HERALD_HTTP_API__KEY", "from-env");
+            jail.set_env("HERALD_CHANNEL__NAMESPACES__NEWS__PRESENCE", "true");
+            let config = Config::load(Source::Embedded).map_err(|e| e.0)?;
+            assert_eq!(config.address, SocketAddr::from(([0, 0, 0, 0], 9000)));
+            assert_eq!(config.http_api.key, "from-env");
+            assert!(config.channel.namespaces["news"].presence);
+
+            let seen = ConfigKeys::of_default()
+                .map_err(|e| e.0)?
+                .environment_variables();
+            for (name, _) in FOREIGN {
+                assert!(
+                    seen.contains(&(name.to_owned(), EnvVariable::Foreign)),
+                    "{name}: {seen:?}"
+                );
+            }
+            assert!(seen.contains(&("HERALD_ADDRESS".to_owned(), EnvVariable::Key)));
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closure signature
+    fn a_misspelt_key_in_the_environment_is_ignored_and_flagged() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HERALD_CLIENT__PING_INTERVL", "5s");
+            jail.set_env("HERALD_ADDRESS__PORT", "9000");
+            jail.set_env("HERALD_CHANNEL", "news");
+            let config = Config::load(Source::Embedded).map_err(|e| e.0)?;
+            assert_eq!(
+                config.client.ping_interval,
+                Config::default().client.ping_interval
+            );
+            let seen = ConfigKeys::of_default()
+                .map_err(|e| e.0)?
+                .environment_variables();
+            for name in [
+                "HERALD_CLIENT__PING_INTERVL",
+                "HERALD_ADDRESS__PORT",
+                "HERALD_CHANNEL",
+            ] {
+                assert!(
+                    seen.contains(&(name.to_owned(), EnvVariable::Misspelt)),
+                    "{name}: {seen:?}"
+                );
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closure signature
+    fn a_misspelt_key_in_a_file_is_still_an_error() {
+        figment::Jail::expect_with(|jail| {
+            for (name, value) in FOREIGN {
+                jail.set_env(name, value);
+            }
+            jail.create_file("herald.toml", "[client]\nping_intervl = \"5s\"\n")?;
+            let error = Config::load(Source::File(Path::new("herald.toml")))
+                .expect_err("an unknown key in a file refuses the start")
+                .0;
+            assert!(error.contains("ping_intervl"), "{error}");
+            jail.create_file("herald.toml", "port = 8000\n")?;
+            let error = Config::load(Source::File(Path::new("herald.toml")))
+                .expect_err("an unknown top-level key in a file refuses the start")
+                .0;
+            assert!(error.contains("port"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn variables_are_classified_by_the_real_keys() {
+        let keys = ConfigKeys::of_default().unwrap();
+        for key in [
+            "ADDRESS",
+            "NAME",
+            "SHUTDOWN_TIMEOUT",
+            "CLIENT__PING_INTERVAL",
+            "client__ping_interval",
+            "HTTP_API__KEY",
+            "ENGINE__TYPE",
+            "ENGINE__REDIS__ADDRESSES",
+            "CHANNEL__DEFAULTS__CHANNEL_REGEX",
+            "CHANNEL__NAMESPACES",
+            "CHANNEL__NAMESPACES__CHAT__HISTORY_SIZE",
+            "PLUGINS__CONFIG__JWT__SECRET",
+            "PLUGINS__LIMITS__JWT__DEADLINE",
+            "PUSHER__WEBHOOKS",
+        ] {
+            assert_eq!(keys.classify(key), EnvVariable::Key, "{key}");
+        }
+        for key in [
+            "PORT",
+            "SERVICE_HOST",
+            "PORT_8000_TCP_ADDR",
+            "BIN",
+            "",
+            "CLIENT_PING_INTERVAL",
+        ] {
+            assert_eq!(keys.classify(key), EnvVariable::Foreign, "{key}");
+        }
+        for key in [
+            "CLIENT__PING_INTERVL",
+            "ADDRESS__PORT",
+            "CHANNEL__DEFAULTS__HISTORY",
+            "CHANNEL",
+            "ENGINE__REDIS",
+        ] {
+            assert_eq!(keys.classify(key), EnvVariable::Misspelt, "{key}");
+        }
+    }
+
+    /// Every key of the embedded default file is one the environment may set too.
+    #[test]
+    fn every_key_of_the_embedded_default_is_a_key() {
+        fn walk(table: &toml::Table, prefix: &str, found: &mut Vec<String>) {
+            for (name, value) in table {
+                let key = format!("{prefix}{}", name.to_ascii_uppercase());
+                match value {
+                    toml::Value::Table(below) => walk(below, &format!("{key}__"), found),
+                    _ => found.push(key),
+                }
+            }
+        }
+        let mut found = Vec::new();
+        walk(&EMBEDDED_DEFAULT.parse().unwrap(), "", &mut found);
+        assert!(found.len() > 10, "{found:?}");
+        let keys = ConfigKeys::of_default().unwrap();
+        for key in found {
+            assert_eq!(keys.classify(&key), EnvVariable::Key, "{key}");
+        }
     }
 }

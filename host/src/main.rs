@@ -11,8 +11,9 @@ use tracing_subscriber::EnvFilter;
 /// Herald: a real-time push server (Centrifugo client protocol and server API).
 ///
 /// Every configuration key can be overridden by an environment variable named HERALD_<SECTION>__<KEY>,
-/// for example HERALD_HTTP_API__KEY=secret or HERALD_CLIENT__PING_INTERVAL=10s. Logging follows RUST_LOG
-/// (default "info").
+/// for example HERALD_HTTP_API__KEY=secret or HERALD_CLIENT__PING_INTERVAL=10s; other HERALD_* variables
+/// (such as those Kubernetes sets for a Service named herald) are ignored. Logging follows RUST_LOG
+/// (default "info"), in colour only on a terminal and without NO_COLOR.
 #[derive(Debug, Parser)]
 #[command(name = "herald", version)]
 struct Cli {
@@ -58,11 +59,16 @@ enum PluginCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let stderr_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(log_colours(
+            stderr_is_terminal,
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .init();
     match cli.command {
         Command::DefaultConfig => {
@@ -116,6 +122,14 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Whether log lines carry ANSI colour codes: only on a terminal, where something renders them. Written to a
+/// file, a pipe or a log collector (systemd, Docker, Kubernetes) they would be escape-code noise in every
+/// line. `NO_COLOR` set to anything but the empty string turns them off on a terminal too
+/// (<https://no-color.org>).
+fn log_colours(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|value| value.is_empty())
 }
 
 /// Raises the soft limit on open files to the hard limit: every connection is a file descriptor, and the
@@ -176,4 +190,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     herald::server::run(node, listener, herald::server::shutdown_signal()).await?;
     tracing::info!("herald stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(log_colours(true, None));
+        assert!(log_colours(true, Some("".as_ref())));
+        assert!(!log_colours(true, Some("1".as_ref())));
+        assert!(!log_colours(false, None));
+        assert!(!log_colours(false, Some("1".as_ref())));
+    }
 }

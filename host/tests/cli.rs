@@ -44,7 +44,7 @@ fn check_config(text: &str) -> (bool, String) {
 }
 
 /// Starts `herald serve` on a free port and waits until it listens; returns the child, its port and the
-/// log lines printed before it listened.
+/// log lines printed until it listened (the `herald listening` line included).
 async fn serve(
     configure: impl FnOnce(&mut tokio::process::Command),
 ) -> (tokio::process::Child, u16, Vec<String>) {
@@ -65,10 +65,11 @@ async fn serve(
     let mut seen = Vec::new();
     tokio::time::timeout(WAIT, async {
         while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("herald listening") {
+            let listening = line.contains("herald listening");
+            seen.push(line);
+            if listening {
                 return;
             }
-            seen.push(line);
         }
         panic!("herald exited before listening: {seen:#?}");
     })
@@ -253,6 +254,75 @@ async fn serve_loads_plugins_from_a_relative_folder() {
         workdir.path().join("plugins/.cache").is_dir(),
         "compiled plugins are cached beside them"
     );
+}
+
+/// What Kubernetes injects into every pod of a namespace with a Service named `herald`, and what a deploy
+/// script may export: none of them is a configuration key.
+const KUBERNETES_VARIABLES: [(&str, &str); 9] = [
+    ("HERALD_PORT", "tcp://10.0.0.7:8000"),
+    ("HERALD_PORT_8000_TCP", "tcp://10.0.0.7:8000"),
+    ("HERALD_PORT_8000_TCP_ADDR", "10.0.0.7"),
+    ("HERALD_PORT_8000_TCP_PORT", "8000"),
+    ("HERALD_PORT_8000_TCP_PROTO", "tcp"),
+    ("HERALD_SERVICE_HOST", "10.0.0.7"),
+    ("HERALD_SERVICE_PORT", "8000"),
+    ("HERALD_SERVICE_PORT_HTTP", "8000"),
+    ("HERALD_BIN", "/usr/local/bin/herald"),
+];
+
+/// `herald serve` starts in a pod beside a Service named `herald`: the variables Kubernetes injects are
+/// ignored, each named in the debug log (never with its value); a misspelt key under a real section is
+/// ignored with a warning; a real key among them applies (the API key opens the API).
+#[tokio::test]
+async fn serve_starts_beside_kubernetes_service_variables() {
+    let (_child, port, seen) = serve(|command| {
+        command
+            .env("RUST_LOG", "info,herald::config=debug")
+            .envs(KUBERNETES_VARIABLES)
+            .env("HERALD_CLIENT__PING_INTERVL", "5s")
+            .env("HERALD_HTTP_API__KEY", "key-from-the-pod-spec");
+    })
+    .await;
+    let field = |line: &str, field: &str| line.split_whitespace().any(|word| word == field);
+    for (name, value) in KUBERNETES_VARIABLES {
+        assert!(
+            seen.iter()
+                .any(|l| l.contains("DEBUG") && field(l, &format!("variable={name}"))),
+            "{name} is not logged as ignored: {seen:#?}"
+        );
+        if value.len() > 4 {
+            assert!(
+                !seen.iter().any(|l| l.contains(value)),
+                "{value} logged: {seen:#?}"
+            );
+        }
+    }
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("WARN") && field(l, "variable=HERALD_CLIENT__PING_INTERVL")),
+        "{seen:#?}"
+    );
+    let status = http_post(
+        port,
+        "/api/info",
+        "X-API-Key: key-from-the-pod-spec\r\n",
+        "{}",
+    )
+    .await;
+    assert_eq!(status, 200, "HERALD_HTTP_API__KEY applies");
+}
+
+/// Logs written to a pipe (a file, a log collector) are plain text: no ANSI colour escape anywhere.
+#[tokio::test]
+async fn logs_to_a_pipe_carry_no_colour_codes() {
+    let (_child, _port, seen) = serve(|command| {
+        command.env_remove("NO_COLOR");
+    })
+    .await;
+    assert!(seen.iter().any(|l| l.contains("INFO")), "{seen:#?}");
+    for line in &seen {
+        assert!(!line.contains('\x1b'), "colour codes in {line:?}");
+    }
 }
 
 /// Sends one HTTP/1.1 POST to the server on `port` and returns the status code.

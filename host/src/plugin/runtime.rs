@@ -4,10 +4,9 @@
 //! Instances are created from a pre-linked [`PluginPre`], initialised once, and reused from a per-plugin
 //! idle pool; a call never instantiates unless the pool is empty. Every call runs under an epoch deadline
 //! and every instance under a memory cap. A call that traps, times out or runs out of memory is a failure:
-//! its instance is dropped (a trapped instance cannot be entered again), the failure is counted and logged
-//! with plugin, hook and reason, and the caller decides (fail closed).
+//! its instance is dropped (a trapped instance cannot be entered again), the failure is counted by hook and
+//! [`FailureKind`], logged with plugin, hook and the full reason, and the caller decides (fail closed).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -72,14 +71,109 @@ impl Call {
         }
     }
 
-    fn hook_name(&self) -> &'static str {
+    /// The hook's position in [`HOOK_NAMES`].
+    fn hook_index(&self) -> usize {
         match self {
-            Call::Connect(_) => "connect",
-            Call::Subscribe(_) => "subscribe",
-            Call::Publish(_) => "publish",
-            Call::Rpc(_) => "rpc",
-            Call::Access(_) => "access",
-            Call::Disconnect(_) => "disconnect",
+            Call::Connect(_) => 0,
+            Call::Subscribe(_) => 1,
+            Call::Publish(_) => 2,
+            Call::Rpc(_) => 3,
+            Call::Access(_) => 4,
+            Call::Disconnect(_) => 5,
+        }
+    }
+}
+
+/// The hooks' names, in the order of [`Call::hook_index`].
+pub const HOOK_NAMES: [&str; 6] = [
+    "connect",
+    "subscribe",
+    "publish",
+    "rpc",
+    "access",
+    "disconnect",
+];
+
+/// Why a plugin call failed, as a closed set. Failures are counted by hook and kind, so the counters have a
+/// fixed size whatever a guest puts in its panic messages (a count keyed by the message text would grow
+/// with every distinct message); the full message goes only to the log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The call ran past its deadline (epoch interruption).
+    Deadline,
+    /// The instance asked for more linear memory than its cap.
+    MemoryLimit,
+    /// The call stack overflowed, or the guest's in-memory stack did (an out-of-bounds access: safe Rust
+    /// never reads out of bounds otherwise).
+    StackOverflow,
+    /// The guest panicked or aborted (`unreachable`).
+    Panic,
+    /// The guest handed values the contract cannot read (a string, list or pointer outside its memory, an
+    /// invalid variant discriminant or `char`).
+    InvalidOutput,
+    /// Any other trap (integer division by zero, a bad conversion, …).
+    Trap,
+    /// A fresh instance (the pool was empty) had its `init` refuse the configuration.
+    InitRefused,
+    /// A fresh instance could not be created, for a reason that is not a trap (e.g. the pool is full).
+    Instantiation,
+    /// An error of the call that is not a trap (e.g. a host function failed).
+    Other,
+}
+
+impl FailureKind {
+    /// How many kinds there are.
+    pub const COUNT: usize = 9;
+
+    /// Every kind, in the order of their counters.
+    pub const ALL: [FailureKind; Self::COUNT] = [
+        Self::Deadline,
+        Self::MemoryLimit,
+        Self::StackOverflow,
+        Self::Panic,
+        Self::InvalidOutput,
+        Self::Trap,
+        Self::InitRefused,
+        Self::Instantiation,
+        Self::Other,
+    ];
+
+    /// The stable name shown by `/api/plugins` and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deadline => "deadline",
+            Self::MemoryLimit => "memory_limit",
+            Self::StackOverflow => "stack_overflow",
+            Self::Panic => "panic",
+            Self::InvalidOutput => "invalid_output",
+            Self::Trap => "trap",
+            Self::InitRefused => "init_refused",
+            Self::Instantiation => "instantiation",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// A failed call: its kind, counted, and a message for the log (which may quote the guest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Failure {
+    kind: FailureKind,
+    message: String,
+}
+
+impl Failure {
+    fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The same failure with `context` before its message.
+    fn context(self, context: &str) -> Self {
+        Self {
+            message: format!("{context}: {}", self.message),
+            ..self
         }
     }
 }
@@ -101,7 +195,7 @@ pub enum Reply {
     Disconnect,
 }
 
-/// Counters of one loaded plugin.
+/// Counters of one loaded plugin; fixed-size, so nothing a plugin does makes them grow.
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Hook calls made.
@@ -110,8 +204,30 @@ pub struct Stats {
     pub denies: AtomicU64,
     /// Calls that failed (trap, deadline, memory).
     pub failures: AtomicU64,
-    /// Failures by hook and reason.
-    pub failure_reasons: Mutex<BTreeMap<(String, String), u64>>,
+    /// Failures by hook (index in [`HOOK_NAMES`]) and kind (index in [`FailureKind::ALL`]).
+    failures_by: [[AtomicU64; FailureKind::COUNT]; HOOK_NAMES.len()],
+}
+
+impl Stats {
+    fn count_failure(&self, hook: usize, kind: FailureKind) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.failures_by[hook][kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The failure counts that are not zero, as (hook, kind, count), by hook then kind.
+    pub fn failure_counts(&self) -> Vec<(&'static str, FailureKind, u64)> {
+        HOOK_NAMES
+            .iter()
+            .zip(&self.failures_by)
+            .flat_map(|(hook, counts)| {
+                FailureKind::ALL
+                    .iter()
+                    .zip(counts)
+                    .map(move |(kind, count)| (*hook, *kind, count.load(Ordering::Relaxed)))
+            })
+            .filter(|(_, _, count)| *count > 0)
+            .collect()
+    }
 }
 
 /// A compiled, initialised plugin version and its warm instances.
@@ -245,7 +361,12 @@ impl Runtime {
             .herald_plugin_guest()
             .call_metadata(&mut store)
             .await
-            .map_err(|e| format!("metadata failed: {}", describe(&e, store.data())))?;
+            .map_err(|e| {
+                format!(
+                    "metadata failed: {}",
+                    describe(&e, store.data(), FailureKind::Other).message
+                )
+            })?;
         let (config, limits) = config_for(&metadata.name)?;
         let loaded = LoadedPlugin {
             file: file.to_owned(),
@@ -259,7 +380,7 @@ impl Runtime {
             pre,
             idle: Mutex::new(Vec::new()),
         };
-        let warm = loaded.instantiate().await?;
+        let warm = loaded.instantiate().await.map_err(|f| f.message)?;
         loaded.idle().push(warm);
         Ok(loaded)
     }
@@ -288,22 +409,34 @@ fn root_cause(error: &wasmtime::Error) -> String {
     }
 }
 
-/// Why a call failed, in a few words.
-fn describe(error: &wasmtime::Error, state: &InstanceState) -> String {
+/// Why a call failed: its kind and a few words (with the guest's panic message, if any). An error that is
+/// not a trap is of kind `otherwise`.
+fn describe(error: &wasmtime::Error, state: &InstanceState, otherwise: FailureKind) -> Failure {
+    use FailureKind as Kind;
     if state.limits.refused {
-        return "memory limit exceeded".into();
+        return Failure::new(Kind::MemoryLimit, "memory limit exceeded");
     }
-    match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => "deadline exceeded".into(),
-        Some(Trap::StackOverflow) => "stack overflow".into(),
-        Some(Trap::UnreachableCodeReached) => match panic_message(&state.stderr()) {
-            Some(message) => format!("panic: {message}"),
-            None => "trap: unreachable code (abort)".into(),
+    let Some(trap) = error.downcast_ref::<Trap>() else {
+        return Failure::new(otherwise, root_cause(error));
+    };
+    match trap {
+        Trap::Interrupt => Failure::new(Kind::Deadline, "deadline exceeded"),
+        Trap::StackOverflow => Failure::new(Kind::StackOverflow, "stack overflow"),
+        Trap::UnreachableCodeReached => match panic_message(&state.stderr()) {
+            Some(message) => Failure::new(Kind::Panic, format!("panic: {message}")),
+            None => Failure::new(Kind::Panic, "trap: unreachable code (abort)"),
         },
         // Safe Rust never reads out of bounds; a Rust guest does when its in-memory stack overflows.
-        Some(Trap::MemoryOutOfBounds) => "stack overflow (out-of-bounds memory access)".into(),
-        Some(trap) => trap.to_string(),
-        None => root_cause(error),
+        Trap::MemoryOutOfBounds => Failure::new(
+            Kind::StackOverflow,
+            "stack overflow (out-of-bounds memory access)",
+        ),
+        Trap::InvalidChar
+        | Trap::StringOutOfBounds
+        | Trap::ListOutOfBounds
+        | Trap::InvalidDiscriminant
+        | Trap::UnalignedPointer => Failure::new(Kind::InvalidOutput, trap.to_string()),
+        trap => Failure::new(Kind::Trap, trap.to_string()),
     }
 }
 
@@ -360,30 +493,31 @@ impl LoadedPlugin {
         self.limits
     }
 
-    async fn instantiate(&self) -> Result<Warm, String> {
+    async fn instantiate(&self) -> Result<Warm, Failure> {
         let mut store = new_store(&self.engine, &self.metadata.name, self.limits.memory);
         store.set_epoch_deadline(ticks(INIT_DEADLINE));
-        let plugin = self
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| format!("instantiation failed: {}", describe(&e, store.data())))?;
+        let plugin = self.pre.instantiate_async(&mut store).await.map_err(|e| {
+            describe(&e, store.data(), FailureKind::Instantiation).context("instantiation failed")
+        })?;
         plugin
             .herald_plugin_guest()
             .call_init(&mut store, &self.config)
             .await
-            .map_err(|e| format!("init failed: {}", describe(&e, store.data())))?
+            .map_err(|e| describe(&e, store.data(), FailureKind::Other).context("init failed"))?
             .map_err(|e| {
-                format!(
-                    "init refused the configuration: {}",
-                    redact_config_values(&e, &self.config)
+                Failure::new(
+                    FailureKind::InitRefused,
+                    format!(
+                        "init refused the configuration: {}",
+                        redact_config_values(&e, &self.config)
+                    ),
                 )
             })?;
         Ok(Warm { store, plugin })
     }
 
-    /// Calls a hook on a warm instance under the plugin's deadline; a failure is counted, logged and
-    /// returned as its reason.
+    /// Calls a hook on a warm instance under the plugin's deadline; a failure is counted by kind, logged
+    /// with its full reason and returned as that reason.
     pub async fn call(&self, call: &Call) -> Result<Reply, String> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let warm = self.idle().pop();
@@ -404,24 +538,24 @@ impl LoadedPlugin {
                 Ok(reply)
             }
             Err(error) => {
-                let reason = describe(&error, warm.store.data());
-                Err(self.failed(call, reason))
+                let failure = describe(&error, warm.store.data(), FailureKind::Other);
+                Err(self.failed(call, failure))
             }
         }
     }
 
-    fn failed(&self, call: &Call, reason: String) -> String {
-        self.stats.failures.fetch_add(1, Ordering::Relaxed);
-        let hook = call.hook_name();
-        *self
-            .stats
-            .failure_reasons
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .entry((hook.to_owned(), reason.clone()))
-            .or_default() += 1;
-        tracing::warn!(plugin = %self.metadata.name, file = %self.file, hook, %reason, "plugin call failed; decision fails closed");
-        reason
+    fn failed(&self, call: &Call, failure: Failure) -> String {
+        let hook = call.hook_index();
+        self.stats.count_failure(hook, failure.kind);
+        tracing::warn!(
+            plugin = %self.metadata.name,
+            file = %self.file,
+            hook = HOOK_NAMES[hook],
+            kind = failure.kind.as_str(),
+            reason = %failure.message,
+            "plugin call failed; decision fails closed"
+        );
+        failure.message
     }
 }
 
@@ -461,6 +595,53 @@ mod tests {
         let stderr = "thread '<unnamed>' panicked at src/lib.rs:33:20:\nboom\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
         assert_eq!(panic_message(stderr), Some("boom"));
         assert_eq!(panic_message(""), None);
+    }
+
+    #[test]
+    fn failures_are_classified_by_kind() {
+        let state = InstanceState::new("test", 1 << 20);
+        let kind =
+            |trap: Trap| describe(&wasmtime::Error::new(trap), &state, FailureKind::Other).kind;
+        assert_eq!(kind(Trap::Interrupt), FailureKind::Deadline);
+        assert_eq!(kind(Trap::StackOverflow), FailureKind::StackOverflow);
+        assert_eq!(kind(Trap::MemoryOutOfBounds), FailureKind::StackOverflow);
+        assert_eq!(kind(Trap::UnreachableCodeReached), FailureKind::Panic);
+        assert_eq!(kind(Trap::InvalidDiscriminant), FailureKind::InvalidOutput);
+        assert_eq!(kind(Trap::StringOutOfBounds), FailureKind::InvalidOutput);
+        assert_eq!(kind(Trap::IntegerDivisionByZero), FailureKind::Trap);
+        let host = wasmtime::Error::msg("a host function failed");
+        assert_eq!(
+            describe(&host, &state, FailureKind::Instantiation).kind,
+            FailureKind::Instantiation
+        );
+        assert_eq!(
+            describe(&host, &state, FailureKind::Other).kind,
+            FailureKind::Other
+        );
+    }
+
+    #[test]
+    fn failure_counts_list_only_what_happened() {
+        let stats = Stats::default();
+        for _ in 0..1000 {
+            stats.count_failure(2, FailureKind::Panic);
+        }
+        stats.count_failure(0, FailureKind::Deadline);
+        assert_eq!(
+            stats.failure_counts(),
+            [
+                ("connect", FailureKind::Deadline, 1),
+                ("publish", FailureKind::Panic, 1000)
+            ]
+        );
+        assert_eq!(stats.failures.load(Ordering::Relaxed), 1001);
+    }
+
+    #[test]
+    fn every_kind_is_at_its_index() {
+        for (index, kind) in FailureKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind as usize, index, "{kind:?}");
+        }
     }
 
     #[test]

@@ -15,8 +15,12 @@ struct Settings {
     fail_init: bool,
 }
 
-/// Misbehaves as `what` says; returns normally for anything else.
+/// Misbehaves as `what` says; returns normally for anything else. `panic:<text>` panics with a message
+/// carrying `<text>`, so a caller can make every panic message different.
 fn misbehave(what: &str) {
+    if let Some(text) = what.strip_prefix("panic:") {
+        panic!("hostile plugin panicked with {text}");
+    }
     match what {
         "loop" => {
             let mut n: u64 = 0;
