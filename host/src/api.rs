@@ -29,11 +29,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
 
+use crate::config::HttpApiConfig;
 use crate::control::{self, Action, Command, Target};
 use crate::disconnect::Disconnect;
 use crate::engine::{HistoryFilter, StreamPosition};
@@ -44,43 +45,6 @@ use crate::node::{Node, PublishRequest, Source};
 use crate::policy::Grant;
 use crate::protocol::centrifuge::encode::{Object, write_history_result, write_presence_result};
 use crate::protocol::compact_json;
-
-/// The `[http_api]` section. Its `Debug` never shows the key.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpApiConfig {
-    /// The API key; empty turns the API off (every request 401) unless `insecure` is set.
-    pub key: String,
-    /// Accept requests without a key. For local development only.
-    pub insecure: bool,
-    /// Largest request body in bytes (default 1 MiB; larger gets 413).
-    pub max_body_size: usize,
-}
-
-impl std::fmt::Debug for HttpApiConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let key = if self.key.is_empty() {
-            ""
-        } else {
-            "[redacted]"
-        };
-        f.debug_struct("HttpApiConfig")
-            .field("key", &key)
-            .field("insecure", &self.insecure)
-            .field("max_body_size", &self.max_body_size)
-            .finish()
-    }
-}
-
-impl Default for HttpApiConfig {
-    fn default() -> Self {
-        Self {
-            key: String::new(),
-            insecure: false,
-            max_body_size: 1024 * 1024,
-        }
-    }
-}
 
 /// The `/api` routes.
 pub fn router(node: Arc<Node>) -> Router {

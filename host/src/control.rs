@@ -3,15 +3,20 @@
 //!
 //! A command travels as a publication on a channel no client can name, through the engine's broker like
 //! any other (so it crosses nodes with the Redis engine and stays in-process with the memory engine);
-//! every node subscribes to it at start, and its hub hands each command to the matching local sessions.
+//! every node subscribes to it at start, and its [`Router`] hands each command to the matching local
+//! sessions while every other channel goes to the hub, which knows nothing of commands.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::disconnect::Disconnect;
-use crate::engine::{Broker, EngineError, Publication, PublishOptions};
+use crate::engine::{
+    Broker, BrokerEventHandler, ClientInfo, EngineError, Publication, PublishOptions,
+    StreamPosition,
+};
 use crate::hub::{Hub, SessionCommand};
 
 /// The channel commands travel on (a control character first: no client channel name has one).
@@ -85,8 +90,49 @@ pub async fn send(broker: &dyn Broker, command: &Command) -> Result<(), EngineEr
         .map(|_| ())
 }
 
+/// What the engine delivers on this node, routed: commands on [`CONTROL_CHANNEL`] to the sessions they
+/// name, everything else to the hub's fan-out.
+#[derive(Debug)]
+pub struct Router {
+    hub: Arc<Hub>,
+}
+
+impl Router {
+    /// Routes to `hub`.
+    pub fn new(hub: Arc<Hub>) -> Arc<Self> {
+        Arc::new(Self { hub })
+    }
+}
+
+impl BrokerEventHandler for Router {
+    fn handle_publication(
+        &self,
+        channel: &str,
+        publication: Arc<Publication>,
+        position: StreamPosition,
+    ) {
+        if channel == CONTROL_CHANNEL {
+            apply(&self.hub, &publication);
+        } else {
+            self.hub.handle_publication(channel, publication, position);
+        }
+    }
+
+    fn handle_join(&self, channel: &str, info: Arc<ClientInfo>) {
+        self.hub.handle_join(channel, info);
+    }
+
+    fn handle_leave(&self, channel: &str, info: Arc<ClientInfo>) {
+        self.hub.handle_leave(channel, info);
+    }
+
+    fn handle_position(&self, channel: &str, position: StreamPosition) {
+        self.hub.handle_position(channel, position);
+    }
+}
+
 /// Carries out a command that arrived on [`CONTROL_CHANNEL`] on this node's sessions.
-pub fn apply(hub: &Hub, publication: &Publication) {
+fn apply(hub: &Hub, publication: &Publication) {
     let command: Command = match serde_json::from_slice(&publication.data) {
         Ok(command) => command,
         Err(error) => {

@@ -11,13 +11,12 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::Notify;
 
-use crate::control;
 use crate::disconnect::Disconnect;
 use crate::engine::{BrokerEventHandler, ClientInfo, Publication, StreamPosition};
+use crate::outbound::Outbound;
 use crate::protocol::centrifuge::encode;
 use crate::protocol::pusher::codec as pusher;
 use crate::protocol::{Frame, Protocol};
-use crate::session::outbound::Outbound;
 
 const SHARDS: usize = 64;
 
@@ -573,10 +572,6 @@ impl BrokerEventHandler for Hub {
         publication: Arc<Publication>,
         position: StreamPosition,
     ) {
-        if channel == control::CONTROL_CHANNEL {
-            control::apply(self, &publication);
-            return;
-        }
         let position = StreamPosition {
             offset: publication.offset,
             epoch: position.epoch,
@@ -648,7 +643,7 @@ impl BrokerEventHandler for Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::outbound::Outgoing;
+    use crate::outbound::Outgoing;
     use bytes::Bytes;
 
     fn session(client: &str, user: &str) -> Arc<SessionHandle> {

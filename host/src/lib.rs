@@ -3,22 +3,25 @@
 //!
 //! # Layout
 //!
-//! Dependencies point downward only:
+//! Modules use their own layer or lower ones, never a higher one (`host/tests/layering.rs` checks it from
+//! the imports). From the bottom up:
 //!
-//! - [`server`] and [`transport`]: the port, HTTP routing, WebSocket upgrade and frame I/O.
+//! - [`disconnect`], [`glob`]; [`engine`]: broker, history and presence behind traits; [`engine::memory`]
+//!   is the default, [`engine::redis`] runs many nodes on Redis.
+//! - [`errors`], [`channel`] (names, kinds, namespaces), [`policy`] (who may touch a channel, asked by every
+//!   entrance), [`limits`], [`plugin`] (the Wasm plugin runtime and hook chains).
 //! - [`protocol`]: pure codecs (Centrifugo JSON, Pusher) between wire frames and commands, replies and pushes.
-//! - [`session`]: one per connection — state machine, heartbeat, bounded outbound queue, subscriptions.
-//! - [`hub`]: this node's sessions and subscriptions; fan-out of encoded frames.
-//! - [`engine`]: broker, history and presence behind traits; [`engine::memory`] is the default,
-//!   [`engine::redis`] runs many nodes on Redis.
-//! - [`api`]: the HTTP server API, another entrance to the same [`node`] operations; [`pusher_api`] is the
-//!   Pusher HTTP API, served beside it.
-//! - [`queue`]: queue ingestion, a third entrance: Redis Streams entries published through [`node`].
-//! - [`nodes`]: the cluster's node list, announced through the engine's presence; [`control`]: commands for
-//!   the sessions of every node, through the engine's broker.
-//! - [`webhooks`]: Pusher webhooks, queued per URL and POSTed in signed batches, retried with backoff.
-//! - [`config`], [`channel`], [`errors`], [`disconnect`]: configuration, channel rules, and the registries of
-//!   codes clients see.
+//! - [`outbound`]: a connection's bounded outbound queue; [`webhooks`]: Pusher webhooks, queued per URL and
+//!   POSTed in signed batches.
+//! - [`config`]: the configuration and its sections; [`hub`]: this node's sessions and subscriptions and
+//!   the fan-out of encoded frames.
+//! - [`control`]: commands for the sessions of every node, routed apart from the hub's publications.
+//! - [`node`]: the shared core and the operations every entrance shares.
+//! - [`session`]: one per connection — state machine, heartbeat, subscriptions.
+//! - [`api`], [`pusher_api`], [`queue`]: the other entrances (server API, Pusher HTTP API, queue
+//!   ingestion); [`nodes`]: the cluster's node list.
+//! - [`transport`]: TCP/TLS accept, HTTP routing, WebSocket upgrade and frame I/O.
+//! - [`server`]: composition — starts the node with what runs beside it, and serves.
 
 pub mod api;
 pub mod channel;
@@ -32,6 +35,7 @@ pub mod hub;
 pub mod limits;
 pub mod node;
 pub mod nodes;
+pub mod outbound;
 pub mod plugin;
 pub mod policy;
 pub mod protocol;

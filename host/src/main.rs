@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use herald::config::{Config, EMBEDDED_DEFAULT, Source};
-use herald::node::Node;
 use tracing_subscriber::EnvFilter;
 
 /// Herald: a real-time push server (Centrifugo client protocol and server API).
@@ -167,7 +166,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let address = config.address;
     let api_on = config.http_api.insecure || !config.http_api.key.is_empty();
-    let node = Node::start(config).await?;
+    let node = herald::server::start(config).await?;
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;

@@ -31,10 +31,20 @@ fn node_name(config: &Config) -> String {
     if !config.name.is_empty() {
         config.name.clone()
     } else if config.address.ip().is_unspecified() {
-        format!("{}:{}", crate::nodes::hostname(), config.address.port())
+        format!("{}:{}", hostname(), config.address.port())
     } else {
         config.address.to_string()
     }
+}
+
+/// The machine's host name, for default node and consumer names.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "herald".into())
 }
 
 /// Why [`Node::publish`] did not publish. Callers that answer a client turn it into a [`Refusal`]; the
@@ -141,7 +151,7 @@ impl Node {
     /// (see [`Node::start`], which also connects the configured engine).
     pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
         let hub = Arc::new(Hub::new());
-        let engine = Engine::memory(hub.clone());
+        let engine = Engine::memory(crate::control::Router::new(hub.clone()));
         Self::assemble(config, hub, engine)
     }
 
@@ -178,31 +188,21 @@ impl Node {
         }))
     }
 
-    /// A node with the configured engine connected, its plugins loaded and (if configured) watched for
-    /// changes.
+    /// A node with the configured engine connected, listening for commands from every node's API, and its
+    /// plugins loaded. What runs beside it (the plugin watcher, the node announcer, queue consumers) is
+    /// started by [`crate::server::start`].
     pub async fn start(config: Config) -> anyhow::Result<Arc<Self>> {
         let hub = Arc::new(Hub::new());
-        let engine = Engine::from_config(&config.engine, hub.clone())
+        let engine = Engine::from_config(&config.engine, crate::control::Router::new(hub.clone()))
             .await
             .map_err(|error| anyhow::anyhow!("engine: {error}"))?;
         let node = Self::assemble(config, hub, engine)?;
-        // Commands for this node's sessions may come from any node's API.
         node.engine
             .broker
             .subscribe(crate::control::CONTROL_CHANNEL)
             .await
             .map_err(|error| anyhow::anyhow!("engine: {error}"))?;
         node.plugins.load_all().await;
-        if node.config.plugins.watch {
-            crate::plugin::watch::start(node.plugins.clone(), node.shutdown.clone())?;
-        }
-        crate::nodes::start(node.clone());
-        // After the plugins are loaded: every entry goes through their publish chain.
-        if node.config.queue.enabled {
-            crate::queue::start(node.clone())
-                .await
-                .map_err(|error| anyhow::anyhow!("queue: {error}"))?;
-        }
         Ok(node)
     }
 

@@ -160,13 +160,3 @@ fn log_changes(node: &Node, known: &mut BTreeMap<String, String>, now: BTreeMap<
         .map(|(uid, info)| (uid, info.name))
         .collect();
 }
-
-/// The machine's host name, for default node and consumer names.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "herald".into())
-}

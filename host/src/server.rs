@@ -12,9 +12,27 @@ use axum::Router;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
+use crate::config::Config;
 use crate::node::Node;
 use crate::transport::tls::Certificates;
 use crate::{api, transport};
+
+/// Starts a node and what runs beside it: the plugin watcher (when `plugins.watch` is on), the announcer
+/// that keeps this node in the cluster's node list, and the queue consumers (when `queue.enabled`), after
+/// the plugins are loaded so every entry goes through their publish chain.
+pub async fn start(config: Config) -> anyhow::Result<Arc<Node>> {
+    let node = Node::start(config).await?;
+    if node.config.plugins.watch {
+        crate::plugin::watch::start(node.plugins.clone(), node.shutdown.clone())?;
+    }
+    crate::nodes::start(node.clone());
+    if node.config.queue.enabled {
+        crate::queue::start(node.clone())
+            .await
+            .map_err(|error| anyhow::anyhow!("queue: {error}"))?;
+    }
+    Ok(node)
+}
 
 /// Every route, for serving or for tests.
 pub fn app(node: Arc<Node>) -> Router {

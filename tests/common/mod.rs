@@ -113,7 +113,7 @@ impl TestServer {
     pub async fn start_with(config: Config) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let node = Node::start(config).await.expect("node");
+        let node = herald::server::start(config).await.expect("node");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(herald::server::run(node.clone(), listener, async {
             let _ = stopped.await;

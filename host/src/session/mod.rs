@@ -1,10 +1,9 @@
 //! A session: one client connection's protocol state machine.
 //!
-//! The session reads decoded commands in order, answers each through its bounded [`outbound::Outbound`]
+//! The session reads decoded commands in order, answers each through its bounded [`Outbound`]
 //! queue, keeps the heartbeat, owns the connection's subscriptions and cleans them up when the connection
 //! ends. It never touches a socket: the transport feeds it [`Incoming`] items and writes what it queues.
 
-pub mod outbound;
 pub mod pusher;
 
 mod connect;
@@ -14,11 +13,9 @@ mod subscribe;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::channel::Namespace;
@@ -36,53 +33,8 @@ use crate::protocol::centrifuge::command::{
 };
 use crate::protocol::centrifuge::encode;
 
+use crate::outbound::Outbound;
 use heartbeat::Heartbeat;
-use outbound::Outbound;
-
-/// The `[client]` section: how client connections are authenticated, kept alive and limited.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ClientConfig {
-    /// Clients may connect without a token, as anonymous users (user id ""). Default false.
-    pub allow_anonymous: bool,
-    /// Interval between server pings, advertised to clients (default 25 s).
-    #[serde(with = "humantime_serde")]
-    pub ping_interval: Duration,
-    /// How long to wait for the pong after a ping before closing with 3012 (default 8 s).
-    #[serde(with = "humantime_serde")]
-    pub pong_timeout: Duration,
-    /// How long an opened connection may wait before sending `connect` (default 10 s, then 3502).
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// Bytes a connection may have queued for sending before it is closed as slow (3008). Default 1 MiB.
-    pub max_queue_bytes: usize,
-    /// Channels one connection may subscribe to (default 128, then error 106).
-    pub max_channels: usize,
-    /// Most publications a history command returns (default 300).
-    pub history_max_publication_limit: usize,
-    /// Most publications a recovery returns; more missed means "not recovered" (default 300).
-    pub recovery_max_publication_limit: usize,
-    /// How long after its expiry a connection (3005) or subscription (unsubscribe 2501) that did not
-    /// refresh is ended (default 25 s).
-    #[serde(with = "humantime_serde")]
-    pub expired_close_delay: Duration,
-}
-
-impl Default for ClientConfig {
-    fn default() -> Self {
-        Self {
-            allow_anonymous: false,
-            ping_interval: Duration::from_secs(25),
-            pong_timeout: Duration::from_secs(8),
-            connect_timeout: Duration::from_secs(10),
-            max_queue_bytes: 1024 * 1024,
-            max_channels: 128,
-            history_max_publication_limit: 300,
-            recovery_max_publication_limit: 300,
-            expired_close_delay: Duration::from_secs(25),
-        }
-    }
-}
 
 /// What the transport hands a session.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,14 +7,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::channel::ChannelKind;
+use crate::config::PusherConfig;
 use crate::disconnect::Disconnect;
 use crate::engine::{ClientInfo, HistoryFilter};
 use crate::errors::Refusal;
@@ -27,145 +26,10 @@ use crate::policy::{self, Action, Denied, Grant, Requester};
 use crate::protocol::pusher::codec::{self, ClientMessage};
 use crate::protocol::pusher::sign;
 use crate::protocol::{Frame, Protocol};
-use crate::webhooks::{WebhookConfig, WebhookEvent};
+use crate::webhooks::WebhookEvent;
 
-use super::outbound::Outbound;
 use super::{ConnectionInfo, Incoming};
-
-/// The `[pusher]` section: the app whose clients and server libraries speak the Pusher protocol.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PusherConfig {
-    /// The app id in HTTP API paths (`/apps/{app_id}/…`). The Pusher Python library needs a number.
-    #[serde(deserialize_with = "text_or_number")]
-    pub app_id: String,
-    /// The app key clients connect with (`/app/{key}`); empty (the default) turns the Pusher protocol off.
-    #[serde(deserialize_with = "text_or_number")]
-    pub key: String,
-    /// The secret that signs channel authorisations and HTTP API requests.
-    #[serde(deserialize_with = "text_or_number")]
-    pub secret: String,
-    /// Let clients send `client-*` events to the other subscribers of private channels (default false).
-    pub client_events: bool,
-    /// Silence after which the server pings a client; sent to clients, which ping after the same
-    /// silence themselves (default 30 s).
-    #[serde(with = "humantime_serde")]
-    pub activity_timeout: Duration,
-    /// How long a client has to answer the server's ping before it is closed with 4201 (default 30 s).
-    #[serde(with = "humantime_serde")]
-    pub pong_timeout: Duration,
-    /// Largest event data in bytes, from the HTTP API or a client event (default 10 KiB, then 413 or
-    /// `pusher:error` 4301).
-    pub max_event_bytes: usize,
-    /// Longest channel name (default 164, Pusher's).
-    pub max_channel_name_length: usize,
-    /// How long a cache channel (`cache-…`) keeps its last triggered event when its namespace keeps no
-    /// history of its own (default 1 h).
-    #[serde(with = "humantime_serde")]
-    pub cache_ttl: Duration,
-    /// Where the app hears of channels becoming occupied or vacated, members, and client events.
-    pub webhooks: Vec<WebhookConfig>,
-    /// Most distinct users in one presence channel (default 100); more are refused the subscription.
-    pub max_presence_members: usize,
-    /// Largest `user_info` of a presence member in bytes (default 2 KiB).
-    pub max_presence_user_info_bytes: usize,
-    /// How far an HTTP API request's `auth_timestamp` may be from the server's clock (default 600 s).
-    #[serde(with = "humantime_serde")]
-    pub timestamp_window: Duration,
-}
-
-impl Default for PusherConfig {
-    fn default() -> Self {
-        Self {
-            app_id: String::new(),
-            key: String::new(),
-            secret: String::new(),
-            client_events: false,
-            activity_timeout: Duration::from_secs(30),
-            pong_timeout: Duration::from_secs(30),
-            max_event_bytes: 10 * 1024,
-            max_channel_name_length: 164,
-            cache_ttl: Duration::from_secs(3600),
-            webhooks: Vec::new(),
-            max_presence_members: 100,
-            max_presence_user_info_bytes: 2048,
-            timestamp_window: Duration::from_secs(600),
-        }
-    }
-}
-
-impl std::fmt::Debug for PusherConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PusherConfig")
-            .field("app_id", &self.app_id)
-            .field("key", &self.key)
-            .field("secret", &"[redacted]")
-            .field("client_events", &self.client_events)
-            .field("activity_timeout", &self.activity_timeout)
-            .field("pong_timeout", &self.pong_timeout)
-            .field("max_event_bytes", &self.max_event_bytes)
-            .field("max_channel_name_length", &self.max_channel_name_length)
-            .field("cache_ttl", &self.cache_ttl)
-            .field("webhooks", &self.webhooks)
-            .field("max_presence_members", &self.max_presence_members)
-            .field(
-                "max_presence_user_info_bytes",
-                &self.max_presence_user_info_bytes,
-            )
-            .field("timestamp_window", &self.timestamp_window)
-            .finish()
-    }
-}
-
-impl PusherConfig {
-    /// Whether the Pusher protocol is served.
-    pub fn enabled(&self) -> bool {
-        !self.key.is_empty()
-    }
-
-    /// Checks the section; errors name the offending key.
-    pub fn validate(&self) -> Result<(), String> {
-        if !self.enabled() {
-            return Ok(());
-        }
-        if self.app_id.is_empty() || self.secret.is_empty() {
-            return Err("pusher: app_id and secret are required when key is set".into());
-        }
-        if self.activity_timeout.as_secs() == 0 {
-            return Err("pusher.activity_timeout: must be at least 1 s".into());
-        }
-        if self.pong_timeout.is_zero() {
-            return Err("pusher.pong_timeout: must be greater than 0".into());
-        }
-        if self.max_channel_name_length == 0 {
-            return Err("pusher.max_channel_name_length: must be greater than 0".into());
-        }
-        for (i, webhook) in self.webhooks.iter().enumerate() {
-            webhook
-                .validate()
-                .map_err(|error| format!("pusher.webhooks[{i}].{error}"))?;
-        }
-        Ok(())
-    }
-}
-
-/// Reads an id, key or secret given as text or as a number: `HERALD_PUSHER__APP_ID=1` (and the `app_id = 1`
-/// users copy from Pusher's dashboard) arrive as numbers, and an app id is a number for Pusher's Python
-/// library.
-fn text_or_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum TextOrNumber {
-        Text(String),
-        Unsigned(u64),
-        Signed(i64),
-    }
-    Ok(match TextOrNumber::deserialize(deserializer)? {
-        TextOrNumber::Text(text) => text,
-        TextOrNumber::Unsigned(n) => n.to_string(),
-        TextOrNumber::Signed(n) => n.to_string(),
-    })
-}
+use crate::outbound::Outbound;
 
 /// Longest `client-*` event name (Pusher's limit).
 const MAX_EVENT_NAME: usize = 200;

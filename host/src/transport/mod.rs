@@ -10,5 +10,5 @@ mod websocket;
 
 pub use echo::echo_handler;
 pub use pusher::pusher_handler;
-pub use tls::{Listener, ProxyProtocol, TlsConfig};
-pub use websocket::{WebsocketConfig, websocket_handler};
+pub use tls::{Listener, ProxyProtocol};
+pub use websocket::websocket_handler;

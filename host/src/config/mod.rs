@@ -18,18 +18,27 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::api::HttpApiConfig;
 use crate::channel::{ChannelConfig, Channels};
 use crate::engine::{EngineConfig, EngineKind};
 use crate::limits::LimitsConfig;
 use crate::plugin::PluginsConfig;
-use crate::queue::QueueConfig;
-use crate::session::ClientConfig;
-use crate::session::pusher::PusherConfig;
-use crate::transport::{TlsConfig, WebsocketConfig};
+
+mod client;
+mod http_api;
+mod pusher;
+mod queue;
+pub mod tls;
+mod websocket;
+
+pub use client::ClientConfig;
+pub use http_api::HttpApiConfig;
+pub use pusher::PusherConfig;
+pub use queue::QueueConfig;
+pub use tls::TlsConfig;
+pub use websocket::WebsocketConfig;
 
 /// The embedded default configuration file.
-pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+pub const EMBEDDED_DEFAULT: &str = include_str!("../default.toml");
 
 /// Prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "HERALD_";
@@ -233,11 +242,8 @@ impl Config {
             if self.tls.handshake_timeout.is_zero() {
                 return err("tls.handshake_timeout: must be greater than 0".into());
             }
-            crate::transport::tls::load_key_pair(
-                self.tls.cert_file.as_ref(),
-                self.tls.key_file.as_ref(),
-            )
-            .map_err(ConfigError)?;
+            tls::load_key_pair(self.tls.cert_file.as_ref(), self.tls.key_file.as_ref())
+                .map_err(ConfigError)?;
         }
         let p = &self.plugins;
         if p.deadline.is_zero() {
