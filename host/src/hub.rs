@@ -17,6 +17,7 @@ use crate::outbound::Outbound;
 use crate::protocol::centrifuge::encode;
 use crate::protocol::pusher::codec as pusher;
 use crate::protocol::{Frame, Protocol};
+use crate::sync::{lock, read, write};
 
 const SHARDS: usize = 64;
 
@@ -217,12 +218,6 @@ pub enum Delivery {
     Gap,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl DeliveryGate {
     /// A closed gate: frames are held until [`DeliveryGate::open`].
     pub fn held() -> Self {
@@ -364,15 +359,6 @@ impl Default for Hub {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Counts for the `info` API.

@@ -6,7 +6,7 @@
 //! Modules use their own layer or lower ones, never a higher one (`host/tests/layering.rs` checks it from
 //! the imports). From the bottom up:
 //!
-//! - [`disconnect`], [`glob`]; [`engine`]: broker, history and presence behind traits; [`engine::memory`]
+//! - [`disconnect`], [`glob`], [`sync`] (poison-tolerant locks); [`engine`]: broker, history and presence behind traits; [`engine::memory`]
 //!   is the default, [`engine::redis`] runs many nodes on Redis.
 //! - [`errors`], [`channel`] (names, kinds, namespaces), [`policy`] (who may touch a channel, asked by every
 //!   entrance), [`limits`], [`plugin`] (the Wasm plugin runtime and hook chains).
@@ -43,6 +43,7 @@ pub mod pusher_api;
 pub mod queue;
 pub mod server;
 pub mod session;
+pub mod sync;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod transport;

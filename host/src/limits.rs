@@ -190,11 +190,7 @@ pub struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.admission.total.fetch_sub(1, Ordering::Relaxed);
-        let mut per_address = self
-            .admission
-            .per_address
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut per_address = crate::sync::lock(&self.admission.per_address);
         if let Some(count) = per_address.get_mut(&self.address) {
             *count -= 1;
             if *count == 0 {
@@ -231,7 +227,7 @@ impl Admission {
         if self.rate.check_key(&address).is_err() {
             return Err(Refused::TooFast);
         }
-        let mut per_address = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        let mut per_address = crate::sync::lock(&self.per_address);
         if self.total.load(Ordering::Relaxed) >= self.config.max_connections {
             return Err(Refused::ServerFull);
         }
@@ -418,7 +414,7 @@ impl ApiGuard {
     }
 
     fn blocked(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Instant>> {
-        self.blocked.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.blocked)
     }
 }
 

@@ -74,9 +74,7 @@ impl Outbound {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Queues a frame. Returns false if the connection is closing (the frame is dropped). Overflowing the

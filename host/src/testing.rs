@@ -8,7 +8,8 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
 
 /// A `redis-server` process on 127.0.0.1.
 #[derive(Debug)]
@@ -119,21 +120,40 @@ fn spawn(port: u16, dir: &Path, extra: &[&str]) -> Option<Process> {
         .spawn()
         .expect("sh and redis-server run (apt-get install redis-server)");
     let stdout = guard.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
-    let pid = lines
-        .next()
+    // Read on a thread of its own, which keeps draining the output afterwards so a chatty server never
+    // blocks on a full pipe: the guard keeps the pipe open after a server that failed to start has
+    // exited, so a blocking read here would wait for ever instead of trying another port.
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let pid: Option<u32> = received
+        .recv_timeout(Duration::from_secs(10))
+        .ok()
         .and_then(|line| line.strip_prefix("pid ")?.trim().parse().ok());
-    let ready = pid.is_some()
-        && lines
-            .by_ref()
-            .any(|line| line.contains("Ready to accept connections"));
     let mut process = Process { guard, pid };
+    let started = Instant::now();
+    let ready = pid.is_some_and(|pid| {
+        loop {
+            match received.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.contains("Ready to accept connections") => break true,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Disconnected) => break false,
+                Err(RecvTimeoutError::Timeout) => {
+                    let alive = Path::new(&format!("/proc/{pid}")).exists();
+                    if !alive || started.elapsed() > Duration::from_secs(30) {
+                        break false;
+                    }
+                }
+            }
+        }
+    });
     if !ready {
         process.kill();
         return None;
     }
-    // Keep draining its output so a chatty server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
     Some(process)
 }
 

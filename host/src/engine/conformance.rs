@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -23,6 +23,7 @@ use super::{
     BrokerEventHandler, ClientInfo, Engine, EngineError, HistoryFilter, HistoryOptions,
     HistoryResult, Idempotency, PresenceStats, Publication, PublishOptions, StreamPosition,
 };
+use crate::sync::lock;
 
 /// How long [`Recorder::wait_for`] waits before failing the case; only reached when a delivery is missing.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,12 +65,6 @@ impl TestClock for ManualClock {
     async fn advance(&self, by: Duration) {
         *lock(&self.elapsed) += by;
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Something an engine delivered to its handler.

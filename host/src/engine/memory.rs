@@ -20,6 +20,7 @@ use super::{
     Broker, BrokerEventHandler, ClientInfo, EngineError, History, HistoryFilter, HistoryOptions,
     HistoryResult, Presence, PresenceStats, Publication, PublishOptions, StreamPosition,
 };
+use crate::sync::lock;
 
 /// Enough shards that unrelated channels rarely share a lock, few enough that [`MemoryEngine::sweep`] stays
 /// cheap.
@@ -124,13 +125,6 @@ impl<T> Sharded<T> {
         let index = (self.hasher.hash_one(channel) % SHARD_COUNT as u64) as usize;
         lock(&self.shards[index])
     }
-}
-
-/// A poisoned lock only means a handler panicked mid-call; the maps themselves are always left consistent.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// `now + ttl`, or `None` (never) for a zero ttl or one too large to represent.

@@ -174,10 +174,7 @@ impl Plugins {
 
     /// Files that failed to load, with the last error.
     pub fn load_errors(&self) -> BTreeMap<String, LoadError> {
-        self.errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        crate::sync::lock(&self.errors).clone()
     }
 
     /// Whether any loaded plugin implements `hook` (lets callers skip building a request).
@@ -239,10 +236,7 @@ impl Plugins {
                     millis = started.elapsed().as_millis() as u64,
                     "plugin {}", if current.is_some() { "reloaded" } else { "loaded" }
                 );
-                self.errors
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&file);
+                crate::sync::lock(&self.errors).remove(&file);
                 self.set.rcu(|set| {
                     let mut next: Vec<Arc<LoadedPlugin>> =
                         set.iter().filter(|p| p.file != file).cloned().collect();
@@ -258,16 +252,13 @@ impl Plugins {
     fn rejected(&self, file: &str, reason: String) {
         let serving = self.loaded().iter().any(|p| p.file == file);
         tracing::error!(%file, %reason, "plugin rejected{}", if serving { "; the previous version keeps serving" } else { "" });
-        self.errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                file.to_owned(),
-                LoadError {
-                    at: SystemTime::now(),
-                    message: reason,
-                },
-            );
+        crate::sync::lock(&self.errors).insert(
+            file.to_owned(),
+            LoadError {
+                at: SystemTime::now(),
+                message: reason,
+            },
+        );
     }
 
     /// Unloads the plugin loaded from `file` (its file was removed).
@@ -279,10 +270,7 @@ impl Plugins {
             removed = next.len() != set.len();
             next
         });
-        self.errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(file);
+        crate::sync::lock(&self.errors).remove(file);
         if removed {
             tracing::info!(%file, "plugin unloaded (file removed)");
         }
@@ -440,7 +428,7 @@ impl Plugins {
 
     /// Keeps the file watcher alive for as long as the plugins live.
     pub(crate) fn keep_watcher(&self, watcher: notify::RecommendedWatcher) {
-        *self.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(watcher);
+        *crate::sync::lock(&self.watcher) = Some(watcher);
     }
 }
 

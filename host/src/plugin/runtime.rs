@@ -478,9 +478,7 @@ fn redact_config_values(message: &str, config_json: &str) -> String {
 
 impl LoadedPlugin {
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Warm>> {
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.idle)
     }
 
     /// The plugin implements this call's hook.

@@ -37,6 +37,7 @@ use super::{
     Broker, BrokerEventHandler, ClientInfo, EngineError, History, HistoryFilter, HistoryOptions,
     HistoryResult, Presence, PresenceStats, Publication, PublishOptions, StreamPosition,
 };
+use crate::sync::lock;
 
 /// `[engine.redis]`: where Redis is and how Herald uses it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -196,13 +197,7 @@ impl PushRouter {
                 let Ok(name) = std::str::from_utf8(name) else {
                     return;
                 };
-                let Some(channel) = self
-                    .channels
-                    .read()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .get(name)
-                    .cloned()
-                else {
+                let Some(channel) = crate::sync::read(&self.channels).get(name).cloned() else {
                     return;
                 };
                 match wire::decode_message(message) {
@@ -255,12 +250,6 @@ impl std::fmt::Debug for RedisEngine {
             .field("keys", &self.keys)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl RedisEngine {
@@ -409,11 +398,7 @@ impl RedisEngine {
         let pubsub = self.keys.channel(channel).pubsub;
         let mut subscriber = self.subscriber.clone();
         if before <= 0 && after > 0 {
-            self.router
-                .channels
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .insert(pubsub.clone(), channel.to_owned());
+            crate::sync::write(&self.router.channels).insert(pubsub.clone(), channel.to_owned());
             if let Err(error) = subscriber.subscribe(&pubsub).await {
                 self.undo_count(channel, delta);
                 self.forget_route(&pubsub);
@@ -440,11 +425,7 @@ impl RedisEngine {
     }
 
     fn forget_route(&self, pubsub: &str) {
-        self.router
-            .channels
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(pubsub);
+        crate::sync::write(&self.router.channels).remove(pubsub);
     }
 
     /// Reports every subscribed channel's stream top to the handler. The reads of a batch go out
