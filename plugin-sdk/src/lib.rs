@@ -47,6 +47,9 @@ pub mod pattern;
 
 #[doc(hidden)]
 pub mod bindings {
+    // wit-bindgen gives every type `Debug` and `Clone`; `PartialEq` and `Eq` are added so a plugin's unit test
+    // compares whole verdicts (`assert_eq!(verdict, SubscribeVerdict::Pass)`). Derives change no
+    // component-model type: plugins built before and after stay interchangeable.
     wit_bindgen::generate!({
         path: "../wit",
         world: "herald:plugin/plugin@0.1.0",
@@ -55,6 +58,7 @@ pub mod bindings {
         default_bindings_module: "herald_sdk::bindings",
         runtime_path: "herald_sdk::wit_bindgen::rt",
         generate_unused_types: true,
+        additional_derives: [PartialEq, Eq],
     });
 }
 
@@ -297,4 +301,49 @@ macro_rules! export {
         #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_guest!(__HeraldGuest with_types_in $crate::bindings);
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn comparable<T: std::fmt::Debug + Clone + PartialEq + Eq>() {}
+
+    /// Every type a hook takes or returns compares and prints, so plugin tests can `assert_eq!` them.
+    #[test]
+    fn hook_types_compare_and_print() {
+        comparable::<ConnectVerdict>();
+        comparable::<ConnectAllow>();
+        comparable::<SubscribeVerdict>();
+        comparable::<SubscribeAllow>();
+        comparable::<PublishVerdict>();
+        comparable::<Transform>();
+        comparable::<Route>();
+        comparable::<RpcVerdict>();
+        comparable::<AccessVerdict>();
+        comparable::<Deny>();
+        comparable::<ClientInfo>();
+        comparable::<ConnectRequest>();
+        comparable::<SubscribeRequest>();
+        comparable::<PublishRequest>();
+        comparable::<RpcRequest>();
+        comparable::<AccessRequest>();
+        comparable::<DisconnectEvent>();
+        comparable::<Metadata>();
+        comparable::<Hooks>();
+
+        assert_eq!(
+            PublishVerdict::Deny(deny(400, "too large")),
+            PublishVerdict::Deny(deny(400, "too large"))
+        );
+        assert_ne!(
+            PublishVerdict::Deny(deny(400, "too large")),
+            PublishVerdict::Deny(deny(400, "too small"))
+        );
+        assert_ne!(RpcVerdict::Reply(b"1".to_vec()), RpcVerdict::Pass);
+        assert_eq!(
+            format!("{:?}", SubscribeVerdict::Deny(deny(103, "no"))),
+            r#"SubscribeVerdict::Deny(Deny { code: 103, reason: "no" })"#
+        );
+    }
 }
