@@ -37,6 +37,35 @@
 //! Build it with `cargo build --profile plugin --target wasm32-wasip2` (or the `plugins/build` script) and
 //! drop the `.wasm` into Herald's plugin folder. Plugin logic is plain Rust: [`log`] and [`now_ms`] fall back
 //! to stderr and the system clock outside WebAssembly, so `cargo test` exercises it natively.
+//!
+//! ## Testing
+//!
+//! Unit-test a plugin natively by calling its hooks: requests have constructors and chainable setters with
+//! plain defaults (see [`requests`]), and every request and verdict implements `PartialEq` and `Debug`, so a
+//! test compares whole verdicts:
+//!
+//! ```
+//! # use herald_sdk::{Config, Hooks, Plugin, PublishRequest, PublishVerdict, deny};
+//! # struct NoShouting;
+//! # impl Plugin for NoShouting {
+//! #     const NAME: &'static str = "no-shouting";
+//! #     const VERSION: &'static str = "1.0.0";
+//! #     const HOOKS: Hooks = Hooks::PUBLISH;
+//! #     fn init(_config: Config) -> Result<Self, String> { Ok(NoShouting) }
+//! #     fn on_publish(&self, request: &PublishRequest) -> PublishVerdict {
+//! #         let text = String::from_utf8_lossy(&request.data);
+//! #         if text.chars().filter(|c| c.is_alphabetic()).all(char::is_uppercase) && text.len() > 10 {
+//! #             return PublishVerdict::Deny(deny(400, "no shouting"));
+//! #         }
+//! #         PublishVerdict::Pass
+//! #     }
+//! # }
+//! let plugin = NoShouting::init(Config::default()).unwrap();
+//! let shout = PublishRequest::new("chat:room", "HELLO EVERYONE").user("42");
+//! assert_eq!(plugin.on_publish(&shout), PublishVerdict::Deny(deny(400, "no shouting")));
+//! let talk = PublishRequest::new("chat:room", "hello everyone").user("42");
+//! assert_eq!(plugin.on_publish(&talk), PublishVerdict::Pass);
+//! ```
 
 #![warn(missing_docs)]
 
@@ -44,6 +73,7 @@ extern crate self as herald_sdk;
 
 pub mod json;
 pub mod pattern;
+pub mod requests;
 
 #[doc(hidden)]
 pub mod bindings {
