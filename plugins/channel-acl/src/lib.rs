@@ -424,6 +424,12 @@ mod tests {
         }
     }
 
+    /// What Herald's load checks too: every hook implemented is listed in `HOOKS`.
+    #[test]
+    fn declares_every_hook_it_implements() {
+        assert_eq!(herald_sdk::check_hooks(&acl(EXAMPLE)), Ok(()));
+    }
+
     #[test]
     fn users_subscribe_to_their_own_channel_only() {
         let acl = acl(EXAMPLE);

@@ -445,6 +445,12 @@ mod tests {
         ))
     }
 
+    /// What Herald's load checks too: every hook implemented is listed in `HOOKS`.
+    #[test]
+    fn declares_every_hook_it_implements() {
+        assert_eq!(herald_sdk::check_hooks(&filter("")), Ok(()));
+    }
+
     #[test]
     fn an_empty_config_passes_everything() {
         let f = filter("");

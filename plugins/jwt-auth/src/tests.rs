@@ -206,6 +206,7 @@ fn user_claims() -> Value {
 fn metadata_lists_connect_and_subscribe() {
     assert_eq!(JwtAuth::NAME, "jwt-auth");
     assert_eq!(JwtAuth::HOOKS, Hooks::CONNECT | Hooks::SUBSCRIBE);
+    assert_eq!(herald_sdk::check_hooks(&hmac_plugin()), Ok(()));
 }
 
 #[test]

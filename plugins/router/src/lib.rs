@@ -426,6 +426,12 @@ mod tests {
         publish_full(router, PublishSource::Api, channel, "{}", tags)
     }
 
+    /// What Herald's load checks too: every hook implemented is listed in `HOOKS`.
+    #[test]
+    fn declares_every_hook_it_implements() {
+        assert_eq!(herald_sdk::check_hooks(&router(EXAMPLE)), Ok(()));
+    }
+
     #[test]
     fn routes_by_a_data_field() {
         let r = router(EXAMPLE);

@@ -72,6 +72,13 @@ mod tests {
         assert_eq!(subscribe(&plugin, "chat:room"), SubscribeVerdict::Pass);
     }
 
+    /// What Herald's load checks too: every hook implemented is listed in `HOOKS`.
+    #[test]
+    fn declares_every_hook_it_implements() {
+        let plugin = Template::init(Config::from_json("").unwrap()).unwrap();
+        assert_eq!(herald_sdk::check_hooks(&plugin), Ok(()));
+    }
+
     #[test]
     fn rejects_unknown_configuration() {
         assert!(Template::init(Config::from_json(r#"{"blocked":[]}"#).unwrap()).is_err());
