@@ -3,7 +3,8 @@
 //! end to end, hot reload under traffic without a dropped connection or publish, bad deploys that leave the
 //! old version serving, unloading and loading by file, and `/api/plugins`.
 //!
-//! Fixtures are built by `plugins/build` (`tests/plugins/hostile`, `tests/plugins/scripted`); each test copies
+//! Fixtures are built by `plugins/build` (`tests/plugins/hostile`, `tests/plugins/scripted`,
+//! `tests/plugins/undeclared`); each test copies
 //! them into its own temporary plugin folder. Reloads expose no event, so waiting for one polls
 //! `GET /api/plugins` in a loop bounded by [`WAIT`].
 
@@ -44,6 +45,10 @@ fn hostile() -> Vec<u8> {
 
 fn scripted() -> Vec<u8> {
     built_plugin("herald-test-scripted")
+}
+
+fn undeclared() -> Vec<u8> {
+    built_plugin("herald-test-undeclared")
 }
 
 /// The component with a custom section appended: behaves the same, but has another SHA-256 (a "new
@@ -427,6 +432,40 @@ async fn plugin_failing_init_is_rejected_at_startup() {
         json!({"ok": true})
     );
     assert_eq!(connect_closed(server, "loop").await, 3500);
+}
+
+/// A plugin that implements a hook it does not declare in `HOOKS` (Herald would never call it) is refused
+/// at load, by the SDK's check in `init`, with the hook and the missing flag named; a hot deploy of it
+/// over a working plugin leaves that one serving.
+#[tokio::test]
+async fn plugin_implementing_an_undeclared_hook_is_rejected() {
+    let plugged = Plugged::start(&[("10-undeclared.wasm", &undeclared())]).await;
+    let status = plugged.status().await;
+    assert_eq!(status["plugins"], json!([]), "{status:#}");
+    let error = load_error(&status, "10-undeclared.wasm").expect("load error listed");
+    let message = error["error"].as_str().expect("error text");
+    assert_eq!(
+        message,
+        "init refused: plugin `undeclared` implements on_subscribe but does not declare \
+         Hooks::SUBSCRIBE in HOOKS: Herald would never call it"
+    );
+
+    // Deployed over a working plugin, it is refused and the working one keeps serving.
+    plugged.deploy("20-hostile.wasm", &hostile());
+    plugged
+        .wait_status("hostile loaded", |s| loaded_files(s) == ["20-hostile.wasm"])
+        .await;
+    plugged.deploy("20-hostile.wasm", &undeclared());
+    let status = plugged
+        .wait_status("the undeclared deploy rejected", |s| {
+            load_error(s, "20-hostile.wasm").is_some()
+        })
+        .await;
+    assert_eq!(loaded_files(&status), ["20-hostile.wasm"], "{status:#}");
+    assert_eq!(
+        entry(&status, "20-hostile.wasm").expect("still loaded")["name"],
+        "hostile"
+    );
 }
 
 // ---------------------------------------------------------------------------------------- chains ---

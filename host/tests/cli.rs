@@ -202,7 +202,8 @@ fn plugin_check_describes_a_valid_plugin() {
     );
 }
 
-/// Garbage, a core module and a plugin whose init refuses its configuration are rejected with the reason.
+/// Garbage, a core module, a plugin whose init refuses its configuration and one that implements a hook it
+/// does not declare are rejected with the reason.
 #[test]
 fn plugin_check_rejects_bad_plugins() {
     let dir = tempfile::tempdir().unwrap();
@@ -225,6 +226,15 @@ fn plugin_check_rejects_bad_plugins() {
     ]);
     assert!(
         !ok && out.contains("refusing to start: fail_init is set"),
+        "{out}"
+    );
+
+    let (ok, out) = plugin_check(&[fixture("herald_test_undeclared").as_os_str()]);
+    assert!(
+        !ok && out.contains(
+            "init refused: plugin `undeclared` implements on_subscribe but does not declare \
+             Hooks::SUBSCRIBE in HOOKS"
+        ),
         "{out}"
     );
 }
@@ -464,7 +474,7 @@ async fn secrets_are_never_logged() {
     .expect("herald exits and its output ends");
     let log = log.join("\n");
     assert!(
-        log.contains("init refused the configuration") && log.contains("[redacted]"),
+        log.contains("init refused: ") && log.contains("[redacted]"),
         "the refusal path must have run: {log}"
     );
     assert!(

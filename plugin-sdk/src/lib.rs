@@ -37,6 +37,39 @@
 //! Build it with `cargo build --profile plugin --target wasm32-wasip2` (or the `plugins/build` script) and
 //! drop the `.wasm` into Herald's plugin folder. Plugin logic is plain Rust: [`log`] and [`now_ms`] fall back
 //! to stderr and the system clock outside WebAssembly, so `cargo test` exercises it natively.
+//!
+//! ## Testing
+//!
+//! Unit-test a plugin natively by calling its hooks: requests have constructors and chainable setters with
+//! plain defaults (see [`requests`]), and every request and verdict implements `PartialEq` and `Debug`, so a
+//! test compares whole verdicts:
+//!
+//! ```
+//! # use herald_sdk::{Config, Hooks, Plugin, PublishRequest, PublishVerdict, deny};
+//! # struct NoShouting;
+//! # impl Plugin for NoShouting {
+//! #     const NAME: &'static str = "no-shouting";
+//! #     const VERSION: &'static str = "1.0.0";
+//! #     const HOOKS: Hooks = Hooks::PUBLISH;
+//! #     fn init(_config: Config) -> Result<Self, String> { Ok(NoShouting) }
+//! #     fn on_publish(&self, request: &PublishRequest) -> PublishVerdict {
+//! #         let text = String::from_utf8_lossy(&request.data);
+//! #         if text.chars().filter(|c| c.is_alphabetic()).all(char::is_uppercase) && text.len() > 10 {
+//! #             return PublishVerdict::Deny(deny(400, "no shouting"));
+//! #         }
+//! #         PublishVerdict::Pass
+//! #     }
+//! # }
+//! let plugin = NoShouting::init(Config::default()).unwrap();
+//! let shout = PublishRequest::new("chat:room", "HELLO EVERYONE").user("42");
+//! assert_eq!(plugin.on_publish(&shout), PublishVerdict::Deny(deny(400, "no shouting")));
+//! let talk = PublishRequest::new("chat:room", "hello everyone").user("42");
+//! assert_eq!(plugin.on_publish(&talk), PublishVerdict::Pass);
+//! ```
+//!
+//! Herald calls only the hooks a plugin lists in [`Plugin::HOOKS`]; a hook implemented but not listed is
+//! caught when Herald loads the plugin (its `init` fails, naming the hook), and [`check_hooks`] runs the same
+//! check in a unit test.
 
 #![warn(missing_docs)]
 
@@ -44,9 +77,13 @@ extern crate self as herald_sdk;
 
 pub mod json;
 pub mod pattern;
+pub mod requests;
 
 #[doc(hidden)]
 pub mod bindings {
+    // wit-bindgen gives every type `Debug` and `Clone`; `PartialEq` and `Eq` are added so a plugin's unit test
+    // compares whole verdicts (`assert_eq!(verdict, SubscribeVerdict::Pass)`). Derives change no
+    // component-model type: plugins built before and after stay interchangeable.
     wit_bindgen::generate!({
         path: "../wit",
         world: "herald:plugin/plugin@0.1.0",
@@ -55,6 +92,7 @@ pub mod bindings {
         default_bindings_module: "herald_sdk::bindings",
         runtime_path: "herald_sdk::wit_bindgen::rt",
         generate_unused_types: true,
+        additional_derives: [PartialEq, Eq],
     });
 }
 
@@ -145,6 +183,10 @@ impl Config {
 
 /// The plugin: implement the hooks you need (the others default to "pass") and list them in `HOOKS`.
 ///
+/// Herald calls only the hooks listed in `HOOKS`, so a hook implemented but not listed would silently never
+/// run. The SDK catches that when Herald loads the plugin: `init` fails with a message naming the hook
+/// (see [`check_hooks`], which a unit test can call too).
+///
 /// Herald creates one value per instance with [`Plugin::init`] and keeps it for every call the instance
 /// serves, so state built in `init` (parsed rules, keys) is reused. Hooks must be quick: each call has a
 /// deadline (10 ms by default) and a plugin that exceeds it, panics or runs out of memory fails closed.
@@ -153,7 +195,8 @@ pub trait Plugin: Sized + 'static {
     const NAME: &'static str;
     /// The plugin's version, shown by `/api/plugins`.
     const VERSION: &'static str;
-    /// The hooks Herald calls; a hook not listed here is never called.
+    /// The hooks Herald calls; a hook not listed here is never called. Every hook method the plugin
+    /// implements must be listed, or loading fails (see [`check_hooks`]).
     const HOOKS: Hooks;
 
     /// Builds the plugin from its configuration; an error rejects the plugin (the old version keeps serving).
@@ -162,37 +205,139 @@ pub trait Plugin: Sized + 'static {
     /// A connection asks to be accepted (or, with `request.refresh`, to extend its expiry).
     fn on_connect(&self, request: &ConnectRequest) -> ConnectVerdict {
         let _ = request;
+        __private::default_ran(Hooks::CONNECT);
         ConnectVerdict::Pass
     }
 
     /// A connection asks to subscribe (or, with `request.refresh`, to extend a subscription).
     fn on_subscribe(&self, request: &SubscribeRequest) -> SubscribeVerdict {
         let _ = request;
+        __private::default_ran(Hooks::SUBSCRIBE);
         SubscribeVerdict::Pass
     }
 
     /// A publication is on its way into a channel (from a client, the API or a queue).
     fn on_publish(&self, request: &PublishRequest) -> PublishVerdict {
         let _ = request;
+        __private::default_ran(Hooks::PUBLISH);
         PublishVerdict::Pass
     }
 
     /// A client calls a server method.
     fn on_rpc(&self, request: &RpcRequest) -> RpcVerdict {
         let _ = request;
+        __private::default_ran(Hooks::RPC);
         RpcVerdict::Pass
     }
 
     /// A client reads a channel's history or presence.
     fn on_access(&self, request: &AccessRequest) -> AccessVerdict {
         let _ = request;
+        __private::default_ran(Hooks::ACCESS);
         AccessVerdict::Pass
     }
 
     /// A connection ended.
     fn on_disconnect(&self, event: &DisconnectEvent) {
         let _ = event;
+        __private::default_ran(Hooks::DISCONNECT);
     }
+}
+
+/// One hook: its flag, its method and a call of the method with a made-up request.
+struct HookMethod<P> {
+    flag: Hooks,
+    flag_name: &'static str,
+    method: &'static str,
+    call: fn(&P),
+}
+
+fn hook_methods<P: Plugin>() -> [HookMethod<P>; 6] {
+    [
+        HookMethod {
+            flag: Hooks::CONNECT,
+            flag_name: "CONNECT",
+            method: "on_connect",
+            call: |p| {
+                let _ = p.on_connect(&ConnectRequest::new());
+            },
+        },
+        HookMethod {
+            flag: Hooks::SUBSCRIBE,
+            flag_name: "SUBSCRIBE",
+            method: "on_subscribe",
+            call: |p| {
+                let _ = p.on_subscribe(&SubscribeRequest::new(""));
+            },
+        },
+        HookMethod {
+            flag: Hooks::PUBLISH,
+            flag_name: "PUBLISH",
+            method: "on_publish",
+            call: |p| {
+                let _ = p.on_publish(&PublishRequest::new("", ""));
+            },
+        },
+        HookMethod {
+            flag: Hooks::RPC,
+            flag_name: "RPC",
+            method: "on_rpc",
+            call: |p| {
+                let _ = p.on_rpc(&RpcRequest::new(""));
+            },
+        },
+        HookMethod {
+            flag: Hooks::ACCESS,
+            flag_name: "ACCESS",
+            method: "on_access",
+            call: |p| {
+                let _ = p.on_access(&AccessRequest::new("", AccessKind::History));
+            },
+        },
+        HookMethod {
+            flag: Hooks::DISCONNECT,
+            flag_name: "DISCONNECT",
+            method: "on_disconnect",
+            call: |p| p.on_disconnect(&DisconnectEvent::new(0, "")),
+        },
+    ]
+}
+
+/// Checks that `plugin` declares in [`Plugin::HOOKS`] every hook method it implements. Herald calls only
+/// declared hooks, so an undeclared one would silently never run; the SDK runs this check after
+/// [`Plugin::init`] when Herald loads the plugin, and a failure rejects it with this message (for example
+/// "plugin `acl` implements on_subscribe but does not declare Hooks::SUBSCRIBE in HOOKS: Herald would never
+/// call it"). Call it in a unit test to find out before deploying.
+///
+/// How: Rust cannot ask whether a trait method was overridden, so each hook *not* declared is called once
+/// with an empty request, and the trait's default body, which records that it ran, tells the two apart.
+/// Declared hooks are never called, so a correct plugin runs none of its own code here and is never refused;
+/// a wrong one runs its undeclared hook once (should that panic, the load fails with the panic instead).
+pub fn check_hooks<P: Plugin>(plugin: &P) -> Result<(), String> {
+    let undeclared: Vec<HookMethod<P>> = hook_methods::<P>()
+        .into_iter()
+        .filter(|hook| !P::HOOKS.contains(hook.flag))
+        .filter(|hook| {
+            __private::forget_default(hook.flag);
+            (hook.call)(plugin);
+            !__private::default_has_run(hook.flag)
+        })
+        .collect();
+    if undeclared.is_empty() {
+        return Ok(());
+    }
+    let methods: Vec<&str> = undeclared.iter().map(|hook| hook.method).collect();
+    let flags: Vec<String> = undeclared
+        .iter()
+        .map(|hook| format!("Hooks::{}", hook.flag_name))
+        .collect();
+    Err(format!(
+        "plugin `{}` implements {} but does not declare {} in HOOKS: Herald would never call {}",
+        P::NAME,
+        methods.join(" and "),
+        flags.join(" | "),
+        if undeclared.len() == 1 { "it" } else { "them" },
+    ))
 }
 
 /// Writes a line to Herald's log, attributed to this plugin (stderr when running natively).
@@ -222,12 +367,28 @@ pub fn now_seconds() -> u64 {
 #[doc(hidden)]
 pub mod __private {
     use std::any::Any;
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
 
-    use super::{Config, Metadata, Plugin};
+    use super::{Config, Hooks, Metadata, Plugin};
 
     thread_local! {
         static INSTANCE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+        /// The hooks whose default (pass) body ran since [`forget_default`]: how [`super::check_hooks`]
+        /// tells an implemented hook from one left to the trait.
+        static DEFAULTS_RAN: Cell<Hooks> = const { Cell::new(Hooks::empty()) };
+    }
+
+    /// Called by the trait's default hook bodies.
+    pub fn default_ran(hook: Hooks) {
+        DEFAULTS_RAN.with(|ran| ran.set(ran.get() | hook));
+    }
+
+    pub(crate) fn forget_default(hook: Hooks) {
+        DEFAULTS_RAN.with(|ran| ran.set(ran.get() - hook));
+    }
+
+    pub(crate) fn default_has_run(hook: Hooks) -> bool {
+        DEFAULTS_RAN.with(|ran| ran.get().contains(hook))
     }
 
     pub fn metadata<P: Plugin>() -> Metadata {
@@ -238,8 +399,11 @@ pub mod __private {
         }
     }
 
+    /// Builds the plugin, then refuses it if it implements a hook it does not declare: Herald logs the
+    /// refusal and keeps the plugin's previous version (if any) serving.
     pub fn init<P: Plugin>(config: String) -> Result<(), String> {
         let plugin = P::init(Config::from_json(&config)?)?;
+        super::check_hooks(&plugin)?;
         INSTANCE.with(|slot| *slot.borrow_mut() = Some(Box::new(plugin)));
         Ok(())
     }
@@ -297,4 +461,156 @@ macro_rules! export {
         #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_guest!(__HeraldGuest with_types_in $crate::bindings);
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn comparable<T: std::fmt::Debug + Clone + PartialEq + Eq>() {}
+
+    /// Every type a hook takes or returns compares and prints, so plugin tests can `assert_eq!` them.
+    #[test]
+    fn hook_types_compare_and_print() {
+        comparable::<ConnectVerdict>();
+        comparable::<ConnectAllow>();
+        comparable::<SubscribeVerdict>();
+        comparable::<SubscribeAllow>();
+        comparable::<PublishVerdict>();
+        comparable::<Transform>();
+        comparable::<Route>();
+        comparable::<RpcVerdict>();
+        comparable::<AccessVerdict>();
+        comparable::<Deny>();
+        comparable::<ClientInfo>();
+        comparable::<ConnectRequest>();
+        comparable::<SubscribeRequest>();
+        comparable::<PublishRequest>();
+        comparable::<RpcRequest>();
+        comparable::<AccessRequest>();
+        comparable::<DisconnectEvent>();
+        comparable::<Metadata>();
+        comparable::<Hooks>();
+
+        assert_eq!(
+            PublishVerdict::Deny(deny(400, "too large")),
+            PublishVerdict::Deny(deny(400, "too large"))
+        );
+        assert_ne!(
+            PublishVerdict::Deny(deny(400, "too large")),
+            PublishVerdict::Deny(deny(400, "too small"))
+        );
+        assert_ne!(RpcVerdict::Reply(b"1".to_vec()), RpcVerdict::Pass);
+        assert_eq!(
+            format!("{:?}", SubscribeVerdict::Deny(deny(103, "no"))),
+            r#"SubscribeVerdict::Deny(Deny { code: 103, reason: "no" })"#
+        );
+    }
+
+    /// Implements subscribe and disconnect and declares both.
+    struct Declared;
+
+    impl Plugin for Declared {
+        const NAME: &'static str = "declared";
+        const VERSION: &'static str = "1";
+        const HOOKS: Hooks = Hooks::SUBSCRIBE.union(Hooks::DISCONNECT);
+        fn init(_config: Config) -> Result<Self, String> {
+            Ok(Declared)
+        }
+        fn on_subscribe(&self, _request: &SubscribeRequest) -> SubscribeVerdict {
+            SubscribeVerdict::Deny(deny(codes::PERMISSION_DENIED, "no"))
+        }
+        fn on_disconnect(&self, _event: &DisconnectEvent) {}
+    }
+
+    /// Implements publish and subscribe but declares only publish.
+    struct Forgot;
+
+    impl Plugin for Forgot {
+        const NAME: &'static str = "forgot";
+        const VERSION: &'static str = "1";
+        const HOOKS: Hooks = Hooks::PUBLISH;
+        fn init(_config: Config) -> Result<Self, String> {
+            Ok(Forgot)
+        }
+        fn on_publish(&self, _request: &PublishRequest) -> PublishVerdict {
+            PublishVerdict::Drop
+        }
+        fn on_subscribe(&self, _request: &SubscribeRequest) -> SubscribeVerdict {
+            SubscribeVerdict::Pass
+        }
+    }
+
+    /// Declares nothing; implements rpc (by calling the default access hook) and disconnect.
+    struct ForgotTwo;
+
+    impl Plugin for ForgotTwo {
+        const NAME: &'static str = "forgot-two";
+        const VERSION: &'static str = "1";
+        const HOOKS: Hooks = Hooks::empty();
+        fn init(_config: Config) -> Result<Self, String> {
+            Ok(ForgotTwo)
+        }
+        fn on_rpc(&self, request: &RpcRequest) -> RpcVerdict {
+            match self.on_access(&AccessRequest::new(&request.method, AccessKind::History)) {
+                AccessVerdict::Pass => RpcVerdict::Pass,
+                _ => RpcVerdict::Reply(b"{}".to_vec()),
+            }
+        }
+        fn on_disconnect(&self, _event: &DisconnectEvent) {}
+    }
+
+    /// Declares every hook and implements none: harmless (each passes).
+    struct DeclaresAll;
+
+    impl Plugin for DeclaresAll {
+        const NAME: &'static str = "declares-all";
+        const VERSION: &'static str = "1";
+        const HOOKS: Hooks = Hooks::all();
+        fn init(_config: Config) -> Result<Self, String> {
+            Ok(DeclaresAll)
+        }
+    }
+
+    #[test]
+    fn declared_hooks_pass_the_check() {
+        assert_eq!(check_hooks(&Declared), Ok(()));
+        assert_eq!(check_hooks(&DeclaresAll), Ok(()));
+        assert_eq!(
+            DeclaresAll.on_subscribe(&SubscribeRequest::new("a")),
+            SubscribeVerdict::Pass
+        );
+    }
+
+    #[test]
+    fn an_implemented_hook_missing_from_hooks_is_named() {
+        assert_eq!(
+            check_hooks(&Forgot),
+            Err(
+                "plugin `forgot` implements on_subscribe but does not declare Hooks::SUBSCRIBE in \
+                 HOOKS: Herald would never call it"
+                    .into()
+            )
+        );
+        // Several at once, and a hook that delegates to a default one still counts as implemented.
+        assert_eq!(
+            check_hooks(&ForgotTwo),
+            Err(
+                "plugin `forgot-two` implements on_rpc and on_disconnect but does not declare \
+                 Hooks::RPC | Hooks::DISCONNECT in HOOKS: Herald would never call them"
+                    .into()
+            )
+        );
+    }
+
+    /// The guest's `init` export (what Herald calls when it loads the plugin) runs the check.
+    #[test]
+    fn loading_refuses_a_plugin_with_an_undeclared_hook() {
+        let error = __private::init::<Forgot>(String::new()).expect_err("refused");
+        assert!(error.contains("on_subscribe"), "{error}");
+        assert_eq!(__private::init::<Declared>("{}".into()), Ok(()));
+        let verdict =
+            __private::with::<Declared, _>(|p| p.on_subscribe(&SubscribeRequest::new("a")));
+        assert_eq!(verdict, SubscribeVerdict::Deny(deny(103, "no")));
+    }
 }

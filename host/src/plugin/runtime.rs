@@ -113,7 +113,8 @@ pub enum FailureKind {
     InvalidOutput,
     /// Any other trap (integer division by zero, a bad conversion, …).
     Trap,
-    /// A fresh instance (the pool was empty) had its `init` refuse the configuration.
+    /// A fresh instance (the pool was empty) had its `init` refuse to start: the configuration, or (checked
+    /// by the SDK) a hook the plugin implements but does not declare.
     InitRefused,
     /// A fresh instance could not be created, for a reason that is not a trap (e.g. the pool is full).
     Instantiation,
@@ -505,10 +506,7 @@ impl LoadedPlugin {
             .map_err(|e| {
                 Failure::new(
                     FailureKind::InitRefused,
-                    format!(
-                        "init refused the configuration: {}",
-                        redact_config_values(&e, &self.config)
-                    ),
+                    format!("init refused: {}", redact_config_values(&e, &self.config)),
                 )
             })?;
         Ok(Warm { store, plugin })

@@ -344,7 +344,6 @@ herald_sdk::export!(ChannelAcl);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_sdk::ClientInfo;
 
     /// The configuration of the module documentation, as Herald hands it over (JSON).
     const EXAMPLE: &str = r#"{
@@ -362,7 +361,8 @@ mod tests {
         ]
     }"#;
 
-    /// A verdict reduced to what the tests compare (the SDK's verdicts have no `PartialEq`).
+    /// A verdict of any hook reduced to what the tests compare, so one set of names serves subscribe,
+    /// publish and access.
     #[derive(Debug, PartialEq)]
     enum Outcome {
         Pass,
@@ -386,30 +386,12 @@ mod tests {
         }
     }
 
-    fn client(user: &str) -> ClientInfo {
-        ClientInfo {
-            user: user.into(),
-            client: "c1".into(),
-            info: None,
-        }
-    }
-
-    fn subscribe_request(user: &str, channel: &str, refresh: bool) -> SubscribeRequest {
-        SubscribeRequest {
-            client: client(user),
-            channel: channel.into(),
-            token: String::new(),
-            data: None,
-            refresh,
-        }
-    }
-
     fn subscribe_outcome(verdict: SubscribeVerdict) -> Outcome {
         match verdict {
             SubscribeVerdict::Pass => Pass,
             SubscribeVerdict::Allow(allow) => {
                 // The ACL grants the subscription as is: no info, data or expiry of its own.
-                assert!(allow.info.is_none() && allow.data.is_none() && allow.expire_at.is_none());
+                assert_eq!(allow, SubscribeAllow::default());
                 Allow
             }
             SubscribeVerdict::Deny(d) => Outcome::Deny(d.code, d.reason),
@@ -417,17 +399,12 @@ mod tests {
     }
 
     fn subscribe(acl: &ChannelAcl, user: &str, channel: &str) -> Outcome {
-        subscribe_outcome(acl.on_subscribe(&subscribe_request(user, channel, false)))
+        subscribe_outcome(acl.on_subscribe(&SubscribeRequest::new(channel).user(user)))
     }
 
     fn publish(acl: &ChannelAcl, source: PublishSource, user: &str, channel: &str) -> Outcome {
-        let verdict = acl.on_publish(&PublishRequest {
-            source,
-            publisher: (source == PublishSource::Client).then(|| client(user)),
-            channel: channel.into(),
-            data: b"{}".to_vec(),
-            tags: vec![],
-        });
+        // `source` after `user`: an API or queue publication has no publisher.
+        let verdict = acl.on_publish(&PublishRequest::new(channel, "{}").user(user).source(source));
         match verdict {
             PublishVerdict::Pass => Pass,
             PublishVerdict::Deny(d) => Outcome::Deny(d.code, d.reason),
@@ -440,15 +417,17 @@ mod tests {
     }
 
     fn access(acl: &ChannelAcl, kind: AccessKind, user: &str, channel: &str) -> Outcome {
-        match acl.on_access(&AccessRequest {
-            client: client(user),
-            channel: channel.into(),
-            kind,
-        }) {
+        match acl.on_access(&AccessRequest::new(channel, kind).user(user)) {
             AccessVerdict::Pass => Pass,
             AccessVerdict::Allow => Allow,
             AccessVerdict::Deny(d) => Outcome::Deny(d.code, d.reason),
         }
+    }
+
+    /// What Herald's load checks too: every hook implemented is listed in `HOOKS`.
+    #[test]
+    fn declares_every_hook_it_implements() {
+        assert_eq!(herald_sdk::check_hooks(&acl(EXAMPLE)), Ok(()));
     }
 
     #[test]
@@ -514,14 +493,15 @@ mod tests {
         let acl = acl(r#"{ "rules": [
             { "pattern": "*", "actions": ["publish"], "who": "anonymous", "effect": "deny" }
         ] }"#);
+        // Herald never sends this (the builder always gives a client publication a publisher).
         let verdict = acl.on_publish(&PublishRequest {
-            source: PublishSource::Client,
             publisher: None,
-            channel: "chat".into(),
-            data: vec![],
-            tags: vec![],
+            ..PublishRequest::new("chat", "").source(PublishSource::Client)
         });
-        assert!(matches!(verdict, PublishVerdict::Deny(d) if d.code == 103));
+        assert_eq!(
+            verdict,
+            PublishVerdict::Deny(deny(codes::PERMISSION_DENIED, "permission denied"))
+        );
     }
 
     #[test]
@@ -585,11 +565,15 @@ mod tests {
     fn refresh_is_checked_like_subscribe() {
         let acl = acl(EXAMPLE);
         assert_eq!(
-            subscribe_outcome(acl.on_subscribe(&subscribe_request("42", "user:#43", true))),
+            subscribe_outcome(
+                acl.on_subscribe(&SubscribeRequest::new("user:#43").user("42").refresh(true))
+            ),
             denied()
         );
         assert_eq!(
-            subscribe_outcome(acl.on_subscribe(&subscribe_request("42", "user:#42", true))),
+            subscribe_outcome(
+                acl.on_subscribe(&SubscribeRequest::new("user:#42").user("42").refresh(true))
+            ),
             Allow
         );
     }

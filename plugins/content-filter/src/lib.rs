@@ -376,9 +376,9 @@ herald_sdk::export!(ContentFilter);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_sdk::ClientInfo;
 
-    /// A verdict reduced to what the tests compare (the SDK's verdicts have no `PartialEq`).
+    /// A verdict reduced to what the tests compare: a masked payload as JSON, so tests need not spell its
+    /// bytes.
     #[derive(Debug, PartialEq)]
     enum Outcome {
         Pass,
@@ -414,17 +414,12 @@ mod tests {
         channel: &str,
         data: &[u8],
     ) -> Outcome {
-        let verdict = filter.on_publish(&PublishRequest {
-            source,
-            publisher: (source == PublishSource::Client).then(|| ClientInfo {
-                user: "42".into(),
-                client: "c1".into(),
-                info: None,
-            }),
-            channel: channel.into(),
-            data: data.to_vec(),
-            tags: vec![("k".into(), "v".into())],
-        });
+        // `source` after `user`: an API or queue publication has no publisher.
+        let request = PublishRequest::new(channel, data)
+            .user("42")
+            .source(source)
+            .tags([("k", "v")]);
+        let verdict = filter.on_publish(&request);
         match verdict {
             PublishVerdict::Pass => Pass,
             PublishVerdict::Drop => Drop,
@@ -448,6 +443,12 @@ mod tests {
         filter(&format!(
             r#"{{ "blocked_words": ["spam", "Buy Now"], "on_blocked": "{on_blocked}" }}"#
         ))
+    }
+
+    /// What Herald's load checks too: every hook implemented is listed in `HOOKS`.
+    #[test]
+    fn declares_every_hook_it_implements() {
+        assert_eq!(herald_sdk::check_hooks(&filter("")), Ok(()));
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! Native tests: real tokens signed with `jsonwebtoken`, checked at a fixed time (`NOW`) unless noted.
 
-use herald_sdk::ClientInfo;
 use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::{Value, json};
 
@@ -147,40 +146,16 @@ fn es256(claims: &Value) -> String {
 }
 
 fn connect_request(token: &str) -> ConnectRequest {
-    ConnectRequest {
-        transport: "websocket".into(),
-        protocol: "centrifuge".into(),
-        remote_addr: "127.0.0.1:5000".into(),
-        headers: vec![],
-        query: vec![],
-        token: token.into(),
-        data: None,
-        client: "client-1".into(),
-        refresh: false,
-        user: String::new(),
-    }
+    ConnectRequest::new().token(token)
 }
 
 fn refresh_request(token: &str, user: &str) -> ConnectRequest {
-    ConnectRequest {
-        refresh: true,
-        user: user.into(),
-        ..connect_request(token)
-    }
+    connect_request(token).refresh(true).user(user)
 }
 
+/// By user `42` on connection `client-1` (the SDK's default connection id).
 fn subscribe_request(token: &str, channel: &str) -> SubscribeRequest {
-    SubscribeRequest {
-        client: ClientInfo {
-            user: "42".into(),
-            client: "client-1".into(),
-            info: None,
-        },
-        channel: channel.into(),
-        token: token.into(),
-        data: None,
-        refresh: false,
-    }
+    SubscribeRequest::new(channel).user("42").token(token)
 }
 
 fn allowed(verdict: ConnectVerdict) -> ConnectAllow {
@@ -231,6 +206,7 @@ fn user_claims() -> Value {
 fn metadata_lists_connect_and_subscribe() {
     assert_eq!(JwtAuth::NAME, "jwt-auth");
     assert_eq!(JwtAuth::HOOKS, Hooks::CONNECT | Hooks::SUBSCRIBE);
+    assert_eq!(herald_sdk::check_hooks(&hmac_plugin()), Ok(()));
 }
 
 #[test]
@@ -283,14 +259,14 @@ fn init_reads_json_config_text_as_herald_passes_it() {
 #[test]
 fn empty_tokens_pass() {
     let plugin = hmac_plugin();
-    assert!(matches!(
+    assert_eq!(
         plugin.connect_at(&connect_request(""), NOW),
         ConnectVerdict::Pass
-    ));
-    assert!(matches!(
+    );
+    assert_eq!(
         plugin.subscribe_at(&subscribe_request("", "$private"), NOW),
         SubscribeVerdict::Pass
-    ));
+    );
 }
 
 #[test]
@@ -721,8 +697,7 @@ fn subscription_token_for_another_user_is_close_3500() {
         codes::INVALID_TOKEN
     );
     // An anonymous connection cannot use a user's token either.
-    let mut request = subscribe_request(&hs256(&sub_claims("$private")), "$private");
-    request.client.user = String::new();
+    let request = subscribe_request(&hs256(&sub_claims("$private")), "$private").user("");
     assert_eq!(
         subscribe_denied(hmac_plugin().subscribe_at(&request, NOW)).code,
         codes::INVALID_TOKEN
@@ -794,18 +769,12 @@ fn sub_refresh_with_an_invalid_token_is_close_3500() {
         &sub_claims("$private"),
         &EncodingKey::from_secret(b"nope"),
     );
-    let request = SubscribeRequest {
-        refresh: true,
-        ..subscribe_request(&forged, "$private")
-    };
+    let request = subscribe_request(&forged, "$private").refresh(true);
     assert_eq!(
         subscribe_denied(plugin.subscribe_at(&request, NOW)).code,
         codes::INVALID_TOKEN
     );
-    let valid = SubscribeRequest {
-        refresh: true,
-        ..subscribe_request(&hs256(&sub_claims("$private")), "$private")
-    };
+    let valid = subscribe_request(&hs256(&sub_claims("$private")), "$private").refresh(true);
     assert_eq!(
         subscribed(plugin.subscribe_at(&valid, NOW)).expire_at,
         Some(NOW + HOUR)

@@ -354,7 +354,6 @@ herald_sdk::export!(Router);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_sdk::ClientInfo;
 
     /// The configuration of the module documentation, as Herald hands it over (JSON).
     const EXAMPLE: &str = r#"{
@@ -368,7 +367,7 @@ mod tests {
         ]
     }"#;
 
-    /// A verdict reduced to what the tests compare (the SDK's verdicts have no `PartialEq`).
+    /// A verdict reduced to what the tests compare: a route as its channels and `keep_original`.
     #[derive(Debug, PartialEq)]
     enum Outcome {
         Pass,
@@ -402,20 +401,12 @@ mod tests {
         data: &str,
         tags: &[(&str, &str)],
     ) -> Outcome {
-        let verdict = router.on_publish(&PublishRequest {
-            source,
-            publisher: (source == PublishSource::Client).then(|| ClientInfo {
-                user: "42".into(),
-                client: "c1".into(),
-                info: None,
-            }),
-            channel: channel.into(),
-            data: data.as_bytes().to_vec(),
-            tags: tags
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        });
+        // `source` after `user`: an API or queue publication has no publisher.
+        let request = PublishRequest::new(channel, data)
+            .user("42")
+            .source(source)
+            .tags(tags.iter().copied());
+        let verdict = router.on_publish(&request);
         match verdict {
             PublishVerdict::Pass => Pass,
             PublishVerdict::Route(route) => Outcome::Route(route.channels, route.keep_original),
@@ -433,6 +424,12 @@ mod tests {
 
     fn publish_tagged(router: &Router, channel: &str, tags: &[(&str, &str)]) -> Outcome {
         publish_full(router, PublishSource::Api, channel, "{}", tags)
+    }
+
+    /// What Herald's load checks too: every hook implemented is listed in `HOOKS`.
+    #[test]
+    fn declares_every_hook_it_implements() {
+        assert_eq!(herald_sdk::check_hooks(&router(EXAMPLE)), Ok(()));
     }
 
     #[test]

@@ -55,20 +55,9 @@ herald_sdk::export!(Template);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_sdk::ClientInfo;
 
     fn subscribe(plugin: &Template, channel: &str) -> SubscribeVerdict {
-        plugin.on_subscribe(&SubscribeRequest {
-            client: ClientInfo {
-                user: "42".into(),
-                client: "c".into(),
-                info: None,
-            },
-            channel: channel.into(),
-            token: String::new(),
-            data: None,
-            refresh: false,
-        })
+        plugin.on_subscribe(&SubscribeRequest::new(channel).user("42"))
     }
 
     #[test]
@@ -76,13 +65,18 @@ mod tests {
         let plugin =
             Template::init(Config::from_json(r#"{"blocked_channels":["internal:*"]}"#).unwrap())
                 .unwrap();
-        assert!(
-            matches!(subscribe(&plugin, "internal:metrics"), SubscribeVerdict::Deny(d) if d.code == 103)
+        assert_eq!(
+            subscribe(&plugin, "internal:metrics"),
+            SubscribeVerdict::Deny(deny(codes::PERMISSION_DENIED, "permission denied"))
         );
-        assert!(matches!(
-            subscribe(&plugin, "chat:room"),
-            SubscribeVerdict::Pass
-        ));
+        assert_eq!(subscribe(&plugin, "chat:room"), SubscribeVerdict::Pass);
+    }
+
+    /// What Herald's load checks too: every hook implemented is listed in `HOOKS`.
+    #[test]
+    fn declares_every_hook_it_implements() {
+        let plugin = Template::init(Config::from_json("").unwrap()).unwrap();
+        assert_eq!(herald_sdk::check_hooks(&plugin), Ok(()));
     }
 
     #[test]
