@@ -189,7 +189,7 @@ async fn info_lists_every_node_with_its_counts() {
 async fn presence_and_join_leave_cross_nodes() {
     let redis = RedisServer::start();
     let nodes = three_nodes(&redis).await;
-    let channel = "presence-cross";
+    let channel = "cross-presence";
     let (mut watcher, watcher_id) =
         subscribed(&nodes[0], channel, json!({"join_leave": true})).await;
     let (mut second, second_id) = subscribed(&nodes[1], channel, json!({})).await;

@@ -14,9 +14,7 @@ use tokio::sync::Notify;
 use crate::disconnect::Disconnect;
 use crate::engine::{BrokerEventHandler, ClientInfo, Publication, StreamPosition};
 use crate::outbound::Outbound;
-use crate::protocol::centrifuge::encode;
-use crate::protocol::pusher::codec as pusher;
-use crate::protocol::{Frame, Protocol};
+use crate::protocol::{EXCLUDE_TAG, Frame, Protocol};
 use crate::sync::{lock, read, write};
 
 const SHARDS: usize = 64;
@@ -534,9 +532,9 @@ impl Hub {
     }
 }
 
-/// Whether a join or leave is the Pusher subscriber's own: Pusher clients never hear of themselves.
-fn own_pusher_event(subscriber: &Subscriber, info: &ClientInfo) -> bool {
-    subscriber.protocol == Protocol::Pusher && subscriber.session.client == info.client
+/// Whether a join or leave is the subscriber's own, which its protocol does not tell it about.
+fn unheard_own_presence(subscriber: &Subscriber, info: &ClientInfo) -> bool {
+    subscriber.session.client == info.client && !subscriber.protocol.wire().hears_own_presence()
 }
 
 /// Asks a subscriber whose stream has a gap to resubscribe (and so recover).
@@ -563,53 +561,37 @@ impl BrokerEventHandler for Hub {
             epoch: position.epoch,
         };
         // Looked up once, not per subscriber: fan-out loops over thousands.
-        let excluded = publication.tags.get(pusher::EXCLUDE_TAG);
+        let excluded = publication.tags.get(EXCLUDE_TAG);
         self.broadcast(
             channel,
             &position,
-            |protocol| match protocol {
-                Protocol::Centrifuge => encode::publication_push(channel, &publication),
-                Protocol::Pusher => pusher::publication(channel, &publication),
-            },
+            |protocol| protocol.wire().publication(channel, &publication),
             false,
             |subscriber| excluded == Some(&subscriber.session.client),
         );
     }
 
-    /// A join: a `join` push for Centrifugo subscribers; for Pusher presence members `member_added` (a
-    /// Pusher session announces only a user's first connection), never to the member who joined.
+    /// A join, in each protocol's form, to the subscribers that asked for joins and leaves.
     fn handle_join(&self, channel: &str, info: Arc<ClientInfo>) {
         let unpositioned = StreamPosition::default();
         self.broadcast(
             channel,
             &unpositioned,
-            |protocol| match protocol {
-                Protocol::Centrifuge => encode::join_push(channel, &info),
-                Protocol::Pusher => pusher::member_added(
-                    channel,
-                    &info.user,
-                    info.conn_info
-                        .as_deref()
-                        .and_then(|i| std::str::from_utf8(i).ok()),
-                ),
-            },
+            |protocol| protocol.wire().join(channel, &info),
             true,
-            |subscriber| own_pusher_event(subscriber, &info),
+            |subscriber| unheard_own_presence(subscriber, &info),
         );
     }
 
-    /// A leave: a `leave` push, or `member_removed` (for a user's last connection), as for joins.
+    /// A leave, as for joins.
     fn handle_leave(&self, channel: &str, info: Arc<ClientInfo>) {
         let unpositioned = StreamPosition::default();
         self.broadcast(
             channel,
             &unpositioned,
-            |protocol| match protocol {
-                Protocol::Centrifuge => encode::leave_push(channel, &info),
-                Protocol::Pusher => pusher::member_removed(channel, &info.user),
-            },
+            |protocol| protocol.wire().leave(channel, &info),
             true,
-            |subscriber| own_pusher_event(subscriber, &info),
+            |subscriber| unheard_own_presence(subscriber, &info),
         );
     }
 
@@ -629,6 +611,7 @@ impl BrokerEventHandler for Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::pusher::codec as pusher;
     use crate::outbound::Outgoing;
     use bytes::Bytes;
 

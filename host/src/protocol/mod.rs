@@ -2,12 +2,40 @@
 //!
 //! No I/O and no state lives here, so every codec is unit-tested with golden frames. A publication is
 //! encoded once per protocol and the resulting [`Frame`] shared by every subscriber.
+//!
+//! The hub and the transports know a protocol only through its [`Wire`]: how it encodes what the hub fans
+//! out, whether its frames may be joined, what close its clients see. A protocol is its own module plus
+//! one line in [`Protocol`] and [`Protocol::wire`].
 
 pub mod centrifuge;
 pub mod pusher;
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
+
+use crate::disconnect::Disconnect;
+use crate::engine::{ClientInfo, Publication};
+
+/// A publication tag naming one client that must not receive it (the Pusher API's `socket_id`, a client
+/// event's sender), whatever protocol it speaks.
+pub const EXCLUDE_TAG: &str = "pusher_exclude";
+
+/// What a protocol supplies to the core: the frames the hub fans out (each encoded once per protocol and
+/// shared by all its subscribers) and the transport's few protocol decisions.
+pub trait Wire: Sync {
+    /// A publication for every subscriber of `channel`.
+    fn publication(&self, channel: &str, publication: &Publication) -> Frame;
+    /// Someone joined `channel` (sent to subscribers that asked for joins and leaves).
+    fn join(&self, channel: &str, who: &ClientInfo) -> Frame;
+    /// Someone left `channel`.
+    fn leave(&self, channel: &str, who: &ClientInfo) -> Frame;
+    /// Whether a subscriber hears of its own joins and leaves.
+    fn hears_own_presence(&self) -> bool;
+    /// Whether the writer may join queued frames into one WebSocket message (newline-separated).
+    fn joins_frames(&self) -> bool;
+    /// The close this protocol's clients must see for `disconnect`, a close decided by the core.
+    fn close(&self, disconnect: Disconnect) -> Disconnect;
+}
 
 /// The client protocols a connection may speak; the hub encodes each publication once per protocol in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +53,14 @@ impl Protocol {
     /// Position in per-protocol tables.
     pub const fn index(self) -> usize {
         self as usize
+    }
+
+    /// What the core asks of this protocol.
+    pub fn wire(self) -> &'static dyn Wire {
+        match self {
+            Self::Centrifuge => &centrifuge::Centrifuge,
+            Self::Pusher => &pusher::Pusher,
+        }
     }
 }
 

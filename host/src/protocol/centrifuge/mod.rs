@@ -7,5 +7,42 @@
 pub mod command;
 pub mod encode;
 
+use crate::disconnect::Disconnect;
+use crate::engine::{ClientInfo, Publication};
+
+use super::{Frame, Wire};
+
+/// The Centrifugo protocol as the core sees it.
+#[derive(Debug)]
+pub struct Centrifuge;
+
+impl Wire for Centrifuge {
+    fn publication(&self, channel: &str, publication: &Publication) -> Frame {
+        encode::publication_push(channel, publication)
+    }
+
+    fn join(&self, channel: &str, who: &ClientInfo) -> Frame {
+        encode::join_push(channel, who)
+    }
+
+    fn leave(&self, channel: &str, who: &ClientInfo) -> Frame {
+        encode::leave_push(channel, who)
+    }
+
+    fn hears_own_presence(&self) -> bool {
+        true
+    }
+
+    /// The SDKs split a message on newlines.
+    fn joins_frames(&self) -> bool {
+        true
+    }
+
+    /// Herald's close codes are Centrifugo's.
+    fn close(&self, disconnect: Disconnect) -> Disconnect {
+        disconnect
+    }
+}
+
 #[cfg(test)]
 mod properties;

@@ -24,9 +24,7 @@ pub const EVENT_TAG: &str = "event";
 /// name, and other protocols publish without one.
 pub const DEFAULT_EVENT: &str = "message";
 
-/// Tag carrying the socket id a publication must not be delivered to (Pusher's `socket_id` exclusion), so
-/// the exclusion travels with the publication to every node.
-pub const EXCLUDE_TAG: &str = "pusher_exclude";
+pub use crate::protocol::EXCLUDE_TAG;
 
 /// Tag carrying the sender's user id of a client event on a presence channel, which Pusher clients expect
 /// as the frame's top-level `user_id`.

@@ -3,3 +3,47 @@
 
 pub mod codec;
 pub mod sign;
+
+use crate::disconnect::Disconnect;
+use crate::engine::{ClientInfo, Publication};
+
+use super::{Frame, Wire};
+
+/// The Pusher protocol as the core sees it.
+#[derive(Debug)]
+pub struct Pusher;
+
+impl Wire for Pusher {
+    fn publication(&self, channel: &str, publication: &Publication) -> Frame {
+        codec::publication(channel, publication)
+    }
+
+    /// `member_added`, with the member's `user_info` (a Pusher session announces only a user's first
+    /// connection).
+    fn join(&self, channel: &str, who: &ClientInfo) -> Frame {
+        let user_info = who
+            .conn_info
+            .as_deref()
+            .and_then(|info| std::str::from_utf8(info).ok());
+        codec::member_added(channel, &who.user, user_info)
+    }
+
+    /// `member_removed` (for a user's last connection).
+    fn leave(&self, channel: &str, who: &ClientInfo) -> Frame {
+        codec::member_removed(channel, &who.user)
+    }
+
+    /// A presence member never hears of itself.
+    fn hears_own_presence(&self) -> bool {
+        false
+    }
+
+    /// pusher-js reads one event per WebSocket message.
+    fn joins_frames(&self) -> bool {
+        false
+    }
+
+    fn close(&self, disconnect: Disconnect) -> Disconnect {
+        disconnect.for_pusher()
+    }
+}
