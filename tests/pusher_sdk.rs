@@ -9,7 +9,8 @@
 //! WebSocket client (trigger, trigger_batch, channel queries signed with body_md5 on GETs, a wrong secret,
 //! ping/pong, a presence channel signed by the library's `authenticate`), and `tests/e2e/js/pusher-data.js`
 //! checks that data keeps its JavaScript type between pusher-js, centrifuge-js, the `pusher` library's
-//! triggers and Herald's API. All run as child processes against a real Herald.
+//! triggers and Herald's API, and `tests/e2e/js/pusher-flood.js` that a flooding pusher-js client is told
+//! 4100. All run as child processes against a real Herald.
 //!
 //! They need Node 20+ with `npm ci --prefix tests/e2e/js` done, and Python 3.11 with
 //! `python3 -m pip install -r tests/e2e/python/requirements.txt`. A missing toolchain or dependency fails the
@@ -68,6 +69,20 @@ async fn data_keeps_its_type_between_pusher_js_and_centrifuge_js() {
     ))
     .await;
     run_scenario(&server, "node", "tests/e2e/js/pusher-data.js").await;
+}
+
+/// A pusher-js 8.6 client flooding events past the message rate is closed with 4100 (over capacity, reconnect
+/// after a backoff) and reports that code, not 1006: the server reads and drops the rest of the flood after its
+/// close frame instead of resetting the connection under the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_pusher_js_client_is_told_4100() {
+    require_node(&["pusher-js"]).await;
+    let server = TestServer::start(&format!(
+        "{PUSHER_CONFIG}\n[limits]\ncommands_per_second = 1\ncommand_burst = 1\n\
+         disconnect_after_refused_commands = 3000"
+    ))
+    .await;
+    run_scenario(&server, "node", "tests/e2e/js/pusher-flood.js").await;
 }
 
 /// Laravel Echo 2.5 (`broadcaster: 'pusher'` on pusher-js 8.6) as a Laravel front end uses it, with the Node
