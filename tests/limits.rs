@@ -118,6 +118,117 @@ async fn command_rate_is_limited_then_abusers_are_dropped() {
     still_served(&server, &mut bystander, 2).await;
 }
 
+/// A raw WebSocket client.
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// `count` copies of a message: a flood.
+fn flood_of(message: &str, count: usize) -> Vec<tungstenite::Message> {
+    (0..count)
+        .map(|_| tungstenite::Message::text(message))
+        .collect()
+}
+
+/// Sends every frame without reading anything, stopping at the first send error (a reset).
+async fn flood(ws: &mut Ws, frames: Vec<tungstenite::Message>) -> Result<(), String> {
+    use futures_util::SinkExt;
+    let mut stream = futures_util::stream::iter(frames.into_iter().map(Ok));
+    tokio::time::timeout(WAIT, ws.send_all(&mut stream))
+        .await
+        .expect("the flood is taken in time")
+        .map_err(|error| error.to_string())
+}
+
+/// Reads what the server sent until its close frame, then the end of the connection, which must be clean:
+/// the close code and reason, or the error that cut the connection (a reset) before or after the close.
+async fn close_then_clean_end(ws: &mut Ws) -> Result<(u16, String), String> {
+    use futures_util::StreamExt;
+    let mut texts = 0;
+    let close = loop {
+        let message = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("message in time");
+        match message {
+            Some(Ok(tungstenite::Message::Close(Some(frame)))) => {
+                break (u16::from(frame.code), frame.reason.to_string());
+            }
+            Some(Ok(tungstenite::Message::Close(None))) => {
+                return Err("a close without code".into());
+            }
+            Some(Ok(_)) => texts += 1,
+            Some(Err(error)) => return Err(format!("{error} after {texts} messages")),
+            None => {
+                return Err(format!(
+                    "the end, without a close frame, after {texts} messages"
+                ));
+            }
+        }
+    };
+    // The library answers the close; the server ends the connection once it has the answer.
+    match tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("the end in time")
+    {
+        None => Ok(close),
+        other => Err(format!("after the close {close:?}: {other:?}")),
+    }
+}
+
+/// A client flooding commands without reading, then reading, gets its close code — 3013 past the command
+/// rate — and a clean close handshake, and every one of its sends goes through. The server reads and drops
+/// what the client still sends after deciding the close: dropping the socket with client data unread makes
+/// the kernel reset the connection, which fails the client's sends and discards the close frame still
+/// queued behind the replies, so the client would see 1006.
+#[tokio::test]
+async fn a_flooding_client_gets_its_close_code_not_a_reset() {
+    let server = TestServer::start(
+        "[limits]\ncommands_per_second = 1\ncommand_burst = 1\ndisconnect_after_refused_commands = 3000",
+    )
+    .await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+        .await
+        .expect("open");
+    // 2,000 messages of 100 commands (9 MB): the first command is the connect, the next 3,000 are refused
+    // with 111 (replies the client does not read yet), then the connection is closed with about 9 MB still
+    // to read — more than the kernel buffers of both ends hold, so a reset would hit the client's sends.
+    let command = json!({"id": 2, "presence_stats": {"channel": "room"}}).to_string();
+    let message = vec![command.as_str(); 100].join("\n");
+    let mut frames = flood_of(&message, 2_000);
+    frames[0] =
+        tungstenite::Message::text(message.replacen(&command, r#"{"id":1,"connect":{}}"#, 1));
+    let sent = flood(&mut ws, frames).await;
+    let closed = close_then_clean_end(&mut ws).await;
+    assert_eq!(
+        (sent, closed),
+        (Ok(()), Ok((3013, "too many requests".to_string()))),
+        "(every send goes through, then the close code and a clean end)"
+    );
+}
+
+/// The same for a Pusher client: flooding messages without reading gets `4100` (over capacity, pusher-js
+/// reconnects after a backoff), not a reset.
+#[tokio::test]
+async fn a_flooding_pusher_client_gets_4100_not_a_reset() {
+    let server = TestServer::start(&format!(
+        "{}\n[limits]\ncommands_per_second = 1\ncommand_burst = 1\ndisconnect_after_refused_commands = 3000",
+        herald_tests::PUSHER_CONFIG
+    ))
+    .await;
+    let url = herald_tests::pusher::url(server.addr, herald_tests::PUSHER_KEY, "?protocol=7");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("open");
+    // 5,000 unknown events of 4 KB: they count against the rate; the first 3,000 refused get a
+    // `pusher:error` 4301 each (replies the client does not read yet), then the connection is closed with
+    // about 8 MB still to read.
+    let message = json!({"event": "flood", "data": "x".repeat(4_000)}).to_string();
+    let sent = flood(&mut ws, flood_of(&message, 5_000)).await;
+    let closed = close_then_clean_end(&mut ws).await;
+    assert_eq!(
+        (sent, closed),
+        (Ok(()), Ok((4100, "over capacity".to_string()))),
+        "(every send goes through, then the close code and a clean end)"
+    );
+}
+
 /// `X-Forwarded-For` is ignored unless the peer is a trusted proxy: a spoofed header cannot dodge the
 /// per-address limit.
 #[tokio::test]

@@ -7,8 +7,10 @@
 //! namespace, a private channel with a whisper, `join` with `here` / `joining` / `leaving`, `toOthers()`), and
 //! `tests/e2e/python/pusher_api.py` drives the `pusher` Python server library 3.3 with a raw protocol-7
 //! WebSocket client (trigger, trigger_batch, channel queries signed with body_md5 on GETs, a wrong secret,
-//! ping/pong, a presence channel signed by the library's `authenticate`). All run as child processes against
-//! a real Herald.
+//! ping/pong, a presence channel signed by the library's `authenticate`), and `tests/e2e/js/pusher-data.js`
+//! checks that data keeps its JavaScript type between pusher-js, centrifuge-js, the `pusher` library's
+//! triggers and Herald's API, and `tests/e2e/js/pusher-flood.js` that a flooding pusher-js client is told
+//! 4100. All run as child processes against a real Herald.
 //!
 //! They need Node 20+ with `npm ci --prefix tests/e2e/js` done, and Python 3.11 with
 //! `python3 -m pip install -r tests/e2e/python/requirements.txt`. A missing toolchain or dependency fails the
@@ -34,6 +36,7 @@ async fn run_scenario(server: &TestServer, program: &str, script: &str) {
         .env("HERALD_PUSHER_APP_ID", APP_ID)
         .env("HERALD_PUSHER_KEY", APP_KEY)
         .env("HERALD_PUSHER_SECRET", APP_SECRET)
+        .env("HERALD_WS_URL", server.ws_url())
         .env("HERALD_API_URL", server.api_url())
         .env("HERALD_API_KEY", API_KEY)
         .env("PYTHONUNBUFFERED", "1");
@@ -50,6 +53,36 @@ async fn pusher_js_and_the_node_server_library_work_unchanged() {
     require_node(&["pusher-js", "pusher"]).await;
     let server = TestServer::start(PUSHER_CONFIG).await;
     run_scenario(&server, "node", "tests/e2e/js/pusher.js").await;
+}
+
+/// Data keeps its type between the protocols: centrifuge-js 5.8 and Herald's API publishing strings that spell
+/// JSON (`"123"`, `"true"`, `"{\"a\":1}"`, `" 1 "`), other strings, numbers, booleans, null, objects and arrays
+/// reach pusher-js 8.6 as the same JavaScript value; the Node `pusher` library's triggers reach pusher-js as
+/// hosted Pusher delivers them and centrifuge-js as the same value; pusher-js client events reach the other
+/// pusher-js client and centrifuge-js unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_keeps_its_type_between_pusher_js_and_centrifuge_js() {
+    require_node(&["pusher-js", "pusher", "centrifuge", "ws"]).await;
+    let server = TestServer::start(&format!(
+        "{PUSHER_CONFIG}\n[channel.defaults]\nallow_publish_for_subscriber = true\n\
+         allow_publish_for_anonymous = true"
+    ))
+    .await;
+    run_scenario(&server, "node", "tests/e2e/js/pusher-data.js").await;
+}
+
+/// A pusher-js 8.6 client flooding events past the message rate is closed with 4100 (over capacity, reconnect
+/// after a backoff) and reports that code, not 1006: the server reads and drops the rest of the flood after its
+/// close frame instead of resetting the connection under the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_pusher_js_client_is_told_4100() {
+    require_node(&["pusher-js"]).await;
+    let server = TestServer::start(&format!(
+        "{PUSHER_CONFIG}\n[limits]\ncommands_per_second = 1\ncommand_burst = 1\n\
+         disconnect_after_refused_commands = 3000"
+    ))
+    .await;
+    run_scenario(&server, "node", "tests/e2e/js/pusher-flood.js").await;
 }
 
 /// Laravel Echo 2.5 (`broadcaster: 'pusher'` on pusher-js 8.6) as a Laravel front end uses it, with the Node

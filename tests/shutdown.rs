@@ -68,6 +68,20 @@ async fn shutdown_closes_connections_that_have_not_connected() {
     assert_eq!(close_opened, (3001, "shutdown".to_string()));
 }
 
+/// A client that neither reads nor answers the close frame does not hold shutdown up: the server waits for
+/// its answer only briefly (the close handshake's linger), well within a `shutdown_timeout` longer than
+/// [`WAIT`], and the close frame is there when the client reads at last.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_clients_that_never_answer() {
+    let server = TestServer::start("shutdown_timeout = \"60s\"").await;
+    let (mut silent, _) = Client::connect(&server).await;
+    server
+        .shutdown()
+        .await
+        .expect("shutdown returns Ok without the client's answer");
+    assert_eq!(silent.expect_close().await, (3001, "shutdown".to_string()));
+}
+
 /// Reads one HTTP/1.1 response head (up to the blank line) from `tcp`, keeping any extra bytes in `buf`.
 async fn read_head(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> String {
     loop {

@@ -404,6 +404,62 @@ async fn wss_and_https_api_work() {
     );
 }
 
+/// Over `wss://` too, a client flooding commands without reading, then reading, gets its close code (3013)
+/// and a complete close handshake, and all its sends go through: the server reads and drops the rest of
+/// the flood instead of leaving it unread, which would make the kernel reset the connection under the
+/// client (see `limits.rs`).
+#[tokio::test]
+async fn a_flooding_wss_client_gets_its_close_code_not_a_reset() {
+    let cert = pair("herald test");
+    let files = Files::new(&cert);
+    let server = TestServer::start(&files.toml(
+        "[limits]\ncommands_per_second = 1\ncommand_burst = 1\ndisconnect_after_refused_commands = 3000\n",
+    ))
+    .await;
+    let mut client = WssClient::connect(server.addr, trusting(&cert.der)).await;
+    // 2,000 messages of 100 commands (9 MB): 3,000 are refused with 111 (replies not read yet), then the
+    // connection is closed with about 9 MB still to read.
+    let command = json!({"id": 2, "presence_stats": {"channel": "room"}}).to_string();
+    let message = vec![command.as_str(); 100].join("\n");
+    let mut flood =
+        futures_util::stream::iter((0..2_000).map(|_| Ok(Message::text(message.as_str()))));
+    let sent = tokio::time::timeout(WAIT, client.ws.send_all(&mut flood))
+        .await
+        .expect("the flood is taken in time")
+        .map_err(|error| error.to_string());
+    let closed = loop {
+        let message = tokio::time::timeout(WAIT, client.ws.next())
+            .await
+            .expect("message in time");
+        match message {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                break Ok((u16::from(frame.code), frame.reason.to_string()));
+            }
+            Some(Ok(_)) => {}
+            other => break Err(format!("no close frame: {other:?}")),
+        }
+    };
+    // The server ends the connection once the client's answer is in: a FIN, with no TLS close_notify (the
+    // WebSocket library keeps the stream to itself), which rustls reports as an unexpected end of file.
+    let end = match tokio::time::timeout(WAIT, client.ws.next())
+        .await
+        .expect("the end in time")
+    {
+        None => None,
+        Some(Err(tokio_tungstenite::tungstenite::Error::Io(error)))
+            if error.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            None
+        }
+        Some(other) => Some(format!("{other:?}")),
+    };
+    assert_eq!(
+        (sent, closed, end),
+        (Ok(()), Ok((3013, "too many requests".to_string())), None),
+        "(every send goes through, then the close code and a clean end)"
+    );
+}
+
 /// Only TLS 1.2 and 1.3 are served: a client limited to TLS 1.2 gets TLS 1.2 (and a working WebSocket), a
 /// client limited to 1.3 gets 1.3, and a client offering both gets one of them. (rustls cannot offer TLS
 /// 1.0 or 1.1, so older versions are covered by the negotiated version always being 1.2 or 1.3.)

@@ -366,6 +366,9 @@ impl Client {
                 let (code, reason) = frame
                     .map(|CloseFrame { code, reason }| (u16::from(code), reason.to_string()))
                     .unwrap_or((1005, String::new()));
+                // The library queued the answer to the close; send it now, as browsers do, so the server
+                // completes the close handshake instead of waiting for it.
+                let _ = self.ws.flush().await;
                 Some(Received::Close(code, reason))
             }
             Some(Ok(Message::Ping(_))) => Some(Received::Ping),

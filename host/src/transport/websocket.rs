@@ -145,10 +145,32 @@ pub(super) fn with_limits(upgrade: WebSocketUpgrade, node: &Node) -> WebSocketUp
         .max_frame_size(ws.max_message_size)
 }
 
+/// How long a closing connection keeps reading after its close frame went out, waiting for the client's
+/// answer: long enough for a client that was busy sending to read the frame and answer, short enough that
+/// a client that never answers does not hold the connection (nor a shutdown) for long.
+const CLOSING_LINGER: Duration = Duration::from_secs(2);
+
+/// Most bytes a closing connection reads and drops while it waits for the client's close frame: what a
+/// flooding client may still have in flight (its socket buffers and the server's) when the close goes out.
+/// A client that sends more than this after the close is cut off at once.
+const CLOSING_READ_BUDGET: usize = 16 << 20;
+
+/// WebSocket framing a client adds to every message: at least a 2-byte header and a 4-byte mask, so a flood
+/// of empty messages uses up [`CLOSING_READ_BUDGET`] too.
+const CLIENT_FRAME_OVERHEAD: usize = 6;
+
+/// Serves one upgraded connection (every WebSocket endpoint, plain or TLS): the session reads, a writer task
+/// writes, and the connection is closed gracefully. Once the session has decided the close, it gets nothing
+/// more to read, but the reading goes on, dropping what arrives, until the client answers the close frame
+/// (or leaves): dropping a socket whose client data is still unread makes the kernel reset the connection,
+/// which fails the client's sends and discards the close frame still on its way, so a client that was
+/// flooding would see 1006 instead of its close code. Once the client's close frame is in, the socket is
+/// dropped with nothing unread: a plain FIN. The reading stops after [`CLOSING_READ_BUDGET`] bytes, and at
+/// most [`CLOSING_LINGER`] after the writer is done (the writer itself is bounded by the write timeout).
 pub(super) async fn serve(node: Arc<Node>, socket: WebSocket, speaker: Speaker, _slot: Slot) {
     let _running = node.sessions.token();
     let outbound = Arc::new(Outbound::new(node.config.client.max_queue_bytes));
-    let (sink, stream) = socket.split();
+    let (sink, mut stream) = socket.split();
     let protocol = speaker.protocol();
     let writer = tokio::spawn(write_loop(
         sink,
@@ -157,8 +179,9 @@ pub(super) async fn serve(node: Arc<Node>, socket: WebSocket, speaker: Speaker, 
         node.config.websocket.write_timeout,
         node.config.websocket.write_buffer_size,
     ));
-    let incoming = futures_util::stream::unfold(Some(stream), |stream| async move {
-        let mut stream = stream?;
+    // Borrows the read half, which outlives the session for the closing handshake.
+    let incoming = futures_util::stream::unfold(Some(&mut stream), |stream| async move {
+        let stream = stream?;
         loop {
             let item = match stream.next().await? {
                 Ok(Message::Text(text)) => Incoming::Text(Bytes::from(text)),
@@ -191,8 +214,52 @@ pub(super) async fn serve(node: Arc<Node>, socket: WebSocket, speaker: Speaker, 
     }
     // Ends the writer when the client went away on its own (no close frame is owed then).
     outbound.close(Disconnect::CONNECTION_CLOSED);
-    // The writer ends after the close frame; a client that never reads is cut off by the write timeout.
-    let _ = writer.await;
+    let writer = async { writer.await.unwrap_or(false) };
+    close_gracefully(writer, &mut stream, CLOSING_LINGER, CLOSING_READ_BUDGET).await;
+}
+
+/// Lets the `writer` finish (it ends after the close frame, true when it wrote one; a client that never
+/// reads is cut off by the write timeout) while reading and dropping what the client still sends, up to
+/// `budget` bytes, until its close frame — for at most `linger` after the writer is done, and not at all
+/// once the writer is done without a close frame (a client that stopped reading will not answer).
+async fn close_gracefully<W, S>(writer: W, stream: &mut S, linger: Duration, budget: usize)
+where
+    W: Future<Output = bool>,
+    S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let mut writer = std::pin::pin!(writer);
+    let mut reading = std::pin::pin!(read_until_closed(stream, budget));
+    tokio::select! {
+        closed = &mut writer => {
+            if closed {
+                let _ = tokio::time::timeout(linger, reading).await;
+            }
+        }
+        () = &mut reading => {
+            writer.await;
+        }
+    }
+}
+
+/// Reads and drops messages until the client's close frame, the end of the stream or a read error (the
+/// library ends the stream after one), or until `budget` bytes were read. The library answers pings and
+/// a close the client starts itself; the client's close that answers ours completes the handshake, after
+/// which the socket can be dropped with nothing unread.
+async fn read_until_closed<S>(stream: &mut S, mut budget: usize)
+where
+    S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    while let Some(Ok(message)) = stream.next().await {
+        let size = match &message {
+            Message::Text(text) => text.len(),
+            Message::Binary(bytes) | Message::Ping(bytes) | Message::Pong(bytes) => bytes.len(),
+            Message::Close(_) => return,
+        };
+        match budget.checked_sub(size + CLIENT_FRAME_OVERHEAD) {
+            Some(left) => budget = left,
+            None => return,
+        }
+    }
 }
 
 /// Whether a WebSocket upgrade may proceed, against cross-site WebSocket hijacking: no `Origin` (not a
@@ -223,14 +290,15 @@ pub(super) fn read_error(error: &axum::Error) -> Option<Incoming> {
 
 /// Writes what the session queues until the close it decided (or a write failure). Pusher clients read one
 /// message per WebSocket message, so their frames are never joined, and they get the close codes of their
-/// protocol.
+/// protocol. True when it ended with a close frame, which the client is to answer.
 async fn write_loop<S>(
     mut sink: S,
     outbound: Arc<Outbound>,
     protocol: Protocol,
     write_timeout: Duration,
     join_up_to: usize,
-) where
+) -> bool
+where
     S: Sink<Message> + Unpin,
 {
     let join_up_to = match protocol {
@@ -253,10 +321,11 @@ async fn write_loop<S>(
                 };
             if !written {
                 outbound.close(Disconnect::WRITE_ERROR);
-                return;
+                return false;
             }
         }
         if let Some(close) = batch.close.take() {
+            let mut sent = false;
             if close != Disconnect::CONNECTION_CLOSED {
                 let close = match protocol {
                     Protocol::Centrifuge => close,
@@ -266,10 +335,10 @@ async fn write_loop<S>(
                     code: close.code,
                     reason: Utf8Bytes::from(close.reason.as_ref()),
                 };
-                let _ = send(&mut sink, Message::Close(Some(frame)), write_timeout).await;
+                sent = send(&mut sink, Message::Close(Some(frame)), write_timeout).await;
             }
             let _ = tokio::time::timeout(write_timeout, sink.close()).await;
-            return;
+            return sent;
         }
     }
 }
@@ -334,6 +403,123 @@ mod tests {
     use crate::protocol::Frame;
     use futures_channel::mpsc;
 
+    fn text(len: usize) -> Result<Message, axum::Error> {
+        Ok(Message::text("x".repeat(len)))
+    }
+
+    /// What is left in a channel that was read from.
+    fn left(mut rx: mpsc::UnboundedReceiver<Result<Message, axum::Error>>) -> Vec<Message> {
+        let mut left = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            left.push(item.expect("no error left"));
+        }
+        left
+    }
+
+    /// A closing connection reads and drops what the client sends until the client's close frame, and no
+    /// further.
+    #[tokio::test]
+    async fn closing_reads_until_the_clients_close() {
+        let (tx, mut rx) = mpsc::unbounded();
+        for item in [
+            text(10),
+            Ok(Message::Binary(Bytes::from_static(b"b"))),
+            Ok(Message::Ping(Bytes::new())),
+            Ok(Message::Close(None)),
+            text(1),
+        ] {
+            tx.unbounded_send(item).unwrap();
+        }
+        close_gracefully(async { true }, &mut rx, Duration::from_secs(2), 1 << 20).await;
+        assert_eq!(left(rx), vec![Message::text("x")]);
+    }
+
+    /// Reading stops at a read error (the library's stream ends after one) and at the end of the stream.
+    #[tokio::test]
+    async fn closing_stops_at_a_read_error() {
+        let (tx, mut rx) = mpsc::unbounded();
+        tx.unbounded_send(text(1)).unwrap();
+        tx.unbounded_send(Err(axum::Error::new("reset"))).unwrap();
+        tx.unbounded_send(text(2)).unwrap();
+        close_gracefully(async { true }, &mut rx, Duration::from_secs(2), 1 << 20).await;
+        assert_eq!(left(rx), vec![Message::text("xx")]);
+
+        let (tx, mut rx) = mpsc::unbounded::<Result<Message, axum::Error>>();
+        drop(tx);
+        close_gracefully(async { true }, &mut rx, Duration::from_secs(2), 1 << 20).await;
+    }
+
+    /// A client that keeps sending after the close is cut off once it used up the budget (each message
+    /// counting its framing too).
+    #[tokio::test]
+    async fn closing_reads_no_more_than_the_budget() {
+        let (tx, mut rx) = mpsc::unbounded();
+        for _ in 0..10 {
+            tx.unbounded_send(text(100)).unwrap();
+        }
+        // Three messages of 100 + 6 bytes fit in 320; the fourth is read and found over.
+        close_gracefully(async { true }, &mut rx, Duration::from_secs(2), 320).await;
+        assert_eq!(left(rx).len(), 6);
+
+        let (tx, mut rx) = mpsc::unbounded();
+        for _ in 0..100 {
+            tx.unbounded_send(text(0)).unwrap();
+        }
+        close_gracefully(async { true }, &mut rx, Duration::from_secs(2), 60).await;
+        assert_eq!(
+            left(rx).len(),
+            100 - 11,
+            "empty messages count their framing"
+        );
+    }
+
+    /// A client that never answers the close is let go after the linger.
+    #[tokio::test]
+    async fn a_client_that_never_answers_is_let_go_after_the_linger() {
+        let (_tx, mut silent) = mpsc::unbounded::<Result<Message, axum::Error>>();
+        let closing = close_gracefully(
+            async { true },
+            &mut silent,
+            Duration::from_millis(50),
+            1 << 20,
+        );
+        tokio::time::timeout(Duration::from_secs(10), closing)
+            .await
+            .expect("the linger ends the wait");
+    }
+
+    /// Without a close frame (the writer gave up on a client that does not read) nothing is awaited.
+    #[tokio::test]
+    async fn no_close_frame_no_linger() {
+        let (_tx, mut silent) = mpsc::unbounded::<Result<Message, axum::Error>>();
+        let closing = close_gracefully(
+            async { false },
+            &mut silent,
+            Duration::from_secs(60),
+            1 << 20,
+        );
+        tokio::time::timeout(Duration::from_secs(10), closing)
+            .await
+            .expect("no wait for an answer to a close that was not sent");
+    }
+
+    /// A client that answered the close at once still lets the writer finish first.
+    #[tokio::test]
+    async fn closing_waits_for_the_writer() {
+        let (tx, mut answered) = mpsc::unbounded();
+        tx.unbounded_send(Ok(Message::Close(None))).unwrap();
+        let (written, writer) = tokio::sync::oneshot::channel::<()>();
+        let mut closing = std::pin::pin!(close_gracefully(
+            async { writer.await.is_ok() },
+            &mut answered,
+            Duration::from_secs(60),
+            1 << 20
+        ));
+        assert!(futures_util::poll!(closing.as_mut()).is_pending());
+        written.send(()).unwrap();
+        closing.await;
+    }
+
     #[test]
     fn origins() {
         let allowed = vec!["https://*.example.com".to_string()];
@@ -378,7 +564,7 @@ mod tests {
         }
         outbound.close(Disconnect::SHUTDOWN);
         let (sink, mut written) = mpsc::unbounded::<Message>();
-        write_loop(
+        let closed = write_loop(
             sink,
             outbound,
             Protocol::Centrifuge,
@@ -386,6 +572,7 @@ mod tests {
             1024,
         )
         .await;
+        assert!(closed, "ended with a close frame");
         assert_eq!(
             written.next().await,
             Some(Message::text("{\"a\":1}\n{\"b\":2}\n{}"))
@@ -405,7 +592,7 @@ mod tests {
         let outbound = Arc::new(Outbound::new(1 << 20));
         outbound.close(Disconnect::CONNECTION_CLOSED);
         let (sink, mut written) = mpsc::unbounded::<Message>();
-        write_loop(
+        let closed = write_loop(
             sink,
             outbound,
             Protocol::Centrifuge,
@@ -413,6 +600,7 @@ mod tests {
             1024,
         )
         .await;
+        assert!(!closed);
         assert_eq!(written.next().await, None);
     }
 

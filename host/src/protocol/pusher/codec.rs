@@ -411,26 +411,65 @@ pub fn signin_success(user_data: &str) -> Frame {
     Frame::new(out)
 }
 
-/// Whether publication data is exactly one JSON string literal, to be used as the event's data as is.
-fn is_string_literal(data: &[u8]) -> bool {
-    data.len() >= 2 && data.first() == Some(&b'"') && data.last() == Some(&b'"')
+/// `bytes` without JSON's whitespace (space, tab, line feed, carriage return) around them.
+fn trim_json_whitespace(bytes: &[u8]) -> &[u8] {
+    let blank = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let start = bytes.iter().position(|b| !blank(b)).unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !blank(b))
+        .map_or(start, |i| i + 1);
+    &bytes[start..end]
+}
+
+/// Whether `text` is one JSON text as JavaScript's `JSON.parse` (so pusher-js) judges it: RFC 8259's
+/// grammar, with JSON whitespace only around the value (not a BOM, not U+00A0), numbers of any size
+/// (`1e400` parses, to `Infinity`), any `\u` escape (lone surrogates too) and any depth. serde_json
+/// checks exactly that grammar when it skips a value: without building it, without a depth limit (it
+/// keeps its own stack), without range checks on numbers or escapes. The empty text is not JSON.
+fn is_json_text(text: &str) -> bool {
+    serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+}
+
+/// Whether publication data (already trimmed) is a JSON string literal whose content is *not* itself
+/// JSON text, so that the content can be a Pusher event's `data` as it is: pusher-js fails to parse it
+/// and keeps the string. A literal serde_json cannot decode (a lone surrogate escape) is answered no,
+/// which only costs the shortcut: its JSON text is sent instead, which pusher-js parses to the same string.
+fn is_literal_of_non_json(data: &[u8]) -> bool {
+    if data.first() != Some(&b'"') {
+        return false;
+    }
+    let Ok(text) = std::str::from_utf8(data) else {
+        return false;
+    };
+    serde_json::from_str::<String>(text).is_ok_and(|content| !is_json_text(&content))
 }
 
 /// A publication as a Pusher event, encoded once and shared by every Pusher subscriber of the channel:
 /// `{"event":…,"channel":…,"data":…[,"user_id":…]}`.
 ///
 /// The event is the publication's [`EVENT_TAG`] (or [`DEFAULT_EVENT`]); `user_id` is present when the
-/// publication carries [`USER_ID_TAG`] (client events on presence channels). Data follows Pusher's
-/// convention that it is a string: a publication whose data is a JSON string literal is sent as that
-/// string (so a trigger whose data was not JSON round-trips exactly, see [`publication_data`]); any other
-/// JSON text (object, number, …) is sent as a string of its text, which pusher-js JSON-parses.
+/// publication carries [`USER_ID_TAG`] (client events on presence channels).
+///
+/// The data (a JSON value) becomes Pusher's `data` string so that no type changes on the way: pusher-js
+/// `JSON.parse`s every `data` string and keeps the raw string when that fails, so
+/// - a JSON string whose content is not JSON text (`"hello"`, `""`, `"a\"b\nc"`) is sent as its
+///   content (`hello`): pusher-js fails to parse it and keeps the string, and a Pusher trigger whose
+///   data was not JSON arrives exactly as it was sent;
+/// - anything else is sent as its JSON text: an object `{"a":1}` as `{"a":1}`, a number `123` as `123`,
+///   `true`, `null`, and a string whose content *is* JSON text — `"123"`, `"true"`, `"null"`,
+///   `"{\"a\":1}"`, `" 1 "` — with its quotes (`"123"`), so pusher-js parses it back to the string, not
+///   to the number or object it spells.
+///
+/// Whatever the publication, pusher-js ends with `JSON.parse` of its data: the value a Centrifugo
+/// subscriber gets. [`publication_data`] is the inverse for Pusher triggers.
 pub fn publication(channel: &str, publication: &Publication) -> Frame {
     let event = publication
         .tags
         .get(EVENT_TAG)
         .map_or(DEFAULT_EVENT, String::as_str);
     let user_id = publication.tags.get(USER_ID_TAG);
-    let data = &publication.data;
+    let data = trim_json_whitespace(&publication.data);
     let mut out = Vec::with_capacity(
         event.len()
             + channel.len()
@@ -440,8 +479,8 @@ pub fn publication(channel: &str, publication: &Publication) -> Frame {
             + 48,
     );
     open_event(&mut out, event, Some(channel));
-    if is_string_literal(data) {
-        // Valid compact JSON from the moment it entered Herald: one string, no raw newline.
+    if is_literal_of_non_json(data) {
+        // A valid JSON string literal (checked above, so no raw newline either) whose value is the data.
         out.extend_from_slice(data);
     } else {
         push_encoded(&mut out, data);
@@ -488,13 +527,20 @@ pub fn valid_channel_name(channel: &str, max_len: usize) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_-=@,.;".contains(&b))
 }
 
-/// What a Pusher HTTP trigger's `data` string becomes as a publication's data (compact JSON), so that
-/// other protocols see JSON values while Pusher clients get the string back exactly: the string's own
-/// text when it is valid JSON (compacted), otherwise the string as a JSON string literal. The inverse of
-/// the [`publication`] data rule.
+/// What a Pusher trigger's `data` string S becomes as a publication's data (a JSON value), so that every
+/// protocol ends with the value pusher-js makes of S, the string `JSON.parse`d when it parses:
+/// - S is JSON text (`{"a":1}`, `123`, `true`, `null`, `"quoted"`, ` 1 `) → that JSON value, compacted
+///   (no whitespace around it, no line breaks): a Centrifugo subscriber gets the object, the number 123,
+///   `true`, …;
+/// - anything else (`hello`, the empty string, `{oops`, `a"b`) → the JSON string of S: a Centrifugo
+///   subscriber gets the string S.
+///
+/// [`publication`] turns it back into S for Pusher clients: exactly when S is not JSON text; when it is,
+/// as its compacted text, except that a JSON string literal whose content is not JSON text (`"hello"`)
+/// arrives as its content (`hello`). Either way pusher-js ends with the same value as from S.
 pub fn publication_data(data: &str) -> Bytes {
-    if serde_json::from_str::<serde::de::IgnoredAny>(data).is_ok() {
-        compact_json(data)
+    if is_json_text(data) {
+        compact_json(data.trim_matches([' ', '\t', '\n', '\r']))
     } else {
         let mut out = Vec::with_capacity(data.len() + 2);
         push_str(&mut out, data);
@@ -1041,34 +1087,160 @@ mod tests {
         );
     }
 
+    /// What a Pusher trigger's data string becomes as publication data: JSON text as its compacted value,
+    /// anything else as a JSON string.
     #[test]
-    fn publication_data_rule() {
-        assert_eq!(publication_data("hello"), Bytes::from_static(br#""hello""#));
-        assert_eq!(
-            publication_data(r#"{"a":1}"#),
-            Bytes::from_static(br#"{"a":1}"#)
-        );
-        assert_eq!(publication_data("42"), Bytes::from_static(b"42"));
-        assert_eq!(
-            publication_data(r#""quoted""#),
-            Bytes::from_static(br#""quoted""#)
-        );
-        assert_eq!(publication_data(""), Bytes::from_static(br#""""#));
-        assert_eq!(
-            publication_data("{\"a\":\n1}"),
-            Bytes::from_static(br#"{"a":1}"#)
-        );
-        assert_eq!(
-            publication_data("line\nbreak \"q\""),
-            Bytes::from_static(br#""line\nbreak \"q\"""#)
-        );
-        assert_eq!(publication_data("{oops"), Bytes::from_static(br#""{oops""#));
+    fn publication_data_golden() {
+        let cases: &[(&str, &str)] = &[
+            // JSON text: its value.
+            (r#"{"a":1}"#, r#"{"a":1}"#),
+            ("{\"a\":\n 1}\r\n", r#"{"a": 1}"#),
+            (r#"  {"a":1}	"#, r#"{"a":1}"#),
+            ("123", "123"),
+            (" 1 ", "1"),
+            ("-1.5e3", "-1.5e3"),
+            ("1e400", "1e400"),
+            ("12345678901234567890", "12345678901234567890"),
+            ("-0", "-0"),
+            ("true", "true"),
+            ("false", "false"),
+            ("null", "null"),
+            (r#"[1,"x",[{}]]"#, r#"[1,"x",[{}]]"#),
+            (r#""quoted""#, r#""quoted""#),
+            (r#""123""#, r#""123""#),
+            (r#""\ud800""#, r#""\ud800""#),
+            (r#""\u00e9""#, r#""\u00e9""#),
+            // Not JSON text: a JSON string.
+            ("hello", r#""hello""#),
+            ("", r#""""#),
+            ("\t", r#""\t""#),
+            ("a\"b\nc", r#""a\"b\nc""#),
+            ("{oops", r#""{oops""#),
+            ("[1,]", r#""[1,]""#),
+            ("nul", r#""nul""#),
+            ("01", r#""01""#),
+            ("1 2", r#""1 2""#),
+            ("\u{feff}1", "\"\u{feff}1\""),
+            ("1\u{a0}", "\"1\u{a0}\""),
+            ("ünïcödé ☃", r#""ünïcödé ☃""#),
+        ];
+        for (trigger, expected) in cases {
+            assert_eq!(
+                publication_data(trigger),
+                Bytes::from(expected.as_bytes()),
+                "{trigger:?}"
+            );
+        }
     }
 
+    /// The `data` of the Pusher event a publication becomes, as it appears in the frame: a JSON string
+    /// literal holding the publication's JSON text, or — for a string whose content is not JSON text —
+    /// that string itself.
+    #[test]
+    fn publication_event_data_golden() {
+        let cases: &[(&str, &str)] = &[
+            // Strings whose content is JSON text keep their quotes, so pusher-js parses them to strings.
+            (r#""123""#, r#""\"123\"""#),
+            (r#""true""#, r#""\"true\"""#),
+            (r#""null""#, r#""\"null\"""#),
+            (r#""1e400""#, r#""\"1e400\"""#),
+            (r#"" 1 ""#, r#""\" 1 \"""#),
+            (r#""[1,2]""#, r#""\"[1,2]\"""#),
+            (r#""{\"a\":1}""#, r#""\"{\\\"a\\\":1}\"""#),
+            (r#""\"hello\"""#, r#""\"\\\"hello\\\"\"""#),
+            (r#""\u0031""#, r#""\"\\u0031\"""#),
+            // A lone surrogate serde_json does not decode: sent as JSON text, which parses to the same.
+            (r#""\ud800""#, r#""\"\\ud800\"""#),
+            // Strings whose content is not JSON text: the string itself, escapes kept.
+            (r#""hello""#, r#""hello""#),
+            (r#""""#, r#""""#),
+            (r#""a\"b\nc""#, r#""a\"b\nc""#),
+            (r#""\u00e9 ☃""#, r#""\u00e9 ☃""#),
+            (r#""{oops""#, r#""{oops""#),
+            ("\"\u{feff}1\"", "\"\u{feff}1\""),
+            (r#"  "x"	"#, r#""x""#),
+            // Other values: their JSON text.
+            ("123", r#""123""#),
+            ("-1.5e3", r#""-1.5e3""#),
+            ("1e400", r#""1e400""#),
+            ("12345678901234567890", r#""12345678901234567890""#),
+            ("-0", r#""-0""#),
+            ("true", r#""true""#),
+            ("false", r#""false""#),
+            ("null", r#""null""#),
+            (r#"{"a":1}"#, r#""{\"a\":1}""#),
+            (r#"{"t":"é\n"}"#, r#""{\"t\":\"é\\n\"}""#),
+            (r#"[1,"x"]"#, r#""[1,\"x\"]""#),
+            (r#" {"a":1} "#, r#""{\"a\":1}""#),
+            // Never an invalid frame, even for data that is not JSON.
+            ("", r#""""#),
+        ];
+        for (data, expected) in cases {
+            let frame = publication("c", &pub_with(data, &[]));
+            assert_eq!(
+                frame.as_str(),
+                format!(r#"{{"event":"message","channel":"c","data":{expected}}}"#),
+                "{data:?}"
+            );
+            parsed(&frame);
+        }
+    }
+
+    /// What pusher-js makes of a `data` string: `JSON.parse`d, or the string itself when that fails.
+    fn pusher_js(data: &str) -> serde_json::Value {
+        serde_json::from_str(data).unwrap_or_else(|_| serde_json::Value::String(data.to_owned()))
+    }
+
+    /// The `data` string of an encoded publication.
+    fn event_data(frame: &Frame) -> String {
+        match &parsed(frame)["data"] {
+            serde_json::Value::String(data) => data.clone(),
+            other => panic!("data is not a string: {other}"),
+        }
+    }
+
+    /// Publications from any protocol reach pusher-js as the value a Centrifugo subscriber gets: no string
+    /// becomes a number, boolean, null, array or object, and nothing else becomes a string.
+    #[test]
+    fn pusher_js_gets_the_publication_value() {
+        for data in [
+            r#""123""#,
+            r#""true""#,
+            r#""false""#,
+            r#""null""#,
+            r#""{\"a\":1}""#,
+            r#""[1]""#,
+            r#""""#,
+            r#"" 1 ""#,
+            r#""a\"b\nc""#,
+            r#""\"q\"""#,
+            r#""hello""#,
+            r#""é\u2028☃""#,
+            "123",
+            "-0.5e-3",
+            "12345678901234567890",
+            "true",
+            "false",
+            "null",
+            r#"{"a":1,"b":"2","c":[null]}"#,
+            r#"[1,"1",true,"true",null,"null"]"#,
+        ] {
+            let frame = publication("c", &pub_with(data, &[]));
+            let value: serde_json::Value = serde_json::from_str(data).unwrap();
+            assert_eq!(
+                pusher_js(&event_data(&frame)),
+                value,
+                "{data} → {}",
+                frame.as_str()
+            );
+        }
+    }
+
+    /// A Pusher trigger's data reaches pusher-js as hosted Pusher delivers it (the string, parsed by
+    /// pusher-js when it is JSON), and exactly as sent when it is not JSON text.
     #[test]
     fn trigger_data_round_trips_to_the_frame() {
-        // The `data` string of an HTTP trigger reaches Pusher clients as the same string.
-        for data in [
+        for trigger in [
             "hello",
             r#"{"a":1}"#,
             r#"{"some":"data"}"#,
@@ -1077,56 +1249,92 @@ mod tests {
             "true",
             "null",
             r#"[1,2]"#,
+            r#""quoted""#,
+            r#""123""#,
+            r#"" 1 ""#,
+            " 1 ",
+            "{\"a\":\n1}",
             r#"not "json" at all"#,
             "",
             " padded ",
+            "a\"b\nc",
             "ünïcödé ☃",
             "{oops",
+            "\u{feff}1",
         ] {
             let publication_ = Publication {
-                data: publication_data(data),
+                data: publication_data(trigger),
                 ..Publication::default()
             };
             let frame = publication("c", &publication_);
+            let data = event_data(&frame);
             assert_eq!(
-                parsed(&frame)["data"],
-                data,
-                "{data:?} → {}",
+                pusher_js(&data),
+                pusher_js(trigger),
+                "{trigger:?} → {}",
                 frame.as_str()
             );
+            if !is_json_text(trigger) {
+                assert_eq!(data, trigger, "not JSON, so exactly as sent");
+            }
         }
-        // A trigger whose data is itself a JSON string literal reaches clients as that string's value,
-        // which is what pusher-js ends up with either way (it JSON-parses string data).
-        let frame = publication(
-            "c",
-            &Publication {
-                data: publication_data(r#""quoted""#),
-                ..Publication::default()
-            },
-        );
-        assert_eq!(parsed(&frame)["data"], "quoted");
-        let frame = publication(
-            "c",
-            &Publication {
-                data: publication_data("hello"),
-                ..Publication::default()
-            },
-        );
-        assert_eq!(
-            frame.as_str(),
-            r#"{"event":"message","channel":"c","data":"hello"}"#
-        );
-        let frame = publication(
-            "c",
-            &Publication {
-                data: publication_data(r#"{"a":1}"#),
-                ..Publication::default()
-            },
-        );
-        assert_eq!(
-            frame.as_str(),
-            r#"{"event":"message","channel":"c","data":"{\"a\":1}"}"#
-        );
+        // JSON text goes compacted; a JSON string literal of non-JSON content goes as that content.
+        for (trigger, data) in [
+            (" 1 ", "1"),
+            ("{\"a\":\n1}", r#"{"a":1}"#),
+            (r#""quoted""#, "quoted"),
+            (r#""123""#, r#""123""#),
+        ] {
+            let frame = publication(
+                "c",
+                &Publication {
+                    data: publication_data(trigger),
+                    ..Publication::default()
+                },
+            );
+            assert_eq!(event_data(&frame), data, "{trigger:?}");
+        }
+    }
+
+    /// The JSON check is `JSON.parse`'s: no depth limit, no range checks, JSON whitespace only.
+    #[test]
+    fn json_text_is_what_json_parse_accepts() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        for json in [
+            "0",
+            " 1 ",
+            "\t\r\n[]\n",
+            "1e400",
+            "-0",
+            r#""\ud800""#,
+            r#"{"a":1,"a":2}"#,
+            &deep,
+        ] {
+            assert!(is_json_text(json), "{json:.40}");
+        }
+        for not_json in [
+            "",
+            " ",
+            "01",
+            "1.",
+            ".5",
+            "+1",
+            "-",
+            "NaN",
+            "Infinity",
+            "'a'",
+            "\"\t\"",
+            r#""\x41""#,
+            "[1,]",
+            "{a:1}",
+            "1 2",
+            "\u{feff}1",
+            "1\u{a0}",
+            "\u{c}1",
+            "undefined",
+        ] {
+            assert!(!is_json_text(not_json), "{not_json:?}");
+        }
     }
 
     // ---- channels ----
