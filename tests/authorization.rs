@@ -9,7 +9,7 @@
 
 use herald::testing::RedisServer;
 use herald_tests::pusher::{Pusher, data, get, triggered};
-use herald_tests::{Client, PUSHER_CONFIG, TestServer, built_plugin, publication};
+use herald_tests::{Client, PUSHER_CONFIG, TestServer, publication, scripted_plugin};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -66,17 +66,8 @@ struct Setup {
 
 impl Setup {
     async fn start(redis: bool, script: &str) -> Self {
-        let plugins = tempfile::tempdir().expect("plugin dir");
-        std::fs::write(
-            plugins.path().join("scripted.wasm"),
-            built_plugin("herald-test-scripted"),
-        )
-        .expect("write plugin");
-        std::fs::write(
-            plugins.path().join("scripted.toml"),
-            format!("id = \"s\"\nconnect_user = \"mallory\"\n{script}"),
-        )
-        .expect("write plugin config");
+        let (plugins, plugins_toml) =
+            scripted_plugin(&format!("id = \"s\"\nconnect_user = \"mallory\"\n{script}"));
         let redis = redis.then(RedisServer::start);
         let engine = match &redis {
             Some(redis) => format!(
@@ -85,10 +76,7 @@ impl Setup {
             ),
             None => String::new(),
         };
-        let config = format!(
-            "{PUSHER_CONFIG}\n{OPEN}\n{engine}\n[plugins]\ndir = {:?}\n",
-            plugins.path().to_str().expect("utf-8 path")
-        );
+        let config = format!("{PUSHER_CONFIG}\n{OPEN}\n{engine}\n{plugins_toml}");
         Self {
             server: TestServer::start(&config).await,
             _plugins: plugins,

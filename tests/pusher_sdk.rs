@@ -18,7 +18,7 @@
 
 use herald_tests::{
     API_KEY, PUSHER_APP_ID as APP_ID, PUSHER_CONFIG, PUSHER_KEY as APP_KEY,
-    PUSHER_SECRET as APP_SECRET, TestServer, require_node, require_python,
+    PUSHER_SECRET as APP_SECRET, TestServer, require_node, require_python, scripted_plugin,
 };
 use tokio::process::Command;
 
@@ -63,9 +63,12 @@ async fn pusher_js_and_the_node_server_library_work_unchanged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_keeps_its_type_between_pusher_js_and_centrifuge_js() {
     require_node(&["pusher-js", "pusher", "centrifuge", "ws"]).await;
+    // centrifuge-js subscribes to the private channel as a plugin allows it (the channel policy refuses a
+    // Pusher private channel to a Centrifugo client nothing vouches for).
+    let (_plugins, plugins) = scripted_plugin("allow_subscribe = [\"private-lossless\"]\n");
     let server = TestServer::start(&format!(
         "{PUSHER_CONFIG}\n[channel.defaults]\nallow_publish_for_subscriber = true\n\
-         allow_publish_for_anonymous = true"
+         allow_publish_for_anonymous = true\n{plugins}"
     ))
     .await;
     run_scenario(&server, "node", "tests/e2e/js/pusher-data.js").await;

@@ -611,8 +611,8 @@ impl BrokerEventHandler for Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::pusher::codec as pusher;
     use crate::outbound::Outgoing;
+    use crate::protocol::pusher::codec as pusher;
     use bytes::Bytes;
 
     fn session(client: &str, user: &str) -> Arc<SessionHandle> {

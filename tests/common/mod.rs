@@ -444,6 +444,23 @@ pub fn built_plugin(crate_name: &str) -> Vec<u8> {
     })
 }
 
+/// A fresh plugin folder holding the scripted test plugin with `script` as its configuration (see
+/// `tests/plugins/scripted`), and the `[plugins]` TOML that loads it.
+pub fn scripted_plugin(script: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("plugin dir");
+    std::fs::write(
+        dir.path().join("scripted.wasm"),
+        built_plugin("herald-test-scripted"),
+    )
+    .expect("write plugin");
+    std::fs::write(dir.path().join("scripted.toml"), script).expect("write plugin config");
+    let toml = format!(
+        "[plugins]\ndir = {:?}\n",
+        dir.path().to_str().expect("utf-8 path")
+    );
+    (dir, toml)
+}
+
 /// Runs an end-to-end script (stdin closed, killed if the test ends) and asserts it exits 0 and reports
 /// `PASS`, printing its output otherwise; `what` names it in failures.
 pub async fn assert_script_passes(command: &mut tokio::process::Command, what: &str) {

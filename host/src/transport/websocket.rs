@@ -288,9 +288,9 @@ pub(super) fn read_error(error: &axum::Error) -> Option<Incoming> {
     }
 }
 
-/// Writes what the session queues until the close it decided (or a write failure). Pusher clients read one
-/// message per WebSocket message, so their frames are never joined, and they get the close codes of their
-/// protocol. True when it ended with a close frame, which the client is to answer.
+/// Writes what the session queues until the close it decided (or a write failure). The protocol's
+/// [`Wire`](crate::protocol::Wire) says whether frames may be joined into one message and which close code
+/// its clients see. True when it ended with a close frame, which the client is to answer.
 async fn write_loop<S>(
     mut sink: S,
     outbound: Arc<Outbound>,
@@ -301,10 +301,8 @@ async fn write_loop<S>(
 where
     S: Sink<Message> + Unpin,
 {
-    let join_up_to = match protocol {
-        Protocol::Centrifuge => join_up_to,
-        Protocol::Pusher => 0,
-    };
+    let wire = protocol.wire();
+    let join_up_to = if wire.joins_frames() { join_up_to } else { 0 };
     let mut batch = Batch::default();
     loop {
         outbound.next_batch_into(&mut batch).await;
@@ -327,10 +325,7 @@ where
         if let Some(close) = batch.close.take() {
             let mut sent = false;
             if close != Disconnect::CONNECTION_CLOSED {
-                let close = match protocol {
-                    Protocol::Centrifuge => close,
-                    Protocol::Pusher => close.for_pusher(),
-                };
+                let close = wire.close(close);
                 let frame = CloseFrame {
                     code: close.code,
                     reason: Utf8Bytes::from(close.reason.as_ref()),
