@@ -164,7 +164,7 @@ fn authorized(config: &HttpApiConfig, headers: &HeaderMap, query: Option<&str>) 
             .find(|(k, _)| k == "api_key")
             .map(|(_, v)| v.into_owned())
     });
-    let expected = config.key.as_bytes();
+    let expected = config.key.expose().as_bytes();
     let matches = |given: &str| bool::from(given.as_bytes().ct_eq(expected));
     from_header.is_some_and(matches)
         || from_authorization.is_some_and(matches)

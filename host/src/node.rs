@@ -166,7 +166,7 @@ impl Node {
             Webhooks::start(
                 &pusher.webhooks,
                 &pusher.key,
-                &pusher.secret,
+                pusher.secret.expose(),
                 shutdown.clone(),
             )
         } else {

@@ -142,7 +142,7 @@ fn verify(
     };
     sign::verify_api_request(
         &config.key,
-        &config.secret,
+        config.secret.expose(),
         now,
         config.timestamp_window.as_secs(),
         &request,

@@ -27,6 +27,7 @@ mod client;
 mod http_api;
 mod pusher;
 mod queue;
+mod secret;
 pub mod tls;
 mod websocket;
 
@@ -34,6 +35,7 @@ pub use client::ClientConfig;
 pub use http_api::HttpApiConfig;
 pub use pusher::PusherConfig;
 pub use queue::QueueConfig;
+pub use secret::Secret;
 pub use tls::TlsConfig;
 pub use websocket::WebsocketConfig;
 
@@ -468,7 +470,7 @@ mod tests {
             jail.set_env("HERALD_CLIENT__PING_INTERVAL", "9s");
             jail.set_env("HERALD_CHANNEL__NAMESPACES__NEWS__PRESENCE", "true");
             let config = Config::load(Source::Embedded).map_err(|e| e.0)?;
-            assert_eq!(config.http_api.key, "from-env");
+            assert_eq!(config.http_api.key.expose(), "from-env");
             assert_eq!(config.client.ping_interval, Duration::from_secs(9));
             assert!(config.channel.namespaces["news"].presence);
             Ok(())
@@ -484,7 +486,7 @@ mod tests {
             jail.set_env("HERALD_PUSHER__SECRET", "12345");
             let config = Config::load(Source::Embedded).map_err(|e| e.0)?;
             assert_eq!(config.pusher.app_id, "1");
-            assert_eq!(config.pusher.secret, "12345");
+            assert_eq!(config.pusher.secret.expose(), "12345");
             assert!(config.pusher.enabled());
             Ok(())
         });
@@ -516,7 +518,7 @@ mod tests {
             jail.set_env("HERALD_CHANNEL__NAMESPACES__NEWS__PRESENCE", "true");
             let config = Config::load(Source::Embedded).map_err(|e| e.0)?;
             assert_eq!(config.address, SocketAddr::from(([0, 0, 0, 0], 9000)));
-            assert_eq!(config.http_api.key, "from-env");
+            assert_eq!(config.http_api.key.expose(), "from-env");
             assert!(config.channel.namespaces["news"].presence);
 
             let seen = ConfigKeys::of_default()

@@ -6,8 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::webhooks::WebhookConfig;
 
+use super::Secret;
+
 /// The `[pusher]` section: the app whose clients and server libraries speak the Pusher protocol.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PusherConfig {
     /// The app id in HTTP API paths (`/apps/{app_id}/…`). The Pusher Python library needs a number.
@@ -18,7 +20,7 @@ pub struct PusherConfig {
     pub key: String,
     /// The secret that signs channel authorisations and HTTP API requests.
     #[serde(deserialize_with = "text_or_number")]
-    pub secret: String,
+    pub secret: Secret,
     /// Let clients send `client-*` events to the other subscribers of private channels (default false).
     pub client_events: bool,
     /// Silence after which the server pings a client; sent to clients, which ping after the same
@@ -53,7 +55,7 @@ impl Default for PusherConfig {
         Self {
             app_id: String::new(),
             key: String::new(),
-            secret: String::new(),
+            secret: Secret::default(),
             client_events: false,
             activity_timeout: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(30),
@@ -65,29 +67,6 @@ impl Default for PusherConfig {
             max_presence_user_info_bytes: 2048,
             timestamp_window: Duration::from_secs(600),
         }
-    }
-}
-
-impl std::fmt::Debug for PusherConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PusherConfig")
-            .field("app_id", &self.app_id)
-            .field("key", &self.key)
-            .field("secret", &"[redacted]")
-            .field("client_events", &self.client_events)
-            .field("activity_timeout", &self.activity_timeout)
-            .field("pong_timeout", &self.pong_timeout)
-            .field("max_event_bytes", &self.max_event_bytes)
-            .field("max_channel_name_length", &self.max_channel_name_length)
-            .field("cache_ttl", &self.cache_ttl)
-            .field("webhooks", &self.webhooks)
-            .field("max_presence_members", &self.max_presence_members)
-            .field(
-                "max_presence_user_info_bytes",
-                &self.max_presence_user_info_bytes,
-            )
-            .field("timestamp_window", &self.timestamp_window)
-            .finish()
     }
 }
 
@@ -126,7 +105,11 @@ impl PusherConfig {
 /// Reads an id, key or secret given as text or as a number: `HERALD_PUSHER__APP_ID=1` (and the `app_id = 1`
 /// users copy from Pusher's dashboard) arrive as numbers, and an app id is a number for Pusher's Python
 /// library.
-fn text_or_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+fn text_or_number<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: From<String>,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum TextOrNumber {
@@ -134,9 +117,34 @@ fn text_or_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<S
         Unsigned(u64),
         Signed(i64),
     }
-    Ok(match TextOrNumber::deserialize(deserializer)? {
+    Ok(T::from(match TextOrNumber::deserialize(deserializer)? {
         TextOrNumber::Text(text) => text,
         TextOrNumber::Unsigned(n) => n.to_string(),
         TextOrNumber::Signed(n) => n.to_string(),
-    })
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_ids_and_keys_are_read_as_text() {
+        let config: PusherConfig =
+            toml::from_str("app_id = 1234\nkey = \"k\"\nsecret = 99").expect("valid");
+        assert_eq!(
+            (config.app_id.as_str(), config.secret.expose()),
+            ("1234", "99")
+        );
+        assert!(toml::from_str::<PusherConfig>("app_id = 1.5").is_err());
+    }
+
+    #[test]
+    fn the_secret_never_shows_in_debug_output() {
+        let config = PusherConfig {
+            secret: "s3cr3t".into(),
+            ..PusherConfig::default()
+        };
+        assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
 }

@@ -31,12 +31,11 @@
 import { isDeepStrictEqual } from 'node:util';
 import Echo from 'laravel-echo';
 import PusherJs from 'pusher-js';
-import PusherServer from 'pusher';
 import harness from './pusher-harness.js';
 
 const PusherClient = PusherJs.default || PusherJs;
 
-const { WAIT_MS, pusherConfig, startRun, check, within, Queue } = harness;
+const { WAIT_MS, pusherConfig, startRun, disconnecting, backend: backendFor, clientOptions, check, within, Queue } = harness;
 
 const cfg = pusherConfig('echo.mjs');
 
@@ -45,17 +44,10 @@ const { log, finish } = startRun({
   sdk: 'laravel-echo + pusher-js + pusher (node)',
   passLine: 'Laravel Echo 2.5 on pusher-js 8.6 works unchanged against Herald',
   timeoutMs: cfg.timeoutMs,
-  teardown: (log) => {
-    for (const c of instances) {
-      try { c.echo.disconnect(); } catch (e) { log(`${c.name} disconnect failed: ${e}`); }
-    }
-  },
+  teardown: disconnecting(instances, (c) => c.echo.disconnect()),
 });
 
-// The application backend: PusherBroadcaster's trigger and the /broadcasting/auth route's signatures.
-const backend = new PusherServer({
-  appId: cfg.appId, key: cfg.key, secret: cfg.secret, host: cfg.host, port: cfg.port, useTLS: false, timeout: WAIT_MS,
-});
+const backend = backendFor(cfg);
 
 // A trigger as Laravel's PusherBroadcaster makes it (the library JSON-encodes `data`); must answer HTTP 200 {}.
 async function trigger(channel, event, data, params) {
@@ -79,12 +71,7 @@ function connectEcho(name, user) {
     broadcaster: 'pusher',
     Pusher: PusherClient,
     key: cfg.key,
-    cluster: 'mt1',
-    wsHost: cfg.host,
-    wsPort: cfg.port,
-    forceTLS: false,
-    enabledTransports: ['ws'],
-    disableStats: true,
+    ...clientOptions(cfg),
     authorizer: (channel) => ({
       authorize: (socketId, callback) => {
         try {

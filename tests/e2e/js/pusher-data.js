@@ -27,13 +27,12 @@
 
 const { isDeepStrictEqual, inspect } = require('node:util');
 const PusherJs = require('pusher-js');
-const PusherServer = require('pusher');
 const { Centrifuge } = require('centrifuge');
 const WebSocket = require('ws');
 
 const PusherClient = PusherJs.default || PusherJs;
 
-const { WAIT_MS, env, pusherConfig, startRun, check, within, Queue } = require('./pusher-harness');
+const { WAIT_MS, env, pusherConfig, startRun, disconnecting, backend: backendFor, clientOptions, check, within, Queue } = require('./pusher-harness');
 
 const SCRIPT = 'pusher-data.js';
 const cfg = {
@@ -74,36 +73,15 @@ const { log, finish } = startRun({
   sdk: 'pusher-js + centrifuge-js + pusher (node)',
   passLine: 'data keeps its type between centrifuge-js, pusher-js and the pusher server library',
   timeoutMs: cfg.timeoutMs,
-  teardown: (log) => {
-    for (const client of clients) {
-      try { client.disconnect(); } catch (e) { log(`disconnect failed: ${e}`); }
-    }
-  },
+  teardown: disconnecting(clients),
 });
 
-const backend = new PusherServer({
-  appId: cfg.appId, key: cfg.key, secret: cfg.secret, host: cfg.host, port: cfg.port, useTLS: false, timeout: WAIT_MS,
-});
+const backend = backendFor(cfg);
 
 // A pusher-js client whose channel events go to a queue per channel, in arrival order.
 function pusherClient(name) {
-  const client = new PusherClient(cfg.key, {
-    cluster: 'mt1',
-    wsHost: cfg.host,
-    wsPort: cfg.port,
-    forceTLS: false,
-    enabledTransports: ['ws'],
-    disableStats: true,
-    channelAuthorization: {
-      customHandler: ({ socketId, channelName }, callback) => {
-        try {
-          callback(null, backend.authorizeChannel(socketId, channelName));
-        } catch (e) {
-          callback(e, null);
-        }
-      },
-    },
-  });
+  const authorize = (socketId, channelName) => backend.authorizeChannel(socketId, channelName);
+  const client = new PusherClient(cfg.key, clientOptions(cfg, authorize));
   clients.push(client);
   const c = { name, client, queues: new Map(), connected: new Queue() };
   client.connection.bind('state_change', ({ previous, current }) => {

@@ -16,7 +16,7 @@ const PusherJs = require('pusher-js');
 
 const PusherClient = PusherJs.default || PusherJs;
 
-const { pusherConfig, startRun, check, Queue } = require('./pusher-harness');
+const { pusherConfig, startRun, disconnecting, clientOptions, check, Queue } = require('./pusher-harness');
 
 const cfg = pusherConfig('pusher-flood.js');
 
@@ -25,22 +25,11 @@ const { log, finish } = startRun({
   sdk: 'pusher-js',
   passLine: 'a flooding pusher-js client gets close code 4100',
   timeoutMs: cfg.timeoutMs,
-  teardown: (log) => {
-    for (const client of clients) {
-      try { client.disconnect(); } catch (e) { log(`disconnect failed: ${e}`); }
-    }
-  },
+  teardown: disconnecting(clients),
 });
 
 async function main() {
-  const client = new PusherClient(cfg.key, {
-    cluster: 'mt1',
-    wsHost: cfg.host,
-    wsPort: cfg.port,
-    forceTLS: false,
-    enabledTransports: ['ws'],
-    disableStats: true,
-  });
+  const client = new PusherClient(cfg.key, clientOptions(cfg));
   clients.push(client);
   const states = new Queue();
   const closes = new Queue();

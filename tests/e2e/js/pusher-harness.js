@@ -96,4 +96,51 @@ class Queue {
   }
 }
 
-module.exports = { WAIT_MS, env, pusherConfig, startRun, check, within, Queue };
+// A run's teardown: disconnects every client `clients` holds by then (`disconnect` says how), logging
+// failures instead of throwing, so the summary is still printed.
+function disconnecting(clients, disconnect = (client) => client.disconnect()) {
+  return (log) => {
+    for (const client of clients) {
+      try { disconnect(client); } catch (e) { log(`disconnect failed: ${e}`); }
+    }
+  };
+}
+
+// The application backend, as Laravel's PusherBroadcaster has it: the Node `pusher` library pointed at
+// Herald (required here, not at the top, so scripts without a backend need not install it).
+function backend(cfg, secret = cfg.secret) {
+  const PusherServer = require('pusher');
+  return new PusherServer({
+    appId: cfg.appId, key: cfg.key, secret, host: cfg.host, port: cfg.port, useTLS: false, timeout: WAIT_MS,
+  });
+}
+
+// pusher-js options for Herald at `cfg` over plain ws, as an app would set them; with `authorize`
+// (socketId, channelName) → auth, private and presence channels are authorised through it, the way
+// pusher-js's customHandler asks an app's auth endpoint.
+function clientOptions(cfg, authorize) {
+  const options = {
+    cluster: 'mt1',
+    wsHost: cfg.host,
+    wsPort: cfg.port,
+    forceTLS: false,
+    enabledTransports: ['ws'],
+    disableStats: true,
+  };
+  if (authorize) {
+    options.channelAuthorization = {
+      customHandler: ({ socketId, channelName }, callback) => {
+        try {
+          callback(null, authorize(socketId, channelName));
+        } catch (e) {
+          callback(e, null);
+        }
+      },
+    };
+  }
+  return options;
+}
+
+module.exports = {
+  WAIT_MS, env, pusherConfig, startRun, disconnecting, backend, clientOptions, check, within, Queue,
+};

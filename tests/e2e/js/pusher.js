@@ -38,11 +38,10 @@
 
 const { isDeepStrictEqual } = require('node:util');
 const PusherJs = require('pusher-js');
-const PusherServer = require('pusher');
 
 const PusherClient = PusherJs.default || PusherJs;
 
-const { WAIT_MS, env, pusherConfig, startRun, check, within, Queue } = require('./pusher-harness');
+const { WAIT_MS, env, pusherConfig, startRun, disconnecting, backend: backendFor, clientOptions, check, within, Queue } = require('./pusher-harness');
 
 const cfg = {
   ...pusherConfig('pusher.js'),
@@ -55,37 +54,14 @@ const { log, finish } = startRun({
   sdk: 'pusher-js + pusher (node)',
   passLine: 'pusher-js 8.6 and the pusher server library 5.3 work unchanged against Herald',
   timeoutMs: cfg.timeoutMs,
-  teardown: (log) => {
-    for (const client of clients) {
-      try { client.disconnect(); } catch (e) { log(`disconnect failed: ${e}`); }
-    }
-  },
+  teardown: disconnecting(clients),
 });
 
-// The application backend: signs private channels and triggers events, like Laravel's PusherBroadcaster.
-const backend = new PusherServer({
-  appId: cfg.appId, key: cfg.key, secret: cfg.secret, host: cfg.host, port: cfg.port, useTLS: false, timeout: WAIT_MS,
-});
+const backend = backendFor(cfg);
 
 // A pusher-js client whose every channel event goes to a queue per channel, in arrival order.
 function connectClient(name, authorize) {
-  const client = new PusherClient(cfg.key, {
-    cluster: 'mt1',
-    wsHost: cfg.host,
-    wsPort: cfg.port,
-    forceTLS: false,
-    enabledTransports: ['ws'],
-    disableStats: true,
-    channelAuthorization: {
-      customHandler: ({ socketId, channelName }, callback) => {
-        try {
-          callback(null, authorize(socketId, channelName));
-        } catch (e) {
-          callback(e, null);
-        }
-      },
-    },
-  });
+  const client = new PusherClient(cfg.key, clientOptions(cfg, authorize));
   clients.push(client);
   const c = { name, client, queues: new Map(), states: [], connected: new Queue(), pongs: new Queue() };
   client.connection.bind('state_change', ({ previous, current }) => {
@@ -283,10 +259,7 @@ async function main() {
   check(big === 413, `trigger with 11 KiB of data: expected HTTP 413, got ${big}`);
 
   // i. A wrong secret → 401.
-  const forger = new PusherServer({
-    appId: cfg.appId, key: cfg.key, secret: `${cfg.secret}-wrong`, host: cfg.host, port: cfg.port, useTLS: false,
-    timeout: WAIT_MS,
-  });
+  const forger = backendFor(cfg, `${cfg.secret}-wrong`);
   const forged = await rejectedStatus(forger.trigger('news', 'forged', { n: 666 }), 'trigger with a wrong secret');
   check(forged === 401, `trigger with a wrong secret: expected HTTP 401, got ${forged}`);
 
