@@ -757,6 +757,18 @@ fn invalid_subscription_token_is_error_103() {
     );
 }
 
+/// Pusher clients send their channel signature (`key:hex`) as the token: the host checks it, the plugin
+/// passes, so loading jwt-auth does not break signed Pusher subscriptions.
+#[test]
+fn pusher_channel_signatures_are_left_to_the_host() {
+    let plugin = all_keys_plugin();
+    let signature = format!("app-key:{}", "0f".repeat(32));
+    assert_eq!(
+        plugin.subscribe_at(&subscribe_request(&signature, "private-orders"), NOW),
+        SubscribeVerdict::Pass
+    );
+}
+
 fn plugin_with_audience() -> JwtAuth {
     plugin(json!({ "hmac_secret": SECRET, "audience": "herald" }))
 }
