@@ -17,7 +17,8 @@ pub struct Disconnect {
     pub reason: Cow<'static, str>,
 }
 
-const fn known(code: u16, reason: &'static str) -> Disconnect {
+/// A close with a fixed reason, for registries of close codes (this one and the protocols').
+pub const fn known(code: u16, reason: &'static str) -> Disconnect {
     Disconnect {
         code,
         reason: Cow::Borrowed(reason),
@@ -59,41 +60,6 @@ impl Disconnect {
     pub const MESSAGE_TOO_BIG: Self = known(1009, "message too big");
     /// WebSocket: a text frame that is not valid UTF-8.
     pub const INVALID_PAYLOAD: Self = known(1007, "invalid utf-8");
-
-    /// Pusher: unknown app key; pusher-js does not reconnect (4001–4099).
-    pub const PUSHER_UNKNOWN_APP: Self = known(4001, "app does not exist");
-    /// Pusher: a protocol version this server does not speak.
-    pub const PUSHER_UNSUPPORTED_PROTOCOL: Self = known(4007, "unsupported protocol version");
-    /// Pusher: not authorised; terminal.
-    pub const PUSHER_UNAUTHORIZED: Self = known(4009, "connection is unauthorized");
-    /// Pusher: over capacity (a slow consumer, too many messages); pusher-js reconnects after a backoff.
-    pub const PUSHER_OVER_CAPACITY: Self = known(4100, "over capacity");
-    /// Pusher: reconnect now (shutdown, server-side failure, asked to reconnect).
-    pub const PUSHER_RECONNECT: Self = known(4200, "please reconnect");
-    /// Pusher: no answer to the server's ping.
-    pub const PUSHER_PONG_TIMEOUT: Self = known(4201, "pong reply not received");
-
-    /// The code a Pusher client must see for this close. pusher-js acts on ranges of its own (4000–4099
-    /// never reconnect, 4100–4199 after a backoff, 4200–4299 at once, 4300 and above never), so Herald's
-    /// codes are carried over by what they ask of the client; WebSocket codes and Pusher codes stay.
-    pub fn for_pusher(self) -> Self {
-        match self.code {
-            3008 | 3013 => Self::PUSHER_OVER_CAPACITY,
-            3001 => Self {
-                reason: Cow::Borrowed("server shutting down"),
-                ..Self::PUSHER_RECONNECT
-            },
-            3000..3500 => Self {
-                code: Self::PUSHER_RECONNECT.code,
-                ..self
-            },
-            3500..4000 => Self {
-                code: Self::PUSHER_UNAUTHORIZED.code,
-                ..self
-            },
-            _ => self,
-        }
-    }
 
     /// Whether the SDKs reconnect after this code.
     pub fn reconnects(&self) -> bool {
@@ -138,29 +104,6 @@ mod tests {
             }
             .reconnects()
         );
-    }
-
-    #[test]
-    fn pusher_clients_are_told_what_to_do_in_their_own_ranges() {
-        assert_eq!(Disconnect::SLOW.for_pusher().code, 4100, "backoff");
-        assert_eq!(Disconnect::TOO_MANY_REQUESTS.for_pusher().code, 4100);
-        assert_eq!(
-            Disconnect::SHUTDOWN.for_pusher().code,
-            4200,
-            "reconnect now"
-        );
-        let reconnect = Disconnect::FORCE_RECONNECT.for_pusher();
-        assert_eq!(
-            (reconnect.code, reconnect.reason.as_ref()),
-            (4200, "force reconnect")
-        );
-        assert_eq!(
-            Disconnect::FORCE_DISCONNECT.for_pusher().code,
-            4009,
-            "terminal"
-        );
-        assert_eq!(Disconnect::MESSAGE_TOO_BIG.for_pusher().code, 1009);
-        assert_eq!(Disconnect::PUSHER_PONG_TIMEOUT.for_pusher().code, 4201);
     }
 
     #[test]

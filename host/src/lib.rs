@@ -15,7 +15,8 @@
 //!   POSTed in signed batches.
 //! - [`config`]: the configuration and its sections; [`hub`]: this node's sessions and subscriptions and
 //!   the fan-out of encoded frames.
-//! - [`control`]: commands for the sessions of every node, routed apart from the hub's publications.
+//! - [`control`]: commands for the sessions of every node, routed apart from the hub's publications;
+//!   [`pusher_app`]: the Pusher app's behaviour beside the core (cache channels, occupancy, webhooks).
 //! - [`node`]: the shared core and the operations every entrance shares.
 //! - [`session`]: one per connection — state machine, heartbeat, subscriptions.
 //! - [`api`], [`pusher_api`], [`queue`]: the other entrances (server API, Pusher HTTP API, queue
@@ -40,6 +41,7 @@ pub mod plugin;
 pub mod policy;
 pub mod protocol;
 pub mod pusher_api;
+pub mod pusher_app;
 pub mod queue;
 pub mod server;
 pub mod session;

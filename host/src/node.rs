@@ -22,8 +22,7 @@ use crate::plugin::Plugins;
 use crate::plugin::bindings::{self as plugin_types, PublishSource};
 use crate::plugin::chain::PublishDecision;
 use crate::policy::Grant;
-use crate::protocol::pusher::codec as pusher;
-use crate::webhooks::{WebhookEvent, Webhooks};
+use crate::pusher_app::PusherApp;
 
 /// The configured node name, or the address (`<host name>:<port>` for an address on every interface, which
 /// would name every node alike).
@@ -80,10 +79,6 @@ impl From<ClientError> for PublishError {
     }
 }
 
-/// Prefix of the presence lists of which nodes hold a channel (see [`Node::channel_opened`]); clients
-/// cannot name it.
-const OCCUPANCY_PREFIX: &str = "\u{1}herald:occupied:";
-
 /// Herald's version, reported to clients and by the API.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -110,8 +105,8 @@ pub struct Node {
     pub id: String,
     /// Its name in the node list (`name`, or one made from the address).
     pub name: String,
-    /// The Pusher app's webhooks (none unless configured).
-    pub webhooks: Webhooks,
+    /// The Pusher app's behaviour beside the core (cache channels, occupancy, webhooks).
+    pub pusher: PusherApp,
     started: Instant,
 }
 
@@ -161,17 +156,7 @@ impl Node {
         let plugins = Arc::new(Plugins::new(&config.plugins)?);
         let admission = crate::limits::Admission::new(&config.limits);
         let shutdown = CancellationToken::new();
-        let pusher = &config.pusher;
-        let webhooks = if pusher.enabled() {
-            Webhooks::start(
-                &pusher.webhooks,
-                &pusher.key,
-                pusher.secret.expose(),
-                shutdown.clone(),
-            )
-        } else {
-            Webhooks::start(&[], "", "", shutdown.clone())
-        };
+        let pusher = PusherApp::new(&config.pusher, shutdown.clone());
         Ok(Arc::new(Self {
             admission,
             channels,
@@ -180,7 +165,7 @@ impl Node {
             plugins,
             shutdown,
             sessions: TaskTracker::new(),
-            webhooks,
+            pusher,
             id: uuid::Uuid::new_v4().to_string(),
             name: node_name(&config),
             started: Instant::now(),
@@ -206,83 +191,31 @@ impl Node {
         Ok(node)
     }
 
-    /// How a channel keeps history: its namespace's way, or for a Pusher cache channel in a namespace
-    /// without history, its last publication for `pusher.cache_ttl`.
+    /// How a channel keeps history: its namespace's way, or the Pusher app's for its cache channels.
     fn history_options(&self, channel: &str, namespace: &Namespace) -> Option<HistoryOptions> {
-        let pusher = &self.config.pusher;
-        namespace.options.history().or_else(|| {
-            (pusher.enabled() && pusher::is_cache_channel(channel)).then_some(HistoryOptions {
-                size: 1,
-                ttl: pusher.cache_ttl,
-                meta_ttl: pusher.cache_ttl,
-            })
-        })
+        namespace
+            .options
+            .history()
+            .or_else(|| self.pusher.history_options(channel))
     }
 
-    /// A channel got its first subscriber on this node: the engine starts delivering it here, and with
-    /// webhooks on the app hears when the channel became occupied in the whole cluster.
+    /// A channel got its first subscriber on this node: the engine starts delivering it here (and the
+    /// Pusher app may report it occupied).
     pub async fn channel_opened(&self, channel: &str) -> Result<(), EngineError> {
         self.engine.broker.subscribe(channel).await?;
-        if self.webhooks.enabled() && self.announced_to_the_app(channel) {
-            self.track_occupancy(channel, true).await;
-        }
+        self.pusher
+            .channel_opened(&self.engine, &self.id, channel)
+            .await;
         Ok(())
     }
 
-    /// A channel lost its last subscriber on this node: the engine stops delivering it here, and with
-    /// webhooks on the app hears when no node has a subscriber left.
+    /// A channel lost its last subscriber on this node: the engine stops delivering it here (and the Pusher
+    /// app may report it vacated).
     pub async fn channel_closed(&self, channel: &str) -> Result<(), EngineError> {
-        if self.webhooks.enabled() && self.announced_to_the_app(channel) {
-            self.track_occupancy(channel, false).await;
-        }
+        self.pusher
+            .channel_closed(&self.engine, &self.id, channel)
+            .await;
         self.engine.broker.unsubscribe(channel).await
-    }
-
-    /// Channels whose occupancy the Pusher app hears of: the names its protocol can use, but not a user's
-    /// own `#server-to-user-` channel.
-    fn announced_to_the_app(&self, channel: &str) -> bool {
-        pusher::valid_channel_name(channel, self.config.pusher.max_channel_name_length)
-            && !matches!(
-                crate::channel::ChannelKind::of(channel),
-                crate::channel::ChannelKind::ServerToUser(_)
-            )
-    }
-
-    /// Keeps which nodes hold a channel in the engine's presence (under a name no client can use, this
-    /// node's id as the entry), so occupied/vacated is decided for the cluster: occupied when this node
-    /// entered an empty list, vacated when it left one that is then empty. Two nodes racing may both
-    /// announce; a node that dies leaves its entry to expire without a `channel_vacated`.
-    async fn track_occupancy(&self, channel: &str, occupied: bool) {
-        let holders = format!("{OCCUPANCY_PREFIX}{channel}");
-        let presence = &self.engine.presence;
-        let result = async {
-            if occupied {
-                let before = presence.presence(&holders).await?;
-                let entry = ClientInfo {
-                    client: self.id.clone(),
-                    ..ClientInfo::default()
-                };
-                presence.add_presence(&holders, entry).await?;
-                Ok::<_, EngineError>(before.is_empty())
-            } else {
-                presence.remove_presence(&holders, &self.id).await?;
-                Ok(presence.presence(&holders).await?.is_empty())
-            }
-        }
-        .await;
-        match result {
-            Ok(true) => self.webhooks.send(if occupied {
-                WebhookEvent::ChannelOccupied {
-                    channel: channel.to_owned(),
-                }
-            } else {
-                WebhookEvent::ChannelVacated {
-                    channel: channel.to_owned(),
-                }
-            }),
-            Ok(false) => {}
-            Err(error) => tracing::warn!(channel, %error, "channel occupancy not tracked"),
-        }
     }
 
     /// Seconds since the node started.

@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["protocol"],
     &["outbound", "webhooks"],
     &["config", "hub"],
-    &["control"],
+    &["control", "pusher_app"],
     &["node"],
     &["session"],
     // Other entrances to the node, beside the sessions.

@@ -24,7 +24,7 @@ use crate::plugin::bindings::{self, Hooks};
 use crate::plugin::chain::Decision;
 use crate::policy::{self, Action, Denied, Grant, Requester};
 use crate::protocol::pusher::codec::{self, ClientMessage};
-use crate::protocol::pusher::sign;
+use crate::protocol::pusher::{close, sign};
 use crate::protocol::{Frame, Protocol};
 use crate::webhooks::WebhookEvent;
 
@@ -199,7 +199,7 @@ impl PusherSession {
                 _ = tokio::time::sleep_until(deadline) => {
                     if self.pinged_at.is_some() {
                         outbound.push(codec::error(Some(4201), "Pong reply not received"));
-                        outbound.close(Disconnect::PUSHER_PONG_TIMEOUT);
+                        outbound.close(close::PONG_TIMEOUT);
                         break;
                     }
                     outbound.push(codec::ping());
@@ -245,10 +245,10 @@ impl PusherSession {
                     Refusal::Disconnect(disconnect) => disconnect,
                     Refusal::Error(error) => Disconnect {
                         reason: error.message,
-                        ..Disconnect::PUSHER_UNAUTHORIZED
+                        ..close::UNAUTHORIZED
                     },
                 };
-                Err(disconnect.for_pusher())
+                Err(close::for_pusher(disconnect))
             }
         }
     }
@@ -417,7 +417,7 @@ impl PusherSession {
         if let Ok(Some(publication)) = found.map(|found| found.publications.first().cloned()) {
             return codec::publication(channel, &publication);
         }
-        self.node.webhooks.send(WebhookEvent::CacheMiss {
+        self.node.pusher.webhooks.send(WebhookEvent::CacheMiss {
             channel: channel.to_owned(),
         });
         codec::cache_miss(channel)
@@ -492,7 +492,7 @@ impl PusherSession {
         present.insert(member.client.clone(), member.clone());
         let members = members(&present);
         if !returning {
-            self.node.webhooks.send(WebhookEvent::MemberAdded {
+            self.node.pusher.webhooks.send(WebhookEvent::MemberAdded {
                 channel: channel.to_owned(),
                 user_id: member.user.clone(),
             });
@@ -701,7 +701,7 @@ impl PusherSession {
         if !last {
             return;
         }
-        self.node.webhooks.send(WebhookEvent::MemberRemoved {
+        self.node.pusher.webhooks.send(WebhookEvent::MemberRemoved {
             channel: channel.to_owned(),
             user_id: member.user.clone(),
         });
@@ -795,7 +795,7 @@ impl PusherSession {
             })
             .await;
         match published {
-            Ok(_) => self.node.webhooks.send(WebhookEvent::ClientEvent {
+            Ok(_) => self.node.pusher.webhooks.send(WebhookEvent::ClientEvent {
                 channel,
                 event,
                 data,
@@ -828,7 +828,7 @@ impl PusherSession {
             tracing::info!(socket_id = %self.socket_id(), remote = %self.remote, "pusher sign-in refused");
             self.outbound
                 .push(codec::error(Some(4009), "Connection not authorized."));
-            self.outbound.close(Disconnect::PUSHER_UNAUTHORIZED);
+            self.outbound.close(close::UNAUTHORIZED);
             return;
         };
         let hub = &self.node.hub;

@@ -13,8 +13,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use crate::disconnect::Disconnect;
 use crate::node::Node;
+use crate::protocol::pusher::close;
 
 use super::websocket::{Speaker, admit, connection_info, serve, with_limits};
 
@@ -53,10 +53,10 @@ pub async fn pusher_handler(
     });
     let speaker = if key != config.key {
         tracing::info!(%remote, "pusher connection refused: unknown app key");
-        Speaker::PusherRefused(Disconnect::PUSHER_UNKNOWN_APP)
+        Speaker::PusherRefused(close::UNKNOWN_APP)
     } else if !supported {
         tracing::info!(%remote, protocol = ?query.protocol, "pusher connection refused: protocol version");
-        Speaker::PusherRefused(Disconnect::PUSHER_UNSUPPORTED_PROTOCOL)
+        Speaker::PusherRefused(close::UNSUPPORTED_PROTOCOL)
     } else {
         Speaker::Pusher(connection_info(
             remote,

@@ -1,6 +1,7 @@
 //! The Pusher Channels protocol (v7): client events in, server events out, and the signatures that
 //! authorise channels and HTTP API requests.
 
+pub mod close;
 pub mod codec;
 pub mod sign;
 
@@ -44,6 +45,6 @@ impl Wire for Pusher {
     }
 
     fn close(&self, disconnect: Disconnect) -> Disconnect {
-        disconnect.for_pusher()
+        close::for_pusher(disconnect)
     }
 }

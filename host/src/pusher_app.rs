@@ -1,0 +1,111 @@
+//! The Pusher app beside the core: what Pusher's protocol asks of the server beyond encoding — its cache
+//! channels' history rule, the cluster-wide occupancy it reports, and its webhooks. The node calls it at
+//! the few points where a channel's life changes; nothing else in the core knows the Pusher app.
+
+use crate::channel::ChannelKind;
+use crate::config::PusherConfig;
+use crate::engine::{ClientInfo, Engine, EngineError, HistoryOptions};
+use crate::protocol::pusher::codec;
+use crate::webhooks::{WebhookEvent, Webhooks};
+
+/// Prefix of the presence lists of which nodes hold a channel (see [`PusherApp::channel_opened`]);
+/// clients cannot name it.
+const OCCUPANCY_PREFIX: &str = "\u{1}herald:occupied:";
+
+/// The configured Pusher app (or none), and its webhook queues.
+#[derive(Debug)]
+pub struct PusherApp {
+    config: PusherConfig,
+    /// The app's webhooks (none unless configured).
+    pub webhooks: Webhooks,
+}
+
+impl PusherApp {
+    /// The app `config` describes, its webhook queues stopping with `shutdown`.
+    pub fn new(config: &PusherConfig, shutdown: tokio_util::sync::CancellationToken) -> Self {
+        let webhooks = if config.enabled() {
+            Webhooks::start(
+                &config.webhooks,
+                &config.key,
+                config.secret.expose(),
+                shutdown,
+            )
+        } else {
+            Webhooks::start(&[], "", "", shutdown)
+        };
+        Self {
+            config: config.clone(),
+            webhooks,
+        }
+    }
+
+    /// How a cache channel (`cache-…`) in a namespace without history keeps its last event: one entry for
+    /// `pusher.cache_ttl`. `None` for other channels, or without a Pusher app.
+    pub fn history_options(&self, channel: &str) -> Option<HistoryOptions> {
+        (self.config.enabled() && codec::is_cache_channel(channel)).then_some(HistoryOptions {
+            size: 1,
+            ttl: self.config.cache_ttl,
+            meta_ttl: self.config.cache_ttl,
+        })
+    }
+
+    /// A channel got its first subscriber on node `node`: with webhooks on, the app hears when the channel
+    /// became occupied in the whole cluster.
+    pub async fn channel_opened(&self, engine: &Engine, node: &str, channel: &str) {
+        if self.webhooks.enabled() && self.announced(channel) {
+            self.track_occupancy(engine, node, channel, true).await;
+        }
+    }
+
+    /// A channel lost its last subscriber on node `node`: with webhooks on, the app hears when no node has
+    /// a subscriber left.
+    pub async fn channel_closed(&self, engine: &Engine, node: &str, channel: &str) {
+        if self.webhooks.enabled() && self.announced(channel) {
+            self.track_occupancy(engine, node, channel, false).await;
+        }
+    }
+
+    /// Channels whose occupancy the app hears of: the names its protocol can use, but not a user's own
+    /// `#server-to-user-` channel.
+    fn announced(&self, channel: &str) -> bool {
+        codec::valid_channel_name(channel, self.config.max_channel_name_length)
+            && !matches!(ChannelKind::of(channel), ChannelKind::ServerToUser(_))
+    }
+
+    /// Keeps which nodes hold a channel in the engine's presence (under a name no client can use, the
+    /// node's id as the entry), so occupied/vacated is decided for the cluster: occupied when this node
+    /// entered an empty list, vacated when it left one that is then empty. Two nodes racing may both
+    /// announce; a node that dies leaves its entry to expire without a `channel_vacated`.
+    async fn track_occupancy(&self, engine: &Engine, node: &str, channel: &str, occupied: bool) {
+        let holders = format!("{OCCUPANCY_PREFIX}{channel}");
+        let presence = &engine.presence;
+        let result = async {
+            if occupied {
+                let before = presence.presence(&holders).await?;
+                let entry = ClientInfo {
+                    client: node.to_owned(),
+                    ..ClientInfo::default()
+                };
+                presence.add_presence(&holders, entry).await?;
+                Ok::<_, EngineError>(before.is_empty())
+            } else {
+                presence.remove_presence(&holders, node).await?;
+                Ok(presence.presence(&holders).await?.is_empty())
+            }
+        }
+        .await;
+        match result {
+            Ok(true) => self.webhooks.send(if occupied {
+                WebhookEvent::ChannelOccupied {
+                    channel: channel.to_owned(),
+                }
+            } else {
+                WebhookEvent::ChannelVacated {
+                    channel: channel.to_owned(),
+                }
+            }),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(channel, %error, "channel occupancy not tracked"),
+        }
+    }
+}
