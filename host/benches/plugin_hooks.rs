@@ -2,6 +2,8 @@
 //! and without the on-disk cache. Needs the fixtures built first: `plugins/build`.
 //!
 //! `cargo bench -p herald --bench plugin_hooks`
+// criterion_group! and criterion_main! generate functions that cannot carry docs.
+#![allow(missing_docs)]
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

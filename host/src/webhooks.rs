@@ -118,24 +118,47 @@ impl WebhookConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum WebhookEvent {
     /// A channel got its first subscriber.
-    ChannelOccupied { channel: String },
-    /// A channel lost its last subscriber.
-    ChannelVacated { channel: String },
-    /// A user joined a presence channel.
-    MemberAdded { channel: String, user_id: String },
-    /// A user left a presence channel.
-    MemberRemoved { channel: String, user_id: String },
-    /// `data` is the event data as the client sent it (raw JSON text); socket_id the sender's; user_id the
-    /// presence member's.
-    ClientEvent {
+    ChannelOccupied {
+        /// The channel.
         channel: String,
+    },
+    /// A channel lost its last subscriber.
+    ChannelVacated {
+        /// The channel.
+        channel: String,
+    },
+    /// A user joined a presence channel.
+    MemberAdded {
+        /// The presence channel.
+        channel: String,
+        /// The member's user id.
+        user_id: String,
+    },
+    /// A user left a presence channel.
+    MemberRemoved {
+        /// The presence channel.
+        channel: String,
+        /// The member's user id.
+        user_id: String,
+    },
+    /// A client event (`client-*`) was relayed.
+    ClientEvent {
+        /// The channel.
+        channel: String,
+        /// The event name.
         event: String,
+        /// The event data as the client sent it (raw JSON text).
         data: Option<String>,
+        /// The sender's socket id.
         socket_id: String,
+        /// The presence member's user id, on presence channels.
         user_id: Option<String>,
     },
     /// A subscriber of a cache channel found no event to get.
-    CacheMiss { channel: String },
+    CacheMiss {
+        /// The cache channel.
+        channel: String,
+    },
 }
 
 impl WebhookEvent {

@@ -3,6 +3,8 @@
 //! Nothing else runs `bindgen!`; the rest of the host uses these types. Exports are called asynchronously
 //! (so an epoch deadline can interrupt a guest without blocking a runtime thread); the host imports are
 //! plain synchronous functions.
+// The generated code documents itself in `wit/plugin.wit`, and its visibility is bindgen's.
+#![allow(missing_docs, unreachable_pub)]
 
 wasmtime::component::bindgen!({
     path: "../wit",

@@ -15,7 +15,7 @@ use super::bindings::{self, Level};
 const STDERR_CAPTURE: usize = 4096;
 
 /// Per-instance host state.
-pub struct InstanceState {
+pub(super) struct InstanceState {
     plugin: String,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -34,7 +34,7 @@ impl std::fmt::Debug for InstanceState {
 
 impl InstanceState {
     /// State for a new instance of `plugin` capped at `memory_limit` bytes of linear memory.
-    pub fn new(plugin: &str, memory_limit: usize) -> Self {
+    pub(super) fn new(plugin: &str, memory_limit: usize) -> Self {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
         Self {
@@ -50,7 +50,7 @@ impl InstanceState {
     }
 
     /// What the guest wrote to stderr (a Rust panic message), trimmed.
-    pub fn stderr(&self) -> String {
+    pub(super) fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.contents())
             .trim()
             .to_owned()
@@ -87,7 +87,7 @@ impl bindings::herald::plugin::types::Host for InstanceState {}
 
 /// Caps an instance's linear memory and remembers a refusal.
 #[derive(Debug, Clone, Copy)]
-pub struct MemoryCap {
+pub(super) struct MemoryCap {
     limit: usize,
     /// Set once a growth was refused.
     pub refused: bool,

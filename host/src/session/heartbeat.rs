@@ -10,7 +10,7 @@ use crate::disconnect::Disconnect;
 
 /// What the heartbeat wants done when its deadline passes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Beat {
+pub(super) enum Beat {
     /// Send a ping now.
     Ping,
     /// Close the connection.
@@ -26,7 +26,7 @@ enum Phase {
 
 /// Heartbeat state machine; the session sleeps until [`Heartbeat::deadline`] and then calls [`Heartbeat::beat`].
 #[derive(Debug, Clone)]
-pub struct Heartbeat {
+pub(super) struct Heartbeat {
     interval: Duration,
     pong_timeout: Duration,
     phase: Phase,
@@ -34,7 +34,7 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     /// A heartbeat for a connection opened at `now`.
-    pub fn new(
+    pub(super) fn new(
         now: Instant,
         connect_timeout: Duration,
         interval: Duration,
@@ -50,7 +50,7 @@ impl Heartbeat {
     }
 
     /// When [`Heartbeat::beat`] must next be called.
-    pub fn deadline(&self) -> Instant {
+    pub(super) fn deadline(&self) -> Instant {
         match self.phase {
             Phase::AwaitingConnect { deadline } | Phase::AwaitingPong { deadline, .. } => deadline,
             Phase::Idle { next_ping } => next_ping,
@@ -58,7 +58,7 @@ impl Heartbeat {
     }
 
     /// The client connected: start pinging.
-    pub fn connected(&mut self, now: Instant) {
+    pub(super) fn connected(&mut self, now: Instant) {
         let first = rand::rng().random_range(self.interval / 2..self.interval);
         self.phase = Phase::Idle {
             next_ping: now + first,
@@ -66,7 +66,7 @@ impl Heartbeat {
     }
 
     /// The deadline passed.
-    pub fn beat(&mut self, now: Instant) -> Option<Beat> {
+    pub(super) fn beat(&mut self, now: Instant) -> Option<Beat> {
         match self.phase {
             Phase::AwaitingConnect { deadline } if now >= deadline => {
                 Some(Beat::Close(Disconnect::STALE))
@@ -86,7 +86,7 @@ impl Heartbeat {
     }
 
     /// A pong arrived; one without an outstanding ping is ignored.
-    pub fn pong(&mut self) {
+    pub(super) fn pong(&mut self) {
         if let Phase::AwaitingPong { sent, .. } = self.phase {
             self.phase = Phase::Idle {
                 next_ping: sent + self.interval,

@@ -20,7 +20,7 @@ use crate::wire::{self, Handshake, HandshakeState, Protocol};
 
 /// Everything one connection needs to open and subscribe.
 #[derive(Debug)]
-pub struct Dial {
+pub(crate) struct Dial {
     /// Position of the connection in the run (also picks its latency shard).
     pub index: usize,
     /// The dialect.
@@ -51,7 +51,7 @@ fn websocket_config() -> WebSocketConfig {
 }
 
 /// Opens the connection and completes the handshake; the error text goes into the report.
-pub async fn open(dial: &Dial) -> Result<Socket, String> {
+pub(crate) async fn open(dial: &Dial) -> Result<Socket, String> {
     match tokio::time::timeout(dial.timeout, open_unbounded(dial)).await {
         Ok(result) => result,
         Err(_) => Err(format!(
@@ -121,7 +121,7 @@ async fn open_unbounded(dial: &Dial) -> Result<Socket, String> {
 }
 
 /// Receives until `stop` fires or the server closes; `outgoing` carries frames the publisher wants sent.
-pub async fn run(
+pub(crate) async fn run(
     mut ws: Socket,
     dial: Dial,
     tally: Arc<Tally>,

@@ -22,7 +22,7 @@ use tokio::io::AsyncReadExt;
 use crate::report::Latency;
 
 #[derive(Debug, clap::Args)]
-pub struct FloorArgs {
+pub(crate) struct FloorArgs {
     /// Connections, each receiving every burst's message.
     #[arg(long, default_value_t = 5000)]
     connections: usize,
@@ -51,7 +51,7 @@ pub struct FloorArgs {
 
 /// What `floor` measured.
 #[derive(Debug, Serialize)]
-pub struct FloorReport {
+pub(crate) struct FloorReport {
     pub connections: usize,
     pub writer_cpus: Vec<usize>,
     pub size: usize,
@@ -68,7 +68,7 @@ pub struct FloorReport {
 }
 
 impl FloorReport {
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let l = &self.latency_us;
         format!(
             "floor: {} connections × {} B, {} bursts at {} deliveries/s, writing from cores {:?}\n\
@@ -102,7 +102,7 @@ struct Shared {
     latency: Mutex<Histogram<u64>>,
 }
 
-pub fn run(args: &FloorArgs) -> anyhow::Result<FloorReport> {
+pub(crate) fn run(args: &FloorArgs) -> anyhow::Result<FloorReport> {
     if args.connections == 0 || args.size == 0 || args.bursts == 0 {
         bail!("--connections, --size and --bursts must be at least 1");
     }
@@ -265,7 +265,7 @@ pub fn run(args: &FloorArgs) -> anyhow::Result<FloorReport> {
     })
 }
 
-pub fn command(args: &FloorArgs) -> anyhow::Result<()> {
+pub(crate) fn command(args: &FloorArgs) -> anyhow::Result<()> {
     let report = run(args)?;
     print!("{}", report.summary());
     if let Some(path) = &args.json {

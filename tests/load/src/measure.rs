@@ -22,7 +22,7 @@ const ERROR_KINDS_KEPT: usize = 24;
 
 /// Counters of one run, shared by all tasks.
 #[derive(Debug)]
-pub struct Tally {
+pub(crate) struct Tally {
     anchor: Instant,
     /// Connections whose WebSocket opened.
     pub opened: AtomicU64,
@@ -50,7 +50,7 @@ pub struct Tally {
 
 impl Tally {
     /// Counters for `channels` channels and at most `messages` messages.
-    pub fn new(channels: usize, messages: usize) -> anyhow::Result<Self> {
+    pub(crate) fn new(channels: usize, messages: usize) -> anyhow::Result<Self> {
         let mut latency_shards = Vec::with_capacity(LATENCY_SHARDS);
         for _ in 0..LATENCY_SHARDS {
             latency_shards.push(Mutex::new(Histogram::new_with_bounds(
@@ -79,14 +79,14 @@ impl Tally {
     }
 
     /// Nanoseconds since the run's clock anchor (never 0, so 0 can mean "not yet").
-    pub fn now_ns(&self) -> u64 {
+    pub(crate) fn now_ns(&self) -> u64 {
         u64::try_from(self.anchor.elapsed().as_nanos())
             .unwrap_or(u64::MAX)
             .max(1)
     }
 
     /// A connection joined (`+1`) or left (`-1`) a channel's subscribers.
-    pub fn change_subscribers(&self, channel: usize, joined: bool) {
+    pub(crate) fn change_subscribers(&self, channel: usize, joined: bool) {
         if let Some(count) = self.subscribers_per_channel.get(channel) {
             if joined {
                 count.fetch_add(1, Ordering::Relaxed);
@@ -97,14 +97,14 @@ impl Tally {
     }
 
     /// How many connections are subscribed to a channel now.
-    pub fn subscribers(&self, channel: usize) -> u32 {
+    pub(crate) fn subscribers(&self, channel: usize) -> u32 {
         self.subscribers_per_channel
             .get(channel)
             .map_or(0, |count| count.load(Ordering::Relaxed))
     }
 
     /// The publisher sent message `seq`, which `receivers` subscribers should receive.
-    pub fn expect(&self, seq: u64, receivers: u32) {
+    pub(crate) fn expect(&self, seq: u64, receivers: u32) {
         if let Some(slot) = usize::try_from(seq)
             .ok()
             .and_then(|seq| self.expected_per_message.get(seq))
@@ -116,7 +116,7 @@ impl Tally {
     }
 
     /// A connection (`shard` = its index) received a stamped payload.
-    pub fn record_delivery(&self, shard: usize, stamp: Stamp) {
+    pub(crate) fn record_delivery(&self, shard: usize, stamp: Stamp) {
         let now = self.now_ns();
         let Some(slot) = usize::try_from(stamp.seq)
             .ok()
@@ -139,7 +139,7 @@ impl Tally {
     }
 
     /// Counts an error by its text (the first few distinct texts are kept apart).
-    pub fn record_error(&self, text: impl Into<String>) {
+    pub(crate) fn record_error(&self, text: impl Into<String>) {
         let mut text: String = text.into();
         text.truncate(160);
         if let Ok(mut errors) = self.errors.lock() {
@@ -151,7 +151,7 @@ impl Tally {
     }
 
     /// Errors seen so far, by text.
-    pub fn errors(&self) -> BTreeMap<String, u64> {
+    pub(crate) fn errors(&self) -> BTreeMap<String, u64> {
         self.errors
             .lock()
             .map(|errors| errors.clone())
@@ -159,14 +159,14 @@ impl Tally {
     }
 
     /// When the first and last deliveries arrived (ns since the anchor), if any did.
-    pub fn delivery_window_ns(&self) -> Option<(u64, u64)> {
+    pub(crate) fn delivery_window_ns(&self) -> Option<(u64, u64)> {
         let first = self.first_delivery_ns.load(Ordering::Relaxed);
         let last = self.last_delivery_ns.load(Ordering::Relaxed);
         (first != 0).then_some((first, last))
     }
 
     /// Deliveries missing and deliveries beyond what was expected, over the first `published` messages.
-    pub fn losses(&self, published: usize) -> (u64, u64) {
+    pub(crate) fn losses(&self, published: usize) -> (u64, u64) {
         let mut lost = 0u64;
         let mut duplicates = 0u64;
         for (expected, delivered) in self
@@ -184,7 +184,7 @@ impl Tally {
     }
 
     /// All latency shards merged.
-    pub fn latency(&self) -> anyhow::Result<Histogram<u64>> {
+    pub(crate) fn latency(&self) -> anyhow::Result<Histogram<u64>> {
         let mut merged = Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)?;
         for shard in &self.latency_shards {
             if let Ok(histogram) = shard.lock() {
@@ -197,7 +197,7 @@ impl Tally {
 
 /// Resident memory and CPU time of a process at one moment.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ProcessSample {
+pub(crate) struct ProcessSample {
     /// `VmRSS` in KiB.
     pub rss_kib: u64,
     /// User + system CPU time in seconds.
@@ -208,7 +208,7 @@ pub struct ProcessSample {
 const TICKS_PER_SECOND: f64 = 100.0;
 
 /// Reads RSS and CPU time of `pid` (`None`: this process) from `/proc`.
-pub fn sample_process(pid: Option<u32>) -> Result<ProcessSample, String> {
+pub(crate) fn sample_process(pid: Option<u32>) -> Result<ProcessSample, String> {
     let base = pid.map_or_else(|| "/proc/self".to_string(), |pid| format!("/proc/{pid}"));
     let status = std::fs::read_to_string(format!("{base}/status"))
         .map_err(|e| format!("cannot read {base}/status: {e}"))?;

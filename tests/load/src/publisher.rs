@@ -13,7 +13,7 @@ use crate::wire::{self, Protocol, Stamp};
 
 /// How messages leave the tool.
 #[derive(Debug)]
-pub enum Route {
+pub(crate) enum Route {
     /// `POST` to the server's publish endpoint.
     Http {
         /// The HTTP client (keeps connections alive).
@@ -34,7 +34,7 @@ pub enum Route {
 
 /// How many, how big, how fast.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// The dialect.
     pub protocol: Protocol,
     /// Messages to publish at most.
@@ -53,7 +53,7 @@ pub struct Plan {
 
 /// What the publisher did.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Published {
+pub(crate) struct Published {
     /// Messages handed to the network.
     pub messages: u64,
     /// Publish requests that failed (HTTP error or status) or could not be handed to a client.
@@ -67,7 +67,7 @@ pub struct Published {
 const STALL: Duration = Duration::from_secs(2);
 
 /// Publishes according to `plan`.
-pub async fn publish(plan: Plan, route: Route, tally: Arc<Tally>) -> Published {
+pub(crate) async fn publish(plan: Plan, route: Route, tally: Arc<Tally>) -> Published {
     let started = Instant::now();
     let mut published = Published::default();
     let http_slots = match &route {

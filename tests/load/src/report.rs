@@ -11,7 +11,7 @@ use crate::wire::Protocol;
 
 /// Everything one run measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// Name given with `--label`.
     pub label: String,
     /// The dialect.
@@ -34,7 +34,7 @@ pub struct Report {
 
 /// Opening and subscribing the connections.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ConnectPhase {
+pub(crate) struct ConnectPhase {
     /// Connections asked for.
     pub requested: u64,
     /// Connections fully subscribed.
@@ -53,7 +53,7 @@ pub struct ConnectPhase {
 
 /// Publishing and delivering.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PublishPhase {
+pub(crate) struct PublishPhase {
     /// `http` or `clients`.
     pub source: String,
     /// Messages published.
@@ -83,7 +83,7 @@ pub struct PublishPhase {
 
 /// Latency percentiles in microseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub struct Latency {
+pub(crate) struct Latency {
     /// Median.
     pub p50: u64,
     /// 90th percentile.
@@ -102,7 +102,7 @@ pub struct Latency {
 
 impl Latency {
     /// Percentiles of a histogram of microseconds.
-    pub fn of(histogram: &hdrhistogram::Histogram<u64>) -> Self {
+    pub(crate) fn of(histogram: &hdrhistogram::Histogram<u64>) -> Self {
         Self {
             p50: histogram.value_at_quantile(0.50),
             p90: histogram.value_at_quantile(0.90),
@@ -117,7 +117,7 @@ impl Latency {
 
 /// The server process, read from `/proc/<pid>`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ServerUsage {
+pub(crate) struct ServerUsage {
     /// Its pid.
     pub pid: u32,
     /// RSS before the first connection, KiB.
@@ -138,7 +138,7 @@ pub struct ServerUsage {
 
 impl Report {
     /// The human summary.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let mut out = String::new();
         let c = &self.connections;
         let _ = writeln!(out, "== {} ({:?})", self.label, self.protocol);
@@ -207,7 +207,7 @@ impl Report {
 }
 
 /// A Markdown table with one row per report.
-pub fn markdown_table(reports: &[Report]) -> String {
+pub(crate) fn markdown_table(reports: &[Report]) -> String {
     let mut out = String::from(
         "| run | subscribed | conn/s | KiB/conn | deliveries/s | p50 ms | p90 ms | p99 ms | max ms | lost | server CPU s (publish) | deliveries per server CPU s | tool CPU s (publish) |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
@@ -267,7 +267,7 @@ fn millis(micros: u64) -> String {
 }
 
 /// Writes a report as pretty JSON to `path`, or to standard output for `-`.
-pub fn write_json(report: &impl Serialize, path: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) fn write_json(report: &impl Serialize, path: &std::path::Path) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(report)?;
     if path.as_os_str() == "-" {
         println!("{json}");

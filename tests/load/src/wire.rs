@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 /// Which server dialect the tool speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Protocol {
+pub(crate) enum Protocol {
     /// Centrifugo client protocol (JSON): `connect` + `subscribe` commands; server API `POST /api/publish`.
     Centrifuge,
     /// Pusher protocol v7 (`/app/{key}?protocol=7`): `pusher:subscribe` to public channels after
@@ -28,14 +28,14 @@ pub enum Protocol {
 }
 
 /// The Pusher event name the tool publishes under (Herald's `event` tag) and counts on receipt.
-pub const PUSHER_EVENT: &str = "load";
+pub(crate) const PUSHER_EVENT: &str = "load";
 
 /// The answer to Herald's `pusher:ping`.
 const PUSHER_PONG: &str = r#"{"event":"pusher:pong","data":{}}"#;
 
 /// The send time and sequence number every published payload carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stamp {
+pub(crate) struct Stamp {
     /// Nanoseconds since the tool's clock anchor when the message was handed to the network.
     pub sent_ns: u64,
     /// The message's sequence number (0-based) in this run.
@@ -44,7 +44,7 @@ pub struct Stamp {
 
 /// A JSON object of `size` bytes (at least the stamp itself): `{"t":<ns>,"s":<seq>,"text":"xxx…"}`.
 /// The `text` field makes it a valid input for the content-filter example plugin.
-pub fn payload(stamp: Stamp, size: usize) -> String {
+pub(crate) fn payload(stamp: Stamp, size: usize) -> String {
     let mut text = format!(r#"{{"t":{},"s":{},"text":""#, stamp.sent_ns, stamp.seq);
     let closing = "\"}";
     let padding = size.saturating_sub(text.len() + closing.len());
@@ -55,7 +55,7 @@ pub fn payload(stamp: Stamp, size: usize) -> String {
 }
 
 /// Finds the stamp of a payload inside a frame (first occurrence), wherever the dialect wrapped it.
-pub fn find_stamp(frame: &str) -> Option<Stamp> {
+pub(crate) fn find_stamp(frame: &str) -> Option<Stamp> {
     const TIME: &str = r#"{"t":"#;
     const SEQ: &str = r#","s":"#;
     let start = frame.find(TIME)? + TIME.len();
@@ -74,12 +74,12 @@ fn leading_number(text: &str) -> Option<(u64, &str)> {
 
 /// The subscribe URL of a connection: `{channels}` in the template is replaced by the connection's
 /// channel names joined with commas (the raw peer reads `?channel=a,b`).
-pub fn subscribe_url(template: &str, channels: &[String]) -> String {
+pub(crate) fn subscribe_url(template: &str, channels: &[String]) -> String {
     template.replace("{channels}", &channels.join(","))
 }
 
 /// What a connection sends as soon as the WebSocket is open, if anything.
-pub fn greeting(protocol: Protocol, channels: &[String]) -> Option<String> {
+pub(crate) fn greeting(protocol: Protocol, channels: &[String]) -> Option<String> {
     match protocol {
         Protocol::Centrifuge => {
             let mut frame = String::from(r#"{"id":1,"connect":{}}"#);
@@ -171,7 +171,7 @@ fn pusher_error_text(envelope: &PusherEnvelope<'_>) -> String {
 
 /// Where a connection's handshake stands after a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Handshake {
+pub(crate) enum Handshake {
     /// Still waiting for replies.
     Pending,
     /// Every subscription is confirmed.
@@ -182,7 +182,7 @@ pub enum Handshake {
 
 /// Tracks one connection's handshake across the frames the server sends.
 #[derive(Debug)]
-pub struct HandshakeState {
+pub(crate) struct HandshakeState {
     protocol: Protocol,
     channels: Vec<String>,
     confirmed: usize,
@@ -190,7 +190,7 @@ pub struct HandshakeState {
 
 impl HandshakeState {
     /// A handshake for these channels.
-    pub fn new(protocol: Protocol, channels: Vec<String>) -> Self {
+    pub(crate) fn new(protocol: Protocol, channels: Vec<String>) -> Self {
         Self {
             protocol,
             channels,
@@ -199,7 +199,7 @@ impl HandshakeState {
     }
 
     /// Consumes one server frame; pushes the frames to send back into `replies`.
-    pub fn on_frame(&mut self, frame: &str, replies: &mut Vec<String>) -> Handshake {
+    pub(crate) fn on_frame(&mut self, frame: &str, replies: &mut Vec<String>) -> Handshake {
         match self.protocol {
             Protocol::Raw => Handshake::Subscribed,
             Protocol::Centrifuge => self.on_centrifuge_frame(frame, replies),
@@ -209,7 +209,7 @@ impl HandshakeState {
     }
 
     /// The state before any frame: a raw connection is subscribed once it is open.
-    pub fn initial(&self) -> Handshake {
+    pub(crate) fn initial(&self) -> Handshake {
         match self.protocol {
             Protocol::Raw => Handshake::Subscribed,
             Protocol::Centrifuge | Protocol::SocketIo | Protocol::Pusher => Handshake::Pending,
@@ -307,7 +307,7 @@ impl HandshakeState {
 
 /// Scans a frame received after the handshake: calls `on_stamp` for every delivered payload and returns the
 /// heartbeat answer to send, if the frame holds a heartbeat.
-pub fn scan_frame(
+pub(crate) fn scan_frame(
     protocol: Protocol,
     frame: &str,
     mut on_stamp: impl FnMut(Stamp),
@@ -358,7 +358,7 @@ pub fn scan_frame(
 }
 
 /// The HTTP publish request for one payload: URL and body.
-pub fn http_publish(
+pub(crate) fn http_publish(
     protocol: Protocol,
     base_url: &str,
     channel: &str,
@@ -393,7 +393,12 @@ pub fn http_publish(
 /// The frame a subscribed client sends to publish one payload to `channel`. `command_id` numbers the
 /// Centrifugo command (it must be above the handshake's ids). Pusher's is a client event, which servers
 /// accept only on signed private channels; `run` refuses `--publish-from clients` in pusher mode.
-pub fn client_publish(protocol: Protocol, channel: &str, payload: &str, command_id: u32) -> String {
+pub(crate) fn client_publish(
+    protocol: Protocol,
+    channel: &str,
+    payload: &str,
+    command_id: u32,
+) -> String {
     let channel = serde_json::Value::from(channel);
     match protocol {
         Protocol::Centrifuge => {

@@ -107,7 +107,12 @@ pub enum ApiAuthError {
         "Timestamp expired: given auth_timestamp ({sent}) is not unix seconds within the allowed \
          window of server time ({now})"
     )]
-    Timestamp { sent: String, now: i64 },
+    Timestamp {
+        /// The `auth_timestamp` sent.
+        sent: String,
+        /// The server's time, unix seconds.
+        now: i64,
+    },
     /// `body_md5` is missing while the body is not empty, or is not the MD5 of the body.
     #[error("body_md5 is missing or does not match the MD5 of the request body")]
     BodyMd5,
@@ -119,7 +124,9 @@ pub enum ApiAuthError {
         .string_to_sign.replace('\n', "\\n")
     )]
     Signature {
+        /// What the signature should have been made over.
         string_to_sign: String,
+        /// The `auth_signature` sent.
         sent: String,
     },
 }
