@@ -245,7 +245,7 @@ impl Config {
                 return err("tls.handshake_timeout: must be greater than 0".into());
             }
             tls::load_key_pair(self.tls.cert_file.as_ref(), self.tls.key_file.as_ref())
-                .map_err(ConfigError)?;
+                .map_err(|error| ConfigError(error.to_string()))?;
         }
         let p = &self.plugins;
         if p.deadline.is_zero() {

@@ -1,6 +1,6 @@
 //! `[tls]`: the certificate and key files, and the handshake deadline.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,25 +45,65 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Reads a certificate chain and its key, checking that they belong together; the error names the file.
-pub fn load_key_pair(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, String> {
+/// Why the configured certificate and key cannot serve; each names the file and key to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyPairError {
+    /// The certificate file cannot be read or parsed as PEM.
+    #[error("tls.cert_file {}: {reason}", .path.display())]
+    CertFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The certificate file holds no certificate.
+    #[error("tls.cert_file {}: no certificate in the file", .path.display())]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The key file cannot be read or holds no private key.
+    #[error("tls.key_file {}: {reason}", .path.display())]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The key is not the certificate's.
+    #[error("tls.key_file {} does not fit tls.cert_file {}: {reason}", .key_file.display(), .cert_file.display())]
+    Mismatch {
+        /// The certificate file.
+        cert_file: PathBuf,
+        /// The key file.
+        key_file: PathBuf,
+        /// What rustls says.
+        reason: String,
+    },
+}
+
+/// Reads a certificate chain and its key, checking that they belong together.
+pub fn load_key_pair(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, KeyPairError> {
+    let cert_error = |e: &dyn std::fmt::Display| KeyPairError::CertFile {
+        path: cert_file.to_owned(),
+        reason: e.to_string(),
+    };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-        .map_err(|e| format!("tls.cert_file {}: {e}", cert_file.display()))?
+        .map_err(|e| cert_error(&e))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("tls.cert_file {}: {e}", cert_file.display()))?;
+        .map_err(|e| cert_error(&e))?;
     if certs.is_empty() {
-        return Err(format!(
-            "tls.cert_file {}: no certificate in the file",
-            cert_file.display()
-        ));
+        return Err(KeyPairError::NoCertificate {
+            path: cert_file.to_owned(),
+        });
     }
-    let key = PrivateKeyDer::from_pem_file(key_file)
-        .map_err(|e| format!("tls.key_file {}: {e}", key_file.display()))?;
-    CertifiedKey::from_der(certs, key, &provider()).map_err(|e| {
-        format!(
-            "tls.key_file {} does not fit tls.cert_file {}: {e}",
-            key_file.display(),
-            cert_file.display()
-        )
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| KeyPairError::KeyFile {
+        path: key_file.to_owned(),
+        reason: e.to_string(),
+    })?;
+    CertifiedKey::from_der(certs, key, &provider()).map_err(|e| KeyPairError::Mismatch {
+        cert_file: cert_file.to_owned(),
+        key_file: key_file.to_owned(),
+        reason: e.to_string(),
     })
 }

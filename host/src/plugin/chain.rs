@@ -7,6 +7,7 @@ use super::bindings::{
     AccessVerdict, ConnectAllow, ConnectVerdict, Deny, PublishVerdict, RpcVerdict, SubscribeAllow,
     SubscribeVerdict,
 };
+use super::runtime::Failure;
 
 /// Code for a failed plugin call on a command: error 100, temporary (clients retry).
 pub const FAILED_CALL: u32 = 100;
@@ -63,7 +64,7 @@ pub enum RpcDecision {
 /// Applies one plugin's connect verdict; `Some` ends the chain with that decision.
 pub fn connect_step(
     allowed: &mut Option<ConnectAllow>,
-    verdict: Result<ConnectVerdict, String>,
+    verdict: Result<ConnectVerdict, Failure>,
 ) -> Option<Decision<ConnectAllow>> {
     match verdict {
         Ok(ConnectVerdict::Pass) => None,
@@ -89,7 +90,7 @@ pub fn connect_step(
 /// Applies one plugin's subscribe verdict; `Some` ends the chain.
 pub fn subscribe_step(
     allowed: &mut Option<SubscribeAllow>,
-    verdict: Result<SubscribeVerdict, String>,
+    verdict: Result<SubscribeVerdict, Failure>,
 ) -> Option<Decision<SubscribeAllow>> {
     match verdict {
         Ok(SubscribeVerdict::Pass) => None,
@@ -113,7 +114,7 @@ pub fn subscribe_step(
 /// Applies one plugin's access verdict; `Some` ends the chain.
 pub fn access_step(
     allowed: &mut Option<()>,
-    verdict: Result<AccessVerdict, String>,
+    verdict: Result<AccessVerdict, Failure>,
 ) -> Option<Decision<()>> {
     match verdict {
         Ok(AccessVerdict::Pass) => None,
@@ -169,7 +170,7 @@ impl Draft {
 /// chain. A route replaces the target channels (keeping the original one if asked).
 pub fn publish_step(
     draft: &mut Draft,
-    verdict: Result<PublishVerdict, String>,
+    verdict: Result<PublishVerdict, Failure>,
 ) -> Option<PublishDecision> {
     match verdict {
         Ok(PublishVerdict::Pass) => None,
@@ -196,7 +197,7 @@ pub fn publish_step(
 }
 
 /// Applies one plugin's RPC verdict: the first reply answers; `Some` ends the chain.
-pub fn rpc_step(verdict: Result<RpcVerdict, String>) -> Option<RpcDecision> {
+pub fn rpc_step(verdict: Result<RpcVerdict, Failure>) -> Option<RpcDecision> {
     match verdict {
         Ok(RpcVerdict::Pass) => None,
         Ok(RpcVerdict::Reply(data)) => Some(RpcDecision::Reply(data)),
@@ -209,6 +210,7 @@ pub fn rpc_step(verdict: Result<RpcVerdict, String>) -> Option<RpcDecision> {
 mod tests {
     use super::*;
     use crate::plugin::bindings::{Route, Transform};
+    use crate::plugin::runtime::FailureKind;
 
     fn deny(code: u32) -> Deny {
         Deny {
@@ -228,7 +230,7 @@ mod tests {
     }
 
     /// Runs a connect chain over these verdicts; returns the decision and how many plugins were asked.
-    fn connect(verdicts: Vec<Result<ConnectVerdict, String>>) -> (Decision<ConnectAllow>, usize) {
+    fn connect(verdicts: Vec<Result<ConnectVerdict, Failure>>) -> (Decision<ConnectAllow>, usize) {
         let mut allowed = None;
         for (asked, verdict) in verdicts.into_iter().enumerate() {
             if let Some(decision) = connect_step(&mut allowed, verdict) {
@@ -238,7 +240,7 @@ mod tests {
         (finish(allowed), usize::MAX)
     }
 
-    fn publish(verdicts: Vec<Result<PublishVerdict, String>>) -> PublishDecision {
+    fn publish(verdicts: Vec<Result<PublishVerdict, Failure>>) -> PublishDecision {
         let mut draft = Draft::new("orders".into(), b"1".to_vec(), vec![]);
         for verdict in verdicts {
             if let Some(decision) = publish_step(&mut draft, verdict) {
@@ -338,7 +340,7 @@ mod tests {
     #[test]
     fn a_failed_call_fails_closed() {
         assert_eq!(
-            connect(vec![Err("trap".into())]).0,
+            connect(vec![Err(Failure::new(FailureKind::Trap, "trap"))]).0,
             Decision::Denied(failed(FAILED_CONNECT))
         );
         let mut allowed = Some(SubscribeAllow {
@@ -347,19 +349,28 @@ mod tests {
             expire_at: None,
         });
         assert_eq!(
-            subscribe_step(&mut allowed, Err("deadline".into())),
+            subscribe_step(
+                &mut allowed,
+                Err(Failure::new(FailureKind::Deadline, "deadline"))
+            ),
             Some(Decision::Denied(failed(FAILED_CALL)))
         );
         assert_eq!(
-            access_step(&mut Some(()), Err("oom".into())),
+            access_step(
+                &mut Some(()),
+                Err(Failure::new(FailureKind::MemoryLimit, "oom"))
+            ),
             Some(Decision::Denied(failed(FAILED_CALL)))
         );
         assert_eq!(
-            rpc_step(Err("oom".into())),
+            rpc_step(Err(Failure::new(FailureKind::MemoryLimit, "oom"))),
             Some(RpcDecision::Denied(failed(FAILED_CALL)))
         );
         assert_eq!(
-            publish(vec![Ok(PublishVerdict::Pass), Err("panic".into())]),
+            publish(vec![
+                Ok(PublishVerdict::Pass),
+                Err(Failure::new(FailureKind::Panic, "panic"))
+            ]),
             PublishDecision::Denied(failed(FAILED_CALL))
         );
     }

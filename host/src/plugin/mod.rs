@@ -24,7 +24,7 @@ use bindings::{
     RpcRequest, SubscribeAllow, SubscribeRequest,
 };
 use chain::{Decision, Draft, PublishDecision, RpcDecision};
-use runtime::{Call, Limits, LoadedPlugin, Reply, Runtime};
+use runtime::{Call, Failure, FailureKind, Limits, LoadedPlugin, Reply, Runtime};
 
 /// Per-plugin limit overrides (`[plugins.limits.<name>]`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -317,7 +317,7 @@ impl Plugins {
         call: Call,
         verdict_of: fn(Reply) -> Option<V>,
         state: &mut S,
-        step: fn(&mut S, Result<V, String>) -> Option<D>,
+        step: fn(&mut S, Result<V, Failure>) -> Option<D>,
     ) -> Option<D> {
         for plugin in self.members(hook) {
             let verdict = ask(&plugin, &call)
@@ -485,12 +485,12 @@ pub fn is_plugin_file(path: &Path) -> bool {
     !name.starts_with('.') && name.ends_with(".wasm")
 }
 
-fn mismatch() -> String {
-    "the plugin answered a different hook".into()
+fn mismatch() -> Failure {
+    Failure::new(FailureKind::Other, "the plugin answered a different hook")
 }
 
 /// Calls and counts denies.
-async fn ask(plugin: &LoadedPlugin, call: &Call) -> Result<Reply, String> {
+async fn ask(plugin: &LoadedPlugin, call: &Call) -> Result<Reply, Failure> {
     let reply = plugin.call(call).await?;
     let denied = matches!(
         &reply,

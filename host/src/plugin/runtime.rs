@@ -157,13 +157,22 @@ impl FailureKind {
 
 /// A failed call: its kind, counted, and a message for the log (which may quote the guest).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Failure {
-    kind: FailureKind,
-    message: String,
+pub struct Failure {
+    /// What failed, as counted in `/api/plugins`.
+    pub kind: FailureKind,
+    /// The full reason, for the log only.
+    pub message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.message)
+    }
 }
 
 impl Failure {
-    fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+    /// A failure of `kind`.
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
         Self {
             kind,
             message: message.into(),
@@ -513,8 +522,8 @@ impl LoadedPlugin {
     }
 
     /// Calls a hook on a warm instance under the plugin's deadline; a failure is counted by kind, logged
-    /// with its full reason and returned as that reason.
-    pub async fn call(&self, call: &Call) -> Result<Reply, String> {
+    /// with its full reason and returned.
+    pub async fn call(&self, call: &Call) -> Result<Reply, Failure> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let warm = self.idle().pop();
         let mut warm = match warm {
@@ -540,7 +549,7 @@ impl LoadedPlugin {
         }
     }
 
-    fn failed(&self, call: &Call, failure: Failure) -> String {
+    fn failed(&self, call: &Call, failure: Failure) -> Failure {
         let hook = call.hook_index();
         self.stats.count_failure(hook, failure.kind);
         tracing::warn!(
@@ -551,7 +560,7 @@ impl LoadedPlugin {
             reason = %failure.message,
             "plugin call failed; decision fails closed"
         );
-        failure.message
+        failure
     }
 }
 

@@ -31,7 +31,7 @@ use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TlsConfig;
-use crate::config::tls::{load_key_pair, provider};
+use crate::config::tls::{KeyPairError, load_key_pair, provider};
 
 /// The certificate new handshakes use; replaced atomically on reload.
 #[derive(Debug)]
@@ -43,7 +43,7 @@ pub struct Certificates {
 
 impl Certificates {
     /// Loads the configured files.
-    pub fn load(config: &TlsConfig) -> Result<Arc<Self>, String> {
+    pub fn load(config: &TlsConfig) -> Result<Arc<Self>, KeyPairError> {
         let (cert_file, key_file) = (
             PathBuf::from(&config.cert_file),
             PathBuf::from(&config.key_file),
