@@ -218,6 +218,38 @@ impl Node {
         self.engine.broker.unsubscribe(channel).await
     }
 
+    /// Enters a subscriber into the channel's presence (on every node, through the engine); `admitted` is
+    /// the policy's admission of that subscription.
+    pub async fn enter_presence(
+        &self,
+        channel: &str,
+        member: ClientInfo,
+        _admitted: Grant,
+    ) -> Result<(), EngineError> {
+        self.engine.presence.add_presence(channel, member).await
+    }
+
+    /// Takes a client out of the channel's presence.
+    pub async fn leave_presence(&self, channel: &str, client: &str) -> Result<(), EngineError> {
+        self.engine.presence.remove_presence(channel, client).await
+    }
+
+    /// Who is in a channel's presence, by client id, for its own subscribers' sessions (the policy-checked
+    /// read for clients is [`Node::presence`]).
+    pub async fn members(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, EngineError> {
+        self.engine.presence.presence(channel).await
+    }
+
+    /// Tells the channel's subscribers on every node that `who` joined.
+    pub async fn announce_join(&self, channel: &str, who: ClientInfo) -> Result<(), EngineError> {
+        self.engine.broker.publish_join(channel, who).await
+    }
+
+    /// Tells the channel's subscribers on every node that `who` left.
+    pub async fn announce_leave(&self, channel: &str, who: ClientInfo) -> Result<(), EngineError> {
+        self.engine.broker.publish_leave(channel, who).await
+    }
+
     /// Seconds since the node started.
     pub fn uptime_seconds(&self) -> u64 {
         self.started.elapsed().as_secs()

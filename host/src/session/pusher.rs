@@ -464,8 +464,8 @@ impl PusherSession {
         member: &ClientInfo,
         admitted: Grant,
     ) -> Result<(Arc<DeliveryGate>, Frame), Refused> {
-        let presence = &self.node.engine.presence;
-        let before = presence.presence(channel).await.map_err(|error| {
+        let node = &self.node;
+        let before = node.members(channel).await.map_err(|error| {
             tracing::warn!(channel, %error, "presence read failed");
             unavailable()
         })?;
@@ -479,13 +479,13 @@ impl PusherSession {
             ));
         }
         let gate = self.open(channel, true, admitted).await?;
-        if let Err(error) = presence.add_presence(channel, member.clone()).await {
+        if let Err(error) = node.enter_presence(channel, member.clone(), admitted).await {
             tracing::warn!(channel, %error, "presence update failed");
             self.close(channel).await;
             return Err(unavailable());
         }
         // A failed read still confirms: the roster then is what was there, and the joiner.
-        let mut present = presence.presence(channel).await.unwrap_or_else(|error| {
+        let mut present = node.members(channel).await.unwrap_or_else(|error| {
             tracing::warn!(channel, %error, "presence read failed");
             before
         });
@@ -497,14 +497,7 @@ impl PusherSession {
                 user_id: member.user.clone(),
             });
         }
-        if !returning
-            && let Err(error) = self
-                .node
-                .engine
-                .broker
-                .publish_join(channel, member.clone())
-                .await
-        {
+        if !returning && let Err(error) = node.announce_join(channel, member.clone()).await {
             tracing::warn!(channel, %error, "member_added broadcast failed");
         }
         Ok((
@@ -515,16 +508,10 @@ impl PusherSession {
 
     /// The channel's members, one per user, ordered by user id.
     async fn roster(&self, channel: &str) -> Result<Vec<(String, Option<String>)>, Refused> {
-        let present = self
-            .node
-            .engine
-            .presence
-            .presence(channel)
-            .await
-            .map_err(|error| {
-                tracing::warn!(channel, %error, "presence read failed");
-                unavailable()
-            })?;
+        let present = self.node.members(channel).await.map_err(|error| {
+            tracing::warn!(channel, %error, "presence read failed");
+            unavailable()
+        })?;
         Ok(members(&present))
     }
 
@@ -683,15 +670,11 @@ impl PusherSession {
     }
 
     async fn leave_roster(&self, channel: &str, member: ClientInfo) {
-        let engine = &self.node.engine;
-        if let Err(error) = engine
-            .presence
-            .remove_presence(channel, &member.client)
-            .await
-        {
+        let node = &self.node;
+        if let Err(error) = node.leave_presence(channel, &member.client).await {
             tracing::warn!(channel, %error, "presence removal failed");
         }
-        let last = match engine.presence.presence(channel).await {
+        let last = match node.members(channel).await {
             Ok(present) => !present.values().any(|info| info.user == member.user),
             Err(error) => {
                 tracing::warn!(channel, %error, "presence read failed");
@@ -705,7 +688,7 @@ impl PusherSession {
             channel: channel.to_owned(),
             user_id: member.user.clone(),
         });
-        if let Err(error) = engine.broker.publish_leave(channel, member).await {
+        if let Err(error) = node.announce_leave(channel, member).await {
             tracing::warn!(channel, %error, "member_removed broadcast failed");
         }
     }

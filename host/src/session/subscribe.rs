@@ -227,9 +227,7 @@ impl Session {
         // Present before the client hears it is subscribed, so a presence query right after sees it.
         if options.presence
             && let Err(error) = node
-                .engine
-                .presence
-                .add_presence(channel, self.info(mode.chan_info.clone()))
+                .enter_presence(channel, self.info(mode.chan_info.clone()), admitted)
                 .await
         {
             tracing::warn!(channel, %error, "presence update failed");
@@ -255,9 +253,7 @@ impl Session {
         );
         if announce
             && let Err(error) = node
-                .engine
-                .broker
-                .publish_join(channel, self.info(mode.chan_info.clone()))
+                .announce_join(channel, self.info(mode.chan_info.clone()))
                 .await
         {
             tracing::warn!(channel, %error, "join broadcast failed");
@@ -352,16 +348,15 @@ impl Session {
             return;
         };
         self.undo_subscribe(channel).await;
-        let engine = &self.node.engine;
+        let node = &self.node;
         if subscription.presence
-            && let Err(error) = engine.presence.remove_presence(channel, &self.client).await
+            && let Err(error) = node.leave_presence(channel, &self.client).await
         {
             tracing::warn!(channel, %error, "presence removal failed");
         }
         if subscription.announce_leave
-            && let Err(error) = engine
-                .broker
-                .publish_leave(channel, self.info(subscription.chan_info.clone()))
+            && let Err(error) = node
+                .announce_leave(channel, self.info(subscription.chan_info.clone()))
                 .await
         {
             tracing::warn!(channel, %error, "leave broadcast failed");
