@@ -644,6 +644,7 @@ mod tests {
             .map(|o| match o {
                 Outgoing::Frame(f) => String::from_utf8(f.bytes().to_vec()).unwrap(),
                 Outgoing::TransportPing => "ping".into(),
+                Outgoing::Raw(_) => "raw".into(),
             })
             .collect()
     }

@@ -6,14 +6,16 @@
 //! frames into few writes. Closing is a state of the queue, so a close decided anywhere reaches the writer
 //! after the frames queued before it.
 //!
-//! Fan-out pushes into thousands of these per publication, so a push is one uncontended lock and, only
-//! when the queue was empty, one wake-up: a writer that has not yet drained the queue was already woken by
-//! the push that made it non-empty.
+//! Fan-out pushes into thousands of these per publication, so a push is one uncontended lock and, when
+//! the transport can [`Transmit`] and nothing is queued, a write straight into the socket: no task wakes up
+//! and nothing is queued while the client keeps up. Otherwise a push queues, and only the push that found
+//! the queue empty wakes the writer (a writer that has not yet drained the queue was already woken).
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::disconnect::Disconnect;
@@ -26,6 +28,30 @@ pub enum Outgoing {
     Frame(Frame),
     /// A transport-level ping (WebSocket ping frame).
     TransportPing,
+    /// Bytes the transport framed itself (a control frame, the rest of a frame the socket took only
+    /// part of); they go out as they are, before anything queued after them.
+    Raw(Bytes),
+}
+
+/// A transport that can take a frame at once, without a task or a wait: the fan-out writes straight into
+/// a socket with room (the common case), and the queue holds only what the socket could not take.
+pub trait Transmit: Send + Sync + std::fmt::Debug {
+    /// Writes `frame` now if the connection takes it. Called under the queue's lock and only while
+    /// nothing is queued or being written, so frames never interleave.
+    fn try_transmit(&self, frame: &Frame) -> Transmitted;
+}
+
+/// How far [`Transmit::try_transmit`] got.
+#[derive(Debug)]
+pub enum Transmitted {
+    /// All of the frame is on its way.
+    Whole,
+    /// Nothing was written: the frame is to be queued.
+    Nothing,
+    /// Part of the frame was written; these bytes (framed) must go next.
+    Rest(Bytes),
+    /// The connection failed.
+    Failed,
 }
 
 /// The per-connection queue, shared by producers and the writer.
@@ -45,6 +71,11 @@ struct State {
     queue: VecDeque<Outgoing>,
     bytes: usize,
     close: Option<Disconnect>,
+    /// The writer took a batch and is writing it: pushes queue behind it instead of writing directly.
+    writing: bool,
+    /// Where frames may be written directly; dropped once a close is decided (nothing is written directly
+    /// after that), so the socket is not kept open by whoever still holds the queue.
+    transmit: Option<Arc<dyn Transmit>>,
 }
 
 /// Queue capacity (in items) kept between batches. A burst grows the queue far beyond what an idle
@@ -64,8 +95,21 @@ pub struct Batch {
 impl Outbound {
     /// A queue that holds at most `max_bytes` of frames.
     pub fn new(max_bytes: usize) -> Self {
+        Self::with_state(max_bytes, State::default())
+    }
+
+    /// A queue in front of a transport that takes frames directly while nothing is queued.
+    pub fn transmitting(max_bytes: usize, transmit: Arc<dyn Transmit>) -> Self {
+        let state = State {
+            transmit: Some(transmit),
+            ..State::default()
+        };
+        Self::with_state(max_bytes, state)
+    }
+
+    fn with_state(max_bytes: usize, state: State) -> Self {
         Self {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             wake_writer: Notify::new(),
             closed: AtomicBool::new(false),
             wake_closed: Notify::new(),
@@ -80,21 +124,64 @@ impl Outbound {
     /// Queues a frame. Returns false if the connection is closing (the frame is dropped). Overflowing the
     /// byte budget drops everything queued and closes the connection as slow.
     pub fn push(&self, frame: Frame) -> bool {
-        let mut state = self.lock();
+        let state = self.lock();
         if state.close.is_some() {
             return false;
         }
-        if state.bytes + frame.len() > self.max_bytes {
+        if state.queue.is_empty()
+            && !state.writing
+            && let Some(transmit) = &state.transmit
+        {
+            match transmit.try_transmit(&frame) {
+                Transmitted::Whole => return true,
+                Transmitted::Nothing => {}
+                // The rest of a frame already begun must follow whatever the budget says, or the
+                // stream would be cut mid-frame; it is no larger than the frame the budget admitted.
+                Transmitted::Rest(rest) => return self.queue(state, Outgoing::Raw(rest), false),
+                Transmitted::Failed => {
+                    drop(state);
+                    self.close(Disconnect::WRITE_ERROR);
+                    return false;
+                }
+            }
+        }
+        self.queue(state, Outgoing::Frame(frame), true)
+    }
+
+    /// Queues bytes the transport framed itself (see [`Outgoing::Raw`]); false if the connection is
+    /// closing or over its budget.
+    pub fn push_raw(&self, bytes: Bytes) -> bool {
+        let state = self.lock();
+        if state.close.is_some() {
+            return false;
+        }
+        self.queue(state, Outgoing::Raw(bytes), true)
+    }
+
+    /// Queues an item (under the byte budget if `budgeted`), waking the writer if the queue was empty.
+    fn queue(
+        &self,
+        mut state: std::sync::MutexGuard<'_, State>,
+        item: Outgoing,
+        budgeted: bool,
+    ) -> bool {
+        let len = match &item {
+            Outgoing::Frame(frame) => frame.len(),
+            Outgoing::Raw(bytes) => bytes.len(),
+            Outgoing::TransportPing => 0,
+        };
+        if budgeted && state.bytes + len > self.max_bytes {
             state.queue.clear();
             state.bytes = 0;
             state.close = Some(Disconnect::SLOW);
+            state.transmit = None;
             drop(state);
             self.mark_closed();
             return false;
         }
-        state.bytes += frame.len();
+        state.bytes += len;
         let was_empty = state.queue.is_empty();
-        state.queue.push_back(Outgoing::Frame(frame));
+        state.queue.push_back(item);
         drop(state);
         if was_empty {
             self.wake_writer.notify_one();
@@ -104,14 +191,9 @@ impl Outbound {
 
     /// Queues a transport-level ping.
     pub fn push_transport_ping(&self) {
-        let mut state = self.lock();
+        let state = self.lock();
         if state.close.is_none() {
-            let was_empty = state.queue.is_empty();
-            state.queue.push_back(Outgoing::TransportPing);
-            drop(state);
-            if was_empty {
-                self.wake_writer.notify_one();
-            }
+            self.queue(state, Outgoing::TransportPing, true);
         }
     }
 
@@ -121,6 +203,7 @@ impl Outbound {
         if state.close.is_none() {
             state.close = Some(disconnect);
         }
+        state.transmit = None;
         drop(state);
         self.mark_closed();
     }
@@ -176,10 +259,13 @@ impl Outbound {
                 let mut state = self.lock();
                 if !state.queue.is_empty() || state.close.is_some() {
                     state.bytes = 0;
+                    state.writing = !state.queue.is_empty();
                     std::mem::swap(&mut state.queue, &mut batch.items);
                     batch.close = state.close.clone();
                     return;
                 }
+                // Everything taken before was written: frames may go directly again.
+                state.writing = false;
             }
             // A push between the check above and this wait leaves a permit, so it is not missed.
             self.wake_writer.notified().await;

@@ -10,7 +10,7 @@
 pub mod centrifuge;
 pub mod pusher;
 
-use axum::extract::ws::Utf8Bytes;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use bytes::Bytes;
 
 use crate::disconnect::Disconnect;
@@ -103,9 +103,9 @@ impl Frame {
         self.0.as_str()
     }
 
-    /// The text, as the WebSocket writer sends it (a reference-counted handle, not a copy).
-    pub fn into_text(self) -> Utf8Bytes {
-        self.0
+    /// The encoded bytes as a shared handle (not a copy).
+    pub fn into_bytes(self) -> Bytes {
+        self.0.into()
     }
 
     /// Length in bytes.

@@ -5,92 +5,65 @@
 //! the Centrifugo protocol in the way. It is routed only when `websocket.conformance_echo` is on, and must
 //! never carry sessions: it knows no channels and answers anyone.
 
-use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
+use bytes::Bytes;
 
-use super::websocket::{read_error, with_limits};
+use super::socket::Socket;
+use super::websocket::{Event, Link, Upgrade, data_frame};
 use crate::disconnect::Disconnect;
 use crate::node::Node;
-use crate::session::Incoming;
-
-/// The close for a frame that breaks RFC 6455 (reserved bits, bad opcode, bad fragmentation, …).
-const PROTOCOL_ERROR: Disconnect = Disconnect {
-    code: 1002,
-    reason: Cow::Borrowed("protocol error"),
-};
+use crate::protocol::Protocol;
 
 /// The axum handler for `/conformance/echo`.
 pub async fn echo_handler(
     State(node): State<Arc<Node>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Upgrade,
 ) -> Response {
-    with_limits(upgrade, &node)
-        .on_failed_upgrade(move |error| tracing::debug!(%remote, %error, "echo upgrade failed"))
-        .on_upgrade(move |socket| echo(node, socket))
+    tracing::debug!(%remote, "conformance echo connection");
+    upgrade.accept(&[], move |socket, read_ahead| echo(node, socket, read_ahead))
 }
 
-async fn echo(node: Arc<Node>, mut socket: WebSocket) {
+async fn echo(node: Arc<Node>, socket: Socket, read_ahead: Bytes) {
     // Counted like any connection so a graceful shutdown waits for it.
     let _running = node.sessions.token();
-    // A peer that stops reading is dropped after this, as on the real endpoint.
-    let write_timeout = node.config.websocket.write_timeout;
-    let mut closing = false;
-    loop {
-        let message = tokio::select! {
-            message = socket.recv() => message,
-            _ = node.shutdown.cancelled(), if !closing => {
-                // Our close goes out now; reading on until the peer answers completes the handshake.
-                closing = true;
-                if !send(&mut socket, close(&Disconnect::SHUTDOWN), write_timeout).await {
+    // Room for the largest message on top of the usual queue: every message is echoed whole.
+    let queue = node.config.client.max_queue_bytes + node.config.websocket.max_message_size;
+    let mut link = Link::with_queue(&node, socket, read_ahead, queue);
+    let outbound = link.outbound.clone();
+    let shutdown = node.shutdown.clone();
+    // Centrifugo's wire: closes go out with the code decided, unchanged.
+    link.run(&node, Protocol::Centrifuge, async move |reader| {
+        loop {
+            let event = tokio::select! {
+                event = reader.next() => event,
+                _ = shutdown.cancelled() => {
+                    outbound.close(Disconnect::SHUTDOWN);
                     return;
                 }
-                continue;
-            }
-        };
-        match message {
-            // The library queues the answers to pings and to a close itself; reading on flushes them and
-            // ends the stream once the close handshake is complete.
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_))) => {}
-            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
-                if !send(&mut socket, message, write_timeout).await {
+            };
+            match event {
+                Some(Event::Text(text)) => {
+                    outbound.push_raw(data_frame(false, &text));
+                }
+                Some(Event::Binary(bytes)) => {
+                    outbound.push_raw(data_frame(true, &bytes));
+                }
+                // The reader answers pings and a close the peer starts.
+                Some(Event::Ping(_) | Event::Pong(_)) => {}
+                Some(Event::Close(_)) | None => return,
+                Some(Event::Violation(violation)) => {
+                    outbound.close(violation);
                     return;
                 }
             }
-            Some(Err(error)) => {
-                // Nothing more can be read after an error: say why, then let the socket go.
-                let reason = match read_error(&error) {
-                    Some(Incoming::TooLarge) => Disconnect::MESSAGE_TOO_BIG,
-                    Some(Incoming::InvalidUtf8) => Disconnect::INVALID_PAYLOAD,
-                    _ => PROTOCOL_ERROR,
-                };
-                send(&mut socket, close(&reason), write_timeout).await;
-                return;
-            }
-            None => return,
         }
-    }
-}
-
-/// Sends within the write timeout; false when the peer is gone or stopped reading.
-async fn send(socket: &mut WebSocket, message: Message, timeout: Duration) -> bool {
-    matches!(
-        tokio::time::timeout(timeout, socket.send(message)).await,
-        Ok(Ok(()))
-    )
-}
-
-fn close(reason: &Disconnect) -> Message {
-    Message::Close(Some(CloseFrame {
-        code: reason.code,
-        reason: Utf8Bytes::from(reason.reason.as_ref()),
-    }))
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -100,14 +73,14 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
+    use std::time::Duration;
 
-    /// Serves `app()` for `config` on a free loopback port; returns the port.
+    /// Serves Herald for `config` on a free loopback port; returns the port.
     async fn serve(config: Config) -> u16 {
         let node = Node::new(config).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let app = crate::server::app(node).into_make_service_with_connect_info::<SocketAddr>();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        tokio::spawn(crate::server::run(node, listener, std::future::pending()));
         port
     }
 

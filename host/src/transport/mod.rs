@@ -5,10 +5,11 @@
 mod echo;
 pub mod http;
 mod pusher;
+mod socket;
 pub mod tls;
 mod websocket;
 
 pub use echo::echo_handler;
 pub use pusher::pusher_handler;
 pub use tls::{Listener, ProxyProtocol};
-pub use websocket::websocket_handler;
+pub use websocket::{NotAnUpgrade, Upgrade, websocket_handler};

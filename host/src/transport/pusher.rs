@@ -7,7 +7,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +15,7 @@ use serde::Deserialize;
 use crate::node::Node;
 use crate::protocol::pusher::close;
 
-use super::websocket::{Speaker, admit, connection_info, serve, with_limits};
+use super::websocket::{Speaker, Upgrade, admit, connection_info, serve};
 
 /// The query pusher-js sends (`protocol=7&client=js&version=8.6.0&flash=false`); only the protocol
 /// version matters.
@@ -36,7 +35,7 @@ pub async fn pusher_handler(
     Query(query): Query<PusherQuery>,
     RawQuery(raw_query): RawQuery,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Upgrade,
 ) -> Response {
     let config = &node.config.pusher;
     if !config.enabled() {
@@ -65,13 +64,9 @@ pub async fn pusher_handler(
             raw_query.as_deref(),
         ))
     };
-    // Pusher clients read one event per WebSocket message, so the writer cannot join frames into one
-    // message; the library's write buffer gathers the messages of a batch into few socket writes instead.
-    let gather = node.config.websocket.write_buffer_size;
-    with_limits(upgrade, &node)
-        .write_buffer_size(gather)
-        .on_failed_upgrade(
-            move |error| tracing::debug!(%remote, %error, "websocket upgrade failed"),
-        )
-        .on_upgrade(move |socket| serve(node, socket, speaker, slot))
+    // Pusher clients read one event per WebSocket message: its wire never joins frames (the writer still
+    // writes a batch's messages with one vectored write).
+    upgrade.accept(&[], move |socket, read_ahead| {
+        serve(node, socket, read_ahead, speaker, slot)
+    })
 }

@@ -150,6 +150,11 @@ impl TcpConnection {
             tcp,
         }
     }
+
+    /// The bytes read past the PROXY header that were not served yet, and the socket.
+    pub(super) fn into_parts(self) -> (Bytes, TcpStream) {
+        (self.early, self.tcp)
+    }
 }
 
 impl AsyncRead for TcpConnection {

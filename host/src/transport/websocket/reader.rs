@@ -1,0 +1,303 @@
+//! The reading half of a WebSocket connection (RFC 6455 §5–7): client frames in, whole messages out.
+//!
+//! Frame headers are parsed by tungstenite's frame layer; what to make of them — unmasking, reassembling
+//! fragments, the limits, control frames in between, the close handshake — is here, so that reading
+//! costs nothing while a connection is idle: bytes are read only when the socket has some, into a buffer
+//! that is given back as soon as it holds no unparsed bytes. Pings are answered and a client's close is
+//! echoed through the connection's outbound queue, in order with everything else it sends.
+
+use std::borrow::Cow;
+use std::io::Cursor;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+
+use super::writer;
+use crate::disconnect::Disconnect;
+use crate::outbound::Outbound;
+use crate::transport::socket::Socket;
+
+/// What a client sent, as far as the connection is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(in crate::transport) enum Event {
+    /// A whole text message, valid UTF-8.
+    Text(Bytes),
+    /// A whole binary message.
+    Binary(Bytes),
+    /// A ping (already answered) and its payload.
+    Ping(Bytes),
+    /// A pong.
+    Pong(usize),
+    /// The client's close frame and its payload (already echoed when the client started the close).
+    Close(Bytes),
+    /// A frame that breaks the protocol or a limit: nothing more is read; the close to send.
+    Violation(Disconnect),
+}
+
+impl Event {
+    /// Payload bytes the event carried, for budgets.
+    pub(in crate::transport) fn size(&self) -> usize {
+        match self {
+            Self::Text(bytes) | Self::Binary(bytes) | Self::Ping(bytes) | Self::Close(bytes) => {
+                bytes.len()
+            }
+            Self::Pong(size) => *size,
+            Self::Violation(_) => 0,
+        }
+    }
+}
+
+/// The close for a frame that breaks RFC 6455 (reserved bits, bad opcode, bad fragmentation, …).
+pub(in crate::transport) const PROTOCOL_ERROR: Disconnect = Disconnect {
+    code: 1002,
+    reason: Cow::Borrowed("protocol error"),
+};
+
+/// Limits on what a client may send.
+#[derive(Debug, Clone, Copy)]
+pub(in crate::transport) struct ReadLimits {
+    /// Largest message (all fragments together), and so largest frame.
+    pub(in crate::transport) max_message: usize,
+    /// Bytes asked of the socket per read while no frame says it needs more.
+    pub(in crate::transport) read_size: usize,
+}
+
+/// A fragmented message being reassembled.
+#[derive(Debug)]
+struct Fragments {
+    text: bool,
+    data: BytesMut,
+}
+
+/// Turns bytes into events; no I/O, so every rule is unit-tested on bytes.
+#[derive(Debug, Default)]
+struct Frames {
+    /// Unparsed bytes; unallocated while there are none.
+    buffer: BytesMut,
+    fragments: Option<Fragments>,
+    /// Bytes the frame in the buffer still misses, once its header is parsed.
+    missing: usize,
+    /// Set after a violation: nothing more is parsed.
+    failed: bool,
+}
+
+impl Frames {
+    /// The next event the buffered bytes make, or `None` when more bytes are needed.
+    fn next(&mut self, limits: &ReadLimits) -> Option<Event> {
+        loop {
+            if self.failed {
+                return None;
+            }
+            let mut cursor = Cursor::new(&self.buffer[..]);
+            let (header, length) = match FrameHeader::parse(&mut cursor) {
+                Ok(Some(parsed)) => parsed,
+                Ok(None) => return None,
+                Err(_) => return Some(self.fail(PROTOCOL_ERROR)),
+            };
+            let header_len = cursor.position() as usize;
+            if let Err(violation) = self.check(&header, length, limits) {
+                return Some(self.fail(violation));
+            }
+            // Checked against the message limit above, so it fits.
+            let length = length as usize;
+            let available = self.buffer.len() - header_len;
+            if available < length {
+                self.missing = length - available;
+                return None;
+            }
+            self.missing = 0;
+            self.buffer.advance(header_len);
+            let mut payload = self.buffer.split_to(length);
+            if let Some(mask) = header.mask {
+                unmask(&mut payload, mask);
+            }
+            if self.buffer.is_empty() {
+                // Give the allocation back (the payload keeps what it needs of it).
+                self.buffer = BytesMut::new();
+            }
+            if let Some(event) = self.frame(&header, payload) {
+                return Some(event);
+            }
+        }
+    }
+
+    /// The rules a frame header must follow before its payload is read.
+    fn check(&self, header: &FrameHeader, length: u64, limits: &ReadLimits) -> Result<(), Disconnect> {
+        if header.mask.is_none() || header.rsv1 || header.rsv2 || header.rsv3 {
+            return Err(PROTOCOL_ERROR);
+        }
+        match header.opcode {
+            OpCode::Control(_) if !header.is_final || length > 125 => Err(PROTOCOL_ERROR),
+            OpCode::Control(_) => Ok(()),
+            OpCode::Data(Data::Continue) if self.fragments.is_none() => Err(PROTOCOL_ERROR),
+            OpCode::Data(Data::Text | Data::Binary) if self.fragments.is_some() => {
+                Err(PROTOCOL_ERROR)
+            }
+            OpCode::Data(_) => {
+                let so_far = self.fragments.as_ref().map_or(0, |f| f.data.len() as u64);
+                if so_far + length > limits.max_message as u64 {
+                    Err(Disconnect::MESSAGE_TOO_BIG)
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// What a complete frame means; `None` for a fragment that does not end its message.
+    fn frame(&mut self, header: &FrameHeader, payload: BytesMut) -> Option<Event> {
+        match header.opcode {
+            OpCode::Control(Control::Ping) => Some(Event::Ping(payload.freeze())),
+            OpCode::Control(Control::Pong) => Some(Event::Pong(payload.len())),
+            OpCode::Control(_) => Some(match close_frame(&payload) {
+                Ok(()) => Event::Close(payload.freeze()),
+                Err(violation) => self.fail(violation),
+            }),
+            OpCode::Data(data) => {
+                let mut fragments = match self.fragments.take() {
+                    Some(mut fragments) => {
+                        fragments.data.extend_from_slice(&payload);
+                        fragments
+                    }
+                    None => Fragments {
+                        text: data == Data::Text,
+                        data: payload,
+                    },
+                };
+                if !header.is_final {
+                    self.fragments = Some(fragments);
+                    return None;
+                }
+                let message = std::mem::take(&mut fragments.data).freeze();
+                if !fragments.text {
+                    return Some(Event::Binary(message));
+                }
+                Some(match std::str::from_utf8(&message) {
+                    Ok(_) => Event::Text(message),
+                    Err(_) => self.fail(Disconnect::INVALID_PAYLOAD),
+                })
+            }
+        }
+    }
+
+    fn fail(&mut self, violation: Disconnect) -> Event {
+        self.failed = true;
+        self.buffer = BytesMut::new();
+        self.fragments = None;
+        Event::Violation(violation)
+    }
+}
+
+/// A close frame's payload: empty, or a valid status code and a UTF-8 reason.
+fn close_frame(payload: &[u8]) -> Result<(), Disconnect> {
+    match payload {
+        [] => Ok(()),
+        [_] => Err(PROTOCOL_ERROR),
+        [high, low, reason @ ..] => {
+            if !CloseCode::from(u16::from_be_bytes([*high, *low])).is_allowed() {
+                return Err(PROTOCOL_ERROR);
+            }
+            std::str::from_utf8(reason)
+                .map(|_| ())
+                .map_err(|_| Disconnect::INVALID_PAYLOAD)
+        }
+    }
+}
+
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    for (i, byte) in payload.iter_mut().enumerate() {
+        *byte ^= mask[i & 3];
+    }
+}
+
+/// The most bytes asked of the socket in one read for a frame that says it is larger.
+const MAX_READ: usize = 1 << 20;
+
+/// Reads a connection's client frames as [`Event`]s, answering pings and the client's close itself.
+#[derive(Debug)]
+pub(in crate::transport) struct Reader {
+    socket: Arc<Socket>,
+    outbound: Arc<Outbound>,
+    frames: Frames,
+    limits: ReadLimits,
+    ended: bool,
+}
+
+impl Reader {
+    /// Reads `socket`, starting with the bytes already read past the upgrade request.
+    pub(in crate::transport) fn new(
+        socket: Arc<Socket>,
+        outbound: Arc<Outbound>,
+        read_ahead: Bytes,
+        limits: ReadLimits,
+    ) -> Self {
+        let frames = Frames {
+            buffer: BytesMut::from(read_ahead),
+            ..Frames::default()
+        };
+        Self {
+            socket,
+            outbound,
+            frames,
+            limits,
+            ended: false,
+        }
+    }
+
+    /// The next event; `None` once the client is gone (or after a violation was reported).
+    pub(in crate::transport) async fn next(&mut self) -> Option<Event> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        loop {
+            if let Some(event) = self.frames.next(&self.limits) {
+                self.answer(&event);
+                return Poll::Ready(Some(event));
+            }
+            if self.ended || self.frames.failed {
+                return Poll::Ready(None);
+            }
+            let want = self.frames.missing.clamp(self.limits.read_size, MAX_READ);
+            self.frames.buffer.reserve(want);
+            match self.socket.try_read_buf(&mut self.frames.buffer) {
+                Ok(0) => self.ended = true,
+                Ok(_) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    if self.frames.buffer.is_empty() {
+                        // Nothing is kept for an idle connection.
+                        self.frames.buffer = BytesMut::new();
+                    }
+                    if ready!(self.socket.poll_read_ready(cx)).is_err() {
+                        self.ended = true;
+                    }
+                }
+                Err(_) => self.ended = true,
+            }
+        }
+    }
+
+    /// Pongs for pings; the echo of a close the client started (a close that answers ours finds the
+    /// queue closed and is not echoed).
+    fn answer(&self, event: &Event) {
+        match event {
+            Event::Ping(payload) => {
+                self.outbound
+                    .push_raw(writer::control(Control::Pong, payload));
+            }
+            Event::Close(payload) => {
+                // The client's close, echoed; no close of ours follows it.
+                if self
+                    .outbound
+                    .push_raw(writer::control(Control::Close, payload))
+                {
+                    self.outbound.close(Disconnect::CONNECTION_CLOSED);
+                }
+            }
+            _ => {}
+        }
+    }
+}

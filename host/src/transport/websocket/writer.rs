@@ -1,0 +1,237 @@
+//! The writing half of a WebSocket connection: server frames out (unmasked, RFC 6455 §5.2).
+//!
+//! While a client keeps up, its frames never wait: the fan-out hands a frame to [`Socket`]'s
+//! [`Transmit`] and it is written at once — a header on the stack and the shared frame, one vectored
+//! write, no copy, no task woken. Only what the socket did not take is queued, and [`write_loop`],
+//! running in the connection's own task, writes the queue when the socket has room again: frames queued
+//! together are joined into one message where the protocol allows it (newline-separated, up to
+//! `websocket.write_buffer_size`) and written with as few vectored writes as the socket allows. The same
+//! loop ends the connection with the close frame the session decided.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+
+use crate::disconnect::Disconnect;
+use crate::outbound::{Batch, Outbound, Outgoing, Transmit, Transmitted};
+use crate::protocol::{Frame, Wire};
+use crate::transport::socket::Socket;
+
+/// The longest header of a server frame (no mask): 2 bytes and a 64-bit length.
+const MAX_HEADER: usize = 10;
+
+/// A frame header for `length` payload bytes, on the stack.
+fn header(opcode: OpCode, length: usize) -> ([u8; MAX_HEADER], usize) {
+    let header = FrameHeader {
+        opcode,
+        ..FrameHeader::default()
+    };
+    let mut bytes = [0u8; MAX_HEADER];
+    let mut out = io::Cursor::new(&mut bytes[..]);
+    header
+        .format(length as u64, &mut out)
+        .expect("a server frame header fits in 10 bytes");
+    let len = out.position() as usize;
+    (bytes, len)
+}
+
+/// A whole frame with `payload`, copied (control frames and other small, rare frames).
+pub(super) fn message(opcode: OpCode, payload: &[u8]) -> Bytes {
+    let (head, len) = header(opcode, payload.len());
+    let mut frame = BytesMut::with_capacity(len + payload.len());
+    frame.extend_from_slice(&head[..len]);
+    frame.extend_from_slice(payload);
+    frame.freeze()
+}
+
+/// A whole text or binary message, copied.
+pub(in crate::transport) fn data_frame(binary: bool, payload: &[u8]) -> Bytes {
+    let opcode = if binary { Data::Binary } else { Data::Text };
+    message(OpCode::Data(opcode), payload)
+}
+
+/// A control frame (ping, pong, close) with `payload`.
+pub(super) fn control(control: Control, payload: &[u8]) -> Bytes {
+    message(OpCode::Control(control), payload)
+}
+
+/// The close frame for `disconnect`: its code, then its reason cut to what a control frame holds.
+pub(super) fn close_frame(disconnect: &Disconnect) -> Bytes {
+    let mut payload = Vec::with_capacity(125);
+    payload.extend_from_slice(&disconnect.code.to_be_bytes());
+    let mut reason = disconnect.reason.as_ref();
+    while reason.len() > 123 {
+        let mut cut = 123;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason = &reason[..cut];
+    }
+    payload.extend_from_slice(reason.as_bytes());
+    control(Control::Close, &payload)
+}
+
+const TEXT: OpCode = OpCode::Data(Data::Text);
+
+impl Transmit for Socket {
+    fn try_transmit(&self, frame: &Frame) -> Transmitted {
+        let (head, head_len) = header(TEXT, frame.len());
+        let total = head_len + frame.len();
+        let parts = [IoSlice::new(&head[..head_len]), IoSlice::new(frame.bytes())];
+        match self.try_write_vectored(&parts) {
+            // A TLS socket may hold records back; the writer must then flush them.
+            Ok(written) if written == total && !self.holds_back() => Transmitted::Whole,
+            Ok(written) if written < head_len => {
+                let mut rest = BytesMut::with_capacity(total - written);
+                rest.extend_from_slice(&head[written..head_len]);
+                rest.extend_from_slice(frame.bytes());
+                Transmitted::Rest(rest.freeze())
+            }
+            Ok(written) => Transmitted::Rest(Bytes::copy_from_slice(
+                &frame.bytes()[written - head_len..],
+            )),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Transmitted::Nothing,
+            Err(_) => Transmitted::Failed,
+        }
+    }
+}
+
+/// Writes what the connection queues until the close it decided (or a write failure). The protocol's
+/// [`Wire`] says whether frames may be joined into one message and which close code its clients see.
+/// True when it ended with a close frame, which the client is to answer.
+pub(super) async fn write_loop(
+    socket: &Socket,
+    outbound: &Outbound,
+    wire: &dyn Wire,
+    write_timeout: Duration,
+    join_up_to: usize,
+) -> bool {
+    let join_up_to = if wire.joins_frames() { join_up_to } else { 0 };
+    let mut batch = Batch::default();
+    loop {
+        outbound.next_batch_into(&mut batch).await;
+        if !batch.items.is_empty() || socket.holds_back() {
+            let mut chunks = framed(&mut batch.items, join_up_to);
+            if !write_all(socket, &mut chunks, write_timeout).await {
+                outbound.close(Disconnect::WRITE_ERROR);
+                return false;
+            }
+        }
+        if let Some(close) = batch.close.take() {
+            let mut sent = false;
+            if close != Disconnect::CONNECTION_CLOSED {
+                let mut frame = VecDeque::from([close_frame(&wire.close(close))]);
+                sent = write_all(socket, &mut frame, write_timeout).await;
+            }
+            socket.start_close();
+            write_all(socket, &mut VecDeque::new(), write_timeout).await;
+            return sent;
+        }
+    }
+}
+
+/// A batch as the byte chunks to write: each run of frames joined, newline-separated, into messages of up
+/// to `join_up_to` bytes (a frame over it goes alone), every message with its header. The frames are not
+/// copied; the headers share one small buffer.
+fn framed(items: &mut VecDeque<Outgoing>, join_up_to: usize) -> VecDeque<Bytes> {
+    let mut chunks = VecDeque::with_capacity(items.len() * 2);
+    let mut headers = BytesMut::with_capacity(items.len() * 4);
+    let mut push_header = |chunks: &mut VecDeque<Bytes>, opcode: OpCode, length: usize| {
+        let (head, len) = header(opcode, length);
+        headers.extend_from_slice(&head[..len]);
+        chunks.push_back(headers.split().freeze());
+    };
+    let mut start = 0;
+    while let Some(item) = items.get(start) {
+        let first = match item {
+            Outgoing::Frame(frame) => frame,
+            Outgoing::TransportPing => {
+                push_header(&mut chunks, OpCode::Control(Control::Ping), 0);
+                start += 1;
+                continue;
+            }
+            Outgoing::Raw(bytes) => {
+                chunks.push_back(bytes.clone());
+                start += 1;
+                continue;
+            }
+        };
+        let (mut end, mut len) = (start + 1, first.len());
+        while let Some(Outgoing::Frame(next)) = items.get(end) {
+            if len + 1 + next.len() > join_up_to {
+                break;
+            }
+            len += 1 + next.len();
+            end += 1;
+        }
+        push_header(&mut chunks, TEXT, len);
+        for (i, item) in items.range(start..end).enumerate() {
+            if let Outgoing::Frame(frame) = item {
+                if i > 0 {
+                    chunks.push_back(Bytes::from_static(b"\n"));
+                }
+                chunks.push_back(frame.clone().into_bytes());
+            }
+        }
+        start = end;
+    }
+    items.clear();
+    chunks
+}
+
+/// How many chunks one vectored write takes at most (well under the kernel's `IOV_MAX`).
+const WRITE_SLICES: usize = 64;
+
+/// Writes every chunk, and whatever the socket holds back, waiting for room as needed: true when all is
+/// out. Only a write that has to wait is timed, so the usual write costs no timer; a client that takes
+/// nothing for `timeout` fails the write.
+async fn write_all(socket: &Socket, chunks: &mut VecDeque<Bytes>, timeout: Duration) -> bool {
+    let mut deadline = None;
+    loop {
+        let result = if chunks.is_empty() {
+            match socket.try_flush() {
+                Ok(true) => return true,
+                Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
+                Err(error) => Err(error),
+            }
+        } else {
+            let slices: Vec<IoSlice<'_>> = chunks
+                .iter()
+                .take(WRITE_SLICES)
+                .map(|chunk| IoSlice::new(chunk))
+                .collect();
+            socket.try_write_vectored(&slices)
+        };
+        match result {
+            Ok(mut written) => {
+                while written > 0 {
+                    let Some(chunk) = chunks.front_mut() else { break };
+                    let step = written.min(chunk.len());
+                    chunk.advance(step);
+                    written -= step;
+                    if chunk.is_empty() {
+                        chunks.pop_front();
+                    }
+                }
+                while chunks.front().is_some_and(Bytes::is_empty) {
+                    chunks.pop_front();
+                }
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                let deadline = *deadline.get_or_insert_with(|| Instant::now() + timeout);
+                let ready = std::future::poll_fn(|cx| socket.poll_write_ready(cx));
+                // Boxed: the timer is only needed while waiting, and the connection's task is kept small.
+                match Box::pin(tokio::time::timeout_at(deadline, ready)).await {
+                    Ok(Ok(())) => {}
+                    _ => return false,
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+}
