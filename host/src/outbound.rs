@@ -214,6 +214,11 @@ impl Outbound {
         self.wake_writer.notify_one();
     }
 
+    /// Bytes waiting in the queue (not those written directly).
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
     /// The byte budget of the queue.
     pub fn max_bytes(&self) -> usize {
         self.max_bytes

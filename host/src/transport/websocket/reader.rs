@@ -301,3 +301,139 @@ impl Reader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+
+    const LIMITS: ReadLimits = ReadLimits {
+        max_message: 100,
+        read_size: 16,
+    };
+
+    /// A client frame as it comes off the wire: masked unless said otherwise.
+    fn wire(opcode: OpCode, payload: &[u8], is_final: bool, masked: bool) -> Vec<u8> {
+        let header = FrameHeader {
+            is_final,
+            opcode,
+            mask: masked.then_some([1, 2, 3, 4]),
+            ..FrameHeader::default()
+        };
+        let frame = Frame::from_payload(header, Bytes::copy_from_slice(payload));
+        let mut bytes = Vec::new();
+        frame.format(&mut bytes).unwrap();
+        bytes
+    }
+
+    fn text(payload: &str) -> Vec<u8> {
+        wire(OpCode::Data(Data::Text), payload.as_bytes(), true, true)
+    }
+
+    /// Every event the bytes make, fed in pieces of `chop` bytes.
+    fn events(bytes: &[u8], chop: usize) -> Vec<Event> {
+        let mut frames = Frames::default();
+        let mut events = Vec::new();
+        for piece in bytes.chunks(chop) {
+            frames.buffer.extend_from_slice(piece);
+            while let Some(event) = frames.next(&LIMITS) {
+                events.push(event);
+            }
+        }
+        events
+    }
+
+    fn violation(code: u16) -> impl Fn(&Event) -> bool {
+        move |event| matches!(event, Event::Violation(d) if d.code == code)
+    }
+
+    #[test]
+    fn whole_messages_come_out_however_the_bytes_are_chopped() {
+        let mut bytes = text("héllo");
+        bytes.extend(wire(OpCode::Data(Data::Binary), &[0, 255], true, true));
+        bytes.extend(wire(OpCode::Control(Control::Ping), b"p", true, true));
+        for chop in [1, 2, 3, 7, bytes.len()] {
+            assert_eq!(
+                events(&bytes, chop),
+                vec![
+                    Event::Text(Bytes::from("héllo")),
+                    Event::Binary(Bytes::from_static(&[0, 255])),
+                    Event::Ping(Bytes::from_static(b"p")),
+                ],
+                "chopped into {chop}-byte pieces"
+            );
+        }
+    }
+
+    #[test]
+    fn fragments_are_joined_and_control_frames_may_come_between() {
+        let mut bytes = wire(OpCode::Data(Data::Text), b"ab", false, true);
+        bytes.extend(wire(OpCode::Control(Control::Pong), b"", true, true));
+        bytes.extend(wire(OpCode::Data(Data::Continue), b"cd", false, true));
+        bytes.extend(wire(OpCode::Data(Data::Continue), b"e", true, true));
+        assert_eq!(
+            events(&bytes, 3),
+            vec![Event::Pong(0), Event::Text(Bytes::from("abcde"))]
+        );
+    }
+
+    #[test]
+    fn protocol_violations_end_the_reading() {
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("unmasked", wire(OpCode::Data(Data::Text), b"a", true, false)),
+            ("continuation first", wire(OpCode::Data(Data::Continue), b"a", true, true)),
+            ("fragmented ping", wire(OpCode::Control(Control::Ping), b"", false, true)),
+            ("long ping", wire(OpCode::Control(Control::Ping), &[0; 126], true, true)),
+            ("reserved opcode", {
+                let mut bytes = text("a");
+                bytes[0] = 0x83;
+                bytes
+            }),
+            ("reserved bit", {
+                let mut bytes = text("a");
+                bytes[0] |= 0x40;
+                bytes
+            }),
+            ("one-byte close", wire(OpCode::Control(Control::Close), &[3], true, true)),
+            ("close code 1005", wire(OpCode::Control(Control::Close), &[3, 237], true, true)),
+            ("new message inside a fragmented one", {
+                let mut bytes = wire(OpCode::Data(Data::Text), b"a", false, true);
+                bytes.extend(text("b"));
+                bytes
+            }),
+        ];
+        for (case, mut bytes) in cases {
+            bytes.extend(text("after"));
+            let events = events(&bytes, bytes.len());
+            assert_eq!(events.len(), 1, "{case}: nothing after the violation");
+            assert!(violation(1002)(&events[0]), "{case}: {events:?}");
+        }
+    }
+
+    #[test]
+    fn limits_and_utf8() {
+        let too_big = wire(OpCode::Data(Data::Binary), &[0; 101], true, true);
+        assert!(violation(1009)(&events(&too_big, 4)[0]));
+        let mut fragments = wire(OpCode::Data(Data::Text), &[b'a'; 60], false, true);
+        fragments.extend(wire(OpCode::Data(Data::Continue), &[b'a'; 60], true, true));
+        assert!(violation(1009)(&events(&fragments, 50)[0]), "fragments count together");
+        let invalid = wire(OpCode::Data(Data::Text), &[0xff, 0xfe], true, true);
+        assert!(violation(1007)(&events(&invalid, 1)[0]));
+        let bad_reason = wire(OpCode::Control(Control::Close), &[3, 232, 0xff], true, true);
+        assert!(violation(1007)(&events(&bad_reason, 1)[0]));
+        let close = wire(OpCode::Control(Control::Close), &[3, 232, b'o', b'k'], true, true);
+        assert_eq!(
+            events(&close, 2),
+            vec![Event::Close(Bytes::from_static(&[3, 232, b'o', b'k']))]
+        );
+    }
+
+    /// Nothing stays allocated once the buffered bytes are parsed.
+    #[test]
+    fn the_buffer_is_given_back_when_empty() {
+        let mut frames = Frames::default();
+        frames.buffer.extend_from_slice(&text("hello"));
+        assert!(frames.next(&LIMITS).is_some());
+        assert_eq!(frames.buffer.capacity(), 0);
+    }
+}

@@ -235,3 +235,152 @@ async fn write_all(socket: &Socket, chunks: &mut VecDeque<Bytes>, timeout: Durat
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Protocol;
+    use std::io::Cursor;
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A server socket and the client end of the same loopback connection.
+    async fn pair() -> (Socket, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Socket::Plain(server), client)
+    }
+
+    /// Every frame the client gets until the server's end: opcode byte and payload.
+    async fn received(mut client: TcpStream) -> Vec<(u8, Vec<u8>)> {
+        let mut bytes = Vec::new();
+        client.read_to_end(&mut bytes).await.unwrap();
+        let mut cursor = Cursor::new(&bytes[..]);
+        let mut frames = Vec::new();
+        while let Some((header, length)) = FrameHeader::parse(&mut cursor).unwrap() {
+            let start = cursor.position() as usize;
+            let end = start + length as usize;
+            assert!(header.mask.is_none(), "server frames are not masked");
+            frames.push((u8::from(header.opcode), bytes[start..end].to_vec()));
+            cursor.set_position(end as u64);
+        }
+        assert_eq!(cursor.position() as usize, bytes.len(), "no partial frame");
+        frames
+    }
+
+    fn text(text: &str) -> (u8, Vec<u8>) {
+        (1, text.as_bytes().to_vec())
+    }
+
+    fn frame(text: &str) -> Frame {
+        Frame::new(text.as_bytes().to_vec())
+    }
+
+    async fn write(socket: Socket, outbound: &Outbound, join_up_to: usize) -> bool {
+        let wire = Protocol::Centrifuge.wire();
+        write_loop(&socket, outbound, wire, Duration::from_secs(5), join_up_to).await
+    }
+
+    /// Everything queued while the writer was busy goes out as one message, in order, then the close.
+    #[tokio::test]
+    async fn queued_frames_are_joined_into_one_message() {
+        let (socket, client) = pair().await;
+        let outbound = Outbound::new(1 << 20);
+        for text in ["{\"a\":1}", "{\"b\":2}", "{}"] {
+            outbound.push(frame(text));
+        }
+        outbound.close(Disconnect::SHUTDOWN);
+        assert!(write(socket, &outbound, 1024).await, "ended with a close frame");
+        let mut close = 3001u16.to_be_bytes().to_vec();
+        close.extend_from_slice(b"shutdown");
+        assert_eq!(
+            received(client).await,
+            vec![text("{\"a\":1}\n{\"b\":2}\n{}"), (8, close)]
+        );
+    }
+
+    /// A client that went away gets no close frame.
+    #[tokio::test]
+    async fn no_close_frame_for_a_client_that_left() {
+        let (socket, client) = pair().await;
+        let outbound = Outbound::new(1 << 20);
+        outbound.close(Disconnect::CONNECTION_CLOSED);
+        assert!(!write(socket, &outbound, 1024).await);
+        assert_eq!(received(client).await, vec![]);
+    }
+
+    /// Joined messages stay within the limit, a frame over it goes alone, and a transport ping and raw
+    /// bytes keep their place between the frames.
+    #[tokio::test]
+    async fn joined_messages_respect_the_limit_and_others_keep_their_place() {
+        let (socket, client) = pair().await;
+        let outbound = Outbound::new(1 << 20);
+        for text in ["aaaa", "bbbb", "cccc", "a frame longer than ten bytes"] {
+            outbound.push(frame(text));
+        }
+        outbound.push_transport_ping();
+        outbound.push(frame("dd"));
+        outbound.push_raw(control(Control::Pong, b"p"));
+        outbound.push(frame("ee"));
+        outbound.close(Disconnect::CONNECTION_CLOSED);
+        write(socket, &outbound, 10).await;
+        assert_eq!(
+            received(client).await,
+            vec![
+                text("aaaa\nbbbb"),
+                text("cccc"),
+                text("a frame longer than ten bytes"),
+                (9, vec![]),
+                text("dd"),
+                (10, b"p".to_vec()),
+                text("ee"),
+            ]
+        );
+    }
+
+    /// While the client reads, pushes go straight to the socket with no writer running; once its buffers
+    /// are full the rest is queued (a frame cut in the middle included) and the writer sends it, in order.
+    #[tokio::test]
+    async fn direct_writes_then_the_queue_in_order() {
+        let (socket, client) = pair().await;
+        let socket = Arc::new(socket);
+        let outbound = Outbound::transmitting(64 << 20, socket.clone());
+        let payload = "x".repeat(1000);
+        let count = 20_000; // ~20 MB: far more than the loopback socket buffers take
+        for i in 0..count {
+            assert!(outbound.push(frame(&format!("{i} {payload}"))));
+        }
+        assert!(
+            outbound.queued_bytes() > 0,
+            "the socket filled up and frames were queued"
+        );
+        outbound.close(Disconnect::CONNECTION_CLOSED);
+        let reading = tokio::spawn(received(client));
+        let wire = Protocol::Pusher.wire(); // no joining: one message per frame
+        write_loop(&socket, &outbound, wire, Duration::from_secs(5), 0).await;
+        drop(outbound);
+        drop(socket);
+        let frames = reading.await.unwrap();
+        assert_eq!(frames.len(), count);
+        for (i, (opcode, text)) in frames.into_iter().enumerate() {
+            assert_eq!(opcode, 1);
+            assert_eq!(text, format!("{i} {payload}").into_bytes(), "frame {i}");
+        }
+    }
+
+    #[test]
+    fn close_reasons_are_cut_to_fit_a_control_frame() {
+        let long = Disconnect {
+            code: 4000,
+            reason: "é".repeat(100).into(),
+        };
+        let frame = close_frame(&long);
+        assert!(frame.len() <= 2 + 125);
+        let reason = &frame[4..];
+        assert!(std::str::from_utf8(reason).is_ok(), "cut at a character boundary");
+    }
+}
