@@ -12,8 +12,8 @@
 //! the queue empty wakes the writer (a writer that has not yet drained the queue was already woken).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::Notify;

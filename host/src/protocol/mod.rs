@@ -10,8 +10,8 @@
 pub mod centrifuge;
 pub mod pusher;
 
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use bytes::Bytes;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::disconnect::Disconnect;
 use crate::engine::{ClientInfo, Publication};

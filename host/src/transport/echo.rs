@@ -25,7 +25,9 @@ pub async fn echo_handler(
     upgrade: Upgrade,
 ) -> Response {
     tracing::debug!(%remote, "conformance echo connection");
-    upgrade.accept(&[], move |socket, read_ahead| echo(node, socket, read_ahead))
+    upgrade.accept(&[], move |socket, read_ahead| {
+        echo(node, socket, read_ahead)
+    })
 }
 
 async fn echo(node: Arc<Node>, socket: Socket, read_ahead: Bytes) {

@@ -15,7 +15,9 @@ use serde::Deserialize;
 use crate::node::Node;
 use crate::protocol::pusher::close;
 
-use super::websocket::{Speaker, Upgrade, admit, connection_info, serve};
+use super::websocket::{Upgrade, admit, connection_info, serve};
+use crate::protocol::Protocol;
+use crate::session::pusher::{PusherSession, refusal};
 
 /// The query pusher-js sends (`protocol=7&client=js&version=8.6.0&flash=false`); only the protocol
 /// version matters.
@@ -50,23 +52,35 @@ pub async fn pusher_handler(
             .parse::<u32>()
             .is_ok_and(|version| PROTOCOL_VERSIONS.contains(&version))
     });
-    let speaker = if key != config.key {
+    let refused = if key != config.key {
         tracing::info!(%remote, "pusher connection refused: unknown app key");
-        Speaker::PusherRefused(close::UNKNOWN_APP)
+        Some(close::UNKNOWN_APP)
     } else if !supported {
         tracing::info!(%remote, protocol = ?query.protocol, "pusher connection refused: protocol version");
-        Speaker::PusherRefused(close::UNSUPPORTED_PROTOCOL)
+        Some(close::UNSUPPORTED_PROTOCOL)
     } else {
-        Speaker::Pusher(connection_info(
-            remote,
-            false,
-            &headers,
-            raw_query.as_deref(),
-        ))
+        None
     };
-    // Pusher clients read one event per WebSocket message: its wire never joins frames (the writer still
-    // writes a batch's messages with one vectored write).
+    let connection = connection_info(remote, false, &headers, raw_query.as_deref());
     upgrade.accept(&[], move |socket, read_ahead| {
-        serve(node, socket, read_ahead, speaker, slot)
+        serve(
+            node,
+            socket,
+            read_ahead,
+            slot,
+            Protocol::Pusher,
+            async |node, outbound, messages| match refused {
+                // pusher-js reads the reason from a `pusher:error` first, then the close.
+                Some(disconnect) => {
+                    outbound.push(refusal(&disconnect));
+                    outbound.close(disconnect);
+                }
+                None => {
+                    PusherSession::new(node, outbound, connection)
+                        .run(messages)
+                        .await
+                }
+            },
+        )
     })
 }

@@ -24,7 +24,6 @@ use crate::limits::Slot;
 use crate::node::Node;
 use crate::outbound::Outbound;
 use crate::protocol::Protocol;
-use crate::session::pusher::{self, PusherSession};
 use crate::session::{ConnectionInfo, Incoming, Session};
 use crate::transport::socket::Socket;
 
@@ -56,7 +55,16 @@ pub async fn websocket_handler(
     let transport_ping = query.cf_ws_frame_ping_pong.as_deref() == Some("true");
     let connection = connection_info(remote, transport_ping, &headers, raw_query.as_deref());
     upgrade.accept(&["centrifuge-json"], move |socket, read_ahead| {
-        serve(node, socket, read_ahead, Speaker::Centrifuge(connection), slot)
+        serve(
+            node,
+            socket,
+            read_ahead,
+            slot,
+            Protocol::Centrifuge,
+            async |node, outbound, messages| {
+                Session::new(node, outbound, connection).run(messages).await;
+            },
+        )
     })
 }
 
@@ -108,26 +116,6 @@ pub(super) fn connection_info(
                     .collect()
             })
             .unwrap_or_default(),
-    }
-}
-
-/// Who speaks on an upgraded connection.
-pub(super) enum Speaker {
-    /// A Centrifugo protocol client.
-    Centrifuge(ConnectionInfo),
-    /// A Pusher protocol client.
-    Pusher(ConnectionInfo),
-    /// A Pusher client refused at the handshake (unknown key, protocol version): pusher-js reads the
-    /// reason from a `pusher:error` first, then the close.
-    PusherRefused(Disconnect),
-}
-
-impl Speaker {
-    fn protocol(&self) -> Protocol {
-        match self {
-            Self::Centrifuge(_) => Protocol::Centrifuge,
-            Self::Pusher(_) | Self::PusherRefused(_) => Protocol::Pusher,
-        }
     }
 }
 
@@ -224,41 +212,34 @@ impl Link {
                 None => writer.await,
             }
         };
-        close_gracefully(writer, &mut self.reader, CLOSING_LINGER, CLOSING_READ_BUDGET).await;
+        close_gracefully(
+            writer,
+            &mut self.reader,
+            CLOSING_LINGER,
+            CLOSING_READ_BUDGET,
+        )
+        .await;
     }
 }
 
-/// Serves one upgraded connection of a protocol session (every session endpoint, plain or TLS).
-pub(super) async fn serve(
+/// Serves one upgraded connection with the `session` of a `protocol` (every session endpoint, plain or
+/// TLS): the session gets the node, the connection's outbound queue and its messages.
+pub(super) async fn serve<S>(
     node: Arc<Node>,
     socket: Socket,
     read_ahead: Bytes,
-    speaker: Speaker,
     _slot: Slot,
-) {
+    protocol: Protocol,
+    session: S,
+) where
+    S: for<'a> AsyncFnOnce(Arc<Node>, Arc<Outbound>, Messages<'a>),
+{
     let _running = node.sessions.token();
     let mut link = Link::new(&node, socket, read_ahead);
     let outbound = link.outbound.clone();
-    let protocol = speaker.protocol();
     let session_node = node.clone();
     link.run(&node, protocol, async move |reader| {
-        let incoming = incoming(reader);
-        match speaker {
-            Speaker::Centrifuge(connection) => {
-                Session::new(session_node, outbound, connection)
-                    .run(incoming)
-                    .await;
-            }
-            Speaker::Pusher(connection) => {
-                PusherSession::new(session_node, outbound, connection)
-                    .run(incoming)
-                    .await;
-            }
-            Speaker::PusherRefused(disconnect) => {
-                outbound.push(pusher::refusal(&disconnect));
-                outbound.close(disconnect);
-            }
-        }
+        session(session_node, outbound, Messages(Some(reader))).await;
     })
     .await;
 }
@@ -266,29 +247,43 @@ pub(super) async fn serve(
 /// What a session reads: its messages, until the client's close, the end of the stream or a violation
 /// (after which nothing can be read; a message over the limit or invalid UTF-8 is the session's to answer
 /// with its close code, other protocol errors just end the connection).
-fn incoming(reader: &mut Reader) -> impl futures_util::Stream<Item = Incoming> + '_ {
-    futures_util::stream::unfold(Some(reader), |reader| async move {
-        let reader = reader?;
+pub(super) struct Messages<'a>(Option<&'a mut Reader>);
+
+impl futures_util::Stream for Messages<'_> {
+    type Item = Incoming;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Incoming>> {
+        use std::task::Poll;
+        let Some(reader) = self.0.as_mut() else {
+            return Poll::Ready(None);
+        };
         loop {
-            let item = match reader.next().await? {
-                Event::Text(text) => Incoming::Text(text),
-                Event::Binary(_) => Incoming::Binary,
-                Event::Pong(_) => Incoming::Pong,
+            let item = match std::task::ready!(reader.poll_next(cx)) {
+                Some(Event::Text(text)) => Some(Incoming::Text(text)),
+                Some(Event::Binary(_)) => Some(Incoming::Binary),
+                Some(Event::Pong(_)) => Some(Incoming::Pong),
                 // The reader answered it.
-                Event::Ping(_) => continue,
-                Event::Close(_) => return None,
-                Event::Violation(violation) => {
-                    let item = match violation.code {
-                        1009 => Incoming::TooLarge,
-                        1007 => Incoming::InvalidUtf8,
-                        _ => return None,
-                    };
-                    return Some((item, None));
+                Some(Event::Ping(_)) => continue,
+                Some(Event::Close(_)) | None => None,
+                // Nothing can be read after a violation.
+                Some(Event::Violation(violation)) => {
+                    self.0 = None;
+                    match violation.code {
+                        1009 => Some(Incoming::TooLarge),
+                        1007 => Some(Incoming::InvalidUtf8),
+                        _ => None,
+                    }
                 }
             };
-            return Some((item, Some(reader)));
+            if item.is_none() {
+                self.0 = None;
+            }
+            return Poll::Ready(item);
         }
-    })
+    }
 }
 
 /// Lets the `writer` finish (it ends after the close frame, true when it wrote one; a client that never

@@ -125,7 +125,12 @@ impl Frames {
     }
 
     /// The rules a frame header must follow before its payload is read.
-    fn check(&self, header: &FrameHeader, length: u64, limits: &ReadLimits) -> Result<(), Disconnect> {
+    fn check(
+        &self,
+        header: &FrameHeader,
+        length: u64,
+        limits: &ReadLimits,
+    ) -> Result<(), Disconnect> {
         if header.mask.is_none() || header.rsv1 || header.rsv2 || header.rsv3 {
             return Err(PROTOCOL_ERROR);
         }
@@ -252,7 +257,8 @@ impl Reader {
         std::future::poll_fn(|cx| self.poll_next(cx)).await
     }
 
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+    /// Polls for the next event (see [`Reader::next`]).
+    pub(in crate::transport) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         loop {
             if let Some(event) = self.frames.next(&self.limits) {
                 self.answer(&event);
@@ -380,10 +386,22 @@ mod tests {
     #[test]
     fn protocol_violations_end_the_reading() {
         let cases: Vec<(&str, Vec<u8>)> = vec![
-            ("unmasked", wire(OpCode::Data(Data::Text), b"a", true, false)),
-            ("continuation first", wire(OpCode::Data(Data::Continue), b"a", true, true)),
-            ("fragmented ping", wire(OpCode::Control(Control::Ping), b"", false, true)),
-            ("long ping", wire(OpCode::Control(Control::Ping), &[0; 126], true, true)),
+            (
+                "unmasked",
+                wire(OpCode::Data(Data::Text), b"a", true, false),
+            ),
+            (
+                "continuation first",
+                wire(OpCode::Data(Data::Continue), b"a", true, true),
+            ),
+            (
+                "fragmented ping",
+                wire(OpCode::Control(Control::Ping), b"", false, true),
+            ),
+            (
+                "long ping",
+                wire(OpCode::Control(Control::Ping), &[0; 126], true, true),
+            ),
             ("reserved opcode", {
                 let mut bytes = text("a");
                 bytes[0] = 0x83;
@@ -394,8 +412,14 @@ mod tests {
                 bytes[0] |= 0x40;
                 bytes
             }),
-            ("one-byte close", wire(OpCode::Control(Control::Close), &[3], true, true)),
-            ("close code 1005", wire(OpCode::Control(Control::Close), &[3, 237], true, true)),
+            (
+                "one-byte close",
+                wire(OpCode::Control(Control::Close), &[3], true, true),
+            ),
+            (
+                "close code 1005",
+                wire(OpCode::Control(Control::Close), &[3, 237], true, true),
+            ),
             ("new message inside a fragmented one", {
                 let mut bytes = wire(OpCode::Data(Data::Text), b"a", false, true);
                 bytes.extend(text("b"));
@@ -416,12 +440,20 @@ mod tests {
         assert!(violation(1009)(&events(&too_big, 4)[0]));
         let mut fragments = wire(OpCode::Data(Data::Text), &[b'a'; 60], false, true);
         fragments.extend(wire(OpCode::Data(Data::Continue), &[b'a'; 60], true, true));
-        assert!(violation(1009)(&events(&fragments, 50)[0]), "fragments count together");
+        assert!(
+            violation(1009)(&events(&fragments, 50)[0]),
+            "fragments count together"
+        );
         let invalid = wire(OpCode::Data(Data::Text), &[0xff, 0xfe], true, true);
         assert!(violation(1007)(&events(&invalid, 1)[0]));
         let bad_reason = wire(OpCode::Control(Control::Close), &[3, 232, 0xff], true, true);
         assert!(violation(1007)(&events(&bad_reason, 1)[0]));
-        let close = wire(OpCode::Control(Control::Close), &[3, 232, b'o', b'k'], true, true);
+        let close = wire(
+            OpCode::Control(Control::Close),
+            &[3, 232, b'o', b'k'],
+            true,
+            true,
+        );
         assert_eq!(
             events(&close, 2),
             vec![Event::Close(Bytes::from_static(&[3, 232, b'o', b'k']))]

@@ -69,7 +69,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
                 "Upgrade header did not include 'websocket'",
             ));
         }
-        if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        if headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .map(HeaderValue::as_bytes)
+            != Some(b"13")
+        {
             return Err(NotAnUpgrade(
                 StatusCode::BAD_REQUEST,
                 "Sec-WebSocket-Version header did not include '13'",

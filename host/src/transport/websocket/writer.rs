@@ -92,9 +92,9 @@ impl Transmit for Socket {
                 rest.extend_from_slice(frame.bytes());
                 Transmitted::Rest(rest.freeze())
             }
-            Ok(written) => Transmitted::Rest(Bytes::copy_from_slice(
-                &frame.bytes()[written - head_len..],
-            )),
+            Ok(written) => {
+                Transmitted::Rest(Bytes::copy_from_slice(&frame.bytes()[written - head_len..]))
+            }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => Transmitted::Nothing,
             Err(_) => Transmitted::Failed,
         }
@@ -210,7 +210,9 @@ async fn write_all(socket: &Socket, chunks: &mut VecDeque<Bytes>, timeout: Durat
         match result {
             Ok(mut written) => {
                 while written > 0 {
-                    let Some(chunk) = chunks.front_mut() else { break };
+                    let Some(chunk) = chunks.front_mut() else {
+                        break;
+                    };
                     let step = written.min(chunk.len());
                     chunk.advance(step);
                     written -= step;
@@ -294,7 +296,10 @@ mod tests {
             outbound.push(frame(text));
         }
         outbound.close(Disconnect::SHUTDOWN);
-        assert!(write(socket, &outbound, 1024).await, "ended with a close frame");
+        assert!(
+            write(socket, &outbound, 1024).await,
+            "ended with a close frame"
+        );
         let mut close = 3001u16.to_be_bytes().to_vec();
         close.extend_from_slice(b"shutdown");
         assert_eq!(
@@ -381,6 +386,9 @@ mod tests {
         let frame = close_frame(&long);
         assert!(frame.len() <= 2 + 125);
         let reason = &frame[4..];
-        assert!(std::str::from_utf8(reason).is_ok(), "cut at a character boundary");
+        assert!(
+            std::str::from_utf8(reason).is_ok(),
+            "cut at a character boundary"
+        );
     }
 }
