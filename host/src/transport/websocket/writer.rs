@@ -117,22 +117,30 @@ pub(super) async fn write_loop(
         outbound.next_batch_into(&mut batch).await;
         if !batch.items.is_empty() || socket.holds_back() {
             let mut chunks = framed(&mut batch.items, join_up_to);
-            if !write_all(socket, &mut chunks, write_timeout).await {
+            // Boxed, like everything only a busy connection needs: the loop lives as long as the
+            // connection, and its idle state is what every connection pays for.
+            if !Box::pin(write_all(socket, &mut chunks, write_timeout)).await {
                 outbound.close(Disconnect::WRITE_ERROR);
                 return false;
             }
         }
         if let Some(close) = batch.close.take() {
-            let mut sent = false;
-            if close != Disconnect::CONNECTION_CLOSED {
-                let mut frame = VecDeque::from([close_frame(&wire.close(close))]);
-                sent = write_all(socket, &mut frame, write_timeout).await;
-            }
-            socket.start_close();
-            write_all(socket, &mut VecDeque::new(), write_timeout).await;
-            return sent;
+            return Box::pin(end_with(socket, wire, close, write_timeout)).await;
         }
     }
+}
+
+/// Ends the connection with the close frame for `close` (none for a client that went away): true when
+/// one was written.
+async fn end_with(socket: &Socket, wire: &dyn Wire, close: Disconnect, timeout: Duration) -> bool {
+    let mut sent = false;
+    if close != Disconnect::CONNECTION_CLOSED {
+        let mut frame = VecDeque::from([close_frame(&wire.close(close))]);
+        sent = write_all(socket, &mut frame, timeout).await;
+    }
+    socket.start_close();
+    write_all(socket, &mut VecDeque::new(), timeout).await;
+    sent
 }
 
 /// A batch as the byte chunks to write: each run of frames joined, newline-separated, into messages of up
