@@ -3,6 +3,9 @@
 //! The session reads decoded commands in order, answers each through its bounded [`Outbound`]
 //! queue, keeps the heartbeat, owns the connection's subscriptions and cleans them up when the connection
 //! ends. It never touches a socket: the transport feeds it [`Incoming`] items and writes what it queues.
+//!
+//! This module's [`Session`] speaks the Centrifugo protocol, [`pusher::PusherSession`] the Pusher one; both
+//! run on one connection skeleton (`skeleton`) and supply only their decisions.
 
 pub mod pusher;
 

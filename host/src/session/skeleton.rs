@@ -182,7 +182,10 @@ enum Event {
 /// Not an `async fn`: that would move `session` from its argument into a local, and a future keeps room
 /// for both for its whole life (rust-lang/rust#62958) — hundreds of bytes on every idle connection. The
 /// `async move` block uses the captured session in place.
-#[expect(clippy::manual_async_fn, reason = "an async fn would store the session twice")]
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would store the session twice"
+)]
 pub(super) fn run<D: Decisions>(
     mut session: D,
     incoming: impl Stream<Item = Incoming>,
