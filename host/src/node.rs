@@ -13,9 +13,11 @@ use tokio_util::task::TaskTracker;
 use crate::channel::{Channels, Namespace};
 use crate::config::Config;
 use crate::engine::{
-    ClientInfo, Engine, EngineError, HistoryFilter, HistoryOptions, HistoryResult, Idempotency,
-    PresenceStats, Publication, PublishOptions, StreamPosition, now_ms,
+    Engine, EngineError, HistoryOptions, HistoryResult, Idempotency, PresenceStats, Publication,
+    PublishOptions, now_ms,
 };
+// The core model the node's operations speak in, so that the sessions above need no other door to it.
+pub use crate::engine::{ClientInfo, HistoryFilter, StreamPosition};
 use crate::errors::{ClientError, Refusal};
 use crate::hub::Hub;
 use crate::plugin::Plugins;
@@ -364,6 +366,50 @@ impl Node {
             .history
             .history(channel, filter, &options)
             .await?)
+    }
+
+    /// Where a channel's stream stands, to position a subscription to it: `history` is how the subscription's
+    /// namespace keeps the channel's history, `admitted` the subscription's admission by the channel policy.
+    pub async fn stream_top(
+        &self,
+        channel: &str,
+        history: &HistoryOptions,
+        _admitted: Grant,
+    ) -> Result<StreamPosition, ClientError> {
+        let top_only = HistoryFilter {
+            since: None,
+            limit: Some(0),
+            reverse: false,
+        };
+        Ok(self
+            .engine
+            .history
+            .history(channel, &top_only, history)
+            .await?
+            .position)
+    }
+
+    /// What a subscriber coming back at `since` missed, for its recovery: at most `limit` publications and
+    /// the stream's top; `None` when `since` is no longer in the stream (another epoch, or trimmed away).
+    /// `history` and `admitted` as for [`Node::stream_top`].
+    pub async fn stream_since(
+        &self,
+        channel: &str,
+        history: &HistoryOptions,
+        since: &StreamPosition,
+        limit: usize,
+        _admitted: Grant,
+    ) -> Result<Option<HistoryResult>, ClientError> {
+        let filter = HistoryFilter {
+            since: Some(since.clone()),
+            limit: Some(limit),
+            reverse: false,
+        };
+        match self.engine.history.history(channel, &filter, history).await {
+            Ok(found) => Ok(Some(found)),
+            Err(EngineError::UnrecoverablePosition) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// Who is in a channel (`108` when the namespace has no presence), as the channel policy granted.

@@ -21,11 +21,14 @@ use crate::protocol::centrifuge::command::{
 use crate::protocol::centrifuge::encode;
 
 use super::heartbeat::Beat;
+use super::skeleton::Decisions;
 use super::{Session, State};
 
 /// Seconds from now until `expire_at` (unix seconds); `None` when it has already passed.
 pub(super) fn ttl_until(expire_at: u64) -> Option<u32> {
-    let now = crate::engine::now_ms().max(0) as u64 / 1000;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
     (expire_at > now).then(|| (expire_at - now).min(u64::from(u32::MAX)) as u32)
 }
 
@@ -56,9 +59,9 @@ impl Session {
         bindings::ConnectRequest {
             transport: "websocket".into(),
             protocol: "centrifuge".into(),
-            remote_addr: self.connection.remote.to_string(),
-            headers: self.connection.headers.to_vec(),
-            query: self.connection.query.to_vec(),
+            remote_addr: self.conn.remote.to_string(),
+            headers: self.headers.to_vec(),
+            query: self.query.to_vec(),
             token: token.to_owned(),
             data: data.map(|d| d.to_vec()),
             client: self.client.clone(),
@@ -77,7 +80,7 @@ impl Session {
         request: ConnectRequest,
     ) -> Result<(), Disconnect> {
         self.client = uuid::Uuid::new_v4().to_string();
-        let plugins = self.node.plugins.clone();
+        let plugins = self.conn.node.plugins.clone();
         let decision = if plugins.any(Hooks::CONNECT) {
             plugins
                 .connect(self.connect_request(&request.token, request.data.as_ref(), false))
@@ -88,15 +91,15 @@ impl Session {
         let identity = match decision {
             Decision::Allowed(identity) => identity,
             Decision::Denied(deny) => {
-                tracing::info!(remote = %self.connection.remote, code = deny.code, reason = %deny.reason, "connect denied by plugin");
+                tracing::info!(remote = %self.conn.remote, code = deny.code, reason = %deny.reason, "connect denied by plugin");
                 return self.refuse_connect(id, Refusal::from_code(deny.code, deny.reason));
             }
             Decision::Undecided if !request.token.is_empty() => {
-                tracing::info!(remote = %self.connection.remote, "connect refused: no plugin accepted the token");
+                tracing::info!(remote = %self.conn.remote, "connect refused: no plugin accepted the token");
                 return Err(Disconnect::INVALID_TOKEN);
             }
-            Decision::Undecided if !self.node.config.client.allow_anonymous => {
-                tracing::debug!(remote = %self.connection.remote, "connect refused: anonymous connections are off");
+            Decision::Undecided if !self.conn.node.config.client.allow_anonymous => {
+                tracing::debug!(remote = %self.conn.remote, "connect refused: anonymous connections are off");
                 return Err(Disconnect::BAD_REQUEST);
             }
             Decision::Undecided => ConnectAllow {
@@ -119,14 +122,14 @@ impl Session {
         let (handle, commands) = SessionHandle::new(
             self.client.clone(),
             self.user.clone(),
-            self.outbound.clone(),
+            self.conn.outbound.clone(),
         );
-        self.node.hub.register(handle.clone());
+        self.conn.node.hub.register(handle.clone());
         self.handle = Some(handle);
-        self.commands = Some(commands);
+        self.conn.commands = Some(commands);
         self.state = State::Connected;
         self.expires_at = ttl.map(|ttl| Instant::now() + Duration::from_secs(ttl.into()));
-        let transport_ping = self.connection.transport_ping;
+        let transport_ping = self.transport_ping;
         let result = encode::ConnectResult {
             client: self.client.clone(),
             version: VERSION.into(),
@@ -135,14 +138,14 @@ impl Session {
             ping: if transport_ping {
                 0
             } else {
-                self.node.config.client.ping_interval.as_secs().max(1) as u32
+                self.conn.node.config.client.ping_interval.as_secs().max(1) as u32
             },
             pong: !transport_ping,
             ..Default::default()
         };
         self.reply(encode::connect_reply(id, &result));
         self.heartbeat.connected(Instant::now());
-        tracing::debug!(client = %self.client, user = %self.user, remote = %self.connection.remote, "client connected");
+        tracing::debug!(client = %self.client, user = %self.user, remote = %self.conn.remote, "client connected");
         for channel in identity.channels {
             self.server_subscribe(&channel).await;
         }
@@ -166,7 +169,7 @@ impl Session {
         id: u32,
         request: RefreshRequest,
     ) -> Result<Frame, Refusal> {
-        let plugins = self.node.plugins.clone();
+        let plugins = self.conn.node.plugins.clone();
         if !plugins.any(Hooks::CONNECT) {
             return Err(ClientError::NOT_AVAILABLE.into());
         }
@@ -202,11 +205,11 @@ impl Session {
         id: u32,
         request: SubRefreshRequest,
     ) -> Result<Frame, Refusal> {
-        let plugins = self.node.plugins.clone();
+        let plugins = self.conn.node.plugins.clone();
         if !plugins.any(Hooks::SUBSCRIBE) {
             return Err(ClientError::NOT_AVAILABLE.into());
         }
-        if !self.subscriptions.contains_key(&request.channel) {
+        if !self.conn.subscriptions.contains_key(&request.channel) {
             return Err(ClientError::PERMISSION_DENIED.into());
         }
         let verdict = plugins
@@ -222,7 +225,7 @@ impl Session {
             Decision::Denied(deny) => Err(Refusal::from_code(deny.code, deny.reason)),
             Decision::Undecided => Err(Refusal::Disconnect(Disconnect::INVALID_TOKEN)),
             Decision::Allowed(grant) => {
-                let options = &self.node.namespace(&request.channel)?.options;
+                let options = &self.conn.node.namespace(&request.channel)?.options;
                 // Renewed like a new subscription, so it must still pass the policy.
                 let _renewed = policy::authorize(
                     &request.channel,
@@ -236,7 +239,7 @@ impl Session {
                     }
                     None => None,
                 };
-                if let Some(subscription) = self.subscriptions.get_mut(&request.channel) {
+                if let Some(subscription) = self.conn.subscriptions.get_mut(&request.channel) {
                     subscription.expires_at =
                         ttl.map(|ttl| Instant::now() + Duration::from_secs(ttl.into()));
                 }
@@ -247,7 +250,7 @@ impl Session {
 
     /// `rpc`: answered by the first plugin that replies; `104` when none does, `108` without RPC plugins.
     pub(super) async fn rpc(&mut self, id: u32, request: RpcRequest) -> Result<Frame, Refusal> {
-        let plugins = self.node.plugins.clone();
+        let plugins = self.conn.node.plugins.clone();
         if !plugins.any(Hooks::RPC) {
             return Err(ClientError::NOT_AVAILABLE.into());
         }
@@ -273,7 +276,7 @@ impl Session {
         options: &NamespaceOptions,
         kind: AccessKind,
     ) -> Result<Grant, Refusal> {
-        let plugins = &self.node.plugins;
+        let plugins = &self.conn.node.plugins;
         let decision = if plugins.any(Hooks::ACCESS) {
             plugins
                 .access(bindings::AccessRequest {
@@ -305,8 +308,9 @@ impl Session {
     /// The earliest of the heartbeat's deadline and the close deadlines of expired connection or
     /// subscriptions.
     pub(super) fn next_deadline(&self) -> Instant {
-        let delay = self.node.config.client.expired_close_delay;
-        self.subscriptions
+        let delay = self.conn.node.config.client.expired_close_delay;
+        self.conn
+            .subscriptions
             .values()
             .filter_map(|s| s.expires_at)
             .chain(self.expires_at)
@@ -317,20 +321,21 @@ impl Session {
     }
 
     /// A deadline passed: close an expired connection, end expired subscriptions, or beat the heartbeat.
-    pub(super) async fn deadline_passed(&mut self, now: Instant) -> Result<(), Disconnect> {
-        let delay = self.node.config.client.expired_close_delay;
+    pub(super) async fn deadlines_due(&mut self, now: Instant) -> Result<(), Disconnect> {
+        let delay = self.conn.node.config.client.expired_close_delay;
         if self.expires_at.is_some_and(|at| at + delay <= now) {
             tracing::debug!(client = %self.client, "connection expired without refresh");
             return Err(Disconnect::CONNECTION_EXPIRED);
         }
         let expired: Vec<String> = self
+            .conn
             .subscriptions
             .iter()
             .filter(|(_, s)| s.expires_at.is_some_and(|at| at + delay <= now))
             .map(|(channel, _)| channel.clone())
             .collect();
         for channel in expired {
-            self.leave(&channel).await;
+            self.unsubscribe(&channel).await;
             self.reply(encode::unsubscribe_push(
                 &channel,
                 2501,
@@ -338,11 +343,9 @@ impl Session {
             ));
         }
         match self.heartbeat.beat(now) {
-            Some(Beat::Ping) if self.connection.transport_ping => {
-                self.outbound.push_transport_ping()
-            }
+            Some(Beat::Ping) if self.transport_ping => self.conn.outbound.push_transport_ping(),
             Some(Beat::Ping) => {
-                self.outbound.push(encode::PING);
+                self.conn.outbound.push(encode::PING);
             }
             Some(Beat::Close(disconnect)) => return Err(disconnect),
             None => {}

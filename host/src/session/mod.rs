@@ -3,38 +3,40 @@
 //! The session reads decoded commands in order, answers each through its bounded [`Outbound`]
 //! queue, keeps the heartbeat, owns the connection's subscriptions and cleans them up when the connection
 //! ends. It never touches a socket: the transport feeds it [`Incoming`] items and writes what it queues.
+//!
+//! This module's [`Session`] speaks the Centrifugo protocol, [`pusher::PusherSession`] the Pusher one; both
+//! run on one connection skeleton (`skeleton`) and supply only their decisions.
 
 pub mod pusher;
 
 mod connect;
 mod heartbeat;
+mod skeleton;
 mod subscribe;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use tokio::time::Instant;
 
 use crate::channel::Namespace;
 use crate::disconnect::Disconnect;
-use crate::engine::{ClientInfo, HistoryFilter, StreamPosition};
 use crate::errors::{ClientError, Refusal};
-use crate::hub::{CommandReceiver, SessionCommand, SessionHandle};
-use crate::limits::{CommandRate, Verdict};
-use crate::node::{Node, PublishRequest, Source};
+use crate::hub::{SessionCommand, SessionHandle};
+use crate::node::{ClientInfo, HistoryFilter, Node, PublishRequest, Source, StreamPosition};
 use crate::plugin::bindings::{AccessKind, DisconnectEvent, Hooks};
 use crate::policy::{self, Action, Requester};
-use crate::protocol::Frame;
 use crate::protocol::centrifuge::command::{
     ChannelRequest, Command, HistoryRequest, Method, PublishRequest as ClientPublish,
 };
 use crate::protocol::centrifuge::encode;
+use crate::protocol::{Frame, Protocol};
 
 use crate::outbound::Outbound;
 use heartbeat::Heartbeat;
+use skeleton::{Connection, Decisions};
 
 /// What the transport hands a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,21 +94,20 @@ struct Subscription {
 /// One client connection's state.
 #[derive(Debug)]
 pub struct Session {
-    node: Arc<Node>,
-    outbound: Arc<Outbound>,
-    connection: ConnectionInfo,
+    conn: Connection<Subscription>,
+    /// Heartbeat with transport ping frames (see [`ConnectionInfo::transport_ping`]).
+    transport_ping: bool,
+    /// The upgrade request's headers and query, for the connect hook (a refresh runs it again).
+    headers: Arc<[(String, String)]>,
+    query: Arc<[(String, String)]>,
     state: State,
     client: String,
     user: String,
     conn_info: Option<Bytes>,
     handle: Option<Arc<SessionHandle>>,
-    commands: Option<CommandReceiver>,
-    subscriptions: HashMap<String, Subscription>,
     heartbeat: Heartbeat,
     /// When the connection expires unless refreshed.
     expires_at: Option<Instant>,
-    /// How fast this connection may send commands.
-    rate: CommandRate,
 }
 
 impl Session {
@@ -119,19 +120,22 @@ impl Session {
             c.ping_interval,
             c.pong_timeout,
         );
-        let rate = node.admission.command_rate();
+        let ConnectionInfo {
+            remote,
+            transport_ping,
+            headers,
+            query,
+        } = connection;
         Self {
-            node,
-            outbound,
-            connection,
+            conn: Connection::new(node, outbound, remote, Protocol::Centrifuge),
+            transport_ping,
+            headers,
+            query,
             state: State::Opened,
             client: String::new(),
             user: String::new(),
             conn_info: None,
             handle: None,
-            commands: None,
-            subscriptions: HashMap::new(),
-            rate,
             heartbeat,
             expires_at: None,
         }
@@ -139,123 +143,30 @@ impl Session {
 
     /// Runs until the client goes away or a close is decided, then cleans up. The close (if any) is left
     /// in the outbound queue for the writer.
-    pub async fn run(mut self, incoming: impl Stream<Item = Incoming>) {
-        let mut incoming = std::pin::pin!(incoming);
-        let node = self.node.clone();
-        let outbound = self.outbound.clone();
-        loop {
-            let deadline = self.next_deadline();
-            tokio::select! {
-                _ = outbound.closed() => break,
-                _ = node.shutdown.cancelled() => {
-                    outbound.close(Disconnect::SHUTDOWN);
-                    break;
-                }
-                item = incoming.next() => {
-                    let Some(item) = item else { break };
-                    if let Err(disconnect) = self.handle_incoming(item).await {
-                        outbound.close(disconnect);
-                        break;
-                    }
-                }
-                // Boxed like commands (see `handle_frame`): rare work must not size every idle connection.
-                Some(command) = next_command(&mut self.commands) => Box::pin(self.handle_session_command(command)).await,
-                _ = tokio::time::sleep_until(deadline) => {
-                    if let Err(disconnect) = Box::pin(self.deadline_passed(Instant::now())).await {
-                        outbound.close(disconnect);
-                        break;
-                    }
-                }
-            }
-        }
-        Box::pin(self.finish()).await;
-    }
-
-    async fn finish(mut self) {
-        if self.state == State::Connected && self.node.plugins.any(Hooks::DISCONNECT) {
-            let (code, reason) = match self.outbound.close_reason() {
-                Some(d) => (u32::from(d.code), d.reason.into_owned()),
-                None => (3000, "connection closed".to_owned()),
-            };
-            let client = self.plugin_client();
-            self.node
-                .plugins
-                .disconnect(DisconnectEvent {
-                    client,
-                    code,
-                    reason,
-                })
-                .await;
-        }
-        let channels: Vec<String> = self.subscriptions.keys().cloned().collect();
-        for channel in channels {
-            self.leave(&channel).await;
-        }
-        if self.handle.is_some() {
-            self.node.hub.unregister(&self.client, &self.user);
-        }
-        let remote = self.connection.remote;
-        match self.outbound.close_reason() {
-            Some(d) if d == Disconnect::SLOW => {
-                tracing::warn!(client = %self.client, %remote, "client dropped as slow: outbound queue full")
-            }
-            Some(d) => {
-                tracing::debug!(client = %self.client, %remote, code = d.code, reason = %d.reason, "client disconnected")
-            }
-            None => tracing::debug!(client = %self.client, %remote, "client went away"),
-        }
-    }
-
-    async fn handle_incoming(&mut self, item: Incoming) -> Result<(), Disconnect> {
-        match item {
-            Incoming::Text(bytes) => {
-                let text = std::str::from_utf8(&bytes).map_err(|_| Disconnect::INVALID_PAYLOAD)?;
-                self.handle_frame(text).await
-            }
-            Incoming::Binary => {
-                tracing::debug!(remote = %self.connection.remote, "binary frame on a JSON connection");
-                Err(Disconnect::BAD_REQUEST)
-            }
-            Incoming::Pong => {
-                if self.connection.transport_ping {
-                    self.heartbeat.pong();
-                }
-                Ok(())
-            }
-            Incoming::TooLarge => Err(Disconnect::MESSAGE_TOO_BIG),
-            Incoming::InvalidUtf8 => Err(Disconnect::INVALID_PAYLOAD),
-        }
+    // What an `async fn` is, written out: an `async fn` here would keep a second copy of the session in
+    // its future for the connection's whole life (see `skeleton::run`).
+    pub fn run(self, incoming: impl Stream<Item = Incoming>) -> impl Future<Output = ()> {
+        skeleton::run(self, incoming)
     }
 
     async fn handle_frame(&mut self, text: &str) -> Result<(), Disconnect> {
         for command in Command::decode_frame(text) {
             let command = command.map_err(|error| {
-                tracing::debug!(remote = %self.connection.remote, %error, "bad command");
+                tracing::debug!(remote = %self.conn.remote, %error, "bad command");
                 Disconnect::BAD_REQUEST
             })?;
             // Heartbeat answers are not requests; everything else counts against the rate.
-            if command.method != Method::Pong {
-                match self.rate.check() {
-                    Verdict::Allow => {}
-                    Verdict::Refuse => {
-                        if command.id > 0 {
-                            self.reply(encode::error_reply(
-                                command.id,
-                                &ClientError::TOO_MANY_REQUESTS,
-                            ));
-                        }
-                        continue;
-                    }
-                    Verdict::Disconnect => {
-                        tracing::info!(client = %self.client, remote = %self.connection.remote, "client dropped: too many requests");
-                        return Err(Disconnect::TOO_MANY_REQUESTS);
-                    }
+            if command.method != Method::Pong && !self.conn.within_rate(&self.client)? {
+                if command.id > 0 {
+                    self.reply(encode::error_reply(
+                        command.id,
+                        &ClientError::TOO_MANY_REQUESTS,
+                    ));
                 }
+                continue;
             }
-            // Boxed: commands are rare next to the time a connection spends idle, and their futures
-            // (plugin calls, engine round trips) would otherwise make every idle connection several KiB.
-            Box::pin(self.handle_command(command)).await?;
-            if self.outbound.is_closed() {
+            self.handle_command(command).await?;
+            if self.conn.outbound.is_closed() {
                 break;
             }
         }
@@ -263,7 +174,7 @@ impl Session {
     }
 
     fn reply(&self, frame: Frame) {
-        self.outbound.push(frame);
+        self.conn.outbound.push(frame);
     }
 
     /// Queues the reply, or the error; a refusal that closes the connection is returned.
@@ -284,7 +195,7 @@ impl Session {
                 Err(Disconnect::BAD_REQUEST)
             }
             (State::Connected, Method::Pong) => {
-                if !self.connection.transport_ping {
+                if !self.transport_ping {
                     self.heartbeat.pong();
                 }
                 Ok(())
@@ -292,7 +203,7 @@ impl Session {
             (State::Connected, Method::Subscribe(request)) => self.subscribe(id, request).await,
             (State::Connected, Method::Unsubscribe(ChannelRequest { channel })) => {
                 require_channel(&channel)?;
-                self.leave(&channel).await;
+                self.unsubscribe(&channel).await;
                 self.reply(encode::empty_reply(id, "unsubscribe"));
                 Ok(())
             }
@@ -356,13 +267,13 @@ impl Session {
     fn requester(&self, channel: &str, vouched: bool) -> Requester<'_> {
         Requester {
             user: &self.user,
-            subscribed: self.subscriptions.contains_key(channel),
+            subscribed: self.conn.subscriptions.contains_key(channel),
             vouched,
         }
     }
 
     async fn publish(&self, request: ClientPublish) -> Result<StreamPosition, Refusal> {
-        let namespace = self.node.namespace(&request.channel)?;
+        let namespace = self.conn.node.namespace(&request.channel)?;
         let granted = policy::authorize(
             &request.channel,
             &namespace.options,
@@ -373,10 +284,12 @@ impl Session {
             .data
             .ok_or_else(|| ClientError::BAD_REQUEST.with_message("data required"))?;
         let chan_info = self
+            .conn
             .subscriptions
             .get(&request.channel)
             .and_then(|s| s.chan_info.clone());
-        self.node
+        self.conn
+            .node
             .publish(PublishRequest {
                 info: Some(self.info(chan_info)),
                 data,
@@ -389,7 +302,7 @@ impl Session {
     }
 
     async fn history(&self, id: u32, request: HistoryRequest) -> Result<Frame, Refusal> {
-        let namespace: &Namespace = self.node.namespace(&request.channel)?;
+        let namespace: &Namespace = self.conn.node.namespace(&request.channel)?;
         let o = &namespace.options;
         if o.history().is_none() {
             return Err(ClientError::NOT_AVAILABLE.into());
@@ -399,9 +312,13 @@ impl Session {
             .await?;
         let filter = history_filter(
             &request,
-            self.node.config.client.history_max_publication_limit,
+            self.conn.node.config.client.history_max_publication_limit,
         )?;
-        let result = self.node.history(&request.channel, &filter, grant).await?;
+        let result = self
+            .conn
+            .node
+            .history(&request.channel, &filter, grant)
+            .await?;
         Ok(encode::history_reply(
             id,
             &result.publications,
@@ -410,28 +327,68 @@ impl Session {
     }
 
     async fn presence(&self, id: u32, channel: &str, stats: bool) -> Result<Frame, Refusal> {
-        let o = &self.node.namespace(channel)?.options;
+        let o = &self.conn.node.namespace(channel)?.options;
         if !o.presence {
             return Err(ClientError::NOT_AVAILABLE.into());
         }
         let grant = self.may_read(channel, o, AccessKind::Presence).await?;
         if stats {
-            let s = self.node.presence_stats(channel, grant).await?;
+            let s = self.conn.node.presence_stats(channel, grant).await?;
             Ok(encode::presence_stats_reply(id, s.num_clients, s.num_users))
         } else {
             Ok(encode::presence_reply(
                 id,
-                &self.node.presence(channel, grant).await?,
+                &self.conn.node.presence(channel, grant).await?,
             ))
         }
     }
+}
 
-    async fn handle_session_command(&mut self, command: SessionCommand) {
+impl Decisions for Session {
+    type Subscription = Subscription;
+
+    fn connection(&self) -> &Connection<Subscription> {
+        &self.conn
+    }
+
+    fn connection_mut(&mut self) -> &mut Connection<Subscription> {
+        &mut self.conn
+    }
+
+    fn handle(&self) -> Option<&Arc<SessionHandle>> {
+        self.handle.as_ref()
+    }
+
+    fn deadline(&self) -> Instant {
+        self.next_deadline()
+    }
+
+    async fn incoming(&mut self, item: Incoming) -> Result<(), Disconnect> {
+        match item {
+            Incoming::Text(bytes) => {
+                let text = std::str::from_utf8(&bytes).map_err(|_| Disconnect::INVALID_PAYLOAD)?;
+                self.handle_frame(text).await
+            }
+            Incoming::Binary => {
+                tracing::debug!(remote = %self.conn.remote, "binary frame on a JSON connection");
+                Err(Disconnect::BAD_REQUEST)
+            }
+            Incoming::Pong => {
+                if self.transport_ping {
+                    self.heartbeat.pong();
+                }
+                Ok(())
+            }
+            Incoming::TooLarge => Err(Disconnect::MESSAGE_TOO_BIG),
+            Incoming::InvalidUtf8 => Err(Disconnect::INVALID_PAYLOAD),
+        }
+    }
+
+    async fn command(&mut self, command: SessionCommand) {
         match command {
             SessionCommand::Subscribe { channel } => self.server_subscribe(&channel).await,
             SessionCommand::Unsubscribe { channel } => {
-                if self.subscriptions.contains_key(&channel) {
-                    self.leave(&channel).await;
+                if self.unsubscribe(&channel).await {
                     self.reply(encode::unsubscribe_push(
                         &channel,
                         2000,
@@ -440,15 +397,15 @@ impl Session {
                 }
             }
             SessionCommand::Resubscribe { channel } => {
-                let Some(subscription) = self.subscriptions.get(&channel) else {
+                let Some(subscription) = self.conn.subscriptions.get(&channel) else {
                     return;
                 };
                 if subscription.server_side {
                     // A server-side subscription comes back only with a new connection (and recovers there).
-                    self.outbound.close(Disconnect::INSUFFICIENT_STATE);
+                    self.conn.outbound.close(Disconnect::INSUFFICIENT_STATE);
                     return;
                 }
-                self.leave(&channel).await;
+                self.unsubscribe(&channel).await;
                 self.reply(encode::unsubscribe_push(
                     &channel,
                     2500,
@@ -457,12 +414,32 @@ impl Session {
             }
         }
     }
-}
 
-async fn next_command(commands: &mut Option<CommandReceiver>) -> Option<SessionCommand> {
-    match commands {
-        Some(rx) => Some(rx.recv().await),
-        None => std::future::pending().await,
+    async fn deadline_passed(&mut self, now: Instant) -> Result<(), Disconnect> {
+        self.deadlines_due(now).await
+    }
+
+    /// The disconnect hook hears of every connection that got connected.
+    async fn finishing(&mut self) {
+        let plugins = &self.conn.node.plugins;
+        if self.state != State::Connected || !plugins.any(Hooks::DISCONNECT) {
+            return;
+        }
+        let (code, reason) = match self.conn.outbound.close_reason() {
+            Some(d) => (u32::from(d.code), d.reason.into_owned()),
+            None => (3000, "connection closed".to_owned()),
+        };
+        plugins
+            .disconnect(DisconnectEvent {
+                client: self.plugin_client(),
+                code,
+                reason,
+            })
+            .await;
+    }
+
+    async fn leave(&mut self, channel: &str, subscription: Subscription) {
+        self.end(channel, subscription).await;
     }
 }
 
@@ -475,7 +452,7 @@ fn require_channel(channel: &str) -> Result<(), Disconnect> {
     }
 }
 
-/// Maps the client's history request onto an engine filter (§8.3 of the wire notes).
+/// Maps the client's history request onto a history filter (§8.3 of the wire notes).
 fn history_filter(request: &HistoryRequest, max: usize) -> Result<HistoryFilter, ClientError> {
     let limit = match request.limit {
         0 => Some(0),

@@ -1,25 +1,25 @@
 //! A Pusher session: one pusher-js (or other Pusher protocol v7) connection's state machine.
 //!
-//! It shares everything below the protocol with the Centrifugo session — the outbound queue, the hub's
-//! fan-out, the engine — and differs in what a connection is: no connect command (the socket id is sent
-//! at once), channels authorised by the app backend's signatures instead of tokens, liveness by the
-//! client's activity, and `client-*` events relayed to the other members of private channels.
+//! It runs on the connection skeleton and shares everything below the protocol with the Centrifugo
+//! session — the outbound queue, the hub's fan-out, the node — and differs in what a connection is: no
+//! connect command (the socket id is sent at once), channels authorised by the app backend's signatures
+//! instead of tokens, liveness by the client's activity, and `client-*` events relayed to the other
+//! members of private channels.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use tokio::time::Instant;
 
 use crate::channel::ChannelKind;
 use crate::config::PusherConfig;
 use crate::disconnect::Disconnect;
-use crate::engine::{ClientInfo, HistoryFilter};
 use crate::errors::Refusal;
-use crate::hub::{CommandReceiver, DeliveryGate, SessionCommand, SessionHandle, Subscriber};
-use crate::limits::{CommandRate, Verdict};
-use crate::node::{Node, PublishRequest, Source, plugin_client_info};
+use crate::hub::{DeliveryGate, SessionCommand, SessionHandle};
+use crate::node::{ClientInfo, HistoryFilter, Node, PublishRequest, Source, plugin_client_info};
+use crate::outbound::Outbound;
 use crate::plugin::bindings::{self, Hooks};
 use crate::plugin::chain::Decision;
 use crate::policy::{self, Action, Denied, Grant, Requester};
@@ -28,8 +28,8 @@ use crate::protocol::pusher::{close, sign};
 use crate::protocol::{Frame, Protocol};
 use crate::webhooks::WebhookEvent;
 
+use super::skeleton::{self, Connection, Decisions};
 use super::{ConnectionInfo, Incoming};
-use crate::outbound::Outbound;
 
 /// Longest `client-*` event name (Pusher's limit).
 const MAX_EVENT_NAME: usize = 200;
@@ -105,21 +105,16 @@ fn distinct_users(present: &HashMap<String, ClientInfo>) -> usize {
 
 /// One Pusher connection's state.
 pub struct PusherSession {
-    node: Arc<Node>,
-    outbound: Arc<Outbound>,
-    remote: std::net::SocketAddr,
+    /// Its subscriptions are by channel, with this connection's membership for presence channels.
+    conn: Connection<Option<ClientInfo>>,
     /// The upgrade request's headers and query, for the connect plugins; dropped once they have run, so
     /// an idle connection does not keep a browser's headers.
     upgrade: Option<ConnectionInfo>,
     handle: Arc<SessionHandle>,
-    commands: CommandReceiver,
-    /// Subscribed channels, with this connection's membership for presence channels.
-    channels: HashMap<String, Option<ClientInfo>>,
     /// When the client last sent anything, WebSocket control frames included.
     last_heard: Instant,
     /// When the server's unanswered ping went out.
     pinged_at: Option<Instant>,
-    rate: CommandRate,
 }
 
 impl PusherSession {
@@ -127,18 +122,14 @@ impl PusherSession {
     pub fn new(node: Arc<Node>, outbound: Arc<Outbound>, connection: ConnectionInfo) -> Self {
         let (handle, commands) =
             SessionHandle::new(new_socket_id(), String::new(), outbound.clone());
-        let rate = node.admission.command_rate();
+        let mut conn = Connection::new(node, outbound, connection.remote, Protocol::Pusher);
+        conn.commands = Some(commands);
         Self {
-            node,
-            outbound,
-            remote: connection.remote,
+            conn,
             upgrade: Some(connection),
             handle,
-            commands,
-            channels: HashMap::new(),
             last_heard: Instant::now(),
             pinged_at: None,
-            rate,
         }
     }
 
@@ -147,7 +138,7 @@ impl PusherSession {
     }
 
     fn config(&self) -> &PusherConfig {
-        &self.node.config.pusher
+        &self.conn.node.config.pusher
     }
 
     /// The connection as plugins and publications see it.
@@ -162,59 +153,17 @@ impl PusherSession {
 
     /// Runs until the client goes away or a close is decided, then cleans up; the close is left in the
     /// outbound queue for the writer.
-    pub async fn run(mut self, incoming: impl Stream<Item = Incoming>) {
-        let mut incoming = std::pin::pin!(incoming);
-        let node = self.node.clone();
-        let outbound = self.outbound.clone();
-        // Boxed like every rare step: a plugin call's future would otherwise size every idle connection.
-        if let Err(refused) = Box::pin(self.connect_hook()).await {
-            outbound.push(codec::error(Some(refused.code), &refused.reason));
-            outbound.close(refused);
-            return;
-        }
-        node.hub.register(self.handle.clone());
-        outbound.push(codec::connection_established(
-            self.socket_id(),
-            self.config().activity_timeout.as_secs(),
-        ));
-        tracing::debug!(socket_id = %self.socket_id(), remote = %self.remote, "pusher client connected");
-        loop {
-            let deadline = self.deadline();
-            tokio::select! {
-                _ = outbound.closed() => break,
-                _ = node.shutdown.cancelled() => {
-                    outbound.close(Disconnect::SHUTDOWN);
-                    break;
-                }
-                item = incoming.next() => {
-                    let Some(item) = item else { break };
-                    self.last_heard = Instant::now();
-                    self.pinged_at = None;
-                    if let Err(disconnect) = Box::pin(self.handle_incoming(item)).await {
-                        outbound.close(disconnect);
-                        break;
-                    }
-                }
-                command = self.commands.recv() => Box::pin(self.handle_command(command)).await,
-                _ = tokio::time::sleep_until(deadline) => {
-                    if self.pinged_at.is_some() {
-                        outbound.push(codec::error(Some(4201), "Pong reply not received"));
-                        outbound.close(close::PONG_TIMEOUT);
-                        break;
-                    }
-                    outbound.push(codec::ping());
-                    self.pinged_at = Some(Instant::now());
-                }
-            }
-        }
-        Box::pin(self.finish()).await;
+    // What an `async fn` is, written out: an `async fn` here would keep a second copy of the session in
+    // its future for the connection's whole life (see `skeleton::run`).
+    pub fn run(self, incoming: impl Stream<Item = Incoming>) -> impl Future<Output = ()> {
+        skeleton::run(self, incoming)
     }
 
     /// The connect plugins see every Pusher connection as it opens (protocol `pusher`, no token: Pusher
     /// authorises channels, not connections). A denial closes it with the Pusher form of the code; an
     /// identity makes it that user's, as a sign-in would.
     async fn connect_hook(&mut self) -> Result<(), Disconnect> {
-        let plugins = self.node.plugins.clone();
+        let plugins = self.conn.node.plugins.clone();
         let Some(upgrade) = self.upgrade.take() else {
             return Ok(());
         };
@@ -224,7 +173,7 @@ impl PusherSession {
         let request = bindings::ConnectRequest {
             transport: "websocket".into(),
             protocol: "pusher".into(),
-            remote_addr: self.remote.to_string(),
+            remote_addr: self.conn.remote.to_string(),
             headers: upgrade.headers.to_vec(),
             query: upgrade.query.to_vec(),
             token: String::new(),
@@ -240,7 +189,7 @@ impl PusherSession {
                 Ok(())
             }
             Decision::Denied(deny) => {
-                tracing::info!(remote = %self.remote, code = deny.code, reason = %deny.reason, "pusher connection denied by plugin");
+                tracing::info!(remote = %self.conn.remote, code = deny.code, reason = %deny.reason, "pusher connection denied by plugin");
                 let disconnect = match Refusal::from_code(deny.code, deny.reason) {
                     Refusal::Disconnect(disconnect) => disconnect,
                     Refusal::Error(error) => Disconnect {
@@ -253,82 +202,30 @@ impl PusherSession {
         }
     }
 
-    /// The next liveness check: the pong deadline after a ping, else the end of the allowed silence.
-    fn deadline(&self) -> Instant {
-        match self.pinged_at {
-            Some(pinged) => pinged + self.config().pong_timeout,
-            None => self.last_heard + self.config().activity_timeout,
-        }
-    }
-
-    async fn finish(mut self) {
-        let channels: Vec<_> = self.channels.drain().collect();
-        for (channel, member) in channels {
-            self.leave(&channel, member).await;
-        }
-        self.node
-            .hub
-            .unregister(&self.handle.client, &self.handle.user);
-        match self.outbound.close_reason() {
-            Some(d) if d == Disconnect::SLOW => {
-                tracing::warn!(socket_id = %self.socket_id(), remote = %self.remote, "pusher client dropped as slow: outbound queue full")
-            }
-            reason => {
-                tracing::debug!(socket_id = %self.socket_id(), remote = %self.remote, ?reason, "pusher client disconnected")
-            }
-        }
-    }
-
-    async fn handle_incoming(&mut self, item: Incoming) -> Result<(), Disconnect> {
-        match item {
-            Incoming::Text(bytes) => {
-                let Ok(text) = std::str::from_utf8(&bytes) else {
-                    return Err(Disconnect::INVALID_PAYLOAD);
-                };
-                self.handle_text(text).await;
-                Ok(())
-            }
-            // Pusher has no binary messages; a client sending one gets told, the connection stays.
-            Incoming::Binary => {
-                self.outbound
-                    .push(codec::error(None, "binary messages are not supported"));
-                Ok(())
-            }
-            Incoming::Pong => Ok(()),
-            Incoming::TooLarge => Err(Disconnect::MESSAGE_TOO_BIG),
-            Incoming::InvalidUtf8 => Err(Disconnect::INVALID_PAYLOAD),
-        }
-    }
-
-    async fn handle_text(&mut self, text: &str) {
+    async fn handle_text(&mut self, text: &str) -> Result<(), Disconnect> {
         let message = match codec::decode(text) {
             Ok(message) => message,
             Err(error) => {
                 // Liberal, as the Pusher clients in the wild need: say what was wrong, keep the connection.
                 tracing::debug!(socket_id = %self.socket_id(), %error, "bad pusher message");
-                self.outbound
+                self.conn
+                    .outbound
                     .push(codec::error(None, &format!("invalid message: {error}")));
-                return;
+                return Ok(());
             }
         };
-        if !matches!(message, ClientMessage::Ping | ClientMessage::Pong) {
-            match self.rate.check() {
-                Verdict::Allow => {}
-                Verdict::Refuse => {
-                    self.outbound
-                        .push(codec::error(Some(4301), "rate limit exceeded"));
-                    return;
-                }
-                Verdict::Disconnect => {
-                    tracing::info!(socket_id = %self.socket_id(), remote = %self.remote, "pusher client dropped: too many messages");
-                    self.outbound.close(Disconnect::TOO_MANY_REQUESTS);
-                    return;
-                }
-            }
+        // Heartbeats are not requests; everything else counts against the rate.
+        if !matches!(message, ClientMessage::Ping | ClientMessage::Pong)
+            && !self.conn.within_rate(&self.handle.client)?
+        {
+            self.conn
+                .outbound
+                .push(codec::error(Some(4301), "rate limit exceeded"));
+            return Ok(());
         }
         match message {
             ClientMessage::Ping => {
-                self.outbound.push(codec::pong());
+                self.conn.outbound.push(codec::pong());
             }
             ClientMessage::Pong => {}
             ClientMessage::Subscribe {
@@ -336,7 +233,9 @@ impl PusherSession {
                 auth,
                 channel_data,
             } => self.subscribe(channel, auth, channel_data).await,
-            ClientMessage::Unsubscribe { channel } => self.unsubscribe(&channel).await,
+            ClientMessage::Unsubscribe { channel } => {
+                self.unsubscribe(&channel).await;
+            }
             ClientMessage::ClientEvent {
                 event,
                 channel,
@@ -347,6 +246,7 @@ impl PusherSession {
                 tracing::debug!(socket_id = %self.socket_id(), event, "unknown pusher event ignored");
             }
         }
+        Ok(())
     }
 
     async fn subscribe(
@@ -355,7 +255,7 @@ impl PusherSession {
         auth: Option<String>,
         channel_data: Option<String>,
     ) {
-        if let Some(member) = self.channels.get(&channel) {
+        if let Some(member) = self.conn.subscriptions.get(&channel) {
             // Idempotent, and a member is not announced twice.
             let again = match member {
                 Some(_) => match self.roster(&channel).await {
@@ -364,23 +264,25 @@ impl PusherSession {
                 },
                 None => codec::subscription_succeeded(&channel),
             };
-            self.outbound.push(again);
+            self.conn.outbound.push(again);
             return;
         }
         let (member, admitted) = match self.authorize(&channel, auth, channel_data).await {
             Ok(admission) => admission,
             Err(refused) => {
                 let frame = self.refused(&channel, refused);
-                self.outbound.push(frame);
+                self.conn.outbound.push(frame);
                 return;
             }
         };
         let reply = match &member {
             Some(member) => self.join(&channel, member, admitted).await,
             None => self
-                .open(&channel, false, admitted)
+                .conn
+                .open(&self.handle, &channel, false, admitted)
                 .await
-                .map(|gate| (gate, codec::subscription_succeeded(&channel))),
+                .map(|gate| (gate, codec::subscription_succeeded(&channel)))
+                .map_err(|_| unavailable()),
         };
         match reply {
             Ok((gate, reply)) => {
@@ -389,12 +291,16 @@ impl PusherSession {
                     false => None,
                 };
                 // Not positioned: whatever arrived while subscribing follows the confirmation.
-                let _ = gate.open(&self.outbound, std::iter::once(reply).chain(cached), None);
-                self.channels.insert(channel, member);
+                let _ = gate.open(
+                    &self.conn.outbound,
+                    std::iter::once(reply).chain(cached),
+                    None,
+                );
+                self.conn.subscriptions.insert(channel, member);
             }
             Err(refused) => {
                 let frame = self.refused(&channel, refused);
-                self.outbound.push(frame);
+                self.conn.outbound.push(frame);
             }
         }
     }
@@ -408,6 +314,7 @@ impl PusherSession {
             reverse: true,
         };
         let found = self
+            .conn
             .node
             .history(channel, &last, admitted)
             .await
@@ -417,9 +324,13 @@ impl PusherSession {
         if let Ok(Some(publication)) = found.map(|found| found.publications.first().cloned()) {
             return codec::publication(channel, &publication);
         }
-        self.node.pusher.webhooks.send(WebhookEvent::CacheMiss {
-            channel: channel.to_owned(),
-        });
+        self.conn
+            .node
+            .pusher
+            .webhooks
+            .send(WebhookEvent::CacheMiss {
+                channel: channel.to_owned(),
+            });
         codec::cache_miss(channel)
     }
 
@@ -429,33 +340,7 @@ impl PusherSession {
         codec::subscription_error(channel, kind, &message, status)
     }
 
-    /// Registers the subscription with the hub, holding its frames, and with the engine for the node's
-    /// first subscriber. `members` asks for presence events.
-    async fn open(
-        &self,
-        channel: &str,
-        members: bool,
-        admitted: Grant,
-    ) -> Result<Arc<DeliveryGate>, Refused> {
-        let gate = Arc::new(DeliveryGate::held());
-        let subscriber = Subscriber {
-            session: self.handle.clone(),
-            protocol: Protocol::Pusher,
-            join_leave: members,
-            gate: gate.clone(),
-            admitted,
-        };
-        if self.node.hub.subscribe(channel, subscriber)
-            && let Err(error) = self.node.channel_opened(channel).await
-        {
-            tracing::warn!(channel, %error, "engine subscribe failed");
-            self.close(channel).await;
-            return Err(unavailable());
-        }
-        Ok(gate)
-    }
-
-    /// Joins a presence channel: subscribes, enters the roster (on every node, through the engine) and
+    /// Joins a presence channel: subscribes, enters the roster (on every node) and
     /// announces the member to the others when it is the user's first connection there. Returns the held
     /// gate and the confirmation with the roster, the joiner included.
     async fn join(
@@ -464,7 +349,7 @@ impl PusherSession {
         member: &ClientInfo,
         admitted: Grant,
     ) -> Result<(Arc<DeliveryGate>, Frame), Refused> {
-        let node = &self.node;
+        let node = &self.conn.node;
         let before = node.members(channel).await.map_err(|error| {
             tracing::warn!(channel, %error, "presence read failed");
             unavailable()
@@ -478,10 +363,14 @@ impl PusherSession {
                 4100,
             ));
         }
-        let gate = self.open(channel, true, admitted).await?;
+        let gate = self
+            .conn
+            .open(&self.handle, channel, true, admitted)
+            .await
+            .map_err(|_| unavailable())?;
         if let Err(error) = node.enter_presence(channel, member.clone(), admitted).await {
             tracing::warn!(channel, %error, "presence update failed");
-            self.close(channel).await;
+            self.conn.close(channel, &self.handle.client).await;
             return Err(unavailable());
         }
         // A failed read still confirms: the roster then is what was there, and the joiner.
@@ -492,10 +381,14 @@ impl PusherSession {
         present.insert(member.client.clone(), member.clone());
         let members = members(&present);
         if !returning {
-            self.node.pusher.webhooks.send(WebhookEvent::MemberAdded {
-                channel: channel.to_owned(),
-                user_id: member.user.clone(),
-            });
+            self.conn
+                .node
+                .pusher
+                .webhooks
+                .send(WebhookEvent::MemberAdded {
+                    channel: channel.to_owned(),
+                    user_id: member.user.clone(),
+                });
         }
         if !returning && let Err(error) = node.announce_join(channel, member.clone()).await {
             tracing::warn!(channel, %error, "member_added broadcast failed");
@@ -508,7 +401,7 @@ impl PusherSession {
 
     /// The channel's members, one per user, ordered by user id.
     async fn roster(&self, channel: &str) -> Result<Vec<(String, Option<String>)>, Refused> {
-        let present = self.node.members(channel).await.map_err(|error| {
+        let present = self.conn.node.members(channel).await.map_err(|error| {
             tracing::warn!(channel, %error, "presence read failed");
             unavailable()
         })?;
@@ -523,7 +416,7 @@ impl PusherSession {
         auth: Option<String>,
         channel_data: Option<String>,
     ) -> Result<(Option<ClientInfo>, Grant), Refused> {
-        let max_channels = self.node.config.client.max_channels;
+        let max_channels = self.conn.node.config.client.max_channels;
         if !codec::valid_channel_name(channel, self.config().max_channel_name_length) {
             return Err((
                 "InvalidChannel",
@@ -531,14 +424,14 @@ impl PusherSession {
                 400,
             ));
         }
-        if self.channels.len() >= max_channels {
+        if self.conn.subscriptions_full() {
             return Err((
                 "LimitReached",
                 format!("at most {max_channels} channels per connection"),
                 400,
             ));
         }
-        let plugins = &self.node.plugins;
+        let plugins = &self.conn.node.plugins;
         if !plugins.any(Hooks::SUBSCRIBE) {
             return self.may_subscribe(channel, auth, channel_data, false);
         }
@@ -580,6 +473,7 @@ impl PusherSession {
             ));
         }
         let options = &self
+            .conn
             .node
             .namespace(channel)
             .map_err(|error| ("InvalidChannel", error.message.into_owned(), 400))?
@@ -653,24 +547,8 @@ impl PusherSession {
         Ok((member, admitted))
     }
 
-    async fn unsubscribe(&mut self, channel: &str) {
-        if let Some(member) = self.channels.remove(channel) {
-            self.leave(channel, member).await;
-        }
-    }
-
-    /// Ends a subscription: out of the hub (and the engine, for the node's last subscriber), out of the
-    /// roster, announcing the member's departure when it was the user's last connection there.
-    async fn leave(&self, channel: &str, member: Option<ClientInfo>) {
-        // The member leaves before the channel may be vacated: the app hears of them in that order.
-        if let Some(member) = member {
-            self.leave_roster(channel, member).await;
-        }
-        self.close(channel).await;
-    }
-
     async fn leave_roster(&self, channel: &str, member: ClientInfo) {
-        let node = &self.node;
+        let node = &self.conn.node;
         if let Err(error) = node.leave_presence(channel, &member.client).await {
             tracing::warn!(channel, %error, "presence removal failed");
         }
@@ -684,21 +562,16 @@ impl PusherSession {
         if !last {
             return;
         }
-        self.node.pusher.webhooks.send(WebhookEvent::MemberRemoved {
-            channel: channel.to_owned(),
-            user_id: member.user.clone(),
-        });
+        self.conn
+            .node
+            .pusher
+            .webhooks
+            .send(WebhookEvent::MemberRemoved {
+                channel: channel.to_owned(),
+                user_id: member.user.clone(),
+            });
         if let Err(error) = node.announce_leave(channel, member).await {
             tracing::warn!(channel, %error, "member_removed broadcast failed");
-        }
-    }
-
-    /// Removes the subscription from the hub, and from the engine for the node's last subscriber.
-    async fn close(&self, channel: &str) {
-        if self.node.hub.unsubscribe(channel, &self.handle.client)
-            && let Err(error) = self.node.channel_closed(channel).await
-        {
-            tracing::warn!(channel, %error, "engine unsubscribe failed");
         }
     }
 
@@ -721,7 +594,7 @@ impl PusherSession {
         if !matches!(kind, ChannelKind::Private | ChannelKind::Presence) {
             return Err("client events are only allowed on private and presence channels");
         }
-        if !self.channels.contains_key(channel) {
+        if !self.conn.subscriptions.contains_key(channel) {
             return Err("client events need a subscription to the channel");
         }
         if event.len() > MAX_EVENT_NAME {
@@ -731,6 +604,7 @@ impl PusherSession {
             return Err("event data too large");
         }
         let options = &self
+            .conn
             .node
             .namespace(channel)
             .map_err(|_| "invalid channel name")?
@@ -745,11 +619,11 @@ impl PusherSession {
 
     /// Relays a `client-*` event to the channel's other subscribers, on every node.
     async fn client_event(&mut self, event: String, channel: String, data: Option<String>) {
-        let member = self.channels.get(&channel).cloned().flatten();
+        let member = self.conn.subscriptions.get(&channel).cloned().flatten();
         let granted = match self.may_send(&event, &channel, data.as_deref(), member.as_ref()) {
             Ok(granted) => granted,
             Err(message) => {
-                self.outbound.push(codec::error(Some(4301), message));
+                self.conn.outbound.push(codec::error(Some(4301), message));
                 return;
             }
         };
@@ -763,6 +637,7 @@ impl PusherSession {
             tags.insert(codec::USER_ID_TAG.to_owned(), member.user.clone());
         }
         let published = self
+            .conn
             .node
             .publish(PublishRequest {
                 channel: channel.clone(),
@@ -778,17 +653,23 @@ impl PusherSession {
             })
             .await;
         match published {
-            Ok(_) => self.node.pusher.webhooks.send(WebhookEvent::ClientEvent {
-                channel,
-                event,
-                data,
-                socket_id: self.socket_id().to_owned(),
-                user_id: member.map(|member| member.user),
-            }),
+            Ok(_) => self
+                .conn
+                .node
+                .pusher
+                .webhooks
+                .send(WebhookEvent::ClientEvent {
+                    channel,
+                    event,
+                    data,
+                    socket_id: self.socket_id().to_owned(),
+                    user_id: member.map(|member| member.user),
+                }),
             Err(error) => {
                 let refusal = Refusal::from(error);
                 tracing::debug!(socket_id = %self.socket_id(), ?refusal, "client event refused");
-                self.outbound
+                self.conn
+                    .outbound
                     .push(codec::error(Some(4301), "client event refused"));
             }
         }
@@ -808,25 +689,116 @@ impl PusherSession {
         );
         let user = signed.then(|| user_id(user_data)).flatten();
         let Some(user) = user else {
-            tracing::info!(socket_id = %self.socket_id(), remote = %self.remote, "pusher sign-in refused");
-            self.outbound
+            tracing::info!(socket_id = %self.socket_id(), remote = %self.conn.remote, "pusher sign-in refused");
+            self.conn
+                .outbound
                 .push(codec::error(Some(4009), "Connection not authorized."));
-            self.outbound.close(close::UNAUTHORIZED);
+            self.conn.outbound.close(close::UNAUTHORIZED);
             return;
         };
-        let hub = &self.node.hub;
+        let hub = &self.conn.node.hub;
         hub.unregister(&self.handle.client, &self.handle.user);
         self.handle = self.handle.with_user(user);
         hub.register(self.handle.clone());
-        self.outbound.push(codec::signin_success(user_data));
+        self.conn.outbound.push(codec::signin_success(user_data));
+    }
+}
+
+impl Decisions for PusherSession {
+    type Subscription = Option<ClientInfo>;
+
+    fn connection(&self) -> &Connection<Option<ClientInfo>> {
+        &self.conn
     }
 
-    async fn handle_command(&mut self, command: SessionCommand) {
+    fn connection_mut(&mut self) -> &mut Connection<Option<ClientInfo>> {
+        &mut self.conn
+    }
+
+    fn handle(&self) -> Option<&Arc<SessionHandle>> {
+        Some(&self.handle)
+    }
+
+    /// The connect hook, then the socket id goes out at once: a Pusher connection has no connect command.
+    async fn opened(&mut self) -> Result<(), Disconnect> {
+        if let Err(refused) = self.connect_hook().await {
+            self.conn
+                .outbound
+                .push(codec::error(Some(refused.code), &refused.reason));
+            return Err(refused);
+        }
+        self.conn.node.hub.register(self.handle.clone());
+        self.conn.outbound.push(codec::connection_established(
+            self.socket_id(),
+            self.config().activity_timeout.as_secs(),
+        ));
+        tracing::debug!(socket_id = %self.socket_id(), remote = %self.conn.remote, "pusher client connected");
+        Ok(())
+    }
+
+    /// The next liveness check: the pong deadline after a ping, else the end of the allowed silence.
+    fn deadline(&self) -> Instant {
+        match self.pinged_at {
+            Some(pinged) => pinged + self.config().pong_timeout,
+            None => self.last_heard + self.config().activity_timeout,
+        }
+    }
+
+    async fn incoming(&mut self, item: Incoming) -> Result<(), Disconnect> {
+        // Anything at all shows the client alive.
+        self.last_heard = Instant::now();
+        self.pinged_at = None;
+        match item {
+            Incoming::Text(bytes) => {
+                let Ok(text) = std::str::from_utf8(&bytes) else {
+                    return Err(Disconnect::INVALID_PAYLOAD);
+                };
+                self.handle_text(text).await
+            }
+            // Pusher has no binary messages; a client sending one gets told, the connection stays.
+            Incoming::Binary => {
+                self.conn
+                    .outbound
+                    .push(codec::error(None, "binary messages are not supported"));
+                Ok(())
+            }
+            Incoming::Pong => Ok(()),
+            Incoming::TooLarge => Err(Disconnect::MESSAGE_TOO_BIG),
+            Incoming::InvalidUtf8 => Err(Disconnect::INVALID_PAYLOAD),
+        }
+    }
+
+    async fn command(&mut self, command: SessionCommand) {
         match command {
-            SessionCommand::Unsubscribe { channel } => self.unsubscribe(&channel).await,
+            SessionCommand::Unsubscribe { channel } => {
+                self.unsubscribe(&channel).await;
+            }
             // Server-side subscriptions and recovery are Centrifugo protocol features.
             SessionCommand::Subscribe { .. } | SessionCommand::Resubscribe { .. } => {}
         }
+    }
+
+    /// Silent too long: ping; still silent after the ping: close.
+    async fn deadline_passed(&mut self, now: Instant) -> Result<(), Disconnect> {
+        if self.pinged_at.is_some() {
+            self.conn
+                .outbound
+                .push(codec::error(Some(4201), "Pong reply not received"));
+            return Err(close::PONG_TIMEOUT);
+        }
+        self.conn.outbound.push(codec::ping());
+        self.pinged_at = Some(now);
+        Ok(())
+    }
+
+    /// Out of the roster, announcing the member's departure when it was the user's last connection there,
+    /// then out of the hub (and the node's channels, for its last subscriber).
+    async fn leave(&mut self, channel: &str, member: Option<ClientInfo>) {
+        // The member leaves before the channel may be vacated: the app hears of them in that order.
+        if let Some(member) = member {
+            self.leave_roster(channel, member).await;
+        }
+        self.conn.close(channel, &self.handle.client).await;
     }
 }
 

@@ -2,7 +2,6 @@
 //! and the ordering guarantee that a subscribe reply precedes every publication of its channel with nothing
 //! lost or duplicated in between.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,15 +9,15 @@ use tokio::time::Instant;
 
 use crate::channel::NamespaceOptions;
 use crate::disconnect::Disconnect;
-use crate::engine::{EngineError, HistoryFilter, StreamPosition};
 use crate::errors::{ClientError, Refusal};
-use crate::hub::{Delivery, DeliveryGate, SessionCommand, Subscriber};
+use crate::hub::{Delivery, SessionCommand};
+use crate::node::StreamPosition;
 use crate::plugin::bindings::{self, Hooks, SubscribeAllow};
 use crate::plugin::chain::Decision;
 use crate::policy::{self, Action, Grant, Requester};
+use crate::protocol::Frame;
 use crate::protocol::centrifuge::command::{FLAG_REJECT_UNRECOVERED, SubscribeRequest};
 use crate::protocol::centrifuge::encode::{self, SubscribeResult};
-use crate::protocol::{Frame, Protocol};
 
 use super::connect::{plugin_json, ttl_until};
 use super::{Session, Subscription, require_channel};
@@ -65,13 +64,13 @@ impl Session {
         request: SubscribeRequest,
     ) -> Result<(), Refusal> {
         let channel = request.channel.as_str();
-        if self.subscriptions.contains_key(channel) {
+        if self.conn.subscriptions.contains_key(channel) {
             return Err(ClientError::ALREADY_SUBSCRIBED.into());
         }
-        if self.subscriptions.len() >= self.node.config.client.max_channels {
+        if self.conn.subscriptions_full() {
             return Err(ClientError::LIMIT_EXCEEDED.into());
         }
-        let node = self.node.clone();
+        let node = self.conn.node.clone();
         let options = &node.namespace(channel)?.options;
         let decision = if node.plugins.any(Hooks::SUBSCRIBE) {
             node.plugins
@@ -144,10 +143,10 @@ impl Session {
     /// apply and the client learns of it through a `subscribe` push. The server vouches for the client, but
     /// the channel policy still decides (a presence roster admits users only).
     pub(super) async fn server_subscribe(&mut self, channel: &str) {
-        if self.subscriptions.contains_key(channel) {
+        if self.conn.subscriptions.contains_key(channel) {
             return;
         }
-        let node = self.node.clone();
+        let node = self.conn.node.clone();
         let Ok(namespace) = node.namespace(channel) else {
             return;
         };
@@ -195,33 +194,22 @@ impl Session {
         let Some(handle) = self.handle.clone() else {
             return Err(ClientError::INTERNAL);
         };
-        let gate = Arc::new(DeliveryGate::held());
-        let subscriber = Subscriber {
-            protocol: Protocol::Centrifuge,
-            session: handle.clone(),
-            join_leave: mode.join_leave,
-            gate: gate.clone(),
-            admitted,
-        };
-        let node = self.node.clone();
-        if node.hub.subscribe(channel, subscriber)
-            && let Err(error) = node.channel_opened(channel).await
-        {
-            self.undo_subscribe(channel).await;
-            tracing::warn!(channel, %error, "engine subscribe failed");
-            return Err(error.into());
-        }
-        let (mut result, covered) = match self.position(channel, options, &mode).await {
+        let gate = self
+            .conn
+            .open(&handle, channel, mode.join_leave, admitted)
+            .await?;
+        let (mut result, covered) = match self.position(channel, options, &mode, admitted).await {
             Ok(found) => found,
             Err(error) => {
-                self.undo_subscribe(channel).await;
+                self.conn.close(channel, &self.client).await;
                 return Err(error);
             }
         };
         if mode.reject_unrecovered && result.was_recovering && !result.recovered {
-            self.undo_subscribe(channel).await;
+            self.conn.close(channel, &self.client).await;
             return Err(ClientError::UNRECOVERABLE_POSITION);
         }
+        let node = self.conn.node.clone();
         result.data = mode.data.clone();
         result.ttl = mode.ttl;
         // Present before the client hears it is subscribed, so a presence query right after sees it.
@@ -233,13 +221,13 @@ impl Session {
             tracing::warn!(channel, %error, "presence update failed");
         }
         let announce = options.join_leave || options.force_push_join_leave;
-        if gate.open(&self.outbound, [reply(&result)], covered) == Delivery::Gap {
+        if gate.open(&self.conn.outbound, [reply(&result)], covered) == Delivery::Gap {
             // Publications raced the reply with a hole between them: start over at once.
             let _ = handle.command(SessionCommand::Resubscribe {
                 channel: channel.to_owned(),
             });
         }
-        self.subscriptions.insert(
+        self.conn.subscriptions.insert(
             channel.to_owned(),
             Subscription {
                 presence: options.presence,
@@ -268,6 +256,7 @@ impl Session {
         channel: &str,
         options: &NamespaceOptions,
         mode: &Mode,
+        admitted: Grant,
     ) -> Result<(SubscribeResult, Option<StreamPosition>), ClientError> {
         let mut result = SubscribeResult {
             positioned: mode.positioned,
@@ -277,38 +266,22 @@ impl Session {
         let Some(history) = options.history().filter(|_| mode.positioned) else {
             return Ok((result, None));
         };
-        let history_engine = &self.node.engine.history;
-        let top_only = HistoryFilter {
-            since: None,
-            limit: Some(0),
-            reverse: false,
+        let node = &self.conn.node;
+        let max = node.config.client.recovery_max_publication_limit;
+        let missed = match &mode.recover_from {
+            Some(from) => {
+                result.was_recovering = true;
+                node.stream_since(channel, &history, from, max + 1, admitted)
+                    .await?
+                    .map(|found| (from, found))
+            }
+            None => None,
         };
-        let Some(from) = &mode.recover_from else {
-            let top = history_engine
-                .history(channel, &top_only, &history)
-                .await?
-                .position;
+        // Not recovering, or too late to: the client starts at the top.
+        let Some((from, found)) = missed else {
+            let top = node.stream_top(channel, &history, admitted).await?;
             result.position = top.clone();
             return Ok((result, Some(top)));
-        };
-        result.was_recovering = true;
-        let max = self.node.config.client.recovery_max_publication_limit;
-        let since = HistoryFilter {
-            since: Some(from.clone()),
-            limit: Some(max + 1),
-            reverse: false,
-        };
-        let found = match history_engine.history(channel, &since, &history).await {
-            Ok(found) => found,
-            Err(EngineError::UnrecoverablePosition) => {
-                let top = history_engine
-                    .history(channel, &top_only, &history)
-                    .await?
-                    .position;
-                result.position = top.clone();
-                return Ok((result, Some(top)));
-            }
-            Err(error) => return Err(error.into()),
         };
         let top = found.position;
         let publications = found.publications;
@@ -334,21 +307,11 @@ impl Session {
         Ok((result, Some(covered)))
     }
 
-    async fn undo_subscribe(&self, channel: &str) {
-        if self.node.hub.unsubscribe(channel, &self.client)
-            && let Err(error) = self.node.channel_closed(channel).await
-        {
-            tracing::warn!(channel, %error, "engine unsubscribe failed");
-        }
-    }
-
-    /// Ends a subscription (client unsubscribe, server unsubscribe or disconnect); no reply.
-    pub(super) async fn leave(&mut self, channel: &str) {
-        let Some(subscription) = self.subscriptions.remove(channel) else {
-            return;
-        };
-        self.undo_subscribe(channel).await;
-        let node = &self.node;
+    /// Ends a subscription already taken out of the connection's (client unsubscribe, server unsubscribe,
+    /// expiry or disconnect); no reply.
+    pub(super) async fn end(&mut self, channel: &str, subscription: Subscription) {
+        self.conn.close(channel, &self.client).await;
+        let node = &self.conn.node;
         if subscription.presence
             && let Err(error) = node.leave_presence(channel, &self.client).await
         {

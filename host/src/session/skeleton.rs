@@ -1,0 +1,297 @@
+//! The connection skeleton every session runs on, whatever its protocol: the run loop (closure, shutdown,
+//! client messages, session commands, the protocol's deadline), the request rate, the subscription
+//! open/close sequence with the hub and the node, and the finish that ends every subscription and
+//! unregisters the connection. A protocol supplies only its decisions, through [`Decisions`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures_util::{Stream, StreamExt};
+use tokio::time::Instant;
+
+use crate::disconnect::Disconnect;
+use crate::errors::ClientError;
+use crate::hub::{CommandReceiver, DeliveryGate, SessionCommand, SessionHandle, Subscriber};
+use crate::limits::{CommandRate, Verdict};
+use crate::node::Node;
+use crate::outbound::Outbound;
+use crate::policy::Grant;
+use crate::protocol::Protocol;
+
+use super::Incoming;
+
+/// What a protocol decides; the skeleton does the rest. The async steps are boxed where the skeleton
+/// awaits them: they run rarely next to the time a connection spends idle, and their futures (plugin
+/// calls, round trips to Redis) would otherwise be part of every idle connection's size.
+pub(super) trait Decisions: Sized {
+    /// What this protocol remembers of one subscription, to end it.
+    type Subscription;
+
+    /// The state the skeleton shares with the protocol.
+    fn connection(&self) -> &Connection<Self::Subscription>;
+
+    /// The same, to change.
+    fn connection_mut(&mut self) -> &mut Connection<Self::Subscription>;
+
+    /// The hub's handle on this connection, once it is registered there.
+    fn handle(&self) -> Option<&Arc<SessionHandle>>;
+
+    /// Runs once before anything is read; an error closes the connection without a finish (nothing was
+    /// registered yet).
+    async fn opened(&mut self) -> Result<(), Disconnect> {
+        Ok(())
+    }
+
+    /// When [`Decisions::deadline_passed`] is next due.
+    fn deadline(&self) -> Instant;
+
+    /// A message from the client (or its transport); an error closes the connection.
+    async fn incoming(&mut self, item: Incoming) -> Result<(), Disconnect>;
+
+    /// A command from the rest of the server.
+    async fn command(&mut self, command: SessionCommand);
+
+    /// The deadline passed; an error closes the connection.
+    async fn deadline_passed(&mut self, now: Instant) -> Result<(), Disconnect>;
+
+    /// The protocol's part of the finish, before the subscriptions end.
+    async fn finishing(&mut self) {}
+
+    /// Ends one subscription, already taken out of [`Connection::subscriptions`]; no reply.
+    async fn leave(&mut self, channel: &str, subscription: Self::Subscription);
+
+    /// Ends the subscription to `channel`, if there is one; whether there was.
+    async fn unsubscribe(&mut self, channel: &str) -> bool {
+        match self.connection_mut().subscriptions.remove(channel) {
+            Some(subscription) => {
+                self.leave(channel, subscription).await;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// What every connection has, whatever its protocol.
+#[derive(Debug)]
+pub(super) struct Connection<S> {
+    pub(super) node: Arc<Node>,
+    pub(super) outbound: Arc<Outbound>,
+    /// The client's address.
+    pub(super) remote: SocketAddr,
+    /// The protocol spoken, which decides how the hub encodes for its subscriptions.
+    protocol: Protocol,
+    /// Commands from the rest of the server, once the connection is registered with the hub.
+    pub(super) commands: Option<CommandReceiver>,
+    /// The connection's subscriptions by channel.
+    pub(super) subscriptions: HashMap<String, S>,
+    rate: CommandRate,
+}
+
+impl<S> Connection<S> {
+    /// The shared state of a connection that just opened.
+    pub(super) fn new(
+        node: Arc<Node>,
+        outbound: Arc<Outbound>,
+        remote: SocketAddr,
+        protocol: Protocol,
+    ) -> Self {
+        let rate = node.admission.command_rate();
+        Self {
+            node,
+            outbound,
+            remote,
+            protocol,
+            commands: None,
+            subscriptions: HashMap::new(),
+            rate,
+        }
+    }
+
+    /// Counts one request of `client` against the connection's rate: `Ok(true)` to handle it, `Ok(false)`
+    /// to refuse it (each protocol answers that its own way), an error to close a connection refused too
+    /// often in a row.
+    pub(super) fn within_rate(&mut self, client: &str) -> Result<bool, Disconnect> {
+        match self.rate.check() {
+            Verdict::Allow => Ok(true),
+            Verdict::Refuse => Ok(false),
+            Verdict::Disconnect => {
+                tracing::info!(protocol = ?self.protocol, client, remote = %self.remote, "client dropped: too many requests");
+                Err(Disconnect::TOO_MANY_REQUESTS)
+            }
+        }
+    }
+
+    /// Whether the connection holds as many subscriptions as it may.
+    pub(super) fn subscriptions_full(&self) -> bool {
+        self.subscriptions.len() >= self.node.config.client.max_channels
+    }
+
+    /// Registers a subscription with the hub, its frames held until the protocol queues its reply through
+    /// the returned gate, and opens the channel on the node for its first subscriber here; undone when
+    /// that fails. `join_leave` asks for join/leave pushes; `admitted` is the channel policy's admission.
+    pub(super) async fn open(
+        &self,
+        handle: &Arc<SessionHandle>,
+        channel: &str,
+        join_leave: bool,
+        admitted: Grant,
+    ) -> Result<Arc<DeliveryGate>, ClientError> {
+        let gate = Arc::new(DeliveryGate::held());
+        let subscriber = Subscriber {
+            session: handle.clone(),
+            protocol: self.protocol,
+            join_leave,
+            gate: gate.clone(),
+            admitted,
+        };
+        if self.node.hub.subscribe(channel, subscriber)
+            && let Err(error) = self.node.channel_opened(channel).await
+        {
+            tracing::warn!(channel, %error, "opening the channel on this node failed");
+            self.close(channel, &handle.client).await;
+            return Err(error.into());
+        }
+        Ok(gate)
+    }
+
+    /// Takes `client`'s subscription out of the hub, and closes the channel on the node for its last
+    /// subscriber here: the undo of [`Connection::open`].
+    pub(super) async fn close(&self, channel: &str, client: &str) {
+        if self.node.hub.unsubscribe(channel, client)
+            && let Err(error) = self.node.channel_closed(channel).await
+        {
+            tracing::warn!(channel, %error, "closing the channel on this node failed");
+        }
+    }
+}
+
+/// What woke the run loop.
+enum Event {
+    Closed,
+    Shutdown,
+    Incoming(Option<Incoming>),
+    Command(SessionCommand),
+    Deadline,
+}
+
+/// Runs a session until the client goes away or a close is decided, then finishes it. The close (if any)
+/// is left in the outbound queue for the writer.
+///
+/// Not an `async fn`: that would move `session` from its argument into a local, and a future keeps room
+/// for both for its whole life (rust-lang/rust#62958) — hundreds of bytes on every idle connection. The
+/// `async move` block uses the captured session in place.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would store the session twice"
+)]
+pub(super) fn run<D: Decisions>(
+    mut session: D,
+    incoming: impl Stream<Item = Incoming>,
+) -> impl Future<Output = ()> {
+    async move {
+        let mut incoming = std::pin::pin!(incoming);
+        if let Err(refused) = Box::pin(session.opened()).await {
+            session.connection().outbound.close(refused);
+            return;
+        }
+        loop {
+            let deadline = session.deadline();
+            let Connection {
+                node,
+                outbound,
+                commands,
+                ..
+            } = session.connection_mut();
+            let event = tokio::select! {
+                _ = outbound.closed() => Event::Closed,
+                _ = node.shutdown.cancelled() => Event::Shutdown,
+                item = incoming.next() => Event::Incoming(item),
+                Some(command) = next_command(commands.as_mut()) => Event::Command(command),
+                _ = tokio::time::sleep_until(deadline) => Event::Deadline,
+            };
+            let outcome = match event {
+                Event::Closed => break,
+                Event::Shutdown => Err(Disconnect::SHUTDOWN),
+                Event::Incoming(None) => break,
+                Event::Incoming(Some(item)) => Box::pin(session.incoming(item)).await,
+                Event::Command(command) => {
+                    Box::pin(session.command(command)).await;
+                    Ok(())
+                }
+                Event::Deadline => Box::pin(session.deadline_passed(Instant::now())).await,
+            };
+            if let Err(disconnect) = outcome {
+                session.connection().outbound.close(disconnect);
+                break;
+            }
+        }
+        Box::pin(finish(session)).await;
+    }
+}
+
+async fn next_command(commands: Option<&mut CommandReceiver>) -> Option<SessionCommand> {
+    match commands {
+        Some(commands) => Some(commands.recv().await),
+        None => std::future::pending().await,
+    }
+}
+
+/// After the run: the protocol's part, then every subscription ends and the connection leaves the hub.
+async fn finish<D: Decisions>(mut session: D) {
+    session.finishing().await;
+    let subscriptions = std::mem::take(&mut session.connection_mut().subscriptions);
+    for (channel, subscription) in subscriptions {
+        session.leave(&channel, subscription).await;
+    }
+    let connection = session.connection();
+    let client = session.handle().map_or("", |handle| handle.client.as_str());
+    if let Some(handle) = session.handle() {
+        connection.node.hub.unregister(&handle.client, &handle.user);
+    }
+    let (protocol, remote) = (connection.protocol, connection.remote);
+    match connection.outbound.close_reason() {
+        Some(d) if d == Disconnect::SLOW => {
+            tracing::warn!(?protocol, client, %remote, "client dropped as slow: outbound queue full")
+        }
+        Some(d) => {
+            tracing::debug!(?protocol, client, %remote, code = d.code, reason = %d.reason, "client disconnected")
+        }
+        None => tracing::debug!(?protocol, client, %remote, "client went away"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::pusher::PusherSession;
+    use crate::session::{ConnectionInfo, Session};
+
+    /// The future `run` returns lives as long as its connection: an idle connection is mostly this size.
+    /// The bound is generous on purpose; the sizes are printed (`--nocapture`) to compare changes.
+    #[tokio::test]
+    async fn run_futures_stay_small() {
+        let node = Node::new(crate::config::Config::default()).expect("a node");
+        let outbound = Arc::new(Outbound::new(1 << 16));
+        let connection = ConnectionInfo {
+            remote: SocketAddr::from(([127, 0, 0, 1], 1)),
+            transport_ping: false,
+            headers: Arc::from([]),
+            query: Arc::from([]),
+        };
+        let incoming = || futures_util::stream::pending::<Incoming>();
+        let centrifuge = Session::new(node.clone(), outbound.clone(), connection.clone());
+        let centrifuge = centrifuge.run(incoming());
+        let pusher = PusherSession::new(node, outbound, connection).run(incoming());
+        let sizes = [
+            std::mem::size_of_val(&centrifuge),
+            std::mem::size_of_val(&pusher),
+        ];
+        println!(
+            "run future sizes: centrifuge {}, pusher {}",
+            sizes[0], sizes[1]
+        );
+        assert!(sizes.iter().all(|&size| size <= 2048), "{sizes:?}");
+    }
+}
