@@ -7,6 +7,7 @@
 //! This module's [`Session`] speaks the Centrifugo protocol, [`pusher::PusherSession`] the Pusher one; both
 //! run on one connection skeleton (`skeleton`) and supply only their decisions.
 
+mod pairs;
 pub mod pusher;
 
 mod connect;
@@ -20,6 +21,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::Stream;
 use tokio::time::Instant;
+
+pub use pairs::Pairs;
 
 use crate::channel::Namespace;
 use crate::disconnect::Disconnect;
@@ -61,9 +64,9 @@ pub struct ConnectionInfo {
     /// Heartbeat with transport ping frames instead of `{}` messages (`cf_ws_frame_ping_pong=true`).
     pub transport_ping: bool,
     /// Headers of the upgrade request (lower-case names), for connect plugins.
-    pub headers: Arc<[(String, String)]>,
+    pub headers: Pairs,
     /// Query parameters of the upgrade request, for connect plugins.
-    pub query: Arc<[(String, String)]>,
+    pub query: Pairs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,8 +101,8 @@ pub struct Session {
     /// Heartbeat with transport ping frames (see [`ConnectionInfo::transport_ping`]).
     transport_ping: bool,
     /// The upgrade request's headers and query, for the connect hook (a refresh runs it again).
-    headers: Arc<[(String, String)]>,
-    query: Arc<[(String, String)]>,
+    headers: Pairs,
+    query: Pairs,
     state: State,
     client: String,
     user: String,

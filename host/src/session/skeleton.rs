@@ -277,8 +277,8 @@ mod tests {
         let connection = ConnectionInfo {
             remote: SocketAddr::from(([127, 0, 0, 1], 1)),
             transport_ping: false,
-            headers: Arc::from([]),
-            query: Arc::from([]),
+            headers: crate::session::Pairs::default(),
+            query: crate::session::Pairs::default(),
         };
         let incoming = || futures_util::stream::pending::<Incoming>();
         let centrifuge = Session::new(node.clone(), outbound.clone(), connection.clone());
