@@ -70,6 +70,10 @@ pub(in crate::transport) struct ReadLimits {
 struct Fragments {
     text: bool,
     data: BytesMut,
+    /// How much of a text message's data is known to be valid UTF-8: each fragment is checked as it
+    /// comes (a bad one fails the message at once), a character split across fragments on arrival of
+    /// the rest.
+    checked: usize,
 }
 
 /// Turns bytes into events; no I/O, so every rule is unit-tested on bytes.
@@ -170,9 +174,20 @@ impl Frames {
                     None => Fragments {
                         text: data == Data::Text,
                         data: payload,
+                        checked: 0,
                     },
                 };
                 if !header.is_final {
+                    if fragments.text {
+                        match std::str::from_utf8(&fragments.data[fragments.checked..]) {
+                            Ok(_) => fragments.checked = fragments.data.len(),
+                            // Only the end is cut short: the next fragment may complete it.
+                            Err(error) if error.error_len().is_none() => {
+                                fragments.checked += error.valid_up_to();
+                            }
+                            Err(_) => return Some(self.fail(Disconnect::INVALID_PAYLOAD)),
+                        }
+                    }
                     self.fragments = Some(fragments);
                     return None;
                 }
@@ -180,7 +195,7 @@ impl Frames {
                 if !fragments.text {
                     return Some(Event::Binary(message));
                 }
-                Some(match std::str::from_utf8(&message) {
+                Some(match std::str::from_utf8(&message[fragments.checked..]) {
                     Ok(_) => Event::Text(message),
                     Err(_) => self.fail(Disconnect::INVALID_PAYLOAD),
                 })
@@ -446,6 +461,15 @@ mod tests {
         );
         let invalid = wire(OpCode::Data(Data::Text), &[0xff, 0xfe], true, true);
         assert!(violation(1007)(&events(&invalid, 1)[0]));
+        // A bad fragment fails the message at once; a character split between fragments does not.
+        let mut bad_first = wire(OpCode::Data(Data::Text), &[b'a', 0xff], false, true);
+        bad_first.extend(wire(OpCode::Data(Data::Continue), &[b'b'], false, true));
+        assert_eq!(events(&bad_first, bad_first.len()).len(), 1);
+        assert!(violation(1007)(&events(&bad_first, bad_first.len())[0]));
+        let e_acute = "é".as_bytes();
+        let mut split = wire(OpCode::Data(Data::Text), &e_acute[..1], false, true);
+        split.extend(wire(OpCode::Data(Data::Continue), &e_acute[1..], true, true));
+        assert_eq!(events(&split, 3), vec![Event::Text(Bytes::from("é"))]);
         let bad_reason = wire(OpCode::Control(Control::Close), &[3, 232, 0xff], true, true);
         assert!(violation(1007)(&events(&bad_reason, 1)[0]));
         let close = wire(
