@@ -649,7 +649,6 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{EngineConfig, EngineKind};
 
     fn fields(pairs: &[(&str, &str)]) -> Vec<(String, Bytes)> {
         pairs
@@ -784,49 +783,5 @@ mod tests {
         let (next, claimed) = parse_autoclaim(claim).unwrap();
         assert_eq!(next, "0-0");
         assert_eq!(claimed, expected);
-    }
-
-    #[test]
-    fn config_needs_a_redis_and_a_claim_idle_inside_the_idempotency_window() {
-        let memory = EngineConfig::default();
-        let queue = QueueConfig {
-            enabled: true,
-            ..QueueConfig::default()
-        };
-        assert!(
-            queue
-                .validate(&memory)
-                .unwrap_err()
-                .starts_with("queue.addresses")
-        );
-        let redis = EngineConfig {
-            kind: EngineKind::Redis,
-            ..EngineConfig::default()
-        };
-        queue.validate(&redis).unwrap();
-        let own = QueueConfig {
-            addresses: vec!["redis://127.0.0.1:7000".into()],
-            ..queue.clone()
-        };
-        own.validate(&memory).unwrap();
-        let late = QueueConfig {
-            claim_idle: memory.idempotency_window,
-            ..own.clone()
-        };
-        assert!(
-            late.validate(&memory)
-                .unwrap_err()
-                .starts_with("queue.claim_idle")
-        );
-        let looping = QueueConfig {
-            dead_letter_stream: "herald:queue".into(),
-            ..own
-        };
-        assert!(
-            looping
-                .validate(&memory)
-                .unwrap_err()
-                .starts_with("queue.dead_letter_stream")
-        );
     }
 }

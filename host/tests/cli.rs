@@ -106,7 +106,7 @@ fn check_config_names_the_wrong_key() {
         ),
         (
             "[channel.defaults]\nchannel_regex = \"(\"\n",
-            "channel regex",
+            "channel.defaults.channel_regex",
         ),
         ("address = 5\n", "address"),
     ] {

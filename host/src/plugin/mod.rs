@@ -7,17 +7,19 @@
 
 pub mod bindings;
 pub mod chain;
+mod config;
 mod host;
 pub mod runtime;
 pub mod watch;
 
+pub use config::{PluginLimits, PluginsConfig, PluginsConfigError};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use serde::{Deserialize, Serialize};
 
 use bindings::{
     AccessRequest, ConnectAllow, ConnectRequest, DisconnectEvent, Hooks, PublishRequest,
@@ -25,73 +27,6 @@ use bindings::{
 };
 use chain::{Decision, Draft, PublishDecision, RpcDecision};
 use runtime::{Call, Failure, FailureKind, Limits, LoadedPlugin, Reply, Runtime};
-
-/// Per-plugin limit overrides (`[plugins.limits.<name>]`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PluginLimits {
-    /// Deadline of one hook call.
-    #[serde(with = "humantime_serde")]
-    pub deadline: Option<Duration>,
-    /// Linear memory of one instance, in bytes.
-    pub memory_limit: Option<usize>,
-}
-
-/// The `[plugins]` section. Its `Debug` shows which plugins are configured, never their configuration
-/// (it holds their secrets).
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PluginsConfig {
-    /// Folder of `.wasm` plugins; empty turns plugins off.
-    pub dir: String,
-    /// Where compiled plugins are cached (default: `<dir>/.cache`); empty string = default.
-    pub cache_dir: String,
-    /// Reload plugins when their files change (default true).
-    pub watch: bool,
-    /// Deadline of one hook call (default 10 ms).
-    #[serde(with = "humantime_serde")]
-    pub deadline: Duration,
-    /// Linear memory one plugin instance may use, in bytes (default 16 MiB).
-    pub memory_limit: usize,
-    /// Warm instances kept per plugin (default 16).
-    pub max_idle_instances: usize,
-    /// Configuration passed to each plugin's `init`, by plugin name. A `<file>.toml` beside the plugin
-    /// takes precedence.
-    pub config: BTreeMap<String, serde_json::Value>,
-    /// Limit overrides by plugin name.
-    pub limits: BTreeMap<String, PluginLimits>,
-}
-
-impl std::fmt::Debug for PluginsConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let configured: Vec<&String> = self.config.keys().collect();
-        f.debug_struct("PluginsConfig")
-            .field("dir", &self.dir)
-            .field("cache_dir", &self.cache_dir)
-            .field("watch", &self.watch)
-            .field("deadline", &self.deadline)
-            .field("memory_limit", &self.memory_limit)
-            .field("max_idle_instances", &self.max_idle_instances)
-            .field("config (redacted) for", &configured)
-            .field("limits", &self.limits)
-            .finish()
-    }
-}
-
-impl Default for PluginsConfig {
-    fn default() -> Self {
-        Self {
-            dir: String::new(),
-            cache_dir: String::new(),
-            watch: true,
-            deadline: Duration::from_millis(10),
-            memory_limit: 16 * 1024 * 1024,
-            max_idle_instances: 16,
-            config: BTreeMap::new(),
-            limits: BTreeMap::new(),
-        }
-    }
-}
 
 /// The most memory any plugin can be given (the pooling allocator's slot size).
 fn largest_memory(config: &PluginsConfig) -> usize {
