@@ -245,7 +245,7 @@ async fn plugins(
         .plugins
         .load_errors()
         .into_iter()
-        .map(|(file, e)| serde_json::json!({"file": file, "at_ms": millis(e.at), "error": e.message}))
+        .map(|(file, e)| serde_json::json!({"file": file, "at_ms": millis(e.at), "error": e.error.to_string()}))
         .collect();
     let body = serde_json::json!({"result": {"plugins": loaded, "load_errors": errors}});
     json(StatusCode::OK, body.to_string().into_bytes())
