@@ -245,6 +245,22 @@ pub enum EnvVariable {
     Misspelt,
 }
 
+/// Someone else's `HERALD_*` variables ([`EnvVariable::Foreign`]) with typical values: what Kubernetes
+/// injects into every pod of a namespace with a Service named `herald` (port 8000, named `http`), and what a
+/// deploy script may export. Public so the configuration's tests and the binary's set the same ones and
+/// expect none to be read.
+pub const FOREIGN_VARIABLE_EXAMPLES: [(&str, &str); 9] = [
+    ("HERALD_PORT", "tcp://10.0.0.7:8000"),
+    ("HERALD_PORT_8000_TCP", "tcp://10.0.0.7:8000"),
+    ("HERALD_PORT_8000_TCP_ADDR", "10.0.0.7"),
+    ("HERALD_PORT_8000_TCP_PORT", "8000"),
+    ("HERALD_PORT_8000_TCP_PROTO", "tcp"),
+    ("HERALD_SERVICE_HOST", "10.0.0.7"),
+    ("HERALD_SERVICE_PORT", "8000"),
+    ("HERALD_SERVICE_PORT_HTTP", "8000"),
+    ("HERALD_BIN", "/usr/local/bin/herald"),
+];
+
 /// The configuration's key names, taken from the serialized default so they cannot drift from [`Config`]:
 /// an object is a section (its fields are the keys below it), an empty object is a map (any name below it),
 /// anything else is a key.
@@ -486,25 +502,11 @@ mod tests {
         });
     }
 
-    /// What Kubernetes injects into every pod of a namespace with a Service named `herald` (port 8000,
-    /// named `http`), and what a deploy script may export.
-    const FOREIGN: [(&str, &str); 9] = [
-        ("HERALD_PORT", "tcp://10.0.0.7:8000"),
-        ("HERALD_PORT_8000_TCP", "tcp://10.0.0.7:8000"),
-        ("HERALD_PORT_8000_TCP_ADDR", "10.0.0.7"),
-        ("HERALD_PORT_8000_TCP_PORT", "8000"),
-        ("HERALD_PORT_8000_TCP_PROTO", "tcp"),
-        ("HERALD_SERVICE_HOST", "10.0.0.7"),
-        ("HERALD_SERVICE_PORT", "8000"),
-        ("HERALD_SERVICE_PORT_HTTP", "8000"),
-        ("HERALD_BIN", "/usr/local/bin/herald"),
-    ];
-
     #[test]
     #[allow(clippy::result_large_err)] // figment's Jail closure signature
     fn kubernetes_service_variables_are_ignored_and_real_keys_still_apply() {
         figment::Jail::expect_with(|jail| {
-            for (name, value) in FOREIGN {
+            for (name, value) in FOREIGN_VARIABLE_EXAMPLES {
                 jail.set_env(name, value);
             }
             jail.set_env("HERALD_ADDRESS", "0.0.0.0:9000");
@@ -518,7 +520,7 @@ mod tests {
             let seen = ConfigKeys::of_default()
                 .map_err(|e| e.to_string())?
                 .environment_variables();
-            for (name, _) in FOREIGN {
+            for (name, _) in FOREIGN_VARIABLE_EXAMPLES {
                 assert!(
                     seen.contains(&(name.to_owned(), EnvVariable::Foreign)),
                     "{name}: {seen:?}"
@@ -562,7 +564,7 @@ mod tests {
     #[allow(clippy::result_large_err)] // figment's Jail closure signature
     fn a_misspelt_key_in_a_file_is_still_an_error() {
         figment::Jail::expect_with(|jail| {
-            for (name, value) in FOREIGN {
+            for (name, value) in FOREIGN_VARIABLE_EXAMPLES {
                 jail.set_env(name, value);
             }
             jail.create_file("herald.toml", "[client]\nping_intervl = \"5s\"\n")?;
