@@ -46,8 +46,10 @@ use crate::policy::Grant;
 use crate::protocol::centrifuge::encode::{Object, write_history_result, write_presence_result};
 use crate::protocol::compact_json;
 
-/// The `/api` routes.
-pub fn router(node: Arc<Node>) -> Router {
+/// The HTTP API surface: the `/api` routes merged with `other_apis` (the Pusher HTTP API's routes, which the
+/// server passes in: the two APIs are peers and neither imports the other), all under one body limit and
+/// one [`ApiGuard`].
+pub fn router(node: Arc<Node>, other_apis: Router<Arc<Node>>) -> Router {
     let limit = node.config.http_api.max_body_size;
     let guard = Arc::new(Guarded {
         limits: ApiGuard::new(&node.config.limits),
@@ -56,7 +58,7 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/api/{method}", post(handle))
         .route("/api/plugins", get(plugins))
-        .merge(crate::pusher_api::routes(node.clone()))
+        .merge(other_apis)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(guard, guard_requests))
         .with_state(node)
@@ -245,7 +247,7 @@ async fn plugins(
         .plugins
         .load_errors()
         .into_iter()
-        .map(|(file, e)| serde_json::json!({"file": file, "at_ms": millis(e.at), "error": e.message}))
+        .map(|(file, e)| serde_json::json!({"file": file, "at_ms": millis(e.at), "error": e.error.to_string()}))
         .collect();
     let body = serde_json::json!({"result": {"plugins": loaded, "load_errors": errors}});
     json(StatusCode::OK, body.to_string().into_bytes())

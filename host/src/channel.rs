@@ -140,6 +140,80 @@ impl Default for ChannelConfig {
     }
 }
 
+impl ChannelConfig {
+    /// Checks the options that depend on each other, in every namespace (the defaults first).
+    fn check_options(&self) -> Result<(), ChannelConfigError> {
+        let named = self
+            .namespaces
+            .iter()
+            .map(|(name, options)| (NamespaceKey::Named(name.clone()), options));
+        for (key, ns) in std::iter::once((NamespaceKey::Defaults, &self.defaults)).chain(named) {
+            let history = ns.history().is_some();
+            if (ns.history_size > 0) == ns.history_ttl.is_zero() {
+                return Err(ChannelConfigError::HistoryHalfSet(key));
+            }
+            if (ns.force_recovery || ns.allow_recovery) && !history {
+                return Err(ChannelConfigError::RecoveryWithoutHistory(key));
+            }
+            if (ns.force_positioning || ns.allow_positioning) && !history {
+                return Err(ChannelConfigError::PositioningWithoutHistory(key));
+            }
+            if (ns.join_leave || ns.force_push_join_leave) && !ns.presence {
+                return Err(ChannelConfigError::JoinLeaveWithoutPresence(key));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where one namespace's options are configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamespaceKey {
+    /// `channel.defaults`, for channels without a namespace.
+    Defaults,
+    /// `channel.namespaces.<name>`.
+    Named(String),
+}
+
+impl std::fmt::Display for NamespaceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Defaults => f.write_str("channel.defaults"),
+            Self::Named(name) => write!(f, "channel.namespaces.{name}"),
+        }
+    }
+}
+
+/// Why `[channel]` is refused; each names the namespace and, where one key is wrong, the key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ChannelConfigError {
+    /// Only one of `history_size` and `history_ttl` is set.
+    #[error("{0}: history_size and history_ttl must be set together")]
+    HistoryHalfSet(NamespaceKey),
+    /// Recovery is allowed or forced without history to recover from.
+    #[error("{0}: recovery needs history (history_size and history_ttl)")]
+    RecoveryWithoutHistory(NamespaceKey),
+    /// Positioning is allowed or forced without history to position in.
+    #[error("{0}: positioning needs history (history_size and history_ttl)")]
+    PositioningWithoutHistory(NamespaceKey),
+    /// Join/leave messages are on without presence, whose changes they announce.
+    #[error("{0}: join_leave needs presence = true")]
+    JoinLeaveWithoutPresence(NamespaceKey),
+    /// A namespace name that is empty or has characters besides ASCII letters, digits, `-`, `_` and `.`.
+    #[error(
+        "channel.namespaces.{0:?}: a namespace name may only contain ASCII letters, digits, '-', '_' and '.'"
+    )]
+    NamespaceName(String),
+    /// `channel_regex` does not compile.
+    #[error("{key}.channel_regex: not a valid regular expression: {error}")]
+    ChannelRegex {
+        /// The namespace.
+        key: NamespaceKey,
+        /// What the regex compiler says.
+        error: regex::Error,
+    },
+}
+
 /// Channel rules compiled from [`ChannelConfig`]: what the node consults on every command.
 #[derive(Debug)]
 pub struct Channels {
@@ -157,11 +231,11 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    fn compile(name: &str, options: &NamespaceOptions) -> Result<Self, String> {
+    fn compile(key: NamespaceKey, options: &NamespaceOptions) -> Result<Self, ChannelConfigError> {
         let regex = match &options.channel_regex {
             Some(pattern) => Some(
                 Regex::new(pattern)
-                    .map_err(|e| format!("channel regex of namespace {name:?} is invalid: {e}"))?,
+                    .map_err(|error| ChannelConfigError::ChannelRegex { key, error })?,
             ),
             None => None,
         };
@@ -173,8 +247,9 @@ impl Namespace {
 }
 
 impl Channels {
-    /// Compiles the configured rules; the error names the offending namespace or key.
-    pub fn new(config: &ChannelConfig) -> Result<Self, String> {
+    /// Checks and compiles the configured rules; the error names the offending namespace or key.
+    pub fn new(config: &ChannelConfig) -> Result<Self, ChannelConfigError> {
+        config.check_options()?;
         let mut namespaces = BTreeMap::new();
         for (name, options) in &config.namespaces {
             if name.is_empty()
@@ -182,15 +257,14 @@ impl Channels {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             {
-                return Err(format!(
-                    "channel.namespaces.{name:?}: a namespace name may only contain ASCII letters, digits, '-', '_' and '.'"
-                ));
+                return Err(ChannelConfigError::NamespaceName(name.clone()));
             }
-            namespaces.insert(name.clone(), Namespace::compile(name, options)?);
+            let key = NamespaceKey::Named(name.clone());
+            namespaces.insert(name.clone(), Namespace::compile(key, options)?);
         }
         Ok(Self {
             max_length: config.max_length,
-            defaults: Namespace::compile("", &config.defaults)?,
+            defaults: Namespace::compile(NamespaceKey::Defaults, &config.defaults)?,
             namespaces,
         })
     }
@@ -393,6 +467,16 @@ mod tests {
                 ..Default::default()
             },
         );
-        assert!(Channels::new(&config).unwrap_err().contains("\"x\""));
+        let error = Channels::new(&config).unwrap_err();
+        assert!(
+            matches!(&error, ChannelConfigError::ChannelRegex { key, .. } if *key == NamespaceKey::Named("x".into())),
+            "{error:?}"
+        );
+        assert!(
+            error
+                .to_string()
+                .starts_with("channel.namespaces.x.channel_regex: not a valid regular expression"),
+            "{error}"
+        );
     }
 }

@@ -98,7 +98,7 @@ fn addresses_or_ranges<'de, D: serde::Deserializer<'de>>(
 
 impl LimitsConfig {
     /// Checks the values; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), LimitsConfigError> {
         for (key, value) in [
             ("limits.max_connections", self.max_connections as u64),
             (
@@ -136,17 +136,30 @@ impl LimitsConfig {
             ),
         ] {
             if value == 0 {
-                return Err(format!("{key}: must be greater than 0"));
+                return Err(LimitsConfigError::Zero { key });
             }
         }
         if self.proxy_protocol && self.trusted_proxies.is_empty() {
-            return Err(
-                "limits.proxy_protocol: needs limits.trusted_proxies (PROXY headers are read only from them)"
-                    .into(),
-            );
+            return Err(LimitsConfigError::ProxyProtocolWithoutTrustedProxies);
         }
         Ok(())
     }
+}
+
+/// Why `[limits]` is refused; each names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitsConfigError {
+    /// A limit, rate or timeout that must be positive is 0.
+    #[error("{key}: must be greater than 0")]
+    Zero {
+        /// The key, `limits.…`.
+        key: &'static str,
+    },
+    /// `proxy_protocol` is on with no trusted proxy to accept PROXY headers from.
+    #[error(
+        "limits.proxy_protocol: needs limits.trusted_proxies (PROXY headers are read only from them)"
+    )]
+    ProxyProtocolWithoutTrustedProxies,
 }
 
 fn nonzero(n: u32) -> NonZeroU32 {
@@ -563,17 +576,23 @@ mod tests {
 
     #[test]
     fn zero_limits_and_timeouts_are_rejected() {
-        for bad in [
-            LimitsConfig {
-                api_requests_per_second_per_ip: 0,
-                ..LimitsConfig::default()
-            },
-            LimitsConfig {
-                handshake_timeout: Duration::ZERO,
-                ..LimitsConfig::default()
-            },
+        for (bad, key) in [
+            (
+                LimitsConfig {
+                    api_requests_per_second_per_ip: 0,
+                    ..LimitsConfig::default()
+                },
+                "limits.api_requests_per_second_per_ip",
+            ),
+            (
+                LimitsConfig {
+                    handshake_timeout: Duration::ZERO,
+                    ..LimitsConfig::default()
+                },
+                "limits.handshake_timeout",
+            ),
         ] {
-            assert!(bad.validate().is_err());
+            assert_eq!(bad.validate(), Err(LimitsConfigError::Zero { key }));
         }
         assert!(LimitsConfig::default().validate().is_ok());
     }

@@ -144,18 +144,8 @@ fn raise_open_file_limit() {
 async fn check_plugin(
     file: &std::path::Path,
     config: Option<&std::path::Path>,
-) -> Result<String, String> {
-    let config = match config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let table: toml::Table = text
-                .parse()
-                .map_err(|e| format!("{} is not valid TOML: {e}", path.display()))?;
-            Some(serde_json::to_string(&table).map_err(|e| e.to_string())?)
-        }
-        None => None,
-    };
+) -> Result<String, herald::plugin::LoadError> {
+    let config = config.map(herald::plugin::read_config).transpose()?;
     herald::plugin::check(file, config).await
 }
 

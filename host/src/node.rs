@@ -154,7 +154,7 @@ impl Node {
 
     fn assemble(config: Config, hub: Arc<Hub>, engine: Engine) -> anyhow::Result<Arc<Self>> {
         config.validate()?;
-        let channels = Channels::new(&config.channel).map_err(crate::config::ConfigError)?;
+        let channels = Channels::new(&config.channel)?;
         let plugins = Arc::new(Plugins::new(&config.plugins)?);
         let admission = crate::limits::Admission::new(&config.limits);
         let shutdown = CancellationToken::new();

@@ -25,27 +25,41 @@ use tokio::time::Instant;
 
 use crate::config::QueueConfig;
 use crate::engine::redis::connection::{Connection as Link, Target};
+use crate::engine::redis::without_password;
 use crate::errors::Refusal;
 use crate::node::{Node, PublishError, PublishRequest, Source};
 
 /// Connects to the queue's Redis, creates the consumer group on every stream, and starts one consumer task
 /// per stream (tracked with the node's tasks, stopped by its `shutdown`). Fails, like the engine, when
 /// Redis cannot be reached at start.
-pub async fn start(node: Arc<Node>) -> Result<(), String> {
+pub async fn start(node: Arc<Node>) -> Result<(), StartError> {
     let config = &node.config.queue;
     let consumer = if config.consumer.is_empty() {
         default_consumer_name()
     } else {
         config.consumer.clone()
     };
+    let target = target(&node.config);
     let mut consumers = Vec::with_capacity(config.streams.len());
     for stream in &config.streams {
-        let mut link = open_link(&node.config)
+        // A command connection per consumer, reconnecting by itself after a failed command.
+        let mut link = Link::open(&target, None::<fn(redis::PushInfo) -> Result<(), ()>>)
             .await
-            .map_err(|e| format!("cannot connect to Redis: {e}"))?;
+            .map_err(|error| StartError::Connect {
+                addresses: target
+                    .addresses
+                    .iter()
+                    .map(|a| without_password(a))
+                    .collect(),
+                error,
+            })?;
         create_group(&mut link, stream, &config.group)
             .await
-            .map_err(|e| format!("cannot create consumer group on {stream:?}: {e}"))?;
+            .map_err(|error| StartError::Group {
+                stream: stream.clone(),
+                group: config.group.clone(),
+                error,
+            })?;
         consumers.push(Consumer {
             node: node.clone(),
             link,
@@ -60,15 +74,38 @@ pub async fn start(node: Arc<Node>) -> Result<(), String> {
     Ok(())
 }
 
+/// Why the queue consumers did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The queue's Redis cannot be reached.
+    #[error("cannot connect to Redis at {}: {error}", .addresses.join(", "))]
+    Connect {
+        /// The addresses tried, passwords replaced.
+        addresses: Vec<String>,
+        /// What the Redis client says.
+        error: RedisError,
+    },
+    /// The consumer group cannot be created on a stream (e.g. the key holds another type, or the Redis user
+    /// may not run `XGROUP`).
+    #[error("cannot create consumer group {group:?} on stream {stream:?}: {error}")]
+    Group {
+        /// The stream key.
+        stream: String,
+        /// The group (`queue.group`).
+        group: String,
+        /// What Redis says.
+        error: RedisError,
+    },
+}
+
 /// `<hostname>-<pid>`: unique among running processes and recognisable in `XINFO CONSUMERS`.
 fn default_consumer_name() -> String {
     format!("{}-{}", crate::node::hostname(), std::process::id())
 }
 
-/// A command connection to the queue's Redis (the engine's kind: standalone or cluster, reconnecting by
-/// itself after a failed command). A blocking read legitimately takes `block` before answering, so the
-/// command timeout is extended by it.
-async fn open_link(config: &crate::config::Config) -> Result<Link, RedisError> {
+/// Where the queue's Redis is: `queue.addresses` and `queue.cluster`, or else the engine's. A blocking read
+/// legitimately takes `block` before answering, so the command timeout is extended by it.
+fn target(config: &crate::config::Config) -> Target {
     let queue = &config.queue;
     let redis = &config.engine.redis;
     let (addresses, cluster) = if queue.addresses.is_empty() {
@@ -76,13 +113,12 @@ async fn open_link(config: &crate::config::Config) -> Result<Link, RedisError> {
     } else {
         (&queue.addresses, queue.cluster)
     };
-    let target = Target {
+    Target {
         addresses: addresses.clone(),
         cluster,
         connect_timeout: redis.connect_timeout,
         command_timeout: queue.block + redis.command_timeout,
-    };
-    Link::open(&target, None::<fn(redis::PushInfo) -> Result<(), ()>>).await
+    }
 }
 
 /// Creates the group reading the stream from its beginning (entries added before Herald first ran are
@@ -649,7 +685,6 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{EngineConfig, EngineKind};
 
     fn fields(pairs: &[(&str, &str)]) -> Vec<(String, Bytes)> {
         pairs
@@ -786,47 +821,23 @@ mod tests {
         assert_eq!(claimed, expected);
     }
 
-    #[test]
-    fn config_needs_a_redis_and_a_claim_idle_inside_the_idempotency_window() {
-        let memory = EngineConfig::default();
-        let queue = QueueConfig {
-            enabled: true,
-            ..QueueConfig::default()
-        };
+    #[tokio::test]
+    async fn a_queue_redis_that_cannot_be_reached_fails_the_start_naming_it_without_password() {
+        let port = crate::testing::free_port();
+        let mut config = crate::config::Config::default();
+        config.queue.enabled = true;
+        config.queue.addresses = vec![format!("redis://app:s3cret-pw@127.0.0.1:{port}")];
+        config.engine.redis.connect_timeout = Duration::from_millis(500);
+        let node = Node::new(config).unwrap();
+        let error = start(node).await.unwrap_err();
+        assert!(matches!(error, StartError::Connect { .. }), "{error:?}");
+        let message = error.to_string();
         assert!(
-            queue
-                .validate(&memory)
-                .unwrap_err()
-                .starts_with("queue.addresses")
+            message.starts_with(&format!(
+                "cannot connect to Redis at redis://app:redacted@127.0.0.1:{port}: "
+            )),
+            "{message}"
         );
-        let redis = EngineConfig {
-            kind: EngineKind::Redis,
-            ..EngineConfig::default()
-        };
-        queue.validate(&redis).unwrap();
-        let own = QueueConfig {
-            addresses: vec!["redis://127.0.0.1:7000".into()],
-            ..queue.clone()
-        };
-        own.validate(&memory).unwrap();
-        let late = QueueConfig {
-            claim_idle: memory.idempotency_window,
-            ..own.clone()
-        };
-        assert!(
-            late.validate(&memory)
-                .unwrap_err()
-                .starts_with("queue.claim_idle")
-        );
-        let looping = QueueConfig {
-            dead_letter_stream: "herald:queue".into(),
-            ..own
-        };
-        assert!(
-            looping
-                .validate(&memory)
-                .unwrap_err()
-                .starts_with("queue.dead_letter_stream")
-        );
+        assert!(!message.contains("s3cret-pw"), "{message}");
     }
 }

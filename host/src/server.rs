@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::node::Node;
 use crate::transport::tls::Certificates;
-use crate::{api, transport};
+use crate::{api, pusher_api, transport};
 
 /// Starts a node and what runs beside it: the plugin watcher (when `plugins.watch` is on), the announcer
 /// that keeps this node in the cluster's node list, and the queue consumers (when `queue.enabled`), after
@@ -54,7 +54,7 @@ pub fn app(node: Arc<Node>) -> Router {
             }),
         )
         .with_state(node.clone())
-        .merge(api::router(node))
+        .merge(api::router(node.clone(), pusher_api::routes(node)))
 }
 
 /// Serves on `listener` until `shutdown` resolves, then shuts down gracefully.

@@ -78,26 +78,23 @@ pub struct WebhookConfig {
 impl WebhookConfig {
     /// Checks what serde cannot: an `http://` or `https://` URL with a host, and known event types. The
     /// error names the field; callers prefix the entry.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), WebhookConfigError> {
         match url::Url::parse(&self.url) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
-            Ok(_) => {
-                return Err(format!(
-                    "url: {:?} is not an http:// or https:// URL",
-                    self.url
-                ));
+            Ok(_) => return Err(WebhookConfigError::NotHttp(self.url.clone())),
+            Err(error) => {
+                return Err(WebhookConfigError::NotAUrl {
+                    url: self.url.clone(),
+                    error,
+                });
             }
-            Err(error) => return Err(format!("url: {:?} is not a URL: {error}", self.url)),
         }
         if let Some(unknown) = self
             .event_types
             .iter()
             .find(|name| !EVENT_NAMES.contains(&name.as_str()))
         {
-            return Err(format!(
-                "event_types: {unknown:?} is not one of {}",
-                EVENT_NAMES.join(", ")
-            ));
+            return Err(WebhookConfigError::UnknownEventType(unknown.clone()));
         }
         Ok(())
     }
@@ -112,6 +109,26 @@ impl WebhookConfig {
             .filter_map(|name| EVENT_NAMES.iter().position(|known| known == name))
             .fold(0, |mask, i| mask | 1 << i)
     }
+}
+
+/// Why a `[[pusher.webhooks]]` entry is refused. Each names the field; the configuration prefixes the entry
+/// (`pusher.webhooks[0].url: …`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookConfigError {
+    /// The URL parses but is not `http://` or `https://` with a host.
+    #[error("url: {0:?} is not an http:// or https:// URL")]
+    NotHttp(String),
+    /// The URL does not parse.
+    #[error("url: {url:?} is not a URL: {error}")]
+    NotAUrl {
+        /// The configured URL.
+        url: String,
+        /// What the URL parser says.
+        error: url::ParseError,
+    },
+    /// An event type Herald does not send.
+    #[error("event_types: {0:?} is not one of {events}", events = EVENT_NAMES.join(", "))]
+    UnknownEventType(String),
 }
 
 /// An event, as Pusher's webhook body lists it.
@@ -867,7 +884,19 @@ mod tests {
             url: "http://h/x".into(),
             event_types: vec!["subscription_count".into()],
         };
-        assert!(bad_type.validate().unwrap_err().starts_with("event_types:"));
+        assert_eq!(
+            bad_type.validate(),
+            Err(WebhookConfigError::UnknownEventType(
+                "subscription_count".into()
+            ))
+        );
+        assert!(
+            bad_type
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("event_types: \"subscription_count\" is not one of channel_occupied")
+        );
         for url in [
             "",
             "example.com/hook",
@@ -878,7 +907,15 @@ mod tests {
                 url: url.into(),
                 ..Default::default()
             };
-            assert!(hook.validate().unwrap_err().starts_with("url:"), "{url}");
+            let error = hook.validate().unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    WebhookConfigError::NotHttp(_) | WebhookConfigError::NotAUrl { .. }
+                ),
+                "{url}: {error:?}"
+            );
+            assert!(error.to_string().starts_with("url:"), "{url}");
         }
     }
 

@@ -4,6 +4,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use herald::config::FOREIGN_VARIABLE_EXAMPLES;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -106,7 +107,7 @@ fn check_config_names_the_wrong_key() {
         ),
         (
             "[channel.defaults]\nchannel_regex = \"(\"\n",
-            "channel regex",
+            "channel.defaults.channel_regex",
         ),
         ("address = 5\n", "address"),
     ] {
@@ -266,20 +267,6 @@ async fn serve_loads_plugins_from_a_relative_folder() {
     );
 }
 
-/// What Kubernetes injects into every pod of a namespace with a Service named `herald`, and what a deploy
-/// script may export: none of them is a configuration key.
-const KUBERNETES_VARIABLES: [(&str, &str); 9] = [
-    ("HERALD_PORT", "tcp://10.0.0.7:8000"),
-    ("HERALD_PORT_8000_TCP", "tcp://10.0.0.7:8000"),
-    ("HERALD_PORT_8000_TCP_ADDR", "10.0.0.7"),
-    ("HERALD_PORT_8000_TCP_PORT", "8000"),
-    ("HERALD_PORT_8000_TCP_PROTO", "tcp"),
-    ("HERALD_SERVICE_HOST", "10.0.0.7"),
-    ("HERALD_SERVICE_PORT", "8000"),
-    ("HERALD_SERVICE_PORT_HTTP", "8000"),
-    ("HERALD_BIN", "/usr/local/bin/herald"),
-];
-
 /// `herald serve` starts in a pod beside a Service named `herald`: the variables Kubernetes injects are
 /// ignored, each named in the debug log (never with its value); a misspelt key under a real section is
 /// ignored with a warning; a real key among them applies (the API key opens the API).
@@ -288,13 +275,13 @@ async fn serve_starts_beside_kubernetes_service_variables() {
     let (_child, port, seen) = serve(|command| {
         command
             .env("RUST_LOG", "info,herald::config=debug")
-            .envs(KUBERNETES_VARIABLES)
+            .envs(FOREIGN_VARIABLE_EXAMPLES)
             .env("HERALD_CLIENT__PING_INTERVL", "5s")
             .env("HERALD_HTTP_API__KEY", "key-from-the-pod-spec");
     })
     .await;
     let field = |line: &str, field: &str| line.split_whitespace().any(|word| word == field);
-    for (name, value) in KUBERNETES_VARIABLES {
+    for (name, value) in FOREIGN_VARIABLE_EXAMPLES {
         assert!(
             seen.iter()
                 .any(|l| l.contains("DEBUG") && field(l, &format!("variable={name}"))),

@@ -48,3 +48,46 @@ impl Default for ClientConfig {
         }
     }
 }
+
+impl ClientConfig {
+    /// Checks the timers and the queue limit; the error names the key.
+    pub fn validate(&self) -> Result<(), ClientConfigError> {
+        if self.ping_interval.is_zero() {
+            return Err(ClientConfigError::PingInterval);
+        }
+        if self.pong_timeout.is_zero() || self.pong_timeout >= self.ping_interval {
+            return Err(ClientConfigError::PongTimeout {
+                ping_interval: self.ping_interval,
+            });
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(ClientConfigError::ConnectTimeout);
+        }
+        if self.max_queue_bytes < 1024 {
+            return Err(ClientConfigError::MaxQueueBytes);
+        }
+        Ok(())
+    }
+}
+
+/// Why `[client]` is refused; each names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientConfigError {
+    /// `ping_interval` is zero.
+    #[error("client.ping_interval: must be greater than 0")]
+    PingInterval,
+    /// `pong_timeout` is zero, or would not expire before the next ping.
+    #[error(
+        "client.pong_timeout: must be greater than 0 and less than client.ping_interval ({ping_interval:?})"
+    )]
+    PongTimeout {
+        /// The configured ping interval.
+        ping_interval: Duration,
+    },
+    /// `connect_timeout` is zero.
+    #[error("client.connect_timeout: must be greater than 0")]
+    ConnectTimeout,
+    /// `max_queue_bytes` is under 1 KiB.
+    #[error("client.max_queue_bytes: must be at least 1024")]
+    MaxQueueBytes,
+}

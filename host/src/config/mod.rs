@@ -6,8 +6,9 @@
 //! every pod of a namespace with a Service named `herald`; scripts set `HERALD_BIN`), so only variables
 //! that name a configuration key are read and the others are ignored — see [`EnvVariable`].
 //!
-//! Each section's struct lives beside the module it configures; this file puts them together, loads them and
-//! checks what serde cannot (cross-field rules, regexes).
+//! Each section's struct lives beside the module it configures, with its `validate` and error enum for what
+//! serde cannot check (cross-field rules, regexes); this file puts them together, loads them and runs the
+//! checks, whose failure is a [`ConfigError`] naming the key.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -24,6 +25,7 @@ use crate::limits::LimitsConfig;
 use crate::plugin::PluginsConfig;
 
 mod client;
+mod error;
 mod http_api;
 mod pusher;
 mod queue;
@@ -31,12 +33,13 @@ mod secret;
 pub mod tls;
 mod websocket;
 
-pub use client::ClientConfig;
+pub use client::{ClientConfig, ClientConfigError};
+pub use error::ConfigError;
 pub use http_api::HttpApiConfig;
-pub use pusher::PusherConfig;
-pub use queue::QueueConfig;
+pub use pusher::{PusherConfig, PusherConfigError};
+pub use queue::{QueueConfig, QueueConfigError};
 pub use secret::Secret;
-pub use tls::TlsConfig;
+pub use tls::{TlsConfig, TlsConfigError};
 pub use websocket::WebsocketConfig;
 
 /// The embedded default configuration file.
@@ -136,22 +139,12 @@ impl Config {
             Source::Embedded => figment.merge(Toml::string(EMBEDDED_DEFAULT)),
             Source::File(path) => {
                 if !path.is_file() {
-                    return Err(ConfigError(format!(
-                        "config file {} does not exist",
-                        path.display()
-                    )));
+                    return Err(ConfigError::NoFile(path.to_owned()));
                 }
                 figment.merge(Toml::file(path))
             }
         };
-        let config: Config = figment.merge(env).extract().map_err(|e| {
-            ConfigError(
-                e.into_iter()
-                    .map(|e| describe(&e))
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            )
-        })?;
+        let config: Config = figment.merge(env).extract()?;
         config.validate()?;
         Ok(config)
     }
@@ -160,115 +153,34 @@ impl Config {
     pub fn from_toml(toml: &str) -> Result<Self, ConfigError> {
         let config: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::string(toml))
-            .extract()
-            .map_err(|e| {
-                ConfigError(
-                    e.into_iter()
-                        .map(|e| describe(&e))
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                )
-            })?;
+            .extract()?;
         config.validate()?;
         Ok(config)
     }
 
-    /// Checks what the types alone cannot express; the error names the key.
+    /// Checks what the types alone cannot express, section by section; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |msg: String| Err(ConfigError(msg));
         if self.engine.kind == EngineKind::Redis {
-            self.engine.redis.validate().map_err(ConfigError)?;
+            self.engine.redis.validate()?;
         }
         if self.engine.idempotency_window.is_zero() {
-            return err("engine.idempotency_window: must be greater than 0".into());
+            return Err(ConfigError::IdempotencyWindow);
         }
         if self.queue.enabled {
-            self.queue.validate(&self.engine).map_err(ConfigError)?;
+            self.queue.validate(&self.engine)?;
         }
-        self.pusher.validate().map_err(ConfigError)?;
-        let c = &self.client;
-        if c.ping_interval.is_zero() {
-            return err("client.ping_interval: must be greater than 0".into());
-        }
-        if c.pong_timeout.is_zero() || c.pong_timeout >= c.ping_interval {
-            return err(format!(
-                "client.pong_timeout: must be greater than 0 and less than client.ping_interval ({:?})",
-                c.ping_interval
-            ));
-        }
-        if c.connect_timeout.is_zero() {
-            return err("client.connect_timeout: must be greater than 0".into());
-        }
-        if c.max_queue_bytes < 1024 {
-            return err("client.max_queue_bytes: must be at least 1024".into());
-        }
+        self.pusher.validate()?;
+        self.client.validate()?;
         if self.websocket.max_message_size < 1024 {
-            return err("websocket.max_message_size: must be at least 1024".into());
+            return Err(ConfigError::MaxMessageSize);
         }
         if self.http_api.max_body_size < 1024 {
-            return err("http_api.max_body_size: must be at least 1024".into());
+            return Err(ConfigError::MaxBodySize);
         }
-        for (name, ns) in std::iter::once(("defaults", &self.channel.defaults))
-            .chain(self.channel.namespaces.iter().map(|(k, v)| (k.as_str(), v)))
-        {
-            let key = if name == "defaults" {
-                "channel.defaults".to_string()
-            } else {
-                format!("channel.namespaces.{name}")
-            };
-            if (ns.history_size > 0) == ns.history_ttl.is_zero() {
-                return err(format!(
-                    "{key}: history_size and history_ttl must be set together"
-                ));
-            }
-            if (ns.force_recovery || ns.allow_recovery) && ns.history().is_none() {
-                return err(format!(
-                    "{key}: recovery needs history (history_size and history_ttl)"
-                ));
-            }
-            if (ns.force_positioning || ns.allow_positioning) && ns.history().is_none() {
-                return err(format!(
-                    "{key}: positioning needs history (history_size and history_ttl)"
-                ));
-            }
-            if (ns.join_leave || ns.force_push_join_leave) && !ns.presence {
-                return err(format!("{key}: join_leave needs presence = true"));
-            }
-        }
-        Channels::new(&self.channel).map_err(ConfigError)?;
-        self.limits.validate().map_err(ConfigError)?;
-        if self.tls.enabled() {
-            if self.tls.cert_file.is_empty() || self.tls.key_file.is_empty() {
-                return err("tls: cert_file and key_file must be set together".into());
-            }
-            if self.tls.handshake_timeout.is_zero() {
-                return err("tls.handshake_timeout: must be greater than 0".into());
-            }
-            tls::load_key_pair(self.tls.cert_file.as_ref(), self.tls.key_file.as_ref())
-                .map_err(|error| ConfigError(error.to_string()))?;
-        }
-        let p = &self.plugins;
-        if p.deadline.is_zero() {
-            return err("plugins.deadline: must be greater than 0".into());
-        }
-        if p.memory_limit < 1024 * 1024 {
-            return err("plugins.memory_limit: must be at least 1 MiB".into());
-        }
-        for (name, limits) in &p.limits {
-            if limits.deadline.is_some_and(|d| d.is_zero()) {
-                return err(format!(
-                    "plugins.limits.{name}.deadline: must be greater than 0"
-                ));
-            }
-            if limits.memory_limit.is_some_and(|m| m < 1024 * 1024) {
-                return err(format!(
-                    "plugins.limits.{name}.memory_limit: must be at least 1 MiB"
-                ));
-            }
-        }
-        if !p.dir.is_empty() && !std::path::Path::new(&p.dir).is_dir() {
-            return err(format!("plugins.dir: {} is not a folder", p.dir));
-        }
+        Channels::new(&self.channel)?;
+        self.limits.validate()?;
+        self.tls.validate()?;
+        self.plugins.validate()?;
         Ok(())
     }
 
@@ -333,6 +245,22 @@ pub enum EnvVariable {
     Misspelt,
 }
 
+/// Someone else's `HERALD_*` variables ([`EnvVariable::Foreign`]) with typical values: what Kubernetes
+/// injects into every pod of a namespace with a Service named `herald` (port 8000, named `http`), and what a
+/// deploy script may export. Public so the configuration's tests and the binary's set the same ones and
+/// expect none to be read.
+pub const FOREIGN_VARIABLE_EXAMPLES: [(&str, &str); 9] = [
+    ("HERALD_PORT", "tcp://10.0.0.7:8000"),
+    ("HERALD_PORT_8000_TCP", "tcp://10.0.0.7:8000"),
+    ("HERALD_PORT_8000_TCP_ADDR", "10.0.0.7"),
+    ("HERALD_PORT_8000_TCP_PORT", "8000"),
+    ("HERALD_PORT_8000_TCP_PROTO", "tcp"),
+    ("HERALD_SERVICE_HOST", "10.0.0.7"),
+    ("HERALD_SERVICE_PORT", "8000"),
+    ("HERALD_SERVICE_PORT_HTTP", "8000"),
+    ("HERALD_BIN", "/usr/local/bin/herald"),
+];
+
 /// The configuration's key names, taken from the serialized default so they cannot drift from [`Config`]:
 /// an object is a section (its fields are the keys below it), an empty object is a map (any name below it),
 /// anything else is a key.
@@ -343,7 +271,7 @@ impl ConfigKeys {
     fn of_default() -> Result<Self, ConfigError> {
         serde_json::to_value(Config::default())
             .map(|tree| Self(Arc::new(tree)))
-            .map_err(|e| ConfigError(format!("cannot list the configuration keys: {e}")))
+            .map_err(ConfigError::Keys)
     }
 
     /// Classifies a variable by its name without the prefix (`CLIENT__PING_INTERVAL`), the way figment's
@@ -391,23 +319,13 @@ impl ConfigKeys {
     }
 }
 
-fn describe(error: &figment::Error) -> String {
-    let key = error.path.join(".");
-    if key.is_empty() {
-        error.kind.to_string()
-    } else {
-        format!("{key}: {}", error.kind)
-    }
-}
-
-/// A configuration problem, naming the key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::channel::{ChannelConfigError, NamespaceKey};
+    use crate::engine::redis::RedisConfigError;
+    use crate::limits::LimitsConfigError;
+    use crate::plugin::PluginsConfigError;
 
     #[test]
     fn embedded_default_is_valid_and_serves_on_loopback() {
@@ -444,22 +362,114 @@ mod tests {
     fn errors_name_the_key() {
         let e = Config::from_toml("[client]\nping_interval = 5")
             .unwrap_err()
-            .0;
+            .to_string();
         assert!(e.contains("client.ping_interval"), "{e}");
         let e = Config::from_toml("[client]\nping_intervl = \"5s\"")
             .unwrap_err()
-            .0;
+            .to_string();
         assert!(e.contains("ping_intervl"), "{e}");
         let e = Config::from_toml("[client]\nping_interval = \"5s\"\npong_timeout = \"6s\"")
             .unwrap_err()
-            .0;
+            .to_string();
         assert!(e.contains("client.pong_timeout"), "{e}");
         let e = Config::from_toml("[channel.namespaces.a]\nallow_recovery = true")
             .unwrap_err()
-            .0;
+            .to_string();
         assert!(e.contains("channel.namespaces.a"), "{e}");
-        let e = Config::from_toml("address = \"nowhere\"").unwrap_err().0;
+        let e = Config::from_toml("address = \"nowhere\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("address"), "{e}");
+    }
+
+    /// Each rule fails with its own variant, and the message starts with the key to fix.
+    #[test]
+    fn rules_fail_with_their_variant_naming_the_key() {
+        let refused = |toml: &str| Config::from_toml(toml).expect_err(toml);
+        /// A configuration, how to recognise its error, and how the message starts.
+        type Case = (&'static str, fn(&ConfigError) -> bool, &'static str);
+        let cases: [Case; 9] = [
+            (
+                "[client]\nping_interval = \"5s\"\npong_timeout = \"6s\"",
+                |e| {
+                    matches!(
+                        e,
+                        ConfigError::Client(ClientConfigError::PongTimeout { .. })
+                    )
+                },
+                "client.pong_timeout: must be greater than 0 and less than client.ping_interval (5s)",
+            ),
+            (
+                "[websocket]\nmax_message_size = 10",
+                |e| matches!(e, ConfigError::MaxMessageSize),
+                "websocket.max_message_size: ",
+            ),
+            (
+                "[channel.namespaces.chat]\njoin_leave = true",
+                |e| {
+                    matches!(e, ConfigError::Channel(ChannelConfigError::JoinLeaveWithoutPresence(
+                        NamespaceKey::Named(name),
+                    )) if name == "chat")
+                },
+                "channel.namespaces.chat: join_leave needs presence = true",
+            ),
+            (
+                "[limits]\nmax_connections = 0",
+                |e| {
+                    matches!(
+                        e,
+                        ConfigError::Limits(LimitsConfigError::Zero {
+                            key: "limits.max_connections"
+                        })
+                    )
+                },
+                "limits.max_connections: must be greater than 0",
+            ),
+            (
+                "[engine]\ntype = \"redis\"\n[engine.redis]\naddresses = [\"nowhere\"]",
+                |e| matches!(e, ConfigError::Redis(RedisConfigError::InvalidAddress(a)) if a == "nowhere"),
+                "engine.redis.addresses: \"nowhere\" is not a redis:// URL",
+            ),
+            (
+                "[queue]\nenabled = true",
+                |e| matches!(e, ConfigError::Queue(QueueConfigError::NoRedis)),
+                "queue.addresses: ",
+            ),
+            (
+                "[pusher]\napp_id = 1\nkey = \"k\"\nsecret = \"s\"\n[[pusher.webhooks]]\nurl = \"ftp://h/\"",
+                |e| {
+                    matches!(
+                        e,
+                        ConfigError::Pusher(PusherConfigError::Webhook { index: 0, .. })
+                    )
+                },
+                "pusher.webhooks[0].url: \"ftp://h/\" is not an http:// or https:// URL",
+            ),
+            (
+                "[tls]\ncert_file = \"cert.pem\"",
+                |e| matches!(e, ConfigError::Tls(TlsConfigError::Incomplete)),
+                "tls: cert_file and key_file must be set together",
+            ),
+            (
+                "[plugins.limits.jwt]\nmemory_limit = 1024",
+                |e| {
+                    matches!(e, ConfigError::Plugins(PluginsConfigError::PluginMemoryLimit { plugin })
+                        if plugin == "jwt")
+                },
+                "plugins.limits.jwt.memory_limit: must be at least 1 MiB",
+            ),
+        ];
+        for (toml, is_variant, message) in cases {
+            let error = refused(toml);
+            assert!(is_variant(&error), "{toml}: {error:?}");
+            assert!(error.to_string().starts_with(message), "{toml}: {error}");
+        }
+        let error = Config::load(Source::File(Path::new("/nowhere/herald.toml"))).unwrap_err();
+        assert!(matches!(error, ConfigError::NoFile(_)), "{error:?}");
+        assert_eq!(
+            error.to_string(),
+            "config file /nowhere/herald.toml does not exist"
+        );
     }
 
     #[test]
@@ -469,7 +479,7 @@ mod tests {
             jail.set_env("HERALD_HTTP_API__KEY", "from-env");
             jail.set_env("HERALD_CLIENT__PING_INTERVAL", "9s");
             jail.set_env("HERALD_CHANNEL__NAMESPACES__NEWS__PRESENCE", "true");
-            let config = Config::load(Source::Embedded).map_err(|e| e.0)?;
+            let config = Config::load(Source::Embedded).map_err(|e| e.to_string())?;
             assert_eq!(config.http_api.key.expose(), "from-env");
             assert_eq!(config.client.ping_interval, Duration::from_secs(9));
             assert!(config.channel.namespaces["news"].presence);
@@ -484,7 +494,7 @@ mod tests {
             jail.set_env("HERALD_PUSHER__APP_ID", "1");
             jail.set_env("HERALD_PUSHER__KEY", "app-key");
             jail.set_env("HERALD_PUSHER__SECRET", "12345");
-            let config = Config::load(Source::Embedded).map_err(|e| e.0)?;
+            let config = Config::load(Source::Embedded).map_err(|e| e.to_string())?;
             assert_eq!(config.pusher.app_id, "1");
             assert_eq!(config.pusher.secret.expose(), "12345");
             assert!(config.pusher.enabled());
@@ -492,39 +502,25 @@ mod tests {
         });
     }
 
-    /// What Kubernetes injects into every pod of a namespace with a Service named `herald` (port 8000,
-    /// named `http`), and what a deploy script may export.
-    const FOREIGN: [(&str, &str); 9] = [
-        ("HERALD_PORT", "tcp://10.0.0.7:8000"),
-        ("HERALD_PORT_8000_TCP", "tcp://10.0.0.7:8000"),
-        ("HERALD_PORT_8000_TCP_ADDR", "10.0.0.7"),
-        ("HERALD_PORT_8000_TCP_PORT", "8000"),
-        ("HERALD_PORT_8000_TCP_PROTO", "tcp"),
-        ("HERALD_SERVICE_HOST", "10.0.0.7"),
-        ("HERALD_SERVICE_PORT", "8000"),
-        ("HERALD_SERVICE_PORT_HTTP", "8000"),
-        ("HERALD_BIN", "/usr/local/bin/herald"),
-    ];
-
     #[test]
     #[allow(clippy::result_large_err)] // figment's Jail closure signature
     fn kubernetes_service_variables_are_ignored_and_real_keys_still_apply() {
         figment::Jail::expect_with(|jail| {
-            for (name, value) in FOREIGN {
+            for (name, value) in FOREIGN_VARIABLE_EXAMPLES {
                 jail.set_env(name, value);
             }
             jail.set_env("HERALD_ADDRESS", "0.0.0.0:9000");
             jail.set_env("HERALD_HTTP_API__KEY", "from-env");
             jail.set_env("HERALD_CHANNEL__NAMESPACES__NEWS__PRESENCE", "true");
-            let config = Config::load(Source::Embedded).map_err(|e| e.0)?;
+            let config = Config::load(Source::Embedded).map_err(|e| e.to_string())?;
             assert_eq!(config.address, SocketAddr::from(([0, 0, 0, 0], 9000)));
             assert_eq!(config.http_api.key.expose(), "from-env");
             assert!(config.channel.namespaces["news"].presence);
 
             let seen = ConfigKeys::of_default()
-                .map_err(|e| e.0)?
+                .map_err(|e| e.to_string())?
                 .environment_variables();
-            for (name, _) in FOREIGN {
+            for (name, _) in FOREIGN_VARIABLE_EXAMPLES {
                 assert!(
                     seen.contains(&(name.to_owned(), EnvVariable::Foreign)),
                     "{name}: {seen:?}"
@@ -542,13 +538,13 @@ mod tests {
             jail.set_env("HERALD_CLIENT__PING_INTERVL", "5s");
             jail.set_env("HERALD_ADDRESS__PORT", "9000");
             jail.set_env("HERALD_CHANNEL", "news");
-            let config = Config::load(Source::Embedded).map_err(|e| e.0)?;
+            let config = Config::load(Source::Embedded).map_err(|e| e.to_string())?;
             assert_eq!(
                 config.client.ping_interval,
                 Config::default().client.ping_interval
             );
             let seen = ConfigKeys::of_default()
-                .map_err(|e| e.0)?
+                .map_err(|e| e.to_string())?
                 .environment_variables();
             for name in [
                 "HERALD_CLIENT__PING_INTERVL",
@@ -568,18 +564,18 @@ mod tests {
     #[allow(clippy::result_large_err)] // figment's Jail closure signature
     fn a_misspelt_key_in_a_file_is_still_an_error() {
         figment::Jail::expect_with(|jail| {
-            for (name, value) in FOREIGN {
+            for (name, value) in FOREIGN_VARIABLE_EXAMPLES {
                 jail.set_env(name, value);
             }
             jail.create_file("herald.toml", "[client]\nping_intervl = \"5s\"\n")?;
             let error = Config::load(Source::File(Path::new("herald.toml")))
                 .expect_err("an unknown key in a file refuses the start")
-                .0;
+                .to_string();
             assert!(error.contains("ping_intervl"), "{error}");
             jail.create_file("herald.toml", "port = 8000\n")?;
             let error = Config::load(Source::File(Path::new("herald.toml")))
                 .expect_err("an unknown top-level key in a file refuses the start")
-                .0;
+                .to_string();
             assert!(error.contains("port"), "{error}");
             Ok(())
         });

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::webhooks::WebhookConfig;
+use crate::webhooks::{WebhookConfig, WebhookConfigError};
 
 use super::Secret;
 
@@ -77,29 +77,54 @@ impl PusherConfig {
     }
 
     /// Checks the section; errors name the offending key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PusherConfigError> {
         if !self.enabled() {
             return Ok(());
         }
         if self.app_id.is_empty() || self.secret.is_empty() {
-            return Err("pusher: app_id and secret are required when key is set".into());
+            return Err(PusherConfigError::Incomplete);
         }
         if self.activity_timeout.as_secs() == 0 {
-            return Err("pusher.activity_timeout: must be at least 1 s".into());
+            return Err(PusherConfigError::ActivityTimeout);
         }
         if self.pong_timeout.is_zero() {
-            return Err("pusher.pong_timeout: must be greater than 0".into());
+            return Err(PusherConfigError::PongTimeout);
         }
         if self.max_channel_name_length == 0 {
-            return Err("pusher.max_channel_name_length: must be greater than 0".into());
+            return Err(PusherConfigError::MaxChannelNameLength);
         }
-        for (i, webhook) in self.webhooks.iter().enumerate() {
+        for (index, webhook) in self.webhooks.iter().enumerate() {
             webhook
                 .validate()
-                .map_err(|error| format!("pusher.webhooks[{i}].{error}"))?;
+                .map_err(|error| PusherConfigError::Webhook { index, error })?;
         }
         Ok(())
     }
+}
+
+/// Why `[pusher]` is refused; each names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PusherConfigError {
+    /// A key is set (the protocol is on) without the app id or the secret.
+    #[error("pusher: app_id and secret are required when key is set")]
+    Incomplete,
+    /// `activity_timeout` is under a second (Pusher clients read it in whole seconds).
+    #[error("pusher.activity_timeout: must be at least 1 s")]
+    ActivityTimeout,
+    /// `pong_timeout` is zero.
+    #[error("pusher.pong_timeout: must be greater than 0")]
+    PongTimeout,
+    /// `max_channel_name_length` is zero.
+    #[error("pusher.max_channel_name_length: must be greater than 0")]
+    MaxChannelNameLength,
+    /// A webhook entry is refused.
+    #[error("pusher.webhooks[{index}].{error}")]
+    Webhook {
+        /// Its position in `[[pusher.webhooks]]`, from 0.
+        index: usize,
+        /// What is wrong with it.
+        error: WebhookConfigError,
+    },
 }
 
 /// Reads an id, key or secret given as text or as a number: `HERALD_PUSHER__APP_ID=1` (and the `app_id = 1`

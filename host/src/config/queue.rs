@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::redis::first_invalid_url;
 use crate::engine::{EngineConfig, EngineKind};
 
 /// `[queue]`: which Redis Streams Herald consumes and how.
@@ -75,54 +76,142 @@ impl Default for QueueConfig {
 impl QueueConfig {
     /// Checks what serde cannot, given the engine the queue may borrow its Redis from; the error names the
     /// key. Only meaningful when `enabled`.
-    pub fn validate(&self, engine: &EngineConfig) -> Result<(), String> {
+    pub fn validate(&self, engine: &EngineConfig) -> Result<(), QueueConfigError> {
         if self.addresses.is_empty() && engine.kind != EngineKind::Redis {
-            return Err(
-                "queue.addresses: set the Redis holding the streams, or use engine.type = \"redis\" (whose addresses the queue then shares)"
-                    .into(),
-            );
+            return Err(QueueConfigError::NoRedis);
         }
-        if let Some(bad) = self
-            .addresses
-            .iter()
-            .find(|a| redis::IntoConnectionInfo::into_connection_info(a.as_str()).is_err())
-        {
-            return Err(format!("queue.addresses: {bad:?} is not a redis:// URL"));
+        if let Some(bad) = first_invalid_url(&self.addresses) {
+            return Err(QueueConfigError::InvalidAddress(bad.clone()));
         }
         if self.streams.is_empty() || self.streams.iter().any(String::is_empty) {
-            return Err("queue.streams: at least one non-empty stream key is needed".into());
+            return Err(QueueConfigError::NoStreams);
         }
         for (i, stream) in self.streams.iter().enumerate() {
             if self.streams[..i].contains(stream) {
-                return Err(format!("queue.streams: {stream:?} is listed twice"));
+                return Err(QueueConfigError::DuplicateStream(stream.clone()));
             }
         }
         if self.dead_letter_stream.is_empty() || self.streams.contains(&self.dead_letter_stream) {
-            return Err(
-                "queue.dead_letter_stream: must be set and not one of queue.streams".into(),
-            );
+            return Err(QueueConfigError::DeadLetterStream);
         }
         if self.group.is_empty() {
-            return Err("queue.group: must not be empty".into());
+            return Err(QueueConfigError::NoGroup);
         }
         if !(1..=10_000).contains(&self.batch) {
-            return Err("queue.batch: must be between 1 and 10000".into());
+            return Err(QueueConfigError::Batch);
         }
         if self.block.is_zero() || self.block > Duration::from_secs(10) {
             // BLOCK 0 would wait forever, and a shutdown waits for the read in progress.
-            return Err("queue.block: must be greater than 0 and at most 10s".into());
+            return Err(QueueConfigError::Block);
         }
         if self.claim_idle.is_zero() || self.claim_idle >= engine.idempotency_window {
             // A reclaimed entry that its first consumer had published is only recognised as a repeat while
             // its idempotency key is remembered.
-            return Err(format!(
-                "queue.claim_idle: must be greater than 0 and less than engine.idempotency_window ({:?})",
-                engine.idempotency_window
-            ));
+            return Err(QueueConfigError::ClaimIdle {
+                idempotency_window: engine.idempotency_window,
+            });
         }
         if self.max_backoff.is_zero() {
-            return Err("queue.max_backoff: must be greater than 0".into());
+            return Err(QueueConfigError::MaxBackoff);
         }
         Ok(())
+    }
+}
+
+/// Why `[queue]` is refused; each names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueConfigError {
+    /// No `addresses`, and no Redis engine to borrow them from.
+    #[error(
+        "queue.addresses: set the Redis holding the streams, or use engine.type = \"redis\" (whose addresses the queue then shares)"
+    )]
+    NoRedis,
+    /// An address is not a `redis://` URL.
+    #[error("queue.addresses: {0:?} is not a redis:// URL")]
+    InvalidAddress(String),
+    /// No stream, or an empty stream key.
+    #[error("queue.streams: at least one non-empty stream key is needed")]
+    NoStreams,
+    /// A stream is listed more than once.
+    #[error("queue.streams: {0:?} is listed twice")]
+    DuplicateStream(String),
+    /// The dead-letter stream is empty or one of the consumed streams.
+    #[error("queue.dead_letter_stream: must be set and not one of queue.streams")]
+    DeadLetterStream,
+    /// The consumer group name is empty.
+    #[error("queue.group: must not be empty")]
+    NoGroup,
+    /// `batch` is outside 1–10000.
+    #[error("queue.batch: must be between 1 and 10000")]
+    Batch,
+    /// `block` is zero or over 10 s.
+    #[error("queue.block: must be greater than 0 and at most 10s")]
+    Block,
+    /// `claim_idle` is zero, or not below the idempotency window.
+    #[error(
+        "queue.claim_idle: must be greater than 0 and less than engine.idempotency_window ({idempotency_window:?})"
+    )]
+    ClaimIdle {
+        /// The engine's window.
+        idempotency_window: Duration,
+    },
+    /// `max_backoff` is zero.
+    #[error("queue.max_backoff: must be greater than 0")]
+    MaxBackoff,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_needs_a_redis_and_a_claim_idle_inside_the_idempotency_window() {
+        let memory = EngineConfig::default();
+        let queue = QueueConfig {
+            enabled: true,
+            ..QueueConfig::default()
+        };
+        assert_eq!(queue.validate(&memory), Err(QueueConfigError::NoRedis));
+        let redis = EngineConfig {
+            kind: EngineKind::Redis,
+            ..EngineConfig::default()
+        };
+        queue.validate(&redis).unwrap();
+        let own = QueueConfig {
+            addresses: vec!["redis://127.0.0.1:7000".into()],
+            ..queue.clone()
+        };
+        own.validate(&memory).unwrap();
+        let late = QueueConfig {
+            claim_idle: memory.idempotency_window,
+            ..own.clone()
+        };
+        let error = late.validate(&memory).unwrap_err();
+        assert_eq!(
+            error,
+            QueueConfigError::ClaimIdle {
+                idempotency_window: memory.idempotency_window
+            }
+        );
+        assert!(
+            error.to_string().starts_with("queue.claim_idle: "),
+            "{error}"
+        );
+        let looping = QueueConfig {
+            dead_letter_stream: "herald:queue".into(),
+            ..own.clone()
+        };
+        assert_eq!(
+            looping.validate(&memory),
+            Err(QueueConfigError::DeadLetterStream)
+        );
+        let twice = QueueConfig {
+            streams: vec!["a".into(), "b".into(), "a".into()],
+            ..own
+        };
+        assert_eq!(
+            twice.validate(&memory),
+            Err(QueueConfigError::DuplicateStream("a".into()))
+        );
     }
 }

@@ -38,6 +38,36 @@ impl TlsConfig {
     pub fn enabled(&self) -> bool {
         !self.cert_file.is_empty() || !self.key_file.is_empty()
     }
+
+    /// Checks the section when TLS is on, the files included: a certificate that cannot serve refuses the
+    /// start rather than the first handshake.
+    pub fn validate(&self) -> Result<(), TlsConfigError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if self.cert_file.is_empty() || self.key_file.is_empty() {
+            return Err(TlsConfigError::Incomplete);
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(TlsConfigError::HandshakeTimeout);
+        }
+        load_key_pair(self.cert_file.as_ref(), self.key_file.as_ref())?;
+        Ok(())
+    }
+}
+
+/// Why `[tls]` is refused; each names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    /// Only one of the two files is set.
+    #[error("tls: cert_file and key_file must be set together")]
+    Incomplete,
+    /// `handshake_timeout` is zero.
+    #[error("tls.handshake_timeout: must be greater than 0")]
+    HandshakeTimeout,
+    /// The files cannot serve.
+    #[error(transparent)]
+    KeyPair(#[from] KeyPairError),
 }
 
 /// The crypto provider of every TLS piece (ring).

@@ -7,17 +7,21 @@
 
 pub mod bindings;
 pub mod chain;
+mod config;
 mod host;
+mod load_error;
 pub mod runtime;
 pub mod watch;
+
+pub use config::{PluginLimits, PluginsConfig, PluginsConfigError};
+pub use load_error::LoadError;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use serde::{Deserialize, Serialize};
 
 use bindings::{
     AccessRequest, ConnectAllow, ConnectRequest, DisconnectEvent, Hooks, PublishRequest,
@@ -25,73 +29,6 @@ use bindings::{
 };
 use chain::{Decision, Draft, PublishDecision, RpcDecision};
 use runtime::{Call, Failure, FailureKind, Limits, LoadedPlugin, Reply, Runtime};
-
-/// Per-plugin limit overrides (`[plugins.limits.<name>]`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PluginLimits {
-    /// Deadline of one hook call.
-    #[serde(with = "humantime_serde")]
-    pub deadline: Option<Duration>,
-    /// Linear memory of one instance, in bytes.
-    pub memory_limit: Option<usize>,
-}
-
-/// The `[plugins]` section. Its `Debug` shows which plugins are configured, never their configuration
-/// (it holds their secrets).
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PluginsConfig {
-    /// Folder of `.wasm` plugins; empty turns plugins off.
-    pub dir: String,
-    /// Where compiled plugins are cached (default: `<dir>/.cache`); empty string = default.
-    pub cache_dir: String,
-    /// Reload plugins when their files change (default true).
-    pub watch: bool,
-    /// Deadline of one hook call (default 10 ms).
-    #[serde(with = "humantime_serde")]
-    pub deadline: Duration,
-    /// Linear memory one plugin instance may use, in bytes (default 16 MiB).
-    pub memory_limit: usize,
-    /// Warm instances kept per plugin (default 16).
-    pub max_idle_instances: usize,
-    /// Configuration passed to each plugin's `init`, by plugin name. A `<file>.toml` beside the plugin
-    /// takes precedence.
-    pub config: BTreeMap<String, serde_json::Value>,
-    /// Limit overrides by plugin name.
-    pub limits: BTreeMap<String, PluginLimits>,
-}
-
-impl std::fmt::Debug for PluginsConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let configured: Vec<&String> = self.config.keys().collect();
-        f.debug_struct("PluginsConfig")
-            .field("dir", &self.dir)
-            .field("cache_dir", &self.cache_dir)
-            .field("watch", &self.watch)
-            .field("deadline", &self.deadline)
-            .field("memory_limit", &self.memory_limit)
-            .field("max_idle_instances", &self.max_idle_instances)
-            .field("config (redacted) for", &configured)
-            .field("limits", &self.limits)
-            .finish()
-    }
-}
-
-impl Default for PluginsConfig {
-    fn default() -> Self {
-        Self {
-            dir: String::new(),
-            cache_dir: String::new(),
-            watch: true,
-            deadline: Duration::from_millis(10),
-            memory_limit: 16 * 1024 * 1024,
-            max_idle_instances: 16,
-            config: BTreeMap::new(),
-            limits: BTreeMap::new(),
-        }
-    }
-}
 
 /// The most memory any plugin can be given (the pooling allocator's slot size).
 fn largest_memory(config: &PluginsConfig) -> usize {
@@ -104,13 +41,13 @@ fn largest_memory(config: &PluginsConfig) -> usize {
         .unwrap_or(0)
 }
 
-/// A file that failed to load.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoadError {
+/// A file that failed to load, as [`Plugins::load_errors`] lists it.
+#[derive(Debug, Clone)]
+pub struct Rejection {
     /// When.
     pub at: SystemTime,
-    /// Why.
-    pub message: String,
+    /// Why; shared, as the error (an I/O error, say) cannot be cloned for every listing.
+    pub error: Arc<LoadError>,
 }
 
 /// The loaded plugins and the chains over them.
@@ -118,7 +55,7 @@ pub struct Plugins {
     config: PluginsConfig,
     runtime: Option<Runtime>,
     set: ArcSwap<Vec<Arc<LoadedPlugin>>>,
-    errors: Mutex<BTreeMap<String, LoadError>>,
+    errors: Mutex<BTreeMap<String, Rejection>>,
     /// Serialises loads so two reloads of one file cannot interleave.
     loading: tokio::sync::Mutex<()>,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
@@ -173,7 +110,7 @@ impl Plugins {
     }
 
     /// Files that failed to load, with the last error.
-    pub fn load_errors(&self) -> BTreeMap<String, LoadError> {
+    pub fn load_errors(&self) -> BTreeMap<String, Rejection> {
         crate::sync::lock(&self.errors).clone()
     }
 
@@ -211,7 +148,10 @@ impl Plugins {
         let _loading = self.loading.lock().await;
         let bytes = match tokio::fs::read(path).await {
             Ok(bytes) => bytes,
-            Err(error) => return self.rejected(&file, format!("cannot read: {error}")),
+            Err(error) => {
+                let path = path.to_owned();
+                return self.rejected(&file, LoadError::Unreadable { path, error });
+            }
         };
         let hash = {
             use sha2::Digest;
@@ -249,14 +189,14 @@ impl Plugins {
         }
     }
 
-    fn rejected(&self, file: &str, reason: String) {
+    fn rejected(&self, file: &str, reason: LoadError) {
         let serving = self.loaded().iter().any(|p| p.file == file);
         tracing::error!(%file, %reason, "plugin rejected{}", if serving { "; the previous version keeps serving" } else { "" });
         crate::sync::lock(&self.errors).insert(
             file.to_owned(),
-            LoadError {
+            Rejection {
                 at: SystemTime::now(),
-                message: reason,
+                error: Arc::new(reason),
             },
         );
     }
@@ -277,14 +217,9 @@ impl Plugins {
     }
 
     /// The configuration (as JSON text) and limits of the plugin named `name`.
-    fn settings_for(&self, name: &str, beside: &Path) -> Result<(String, Limits), String> {
+    fn settings_for(&self, name: &str, beside: &Path) -> Result<(String, Limits), LoadError> {
         let config = if beside.is_file() {
-            let text = std::fs::read_to_string(beside)
-                .map_err(|e| format!("cannot read {}: {e}", beside.display()))?;
-            let table: toml::Table = text
-                .parse()
-                .map_err(|e| format!("{} is not valid TOML: {e}", beside.display()))?;
-            serde_json::to_string(&table).map_err(|e| e.to_string())?
+            read_config(beside)?
         } else {
             match self.config.config.get(name) {
                 Some(value) => value.to_string(),
@@ -448,12 +383,38 @@ pub fn hook_names(hooks: Hooks) -> Vec<&'static str> {
     .collect()
 }
 
+/// Reads a plugin's configuration file (TOML) as the JSON text its `init` receives.
+pub fn read_config(path: &Path) -> Result<String, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|error| LoadError::ConfigUnreadable {
+        path: path.to_owned(),
+        error,
+    })?;
+    let table: toml::Table = text.parse().map_err(|error: toml::de::Error| {
+        // The parser's own rendering quotes the file over several lines; a log line wants the line number.
+        let line = error.span().map(|span| {
+            let before = &text.as_bytes()[..span.start.min(text.len())];
+            before.iter().filter(|&&b| b == b'\n').count() + 1
+        });
+        LoadError::ConfigNotToml {
+            path: path.to_owned(),
+            line,
+            error: Box::new(error),
+        }
+    })?;
+    serde_json::to_string(&table).map_err(|error| LoadError::ConfigNotJson {
+        path: path.to_owned(),
+        error,
+    })
+}
+
 /// Validates a plugin offline (`herald plugin check`): compiles, links, reads its metadata and runs
 /// `init` with the configuration beside it (or `config`, JSON). Returns a description of the plugin.
-pub async fn check(path: &Path, config: Option<String>) -> Result<String, String> {
-    let runtime = Runtime::new(None, 64 * 1024 * 1024)
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+pub async fn check(path: &Path, config: Option<String>) -> Result<String, LoadError> {
+    let runtime = Runtime::new(None, 64 * 1024 * 1024).map_err(LoadError::Runtime)?;
+    let bytes = std::fs::read(path).map_err(|error| LoadError::Unreadable {
+        path: path.to_owned(),
+        error,
+    })?;
     let file = path
         .file_name()
         .and_then(|f| f.to_str())
@@ -507,4 +468,43 @@ async fn ask(plugin: &LoadedPlugin, call: &Call) -> Result<Reply, Failure> {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configuration_file_is_read_as_json_or_refused_with_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.toml");
+        std::fs::write(&good, "secret = \"s\"\n[rules]\nn = 1\n").unwrap();
+        assert_eq!(
+            read_config(&good).unwrap(),
+            r#"{"rules":{"n":1},"secret":"s"}"#
+        );
+
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "a = 1\nb = = 2\n").unwrap();
+        let error = read_config(&bad).unwrap_err();
+        assert!(
+            matches!(error, LoadError::ConfigNotToml { line: Some(2), .. }),
+            "{error:?}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.starts_with(&format!(
+                "plugin configuration {} is not valid TOML at line 2: ",
+                bad.display()
+            )),
+            "{message}"
+        );
+        assert!(!message.contains('\n'), "one line: {message}");
+
+        let missing = dir.path().join("missing.toml");
+        assert!(matches!(
+            read_config(&missing),
+            Err(LoadError::ConfigUnreadable { .. })
+        ));
+    }
 }

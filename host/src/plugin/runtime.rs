@@ -20,6 +20,7 @@ use wasmtime::{
 
 use super::bindings::{self, Plugin, PluginMetadata as Metadata, PluginPre};
 use super::host::InstanceState;
+use super::load_error::LoadError;
 
 /// How often the engine's epoch advances; deadlines are counted in these ticks.
 const TICK: Duration = Duration::from_millis(1);
@@ -346,36 +347,32 @@ impl Runtime {
         &self,
         file: &str,
         bytes: Vec<u8>,
-        config_for: impl FnOnce(&str) -> Result<(String, Limits), String>,
-    ) -> Result<LoadedPlugin, String> {
+        config_for: impl FnOnce(&str) -> Result<(String, Limits), LoadError>,
+    ) -> Result<LoadedPlugin, LoadError> {
         let hash = hex::encode(Sha256::digest(&bytes));
         let engine = self.engine.clone();
         let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
             .await
-            .map_err(|e| format!("compilation aborted: {e}"))?
-            .map_err(|e| format!("not a valid component: {}", root_cause(&e)))?;
+            .map_err(LoadError::CompilationAborted)?
+            .map_err(|e| LoadError::NotAComponent(root_cause(&e)))?;
         let pre = self
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| format!("does not fit the plugin contract: {}", root_cause(&e)))?;
-        let pre = PluginPre::new(pre)
-            .map_err(|e| format!("does not export the plugin contract: {}", root_cause(&e)))?;
+            .map_err(|e| LoadError::Unlinkable(root_cause(&e)))?;
+        let pre = PluginPre::new(pre).map_err(|e| LoadError::NoContract(root_cause(&e)))?;
 
         let mut store = new_store(&self.engine, file, usize::MAX / 2);
         store.set_epoch_deadline(ticks(INIT_DEADLINE));
         let plugin = pre
             .instantiate_async(&mut store)
             .await
-            .map_err(|e| format!("instantiation failed: {}", root_cause(&e)))?;
+            .map_err(|e| LoadError::Instantiation(root_cause(&e)))?;
         let metadata = plugin
             .herald_plugin_guest()
             .call_metadata(&mut store)
             .await
             .map_err(|e| {
-                format!(
-                    "metadata failed: {}",
-                    describe(&e, store.data(), FailureKind::Other).message
-                )
+                LoadError::Metadata(describe(&e, store.data(), FailureKind::Other).message)
             })?;
         let (config, limits) = config_for(&metadata.name)?;
         let loaded = LoadedPlugin {
@@ -390,7 +387,10 @@ impl Runtime {
             pre,
             idle: Mutex::new(Vec::new()),
         };
-        let warm = loaded.instantiate().await.map_err(|f| f.message)?;
+        let warm = loaded
+            .instantiate()
+            .await
+            .map_err(LoadError::FirstInstance)?;
         loaded.idle().push(warm);
         Ok(loaded)
     }

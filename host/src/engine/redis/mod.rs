@@ -79,28 +79,51 @@ impl Default for RedisConfig {
 
 impl RedisConfig {
     /// Checks what serde cannot; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), RedisConfigError> {
         if self.addresses.is_empty() {
-            return Err("engine.redis.addresses: at least one address is needed".into());
+            return Err(RedisConfigError::NoAddresses);
         }
-        if let Some(bad) = self.addresses.iter().find(|address| {
-            redis::IntoConnectionInfo::into_connection_info(address.as_str()).is_err()
-        }) {
-            return Err(format!(
-                "engine.redis.addresses: {bad:?} is not a redis:// URL"
-            ));
+        if let Some(bad) = first_invalid_url(&self.addresses) {
+            return Err(RedisConfigError::InvalidAddress(bad.clone()));
         }
         if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
-            return Err("engine.redis.prefix: must be non-empty and without braces".into());
+            return Err(RedisConfigError::Prefix);
         }
         if self.presence_ttl < Duration::from_secs(3) {
-            return Err("engine.redis.presence_ttl: must be at least 3s".into());
+            return Err(RedisConfigError::PresenceTtl);
         }
         if self.position_check_interval.is_zero() {
-            return Err("engine.redis.position_check_interval: must be greater than 0".into());
+            return Err(RedisConfigError::PositionCheckInterval);
         }
         Ok(())
     }
+}
+
+/// Why `[engine.redis]` is refused; each names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedisConfigError {
+    /// `addresses` is empty.
+    #[error("engine.redis.addresses: at least one address is needed")]
+    NoAddresses,
+    /// An address is not a `redis://` URL.
+    #[error("engine.redis.addresses: {0:?} is not a redis:// URL")]
+    InvalidAddress(String),
+    /// The prefix is empty, or has braces, which would change the hash tags that place keys in a cluster.
+    #[error("engine.redis.prefix: must be non-empty and without braces")]
+    Prefix,
+    /// `presence_ttl` is under 3 s (entries are refreshed every third of it).
+    #[error("engine.redis.presence_ttl: must be at least 3s")]
+    PresenceTtl,
+    /// `position_check_interval` is zero.
+    #[error("engine.redis.position_check_interval: must be greater than 0")]
+    PositionCheckInterval,
+}
+
+/// The first of `addresses` the Redis client cannot connect to as written (not a `redis://` URL), if any.
+pub fn first_invalid_url(addresses: &[String]) -> Option<&String> {
+    addresses
+        .iter()
+        .find(|address| redis::IntoConnectionInfo::into_connection_info(address.as_str()).is_err())
 }
 
 /// Unix milliseconds, as this engine sees time.

@@ -1,0 +1,137 @@
+//! `[plugins]`: the plugin folder, the limits every plugin runs under (with per-plugin overrides) and each
+//! plugin's configuration.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The least linear memory a plugin may be given, overall or by an override.
+const MIN_MEMORY: usize = 1024 * 1024;
+
+/// Per-plugin limit overrides (`[plugins.limits.<name>]`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginLimits {
+    /// Deadline of one hook call.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Option<Duration>,
+    /// Linear memory of one instance, in bytes.
+    pub memory_limit: Option<usize>,
+}
+
+/// The `[plugins]` section. Its `Debug` shows which plugins are configured, never their configuration
+/// (it holds their secrets).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Folder of `.wasm` plugins; empty turns plugins off.
+    pub dir: String,
+    /// Where compiled plugins are cached (default: `<dir>/.cache`); empty string = default.
+    pub cache_dir: String,
+    /// Reload plugins when their files change (default true).
+    pub watch: bool,
+    /// Deadline of one hook call (default 10 ms).
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+    /// Linear memory one plugin instance may use, in bytes (default 16 MiB).
+    pub memory_limit: usize,
+    /// Warm instances kept per plugin (default 16).
+    pub max_idle_instances: usize,
+    /// Configuration passed to each plugin's `init`, by plugin name. A `<file>.toml` beside the plugin
+    /// takes precedence.
+    pub config: BTreeMap<String, serde_json::Value>,
+    /// Limit overrides by plugin name.
+    pub limits: BTreeMap<String, PluginLimits>,
+}
+
+impl std::fmt::Debug for PluginsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let configured: Vec<&String> = self.config.keys().collect();
+        f.debug_struct("PluginsConfig")
+            .field("dir", &self.dir)
+            .field("cache_dir", &self.cache_dir)
+            .field("watch", &self.watch)
+            .field("deadline", &self.deadline)
+            .field("memory_limit", &self.memory_limit)
+            .field("max_idle_instances", &self.max_idle_instances)
+            .field("config (redacted) for", &configured)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            dir: String::new(),
+            cache_dir: String::new(),
+            watch: true,
+            deadline: Duration::from_millis(10),
+            memory_limit: 16 * 1024 * 1024,
+            max_idle_instances: 16,
+            config: BTreeMap::new(),
+            limits: BTreeMap::new(),
+        }
+    }
+}
+
+impl PluginsConfig {
+    /// Checks the limits and the folder; the error names the key.
+    pub fn validate(&self) -> Result<(), PluginsConfigError> {
+        if self.deadline.is_zero() {
+            return Err(PluginsConfigError::Deadline);
+        }
+        if self.memory_limit < MIN_MEMORY {
+            return Err(PluginsConfigError::MemoryLimit);
+        }
+        for (name, limits) in &self.limits {
+            if limits.deadline.is_some_and(|d| d.is_zero()) {
+                return Err(PluginsConfigError::PluginDeadline {
+                    plugin: name.clone(),
+                });
+            }
+            if limits.memory_limit.is_some_and(|m| m < MIN_MEMORY) {
+                return Err(PluginsConfigError::PluginMemoryLimit {
+                    plugin: name.clone(),
+                });
+            }
+        }
+        if !self.dir.is_empty() && !Path::new(&self.dir).is_dir() {
+            return Err(PluginsConfigError::NotAFolder {
+                dir: self.dir.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why `[plugins]` is refused; each names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PluginsConfigError {
+    /// `deadline` is zero.
+    #[error("plugins.deadline: must be greater than 0")]
+    Deadline,
+    /// `memory_limit` is under 1 MiB.
+    #[error("plugins.memory_limit: must be at least 1 MiB")]
+    MemoryLimit,
+    /// A plugin's `deadline` override is zero.
+    #[error("plugins.limits.{plugin}.deadline: must be greater than 0")]
+    PluginDeadline {
+        /// The plugin's name.
+        plugin: String,
+    },
+    /// A plugin's `memory_limit` override is under 1 MiB.
+    #[error("plugins.limits.{plugin}.memory_limit: must be at least 1 MiB")]
+    PluginMemoryLimit {
+        /// The plugin's name.
+        plugin: String,
+    },
+    /// `dir` is set but is not a folder.
+    #[error("plugins.dir: {dir} is not a folder")]
+    NotAFolder {
+        /// The configured folder.
+        dir: String,
+    },
+}
