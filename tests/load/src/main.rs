@@ -14,6 +14,7 @@
 //! - `connection`: one subscriber connection's I/O.
 //! - `floor`: the bare-socket fan-out.
 //! - `publisher`: pacing and sending the messages.
+//! - `pusher_api`: signed requests to the Pusher HTTP API (`POST /apps/{id}/events`).
 //! - `measure`: shared counters, latency histograms, `/proc` sampling.
 //! - `report`: JSON document, summary, Markdown table.
 
@@ -21,6 +22,7 @@ mod connection;
 mod floor;
 mod measure;
 mod publisher;
+mod pusher_api;
 mod report;
 mod wire;
 
@@ -38,7 +40,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connection::Dial;
 use crate::measure::{ProcessSample, Tally, sample_process};
-use crate::publisher::{Plan, Route};
+use crate::publisher::{HttpApi, Plan, Route};
+use crate::pusher_api::PusherApp;
 use crate::report::{ConnectPhase, Latency, PublishPhase, Report, ServerUsage};
 use crate::wire::Protocol;
 
@@ -63,6 +66,16 @@ enum Command {
     },
 }
 
+/// Which HTTP API publishes (with `--publish-from http`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PublishApi {
+    /// The server's own endpoint: Herald's `POST /api/publish` (with `X-API-Key`), the peers' `/publish`.
+    Own,
+    /// The Pusher HTTP API, `POST /apps/{app_id}/events` signed with `--pusher-key`/`--pusher-secret`
+    /// (Pusher protocol only); `--publish-url` is that events URL.
+    Pusher,
+}
+
 /// Where published messages come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Source {
@@ -85,12 +98,26 @@ struct RunArgs {
     #[arg(long, default_value = "ws://127.0.0.1:8000/connection/websocket")]
     url: String,
     /// HTTP publish URL (raw and socket.io modes add `?channel=<name>`; pusher mode posts to Herald's
-    /// `/api/publish` as centrifuge mode does, tagging the publication with the event name `load`).
+    /// `/api/publish` as centrifuge mode does, tagging the publication with the event name `load`; with
+    /// `--publish-api pusher` it is the events URL, `http://127.0.0.1:6001/apps/<app id>/events`).
     #[arg(long, default_value = "http://127.0.0.1:8000/api/publish")]
     publish_url: String,
-    /// API key sent as `X-API-Key` with HTTP publishes.
+    /// API key sent as `X-API-Key` with HTTP publishes (`--publish-api own`).
     #[arg(long, env = "HERALD_LOAD_API_KEY")]
     api_key: Option<String>,
+    /// Which HTTP API publishes: the server's own or the Pusher HTTP API.
+    #[arg(long, value_enum, default_value = "own")]
+    publish_api: PublishApi,
+    /// The Pusher app key that signs `--publish-api pusher` requests.
+    #[arg(long, required_if_eq("publish_api", "pusher"))]
+    pusher_key: Option<String>,
+    /// The Pusher app secret that signs `--publish-api pusher` requests.
+    #[arg(
+        long,
+        env = "HERALD_LOAD_PUSHER_SECRET",
+        required_if_eq("publish_api", "pusher")
+    )]
+    pusher_secret: Option<String>,
     /// Subscriber connections to open.
     #[arg(long, default_value_t = 1000)]
     connections: usize,
@@ -266,6 +293,21 @@ async fn run(args: &RunArgs) -> anyhow::Result<Report> {
             "--publish-from clients is not supported with --protocol pusher (client events need signed private channels)"
         );
     }
+    let http_api = match args.publish_api {
+        PublishApi::Own => HttpApi::Own {
+            url: args.publish_url.clone(),
+            api_key: args.api_key.clone(),
+        },
+        PublishApi::Pusher => {
+            if args.protocol != Protocol::Pusher {
+                bail!("--publish-api pusher needs --protocol pusher");
+            }
+            let (Some(key), Some(secret)) = (&args.pusher_key, &args.pusher_secret) else {
+                bail!("--publish-api pusher needs --pusher-key and --pusher-secret");
+            };
+            HttpApi::Pusher(PusherApp::new(&args.publish_url, key, secret)?)
+        }
+    };
     let server = server_address(&args.url).await?;
     let channel_names: Arc<Vec<String>> = Arc::new(
         (0..args.channels)
@@ -407,8 +449,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<Report> {
                     .tcp_nodelay(true)
                     .build()
                     .context("cannot build the HTTP client")?,
-                url: args.publish_url.clone(),
-                api_key: args.api_key.clone(),
+                api: http_api,
                 concurrency: args.http_concurrency,
             },
             Source::Clients => Route::Clients { publishers },
@@ -432,9 +473,10 @@ async fn run(args: &RunArgs) -> anyhow::Result<Report> {
             _ => 0.0,
         };
         publish = Some(PublishPhase {
-            source: match args.publish_from {
-                Source::Http => "http".to_string(),
-                Source::Clients => "clients".to_string(),
+            source: match (args.publish_from, args.publish_api) {
+                (Source::Http, PublishApi::Own) => "http".to_string(),
+                (Source::Http, PublishApi::Pusher) => "pusher-http-api".to_string(),
+                (Source::Clients, _) => "clients".to_string(),
             },
             messages: published.messages,
             failed: published.failed,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::measure::Tally;
+use crate::pusher_api::PusherApp;
 use crate::wire::{self, Protocol, Stamp};
 
 /// How messages leave the tool.
@@ -18,10 +19,8 @@ pub(crate) enum Route {
     Http {
         /// The HTTP client (keeps connections alive).
         client: reqwest::Client,
-        /// The publish URL.
-        url: String,
-        /// Sent as `X-API-Key` when set.
-        api_key: Option<String>,
+        /// Which API, and its address and credentials.
+        api: HttpApi,
         /// Requests in flight at most.
         concurrency: usize,
     },
@@ -30,6 +29,54 @@ pub(crate) enum Route {
         /// Per publishing connection: its first channel's index and a sender to its task.
         publishers: Vec<(usize, mpsc::Sender<String>)>,
     },
+}
+
+/// The HTTP API messages are published through.
+#[derive(Debug)]
+pub(crate) enum HttpApi {
+    /// The server's own publish endpoint (Herald's `/api/publish`, the peers' `/publish`), in the dialect's
+    /// request shape ([`wire::http_publish`]).
+    Own {
+        /// The publish URL.
+        url: String,
+        /// Sent as `X-API-Key` when set.
+        api_key: Option<String>,
+    },
+    /// The Pusher HTTP API, each request signed (the same path for every Pusher-protocol server).
+    Pusher(PusherApp),
+}
+
+impl HttpApi {
+    /// The request that publishes `payload` to `channel`.
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        protocol: Protocol,
+        channel: &str,
+        payload: &str,
+    ) -> reqwest::RequestBuilder {
+        match self {
+            Self::Own { url, api_key } => {
+                let (url, body) = wire::http_publish(protocol, url, channel, payload);
+                let request = client.post(url).body(body);
+                match api_key {
+                    Some(key) => request.header("X-API-Key", key),
+                    None => request,
+                }
+            }
+            Self::Pusher(app) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                let trigger = app.trigger(channel, wire::PUSHER_EVENT, payload, now);
+                client
+                    .post(trigger.url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(trigger.body)
+            }
+        }
+    }
 }
 
 /// How many, how big, how fast.
@@ -99,15 +146,7 @@ pub(crate) async fn publish(plan: Plan, route: Route, tally: Arc<Tally>) -> Publ
         }
         let channel_name = &plan.channels[channel];
         match (&route, client) {
-            (
-                Route::Http {
-                    client,
-                    url,
-                    api_key,
-                    ..
-                },
-                _,
-            ) => {
+            (Route::Http { client, api, .. }, _) => {
                 let Ok(permit) = http_slots.clone().acquire_owned().await else {
                     break;
                 };
@@ -115,16 +154,12 @@ pub(crate) async fn publish(plan: Plan, route: Route, tally: Arc<Tally>) -> Publ
                     sent_ns: tally.now_ns(),
                     seq,
                 };
-                let (url, body) = wire::http_publish(
+                let request = api.request(
+                    client,
                     plan.protocol,
-                    url,
                     channel_name,
                     &wire::payload(stamp, plan.size),
                 );
-                let mut request = client.post(url).body(body);
-                if let Some(key) = api_key {
-                    request = request.header("X-API-Key", key);
-                }
                 tally.expect(seq, receivers);
                 let failures = failures.clone();
                 let tally = tally.clone();

@@ -54,7 +54,7 @@ pub(crate) struct ConnectPhase {
 /// Publishing and delivering.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct PublishPhase {
-    /// `http` or `clients`.
+    /// `http` (the server's own API), `pusher-http-api` or `clients`.
     pub source: String,
     /// Messages published.
     pub messages: u64,
