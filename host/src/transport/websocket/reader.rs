@@ -468,7 +468,12 @@ mod tests {
         assert!(violation(1007)(&events(&bad_first, bad_first.len())[0]));
         let e_acute = "é".as_bytes();
         let mut split = wire(OpCode::Data(Data::Text), &e_acute[..1], false, true);
-        split.extend(wire(OpCode::Data(Data::Continue), &e_acute[1..], true, true));
+        split.extend(wire(
+            OpCode::Data(Data::Continue),
+            &e_acute[1..],
+            true,
+            true,
+        ));
         assert_eq!(events(&split, 3), vec![Event::Text(Bytes::from("é"))]);
         let bad_reason = wire(OpCode::Control(Control::Close), &[3, 232, 0xff], true, true);
         assert!(violation(1007)(&events(&bad_reason, 1)[0]));
