@@ -309,14 +309,13 @@ impl Reader {
                 self.outbound
                     .push_raw(writer::control(Control::Pong, payload));
             }
-            Event::Close(payload) => {
-                // The client's close, echoed; no close of ours follows it.
+            // The client's close, echoed; no close of ours follows it.
+            Event::Close(payload)
                 if self
                     .outbound
-                    .push_raw(writer::control(Control::Close, payload))
-                {
-                    self.outbound.close(Disconnect::CONNECTION_CLOSED);
-                }
+                    .push_raw(writer::control(Control::Close, payload)) =>
+            {
+                self.outbound.close(Disconnect::CONNECTION_CLOSED);
             }
             _ => {}
         }
@@ -463,7 +462,7 @@ mod tests {
         assert!(violation(1007)(&events(&invalid, 1)[0]));
         // A bad fragment fails the message at once; a character split between fragments does not.
         let mut bad_first = wire(OpCode::Data(Data::Text), &[b'a', 0xff], false, true);
-        bad_first.extend(wire(OpCode::Data(Data::Continue), &[b'b'], false, true));
+        bad_first.extend(wire(OpCode::Data(Data::Continue), b"b", false, true));
         assert_eq!(events(&bad_first, bad_first.len()).len(), 1);
         assert!(violation(1007)(&events(&bad_first, bad_first.len())[0]));
         let e_acute = "é".as_bytes();
