@@ -81,11 +81,15 @@ impl Drop for CommandReceiver {
     }
 }
 
+/// A connection's id. Shared, not copied: the session, its handle and every hub map that files the
+/// connection (by user, by channel) hold the same allocation, which an idle connection pays once.
+pub type ClientId = Arc<str>;
+
 /// What the rest of the server may do to a session: queue frames, close it, or send it a command.
 #[derive(Debug)]
 pub struct SessionHandle {
     /// Connection id.
-    pub client: String,
+    pub client: ClientId,
     /// User id ("" for anonymous).
     pub user: String,
     /// The connection's outbound queue.
@@ -96,7 +100,7 @@ pub struct SessionHandle {
 impl SessionHandle {
     /// A handle and the receiving end of its command queue (kept by the session).
     pub fn new(
-        client: String,
+        client: ClientId,
         user: String,
         outbound: Arc<Outbound>,
     ) -> (Arc<Self>, CommandReceiver) {
@@ -340,16 +344,16 @@ pub struct Subscriber {
 }
 
 /// Subscribers by channel, then by client id, for the channels of one shard.
-type ChannelShard = HashMap<String, HashMap<String, Subscriber>>;
+type ChannelShard = HashMap<String, HashMap<ClientId, Subscriber>>;
 
 /// Sessions and subscriptions of this node.
 #[derive(Debug)]
 pub struct Hub {
     channels: Box<[RwLock<ChannelShard>]>,
-    sessions: RwLock<HashMap<String, Arc<SessionHandle>>>,
+    sessions: RwLock<HashMap<ClientId, Arc<SessionHandle>>>,
     /// Client ids by user. A set, not a list: every anonymous connection shares the user "", and a mass
     /// disconnect of N of them must not cost N² comparisons.
-    users: RwLock<HashMap<String, HashSet<String>>>,
+    users: RwLock<HashMap<String, HashSet<ClientId>>>,
     hasher: RandomState,
 }
 
@@ -534,7 +538,7 @@ impl Hub {
 
 /// Whether a join or leave is the subscriber's own, which its protocol does not tell it about.
 fn unheard_own_presence(subscriber: &Subscriber, info: &ClientInfo) -> bool {
-    subscriber.session.client == info.client && !subscriber.protocol.wire().hears_own_presence()
+ *subscriber.session.client == *info.client && !subscriber.protocol.wire().hears_own_presence()
 }
 
 /// Asks a subscriber whose stream has a gap to resubscribe (and so recover).
@@ -567,7 +571,7 @@ impl BrokerEventHandler for Hub {
             &position,
             |protocol| protocol.wire().publication(channel, &publication),
             false,
-            |subscriber| excluded == Some(&subscriber.session.client),
+            |subscriber| excluded.is_some_and(|excluded| **excluded == *subscriber.session.client),
         );
     }
 

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use crate::channel::NamespaceOptions;
 use crate::disconnect::Disconnect;
 use crate::errors::{ClientError, Refusal};
-use crate::hub::SessionHandle;
+use crate::hub::{ClientId, SessionHandle};
 use crate::node::{VERSION, plugin_client_info, valid_json};
 use crate::plugin::bindings::{self, AccessKind, ConnectAllow, Hooks};
 use crate::plugin::chain::{Decision, RpcDecision};
@@ -64,7 +64,7 @@ impl Session {
             query: self.query.to_vec(),
             token: token.to_owned(),
             data: data.map(|d| d.to_vec()),
-            client: self.client.clone(),
+            client: self.client.to_string(),
             refresh,
             user: if refresh {
                 self.user.clone()
@@ -79,7 +79,8 @@ impl Session {
         id: u32,
         request: ConnectRequest,
     ) -> Result<(), Disconnect> {
-        self.client = uuid::Uuid::new_v4().to_string();
+        let mut buffer = uuid::Uuid::encode_buffer();
+        self.client = ClientId::from(&*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer));
         let plugins = self.conn.node.plugins.clone();
         let decision = if plugins.any(Hooks::CONNECT) {
             plugins
@@ -131,7 +132,7 @@ impl Session {
         self.expires_at = ttl.map(|ttl| Instant::now() + Duration::from_secs(ttl.into()));
         let transport_ping = self.transport_ping;
         let result = encode::ConnectResult {
-            client: self.client.clone(),
+            client: self.client.to_string(),
             version: VERSION.into(),
             ttl,
             data: plugin_json(identity.data, "connect data"),

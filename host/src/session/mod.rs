@@ -27,7 +27,7 @@ pub use pairs::Pairs;
 use crate::channel::Namespace;
 use crate::disconnect::Disconnect;
 use crate::errors::{ClientError, Refusal};
-use crate::hub::{SessionCommand, SessionHandle};
+use crate::hub::{ClientId, SessionCommand, SessionHandle};
 use crate::node::{ClientInfo, HistoryFilter, Node, PublishRequest, Source, StreamPosition};
 use crate::plugin::bindings::{AccessKind, DisconnectEvent, Hooks};
 use crate::policy::{self, Action, Requester};
@@ -104,7 +104,7 @@ pub struct Session {
     headers: Pairs,
     query: Pairs,
     state: State,
-    client: String,
+    client: ClientId,
     user: String,
     conn_info: Option<Bytes>,
     handle: Option<Arc<SessionHandle>>,
@@ -135,7 +135,7 @@ impl Session {
             headers,
             query,
             state: State::Opened,
-            client: String::new(),
+            client: ClientId::from(""),
             user: String::new(),
             conn_info: None,
             handle: None,
@@ -260,7 +260,7 @@ impl Session {
     fn info(&self, chan_info: Option<Bytes>) -> ClientInfo {
         ClientInfo {
             user: self.user.clone(),
-            client: self.client.clone(),
+            client: self.client.to_string(),
             conn_info: self.conn_info.clone(),
             chan_info,
         }

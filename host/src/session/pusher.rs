@@ -17,7 +17,7 @@ use crate::channel::ChannelKind;
 use crate::config::PusherConfig;
 use crate::disconnect::Disconnect;
 use crate::errors::Refusal;
-use crate::hub::{DeliveryGate, SessionCommand, SessionHandle};
+use crate::hub::{ClientId, DeliveryGate, SessionCommand, SessionHandle};
 use crate::node::{ClientInfo, HistoryFilter, Node, PublishRequest, Source, plugin_client_info};
 use crate::outbound::Outbound;
 use crate::plugin::bindings::{self, Hooks};
@@ -296,7 +296,7 @@ impl PusherSession {
                     std::iter::once(reply).chain(cached),
                     None,
                 );
-                self.conn.subscriptions.insert(channel, member);
+                self.conn.add_subscription(channel, member);
             }
             Err(refused) => {
                 let frame = self.refused(&channel, refused);
@@ -805,9 +805,9 @@ impl Decisions for PusherSession {
 /// A new socket id: two random unsigned integers joined by a dot. The Pusher server libraries check the
 /// `^\d+\.\d+$` shape; randomness from the thread's CSPRNG keeps it unguessable, and the channel
 /// signatures the app backend makes bind to it.
-fn new_socket_id() -> String {
+fn new_socket_id() -> ClientId {
     let (a, b): (u32, u32) = (rand::random(), rand::random());
-    format!("{a}.{b}")
+    format!("{a}.{b}").into()
 }
 
 /// A frame a connection refused at the handshake gets before its close (unknown key, protocol version).

@@ -3,11 +3,11 @@
 //! open/close sequence with the hub and the node, and the finish that ends every subscription and
 //! unregisters the connection. A protocol supplies only its decisions, through [`Decisions`].
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures_util::{Stream, StreamExt};
+use litemap::LiteMap;
 use tokio::time::Instant;
 
 use crate::disconnect::Disconnect;
@@ -84,8 +84,10 @@ pub(super) struct Connection<S> {
     protocol: Protocol,
     /// Commands from the rest of the server, once the connection is registered with the hub.
     pub(super) commands: Option<CommandReceiver>,
-    /// The connection's subscriptions by channel.
-    pub(super) subscriptions: HashMap<String, S>,
+    /// The connection's subscriptions by channel (add with [`Connection::add_subscription`]). A sorted
+    /// vector, not a hash map: a connection holds a handful (at most `client.max_channels`), and an idle
+    /// connection with one subscription keeps one entry instead of a hash table's four buckets.
+    pub(super) subscriptions: LiteMap<String, S>,
     rate: CommandRate,
 }
 
@@ -104,7 +106,7 @@ impl<S> Connection<S> {
             remote,
             protocol,
             commands: None,
-            subscriptions: HashMap::new(),
+            subscriptions: LiteMap::new(),
             rate,
         }
     }
@@ -121,6 +123,15 @@ impl<S> Connection<S> {
                 Err(Disconnect::TOO_MANY_REQUESTS)
             }
         }
+    }
+
+    /// Records a subscription. The first one gets room for itself alone: most connections never add a
+    /// second, and a vector's first growth would reserve four.
+    pub(super) fn add_subscription(&mut self, channel: String, subscription: S) {
+        if self.subscriptions.is_empty() {
+            self.subscriptions = LiteMap::with_capacity(1);
+        }
+        self.subscriptions.insert(channel, subscription);
     }
 
     /// Whether the connection holds as many subscriptions as it may.
@@ -246,7 +257,7 @@ async fn finish<D: Decisions>(mut session: D) {
         session.leave(&channel, subscription).await;
     }
     let connection = session.connection();
-    let client = session.handle().map_or("", |handle| handle.client.as_str());
+    let client = session.handle().map_or("", |handle| &*handle.client);
     if let Some(handle) = session.handle() {
         connection.node.hub.unregister(&handle.client, &handle.user);
     }

@@ -227,7 +227,7 @@ impl Session {
                 channel: channel.to_owned(),
             });
         }
-        self.conn.subscriptions.insert(
+        self.conn.add_subscription(
             channel.to_owned(),
             Subscription {
                 presence: options.presence,
