@@ -538,7 +538,7 @@ impl Hub {
 
 /// Whether a join or leave is the subscriber's own, which its protocol does not tell it about.
 fn unheard_own_presence(subscriber: &Subscriber, info: &ClientInfo) -> bool {
- *subscriber.session.client == *info.client && !subscriber.protocol.wire().hears_own_presence()
+    *subscriber.session.client == *info.client && !subscriber.protocol.wire().hears_own_presence()
 }
 
 /// Asks a subscriber whose stream has a gap to resubscribe (and so recover).

@@ -32,39 +32,44 @@ pub async fn echo_handler(
 
 async fn echo(node: Arc<Node>, socket: Socket, read_ahead: Bytes) {
     // Counted like any connection so a graceful shutdown waits for it.
-    let _running = node.sessions.token();
+    let running = node.sessions.token();
     // Room for the largest message on top of the usual queue: every message is echoed whole.
     let queue = node.config.client.max_queue_bytes + node.config.websocket.max_message_size;
-    let mut link = Link::with_queue(&node, socket, read_ahead, queue);
+    let link = Link::with_queue(&node, socket, read_ahead, queue);
     let outbound = link.outbound.clone();
     let shutdown = node.shutdown.clone();
     // Centrifugo's wire: closes go out with the code decided, unchanged.
-    link.run(&node, Protocol::Centrifuge, async move |reader| {
-        loop {
-            let event = tokio::select! {
-                event = reader.next() => event,
-                _ = shutdown.cancelled() => {
-                    outbound.close(Disconnect::SHUTDOWN);
-                    return;
-                }
-            };
-            match event {
-                Some(Event::Text(text)) => {
-                    outbound.push_raw(data_frame(false, &text));
-                }
-                Some(Event::Binary(bytes)) => {
-                    outbound.push_raw(data_frame(true, &bytes));
-                }
-                // The reader answers pings and a close the peer starts.
-                Some(Event::Ping(_) | Event::Pong(_)) => {}
-                Some(Event::Close(_)) | None => return,
-                Some(Event::Violation(violation)) => {
-                    outbound.close(violation);
-                    return;
+    link.run(
+        node,
+        Protocol::Centrifuge,
+        running,
+        async move |_, reader| {
+            loop {
+                let event = tokio::select! {
+                    event = reader.next() => event,
+                    _ = shutdown.cancelled() => {
+                        outbound.close(Disconnect::SHUTDOWN);
+                        return;
+                    }
+                };
+                match event {
+                    Some(Event::Text(text)) => {
+                        outbound.push_raw(data_frame(false, &text));
+                    }
+                    Some(Event::Binary(bytes)) => {
+                        outbound.push_raw(data_frame(true, &bytes));
+                    }
+                    // The reader answers pings and a close the peer starts.
+                    Some(Event::Ping(_) | Event::Pong(_)) => {}
+                    Some(Event::Close(_)) | None => return,
+                    Some(Event::Violation(violation)) => {
+                        outbound.close(violation);
+                        return;
+                    }
                 }
             }
-        }
-    })
+        },
+    )
     .await;
 }
 

@@ -61,7 +61,13 @@ pub async fn pusher_handler(
     } else {
         None
     };
-    let connection = connection_info(remote, false, &headers, raw_query.as_deref());
+    // Boxed until the session takes it, as on the Centrifugo endpoint.
+    let connection = Box::new(connection_info(
+        remote,
+        false,
+        &headers,
+        raw_query.as_deref(),
+    ));
     upgrade.accept(&[], move |socket, read_ahead| {
         serve(
             node,
@@ -76,7 +82,7 @@ pub async fn pusher_handler(
                     outbound.close(disconnect);
                 }
                 None => {
-                    PusherSession::new(node, outbound, connection)
+                    PusherSession::new(node, outbound, *connection)
                         .run(messages)
                         .await
                 }

@@ -53,7 +53,14 @@ pub async fn websocket_handler(
         Err(refused) => return refused.into_response(),
     };
     let transport_ping = query.cf_ws_frame_ping_pong.as_deref() == Some("true");
-    let connection = connection_info(remote, transport_ping, &headers, raw_query.as_deref());
+    // Boxed until the session takes it: the closures between here and the session each keep their own
+    // copy of what they capture for as long as the connection lives.
+    let connection = Box::new(connection_info(
+        remote,
+        transport_ping,
+        &headers,
+        raw_query.as_deref(),
+    ));
     upgrade.accept(&["centrifuge-json"], move |socket, read_ahead| {
         serve(
             node,
@@ -62,7 +69,9 @@ pub async fn websocket_handler(
             slot,
             Protocol::Centrifuge,
             async |node, outbound, messages| {
-                Session::new(node, outbound, connection).run(messages).await;
+                Session::new(node, outbound, *connection)
+                    .run(messages)
+                    .await;
             },
         )
     })
@@ -181,67 +190,88 @@ impl Link {
     /// is in, the socket is dropped with nothing unread: a plain FIN. The reading stops after
     /// [`CLOSING_READ_BUDGET`] bytes, and at most [`CLOSING_LINGER`] after the writer is done (the writer
     /// itself is bounded by the write timeout).
-    pub(super) async fn run<S>(&mut self, node: &Node, protocol: Protocol, session: S)
+    ///
+    /// The link is moved into the returned future and used in place, and `held` (the connection's slot
+    /// and shutdown token) is dropped when it ends: an idle connection's memory is mostly this future, so
+    /// nothing in it is kept twice.
+    pub(super) fn run<S, H>(
+        self,
+        node: Arc<Node>,
+        protocol: Protocol,
+        held: H,
+        session: S,
+    ) -> impl Future<Output = ()>
     where
-        S: AsyncFnOnce(&mut Reader),
+        S: AsyncFnOnce(Arc<Node>, &mut Reader),
     {
-        let ws = &node.config.websocket;
-        let writer = writer::write_loop(
-            &self.socket,
-            &self.outbound,
-            protocol.wire(),
-            ws.write_timeout,
-            ws.write_buffer_size,
-        );
-        let mut writer = std::pin::pin!(writer);
-        let mut written = None;
-        {
-            let mut session = std::pin::pin!(session(&mut self.reader));
-            loop {
-                tokio::select! {
-                    () = &mut session => break,
-                    sent = &mut writer, if written.is_none() => written = Some(sent),
+        // An async block rather than an `async fn`: an async fn's arguments are moved into locals of
+        // its future, which would then hold the link (and the rest) twice.
+        let mut link = self;
+        async move {
+            let ws = &node.config.websocket;
+            let writer = writer::write_loop(
+                &link.socket,
+                &link.outbound,
+                protocol.wire(),
+                ws.write_timeout,
+                ws.write_buffer_size,
+            );
+            let mut writer = std::pin::pin!(writer);
+            let mut written = None;
+            {
+                let mut session = std::pin::pin!(session(node.clone(), &mut link.reader));
+                loop {
+                    tokio::select! {
+                        () = &mut session => break,
+                        sent = &mut writer, if written.is_none() => written = Some(sent),
+                    }
                 }
             }
+            // Ends the writer when the client went away on its own (no close frame is owed then).
+            link.outbound.close(Disconnect::CONNECTION_CLOSED);
+            let writer = async {
+                match written {
+                    Some(sent) => sent,
+                    None => writer.await,
+                }
+            };
+            close_gracefully(
+                writer,
+                &mut link.reader,
+                CLOSING_LINGER,
+                CLOSING_READ_BUDGET,
+            )
+            .await;
+            drop(held);
         }
-        // Ends the writer when the client went away on its own (no close frame is owed then).
-        self.outbound.close(Disconnect::CONNECTION_CLOSED);
-        let writer = async {
-            match written {
-                Some(sent) => sent,
-                None => writer.await,
-            }
-        };
-        close_gracefully(
-            writer,
-            &mut self.reader,
-            CLOSING_LINGER,
-            CLOSING_READ_BUDGET,
-        )
-        .await;
     }
 }
 
 /// Serves one upgraded connection with the `session` of a `protocol` (every session endpoint, plain or
-/// TLS): the session gets the node, the connection's outbound queue and its messages.
-pub(super) async fn serve<S>(
+/// TLS): the session gets the node, the connection's outbound queue and its messages. Not an `async fn`,
+/// whose arguments would stay in the future beside the link they were moved into.
+pub(super) fn serve<S>(
     node: Arc<Node>,
     socket: Socket,
     read_ahead: Bytes,
-    _slot: Slot,
+    slot: Slot,
     protocol: Protocol,
     session: S,
-) where
+) -> impl Future<Output = ()>
+where
     S: for<'a> AsyncFnOnce(Arc<Node>, Arc<Outbound>, Messages<'a>),
 {
-    let _running = node.sessions.token();
-    let mut link = Link::new(&node, socket, read_ahead);
+    let running = node.sessions.token();
+    let link = Link::new(&node, socket, read_ahead);
     let outbound = link.outbound.clone();
-    let session_node = node.clone();
-    link.run(&node, protocol, async move |reader| {
-        session(session_node, outbound, Messages(Some(reader))).await;
-    })
-    .await;
+    link.run(
+        node,
+        protocol,
+        (slot, running),
+        async move |node, reader| {
+            session(node, outbound, Messages(Some(reader))).await;
+        },
+    )
 }
 
 /// What a session reads: its messages, until the client's close, the end of the stream or a violation
@@ -520,5 +550,34 @@ mod tests {
             None,
             &["*".to_string()]
         ));
+    }
+
+    /// An idle connection's memory is mostly the future `serve` returns (its task), so that future must
+    /// hold nothing twice: no argument kept beside the link it moved into, no capture kept beside the
+    /// session future it moved into. The bound catches such a regression (it would add hundreds of bytes);
+    /// the size is printed (`--nocapture`) to compare changes.
+    #[tokio::test]
+    async fn a_connection_future_holds_nothing_twice() {
+        let node = Node::new(crate::config::Config::default()).expect("a node");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (_client, (socket, remote)) = (client.unwrap(), accepted.unwrap());
+        let slot = node.admission.admit(remote.ip()).expect("admitted");
+        let connection = Box::new(connection_info(remote, false, &HeaderMap::new(), None));
+        let serving = serve(
+            node,
+            Socket::Plain(socket),
+            Bytes::new(),
+            slot,
+            Protocol::Centrifuge,
+            async |node, outbound, messages| {
+                Session::new(node, outbound, *connection).run(messages).await;
+            },
+        );
+        let session = std::mem::size_of::<crate::session::Session>();
+        let size = std::mem::size_of_val(&serving);
+        println!("connection future: {size} bytes (the session alone: {session})");
+        assert!(size <= 2 * 1024, "{size}");
     }
 }

@@ -10,6 +10,8 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
+use futures_util::future::OptionFuture;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -117,28 +119,14 @@ impl Upgrade {
                 .find(|candidate| protocols.contains(candidate))
                 .map(str::to_owned)
         });
-        let on_upgrade = self.on_upgrade;
-        tokio::spawn(async move {
-            let upgraded = match on_upgrade.await {
-                Ok(upgraded) => upgraded,
-                Err(error) => {
-                    tracing::debug!(%error, "websocket upgrade failed");
-                    return;
-                }
-            };
-            let (socket, read_ahead) = match upgraded.downcast::<TokioIo<Connection>>() {
-                Ok(parts) => Socket::from_upgraded(parts.io.into_inner(), parts.read_buf),
-                // A plain TCP connection, as axum's own `serve` hands them over (unit tests use it).
-                Err(upgraded) => match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
-                    Ok(parts) => (Socket::Plain(parts.io.into_inner()), parts.read_buf),
-                    Err(_) => {
-                        tracing::error!("upgraded connection of an unknown kind; dropped");
-                        return;
-                    }
-                },
-            };
-            serve(socket, read_ahead).await;
-        });
+        // `then`, not an async block: the serving future replaces the wait for the upgrade instead of
+        // sitting beside `serve`'s captures, and an idle connection's memory is mostly this task.
+        tokio::spawn(self.on_upgrade.then(move |upgraded| {
+            OptionFuture::from(
+                into_socket(upgraded).map(|(socket, read_ahead)| serve(socket, read_ahead)),
+            )
+            .map(drop)
+        }));
         let mut response = Response::new(axum::body::Body::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let headers = response.headers_mut();
@@ -152,5 +140,30 @@ impl Upgrade {
             headers.insert(header::SEC_WEBSOCKET_PROTOCOL, chosen);
         }
         response
+    }
+}
+
+/// The socket of an upgraded connection and the bytes hyper read ahead of the handshake's end; `None`
+/// (logged) when the upgrade failed.
+fn into_socket(
+    upgraded: hyper::Result<hyper::upgrade::Upgraded>,
+) -> Option<(Socket, bytes::Bytes)> {
+    let upgraded = match upgraded {
+        Ok(upgraded) => upgraded,
+        Err(error) => {
+            tracing::debug!(%error, "websocket upgrade failed");
+            return None;
+        }
+    };
+    match upgraded.downcast::<TokioIo<Connection>>() {
+        Ok(parts) => Some(Socket::from_upgraded(parts.io.into_inner(), parts.read_buf)),
+        // A plain TCP connection, as axum's own `serve` hands them over (unit tests use it).
+        Err(upgraded) => match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+            Ok(parts) => Some((Socket::Plain(parts.io.into_inner()), parts.read_buf)),
+            Err(_) => {
+                tracing::error!("upgraded connection of an unknown kind; dropped");
+                None
+            }
+        },
     }
 }
