@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::node::Node;
 use crate::protocol::pusher::close;
 
-use super::websocket::{Upgrade, admit, connection_info, serve};
+use super::websocket::{Upgrade, admit, connection_info, serve, unbox};
 use crate::protocol::Protocol;
 use crate::session::pusher::{PusherSession, refusal};
 
@@ -82,7 +82,7 @@ pub async fn pusher_handler(
                     outbound.close(disconnect);
                 }
                 None => {
-                    PusherSession::new(node, outbound, *connection)
+                    PusherSession::new(node, outbound, unbox(connection))
                         .run(messages)
                         .await
                 }

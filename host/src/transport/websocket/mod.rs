@@ -69,12 +69,19 @@ pub async fn websocket_handler(
             slot,
             Protocol::Centrifuge,
             async |node, outbound, messages| {
-                Session::new(node, outbound, *connection)
+                Session::new(node, outbound, unbox(connection))
                     .run(messages)
                     .await;
             },
         )
     })
+}
+
+/// Takes a value out of its box and frees the box at once: `*boxed` in an async body leaves the emptied
+/// box allocated until the body ends, which for a session is the connection's life.
+#[expect(clippy::boxed_local, reason = "taking the box is the point: it is freed here")]
+pub(super) fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
 }
 
 /// The checks every WebSocket upgrade passes first: the client's address (through trusted proxies), its
@@ -572,7 +579,9 @@ mod tests {
             slot,
             Protocol::Centrifuge,
             async |node, outbound, messages| {
-                Session::new(node, outbound, *connection).run(messages).await;
+                Session::new(node, outbound, unbox(connection))
+                    .run(messages)
+                    .await;
             },
         );
         let session = std::mem::size_of::<crate::session::Session>();
