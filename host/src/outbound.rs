@@ -121,14 +121,26 @@ impl Outbound {
         crate::sync::lock(&self.state)
     }
 
-    /// Queues a frame. Returns false if the connection is closing (the frame is dropped). Overflowing the
-    /// byte budget drops everything queued and closes the connection as slow.
+    /// Sends a frame: written directly when nothing is queued and the transport takes it, queued
+    /// otherwise. Returns false if the connection is closing (the frame is dropped). Overflowing the byte
+    /// budget drops everything queued and closes the connection as slow.
     pub fn push(&self, frame: Frame) -> bool {
+        self.send(frame, true)
+    }
+
+    /// Queues a frame for the writer even when it could be written directly, so that frames arriving in
+    /// quick succession leave in one write (see [`crate::hub`]'s fan-out); otherwise as [`Outbound::push`].
+    pub fn push_queued(&self, frame: Frame) -> bool {
+        self.send(frame, false)
+    }
+
+    fn send(&self, frame: Frame, direct: bool) -> bool {
         let state = self.lock();
         if state.close.is_some() {
             return false;
         }
-        if state.queue.is_empty()
+        if direct
+            && state.queue.is_empty()
             && !state.writing
             && let Some(transmit) = &state.transmit
         {
@@ -393,5 +405,36 @@ mod tests {
         let batch = q.next_batch().await;
         assert_eq!(batch.items.len(), 1);
         assert_eq!(batch.close, Some(Disconnect::SHUTDOWN));
+    }
+
+    /// A transport that takes every frame whole, and counts them.
+    #[derive(Debug, Default)]
+    struct Taker(std::sync::atomic::AtomicUsize);
+
+    impl Transmit for Taker {
+        fn try_transmit(&self, _frame: &Frame) -> Transmitted {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Transmitted::Whole
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_pushes_wait_for_the_writer_even_when_the_socket_would_take_them() {
+        let taker = Arc::new(Taker::default());
+        let q = Outbound::transmitting(1024, taker.clone());
+        assert!(q.push(frame(1)));
+        assert_eq!(taker.0.load(Ordering::Relaxed), 1, "written directly");
+        assert_eq!(q.queued_bytes(), 0);
+        assert!(q.push_queued(frame(2)));
+        assert!(q.push_queued(frame(3)));
+        assert_eq!(taker.0.load(Ordering::Relaxed), 1, "not written directly");
+        // Behind queued frames nothing may jump the queue, so a direct push queues too.
+        assert!(q.push(frame(4)));
+        assert_eq!(taker.0.load(Ordering::Relaxed), 1);
+        let batch = q.next_batch().await;
+        assert_eq!(
+            batch.items,
+            [2, 3, 4].map(|n| Outgoing::Frame(frame(n))).to_vec()
+        );
     }
 }

@@ -79,7 +79,10 @@ pub async fn websocket_handler(
 
 /// Takes a value out of its box and frees the box at once: `*boxed` in an async body leaves the emptied
 /// box allocated until the body ends, which for a session is the connection's life.
-#[expect(clippy::boxed_local, reason = "taking the box is the point: it is freed here")]
+#[expect(
+    clippy::boxed_local,
+    reason = "taking the box is the point: it is freed here"
+)]
 pub(super) fn unbox<T>(boxed: Box<T>) -> T {
     *boxed
 }
