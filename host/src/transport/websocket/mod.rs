@@ -481,34 +481,27 @@ mod tests {
         );
     }
 
+    /// Closes towards a client that never answers: the writer's result is `close_sent`, the linger
+    /// `linger`; panics with `why` unless the close ends within ten seconds.
+    async fn close_to_a_silent_client(close_sent: bool, linger: Duration, why: &str) {
+        let mut silent = Script::silent();
+        let closing = close_gracefully(async move { close_sent }, &mut silent, linger, 1 << 20);
+        tokio::time::timeout(Duration::from_secs(10), closing)
+            .await
+            .expect(why);
+    }
+
     /// A client that never answers the close is let go after the linger.
     #[tokio::test]
     async fn a_client_that_never_answers_is_let_go_after_the_linger() {
-        let mut silent = Script::silent();
-        let closing = close_gracefully(
-            async { true },
-            &mut silent,
-            Duration::from_millis(50),
-            1 << 20,
-        );
-        tokio::time::timeout(Duration::from_secs(10), closing)
-            .await
-            .expect("the linger ends the wait");
+        close_to_a_silent_client(true, Duration::from_millis(50), "the linger ends the wait").await;
     }
 
     /// Without a close frame (the writer gave up on a client that does not read) nothing is awaited.
     #[tokio::test]
     async fn no_close_frame_no_linger() {
-        let mut silent = Script::silent();
-        let closing = close_gracefully(
-            async { false },
-            &mut silent,
-            Duration::from_secs(60),
-            1 << 20,
-        );
-        tokio::time::timeout(Duration::from_secs(10), closing)
-            .await
-            .expect("no wait for an answer to a close that was not sent");
+        let why = "no wait for an answer to a close that was not sent";
+        close_to_a_silent_client(false, Duration::from_secs(60), why).await;
     }
 
     /// A client that answered the close at once still lets the writer finish first.
