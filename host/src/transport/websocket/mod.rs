@@ -62,19 +62,30 @@ pub async fn websocket_handler(
         raw_query.as_deref(),
     ));
     upgrade.accept(&["centrifuge-json"], move |socket, read_ahead| {
-        serve(
-            node,
-            socket,
-            read_ahead,
-            slot,
-            Protocol::Centrifuge,
-            async |node, outbound, messages| {
-                Session::new(node, outbound, unbox(connection))
-                    .run(messages)
-                    .await;
-            },
-        )
+        serve_centrifuge(node, socket, read_ahead, slot, connection)
     })
+}
+
+/// Serves an upgraded connection with a Centrifugo protocol session.
+fn serve_centrifuge(
+    node: Arc<Node>,
+    socket: Socket,
+    read_ahead: Bytes,
+    slot: Slot,
+    connection: Box<ConnectionInfo>,
+) -> impl Future<Output = ()> {
+    serve(
+        node,
+        socket,
+        read_ahead,
+        slot,
+        Protocol::Centrifuge,
+        async |node, outbound, messages| {
+            Session::new(node, outbound, unbox(connection))
+                .run(messages)
+                .await;
+        },
+    )
 }
 
 /// Takes a value out of its box and frees the box at once: `*boxed` in an async body leaves the emptied
@@ -555,10 +566,10 @@ mod tests {
         ));
     }
 
-    /// An idle connection's memory is mostly the future `serve` returns (its task), so that future must
-    /// hold nothing twice: no argument kept beside the link it moved into, no capture kept beside the
-    /// session future it moved into. The bound catches such a regression (it would add hundreds of bytes);
-    /// the size is printed (`--nocapture`) to compare changes.
+    /// An idle connection's memory is mostly the future its endpoint serves it with (its task), so that
+    /// future must hold nothing twice: no argument kept beside the link it moved into, no capture kept
+    /// beside the session future it moved into. The bound catches such a regression (it would add
+    /// hundreds of bytes); the size is printed (`--nocapture`) to compare changes.
     #[tokio::test]
     async fn a_connection_future_holds_nothing_twice() {
         let node = Node::new(crate::config::Config::default()).expect("a node");
@@ -568,18 +579,7 @@ mod tests {
         let (_client, (socket, remote)) = (client.unwrap(), accepted.unwrap());
         let slot = node.admission.admit(remote.ip()).expect("admitted");
         let connection = Box::new(connection_info(remote, false, &HeaderMap::new(), None));
-        let serving = serve(
-            node,
-            Socket::Plain(socket),
-            Bytes::new(),
-            slot,
-            Protocol::Centrifuge,
-            async |node, outbound, messages| {
-                Session::new(node, outbound, unbox(connection))
-                    .run(messages)
-                    .await;
-            },
-        );
+        let serving = serve_centrifuge(node, Socket::Plain(socket), Bytes::new(), slot, connection);
         let session = std::mem::size_of::<crate::session::Session>();
         let size = std::mem::size_of_val(&serving);
         println!("connection future: {size} bytes (the session alone: {session})");
