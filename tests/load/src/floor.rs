@@ -7,6 +7,8 @@
 //! connection (the shape of one publication to a channel of N subscribers); the reader records, per
 //! delivery, the time since the burst started. No server can deliver a burst faster than this loop does, so
 //! its percentiles are the floor under any server's fan-out latency at the same rate and size.
+//! `--write writev` writes the way a server's direct path does instead (non-blocking, through tokio's
+//! reactor, header and message in one `writev`), to split the kernel's price for that from the server's own.
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -44,9 +46,22 @@ pub(crate) struct FloorArgs {
     /// Disable Nagle's algorithm on the writing side, as WebSocket servers do.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     nodelay: bool,
+    /// How each delivery is written: `write` (a blocking `write` of the message) or `writev` (the way a
+    /// server's direct path writes: a non-blocking socket registered with tokio's reactor, a readiness
+    /// check and one `writev` of a 4-byte WebSocket header and the message).
+    #[arg(long, value_enum, default_value_t = WriteMode::Write)]
+    write: WriteMode,
     /// Write the JSON report here (`-` for standard output).
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+}
+
+/// See [`FloorArgs::write`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum WriteMode {
+    Write,
+    Writev,
 }
 
 /// What `floor` measured.
@@ -57,6 +72,7 @@ pub(crate) struct FloorReport {
     pub size: usize,
     pub bursts: u32,
     pub deliveries_rate: f64,
+    pub write: WriteMode,
     /// Mean time per `write` of one writer thread over all bursts, in microseconds.
     pub write_us_mean: f64,
     /// Writer time for a whole burst, fastest / median / slowest, in milliseconds.
@@ -71,13 +87,14 @@ impl FloorReport {
     pub(crate) fn summary(&self) -> String {
         let l = &self.latency_us;
         format!(
-            "floor: {} connections × {} B, {} bursts at {} deliveries/s, writing from cores {:?}\n\
+            "floor: {} connections × {} B, {} bursts at {} deliveries/s, {:?} from cores {:?}\n\
              writers: {:.2} µs per write and core; a burst takes {:.1} / {:.1} / {:.1} ms (min / median / max)\n\
              latency from burst start: p50 {} p90 {} p99 {} p99.9 {} max {} (mean {:.0}) µs over {} deliveries\n",
             self.connections,
             self.size,
             self.bursts,
             self.deliveries_rate,
+            self.write,
             self.writer_cpus,
             self.write_us_mean,
             self.burst_ms_min,
@@ -105,6 +122,9 @@ struct Shared {
 pub(crate) fn run(args: &FloorArgs) -> anyhow::Result<FloorReport> {
     if args.connections == 0 || args.size == 0 || args.bursts == 0 {
         bail!("--connections, --size and --bursts must be at least 1");
+    }
+    if args.write == WriteMode::Writev && !(126..=usize::from(u16::MAX)).contains(&args.size) {
+        bail!("--write writev frames with a 16-bit length: --size must be 126 to 65535");
     }
     if args.deliveries_rate <= 0.0 {
         bail!("--deliveries-rate must be positive");
@@ -139,7 +159,7 @@ pub(crate) fn run(args: &FloorArgs) -> anyhow::Result<FloorReport> {
     let (connected_tx, connected_rx) = std::sync::mpsc::channel();
     let reader = {
         let shared = Arc::clone(&shared);
-        let (connections, size) = (args.connections, args.size);
+        let (connections, size) = (args.connections, args.write.wire_size(args.size));
         std::thread::spawn(move || {
             core_affinity::set_for_current(reader_core);
             read_all(address, connections, size, &shared, &connected_tx)
@@ -180,7 +200,7 @@ pub(crate) fn run(args: &FloorArgs) -> anyhow::Result<FloorReport> {
     let burst_barrier = Barrier::new(writers_used + 1);
     let failed = AtomicBool::new(false);
     let period = Duration::from_secs_f64(args.connections as f64 / args.deliveries_rate);
-    let burst_bytes = (args.connections * args.size) as u64;
+    let burst_bytes = (args.connections * args.write.wire_size(args.size)) as u64;
     let mut bursts = Vec::with_capacity(args.bursts as usize);
     let outcome = std::thread::scope(|scope| {
         let mut writers = Vec::new();
@@ -188,13 +208,12 @@ pub(crate) fn run(args: &FloorArgs) -> anyhow::Result<FloorReport> {
             let (message, burst_barrier, failed) = (&message, &burst_barrier, &failed);
             writers.push(scope.spawn(move || {
                 core_affinity::set_for_current(writer_core);
+                let mut writer = Writer::new(chunk, args.write)?;
                 let mut outcome = Ok(());
                 for _ in 0..args.bursts {
                     burst_barrier.wait();
                     if outcome.is_ok() {
-                        outcome = chunk
-                            .iter_mut()
-                            .try_for_each(|socket| socket.write_all(message));
+                        outcome = writer.burst(message);
                         if outcome.is_err() {
                             failed.store(true, Ordering::Release);
                         }
@@ -255,6 +274,7 @@ pub(crate) fn run(args: &FloorArgs) -> anyhow::Result<FloorReport> {
         size: args.size,
         bursts: args.bursts,
         deliveries_rate: args.deliveries_rate,
+        write: args.write,
         writer_cpus: args.writer_cpus.clone(),
         write_us_mean: total.as_secs_f64() * 1e6 * writers_used as f64
             / (args.connections as f64 * bursts.len() as f64),
@@ -272,6 +292,86 @@ pub(crate) fn command(args: &FloorArgs) -> anyhow::Result<()> {
         crate::report::write_json(&report, path)?;
     }
     Ok(())
+}
+
+impl WriteMode {
+    /// Bytes on the wire for a message of `size` bytes.
+    fn wire_size(self, size: usize) -> usize {
+        match self {
+            Self::Write => size,
+            Self::Writev => size + 4,
+        }
+    }
+}
+
+/// One writer thread's connections, written the way [`WriteMode`] says.
+enum Writer<'a> {
+    Blocking(&'a mut [std::net::TcpStream]),
+    /// The runtime owns the sockets' registrations; `try_write_vectored` needs no task, only the reactor.
+    Reactor(tokio::runtime::Runtime, Vec<tokio::net::TcpStream>),
+}
+
+impl<'a> Writer<'a> {
+    fn new(sockets: &'a mut [std::net::TcpStream], mode: WriteMode) -> std::io::Result<Self> {
+        if mode == WriteMode::Write {
+            return Ok(Self::Blocking(sockets));
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()?;
+        let registered = runtime.block_on(async {
+            sockets
+                .iter()
+                .map(|socket| {
+                    let socket = socket.try_clone()?;
+                    socket.set_nonblocking(true)?;
+                    tokio::net::TcpStream::from_std(socket)
+                })
+                .collect::<std::io::Result<Vec<_>>>()
+        })?;
+        // A new registration is not known to be writable until the reactor has polled it once.
+        for socket in &registered {
+            runtime.block_on(socket.writable())?;
+        }
+        Ok(Self::Reactor(runtime, registered))
+    }
+
+    fn burst(&mut self, message: &[u8]) -> std::io::Result<()> {
+        match self {
+            Self::Blocking(sockets) => sockets
+                .iter_mut()
+                .try_for_each(|socket| socket.write_all(message)),
+            Self::Reactor(runtime, sockets) => {
+                let _entered = runtime.enter();
+                // A binary frame's header with a 16-bit length, as a server frames a 1 KiB message.
+                let length = u16::try_from(message.len())
+                    .unwrap_or(u16::MAX)
+                    .to_be_bytes(); // checked in `run`
+                let header = [0x82, 126, length[0], length[1]];
+                let parts = [
+                    std::io::IoSlice::new(&header),
+                    std::io::IoSlice::new(message),
+                ];
+                for socket in sockets.iter() {
+                    // The reader drains between bursts, so the socket has room; a readiness the
+                    // reactor has not caught up with yet is waited for (and counted in the time).
+                    let written = loop {
+                        match socket.try_write_vectored(&parts) {
+                            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                                runtime.block_on(socket.writable())?;
+                            }
+                            other => break other?,
+                        }
+                    };
+                    // A short write would cut the stream mid-message, so it fails the run instead.
+                    if written != header.len() + message.len() {
+                        return Err(std::io::Error::other("short write"));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 fn nanos_since(anchor: Instant, instant: Instant) -> u64 {
@@ -349,6 +449,7 @@ mod tests {
             writer_cpus,
             reader_cpu: 0,
             nodelay: true,
+            write: WriteMode::Write,
             json: None,
         }
     }
@@ -367,6 +468,26 @@ mod tests {
         assert_eq!(report.latency_us.count, 21);
         let report = run(&args(4, vec![0, 0, 0])).unwrap();
         assert_eq!(report.latency_us.count, 12);
+    }
+
+    #[test]
+    fn writev_deliveries_are_framed_and_counted_whole() {
+        let mut args = args(5, vec![0, 0]);
+        args.write = WriteMode::Writev;
+        args.size = 126;
+        // Enough bursts that counting 126-byte messages instead of 130-byte frames would find more.
+        args.bursts = 32;
+        let report = run(&args).unwrap();
+        assert_eq!(report.latency_us.count, 5 * 32);
+    }
+
+    #[test]
+    fn writev_refuses_sizes_its_header_cannot_carry() {
+        let mut args = args(2, vec![0]);
+        args.write = WriteMode::Writev;
+        args.size = 100;
+        let error = run(&args).unwrap_err();
+        assert!(error.to_string().contains("126 to 65535"), "{error:#}");
     }
 
     #[test]
