@@ -252,6 +252,30 @@ impl Node {
         self.engine.broker.publish_leave(channel, who).await
     }
 
+    /// Whether this node should get new clients, and if not, every reason why: shutting down, the engine
+    /// unreachable or its pub/sub link down, plugins found at start that have not loaded.
+    pub async fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut reasons = Vec::new();
+        if self.shutdown.is_cancelled() {
+            reasons.push("shutting down".to_owned());
+        }
+        if let Err(error) = self.engine.broker.ready().await {
+            reasons.push(format!("engine: {error}"));
+        }
+        let plugins = self.plugins.failed_at_start();
+        if !plugins.is_empty() {
+            reasons.push(format!(
+                "plugins found at start have not loaded: {}",
+                plugins.join(", ")
+            ));
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    }
+
     /// Seconds since the node started.
     pub fn uptime_seconds(&self) -> u64 {
         self.started.elapsed().as_secs()

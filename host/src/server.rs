@@ -53,8 +53,27 @@ pub fn app(node: Arc<Node>) -> Router {
                 )
             }),
         )
+        .route("/ready", get(ready))
         .with_state(node.clone())
         .merge(api::router(node.clone(), pusher_api::routes(node)))
+}
+
+/// Readiness for load balancers and Kubernetes: 200 while this node should get new clients, 503 with the
+/// reasons otherwise (`/health` only says the process answers).
+async fn ready(
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+) -> impl axum::response::IntoResponse {
+    let (status, body) = match node.readiness().await {
+        Ok(()) => (
+            axum::http::StatusCode::OK,
+            serde_json::json!({ "ready": true }),
+        ),
+        Err(reasons) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "ready": false, "reasons": reasons }),
+        ),
+    };
+    (status, axum::Json(body))
 }
 
 /// Serves on `listener` until `shutdown` resolves, then shuts down gracefully.

@@ -215,6 +215,12 @@ pub trait Broker: Send + Sync + 'static {
     async fn subscribe(&self, channel: &str) -> Result<(), EngineError>;
     /// This node has no local subscriber for the channel any more.
     async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError>;
+    /// Whether this node can publish and hear publications now; `Err` says what is down. Asked by the
+    /// readiness check (every few seconds per probe), so it may make one round trip. An engine with
+    /// nothing that can fail (the memory engine) is always ready.
+    async fn ready(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
 }
 
 /// Channel streams: offsets, epochs and the publications kept.

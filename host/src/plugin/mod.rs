@@ -50,12 +50,21 @@ pub struct Rejection {
     pub error: Arc<LoadError>,
 }
 
+/// The plugin files found at start, and whether the folder could be read at all.
+#[derive(Debug, Default)]
+struct StartFiles {
+    files: Vec<String>,
+    unreadable: bool,
+}
+
 /// The loaded plugins and the chains over them.
 pub struct Plugins {
     config: PluginsConfig,
     runtime: Option<Runtime>,
     set: ArcSwap<Vec<Arc<LoadedPlugin>>>,
     errors: Mutex<BTreeMap<String, Rejection>>,
+    /// What the folder held when the server started (see [`Plugins::failed_at_start`]).
+    at_start: Mutex<StartFiles>,
     /// Serialises loads so two reloads of one file cannot interleave.
     loading: tokio::sync::Mutex<()>,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
@@ -94,6 +103,7 @@ impl Plugins {
             runtime,
             set: ArcSwap::from_pointee(Vec::new()),
             errors: Mutex::new(BTreeMap::new()),
+            at_start: Mutex::new(StartFiles::default()),
             loading: tokio::sync::Mutex::new(()),
             watcher: Mutex::new(None),
         }
@@ -119,7 +129,28 @@ impl Plugins {
         self.set.load().iter().any(|p| p.implements(hook))
     }
 
-    /// Loads every `.wasm` of the folder, in name order; failures are logged and recorded.
+    /// What keeps this node from serving the plugins it started with: the files found at start that
+    /// have not loaded since (a file fixed or removed since no longer counts), or a folder that could not
+    /// be read at start. Empty when all is well; the readiness check reports it.
+    pub fn failed_at_start(&self) -> Vec<String> {
+        let at_start = crate::sync::lock(&self.at_start);
+        if at_start.unreadable {
+            return vec![format!(
+                "the plugin folder {} could not be read",
+                self.config.dir
+            )];
+        }
+        let errors = crate::sync::lock(&self.errors);
+        at_start
+            .files
+            .iter()
+            .filter(|file| errors.contains_key(*file))
+            .cloned()
+            .collect()
+    }
+
+    /// Loads every `.wasm` of the folder, in name order, as the server starts; failures are logged and
+    /// recorded.
     pub async fn load_all(&self) {
         let Some(dir) = self.dir() else { return };
         let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
@@ -129,10 +160,15 @@ impl Plugins {
                 .collect(),
             Err(error) => {
                 tracing::error!(dir = %dir.display(), %error, "cannot read the plugin folder");
+                crate::sync::lock(&self.at_start).unreadable = true;
                 return;
             }
         };
         files.sort();
+        crate::sync::lock(&self.at_start).files = files
+            .iter()
+            .filter_map(|file| file.file_name()?.to_str().map(str::to_owned))
+            .collect();
         for file in files {
             self.load_file(&file, false).await;
         }

@@ -207,6 +207,9 @@ struct PushRouter {
     reconnected: mpsc::UnboundedSender<()>,
     /// Set when the link dropped, cleared at the first subscription confirmed afterwards.
     disconnected: std::sync::atomic::AtomicBool,
+    /// Whether the pub/sub link is up, for readiness: down at a disconnection or a failed keep-alive
+    /// ping, up again at a ping answered (a node without subscriptions confirms none after a reconnect).
+    link_up: std::sync::atomic::AtomicBool,
 }
 
 impl PushRouter {
@@ -235,8 +238,11 @@ impl PushRouter {
                     None => tracing::warn!(channel, "ignored a malformed message from Redis"),
                 }
             }
-            PushKind::Disconnection if !self.disconnected.swap(true, Ordering::AcqRel) => {
-                tracing::warn!("lost the Redis pub/sub connection; reconnecting");
+            PushKind::Disconnection => {
+                self.link_up.store(false, Ordering::Release);
+                if !self.disconnected.swap(true, Ordering::AcqRel) {
+                    tracing::warn!("lost the Redis pub/sub connection; reconnecting");
+                }
             }
             PushKind::Subscribe | PushKind::SSubscribe
                 if self.disconnected.swap(false, Ordering::AcqRel) =>
@@ -294,6 +300,7 @@ impl RedisEngine {
             handler,
             reconnected,
             disconnected: std::sync::atomic::AtomicBool::new(false),
+            link_up: std::sync::atomic::AtomicBool::new(true),
         });
         let pushes = {
             let router = router.clone();
@@ -361,11 +368,17 @@ impl RedisEngine {
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
-                let Some(mut subscriber) = weak.upgrade().map(|engine| engine.subscriber.clone())
+                let Some((mut subscriber, router)) = weak
+                    .upgrade()
+                    .map(|engine| (engine.subscriber.clone(), engine.router.clone()))
                 else {
                     break;
                 };
-                let _: Result<Value, _> = redis::cmd("PING").query_async(&mut subscriber).await;
+                let answered: Result<Value, _> =
+                    redis::cmd("PING").query_async(&mut subscriber).await;
+                router
+                    .link_up
+                    .store(answered.is_ok(), std::sync::atomic::Ordering::Release);
             }
         });
 
@@ -632,6 +645,25 @@ impl Broker for RedisEngine {
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError> {
         self.change_subscription(channel, -1).await
+    }
+
+    async fn ready(&self) -> Result<(), EngineError> {
+        if !self
+            .router
+            .link_up
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(EngineError::Unavailable(
+                "the Redis pub/sub link is down: publications from other nodes are not heard"
+                    .into(),
+            ));
+        }
+        let mut commands = self.commands.clone();
+        let _: Value = redis::cmd("PING")
+            .query_async(&mut commands)
+            .await
+            .map_err(|error| EngineError::Unavailable(format!("Redis does not answer: {error}")))?;
+        Ok(())
     }
 }
 

@@ -426,3 +426,30 @@ fn logged_addresses_hide_the_password() {
         "redis://127.0.0.1:6379"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_redis_down_and_back_up() {
+    let mut server = RedisServer::start();
+    let clock = UnixClock::new();
+    // No subscription: after Redis returns, no subscription is confirmed, and readiness must come back
+    // anyway.
+    let (a, _) = node(&server, &clock).await;
+    a.ready().await.expect("ready with Redis up");
+
+    server.kill();
+    let down = a.ready().await;
+    assert!(
+        matches!(&down, Err(EngineError::Unavailable(reason)) if reason.contains("Redis")),
+        "not ready without Redis, saying why: {down:?}"
+    );
+
+    server.restart_empty();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while let Err(error) = a.ready().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ready again: {error}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
