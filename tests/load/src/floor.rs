@@ -208,11 +208,18 @@ pub(crate) fn run(args: &FloorArgs) -> anyhow::Result<FloorReport> {
             let (message, burst_barrier, failed) = (&message, &burst_barrier, &failed);
             writers.push(scope.spawn(move || {
                 core_affinity::set_for_current(writer_core);
-                let mut writer = Writer::new(chunk, args.write)?;
-                let mut outcome = Ok(());
+                // A writer that cannot be set up fails like one whose write fails: it still meets
+                // every barrier.
+                let (mut writer, mut outcome) = match Writer::new(chunk, args.write) {
+                    Ok(writer) => (Some(writer), Ok(())),
+                    Err(error) => {
+                        failed.store(true, Ordering::Release);
+                        (None, Err(error))
+                    }
+                };
                 for _ in 0..args.bursts {
                     burst_barrier.wait();
-                    if outcome.is_ok() {
+                    if let (Ok(()), Some(writer)) = (&outcome, writer.as_mut()) {
                         outcome = writer.burst(message);
                         if outcome.is_err() {
                             failed.store(true, Ordering::Release);
