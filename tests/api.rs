@@ -154,6 +154,39 @@ async fn health_needs_no_key() {
     assert_eq!(response.status().as_u16(), 200);
 }
 
+/// `GET /ready`: 200 on a healthy node, without a key.
+#[tokio::test]
+async fn ready_is_200_on_a_healthy_node() {
+    let server = TestServer::start("").await;
+    let response = reqwest::get(format!("http://{}/ready", server.addr))
+        .await
+        .expect("ready request");
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.expect("JSON from /ready");
+    assert_eq!(body, json!({ "ready": true }));
+}
+
+/// A plugin found at start that does not load keeps the node out of rotation, naming the file.
+#[tokio::test]
+async fn ready_is_503_while_a_plugin_found_at_start_has_not_loaded() {
+    let dir = tempfile::tempdir().expect("plugin dir");
+    std::fs::write(dir.path().join("broken.wasm"), b"not a component").expect("write plugin");
+    let server = TestServer::start(&format!("[plugins]\ndir = {:?}\n", dir.path())).await;
+    let response = reqwest::get(format!("http://{}/ready", server.addr))
+        .await
+        .expect("ready request");
+    assert_eq!(response.status().as_u16(), 503);
+    let body: Value = response.json().await.expect("JSON from /ready");
+    assert_eq!(body["ready"], false, "{body}");
+    let reasons = body["reasons"].as_array().expect("reasons").clone();
+    assert!(
+        reasons
+            .iter()
+            .any(|reason| reason.as_str().is_some_and(|r| r.contains("broken.wasm"))),
+        "{body}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------- errors ---
 
 /// An unknown API method is `200 {"error":{"code":104,…}}`.
