@@ -6,7 +6,7 @@
 //! Modules use their own layer or lower ones, never a higher one (`host/tests/layering.rs` checks it from
 //! the imports). From the bottom up:
 //!
-//! - [`disconnect`], [`glob`], [`sync`] (poison-tolerant locks); [`engine`]: broker, history and presence behind traits; [`engine::memory`]
+//! - [`disconnect`], [`glob`], [`sync`] (poison-tolerant locks), [`logging`]; [`engine`]: broker, history and presence behind traits; [`engine::memory`]
 //!   is the default, [`engine::redis`] runs many nodes on Redis.
 //! - [`errors`], [`channel`] (names, kinds, namespaces), [`policy`] (who may touch a channel, asked by every
 //!   entrance), [`limits`], [`plugin`] (the Wasm plugin runtime and hook chains).
@@ -34,6 +34,7 @@ pub mod errors;
 pub mod glob;
 pub mod hub;
 pub mod limits;
+pub mod logging;
 pub mod node;
 pub mod nodes;
 pub mod outbound;

@@ -5,17 +5,21 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use herald::config::{Config, EMBEDDED_DEFAULT, Source};
-use tracing_subscriber::EnvFilter;
+use herald::logging::{LogConfig, LogFormat};
 
 /// Herald: a real-time push server (Centrifugo client protocol and server API).
 ///
 /// Every configuration key can be overridden by an environment variable named HERALD_<SECTION>__<KEY>,
 /// for example HERALD_HTTP_API__KEY=secret or HERALD_CLIENT__PING_INTERVAL=10s; other HERALD_* variables
-/// (such as those Kubernetes sets for a Service named herald) are ignored. Logging follows RUST_LOG
-/// (default "info"), in colour only on a terminal and without NO_COLOR.
+/// (such as those Kubernetes sets for a Service named herald) are ignored. The log level is `log.level`
+/// (default "info") unless RUST_LOG is set; text logs are in colour only on a terminal and without NO_COLOR.
 #[derive(Debug, Parser)]
 #[command(name = "herald", version)]
 struct Cli {
+    /// Log format, overriding the configuration's `log.format`: text for people, json (one object per
+    /// line) for a log collector.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,16 +63,23 @@ enum PluginCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let stderr_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(log_colours(
-            stderr_is_terminal,
-            std::env::var_os("NO_COLOR").as_deref(),
-        ))
-        .init();
+    // `serve` logs as its configuration says, so logging starts once that is loaded; everything else (and
+    // a configuration that does not load) logs with the defaults.
+    let loaded = match &cli.command {
+        Command::Serve { config, .. } => Some(Config::load(
+            config.as_deref().map_or(Source::Embedded, Source::File),
+        )),
+        _ => None,
+    };
+    let mut log = match &loaded {
+        Some(Ok(config)) => config.log.clone(),
+        _ => LogConfig::default(),
+    };
+    if let Some(format) = cli.log_format {
+        log.format = format;
+    }
+    herald::logging::install(&log, stderr_is_terminal);
+    Config::log_ignored_environment();
     match cli.command {
         Command::DefaultConfig => {
             print!("{EMBEDDED_DEFAULT}");
@@ -99,19 +110,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Serve { config, address } => {
-            raise_open_file_limit();
-            let source = config.as_deref().map_or(Source::Embedded, Source::File);
-            let mut config = match Config::load(source) {
+        Command::Serve { address, .. } => {
+            let mut config = match loaded.expect("loaded for serve") {
                 Ok(config) => config,
                 Err(error) => {
-                    eprintln!("invalid configuration\n{error}");
+                    tracing::error!("invalid configuration\n{error}");
                     return ExitCode::FAILURE;
                 }
             };
             if let Some(address) = address {
                 config.address = address;
             }
+            raise_open_file_limit();
             match serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
@@ -121,14 +131,6 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-/// Whether log lines carry ANSI colour codes: only on a terminal, where something renders them. Written to a
-/// file, a pipe or a log collector (systemd, Docker, Kubernetes) they would be escape-code noise in every
-/// line. `NO_COLOR` set to anything but the empty string turns them off on a terminal too
-/// (<https://no-color.org>).
-fn log_colours(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
-    stderr_is_terminal && no_color.is_none_or(|value| value.is_empty())
 }
 
 /// Raises the soft limit on open files to the hard limit: every connection is a file descriptor, and the
@@ -179,18 +181,4 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     herald::server::run(node, listener, herald::server::shutdown_signal()).await?;
     tracing::info!("herald stopped");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn colours_only_on_a_terminal_without_no_color() {
-        assert!(log_colours(true, None));
-        assert!(log_colours(true, Some("".as_ref())));
-        assert!(!log_colours(true, Some("1".as_ref())));
-        assert!(!log_colours(false, None));
-        assert!(!log_colours(false, Some("1".as_ref())));
-    }
 }

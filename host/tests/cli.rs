@@ -322,6 +322,79 @@ async fn logs_to_a_pipe_carry_no_colour_codes() {
     }
 }
 
+/// The fields every JSON log line has, by name and type, and its event's own fields beside them.
+fn assert_json_log_lines(seen: &[String]) -> Vec<serde_json::Value> {
+    let objects: Vec<serde_json::Value> = seen
+        .iter()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
+        })
+        .collect();
+    for object in &objects {
+        for field in ["timestamp", "level", "target", "message"] {
+            assert!(object[field].is_string(), "no {field} in {object}");
+        }
+    }
+    let listening = objects
+        .iter()
+        .find(|o| o["message"] == "herald listening (websocket at /connection/websocket)")
+        .expect("the listening line");
+    assert_eq!(listening["level"], "INFO");
+    assert_eq!(listening["target"], "herald");
+    assert!(
+        listening["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    objects
+}
+
+/// `--log-format json` writes one JSON object per line with stable field names, from the first line on.
+#[tokio::test]
+async fn log_format_json_writes_one_object_per_line() {
+    let (_child, _port, seen) = serve(|command| {
+        command.arg("--log-format").arg("json");
+    })
+    .await;
+    assert_json_log_lines(&seen);
+}
+
+/// The format and the level come from the configuration's `[log]`, so from `HERALD_LOG__*` too; `RUST_LOG`
+/// when set wins over the level.
+#[tokio::test]
+async fn log_format_and_level_come_from_the_configuration() {
+    let (_child, _port, seen) = serve(|command| {
+        command
+            .env_remove("RUST_LOG")
+            .env("HERALD_LOG__FORMAT", "json")
+            .env("HERALD_LOG__LEVEL", "info,herald::config=debug")
+            .env("HERALD_SERVICE_HOST", "10.0.0.7");
+    })
+    .await;
+    let objects = assert_json_log_lines(&seen);
+    assert!(
+        objects
+            .iter()
+            .any(|o| o["level"] == "DEBUG" && o["variable"] == "HERALD_SERVICE_HOST"),
+        "the configured level lets the debug line through: {seen:#?}"
+    );
+
+    let (_child, _port, seen) = serve(|command| {
+        command
+            .env("RUST_LOG", "info")
+            .env("HERALD_LOG__FORMAT", "json")
+            .env("HERALD_LOG__LEVEL", "info,herald::config=debug")
+            .env("HERALD_SERVICE_HOST", "10.0.0.7");
+    })
+    .await;
+    let objects = assert_json_log_lines(&seen);
+    assert!(
+        !objects.iter().any(|o| o["level"] == "DEBUG"),
+        "RUST_LOG=info wins: {seen:#?}"
+    );
+}
+
 /// Sends one HTTP/1.1 POST to the server on `port` and returns the status code.
 async fn http_post(port: u16, target: &str, headers: &str, body: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use crate::channel::ChannelConfigError;
 use crate::engine::redis::RedisConfigError;
 use crate::limits::LimitsConfigError;
+use crate::logging::LogConfigError;
 use crate::plugin::PluginsConfigError;
 
 use super::client::ClientConfigError;
@@ -62,6 +63,9 @@ pub enum ConfigError {
     /// `[plugins]` is refused.
     #[error(transparent)]
     Plugins(#[from] PluginsConfigError),
+    /// `[log]` is refused.
+    #[error(transparent)]
+    Log(#[from] LogConfigError),
 }
 
 impl From<figment::Error> for ConfigError {

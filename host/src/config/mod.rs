@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::channel::{ChannelConfig, Channels};
 use crate::engine::{EngineConfig, EngineKind};
 use crate::limits::LimitsConfig;
+use crate::logging::LogConfig;
 use crate::plugin::PluginsConfig;
 
 mod client;
@@ -80,6 +81,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// The Pusher protocol and its HTTP API (off unless an app key is set).
     pub pusher: PusherConfig,
+    /// Log level and format.
+    pub log: LogConfig,
 }
 
 impl Default for Config {
@@ -98,6 +101,7 @@ impl Default for Config {
             engine: EngineConfig::default(),
             queue: QueueConfig::default(),
             pusher: PusherConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }
@@ -113,10 +117,18 @@ pub enum Source<'a> {
 
 impl Config {
     /// Loads from `source`, then applies the `HERALD_*` environment variables that name configuration keys,
-    /// then validates. Each variable that is ignored is logged by name (never with its value): at debug
-    /// level when it is someone else's, as a warning when it looks like a misspelt key.
+    /// then validates. The variables it ignores are reported by [`Config::log_ignored_environment`], once
+    /// logging is set up from the loaded configuration.
     pub fn load(source: Source<'_>) -> Result<Self, ConfigError> {
-        let keys = ConfigKeys::of_default()?;
+        Self::load_with_env(source, ConfigKeys::of_default()?.env())
+    }
+
+    /// Logs each `HERALD_*` variable that [`Config::load`] ignores, by name (never with its value): at debug
+    /// level when it is someone else's, as a warning when it looks like a misspelt key.
+    pub fn log_ignored_environment() {
+        let Ok(keys) = ConfigKeys::of_default() else {
+            return;
+        };
         for (name, kind) in keys.environment_variables() {
             match kind {
                 EnvVariable::Key => {}
@@ -130,7 +142,6 @@ impl Config {
                 ),
             }
         }
-        Self::load_with_env(source, keys.env())
     }
 
     fn load_with_env(source: Source<'_>, env: Env) -> Result<Self, ConfigError> {
@@ -181,6 +192,7 @@ impl Config {
         self.limits.validate()?;
         self.tls.validate()?;
         self.plugins.validate()?;
+        self.log.validate()?;
         Ok(())
     }
 
