@@ -30,7 +30,7 @@ fn plugins_in(dir: &Path, cache: &Path) -> Plugins {
         watch: false,
         ..PluginsConfig::default()
     };
-    Plugins::new(&config).expect("plugin runtime")
+    Plugins::new(&config, Default::default()).expect("plugin runtime")
 }
 
 fn hooks(c: &mut Criterion) {
@@ -165,7 +165,7 @@ fn reload(c: &mut Criterion) {
         dir: dir.path().display().to_string(),
         ..PluginsConfig::default()
     };
-    let plugins = std::sync::Arc::new(Plugins::new(&config).unwrap());
+    let plugins = std::sync::Arc::new(Plugins::new(&config, Default::default()).unwrap());
     let shutdown = tokio_util::sync::CancellationToken::new();
     runtime.block_on(async {
         plugins.load_all().await;

@@ -83,6 +83,7 @@ async fn guard_requests(
     };
     if let Err(refused) = guard.limits.check(address) {
         tracing::debug!(%address, reason = %refused, "API request refused");
+        guard.node.metrics.limit_refused(refused.limit());
         return too_many_requests(refused);
     }
     let request = match read_body(&guard.node, request).await {
@@ -94,6 +95,7 @@ async fn guard_requests(
         && let Some(refused) = guard.limits.failed(address)
     {
         // The failure that used up the allowance is answered like the ones that will follow it.
+        guard.node.metrics.limit_refused(refused.limit());
         return too_many_requests(refused);
     }
     response

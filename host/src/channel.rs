@@ -225,6 +225,8 @@ pub struct Channels {
 /// One namespace's options with its regex compiled.
 #[derive(Debug)]
 pub struct Namespace {
+    /// Its name; empty for `[channel.defaults]`.
+    pub name: String,
     /// The options as configured.
     pub options: NamespaceOptions,
     regex: Option<Regex>,
@@ -232,6 +234,10 @@ pub struct Namespace {
 
 impl Namespace {
     fn compile(key: NamespaceKey, options: &NamespaceOptions) -> Result<Self, ChannelConfigError> {
+        let name = match &key {
+            NamespaceKey::Defaults => String::new(),
+            NamespaceKey::Named(name) => name.clone(),
+        };
         let regex = match &options.channel_regex {
             Some(pattern) => Some(
                 Regex::new(pattern)
@@ -240,6 +246,7 @@ impl Namespace {
             None => None,
         };
         Ok(Self {
+            name,
             options: options.clone(),
             regex,
         })

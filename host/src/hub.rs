@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 
 use crate::disconnect::Disconnect;
 use crate::engine::{BrokerEventHandler, ClientInfo, Publication, StreamPosition};
+use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::protocol::{EXCLUDE_TAG, Frame, Protocol};
 use crate::sync::{lock, read, write};
@@ -48,21 +49,13 @@ impl Pace {
         u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Whether a fan-out starting now is isolated (may write directly).
-    fn isolated(&self) -> bool {
-        self.isolated_at(self.now())
-    }
-
+    /// Whether a fan-out starting at `now` is isolated (may write directly).
     fn isolated_at(&self, now: u64) -> bool {
         let since = now.saturating_sub(self.last_end.load(Ordering::Relaxed));
         since >= BACK_TO_BACK.as_nanos() as u64
     }
 
-    /// Records the end of a fan-out.
-    fn ended(&self) {
-        self.ended_at(self.now());
-    }
-
+    /// Records the end of a fan-out at `now`.
     fn ended_at(&self, now: u64) {
         self.last_end.store(now, Ordering::Relaxed);
     }
@@ -419,6 +412,15 @@ pub struct Hub {
     users: RwLock<HashMap<String, HashSet<ClientId>>>,
     hasher: RandomState,
     pace: Pace,
+    counts: HubMetrics,
+}
+
+/// What the hub counts: resolved once, so a fan-out adds to atomics and takes no lock for it.
+#[derive(Debug)]
+struct HubMetrics {
+    deliveries: [prometheus::IntCounter; Protocol::COUNT],
+    fanout_duration: prometheus::Histogram,
+    stream_gaps: prometheus::IntCounter,
 }
 
 impl Default for Hub {
@@ -441,14 +443,24 @@ pub struct HubStats {
 }
 
 impl Hub {
-    /// An empty hub.
+    /// An empty hub counting into instruments of its own (tests).
     pub fn new() -> Self {
+        Self::with_metrics(&Metrics::default())
+    }
+
+    /// An empty hub counting into `metrics`.
+    pub fn with_metrics(metrics: &Metrics) -> Self {
         Self {
             channels: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             sessions: RwLock::new(HashMap::new()),
             users: RwLock::new(HashMap::new()),
             hasher: RandomState::new(),
             pace: Pace::new(),
+            counts: HubMetrics {
+                deliveries: Protocol::ALL.map(|protocol| metrics.deliveries(protocol.label())),
+                fanout_duration: metrics.fanout_duration.clone(),
+                stream_gaps: metrics.stream_gaps.clone(),
+            },
         }
     }
 
@@ -581,8 +593,10 @@ impl Hub {
         let Some(subscribers) = shard.get(channel) else {
             return;
         };
-        let direct = self.pace.isolated();
+        let started = self.pace.now();
+        let direct = self.pace.isolated_at(started);
         let mut frames: [Option<Frame>; Protocol::COUNT] = Default::default();
+        let mut delivered = [0u64; Protocol::COUNT];
         for subscriber in subscribers.values() {
             if only_join_leave && !subscriber.join_leave {
                 continue;
@@ -592,15 +606,31 @@ impl Hub {
             }
             let protocol = subscriber.protocol;
             let frame = frames[protocol.index()].get_or_insert_with(|| encode(protocol));
+            delivered[protocol.index()] += 1;
             let delivery =
                 subscriber
                     .gate
                     .deliver(position, frame, &subscriber.session.outbound, direct);
             if delivery == Delivery::Gap {
-                resubscribe(channel, subscriber);
+                self.gap(channel, subscriber);
             }
         }
-        self.pace.ended();
+        let ended = self.pace.now();
+        self.pace.ended_at(ended);
+        for (counter, count) in self.counts.deliveries.iter().zip(delivered) {
+            if count > 0 {
+                counter.inc_by(count);
+            }
+        }
+        self.counts
+            .fanout_duration
+            .observe(Duration::from_nanos(ended.saturating_sub(started)).as_secs_f64());
+    }
+
+    /// A subscriber's stream has a gap: counted, and the subscriber resubscribes to recover.
+    fn gap(&self, channel: &str, subscriber: &Subscriber) {
+        self.counts.stream_gaps.inc();
+        resubscribe(channel, subscriber);
     }
 }
 
@@ -674,7 +704,7 @@ impl BrokerEventHandler for Hub {
         };
         for subscriber in subscribers.values() {
             if subscriber.gate.check_position(&position) == Delivery::Gap {
-                resubscribe(channel, subscriber);
+                self.gap(channel, subscriber);
             }
         }
     }

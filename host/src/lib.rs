@@ -6,7 +6,8 @@
 //! Modules use their own layer or lower ones, never a higher one (`host/tests/layering.rs` checks it from
 //! the imports). From the bottom up:
 //!
-//! - [`disconnect`], [`glob`], [`sync`] (poison-tolerant locks), [`logging`]; [`engine`]: broker, history and presence behind traits; [`engine::memory`]
+//! - [`disconnect`], [`glob`], [`sync`] (poison-tolerant locks), [`logging`], [`metrics`] (the Prometheus
+//!   instruments the layers above count into); [`engine`]: broker, history and presence behind traits; [`engine::memory`]
 //!   is the default, [`engine::redis`] runs many nodes on Redis.
 //! - [`errors`], [`channel`] (names, kinds, namespaces), [`policy`] (who may touch a channel, asked by every
 //!   entrance), [`limits`], [`plugin`] (the Wasm plugin runtime and hook chains).
@@ -35,6 +36,7 @@ pub mod glob;
 pub mod hub;
 pub mod limits;
 pub mod logging;
+pub mod metrics;
 pub mod node;
 pub mod nodes;
 pub mod outbound;

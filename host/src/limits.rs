@@ -180,6 +180,17 @@ pub enum Refused {
     TooFast,
 }
 
+impl Refused {
+    /// The limit that refused, named by its configuration key (metrics' `limit` label).
+    pub fn limit(self) -> &'static str {
+        match self {
+            Self::ServerFull => "max_connections",
+            Self::TooManyFromAddress => "max_connections_per_ip",
+            Self::TooFast => "connections_per_second_per_ip",
+        }
+    }
+}
+
 /// Counts connections and decides whether a new one may open.
 #[derive(Debug)]
 pub struct Admission {
@@ -344,6 +355,14 @@ pub enum ApiRefused {
 }
 
 impl ApiRefused {
+    /// The limit that refused, named by its configuration key (metrics' `limit` label).
+    pub fn limit(&self) -> &'static str {
+        match self {
+            Self::TooFast { .. } => "api_requests_per_second_per_ip",
+            Self::BackingOff { .. } => "api_auth_failures_per_minute",
+        }
+    }
+
     /// How long the client should wait before retrying.
     pub fn retry_after(&self) -> Duration {
         match *self {

@@ -20,6 +20,7 @@ use crate::engine::{
 pub use crate::engine::{ClientInfo, HistoryFilter, StreamPosition};
 use crate::errors::{ClientError, Refusal};
 use crate::hub::Hub;
+use crate::metrics::{Metrics, PublicationSource};
 use crate::plugin::Plugins;
 use crate::plugin::bindings::{self as plugin_types, PublishSource};
 use crate::plugin::chain::PublishDecision;
@@ -81,6 +82,17 @@ impl From<ClientError> for PublishError {
     }
 }
 
+/// The instruments of a node with `config`'s namespaces.
+fn node_metrics(config: &Config) -> Arc<Metrics> {
+    let namespaces: Vec<&str> = config
+        .channel
+        .namespaces
+        .keys()
+        .map(String::as_str)
+        .collect();
+    Arc::new(Metrics::new(&namespaces))
+}
+
 /// Herald's version, reported to clients and by the API.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -109,6 +121,8 @@ pub struct Node {
     pub name: String,
     /// The Pusher app's behaviour beside the core (cache channels, occupancy, webhooks).
     pub pusher: PusherApp,
+    /// This node's Prometheus instruments.
+    pub metrics: Arc<Metrics>,
     started: Instant,
 }
 
@@ -143,23 +157,42 @@ pub enum Source {
     Queue,
 }
 
+impl Source {
+    /// How metrics name it.
+    fn metric(self) -> PublicationSource {
+        match self {
+            Self::Client(_) => PublicationSource::Client,
+            Self::Api => PublicationSource::Api,
+            Self::Queue => PublicationSource::Queue,
+        }
+    }
+}
+
 impl Node {
     /// A node with the memory engine whatever the configuration says; plugins are set up but not loaded
     /// (see [`Node::start`], which also connects the configured engine).
     pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
-        let hub = Arc::new(Hub::new());
-        let engine = Engine::memory(crate::control::Router::new(hub.clone()));
-        Self::assemble(config, hub, engine)
+        let metrics = node_metrics(&config);
+        let hub = Arc::new(Hub::with_metrics(&metrics));
+        let engine =
+            Engine::memory(crate::control::Router::new(hub.clone())).instrumented(metrics.engine());
+        Self::assemble(config, hub, engine, metrics)
     }
 
-    fn assemble(config: Config, hub: Arc<Hub>, engine: Engine) -> anyhow::Result<Arc<Self>> {
+    fn assemble(
+        config: Config,
+        hub: Arc<Hub>,
+        engine: Engine,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Self>> {
         config.validate()?;
         let channels = Channels::new(&config.channel)?;
-        let plugins = Arc::new(Plugins::new(&config.plugins)?);
+        let plugins = Arc::new(Plugins::new(&config.plugins, metrics.clone())?);
         let admission = crate::limits::Admission::new(&config.limits);
         let shutdown = CancellationToken::new();
         let pusher = PusherApp::new(&config.pusher, shutdown.clone());
         Ok(Arc::new(Self {
+            metrics,
             admission,
             channels,
             hub,
@@ -179,11 +212,16 @@ impl Node {
     /// plugins loaded. What runs beside it (the plugin watcher, the node announcer, queue consumers) is
     /// started by [`crate::server::start`].
     pub async fn start(config: Config) -> anyhow::Result<Arc<Self>> {
-        let hub = Arc::new(Hub::new());
-        let engine = Engine::from_config(&config.engine, crate::control::Router::new(hub.clone()))
-            .await
-            .map_err(|error| anyhow::anyhow!("engine: {error}"))?;
-        let node = Self::assemble(config, hub, engine)?;
+        let metrics = node_metrics(&config);
+        let hub = Arc::new(Hub::with_metrics(&metrics));
+        let engine = Engine::from_config(
+            &config.engine,
+            crate::control::Router::new(hub.clone()),
+            metrics.engine(),
+        )
+        .await
+        .map_err(|error| anyhow::anyhow!("engine: {error}"))?;
+        let node = Self::assemble(config, hub, engine, metrics)?;
         node.engine
             .broker
             .subscribe(crate::control::CONTROL_CHANNEL)
@@ -276,6 +314,29 @@ impl Node {
         }
     }
 
+    /// The metrics' text exposition, with what is read at scrape time (queue bytes, readiness, plugin
+    /// counters) read now.
+    pub async fn render_metrics(&self) -> String {
+        let outbound_queue_bytes = self
+            .hub
+            .all_sessions()
+            .iter()
+            .map(|session| session.outbound.queued_bytes() as u64)
+            .sum();
+        let snapshot = crate::metrics::Snapshot {
+            outbound_queue_bytes,
+            ready: self.readiness().await.is_ok(),
+            webhooks_queued: self.pusher.webhooks.queued() as u64,
+            webhook_events: {
+                let counts = self.pusher.webhooks.counts();
+                [&counts.sent, &counts.failed, &counts.dropped]
+                    .map(|count| count.load(std::sync::atomic::Ordering::Relaxed))
+            },
+            plugins: self.plugins.metrics_snapshot(),
+        };
+        self.metrics.render(&snapshot)
+    }
+
     /// Seconds since the node started.
     pub fn uptime_seconds(&self) -> u64 {
         self.started.elapsed().as_secs()
@@ -290,9 +351,20 @@ impl Node {
     /// deny), then assigns the offset (when the namespace keeps history) and fans out. The position is the
     /// original channel's, or the first routed channel's; a dropped publication reports the empty position.
     pub async fn publish(&self, request: PublishRequest) -> Result<StreamPosition, PublishError> {
+        let started = Instant::now();
+        let position = self.publish_routed(&request).await?;
+        self.metrics
+            .publish_took(request.source.metric(), started.elapsed());
+        Ok(position)
+    }
+
+    async fn publish_routed(
+        &self,
+        request: &PublishRequest,
+    ) -> Result<StreamPosition, PublishError> {
         self.namespace(&request.channel)?;
         let (data, tags, channels) = if self.plugins.any(plugin_types::Hooks::PUBLISH) {
-            match self.plugins.publish(plugin_request(&request)).await {
+            match self.plugins.publish(plugin_request(request)).await {
                 PublishDecision::Publish {
                     data,
                     tags,
@@ -319,7 +391,7 @@ impl Node {
         };
         let mut first = None;
         for channel in &channels {
-            let position = self.publish_to(channel, &data, &request, &tags).await?;
+            let position = self.publish_to(channel, &data, request, &tags).await?;
             if first.is_none() || *channel == request.channel {
                 first = Some(position);
             }
@@ -362,6 +434,14 @@ impl Node {
                 },
             )
             .await
+            .inspect(|_| {
+                let source = if channel == request.channel {
+                    request.source.metric()
+                } else {
+                    PublicationSource::PluginRoute
+                };
+                self.metrics.published(source, &namespace.name);
+            })
             .map_err(|e| {
                 tracing::warn!(channel, error = %e, "publish failed");
                 match e {

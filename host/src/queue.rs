@@ -266,6 +266,7 @@ impl Consumer {
                 // Half the idle time: an abandoned entry waits at most 1.5 × claim_idle.
                 cursor.next_claim = Instant::now() + config.claim_idle / 2;
                 self.forget_gone_consumers(config).await?;
+                self.measure_lag(config).await?;
             } else {
                 cursor.claim = next;
             }
@@ -316,6 +317,20 @@ impl Consumer {
         Ok(())
     }
 
+    /// Reports how far the group is behind on the stream (metrics' `herald_queue_lag`).
+    async fn measure_lag(&mut self, config: &QueueConfig) -> Result<(), Stall> {
+        let reply: Value = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.stream)
+            .query_async(&mut self.link)
+            .await
+            .map_err(Stall::Redis)?;
+        if let Some(lag) = parse_group_lag(reply, &config.group) {
+            self.node.metrics.queue_lag(&self.stream, lag);
+        }
+        Ok(())
+    }
+
     async fn read(&mut self, cmd: &Cmd) -> Result<Vec<Entry>, Stall> {
         let reply: Value = cmd
             .query_async(&mut self.link)
@@ -331,17 +346,20 @@ impl Consumer {
             let Some(fields) = &entry.fields else {
                 tracing::warn!(stream = %self.stream, id = %entry.id, "queue entry is no longer in the stream (trimmed or deleted); nothing to publish");
                 self.ack(config, &entry.id).await?;
+                self.node.metrics.queue_entry(&self.stream, "gone");
                 continue;
             };
             let outcome = match parse_entry(&self.stream, &entry.id, fields) {
                 Ok(request) => match self.node.publish(request).await {
                     Ok(_) => Ok(()),
                     Err(PublishError::EngineUnavailable(error)) => {
+                        self.node.metrics.queue_retry(&self.stream);
                         return Err(Stall::Publish(error.to_string()));
                     }
                     Err(PublishError::Refused(Refusal::Error(error))) if error.temporary => {
                         let attempts = self.count_attempt(&entry.id);
                         if config.max_attempts == 0 || attempts < config.max_attempts {
+                            self.node.metrics.queue_retry(&self.stream);
                             return Err(Stall::Publish(format!(
                                 "{error} (entry {}, attempt {attempts})",
                                 entry.id
@@ -356,10 +374,14 @@ impl Consumer {
                 Err(reason) => Err(reason),
             };
             self.failing = None;
-            if let Err(reason) = outcome {
-                self.dead_letter(config, &entry.id, fields, &reason).await?;
-            }
+            let result = if let Err(reason) = &outcome {
+                self.dead_letter(config, &entry.id, fields, reason).await?;
+                "dead_lettered"
+            } else {
+                "published"
+            };
             self.ack(config, &entry.id).await?;
+            self.node.metrics.queue_entry(&self.stream, result);
         }
         Ok(())
     }
@@ -443,6 +465,46 @@ struct ConsumerInfo {
 }
 
 /// An `XINFO CONSUMERS` reply: one flat key/value array (RESP2) or map (RESP3) per consumer.
+/// An `XINFO` record's fields: a map in RESP3, a flat list of names and values in RESP2.
+fn record_fields(record: Value) -> Option<Vec<(Value, Value)>> {
+    match record {
+        Value::Map(pairs) => Some(pairs),
+        Value::Array(flat) => {
+            let mut flat = flat.into_iter();
+            Some(std::iter::from_fn(|| Some((flat.next()?, flat.next()?))).collect())
+        }
+        _ => None,
+    }
+}
+
+/// The value of the field `name` of a record, if it is a non-negative integer.
+fn record_number(pairs: &[(Value, Value)], name: &str) -> Option<u64> {
+    match record_field(pairs, name) {
+        Some(Value::Int(n)) => u64::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+fn record_field<'a>(pairs: &'a [(Value, Value)], name: &str) -> Option<&'a Value> {
+    pairs
+        .iter()
+        .find(|(key, _)| text(key).as_deref() == Some(name))
+        .map(|(_, value)| value)
+}
+
+/// The `lag` of `group` in an `XINFO GROUPS` reply: entries of the stream not yet delivered to the group.
+/// `None` when Redis does not know it (before 7.0, or after entries were deleted in the middle).
+fn parse_group_lag(reply: Value, group: &str) -> Option<u64> {
+    let Value::Array(groups) = reply else {
+        return None;
+    };
+    groups
+        .into_iter()
+        .filter_map(record_fields)
+        .find(|pairs| record_field(pairs, "name").and_then(text).as_deref() == Some(group))
+        .and_then(|pairs| record_number(&pairs, "lag"))
+}
+
 fn parse_consumers(reply: Value) -> Result<Vec<ConsumerInfo>, RedisError> {
     let Value::Array(consumers) = reply else {
         return Err(malformed("XINFO CONSUMERS"));
@@ -450,24 +512,10 @@ fn parse_consumers(reply: Value) -> Result<Vec<ConsumerInfo>, RedisError> {
     consumers
         .into_iter()
         .map(|consumer| {
-            let pairs: Vec<(Value, Value)> = match consumer {
-                Value::Map(pairs) => pairs,
-                Value::Array(flat) => {
-                    let mut flat = flat.into_iter();
-                    std::iter::from_fn(|| Some((flat.next()?, flat.next()?))).collect()
-                }
-                _ => return Err(malformed("XINFO CONSUMERS entry")),
-            };
-            let field = |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(key, _)| text(key).as_deref() == Some(name))
-                    .map(|(_, value)| value)
-            };
-            let number = |name: &str| match field(name) {
-                Some(Value::Int(n)) => u64::try_from(*n).ok(),
-                _ => None,
-            };
+            let pairs =
+                record_fields(consumer).ok_or_else(|| malformed("XINFO CONSUMERS entry"))?;
+            let field = |name: &str| record_field(&pairs, name);
+            let number = |name: &str| record_number(&pairs, name);
             Ok(ConsumerInfo {
                 name: field("name")
                     .and_then(text)

@@ -18,7 +18,8 @@ use crate::transport::tls::Certificates;
 use crate::{api, pusher_api, transport};
 
 /// Starts a node and what runs beside it: the plugin watcher (when `plugins.watch` is on), the announcer
-/// that keeps this node in the cluster's node list, and the queue consumers (when `queue.enabled`), after
+/// that keeps this node in the cluster's node list, `/metrics` on its own address (when
+/// `metrics.address` is set), and the queue consumers (when `queue.enabled`), after
 /// the plugins are loaded so every entry goes through their publish chain.
 pub async fn start(config: Config) -> anyhow::Result<Arc<Node>> {
     let node = Node::start(config).await?;
@@ -26,6 +27,7 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<Node>> {
         crate::plugin::watch::start(node.plugins.clone(), node.shutdown.clone())?;
     }
     crate::nodes::start(node.clone());
+    serve_metrics_address(&node).await?;
     if node.config.queue.enabled {
         crate::queue::start(node.clone())
             .await
@@ -54,8 +56,76 @@ pub fn app(node: Arc<Node>) -> Router {
             }),
         )
         .route("/ready", get(ready))
+        .merge(metrics_on_main_address(&node))
         .with_state(node.clone())
         .merge(api::router(node.clone(), pusher_api::routes(node)))
+}
+
+/// `/metrics` on the main address, when metrics are on and have no address of their own.
+fn metrics_on_main_address(node: &Node) -> Router<Arc<Node>> {
+    let metrics = &node.config.metrics;
+    if metrics.enabled && metrics.address.is_none() {
+        Router::new().route("/metrics", get(scrape))
+    } else {
+        Router::new()
+    }
+}
+
+/// The Prometheus text exposition; with `metrics.key` set, only for `Authorization: Bearer <key>` (401
+/// otherwise, compared in constant time).
+async fn scrape(
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use subtle::ConstantTimeEq;
+    let key = node.config.metrics.key.expose().as_bytes();
+    if !key.is_empty() {
+        let presented = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !bool::from(presented.as_bytes().ct_eq(key)) {
+            return (
+                axum::http::StatusCode::UNAUTHORIZED,
+                [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+                "metrics need Authorization: Bearer <metrics.key>\n",
+            )
+                .into_response();
+        }
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        node.render_metrics().await,
+    )
+        .into_response()
+}
+
+/// Serves `/metrics` alone on `metrics.address` (plain HTTP) until the node shuts down; the listener is
+/// bound before this returns, so a bad address fails the start.
+async fn serve_metrics_address(node: &Arc<Node>) -> std::io::Result<()> {
+    let metrics = &node.config.metrics;
+    let Some(address) = metrics.address.filter(|_| metrics.enabled) else {
+        return Ok(());
+    };
+    let listener = TcpListener::bind(address).await.map_err(|error| {
+        std::io::Error::new(error.kind(), format!("metrics.address {address}: {error}"))
+    })?;
+    tracing::info!(%address, "metrics at /metrics on their own address");
+    let router = Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(node.clone());
+    let shutdown = node.shutdown.clone().cancelled_owned();
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(%error, "the metrics listener failed");
+        }
+    });
+    Ok(())
 }
 
 /// Readiness for load balancers and Kubernetes: 200 while this node should get new clients, 503 with the

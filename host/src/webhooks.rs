@@ -295,6 +295,18 @@ pub struct Webhooks {
     targets: Option<Arc<[Target]>>,
     /// The delivery tasks; closed from the start, so [`Webhooks::stopped`] waits for these only.
     tasks: TaskTracker,
+    counts: Arc<EventCounts>,
+}
+
+/// Events by what became of them, over every URL (for metrics).
+#[derive(Debug, Default)]
+pub struct EventCounts {
+    /// Delivered (a 2xx answer).
+    pub sent: AtomicU64,
+    /// Given up: still failing after retrying, or not delivered by the shutdown deadline.
+    pub failed: AtomicU64,
+    /// Dropped because the URL's queue was full.
+    pub dropped: AtomicU64,
 }
 
 /// One URL's side of the queue.
@@ -307,6 +319,7 @@ struct Target {
     /// logs at most once a second instead of once per event.
     dropped: AtomicU64,
     warned_ms: AtomicI64,
+    counts: Arc<EventCounts>,
 }
 
 impl Target {
@@ -314,6 +327,7 @@ impl Target {
         match self.queue.try_send(event) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(event)) => {
+                self.counts.dropped.fetch_add(1, Ordering::Relaxed);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 let now = now_ms();
                 let last = self.warned_ms.load(Ordering::Relaxed);
@@ -392,6 +406,7 @@ impl Webhooks {
             return Self {
                 targets: None,
                 tasks,
+                counts: Arc::default(),
             };
         }
         if tokio::runtime::Handle::try_current().is_err() {
@@ -399,6 +414,7 @@ impl Webhooks {
             return Self {
                 targets: None,
                 tasks,
+                counts: Arc::default(),
             };
         }
         // A redirect is an answer other than 2xx, as for Pusher: retried, never followed.
@@ -416,9 +432,11 @@ impl Webhooks {
                 return Self {
                     targets: None,
                     tasks,
+                    counts: Arc::default(),
                 };
             }
         };
+        let counts = Arc::new(EventCounts::default());
         let mut targets = Vec::with_capacity(hooks.len());
         for hook in hooks {
             let url: Arc<str> = hook.url.as_str().into();
@@ -431,6 +449,7 @@ impl Webhooks {
                 timing,
                 shutdown: shutdown.clone(),
                 failing: false,
+                counts: counts.clone(),
             };
             tasks.spawn(delivery.run(events));
             tracing::info!(%url, event_types = ?hook.event_types, "webhook enabled");
@@ -440,12 +459,29 @@ impl Webhooks {
                 queue,
                 dropped: AtomicU64::new(0),
                 warned_ms: AtomicI64::new(0),
+                counts: counts.clone(),
             });
         }
         Self {
             targets: Some(targets.into()),
             tasks,
+            counts,
         }
+    }
+
+    /// Events by what became of them so far.
+    pub fn counts(&self) -> &EventCounts {
+        &self.counts
+    }
+
+    /// Events waiting in the queues of every URL.
+    pub fn queued(&self) -> usize {
+        self.targets.as_deref().map_or(0, |targets| {
+            targets
+                .iter()
+                .map(|t| t.queue.max_capacity() - t.queue.capacity())
+                .sum()
+        })
     }
 
     /// Whether any webhook is configured (callers skip work for nothing).
@@ -501,9 +537,14 @@ struct Delivery {
     shutdown: CancellationToken,
     /// The last attempt failed (logged once when it starts and once when it ends).
     failing: bool,
+    counts: Arc<EventCounts>,
 }
 
 impl Delivery {
+    fn counted(&self, count: &AtomicU64, events: usize) {
+        count.fetch_add(events as u64, Ordering::Relaxed);
+    }
+
     async fn run(mut self, mut events: mpsc::Receiver<WebhookEvent>) {
         let carried = loop {
             let batch = self.gather(&mut events).await;
@@ -566,11 +607,13 @@ impl Delivery {
                 result = self.post(&batch) => result,
                 () = after_shutdown(&self.shutdown, self.timing.flush_deadline) => {
                     tracing::warn!(url = %self.url, events = batch.len(), "webhook request still running at the shutdown deadline; batch dropped");
+                    self.counted(&self.counts.failed, batch.len());
                     return Outcome::Stopped;
                 }
             };
             let error = match attempt {
                 Ok(()) => {
+                    self.counted(&self.counts.sent, batch.len());
                     if self.failing {
                         self.failing = false;
                         tracing::info!(url = %self.url, "webhook recovered");
@@ -593,6 +636,7 @@ impl Delivery {
                     retried_for = ?started.elapsed(),
                     "webhook batch dropped: still failing after retrying"
                 );
+                self.counted(&self.counts.failed, batch.len());
                 return Outcome::Done;
             }
             tokio::select! {
@@ -638,6 +682,8 @@ impl Delivery {
             lost += left;
             tracing::warn!(url = %self.url, events = left, deadline = ?self.timing.flush_deadline, "webhook flush deadline reached; dropping what is left");
         }
+        self.counted(&self.counts.sent, sent);
+        self.counted(&self.counts.failed, lost);
         tracing::debug!(url = %self.url, sent, lost, "webhook delivery stopped");
     }
 

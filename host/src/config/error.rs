@@ -63,6 +63,11 @@ pub enum ConfigError {
     /// `[plugins]` is refused.
     #[error(transparent)]
     Plugins(#[from] PluginsConfigError),
+    /// `metrics.address` is the main address.
+    #[error(
+        "metrics.address: must differ from address (leave it unset to serve /metrics on the main address)"
+    )]
+    MetricsAddress,
     /// `[log]` is refused.
     #[error(transparent)]
     Log(#[from] LogConfigError),

@@ -28,6 +28,7 @@ use crate::plugin::PluginsConfig;
 mod client;
 mod error;
 mod http_api;
+mod metrics;
 mod pusher;
 mod queue;
 mod secret;
@@ -37,6 +38,7 @@ mod websocket;
 pub use client::{ClientConfig, ClientConfigError};
 pub use error::ConfigError;
 pub use http_api::HttpApiConfig;
+pub use metrics::MetricsConfig;
 pub use pusher::{PusherConfig, PusherConfigError};
 pub use queue::{QueueConfig, QueueConfigError};
 pub use secret::Secret;
@@ -83,6 +85,8 @@ pub struct Config {
     pub pusher: PusherConfig,
     /// Log level and format.
     pub log: LogConfig,
+    /// The Prometheus metrics endpoint.
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Config {
@@ -102,6 +106,7 @@ impl Default for Config {
             queue: QueueConfig::default(),
             pusher: PusherConfig::default(),
             log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -193,6 +198,9 @@ impl Config {
         self.tls.validate()?;
         self.plugins.validate()?;
         self.log.validate()?;
+        if self.metrics.address == Some(self.address) {
+            return Err(ConfigError::MetricsAddress);
+        }
         Ok(())
     }
 
@@ -219,6 +227,19 @@ impl Config {
         if self.websocket.allowed_origins.iter().any(|o| o == "*") {
             warnings.push(
                 "websocket.allowed_origins contains \"*\": any web site may open WebSockets".into(),
+            );
+        }
+        if self.metrics.enabled
+            && self.metrics.key.is_empty()
+            && !self
+                .metrics
+                .address
+                .unwrap_or(self.address)
+                .ip()
+                .is_loopback()
+        {
+            warnings.push(
+                "metrics.enabled without metrics.key on a non-loopback address: anyone who reaches it reads the metrics".into(),
             );
         }
         if self.websocket.conformance_echo {

@@ -7,6 +7,7 @@
 //! Implementations: [`memory`] (single node, the default) and [`redis`] (many nodes on one Redis or Redis
 //! Cluster). Every implementation must pass the shared conformance suite in `conformance.rs`.
 
+mod instrumented;
 pub mod memory;
 pub mod redis;
 
@@ -295,24 +296,32 @@ impl Engine {
 }
 
 impl Engine {
-    /// The engine `config` selects, delivering to `handler`; the Redis engine connects first and fails with
-    /// the reason when Redis cannot be reached.
+    /// The engine `config` selects, delivering to `handler` and counted into `metrics`; the Redis engine
+    /// connects first and fails with the reason when Redis cannot be reached.
     pub async fn from_config(
         config: &EngineConfig,
         handler: Arc<dyn BrokerEventHandler>,
+        metrics: &crate::metrics::EngineMetrics,
     ) -> Result<Self, EngineError> {
-        match config.kind {
-            EngineKind::Memory => Ok(Self::memory(handler)),
+        let engine = match config.kind {
+            EngineKind::Memory => Self::memory(handler),
             EngineKind::Redis => {
                 let engine =
                     redis::RedisEngine::connect(&config.redis, handler, Arc::new(now_ms)).await?;
-                Ok(Self {
+                engine.count_lost_links(metrics.pubsub_reconnects.clone());
+                Self {
                     broker: engine.clone(),
                     history: engine.clone(),
                     presence: engine,
-                })
+                }
             }
-        }
+        };
+        Ok(engine.instrumented(metrics))
+    }
+
+    /// The same engine with every call counted and timed by operation.
+    pub fn instrumented(self, metrics: &crate::metrics::EngineMetrics) -> Self {
+        instrumented::Instrumented::wrap(self, metrics)
     }
 }
 

@@ -68,6 +68,7 @@ pub struct Plugins {
     /// Serialises loads so two reloads of one file cannot interleave.
     loading: tokio::sync::Mutex<()>,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Plugins {
@@ -80,7 +81,10 @@ impl std::fmt::Debug for Plugins {
 
 impl Plugins {
     /// Plugins per `config`; nothing is loaded yet (see [`Plugins::load_all`]).
-    pub fn new(config: &PluginsConfig) -> anyhow::Result<Self> {
+    pub fn new(
+        config: &PluginsConfig,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> anyhow::Result<Self> {
         let runtime = if config.dir.is_empty() {
             None
         } else {
@@ -94,10 +98,14 @@ impl Plugins {
                 .map_err(|e| anyhow::anyhow!("plugins.cache_dir {}: {e}", cache.display()))?;
             Some(Runtime::new(Some(&cache), largest_memory(config))?)
         };
-        Ok(Self::with_runtime(config, runtime))
+        Ok(Self::with_runtime(config, runtime, metrics))
     }
 
-    fn with_runtime(config: &PluginsConfig, runtime: Option<Runtime>) -> Self {
+    fn with_runtime(
+        config: &PluginsConfig,
+        runtime: Option<Runtime>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         Self {
             config: config.clone(),
             runtime,
@@ -106,6 +114,7 @@ impl Plugins {
             at_start: Mutex::new(StartFiles::default()),
             loading: tokio::sync::Mutex::new(()),
             watcher: Mutex::new(None),
+            metrics,
         }
     }
 
@@ -117,6 +126,30 @@ impl Plugins {
     /// The loaded plugins, in chain order.
     pub fn loaded(&self) -> Arc<Vec<Arc<LoadedPlugin>>> {
         self.set.load_full()
+    }
+
+    /// Every loaded plugin's counters, for a metrics scrape.
+    pub fn metrics_snapshot(&self) -> Vec<crate::metrics::PluginSnapshot> {
+        self.loaded()
+            .iter()
+            .map(|plugin| crate::metrics::PluginSnapshot {
+                name: plugin.metadata.name.clone(),
+                calls: plugin
+                    .stats
+                    .calls
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                denies: plugin
+                    .stats
+                    .denies
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                failures: plugin
+                    .stats
+                    .failure_counts()
+                    .into_iter()
+                    .map(|(hook, kind, count)| (hook, kind.as_str(), count))
+                    .collect(),
+            })
+            .collect()
     }
 
     /// Files that failed to load, with the last error.
@@ -201,8 +234,15 @@ impl Plugins {
         let beside = path.with_extension("toml");
         let started = std::time::Instant::now();
         let loaded = runtime
-            .load(&file, bytes, |name| self.settings_for(name, &beside))
+            .load(
+                &file,
+                bytes,
+                |name| self.settings_for(name, &beside),
+                &self.metrics,
+            )
             .await;
+        self.metrics
+            .plugin_loaded(loaded.is_ok(), started.elapsed());
         match loaded {
             Ok(plugin) => {
                 let plugin = Arc::new(plugin);
@@ -457,13 +497,18 @@ pub async fn check(path: &Path, config: Option<String>) -> Result<String, LoadEr
         .unwrap_or("plugin.wasm")
         .to_owned();
     let defaults = PluginsConfig::default();
-    let plugins = Plugins::with_runtime(&defaults, None);
+    let plugins = Plugins::with_runtime(&defaults, None, Arc::default());
     let beside = path.with_extension("toml");
     let plugin = runtime
-        .load(&file, bytes, |name| match &config {
-            Some(json) => Ok((json.clone(), plugins.settings_for(name, Path::new(""))?.1)),
-            None => plugins.settings_for(name, &beside),
-        })
+        .load(
+            &file,
+            bytes,
+            |name| match &config {
+                Some(json) => Ok((json.clone(), plugins.settings_for(name, Path::new(""))?.1)),
+                None => plugins.settings_for(name, &beside),
+            },
+            &plugins.metrics,
+        )
         .await?;
     let m = &plugin.metadata;
     Ok(format!(

@@ -253,6 +253,8 @@ pub struct LoadedPlugin {
     pub loaded_at: SystemTime,
     /// Call and failure counters.
     pub stats: Stats,
+    /// How long calls take, by hook (index in [`HOOK_NAMES`]).
+    call_durations: [prometheus::Histogram; HOOK_NAMES.len()],
     limits: Limits,
     config: String,
     engine: Engine,
@@ -348,6 +350,7 @@ impl Runtime {
         file: &str,
         bytes: Vec<u8>,
         config_for: impl FnOnce(&str) -> Result<(String, Limits), LoadError>,
+        metrics: &crate::metrics::Metrics,
     ) -> Result<LoadedPlugin, LoadError> {
         let hash = hex::encode(Sha256::digest(&bytes));
         let engine = self.engine.clone();
@@ -377,10 +380,12 @@ impl Runtime {
         let (config, limits) = config_for(&metadata.name)?;
         let loaded = LoadedPlugin {
             file: file.to_owned(),
-            metadata,
             hash,
             loaded_at: SystemTime::now(),
             stats: Stats::default(),
+            call_durations: HOOK_NAMES
+                .map(|hook| metrics.plugin_call_duration(&metadata.name, hook)),
+            metadata,
             limits,
             config,
             engine: self.engine.clone(),
@@ -524,6 +529,13 @@ impl LoadedPlugin {
     /// Calls a hook on a warm instance under the plugin's deadline; a failure is counted by kind, logged
     /// with its full reason and returned.
     pub async fn call(&self, call: &Call) -> Result<Reply, Failure> {
+        let started = std::time::Instant::now();
+        let outcome = self.call_warm(call).await;
+        self.call_durations[call.hook_index()].observe(started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    async fn call_warm(&self, call: &Call) -> Result<Reply, Failure> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let warm = self.idle().pop();
         let mut warm = match warm {

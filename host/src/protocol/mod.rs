@@ -55,6 +55,17 @@ impl Protocol {
         self as usize
     }
 
+    /// Every protocol, in [`Protocol::index`] order.
+    pub const ALL: [Self; Self::COUNT] = [Self::Centrifuge, Self::Pusher];
+
+    /// Its name in metrics' `protocol` label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Centrifuge => "centrifuge",
+            Self::Pusher => "pusher",
+        }
+    }
+
     /// What the core asks of this protocol.
     pub fn wire(self) -> &'static dyn Wire {
         match self {

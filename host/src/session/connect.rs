@@ -157,7 +157,7 @@ impl Session {
         match refusal {
             Refusal::Disconnect(disconnect) => Err(disconnect),
             Refusal::Error(error) => {
-                self.reply(encode::error_reply(id, &error));
+                self.reply(self.error_reply(id, &error));
                 self.state = State::Refused;
                 Ok(())
             }

@@ -63,6 +63,8 @@ pub struct ConnectionInfo {
     pub remote: SocketAddr,
     /// Heartbeat with transport ping frames instead of `{}` messages (`cf_ws_frame_ping_pong=true`).
     pub transport_ping: bool,
+    /// The transport's name in metrics' `transport` label (`websocket`).
+    pub transport: &'static str,
     /// Headers of the upgrade request (lower-case names), for connect plugins.
     pub headers: Pairs,
     /// Query parameters of the upgrade request, for connect plugins.
@@ -126,11 +128,12 @@ impl Session {
         let ConnectionInfo {
             remote,
             transport_ping,
+            transport,
             headers,
             query,
         } = connection;
         Self {
-            conn: Connection::new(node, outbound, remote, Protocol::Centrifuge),
+            conn: Connection::new(node, outbound, remote, Protocol::Centrifuge, transport),
             transport_ping,
             headers,
             query,
@@ -159,12 +162,12 @@ impl Session {
                 Disconnect::BAD_REQUEST
             })?;
             // Heartbeat answers are not requests; everything else counts against the rate.
+            if command.method != Method::Pong {
+                self.conn.handling(command.method.name());
+            }
             if command.method != Method::Pong && !self.conn.within_rate(&self.client)? {
                 if command.id > 0 {
-                    self.reply(encode::error_reply(
-                        command.id,
-                        &ClientError::TOO_MANY_REQUESTS,
-                    ));
+                    self.reply(self.error_reply(command.id, &ClientError::TOO_MANY_REQUESTS));
                 }
                 continue;
             }
@@ -180,11 +183,17 @@ impl Session {
         self.conn.outbound.push(frame);
     }
 
+    /// The error reply to command `id`, counted under the command being handled.
+    fn error_reply(&self, id: u32, error: &ClientError) -> Frame {
+        self.conn.command_failed(error.code);
+        encode::error_reply(id, error)
+    }
+
     /// Queues the reply, or the error; a refusal that closes the connection is returned.
     fn reply_result(&self, id: u32, result: Result<Frame, Refusal>) -> Result<(), Disconnect> {
         match result {
             Ok(frame) => self.reply(frame),
-            Err(Refusal::Error(error)) => self.reply(encode::error_reply(id, &error)),
+            Err(Refusal::Error(error)) => self.reply(self.error_reply(id, &error)),
             Err(Refusal::Disconnect(disconnect)) => return Err(disconnect),
         }
         Ok(())
@@ -251,7 +260,7 @@ impl Session {
                 self.reply_result(id, result)
             }
             (State::Connected, Method::Ping) => {
-                self.reply(encode::error_reply(id, &ClientError::NOT_AVAILABLE));
+                self.reply(self.error_reply(id, &ClientError::NOT_AVAILABLE));
                 Ok(())
             }
         }

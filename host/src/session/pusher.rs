@@ -122,7 +122,13 @@ impl PusherSession {
     pub fn new(node: Arc<Node>, outbound: Arc<Outbound>, connection: ConnectionInfo) -> Self {
         let (handle, commands) =
             SessionHandle::new(new_socket_id(), String::new(), outbound.clone());
-        let mut conn = Connection::new(node, outbound, connection.remote, Protocol::Pusher);
+        let mut conn = Connection::new(
+            node,
+            outbound,
+            connection.remote,
+            Protocol::Pusher,
+            connection.transport,
+        );
         conn.commands = Some(commands);
         Self {
             conn,
@@ -214,10 +220,12 @@ impl PusherSession {
                 return Ok(());
             }
         };
+        self.conn.handling(message.name());
         // Heartbeats are not requests; everything else counts against the rate.
         if !matches!(message, ClientMessage::Ping | ClientMessage::Pong)
             && !self.conn.within_rate(&self.handle.client)?
         {
+            self.conn.command_failed(4301);
             self.conn
                 .outbound
                 .push(codec::error(Some(4301), "rate limit exceeded"));
@@ -337,6 +345,7 @@ impl PusherSession {
     /// The `pusher:subscription_error` for a refusal, logged.
     fn refused(&self, channel: &str, (kind, message, status): Refused) -> Frame {
         tracing::debug!(socket_id = %self.socket_id(), channel, message, "pusher subscription refused");
+        self.conn.command_failed(u32::from(status));
         codec::subscription_error(channel, kind, &message, status)
     }
 
@@ -623,6 +632,7 @@ impl PusherSession {
         let granted = match self.may_send(&event, &channel, data.as_deref(), member.as_ref()) {
             Ok(granted) => granted,
             Err(message) => {
+                self.conn.command_failed(4301);
                 self.conn.outbound.push(codec::error(Some(4301), message));
                 return;
             }
@@ -668,6 +678,7 @@ impl PusherSession {
             Err(error) => {
                 let refusal = Refusal::from(error);
                 tracing::debug!(socket_id = %self.socket_id(), ?refusal, "client event refused");
+                self.conn.command_failed(4301);
                 self.conn
                     .outbound
                     .push(codec::error(Some(4301), "client event refused"));

@@ -14,6 +14,7 @@ use crate::disconnect::Disconnect;
 use crate::errors::ClientError;
 use crate::hub::{CommandReceiver, DeliveryGate, SessionCommand, SessionHandle, Subscriber};
 use crate::limits::{CommandRate, Verdict};
+use crate::metrics::ConnectionMetrics;
 use crate::node::Node;
 use crate::outbound::Outbound;
 use crate::policy::Grant;
@@ -89,6 +90,28 @@ pub(super) struct Connection<S> {
     /// connection with one subscription keeps one entry instead of a hash table's four buckets.
     pub(super) subscriptions: LiteMap<String, S>,
     rate: CommandRate,
+    /// The instruments of its kind of connection; counted open while this lives.
+    pub(super) metrics: Counted,
+    /// The type of the command being handled, which its errors are counted under.
+    command: &'static str,
+}
+
+/// Counts a connection open from its start until it is dropped, whichever way the session ends.
+#[derive(Debug)]
+pub(super) struct Counted(pub(super) Arc<ConnectionMetrics>);
+
+impl Counted {
+    fn new(metrics: Arc<ConnectionMetrics>) -> Self {
+        metrics.connects.inc();
+        metrics.connections.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.connections.dec();
+    }
 }
 
 impl<S> Connection<S> {
@@ -98,9 +121,13 @@ impl<S> Connection<S> {
         outbound: Arc<Outbound>,
         remote: SocketAddr,
         protocol: Protocol,
+        transport: &'static str,
     ) -> Self {
         let rate = node.admission.command_rate();
+        let metrics = Counted::new(node.metrics.connection_kind(protocol.label(), transport));
         Self {
+            metrics,
+            command: "",
             node,
             outbound,
             remote,
@@ -111,11 +138,28 @@ impl<S> Connection<S> {
         }
     }
 
+    /// A command of type `command` arrived: counted, and its errors are counted under it.
+    pub(super) fn handling(&mut self, command: &'static str) {
+        self.command = command;
+        self.node.metrics.command(self.protocol.label(), command);
+    }
+
+    /// The command being handled is answered with the error `code`.
+    pub(super) fn command_failed(&self, code: u32) {
+        self.node
+            .metrics
+            .command_error(self.protocol.label(), self.command, code);
+    }
+
     /// Counts one request of `client` against the connection's rate: `Ok(true)` to handle it, `Ok(false)`
     /// to refuse it (each protocol answers that its own way), an error to close a connection refused too
     /// often in a row.
     pub(super) fn within_rate(&mut self, client: &str) -> Result<bool, Disconnect> {
-        match self.rate.check() {
+        let verdict = self.rate.check();
+        if verdict != Verdict::Allow {
+            self.node.metrics.limit_refused("commands_per_second");
+        }
+        match verdict {
             Verdict::Allow => Ok(true),
             Verdict::Refuse => Ok(false),
             Verdict::Disconnect => {
@@ -136,7 +180,11 @@ impl<S> Connection<S> {
 
     /// Whether the connection holds as many subscriptions as it may.
     pub(super) fn subscriptions_full(&self) -> bool {
-        self.subscriptions.len() >= self.node.config.client.max_channels
+        let full = self.subscriptions.len() >= self.node.config.client.max_channels;
+        if full {
+            self.node.metrics.limit_refused("max_channels");
+        }
+        full
     }
 
     /// Registers a subscription with the hub, its frames held until the protocol queues its reply through
@@ -157,9 +205,9 @@ impl<S> Connection<S> {
             gate: gate.clone(),
             admitted,
         };
-        if self.node.hub.subscribe(channel, subscriber)
-            && let Err(error) = self.node.channel_opened(channel).await
-        {
+        let first = self.node.hub.subscribe(channel, subscriber);
+        self.metrics.0.subscriptions.inc();
+        if first && let Err(error) = self.node.channel_opened(channel).await {
             tracing::warn!(channel, %error, "opening the channel on this node failed");
             self.close(channel, &handle.client).await;
             return Err(error.into());
@@ -170,6 +218,7 @@ impl<S> Connection<S> {
     /// Takes `client`'s subscription out of the hub, and closes the channel on the node for its last
     /// subscriber here: the undo of [`Connection::open`].
     pub(super) async fn close(&self, channel: &str, client: &str) {
+        self.metrics.0.subscriptions.dec();
         if self.node.hub.unsubscribe(channel, client)
             && let Err(error) = self.node.channel_closed(channel).await
         {
@@ -204,6 +253,7 @@ pub(super) fn run<D: Decisions>(
     async move {
         let mut incoming = std::pin::pin!(incoming);
         if let Err(refused) = Box::pin(session.opened()).await {
+            session.connection().metrics.0.disconnected(refused.code);
             session.connection().outbound.close(refused);
             return;
         }
@@ -262,7 +312,13 @@ async fn finish<D: Decisions>(mut session: D) {
         connection.node.hub.unregister(&handle.client, &handle.user);
     }
     let (protocol, remote) = (connection.protocol, connection.remote);
-    match connection.outbound.close_reason() {
+    let close = connection.outbound.close_reason();
+    let metrics = &connection.metrics.0;
+    metrics.disconnected(close.as_ref().map_or(0, |d| d.code));
+    if close.as_ref() == Some(&Disconnect::SLOW) {
+        metrics.slow_closes.inc();
+    }
+    match close {
         Some(d) if d == Disconnect::SLOW => {
             tracing::warn!(?protocol, client, %remote, "client dropped as slow: outbound queue full")
         }
@@ -288,6 +344,7 @@ mod tests {
         let connection = ConnectionInfo {
             remote: SocketAddr::from(([127, 0, 0, 1], 1)),
             transport_ping: false,
+            transport: "websocket",
             headers: crate::session::Pairs::default(),
             query: crate::session::Pairs::default(),
         };

@@ -51,7 +51,7 @@ impl Session {
         match self.client_subscribe(id, request).await {
             Ok(()) => Ok(()),
             Err(Refusal::Error(error)) => {
-                self.reply(encode::error_reply(id, &error));
+                self.reply(self.error_reply(id, &error));
                 Ok(())
             }
             Err(Refusal::Disconnect(disconnect)) => Err(disconnect),
@@ -205,6 +205,9 @@ impl Session {
                 return Err(error);
             }
         };
+        if result.was_recovering {
+            self.conn.node.metrics.recovery(result.recovered);
+        }
         if mode.reject_unrecovered && result.was_recovering && !result.recovered {
             self.conn.close(channel, &self.client).await;
             return Err(ClientError::UNRECOVERABLE_POSITION);

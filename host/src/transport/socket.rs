@@ -7,7 +7,7 @@
 //! while a connection is idle: reads go into the caller's buffer.
 
 use std::io::{self, IoSlice, Read, Write};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -15,10 +15,19 @@ use rustls::ServerConnection;
 use tokio::net::TcpStream;
 
 use super::tls::Connection;
+use crate::metrics::ConnectionMetrics;
 
-/// A client connection after the HTTP upgrade.
+/// A client connection after the HTTP upgrade, counting the bytes it moves once its kind of connection is
+/// known ([`Socket::counted`]).
 #[derive(Debug)]
-pub(super) enum Socket {
+pub(super) struct Socket {
+    stream: Stream,
+    metrics: Option<Arc<ConnectionMetrics>>,
+}
+
+/// The byte stream under a [`Socket`].
+#[derive(Debug)]
+enum Stream {
     /// Plain TCP.
     Plain(TcpStream),
     /// TLS over TCP: rustls's state is only touched under the lock, for as long as one call takes.
@@ -66,24 +75,49 @@ impl Socket {
         match connection {
             tokio_util::either::Either::Left(plain) => {
                 let (early, tcp) = plain.into_parts();
-                (Self::Plain(tcp), join(early, read_ahead))
+                (Self::plain(tcp), join(early, read_ahead))
             }
             tokio_util::either::Either::Right(tls) => {
                 let (plain, state) = (*tls).into_inner();
                 // Bytes past a PROXY header were TLS records, consumed by the handshake.
                 let (_early, tcp) = plain.into_parts();
-                let socket = Self::Tls {
+                let stream = Stream::Tls {
                     tcp,
                     state: Mutex::new(Box::new(state)),
+                };
+                let socket = Self {
+                    stream,
+                    metrics: None,
                 };
                 (socket, read_ahead)
             }
         }
     }
 
+    /// A plain TCP connection.
+    pub(super) fn plain(tcp: TcpStream) -> Self {
+        Self {
+            stream: Stream::Plain(tcp),
+            metrics: None,
+        }
+    }
+
+    /// The same socket, counting the bytes it moves into `metrics`.
+    pub(super) fn counted(self, metrics: Arc<ConnectionMetrics>) -> Self {
+        Self {
+            metrics: Some(metrics),
+            ..self
+        }
+    }
+
+    /// Whether it is TLS (whose state must not be touched from every publishing task).
+    pub(super) fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::Tls { .. })
+    }
+
     fn tcp(&self) -> &TcpStream {
-        match self {
-            Self::Plain(tcp) | Self::Tls { tcp, .. } => tcp,
+        match &self.stream {
+            Stream::Plain(tcp) | Stream::Tls { tcp, .. } => tcp,
         }
     }
 
@@ -101,9 +135,17 @@ impl Socket {
     /// Appends what can be read now to `buf`: `Ok(0)` at the end of the stream, `WouldBlock` when nothing
     /// is there yet.
     pub(super) fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
-        match self {
-            Self::Plain(tcp) => tcp.try_read_buf(buf),
-            Self::Tls { tcp, state } => {
+        let read = self.read_stream(buf);
+        if let (Ok(n), Some(metrics)) = (&read, &self.metrics) {
+            metrics.bytes_received.inc_by(*n as u64);
+        }
+        read
+    }
+
+    fn read_stream(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        match &self.stream {
+            Stream::Plain(tcp) => tcp.try_read_buf(buf),
+            Stream::Tls { tcp, state } => {
                 let mut state = crate::sync::lock(state);
                 let mut ended = false;
                 loop {
@@ -141,9 +183,17 @@ impl Socket {
     /// Writes as much of `bufs` as the socket takes now; `WouldBlock` when it takes nothing. A TLS
     /// connection may keep some of what it took as records not yet sent ([`Socket::holds_back`]).
     pub(super) fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        match self {
-            Self::Plain(tcp) => tcp.try_write_vectored(bufs),
-            Self::Tls { tcp, state } => {
+        let written = self.write_stream(bufs);
+        if let (Ok(n), Some(metrics)) = (&written, &self.metrics) {
+            metrics.bytes_sent.inc_by(*n as u64);
+        }
+        written
+    }
+
+    fn write_stream(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match &self.stream {
+            Stream::Plain(tcp) => tcp.try_write_vectored(bufs),
+            Stream::Tls { tcp, state } => {
                 let mut state = crate::sync::lock(state);
                 if !flush_records(&mut state, tcp)? {
                     return Err(io::ErrorKind::WouldBlock.into());
@@ -160,24 +210,24 @@ impl Socket {
 
     /// Whether bytes already taken are waiting to go out (TLS records the socket did not take yet).
     pub(super) fn holds_back(&self) -> bool {
-        match self {
-            Self::Plain(_) => false,
-            Self::Tls { state, .. } => crate::sync::lock(state).wants_write(),
+        match &self.stream {
+            Stream::Plain(_) => false,
+            Stream::Tls { state, .. } => crate::sync::lock(state).wants_write(),
         }
     }
 
     /// Sends what is held back, as far as the socket takes it now: true when nothing is left.
     pub(super) fn try_flush(&self) -> io::Result<bool> {
-        match self {
-            Self::Plain(_) => Ok(true),
-            Self::Tls { tcp, state } => flush_records(&mut crate::sync::lock(state), tcp),
+        match &self.stream {
+            Stream::Plain(_) => Ok(true),
+            Stream::Tls { tcp, state } => flush_records(&mut crate::sync::lock(state), tcp),
         }
     }
 
     /// Starts closing the TLS session (a close_notify record, sent by the next flush); nothing for TCP,
     /// which closes when the socket is dropped.
     pub(super) fn start_close(&self) {
-        if let Self::Tls { state, .. } = self {
+        if let Stream::Tls { state, .. } = &self.stream {
             crate::sync::lock(state).send_close_notify();
         }
     }

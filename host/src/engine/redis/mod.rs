@@ -210,6 +210,8 @@ struct PushRouter {
     /// Whether the pub/sub link is up, for readiness: down at a disconnection or a failed keep-alive
     /// ping, up again at a ping answered (a node without subscriptions confirms none after a reconnect).
     link_up: std::sync::atomic::AtomicBool,
+    /// Counts lost links for metrics (a counter of its own until the node hands one in).
+    lost_links: std::sync::OnceLock<prometheus::IntCounter>,
 }
 
 impl PushRouter {
@@ -241,6 +243,9 @@ impl PushRouter {
             PushKind::Disconnection => {
                 self.link_up.store(false, Ordering::Release);
                 if !self.disconnected.swap(true, Ordering::AcqRel) {
+                    if let Some(lost) = self.lost_links.get() {
+                        lost.inc();
+                    }
                     tracing::warn!("lost the Redis pub/sub connection; reconnecting");
                 }
             }
@@ -301,6 +306,7 @@ impl RedisEngine {
             reconnected,
             disconnected: std::sync::atomic::AtomicBool::new(false),
             link_up: std::sync::atomic::AtomicBool::new(true),
+            lost_links: std::sync::OnceLock::new(),
         });
         let pushes = {
             let router = router.clone();
@@ -405,6 +411,11 @@ impl RedisEngine {
             .collect();
         tracing::info!(?addresses, cluster = config.cluster, "connected to Redis");
         Ok(engine)
+    }
+
+    /// Counts every loss of the pub/sub link into `counter` from now on.
+    pub fn count_lost_links(&self, counter: prometheus::IntCounter) {
+        let _ = self.router.lost_links.set(counter);
     }
 
     fn now(&self) -> i64 {

@@ -193,6 +193,27 @@ pub enum Method {
     Pong,
 }
 
+impl Method {
+    /// The command's name in metrics' `command` label.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Connect(_) => "connect",
+            Self::Subscribe(_) => "subscribe",
+            Self::Unsubscribe(_) => "unsubscribe",
+            Self::Publish(_) => "publish",
+            Self::Presence(_) => "presence",
+            Self::PresenceStats(_) => "presence_stats",
+            Self::History(_) => "history",
+            Self::Ping => "ping",
+            Self::Send(_) => "send",
+            Self::Rpc(_) => "rpc",
+            Self::Refresh(_) => "refresh",
+            Self::SubRefresh(_) => "sub_refresh",
+            Self::Pong => "pong",
+        }
+    }
+}
+
 /// One decoded command.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Command {

@@ -75,6 +75,22 @@ pub enum ClientMessage {
     },
 }
 
+impl ClientMessage {
+    /// The event's name in metrics' `command` label: the `pusher:` events by name, every client event as
+    /// `client_event` (their names are the app's, unbounded), anything else as `other`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Ping => "ping",
+            Self::Pong => "pong",
+            Self::Subscribe { .. } => "subscribe",
+            Self::Unsubscribe { .. } => "unsubscribe",
+            Self::ClientEvent { .. } => "client_event",
+            Self::Signin { .. } => "signin",
+            Self::Other { .. } => "other",
+        }
+    }
+}
+
 /// Why a frame could not be decoded; the session answers with a soft `pusher:error` and keeps the socket.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {

@@ -98,6 +98,9 @@ pub(super) fn unbox<T>(boxed: Box<T>) -> T {
     *boxed
 }
 
+/// This transport's name in metrics' `transport` label.
+const TRANSPORT: &str = "websocket";
+
 /// The checks every WebSocket upgrade passes first: the client's address (through trusted proxies), its
 /// origin, and its admission under the connection limits. The refusal is the HTTP status and reason to give.
 pub(super) fn admit(
@@ -118,6 +121,7 @@ pub(super) fn admit(
         Ok(slot) => Ok((remote, slot)),
         Err(refused) => {
             tracing::info!(%remote, reason = %refused, "websocket upgrade refused");
+            node.metrics.limit_refused(refused.limit());
             Err((StatusCode::SERVICE_UNAVAILABLE, refused.to_string()))
         }
     }
@@ -133,6 +137,7 @@ pub(super) fn connection_info(
     ConnectionInfo {
         remote,
         transport_ping,
+        transport: TRANSPORT,
         headers: headers
             .iter()
             .filter_map(|(name, value)| {
@@ -185,9 +190,10 @@ impl Link {
         max_queue: usize,
     ) -> Self {
         let socket = Arc::new(socket);
-        let outbound = Arc::new(match &*socket {
-            Socket::Plain(_) => Outbound::transmitting(max_queue, socket.clone()),
-            Socket::Tls { .. } => Outbound::new(max_queue),
+        let outbound = Arc::new(if socket.is_tls() {
+            Outbound::new(max_queue)
+        } else {
+            Outbound::transmitting(max_queue, socket.clone())
         });
         let ws = &node.config.websocket;
         let limits = ReadLimits {
@@ -283,7 +289,8 @@ where
     S: for<'a> AsyncFnOnce(Arc<Node>, Arc<Outbound>, Messages<'a>),
 {
     let running = node.sessions.token();
-    let link = Link::new(&node, socket, read_ahead);
+    let counted = socket.counted(node.metrics.connection_kind(protocol.label(), TRANSPORT));
+    let link = Link::new(&node, counted, read_ahead);
     let outbound = link.outbound.clone();
     link.run(
         node,
@@ -579,7 +586,7 @@ mod tests {
         let (_client, (socket, remote)) = (client.unwrap(), accepted.unwrap());
         let slot = node.admission.admit(remote.ip()).expect("admitted");
         let connection = Box::new(connection_info(remote, false, &HeaderMap::new(), None));
-        let serving = serve_centrifuge(node, Socket::Plain(socket), Bytes::new(), slot, connection);
+        let serving = serve_centrifuge(node, Socket::plain(socket), Bytes::new(), slot, connection);
         let session = std::mem::size_of::<crate::session::Session>();
         let size = std::mem::size_of_val(&serving);
         println!("connection future: {size} bytes (the session alone: {session})");

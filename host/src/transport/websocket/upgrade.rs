@@ -159,7 +159,7 @@ fn into_socket(
         Ok(parts) => Some(Socket::from_upgraded(parts.io.into_inner(), parts.read_buf)),
         // A plain TCP connection, as axum's own `serve` hands them over (unit tests use it).
         Err(upgraded) => match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
-            Ok(parts) => Some((Socket::Plain(parts.io.into_inner()), parts.read_buf)),
+            Ok(parts) => Some((Socket::plain(parts.io.into_inner()), parts.read_buf)),
             Err(_) => {
                 tracing::error!("upgraded connection of an unknown kind; dropped");
                 None

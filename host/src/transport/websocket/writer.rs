@@ -262,7 +262,7 @@ mod tests {
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        (Socket::Plain(server), client)
+        (Socket::plain(server), client)
     }
 
     /// Every frame the client gets until the server's end: opcode byte and payload.
