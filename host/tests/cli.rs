@@ -364,34 +364,31 @@ async fn log_format_json_writes_one_object_per_line() {
 /// when set wins over the level.
 #[tokio::test]
 async fn log_format_and_level_come_from_the_configuration() {
-    let (_child, _port, seen) = serve(|command| {
-        command
-            .env_remove("RUST_LOG")
+    // The JSON log lines of a node whose `[log]` comes from the environment, with `RUST_LOG` as given.
+    async fn logged_with(rust_log: Option<&str>) -> Vec<serde_json::Value> {
+        let (_child, _port, seen) = serve(|command| {
+            match rust_log {
+                Some(level) => command.env("RUST_LOG", level),
+                None => command.env_remove("RUST_LOG"),
+            }
             .env("HERALD_LOG__FORMAT", "json")
             .env("HERALD_LOG__LEVEL", "info,herald::config=debug")
             .env("HERALD_SERVICE_HOST", "10.0.0.7");
-    })
-    .await;
-    let objects = assert_json_log_lines(&seen);
+        })
+        .await;
+        assert_json_log_lines(&seen)
+    }
+    let objects = logged_with(None).await;
     assert!(
         objects
             .iter()
             .any(|o| o["level"] == "DEBUG" && o["variable"] == "HERALD_SERVICE_HOST"),
-        "the configured level lets the debug line through: {seen:#?}"
+        "the configured level lets the debug line through: {objects:#?}"
     );
-
-    let (_child, _port, seen) = serve(|command| {
-        command
-            .env("RUST_LOG", "info")
-            .env("HERALD_LOG__FORMAT", "json")
-            .env("HERALD_LOG__LEVEL", "info,herald::config=debug")
-            .env("HERALD_SERVICE_HOST", "10.0.0.7");
-    })
-    .await;
-    let objects = assert_json_log_lines(&seen);
+    let objects = logged_with(Some("info")).await;
     assert!(
         !objects.iter().any(|o| o["level"] == "DEBUG"),
-        "RUST_LOG=info wins: {seen:#?}"
+        "RUST_LOG=info wins: {objects:#?}"
     );
 }
 
