@@ -577,3 +577,20 @@ pub fn valid_json(data: Vec<u8>) -> Result<Bytes, ClientError> {
         .map_err(|_| ClientError::INTERNAL.with_message("plugin produced data that is not JSON"))?;
     Ok(crate::protocol::compact_json(raw.get().trim()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Once shutdown starts the node asks not to get new clients, and says why.
+    #[tokio::test]
+    async fn a_node_shutting_down_is_not_ready() {
+        let node = Node::new(Config::default()).expect("a node");
+        assert_eq!(node.readiness().await, Ok(()));
+        node.shutdown.cancel();
+        assert_eq!(
+            node.readiness().await,
+            Err(vec!["shutting down".to_owned()])
+        );
+    }
+}
