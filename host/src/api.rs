@@ -188,7 +188,14 @@ async fn handle(
     let transport_errors = headers
         .get("x-centrifugo-error-mode")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"transport"));
-    match dispatch(&node, &method, &body).await {
+    answer(&node, &method, &body, transport_errors).await
+}
+
+/// Runs server API `method` with a JSON `body` for a caller already authorised (the API's key, or the
+/// admin page's session) and answers as the API does; `transport_errors` as `X-Centrifugo-Error-Mode:
+/// transport` asks.
+pub async fn answer(node: &Node, method: &str, body: &[u8], transport_errors: bool) -> Response {
+    match dispatch(node, method, body).await {
         Ok(result) => json(StatusCode::OK, result),
         Err(ApiError::Malformed(message)) => (StatusCode::BAD_REQUEST, message).into_response(),
         Err(ApiError::Client(error)) => {
@@ -211,6 +218,12 @@ async fn plugins(
     if !authorized(&node.config.http_api, &headers, query.as_deref()) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
+    let body = serde_json::json!({"result": plugins_report(&node)});
+    json(StatusCode::OK, body.to_string().into_bytes())
+}
+
+/// Loaded plugins with their counters, and files that failed to load (`/api/plugins`' result).
+pub fn plugins_report(node: &Node) -> serde_json::Value {
     let millis = |at: std::time::SystemTime| {
         at.duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -251,8 +264,7 @@ async fn plugins(
         .into_iter()
         .map(|(file, e)| serde_json::json!({"file": file, "at_ms": millis(e.at), "error": e.error.to_string()}))
         .collect();
-    let body = serde_json::json!({"result": {"plugins": loaded, "load_errors": errors}});
-    json(StatusCode::OK, body.to_string().into_bytes())
+    serde_json::json!({"plugins": loaded, "load_errors": errors})
 }
 
 enum ApiError {

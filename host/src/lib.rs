@@ -20,11 +20,12 @@
 //!   [`pusher_app`]: the Pusher app's behaviour beside the core (cache channels, occupancy, webhooks).
 //! - [`node`]: the shared core and the operations every entrance shares.
 //! - [`session`]: one per connection — state machine, heartbeat, subscriptions.
-//! - [`api`], [`pusher_api`], [`queue`]: the other entrances (server API, Pusher HTTP API, queue
-//!   ingestion); [`nodes`]: the cluster's node list.
+//! - [`api`], [`pusher_api`], [`queue`], [`admin`]: the other entrances (server API, Pusher HTTP API, queue
+//!   ingestion, the admin page); [`nodes`]: the cluster's node list.
 //! - [`transport`]: TCP/TLS accept, HTTP routing, WebSocket upgrade and frame I/O.
 //! - [`server`]: composition — starts the node with what runs beside it, and serves.
 
+pub mod admin;
 pub mod api;
 pub mod channel;
 pub mod config;

@@ -120,6 +120,11 @@ fn main() -> ExitCode {
             };
             if let Some(address) = address {
                 config.address = address;
+                // Some rules depend on the address (the admin page needs a password off loopback).
+                if let Err(error) = config.validate() {
+                    tracing::error!("invalid configuration with --address {address}\n{error}");
+                    return ExitCode::FAILURE;
+                }
             }
             raise_open_file_limit();
             match serve(config) {

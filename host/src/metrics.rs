@@ -156,6 +156,18 @@ pub struct PluginSnapshot {
     pub failures: Vec<(&'static str, &'static str, u64)>,
 }
 
+/// Running totals for the admin page, which turns two of them into rates and latencies.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Totals {
+    /// Frames handed to subscribers.
+    pub deliveries: u64,
+    /// Publications accepted.
+    pub publications: u64,
+    /// The publish-latency histogram over every source: bucket upper bounds (seconds) and the cumulative
+    /// count at each.
+    pub publish_buckets: Vec<(f64, u64)>,
+}
+
 /// This node's instruments and the registry that renders them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -496,6 +508,34 @@ impl Metrics {
         names.extend(SCRAPED_FAMILIES.map(String::from));
         names.sort();
         names
+    }
+
+    /// The running totals the admin page shows.
+    pub fn totals(&self) -> Totals {
+        let sum = |vec: &IntCounterVec| -> u64 {
+            vec.collect()
+                .iter()
+                .flat_map(|family| family.get_metric())
+                .map(|metric| metric.get_counter().get_value() as u64)
+                .sum()
+        };
+        let mut publish_buckets: Vec<(f64, u64)> =
+            PUBLISH_BUCKETS.iter().map(|b| (*b, 0)).collect();
+        for family in self.publish_duration.collect() {
+            for metric in family.get_metric() {
+                for (total, bucket) in publish_buckets
+                    .iter_mut()
+                    .zip(metric.get_histogram().get_bucket())
+                {
+                    total.1 += bucket.cumulative_count();
+                }
+            }
+        }
+        Totals {
+            deliveries: sum(&self.deliveries),
+            publications: sum(&self.publications),
+            publish_buckets,
+        }
     }
 
     /// The instruments of connections speaking `protocol` over `transport`.

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::node::Node;
 use crate::transport::tls::Certificates;
-use crate::{api, pusher_api, transport};
+use crate::{admin, api, pusher_api, transport};
 
 /// Starts a node and what runs beside it: the plugin watcher (when `plugins.watch` is on), the announcer
 /// that keeps this node in the cluster's node list, `/metrics` on its own address (when
@@ -58,6 +58,7 @@ pub fn app(node: Arc<Node>) -> Router {
         .route("/ready", get(ready))
         .merge(metrics_on_main_address(&node))
         .with_state(node.clone())
+        .merge(admin::router(node.clone()))
         .merge(api::router(node.clone(), pusher_api::routes(node)))
 }
 

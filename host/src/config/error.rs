@@ -68,6 +68,9 @@ pub enum ConfigError {
         "metrics.address: must differ from address (leave it unset to serve /metrics on the main address)"
     )]
     MetricsAddress,
+    /// The admin page is on without a password on an address others can reach.
+    #[error("admin.password: required when admin.enabled and address is not a loopback address")]
+    AdminPassword,
     /// `[log]` is refused.
     #[error(transparent)]
     Log(#[from] LogConfigError),

@@ -25,6 +25,7 @@ use crate::limits::LimitsConfig;
 use crate::logging::LogConfig;
 use crate::plugin::PluginsConfig;
 
+mod admin;
 mod client;
 mod error;
 mod http_api;
@@ -35,6 +36,7 @@ mod secret;
 pub mod tls;
 mod websocket;
 
+pub use admin::AdminConfig;
 pub use client::{ClientConfig, ClientConfigError};
 pub use error::ConfigError;
 pub use http_api::HttpApiConfig;
@@ -87,6 +89,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The Prometheus metrics endpoint.
     pub metrics: MetricsConfig,
+    /// The admin web page.
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -107,6 +111,7 @@ impl Default for Config {
             pusher: PusherConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -201,6 +206,10 @@ impl Config {
         if self.metrics.address == Some(self.address) {
             return Err(ConfigError::MetricsAddress);
         }
+        if self.admin.enabled && self.admin.password.is_empty() && !self.address.ip().is_loopback()
+        {
+            return Err(ConfigError::AdminPassword);
+        }
         Ok(())
     }
 
@@ -240,6 +249,17 @@ impl Config {
         {
             warnings.push(
                 "metrics.enabled without metrics.key on a non-loopback address: anyone who reaches it reads the metrics".into(),
+            );
+        }
+        if self.admin.enabled && !self.address.ip().is_loopback() && !self.tls.enabled() {
+            warnings.push(format!(
+                "admin.enabled without TLS on the non-loopback address {}: the admin password and session cookie travel in clear unless a TLS-terminating load balancer is in front",
+                self.address
+            ));
+        }
+        if self.admin.enabled && self.admin.password.is_empty() {
+            warnings.push(
+                "admin.enabled without admin.password: the admin page opens without a login (loopback only)".into(),
             );
         }
         if self.websocket.conformance_echo {
