@@ -18,6 +18,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hmac::{Hmac, Mac};
@@ -64,6 +65,15 @@ pub fn router(node: Arc<Node>) -> Router {
         key: rand::random(),
         node,
     });
+    let behind_login = Router::new()
+        .route("/admin/api/overview", get(overview))
+        .route("/admin/api/plugins", get(plugins))
+        .route("/admin/api/connections", get(connections))
+        .route("/admin/api/call/{method}", post(call))
+        .route_layer(middleware::from_fn_with_state(
+            admin.clone(),
+            require_session,
+        ));
     Router::new()
         .route("/admin", get(page))
         .route("/admin/", get(page))
@@ -72,11 +82,39 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/admin/session", get(session))
         .route("/admin/login", post(login))
         .route("/admin/logout", post(logout))
-        .route("/admin/api/overview", get(overview))
-        .route("/admin/api/plugins", get(plugins))
-        .route("/admin/api/connections", get(connections))
-        .route("/admin/api/call/{method}", post(call))
+        .merge(behind_login)
+        .layer(middleware::from_fn(require_page_header_on_posts))
         .with_state(admin)
+}
+
+/// Everything under `/admin/api/` needs a logged-in browser.
+async fn require_session(
+    State(admin): State<Arc<Admin>>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    if admin.authenticated(request.headers()) {
+        next.run(request).await
+    } else {
+        refused(StatusCode::UNAUTHORIZED, "log in first\n")
+    }
+}
+
+/// Every POST (log in, log out, actions) must carry the anti-CSRF header; checked before the session, so
+/// a cross-site request learns nothing.
+async fn require_page_header_on_posts(
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let from_the_page = request
+        .headers()
+        .get(CSRF_HEADER)
+        .is_some_and(|value| value.as_bytes() == b"1");
+    if request.method() == axum::http::Method::POST && !from_the_page {
+        refused(StatusCode::FORBIDDEN, "missing X-Herald-Admin header\n")
+    } else {
+        next.run(request).await
+    }
 }
 
 /// Headers every admin response carries: no caching, no framing, only the page's own scripts.
@@ -174,13 +212,6 @@ impl Admin {
     }
 }
 
-/// Whether a state-changing request carries the anti-CSRF header.
-fn from_the_page(headers: &HeaderMap) -> bool {
-    headers
-        .get(CSRF_HEADER)
-        .is_some_and(|value| value.as_bytes() == b"1")
-}
-
 fn refused(status: StatusCode, message: &'static str) -> Response {
     guarded((status, message).into_response())
 }
@@ -217,9 +248,6 @@ async fn login(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !from_the_page(&headers) {
-        return refused(StatusCode::FORBIDDEN, "missing X-Herald-Admin header\n");
-    }
     let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
     let address = admin.node.admission.client_address(peer, forwarded).ip();
     if let Err(refusal) = admin.guard.check(address) {
@@ -250,10 +278,7 @@ async fn login(
 }
 
 /// `POST /admin/logout`: forgets the cookie in this browser.
-async fn logout(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
-    if !from_the_page(&headers) {
-        return refused(StatusCode::FORBIDDEN, "missing X-Herald-Admin header\n");
-    }
+async fn logout(State(admin): State<Arc<Admin>>) -> Response {
     let mut response = guarded(StatusCode::NO_CONTENT.into_response());
     response
         .headers_mut()
@@ -262,10 +287,7 @@ async fn logout(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response
 }
 
 /// `GET /admin/api/overview`: this node's counts and running totals, for the live charts.
-async fn overview(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
-    if !admin.authenticated(&headers) {
-        return refused(StatusCode::UNAUTHORIZED, "log in first\n");
-    }
+async fn overview(State(admin): State<Arc<Admin>>) -> Response {
     let node = &admin.node;
     let stats = node.hub.stats();
     json(&serde_json::json!({
@@ -283,10 +305,7 @@ async fn overview(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Respon
 }
 
 /// `GET /admin/api/plugins`: as `GET /api/plugins`.
-async fn plugins(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
-    if !admin.authenticated(&headers) {
-        return refused(StatusCode::UNAUTHORIZED, "log in first\n");
-    }
+async fn plugins(State(admin): State<Arc<Admin>>) -> Response {
     json(&crate::api::plugins_report(&admin.node))
 }
 
@@ -298,12 +317,8 @@ struct UserQuery {
 /// `GET /admin/api/connections?user=…`: the user's connections on this node.
 async fn connections(
     State(admin): State<Arc<Admin>>,
-    headers: HeaderMap,
     Query(UserQuery { user }): Query<UserQuery>,
 ) -> Response {
-    if !admin.authenticated(&headers) {
-        return refused(StatusCode::UNAUTHORIZED, "log in first\n");
-    }
     let clients: Vec<String> = admin
         .node
         .hub
@@ -319,15 +334,8 @@ async fn connections(
 async fn call(
     State(admin): State<Arc<Admin>>,
     Path(method): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !admin.authenticated(&headers) {
-        return refused(StatusCode::UNAUTHORIZED, "log in first\n");
-    }
-    if !from_the_page(&headers) {
-        return refused(StatusCode::FORBIDDEN, "missing X-Herald-Admin header\n");
-    }
     if !METHODS.contains(&method.as_str()) {
         return refused(StatusCode::NOT_FOUND, "no such method\n");
     }
