@@ -351,6 +351,49 @@ fn calls(status: &Value, file: &str) -> u64 {
         .unwrap_or_else(|| panic!("no calls for {file}: {status:#}"))
 }
 
+/// Waits until the plugin in `file` has made one call more than `before` (the disconnect hook's), and
+/// returns the plugin status then.
+async fn disconnect_reported(server: &TestServer, file: &str, before: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let status = loop {
+        let status = server.plugins_status().await;
+        if calls(&status, file) > before {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the disconnect hook was not called within {WAIT:?}: {status:#}"
+        );
+        tokio::time::sleep(POLL).await;
+    };
+    assert_eq!(calls(&status, file), before + 1, "{status:#}");
+    status
+}
+
+/// A Pusher client that goes away is reported to the disconnect hook as a Centrifugo client is: the
+/// skeleton reports every protocol's connections.
+#[tokio::test]
+async fn disconnect_hook_is_called_when_a_pusher_client_goes_away() {
+    const FILE: &str = "scripted.wasm";
+    let plugged = Plugged::start(
+        "herald-test-scripted",
+        FILE,
+        "id = \"expiry\"\n",
+        herald_tests::PUSHER_CONFIG,
+    )
+    .await;
+    let server = &plugged.server;
+    let mut pusher = herald_tests::pusher::Pusher::connect(server.addr).await;
+    pusher.subscribed("news", None).await;
+    let before = calls(&server.plugins_status().await, FILE);
+    pusher
+        .client
+        .send_message(tokio_tungstenite::tungstenite::Message::Close(None))
+        .await;
+    drop(pusher);
+    disconnect_reported(server, FILE, before).await;
+}
+
 /// A client that connects and goes away is reported to a plugin with the disconnect hook: the
 /// `scripted` fixture's `calls` counter grows by one after the socket closes (polled, since the
 /// notification runs after the close).
@@ -378,19 +421,7 @@ async fn disconnect_hook_is_called_when_a_client_goes_away() {
         .await;
     drop(client);
 
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let status = loop {
-        let status = server.plugins_status().await;
-        if calls(&status, FILE) > before {
-            break status;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the disconnect hook was not called within {WAIT:?}: {status:#}"
-        );
-        tokio::time::sleep(POLL).await;
-    };
-    assert_eq!(calls(&status, FILE), before + 1, "{status:#}");
+    let status = disconnect_reported(server, FILE, before).await;
     let entry = status["plugins"]
         .as_array()
         .and_then(|plugins| plugins.iter().find(|p| p["file"] == FILE))

@@ -29,7 +29,7 @@ use crate::disconnect::Disconnect;
 use crate::errors::{ClientError, Refusal};
 use crate::hub::{ClientId, SessionCommand, SessionHandle};
 use crate::node::{ClientInfo, HistoryFilter, Node, PublishRequest, Source, StreamPosition};
-use crate::plugin::bindings::{AccessKind, DisconnectEvent, Hooks};
+use crate::plugin::bindings::{self, AccessKind};
 use crate::policy::{self, Action, Requester};
 use crate::protocol::centrifuge::command::{
     ChannelRequest, Command, HistoryRequest, Method, PublishRequest as ClientPublish,
@@ -432,22 +432,8 @@ impl Decisions for Session {
     }
 
     /// The disconnect hook hears of every connection that got connected.
-    async fn finishing(&mut self) {
-        let plugins = &self.conn.node.plugins;
-        if self.state != State::Connected || !plugins.any(Hooks::DISCONNECT) {
-            return;
-        }
-        let (code, reason) = match self.conn.outbound.close_reason() {
-            Some(d) => (u32::from(d.code), d.reason.into_owned()),
-            None => (3000, "connection closed".to_owned()),
-        };
-        plugins
-            .disconnect(DisconnectEvent {
-                client: self.plugin_client(),
-                code,
-                reason,
-            })
-            .await;
+    fn connected_client(&self) -> Option<bindings::ClientInfo> {
+        (self.state == State::Connected).then(|| self.plugin_client())
     }
 
     async fn leave(&mut self, channel: &str, subscription: Subscription) {

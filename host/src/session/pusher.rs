@@ -718,6 +718,11 @@ impl PusherSession {
 impl Decisions for PusherSession {
     type Subscription = Option<ClientInfo>;
 
+    /// Every Pusher connection that opened (past the connect plugins) counts as connected.
+    fn connected_client(&self) -> Option<bindings::ClientInfo> {
+        Some(plugin_client_info(&self.info()))
+    }
+
     fn connection(&self) -> &Connection<Option<ClientInfo>> {
         &self.conn
     }

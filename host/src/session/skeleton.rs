@@ -56,6 +56,10 @@ pub(super) trait Decisions: Sized {
     /// The deadline passed; an error closes the connection.
     async fn deadline_passed(&mut self, now: Instant) -> Result<(), Disconnect>;
 
+    /// Who the connection is to plugins, once it got past connecting (`None` before: a connection that
+    /// never connected is not reported to the disconnect hook).
+    fn connected_client(&self) -> Option<crate::plugin::bindings::ClientInfo>;
+
     /// The protocol's part of the finish, before the subscriptions end.
     async fn finishing(&mut self) {}
 
@@ -292,6 +296,29 @@ pub(super) fn run<D: Decisions>(
     }
 }
 
+/// Tells the disconnect plugins that a connected client went away, with its close code and reason
+/// (`3000` when the client left without one).
+async fn report_disconnect<D: Decisions>(session: &D) {
+    let plugins = &session.connection().node.plugins;
+    if !plugins.any(crate::plugin::bindings::Hooks::DISCONNECT) {
+        return;
+    }
+    let Some(client) = session.connected_client() else {
+        return;
+    };
+    let (code, reason) = match session.connection().outbound.close_reason() {
+        Some(d) => (u32::from(d.code), d.reason.into_owned()),
+        None => (3000, "connection closed".to_owned()),
+    };
+    plugins
+        .disconnect(crate::plugin::bindings::DisconnectEvent {
+            client,
+            code,
+            reason,
+        })
+        .await;
+}
+
 async fn next_command(commands: Option<&mut CommandReceiver>) -> Option<SessionCommand> {
     match commands {
         Some(commands) => Some(commands.recv().await),
@@ -299,8 +326,10 @@ async fn next_command(commands: Option<&mut CommandReceiver>) -> Option<SessionC
     }
 }
 
-/// After the run: the protocol's part, then every subscription ends and the connection leaves the hub.
+/// After the run: the disconnect plugins hear of a connection that had connected (whatever its protocol),
+/// the protocol's part, then every subscription ends and the connection leaves the hub.
 async fn finish<D: Decisions>(mut session: D) {
+    report_disconnect(&session).await;
     session.finishing().await;
     let subscriptions = std::mem::take(&mut session.connection_mut().subscriptions);
     for (channel, subscription) in subscriptions {
