@@ -516,6 +516,15 @@ impl Hub {
         read(&self.sessions).values().cloned().collect()
     }
 
+    /// Bytes waiting in every session's outbound queue (for metrics), summed in place rather than over a
+    /// copy of the session list.
+    pub fn outbound_queue_bytes(&self) -> u64 {
+        read(&self.sessions)
+            .values()
+            .map(|session| session.outbound.queued_bytes() as u64)
+            .sum()
+    }
+
     /// Adds a subscriber; true when it is the channel's first on this node.
     pub fn subscribe(&self, channel: &str, subscriber: Subscriber) -> bool {
         let mut shard = write(self.shard(channel));

@@ -193,9 +193,8 @@ pub struct Metrics {
     recoveries: IntCounterVec,
     engine: EngineMetrics,
     plugin_call_duration: HistogramVec,
-    plugin_reloads: IntCounterVec,
-    /// How long plugin loads and reloads took.
-    pub plugin_reload_duration: Histogram,
+    plugin_loads: IntCounterVec,
+    plugin_load_duration: Histogram,
     queue_entries: IntCounterVec,
     queue_retries: IntCounterVec,
     queue_lag: IntGaugeVec,
@@ -355,14 +354,14 @@ impl Metrics {
                 "Times the pub/sub link to Redis was lost",
             ),
         };
-        let plugin_reloads = counter_vec(
+        let plugin_loads = counter_vec(
             &mut r,
             "herald_plugin_loads_total",
             "Plugin loads and reloads, by result (loaded, rejected)",
             &["result"],
         );
         for result in ["loaded", "rejected"] {
-            plugin_reloads.with_label_values(&[result]);
+            plugin_loads.with_label_values(&[result]);
         }
         let deliveries = counter_vec(
             &mut r,
@@ -455,8 +454,8 @@ impl Metrics {
                 &["plugin", "hook"],
                 PLUGIN_BUCKETS,
             ),
-            plugin_reloads,
-            plugin_reload_duration: histogram(
+            plugin_loads,
+            plugin_load_duration: histogram(
                 &mut r,
                 "herald_plugin_load_duration_seconds",
                 "How long plugin loads and reloads took (compile, instantiate, init)",
@@ -575,8 +574,7 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a publication accepted into a channel of `namespace` (`""` for none) and, for the original
-    /// (not a routed copy), how long it took.
+    /// Counts a publication accepted into a channel of `namespace` (`""` for none).
     pub fn published(&self, source: PublicationSource, namespace: &str) {
         self.publications
             .with_label_values(&[source.label(), namespace])
@@ -618,8 +616,8 @@ impl Metrics {
     /// Counts a plugin load or reload and how long it took.
     pub fn plugin_loaded(&self, loaded: bool, took: Duration) {
         let result = if loaded { "loaded" } else { "rejected" };
-        self.plugin_reloads.with_label_values(&[result]).inc();
-        self.plugin_reload_duration.observe(took.as_secs_f64());
+        self.plugin_loads.with_label_values(&[result]).inc();
+        self.plugin_load_duration.observe(took.as_secs_f64());
     }
 
     /// Counts a consumed queue entry of `stream` by result (`published`, `dead_lettered`, `gone`).
@@ -641,7 +639,8 @@ impl Metrics {
             .set(i64::try_from(lag).unwrap_or(i64::MAX));
     }
 
-    /// Counts a refusal by the limit that refused (`connections`, `connections_per_address`, …).
+    /// Counts a refusal by the limit that refused, named by its configuration key (`max_connections`,
+    /// `commands_per_second`, …).
     pub fn limit_refused(&self, limit: &str) {
         self.limit_refusals.with_label_values(&[limit]).inc();
     }
@@ -666,19 +665,19 @@ impl Metrics {
     }
 }
 
+const WEBHOOK_EVENTS: &str = "herald_webhook_events_total";
+const PLUGIN_CALLS: &str = "herald_plugin_calls_total";
+const PLUGIN_DENIES: &str = "herald_plugin_denies_total";
+const PLUGIN_FAILURES: &str = "herald_plugin_failures_total";
+
 /// The families built at scrape time from their owners' counters.
-const SCRAPED_FAMILIES: [&str; 4] = [
-    "herald_webhook_events_total",
-    "herald_plugin_calls_total",
-    "herald_plugin_denies_total",
-    "herald_plugin_failures_total",
-];
+const SCRAPED_FAMILIES: [&str; 4] = [WEBHOOK_EVENTS, PLUGIN_CALLS, PLUGIN_DENIES, PLUGIN_FAILURES];
 
 /// The webhook event counters, built afresh from the webhooks' own at each scrape.
 fn webhook_family(events: [u64; 3]) -> Vec<prometheus::proto::MetricFamily> {
     let family = IntCounterVec::new(
         Opts::new(
-            "herald_webhook_events_total",
+            WEBHOOK_EVENTS,
             "Pusher webhook events by result: sent, failed (given up after retrying), dropped (queue full)",
         ),
         &["result"],
@@ -694,7 +693,7 @@ fn webhook_family(events: [u64; 3]) -> Vec<prometheus::proto::MetricFamily> {
 fn plugin_families(plugins: &[PluginSnapshot]) -> Vec<prometheus::proto::MetricFamily> {
     let calls = IntCounterVec::new(
         Opts::new(
-            "herald_plugin_calls_total",
+            PLUGIN_CALLS,
             "Plugin hook calls, by plugin (since it was last loaded)",
         ),
         &["plugin"],
@@ -702,7 +701,7 @@ fn plugin_families(plugins: &[PluginSnapshot]) -> Vec<prometheus::proto::MetricF
     .expect("valid metric");
     let denies = IntCounterVec::new(
         Opts::new(
-            "herald_plugin_denies_total",
+            PLUGIN_DENIES,
             "Plugin hook calls that denied, by plugin (since it was last loaded)",
         ),
         &["plugin"],
@@ -710,7 +709,7 @@ fn plugin_families(plugins: &[PluginSnapshot]) -> Vec<prometheus::proto::MetricF
     .expect("valid metric");
     let failures = IntCounterVec::new(
         Opts::new(
-            "herald_plugin_failures_total",
+            PLUGIN_FAILURES,
             "Plugin hook calls that failed (the decision failed closed), by plugin, hook and kind",
         ),
         &["plugin", "hook", "kind"],

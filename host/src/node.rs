@@ -317,14 +317,8 @@ impl Node {
     /// The metrics' text exposition, with what is read at scrape time (queue bytes, readiness, plugin
     /// counters) read now.
     pub async fn render_metrics(&self) -> String {
-        let outbound_queue_bytes = self
-            .hub
-            .all_sessions()
-            .iter()
-            .map(|session| session.outbound.queued_bytes() as u64)
-            .sum();
         let snapshot = crate::metrics::Snapshot {
-            outbound_queue_bytes,
+            outbound_queue_bytes: self.hub.outbound_queue_bytes(),
             ready: self.readiness().await.is_ok(),
             webhooks_queued: self.pusher.webhooks.queued() as u64,
             webhook_events: {
