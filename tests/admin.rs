@@ -205,6 +205,7 @@ async fn nothing_behind_the_page_without_a_valid_session() {
     );
 }
 
+/// Wrong passwords put the address into the same back-off as wrong API keys.
 #[tokio::test]
 async fn wrong_passwords_are_backed_off() {
     let server = TestServer::start(&format!(
@@ -227,6 +228,9 @@ async fn wrong_passwords_are_backed_off() {
         );
     }
     assert_eq!(statuses, [401, 401, 429, 429]);
+    // The back-off is the address's, whatever credential it got wrong: the server API waits it out too.
+    let (status, _) = server.api("info", json!({})).await;
+    assert_eq!(status, 429);
     // Even the right password waits out the back-off.
     assert_eq!(
         post(

@@ -10,13 +10,12 @@
 //! back-off as wrong API keys. What the page does goes through the server API's methods, with the server
 //! API's rights.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -26,7 +25,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::limits::ApiGuard;
+use crate::api;
 use crate::node::Node;
 
 const COOKIE: &str = "herald_admin";
@@ -50,7 +49,6 @@ const STYLE: &str = include_str!("admin/app.css");
 struct Admin {
     node: Arc<Node>,
     key: [u8; 32],
-    guard: ApiGuard,
 }
 
 /// The admin routes; none when the page is off, or when it has no password on an address others can reach
@@ -61,9 +59,8 @@ pub fn router(node: Arc<Node>) -> Router {
         return Router::new();
     }
     let admin = Arc::new(Admin {
-        guard: ApiGuard::new(&node.config.limits),
         key: rand::random(),
-        node,
+        node: node.clone(),
     });
     let behind_login = Router::new()
         .route("/admin/api/overview", get(overview))
@@ -80,10 +77,15 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/admin/app.js", get(script))
         .route("/admin/app.css", get(style))
         .route("/admin/session", get(session))
-        .route("/admin/login", post(login))
+        // Wrong passwords count against the per-address back-off of wrong API keys: the same guard.
+        .route(
+            "/admin/login",
+            post(login).layer(middleware::from_fn_with_state(node, api::guard_requests)),
+        )
         .route("/admin/logout", post(logout))
         .merge(behind_login)
         .layer(middleware::from_fn(require_page_header_on_posts))
+        .layer(middleware::map_response(guarded))
         .with_state(admin)
 }
 
@@ -117,8 +119,9 @@ async fn require_page_header_on_posts(
     }
 }
 
-/// Headers every admin response carries: no caching, no framing, only the page's own scripts.
-fn guarded(mut response: Response) -> Response {
+/// Headers every admin response carries (a layer over all of them): no caching, no framing, only the
+/// page's own scripts.
+async fn guarded(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(
@@ -140,7 +143,7 @@ fn guarded(mut response: Response) -> Response {
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
-    guarded(([(header::CONTENT_TYPE, content_type)], body).into_response())
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 async fn page() -> Response {
@@ -213,17 +216,15 @@ impl Admin {
 }
 
 fn refused(status: StatusCode, message: &'static str) -> Response {
-    guarded((status, message).into_response())
+    (status, message).into_response()
 }
 
 fn json(value: &serde_json::Value) -> Response {
-    guarded(
-        (
-            [(header::CONTENT_TYPE, "application/json")],
-            value.to_string(),
-        )
-            .into_response(),
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
     )
+        .into_response()
 }
 
 /// `GET /admin/session`: whether this browser is logged in, and whether there is a login at all.
@@ -240,36 +241,25 @@ struct Login {
     password: String,
 }
 
-/// `POST /admin/login` `{"password": …}`: sets the session cookie, or 401; 429 while the address is in its
-/// back-off after too many wrong passwords.
-async fn login(
-    State(admin): State<Arc<Admin>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    let address = admin.node.admission.client_address(peer, forwarded).ip();
-    if let Err(refusal) = admin.guard.check(address) {
-        admin.node.metrics.limit_refused(refusal.limit());
-        return refused(StatusCode::TOO_MANY_REQUESTS, "too many attempts\n");
-    }
+/// `POST /admin/login` `{"password": …}`: sets the session cookie, or 401 (429 once the address is in its
+/// back-off, which the API's guard around this route answers).
+async fn login(State(admin): State<Arc<Admin>>, request: axum::extract::Request) -> Response {
+    let address = api::client_ip(&admin.node, &request);
+    // The guard has read the whole body already, within `http_api.max_body_size`.
+    let Ok(body) = axum::body::to_bytes(request.into_body(), usize::MAX).await else {
+        return refused(StatusCode::BAD_REQUEST, "unreadable body\n");
+    };
     let Ok(Login { password }) = serde_json::from_slice::<Login>(&body) else {
         return refused(StatusCode::BAD_REQUEST, "expected {\"password\": \"…\"}\n");
     };
     let expected = admin.node.config.admin.password.expose().as_bytes();
     if expected.is_empty() || !bool::from(password.as_bytes().ct_eq(expected)) {
-        tracing::warn!(%address, "admin login refused: wrong password");
-        if let Some(refusal) = admin.guard.failed(address) {
-            // The failure that used up the allowance is answered like the ones that will follow it.
-            admin.node.metrics.limit_refused(refusal.limit());
-            return refused(StatusCode::TOO_MANY_REQUESTS, "too many attempts\n");
-        }
+        tracing::warn!(address = ?address, "admin login refused: wrong password");
         return refused(StatusCode::UNAUTHORIZED, "wrong password\n");
     }
-    tracing::info!(%address, "admin login");
+    tracing::info!(address = ?address, "admin login");
     let ttl = admin.node.config.admin.session_ttl;
-    let mut response = guarded(StatusCode::NO_CONTENT.into_response());
+    let mut response = StatusCode::NO_CONTENT.into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
         admin.cookie(&admin.issue(ttl), ttl.as_secs()),
@@ -279,7 +269,7 @@ async fn login(
 
 /// `POST /admin/logout`: forgets the cookie in this browser.
 async fn logout(State(admin): State<Arc<Admin>>) -> Response {
-    let mut response = guarded(StatusCode::NO_CONTENT.into_response());
+    let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()
         .insert(header::SET_COOKIE, admin.cookie("", 0));
@@ -345,5 +335,5 @@ async fn call(
     if matches!(method.as_str(), "disconnect" | "publish") {
         tracing::info!(method, "admin page action");
     }
-    guarded(crate::api::answer(&admin.node, &method, &body, false).await)
+    crate::api::answer(&admin.node, &method, &body, false).await
 }

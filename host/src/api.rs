@@ -12,7 +12,7 @@
 //! API error `107`, which follows the error mode like every other API error. Absent and `null` fields read
 //! as empty values, as Go's `encoding/json` reads them in Centrifugo, so "missing" and "empty" are one case.
 //!
-//! Before any of that, every request passes the per-address [`ApiGuard`]: over the request rate, or after
+//! Before any of that, every request passes the per-address [`ApiGuard`](crate::limits::ApiGuard): over the request rate, or after
 //! too many wrong keys, it gets `429` with `Retry-After` and is not looked at. Its body must then arrive
 //! within `limits.handshake_timeout` (`408` otherwise) and fit `http_api.max_body_size` (`413`, at once when
 //! `Content-Length` announces more), so a slow or endless body cannot hold a connection.
@@ -40,7 +40,7 @@ use crate::disconnect::Disconnect;
 use crate::engine::{HistoryFilter, StreamPosition};
 use crate::errors::{ClientError, Refusal};
 use crate::glob;
-use crate::limits::{ApiGuard, ApiRefused};
+use crate::limits::ApiRefused;
 use crate::node::{Node, PublishRequest, Source};
 use crate::policy::Grant;
 use crate::protocol::centrifuge::encode::{Object, write_history_result, write_presence_result};
@@ -48,54 +48,49 @@ use crate::protocol::compact_json;
 
 /// The HTTP API surface: the `/api` routes merged with `other_apis` (the Pusher HTTP API's routes, which the
 /// server passes in: the two APIs are peers and neither imports the other), all under one body limit and
-/// one [`ApiGuard`].
+/// the node's [`ApiGuard`](crate::limits::ApiGuard).
 pub fn router(node: Arc<Node>, other_apis: Router<Arc<Node>>) -> Router {
     let limit = node.config.http_api.max_body_size;
-    let guard = Arc::new(Guarded {
-        limits: ApiGuard::new(&node.config.limits),
-        node: node.clone(),
-    });
     Router::new()
         .route("/api/{method}", post(handle))
         .route("/api/plugins", get(plugins))
         .merge(other_apis)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn_with_state(guard, guard_requests))
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            guard_requests,
+        ))
         .with_state(node)
 }
 
-/// What the request guard needs: the limits, and the node for the client-address rules.
-struct Guarded {
-    node: Arc<Node>,
-    limits: ApiGuard,
-}
-
-/// Applies [`ApiGuard`] around every API request. Failed authentications are counted from the `401` the
-/// handlers answer, so the one place that decides about keys ([`authorized`]) stays the only one.
-async fn guard_requests(
-    State(guard): State<Arc<Guarded>>,
+/// Applies the node's [`ApiGuard`](crate::limits::ApiGuard) around a request that presents a credential (every API request, the
+/// admin page's login). Failed authentications are counted from the `401` the handlers answer, so the one
+/// place that decides about a credential (for the API, [`authorized`]) stays the only one.
+pub async fn guard_requests(
+    State(node): State<Arc<Node>>,
     request: Request,
     next: Next,
 ) -> Response {
     // Without a peer (the router driven outside the server) there is no address to keep budgets for.
-    let Some(address) = client_ip(&guard.node, &request) else {
+    let Some(address) = client_ip(&node, &request) else {
         return next.run(request).await;
     };
-    if let Err(refused) = guard.limits.check(address) {
+    let guard = &node.api_guard;
+    if let Err(refused) = guard.check(address) {
         tracing::debug!(%address, reason = %refused, "API request refused");
-        guard.node.metrics.limit_refused(refused.limit());
+        node.metrics.limit_refused(refused.limit());
         return too_many_requests(refused);
     }
-    let request = match read_body(&guard.node, request).await {
+    let request = match read_body(&node, request).await {
         Ok(request) => request,
         Err(refusal) => return refusal,
     };
     let response = next.run(request).await;
     if response.status() == StatusCode::UNAUTHORIZED
-        && let Some(refused) = guard.limits.failed(address)
+        && let Some(refused) = guard.failed(address)
     {
         // The failure that used up the allowance is answered like the ones that will follow it.
-        guard.node.metrics.limit_refused(refused.limit());
+        node.metrics.limit_refused(refused.limit());
         return too_many_requests(refused);
     }
     response
@@ -130,8 +125,8 @@ async fn read_body(node: &Node, request: Request) -> Result<Request, Response> {
     }
 }
 
-/// The client address of an API request: the peer, or what a trusted proxy says it forwards.
-fn client_ip(node: &Node, request: &Request) -> Option<IpAddr> {
+/// The client address of an HTTP request: the peer, or what a trusted proxy says it forwards.
+pub fn client_ip(node: &Node, request: &Request) -> Option<IpAddr> {
     let ConnectInfo(peer) = request.extensions().get::<ConnectInfo<SocketAddr>>()?;
     let forwarded_for = request
         .headers()

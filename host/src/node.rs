@@ -111,6 +111,9 @@ pub struct Node {
     pub plugins: Arc<Plugins>,
     /// Connection admission and rate limits.
     pub admission: Arc<crate::limits::Admission>,
+    /// The per-address request rate and wrong-credential back-off of every entrance that takes a key or a
+    /// password (the HTTP APIs, the admin page's login): one budget per address across all of them.
+    pub api_guard: crate::limits::ApiGuard,
     /// Cancelled when the server shuts down; sessions close with 3001 (Pusher: 4200).
     pub shutdown: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for them.
@@ -189,11 +192,13 @@ impl Node {
         let channels = Channels::new(&config.channel)?;
         let plugins = Arc::new(Plugins::new(&config.plugins, metrics.clone())?);
         let admission = crate::limits::Admission::new(&config.limits);
+        let api_guard = crate::limits::ApiGuard::new(&config.limits);
         let shutdown = CancellationToken::new();
         let pusher = PusherApp::new(&config.pusher, shutdown.clone());
         Ok(Arc::new(Self {
             metrics,
             admission,
+            api_guard,
             channels,
             hub,
             engine,
