@@ -222,20 +222,10 @@ async fn metrics_on_an_address_of_their_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_a_node_and_sees_the_engine_link_go_down() {
     let mut redis = RedisServer::start();
-    let server = TestServer::start(&format!(
-        r#"
-        [metrics]
-        enabled = true
-        key = "{METRICS_KEY}"
-        [engine]
-        type = "redis"
-        [engine.redis]
-        addresses = ["{}"]
-        connect_timeout = "500ms"
-        command_timeout = "1s"
-        "#,
-        redis.url()
-    ))
+    let server = TestServer::start_on_redis(
+        &redis.url(),
+        &format!("[metrics]\nenabled = true\nkey = \"{METRICS_KEY}\"\n"),
+    )
     .await;
     let prometheus = Prometheus::start(&server.addr.to_string());
 

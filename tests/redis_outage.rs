@@ -7,20 +7,14 @@ use herald_tests::{Client, TestServer, WAIT, publication};
 use serde_json::{Value, json};
 
 async fn redis_node(redis: &RedisServer) -> TestServer {
-    TestServer::start(&format!(
+    TestServer::start_on_redis(
+        &redis.url(),
         r#"
-        [engine]
-        type = "redis"
-        [engine.redis]
-        addresses = ["{}"]
-        connect_timeout = "500ms"
-        command_timeout = "1s"
         [channel.defaults]
         allow_publish_for_client = true
         allow_publish_for_anonymous = true
         "#,
-        redis.url()
-    ))
+    )
     .await
 }
 

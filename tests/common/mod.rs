@@ -126,6 +126,25 @@ impl TestServer {
         }
     }
 
+    /// Starts a server on the Redis engine at `redis_url`, with connect and command timeouts short enough
+    /// that an outage shows within a test's wait; `extra` as for [`TestServer::start`].
+    pub async fn start_on_redis(redis_url: &str, extra: &str) -> Self {
+        let mut merged: toml::Table = format!(
+            r#"
+            [engine]
+            type = "redis"
+            [engine.redis]
+            addresses = ["{redis_url}"]
+            connect_timeout = "500ms"
+            command_timeout = "1s"
+            "#
+        )
+        .parse()
+        .expect("redis engine config");
+        merge(&mut merged, extra.parse().expect("test config TOML"));
+        Self::start(&toml::to_string(&merged).expect("serialise config")).await
+    }
+
     /// `ws://…/connection/websocket`.
     pub fn ws_url(&self) -> String {
         format!("ws://{}/connection/websocket", self.addr)
