@@ -2,7 +2,6 @@
 //! lints what Herald serves, and a real Prometheus server scrapes a node and sees a lost Redis link within
 //! seconds — and the counts a connection, a subscription, a publication and a disconnect leave behind.
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -45,33 +44,6 @@ async fn wait_for_sample(server: &TestServer, series: &str, value: f64) -> Strin
     })
     .await
     .unwrap_or_else(|_| panic!("{series} never became {value}"))
-}
-
-/// `promtool check metrics` on `text`: Prometheus' own parser and linter; its complaints, if any.
-fn promtool_check(text: &str) -> Result<(), String> {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus) is installed");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write to promtool");
-    let output = child.wait_with_output().expect("promtool runs");
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ))
-    }
 }
 
 fn metrics_config() -> String {
@@ -181,7 +153,8 @@ async fn a_client_session_is_counted_and_promtool_accepts_the_exposition() {
                 && l.contains("protocol=\"centrifuge\"")),
         "{text}"
     );
-    promtool_check(&text).unwrap_or_else(|problems| panic!("promtool: {problems}\n{text}"));
+    herald_tests::promtool(&["check", "metrics"], std::path::Path::new("."), &text)
+        .unwrap_or_else(|problems| panic!("promtool: {problems}\n{text}"));
 }
 
 /// With `metrics.key` set, a scrape without it (or with another) gets 401; off by default, there is no

@@ -9,7 +9,7 @@ use std::process::Stdio;
 
 use herald::testing::free_port;
 use herald_tests::cluster::herald_binary;
-use herald_tests::{TestServer, WAIT};
+use herald_tests::{TestServer, WAIT, promtool};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -47,24 +47,6 @@ async fn herald_families() -> BTreeSet<String> {
     server.node.metrics.family_names().into_iter().collect()
 }
 
-fn promtool(args: &[&str], dir: &Path) -> Result<String, String> {
-    let output = std::process::Command::new("promtool")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("promtool (Debian package prometheus) is installed");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    if output.status.success() {
-        Ok(text)
-    } else {
-        Err(text)
-    }
-}
-
 /// The alert rules are valid, use only Herald's metrics, and pass their own unit tests.
 #[tokio::test]
 async fn the_alert_rules_are_valid_use_real_metrics_and_fire_as_tested() {
@@ -78,8 +60,8 @@ async fn the_alert_rules_are_valid_use_real_metrics_and_fire_as_tested() {
         unknown.is_empty(),
         "alerts.yml uses unknown metrics {unknown:?}"
     );
-    promtool(&["check", "rules", "alerts.yml"], &dir).unwrap_or_else(|e| panic!("{e}"));
-    promtool(&["test", "rules", "alerts.test.yml"], &dir).unwrap_or_else(|e| panic!("{e}"));
+    promtool(&["check", "rules", "alerts.yml"], &dir, "").unwrap_or_else(|e| panic!("{e}"));
+    promtool(&["test", "rules", "alerts.test.yml"], &dir, "").unwrap_or_else(|e| panic!("{e}"));
 
     let parsed: serde_norway::Value = serde_norway::from_str(&rules).expect("YAML");
     let alerts: BTreeSet<String> = parsed["groups"][0]["rules"]
@@ -136,7 +118,8 @@ async fn the_dashboard_queries_are_valid_promql_over_real_metrics() {
         ));
     }
     std::fs::write(dir.path().join("dashboard.yml"), rules).expect("write rules");
-    promtool(&["check", "rules", "dashboard.yml"], dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    promtool(&["check", "rules", "dashboard.yml"], dir.path(), "")
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// The values the example's Secret would hold, by key.

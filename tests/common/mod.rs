@@ -559,3 +559,34 @@ async fn probe(program: &str, args: &[&str]) -> Result<(bool, String), std::io::
         ),
     ))
 }
+
+/// Runs Prometheus' `promtool` (Debian package `prometheus`) with `args` in `dir`, `input` on its standard
+/// input: everything it printed, as `Err` when it refused.
+pub fn promtool(args: &[&str], dir: &std::path::Path, input: &str) -> Result<String, String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is installed");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write to promtool");
+    let output = child.wait_with_output().expect("promtool runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if output.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
