@@ -392,6 +392,87 @@ async fn invalid_json_closes_with_3501() {
     bystander.finish().await;
 }
 
+/// Protobuf clients (`?cf_protocol=protobuf`): a connect in a binary frame is answered in a binary frame;
+/// truncated varints, lengths past the frame, fields of the wrong type and a text frame close with 3501;
+/// data that is not JSON is refused with 107 and the connection stays; unknown fields are skipped.
+#[tokio::test]
+async fn hostile_protobuf_frames_get_their_codes() {
+    let (server, mut bystander) = setup("").await;
+    let url = format!("{}?cf_protocol=protobuf", server.ws_url());
+    let open = async || -> Ws {
+        let mut ws = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(&url))
+            .await
+            .expect("ws open in time")
+            .expect("ws open")
+            .0;
+        // Length 4: id 1 (field 1), connect (field 4, empty).
+        ws.send(Message::binary(vec![4, 0x08, 0x01, 0x22, 0x00]))
+            .await
+            .expect("send connect");
+        match next_message(&mut ws).await {
+            // The reply's id 1, then field 5 (the connect result).
+            Some(Message::Binary(reply)) => {
+                assert_eq!(reply[1..4], [0x08, 0x01, 0x2a], "{reply:?}")
+            }
+            other => panic!("expected a binary connect reply, got {other:?}"),
+        }
+        ws
+    };
+    let garbage: [(&str, Message); 5] = [
+        ("a varint that never ends", Message::binary(vec![0xff; 11])),
+        (
+            "a length past the frame",
+            Message::binary(vec![9, 0x08, 0x02]),
+        ),
+        (
+            "id sent as a string",
+            Message::binary(vec![3, 0x0a, 0x01, 0x00]),
+        ),
+        (
+            "a nested length past its parent",
+            Message::binary(vec![4, 0x2a, 0x09, 0x0a, 0x00]),
+        ),
+        (
+            "a text frame",
+            Message::text(r#"{"id":2,"presence":{"channel":"a"}}"#),
+        ),
+    ];
+    bystander
+        .during(async {
+            for (what, message) in garbage {
+                let mut ws = open().await;
+                ws.send(message).await.expect("send");
+                assert_eq!(close_code(&mut ws).await, 3501, "{what}");
+            }
+            let mut ws = open().await;
+            // id 2, unknown field 99, publish {channel "a", data 0xff}: refused, not closed.
+            let command = [
+                0x08, 0x02, 0x9a, 0x06, 0x01, b'x', 0x3a, 0x06, 0x0a, 0x01, b'a', 0x12, 0x01, 0xff,
+            ];
+            let mut frame = vec![command.len() as u8];
+            frame.extend(command);
+            ws.send(Message::binary(frame)).await.expect("send publish");
+            match next_message(&mut ws).await {
+                // id 2, then the error (field 2) with code 107 (field 1).
+                Some(Message::Binary(reply)) => {
+                    assert_eq!(reply[1..6], [0x08, 0x02, 0x12, reply[4], 0x08], "{reply:?}");
+                    assert_eq!(reply[6], 107, "{reply:?}");
+                }
+                other => panic!("expected the error reply, got {other:?}"),
+            }
+            // Still usable: an empty `ping` command (id 3, field 11) is answered.
+            ws.send(Message::binary(vec![4, 0x08, 0x03, 0x5a, 0x00]))
+                .await
+                .expect("send ping");
+            match next_message(&mut ws).await {
+                Some(Message::Binary(reply)) => assert_eq!(reply[1..3], [0x08, 0x03], "{reply:?}"),
+                other => panic!("expected the ping's reply, got {other:?}"),
+            }
+        })
+        .await;
+    bystander.finish().await;
+}
+
 /// Messages over `websocket.max_message_size` close with 1009: a real 1 MiB message, a frame whose header
 /// announces a terabyte (refused on the header, without waiting for the payload), and a giant message
 /// sent in 8 KiB fragments (the limit is per message, not per frame). Just under the limit is served.

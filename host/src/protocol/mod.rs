@@ -11,7 +11,6 @@ pub mod centrifuge;
 pub mod pusher;
 
 use bytes::Bytes;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::disconnect::Disconnect;
 use crate::engine::{ClientInfo, Publication};
@@ -31,8 +30,10 @@ pub trait Wire: Sync {
     fn leave(&self, channel: &str, who: &ClientInfo) -> Frame;
     /// Whether a subscriber hears of its own joins and leaves.
     fn hears_own_presence(&self) -> bool;
-    /// Whether the writer may join queued frames into one WebSocket message (newline-separated).
-    fn joins_frames(&self) -> bool;
+    /// How the writer may join queued frames into one WebSocket message: the bytes between two frames
+    /// (a newline for newline-delimited JSON, nothing for self-delimiting ones), or `None` when every
+    /// frame must go as its own message.
+    fn frame_separator(&self) -> Option<&'static [u8]>;
     /// The close this protocol's clients must see for `disconnect`, a close decided by the core.
     fn close(&self, disconnect: Disconnect) -> Disconnect;
 }
@@ -40,15 +41,17 @@ pub trait Wire: Sync {
 /// The client protocols a connection may speak; the hub encodes each publication once per protocol in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
-    /// The Centrifugo client protocol (JSON).
+    /// The Centrifugo client protocol, JSON encoding.
     Centrifuge,
+    /// The Centrifugo client protocol, Protobuf encoding.
+    CentrifugeProtobuf,
     /// The Pusher Channels protocol v7.
     Pusher,
 }
 
 impl Protocol {
     /// How many protocols there are, for per-protocol tables.
-    pub const COUNT: usize = 2;
+    pub const COUNT: usize = 3;
 
     /// Position in per-protocol tables.
     pub const fn index(self) -> usize {
@@ -56,12 +59,13 @@ impl Protocol {
     }
 
     /// Every protocol, in [`Protocol::index`] order.
-    pub const ALL: [Self; Self::COUNT] = [Self::Centrifuge, Self::Pusher];
+    pub const ALL: [Self; Self::COUNT] = [Self::Centrifuge, Self::CentrifugeProtobuf, Self::Pusher];
 
     /// Its name in metrics' `protocol` label.
     pub const fn label(self) -> &'static str {
         match self {
             Self::Centrifuge => "centrifuge",
+            Self::CentrifugeProtobuf => "centrifuge-protobuf",
             Self::Pusher => "pusher",
         }
     }
@@ -70,63 +74,95 @@ impl Protocol {
     pub fn wire(self) -> &'static dyn Wire {
         match self {
             Self::Centrifuge => &centrifuge::Centrifuge,
+            Self::CentrifugeProtobuf => &centrifuge::CentrifugeProtobuf,
             Self::Pusher => &pusher::Pusher,
         }
     }
 }
 
-/// One encoded, complete message for a client: UTF-8 text, shared cheaply between subscribers.
+/// One encoded, complete message for a client, shared cheaply between subscribers: UTF-8 text (the JSON
+/// protocols) or binary (Protobuf).
 ///
-/// The text is checked once, when it is encoded, and kept as the WebSocket layer's shared string type:
-/// the writer of every subscriber hands the same buffer to the WebSocket library without copying it or
-/// checking its UTF-8 again (with thousands of subscribers both showed up in profiles).
+/// Text is checked once, when it is encoded: the writer of every subscriber sends the same buffer
+/// without copying it or checking its UTF-8 again (with thousands of subscribers both showed up in
+/// profiles).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame(Utf8Bytes);
+pub struct Frame {
+    bytes: Bytes,
+    binary: bool,
+}
 
 impl Frame {
     /// Wraps encoded text, checking once that it is UTF-8. The encoders only assemble valid UTF-8 from
     /// validated parts, so a failure is a bug: it is logged and the invalid sequences replaced, rather
     /// than failing every subscriber's connection.
     pub fn new(text: Vec<u8>) -> Self {
-        match String::from_utf8(text) {
-            Ok(text) => Self(Utf8Bytes::from(text)),
+        let text = match String::from_utf8(text) {
+            Ok(text) => text,
             Err(error) => {
                 tracing::error!("encoder produced invalid UTF-8; replacing the invalid sequences");
-                Self(Utf8Bytes::from(
-                    String::from_utf8_lossy(error.as_bytes()).into_owned(),
-                ))
+                String::from_utf8_lossy(error.as_bytes()).into_owned()
             }
+        };
+        Self {
+            bytes: Bytes::from(text),
+            binary: false,
         }
     }
 
     /// A frame from static text.
     pub const fn from_static(text: &'static str) -> Self {
-        Self(Utf8Bytes::from_static(text))
+        Self {
+            bytes: Bytes::from_static(text.as_bytes()),
+            binary: false,
+        }
     }
 
-    /// The encoded bytes (always valid UTF-8).
+    /// A binary frame.
+    pub fn binary(bytes: Vec<u8>) -> Self {
+        Self {
+            bytes: Bytes::from(bytes),
+            binary: true,
+        }
+    }
+
+    /// A binary frame from static bytes.
+    pub const fn binary_static(bytes: &'static [u8]) -> Self {
+        Self {
+            bytes: Bytes::from_static(bytes),
+            binary: true,
+        }
+    }
+
+    /// Whether it goes out as a binary WebSocket message rather than text.
+    pub fn is_binary(&self) -> bool {
+        self.binary
+    }
+
+    /// The encoded bytes (valid UTF-8 unless binary).
     pub fn bytes(&self) -> &[u8] {
-        self.0.as_bytes()
+        &self.bytes
     }
 
-    /// The text.
+    /// The text of a text frame.
+    #[cfg(test)]
     pub fn as_str(&self) -> &str {
-        self.0.as_str()
+        std::str::from_utf8(&self.bytes).expect("a text frame")
     }
 
     /// The encoded bytes as a shared handle (not a copy).
     pub fn into_bytes(self) -> Bytes {
-        self.0.into()
+        self.bytes
     }
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.bytes.len()
     }
 
     /// Whether the frame is empty.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.bytes.is_empty()
     }
 }
 

@@ -18,7 +18,7 @@ use crate::protocol::Frame;
 use crate::protocol::centrifuge::command::{
     ConnectRequest, RefreshRequest, RpcRequest, SubRefreshRequest,
 };
-use crate::protocol::centrifuge::encode;
+use crate::protocol::centrifuge::encode::ConnectResult;
 
 use super::heartbeat::Beat;
 use super::skeleton::Decisions;
@@ -131,7 +131,7 @@ impl Session {
         self.state = State::Connected;
         self.expires_at = ttl.map(|ttl| Instant::now() + Duration::from_secs(ttl.into()));
         let transport_ping = self.transport_ping;
-        let result = encode::ConnectResult {
+        let result = ConnectResult {
             client: self.client.to_string(),
             version: VERSION.into(),
             ttl,
@@ -144,7 +144,7 @@ impl Session {
             pong: !transport_ping,
             ..Default::default()
         };
-        self.reply(encode::connect_reply(id, &result));
+        self.reply(self.codec.connect_reply(id, &result));
         self.heartbeat.connected(Instant::now());
         tracing::debug!(client = %self.client, user = %self.user, remote = %self.conn.remote, "client connected");
         for channel in identity.channels {
@@ -195,7 +195,7 @@ impl Session {
                     None => None,
                 };
                 self.expires_at = ttl.map(|ttl| Instant::now() + Duration::from_secs(ttl.into()));
-                Ok(encode::refresh_reply(id, &self.client, VERSION, ttl))
+                Ok(self.codec.refresh_reply(id, &self.client, VERSION, ttl))
             }
         }
     }
@@ -244,7 +244,7 @@ impl Session {
                     subscription.expires_at =
                         ttl.map(|ttl| Instant::now() + Duration::from_secs(ttl.into()));
                 }
-                Ok(encode::sub_refresh_reply(id, ttl))
+                Ok(self.codec.sub_refresh_reply(id, ttl))
             }
         }
     }
@@ -263,7 +263,7 @@ impl Session {
             })
             .await;
         match decision {
-            RpcDecision::Reply(data) => Ok(encode::rpc_reply(id, &valid_json(data)?)),
+            RpcDecision::Reply(data) => Ok(self.codec.rpc_reply(id, &valid_json(data)?)),
             RpcDecision::Denied(deny) => Err(Refusal::from_code(deny.code, deny.reason)),
             RpcDecision::Unanswered => Err(ClientError::METHOD_NOT_FOUND.into()),
         }
@@ -337,16 +337,15 @@ impl Session {
             .collect();
         for channel in expired {
             self.unsubscribe(&channel).await;
-            self.reply(encode::unsubscribe_push(
-                &channel,
-                2501,
-                "subscription expired",
-            ));
+            self.reply(
+                self.codec
+                    .unsubscribe_push(&channel, 2501, "subscription expired"),
+            );
         }
         match self.heartbeat.beat(now) {
             Some(Beat::Ping) if self.transport_ping => self.conn.outbound.push_transport_ping(),
             Some(Beat::Ping) => {
-                self.conn.outbound.push(encode::PING);
+                self.conn.outbound.push(self.codec.ping());
             }
             Some(Beat::Close(disconnect)) => return Err(disconnect),
             None => {}

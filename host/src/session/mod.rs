@@ -31,11 +31,11 @@ use crate::hub::{ClientId, SessionCommand, SessionHandle};
 use crate::node::{ClientInfo, HistoryFilter, Node, PublishRequest, Source, StreamPosition};
 use crate::plugin::bindings::{self, AccessKind};
 use crate::policy::{self, Action, Requester};
+use crate::protocol::Frame;
+use crate::protocol::centrifuge::Codec;
 use crate::protocol::centrifuge::command::{
-    ChannelRequest, Command, HistoryRequest, Method, PublishRequest as ClientPublish,
+    ChannelRequest, Command, DecodeError, HistoryRequest, Method, PublishRequest as ClientPublish,
 };
-use crate::protocol::centrifuge::encode;
-use crate::protocol::{Frame, Protocol};
 
 use crate::outbound::Outbound;
 use heartbeat::Heartbeat;
@@ -46,8 +46,8 @@ use skeleton::{Connection, Decisions};
 pub enum Incoming {
     /// A text message (valid UTF-8).
     Text(Bytes),
-    /// A binary message: not part of the JSON protocol.
-    Binary,
+    /// A binary message (Protobuf; not part of the JSON protocols).
+    Binary(Bytes),
     /// A transport-level pong.
     Pong,
     /// A message over the inbound size limit.
@@ -100,6 +100,8 @@ struct Subscription {
 #[derive(Debug)]
 pub struct Session {
     conn: Connection<Subscription>,
+    /// The connection's encoding (JSON or Protobuf).
+    codec: &'static dyn Codec,
     /// Heartbeat with transport ping frames (see [`ConnectionInfo::transport_ping`]).
     transport_ping: bool,
     /// The upgrade request's headers and query, for the connect hook (a refresh runs it again).
@@ -116,8 +118,14 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session for a connection that just opened; the transport writes what `outbound` receives.
-    pub fn new(node: Arc<Node>, outbound: Arc<Outbound>, connection: ConnectionInfo) -> Self {
+    /// A session for a connection that just opened, speaking `codec`; the transport writes what
+    /// `outbound` receives.
+    pub fn new(
+        node: Arc<Node>,
+        outbound: Arc<Outbound>,
+        connection: ConnectionInfo,
+        codec: &'static dyn Codec,
+    ) -> Self {
         let c = &node.config.client;
         let heartbeat = Heartbeat::new(
             Instant::now(),
@@ -133,7 +141,8 @@ impl Session {
             query,
         } = connection;
         Self {
-            conn: Connection::new(node, outbound, remote, Protocol::Centrifuge, transport),
+            conn: Connection::new(node, outbound, remote, codec.protocol(), transport),
+            codec,
             transport_ping,
             headers,
             query,
@@ -155,12 +164,22 @@ impl Session {
         skeleton::run(self, incoming)
     }
 
-    async fn handle_frame(&mut self, text: &str) -> Result<(), Disconnect> {
-        for command in Command::decode_frame(text) {
-            let command = command.map_err(|error| {
-                tracing::debug!(remote = %self.conn.remote, %error, "bad command");
-                Disconnect::BAD_REQUEST
-            })?;
+    async fn handle_message(&mut self, message: &[u8], binary: bool) -> Result<(), Disconnect> {
+        for command in self.codec.decode(message, binary)? {
+            let command = match command {
+                Ok(command) => command,
+                Err(DecodeError::NotJson { id }) => {
+                    if id > 0 {
+                        let error = ClientError::BAD_REQUEST.with_message("data must be JSON");
+                        self.reply(self.codec.error_reply(id, &error));
+                    }
+                    continue;
+                }
+                Err(error) => {
+                    tracing::debug!(remote = %self.conn.remote, %error, "bad command");
+                    return Err(Disconnect::BAD_REQUEST);
+                }
+            };
             // Heartbeat answers are not requests; everything else counts against the rate.
             if command.method != Method::Pong {
                 self.conn.handling(command.method.name());
@@ -186,7 +205,7 @@ impl Session {
     /// The error reply to command `id`, counted under the command being handled.
     fn error_reply(&self, id: u32, error: &ClientError) -> Frame {
         self.conn.command_failed(error.code);
-        encode::error_reply(id, error)
+        self.codec.error_reply(id, error)
     }
 
     /// Queues the reply, or the error; a refusal that closes the connection is returned.
@@ -216,7 +235,7 @@ impl Session {
             (State::Connected, Method::Unsubscribe(ChannelRequest { channel })) => {
                 require_channel(&channel)?;
                 self.unsubscribe(&channel).await;
-                self.reply(encode::empty_reply(id, "unsubscribe"));
+                self.reply(self.codec.unsubscribe_reply(id));
                 Ok(())
             }
             (State::Connected, Method::Publish(request)) => {
@@ -224,7 +243,7 @@ impl Session {
                 let result = self
                     .publish(request)
                     .await
-                    .map(|_| encode::empty_reply(id, "publish"));
+                    .map(|_| self.codec.publish_reply(id));
                 self.reply_result(id, result)
             }
             (State::Connected, Method::History(request)) => {
@@ -331,11 +350,9 @@ impl Session {
             .node
             .history(&request.channel, &filter, grant)
             .await?;
-        Ok(encode::history_reply(
-            id,
-            &result.publications,
-            &result.position,
-        ))
+        Ok(self
+            .codec
+            .history_reply(id, &result.publications, &result.position))
     }
 
     async fn presence(&self, id: u32, channel: &str, stats: bool) -> Result<Frame, Refusal> {
@@ -346,12 +363,13 @@ impl Session {
         let grant = self.may_read(channel, o, AccessKind::Presence).await?;
         if stats {
             let s = self.conn.node.presence_stats(channel, grant).await?;
-            Ok(encode::presence_stats_reply(id, s.num_clients, s.num_users))
+            Ok(self
+                .codec
+                .presence_stats_reply(id, s.num_clients, s.num_users))
         } else {
-            Ok(encode::presence_reply(
-                id,
-                &self.conn.node.presence(channel, grant).await?,
-            ))
+            Ok(self
+                .codec
+                .presence_reply(id, &self.conn.node.presence(channel, grant).await?))
         }
     }
 }
@@ -377,14 +395,8 @@ impl Decisions for Session {
 
     async fn incoming(&mut self, item: Incoming) -> Result<(), Disconnect> {
         match item {
-            Incoming::Text(bytes) => {
-                let text = std::str::from_utf8(&bytes).map_err(|_| Disconnect::INVALID_PAYLOAD)?;
-                self.handle_frame(text).await
-            }
-            Incoming::Binary => {
-                tracing::debug!(remote = %self.conn.remote, "binary frame on a JSON connection");
-                Err(Disconnect::BAD_REQUEST)
-            }
+            Incoming::Text(bytes) => self.handle_message(&bytes, false).await,
+            Incoming::Binary(bytes) => self.handle_message(&bytes, true).await,
             Incoming::Pong => {
                 if self.transport_ping {
                     self.heartbeat.pong();
@@ -401,11 +413,10 @@ impl Decisions for Session {
             SessionCommand::Subscribe { channel } => self.server_subscribe(&channel).await,
             SessionCommand::Unsubscribe { channel } => {
                 if self.unsubscribe(&channel).await {
-                    self.reply(encode::unsubscribe_push(
-                        &channel,
-                        2000,
-                        "server unsubscribe",
-                    ));
+                    self.reply(
+                        self.codec
+                            .unsubscribe_push(&channel, 2000, "server unsubscribe"),
+                    );
                 }
             }
             SessionCommand::Resubscribe { channel } => {
@@ -418,11 +429,10 @@ impl Decisions for Session {
                     return;
                 }
                 self.unsubscribe(&channel).await;
-                self.reply(encode::unsubscribe_push(
-                    &channel,
-                    2500,
-                    "insufficient state",
-                ));
+                self.reply(
+                    self.codec
+                        .unsubscribe_push(&channel, 2500, "insufficient state"),
+                );
             }
         }
     }

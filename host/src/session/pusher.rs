@@ -772,7 +772,7 @@ impl Decisions for PusherSession {
                 self.handle_text(text).await
             }
             // Pusher has no binary messages; a client sending one gets told, the connection stays.
-            Incoming::Binary => {
+            Incoming::Binary(_) => {
                 self.conn
                     .outbound
                     .push(codec::error(None, "binary messages are not supported"));

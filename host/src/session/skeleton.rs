@@ -378,7 +378,12 @@ mod tests {
             query: crate::session::Pairs::default(),
         };
         let incoming = || futures_util::stream::pending::<Incoming>();
-        let centrifuge = Session::new(node.clone(), outbound.clone(), connection.clone());
+        let centrifuge = Session::new(
+            node.clone(),
+            outbound.clone(),
+            connection.clone(),
+            &crate::protocol::centrifuge::Centrifuge,
+        );
         let centrifuge = centrifuge.run(incoming());
         let pusher = PusherSession::new(node, outbound, connection).run(incoming());
         let sizes = [

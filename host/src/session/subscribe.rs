@@ -17,7 +17,7 @@ use crate::plugin::chain::Decision;
 use crate::policy::{self, Action, Grant, Requester};
 use crate::protocol::Frame;
 use crate::protocol::centrifuge::command::{FLAG_REJECT_UNRECOVERED, SubscribeRequest};
-use crate::protocol::centrifuge::encode::{self, SubscribeResult};
+use crate::protocol::centrifuge::encode::SubscribeResult;
 
 use super::connect::{plugin_json, ttl_until};
 use super::{Session, Subscription, require_channel};
@@ -132,9 +132,10 @@ impl Session {
             ttl,
             server_side: false,
         };
+        let codec = self.codec;
         Ok(self
-            .open(channel, options, mode, admitted, |result| {
-                encode::subscribe_reply(id, result)
+            .open(channel, options, mode, admitted, move |result| {
+                codec.subscribe_reply(id, result)
             })
             .await?)
     }
@@ -170,9 +171,10 @@ impl Session {
             server_side: true,
             ..Mode::default()
         };
+        let codec = self.codec;
         if let Err(error) = self
-            .open(channel, options, mode, admitted, |result| {
-                encode::subscribe_push(channel, result)
+            .open(channel, options, mode, admitted, move |result| {
+                codec.subscribe_push(channel, result)
             })
             .await
         {

@@ -10,11 +10,14 @@
 //      expect it right after n=7 (proves there were no duplicates)
 //
 // Env: HERALD_WS_URL, HERALD_API_URL, HERALD_API_KEY, HERALD_CHANNEL
-//      (optional) HERALD_E2E_TIMEOUT: overall timeout in seconds, default 30.
+//      (optional) HERALD_E2E_TIMEOUT: overall timeout in seconds, default 30;
+//      HERALD_PROTOCOL=protobuf: the SDK's Protobuf build.
 // Exits 0 on success, 1 on a failed check or timeout, 2 on bad configuration.
 'use strict';
 
-const { Centrifuge } = require('centrifuge');
+// HERALD_PROTOCOL=protobuf runs the same scenario with the SDK's Protobuf build.
+const PROTOBUF = process.env.HERALD_PROTOCOL === 'protobuf';
+const { Centrifuge } = require(PROTOBUF ? 'centrifuge/build/protobuf' : 'centrifuge');
 const WebSocket = require('ws');
 const { readEnv, CheckError, check, within, apiCall } = require('./common');
 
@@ -172,10 +175,12 @@ async function main() {
     log(lastError);
   });
   sub.on('publication', (ctx) => {
-    const n = ctx.data && ctx.data.n;
+    // In Protobuf, data is the JSON text's bytes.
+    const data = PROTOBUF ? JSON.parse(Buffer.from(ctx.data).toString('utf8')) : ctx.data;
+    const n = data && data.n;
     summary.received.push({ n, offset: ctx.offset, afterResubscribe: subscribedTwice });
     log(`publication n=${n} offset=${ctx.offset}`);
-    pubs.push({ data: ctx.data, offset: ctx.offset, afterResubscribe: subscribedTwice });
+    pubs.push({ data, offset: ctx.offset, afterResubscribe: subscribedTwice });
   });
 
   // ---- 1. connect + subscribe

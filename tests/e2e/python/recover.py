@@ -10,7 +10,8 @@
      expect it right after n=7 (proves there were no duplicates)
 
 Env: HERALD_WS_URL, HERALD_API_URL, HERALD_API_KEY, HERALD_CHANNEL
-     (optional) HERALD_E2E_TIMEOUT: overall timeout in seconds, default 30.
+     (optional) HERALD_E2E_TIMEOUT: overall timeout in seconds, default 30;
+     HERALD_PROTOCOL=protobuf: the SDK in Protobuf mode.
 Exits 0 on success, 1 on a failed check or timeout, 2 on bad configuration.
 """
 
@@ -39,6 +40,9 @@ from centrifuge import (
 )
 
 T0 = time.monotonic()
+
+# HERALD_PROTOCOL=protobuf runs the same scenario in the SDK's Protobuf mode.
+PROTOBUF = os.environ.get("HERALD_PROTOCOL") == "protobuf"
 
 
 def elapsed_ms() -> int:
@@ -288,6 +292,9 @@ class SubEvents(SubscriptionEventHandler):
 
     async def on_publication(self, ctx: PublicationContext) -> None:
         data = ctx.pub.data
+        if PROTOBUF:
+            # In Protobuf, data is the JSON text's bytes.
+            data = json.loads(data)
         n = data.get("n") if isinstance(data, dict) else None
         after = self.st.subscribed_count >= 2
         SUMMARY["received"].append({"n": n, "offset": ctx.pub.offset, "after_resubscribe": after})
@@ -429,6 +436,7 @@ async def main() -> int:
         max_reconnect_delay=2.0,
         timeout=5.0,
         proxy=None,  # connect directly, ignore any proxy environment
+        use_protobuf=PROTOBUF,
     )
     task = asyncio.ensure_future(scenario(st, client))
     ok, message = False, None

@@ -20,6 +20,13 @@ pub enum DecodeError {
     /// A command with no method the server knows.
     #[error("unknown method")]
     UnknownMethod,
+    /// A Protobuf command whose payload is not JSON text: the command is refused (error 107), the
+    /// connection stays.
+    #[error("data is not JSON")]
+    NotJson {
+        /// The command's id, for the error reply.
+        id: u32,
+    },
 }
 
 /// A stream position sent by a client.
@@ -293,7 +300,7 @@ impl Command {
         })
     }
 
-    /// Decodes a frame: commands separated by `\n`, in order. A trailing newline is fine.
+    /// Decodes a text frame: commands separated by `\n`, in order. A trailing newline is fine.
     pub fn decode_frame(frame: &str) -> impl Iterator<Item = Result<Self, DecodeError>> + '_ {
         let frame = frame.strip_suffix('\n').unwrap_or(frame);
         frame.split('\n').map(Self::decode)

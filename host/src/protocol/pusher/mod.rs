@@ -40,8 +40,8 @@ impl Wire for Pusher {
     }
 
     /// pusher-js reads one event per WebSocket message.
-    fn joins_frames(&self) -> bool {
-        false
+    fn frame_separator(&self) -> Option<&'static [u8]> {
+        None
     }
 
     fn close(&self, disconnect: Disconnect) -> Disconnect {

@@ -24,6 +24,7 @@ use crate::limits::Slot;
 use crate::node::Node;
 use crate::outbound::Outbound;
 use crate::protocol::Protocol;
+use crate::protocol::centrifuge::{Centrifuge, CentrifugeProtobuf, Codec};
 use crate::session::{ConnectionInfo, Incoming, Session};
 use crate::transport::socket::Socket;
 
@@ -37,6 +38,25 @@ pub struct WebsocketQuery {
     /// `true` switches the heartbeat to WebSocket ping frames.
     #[serde(default)]
     cf_ws_frame_ping_pong: Option<String>,
+    /// `protobuf` selects the Protobuf encoding.
+    #[serde(default)]
+    cf_protocol: Option<String>,
+    /// The older name of `cf_protocol`.
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// The subprotocol a Protobuf client offers (centrifuge-js and centrifuge-python in Protobuf mode).
+const PROTOBUF_SUBPROTOCOL: &str = "centrifuge-protobuf";
+
+impl WebsocketQuery {
+    /// Whether the query asks for Protobuf (the SDKs' HTTP-based transports and older clients say so
+    /// there; over WebSocket they offer the subprotocol).
+    fn asks_protobuf(&self) -> bool {
+        [&self.cf_protocol, &self.format]
+            .into_iter()
+            .any(|value| value.as_deref() == Some("protobuf"))
+    }
 }
 
 /// The axum handler for `/connection/websocket`.
@@ -61,27 +81,34 @@ pub async fn websocket_handler(
         &headers,
         raw_query.as_deref(),
     ));
-    upgrade.accept(&["centrifuge-json"], move |socket, read_ahead| {
-        serve_centrifuge(node, socket, read_ahead, slot, connection)
+    let (codec, subprotocols): (&'static dyn Codec, _) =
+        if upgrade.offers(PROTOBUF_SUBPROTOCOL) || query.asks_protobuf() {
+            (&CentrifugeProtobuf, [PROTOBUF_SUBPROTOCOL])
+        } else {
+            (&Centrifuge, ["centrifuge-json"])
+        };
+    upgrade.accept(&subprotocols, move |socket, read_ahead| {
+        serve_centrifuge(node, socket, read_ahead, slot, connection, codec)
     })
 }
 
-/// Serves an upgraded connection with a Centrifugo protocol session.
+/// Serves an upgraded connection with a Centrifugo protocol session in `codec`'s encoding.
 fn serve_centrifuge(
     node: Arc<Node>,
     socket: Socket,
     read_ahead: Bytes,
     slot: Slot,
     connection: Box<ConnectionInfo>,
+    codec: &'static dyn Codec,
 ) -> impl Future<Output = ()> {
     serve(
         node,
         socket,
         read_ahead,
         slot,
-        Protocol::Centrifuge,
-        async |node, outbound, messages| {
-            Session::new(node, outbound, unbox(connection))
+        codec.protocol(),
+        async move |node, outbound, messages| {
+            Session::new(node, outbound, unbox(connection), codec)
                 .run(messages)
                 .await;
         },
@@ -321,7 +348,7 @@ impl futures_util::Stream for Messages<'_> {
         loop {
             let item = match std::task::ready!(reader.poll_next(cx)) {
                 Some(Event::Text(text)) => Some(Incoming::Text(text)),
-                Some(Event::Binary(_)) => Some(Incoming::Binary),
+                Some(Event::Binary(bytes)) => Some(Incoming::Binary(bytes)),
                 Some(Event::Pong(_)) => Some(Incoming::Pong),
                 // The reader answered it.
                 Some(Event::Ping(_)) => continue,
@@ -586,7 +613,14 @@ mod tests {
         let (_client, (socket, remote)) = (client.unwrap(), accepted.unwrap());
         let slot = node.admission.admit(remote.ip()).expect("admitted");
         let connection = Box::new(connection_info(remote, false, &HeaderMap::new(), None));
-        let serving = serve_centrifuge(node, Socket::plain(socket), Bytes::new(), slot, connection);
+        let serving = serve_centrifuge(
+            node,
+            Socket::plain(socket),
+            Bytes::new(),
+            slot,
+            connection,
+            &Centrifuge,
+        );
         let session = std::mem::size_of::<crate::session::Session>();
         let size = std::mem::size_of_val(&serving);
         println!("connection future: {size} bytes (the session alone: {session})");

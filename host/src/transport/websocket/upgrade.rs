@@ -103,6 +103,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
 }
 
 impl Upgrade {
+    /// Whether the client offered subprotocol `protocol`.
+    pub(in crate::transport) fn offers(&self, protocol: &str) -> bool {
+        self.offered
+            .as_ref()
+            .and_then(|offered| offered.to_str().ok())
+            .is_some_and(|offered| offered.split(',').any(|p| p.trim() == protocol))
+    }
+
     /// Accepts the upgrade: the `101` response (with the first subprotocol the client offered that is in
     /// `protocols`), and a task that runs `serve` on the socket once hyper hands it over, with the bytes
     /// hyper read past the request.

@@ -76,11 +76,18 @@ pub(super) fn close_frame(disconnect: &Disconnect) -> Bytes {
     control(Control::Close, &payload)
 }
 
-const TEXT: OpCode = OpCode::Data(Data::Text);
+/// The opcode a frame goes out with.
+fn opcode(frame: &Frame) -> OpCode {
+    OpCode::Data(if frame.is_binary() {
+        Data::Binary
+    } else {
+        Data::Text
+    })
+}
 
 impl Transmit for Socket {
     fn try_transmit(&self, frame: &Frame) -> Transmitted {
-        let (head, head_len) = header(TEXT, frame.len());
+        let (head, head_len) = header(opcode(frame), frame.len());
         let total = head_len + frame.len();
         let parts = [IoSlice::new(&head[..head_len]), IoSlice::new(frame.bytes())];
         match self.try_write_vectored(&parts) {
@@ -111,12 +118,14 @@ pub(super) async fn write_loop(
     write_timeout: Duration,
     join_up_to: usize,
 ) -> bool {
-    let join_up_to = if wire.joins_frames() { join_up_to } else { 0 };
+    let separator = wire.frame_separator();
+    let join_up_to = if separator.is_some() { join_up_to } else { 0 };
+    let separator = Bytes::from_static(separator.unwrap_or_default());
     let mut batch = Batch::default();
     loop {
         outbound.next_batch_into(&mut batch).await;
         if !batch.items.is_empty() || socket.holds_back() {
-            let mut chunks = framed(&mut batch.items, join_up_to);
+            let mut chunks = framed(&mut batch.items, &separator, join_up_to);
             // Boxed, like everything only a busy connection needs: the loop lives as long as the
             // connection, and its idle state is what every connection pays for.
             if !Box::pin(write_all(socket, &mut chunks, write_timeout)).await {
@@ -143,10 +152,10 @@ async fn end_with(socket: &Socket, wire: &dyn Wire, close: Disconnect, timeout: 
     sent
 }
 
-/// A batch as the byte chunks to write: each run of frames joined, newline-separated, into messages of up
-/// to `join_up_to` bytes (a frame over it goes alone), every message with its header. The frames are not
-/// copied; the headers share one small buffer.
-fn framed(items: &mut VecDeque<Outgoing>, join_up_to: usize) -> VecDeque<Bytes> {
+/// A batch as the byte chunks to write: each run of frames of one kind (text or binary) joined with
+/// `separator` into messages of up to `join_up_to` bytes (a frame over it goes alone), every message with
+/// its header. The frames are not copied; the headers share one small buffer.
+fn framed(items: &mut VecDeque<Outgoing>, separator: &Bytes, join_up_to: usize) -> VecDeque<Bytes> {
     let mut chunks = VecDeque::with_capacity(items.len() * 2);
     let mut headers = BytesMut::with_capacity(items.len() * 4);
     let mut push_header = |chunks: &mut VecDeque<Bytes>, opcode: OpCode, length: usize| {
@@ -171,17 +180,18 @@ fn framed(items: &mut VecDeque<Outgoing>, join_up_to: usize) -> VecDeque<Bytes> 
         };
         let (mut end, mut len) = (start + 1, first.len());
         while let Some(Outgoing::Frame(next)) = items.get(end) {
-            if len + 1 + next.len() > join_up_to {
+            let joined = len + separator.len() + next.len();
+            if joined > join_up_to || next.is_binary() != first.is_binary() {
                 break;
             }
-            len += 1 + next.len();
+            len = joined;
             end += 1;
         }
-        push_header(&mut chunks, TEXT, len);
+        push_header(&mut chunks, opcode(first), len);
         for (i, item) in items.range(start..end).enumerate() {
             if let Outgoing::Frame(frame) = item {
-                if i > 0 {
-                    chunks.push_back(Bytes::from_static(b"\n"));
+                if i > 0 && !separator.is_empty() {
+                    chunks.push_back(separator.clone());
                 }
                 chunks.push_back(frame.clone().into_bytes());
             }
