@@ -935,3 +935,60 @@ async fn idempotency_key_publishes_once() {
     let stored = history["result"]["publications"].as_array().map(Vec::len);
     assert_eq!(stored, Some(2), "repeats are not stored: {history}");
 }
+
+/// `batch` answers each command in its place at the top level, keeps going past a failed one, and refuses
+/// what it cannot run: a nested batch, a command naming no method or two, a body that is not a batch.
+#[tokio::test]
+async fn batch_answers_each_command_in_order() {
+    let server = TestServer::start("").await;
+    let (status, body) = server
+        .api(
+            "batch",
+            json!({"commands": [
+                {"publish": {"channel": "b", "data": {"n": 1}}},
+                {"publish": {"channel": "", "data": {"n": 2}}},
+                {"history": {"channel": "b", "limit": -1}},
+                {"batch": {"commands": []}},
+                {"publish": {"channel": "b", "data": 1}, "history": {"channel": "b"}},
+                {"no_such_method": {}},
+                {"publish": {"channel": 5}},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let replies = body["replies"].as_array().expect("replies at the top level");
+    assert_eq!(replies.len(), 7, "{body}");
+    assert_eq!(replies[0]["publish"]["offset"], 1, "{body}");
+    assert_eq!(replies[1]["error"]["code"], 107, "{body}");
+    assert_eq!(replies[2]["history"]["publications"][0]["data"], json!({"n": 1}));
+    for (i, code) in [(3, 107), (4, 107), (5, 104), (6, 107)] {
+        assert_eq!(replies[i]["error"]["code"], code, "reply {i}: {body}");
+    }
+    let (status, _) = server.api("batch", json!({"commands": 5})).await;
+    assert_eq!(status, 400);
+}
+
+/// `b64data` publishes the JSON it encodes; base64 that is not JSON, and a Centrifugo `session`, are 107.
+#[tokio::test]
+async fn b64data_must_be_json_and_sessions_are_refused() {
+    let server = TestServer::start("").await;
+    let (mut client, _) = Client::connect(&server).await;
+    subscribe_ok(&mut client, "b64").await;
+    let (_, body) = server
+        .api("publish", json!({"channel": "b64", "b64data": "eyJuIjoxfQ=="}))
+        .await;
+    assert_eq!(body["result"]["offset"], 1, "{body}");
+    let push = client.next_push().await;
+    assert_eq!(publication(&push, "b64")["data"], json!({"n": 1}));
+    for request in [
+        json!({"channel": "b64", "b64data": "/wA="}),
+        json!({"channel": "b64", "b64data": "not base64!"}),
+    ] {
+        let (_, body) = server.api("publish", request).await;
+        assert_eq!(body["error"]["code"], 107, "{body}");
+    }
+    let (_, body) = server
+        .api("disconnect", json!({"user": "", "session": "s1"}))
+        .await;
+    assert_eq!(body["error"]["code"], 107, "{body}");
+}

@@ -121,3 +121,20 @@ async fn json_and_protobuf_subscribers_share_a_channel() {
     )
     .await;
 }
+
+/// cent 5.2 (Centrifugo's Python server API library), sync and async clients: every method of its set
+/// against a real Herald, each result checked against what Herald did to two connected centrifuge-python
+/// clients; the Centrifugo PRO methods are answered with 104.
+#[tokio::test]
+async fn cent_drives_every_server_api_method() {
+    require_python("cent, centrifuge, websockets").await;
+    let server = TestServer::start("").await;
+    run_scenario(
+        &server,
+        "python3",
+        "tests/e2e/python/cent_api.py",
+        "e2e-cent",
+        Encoding::Json,
+    )
+    .await;
+}

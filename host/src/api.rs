@@ -35,11 +35,15 @@ use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
 
 use crate::config::HttpApiConfig;
+use base64::Engine as _;
+
+use crate::channel::ChannelOverrides;
 use crate::control::{self, Action, Command, Target};
 use crate::disconnect::Disconnect;
 use crate::engine::{HistoryFilter, StreamPosition};
 use crate::errors::{ClientError, Refusal};
 use crate::glob;
+use crate::hub::ServerSubscribe;
 use crate::limits::ApiRefused;
 use crate::node::{Node, PublishRequest, Source};
 use crate::policy::Grant;
@@ -190,8 +194,19 @@ async fn handle(
 /// admin page's session) and answers as the API does; `transport_errors` as `X-Centrifugo-Error-Mode:
 /// transport` asks.
 pub async fn answer(node: &Node, method: &str, body: &[u8], transport_errors: bool) -> Response {
-    match dispatch(node, method, body).await {
-        Ok(result) => json(StatusCode::OK, result),
+    let answered = if method == "batch" {
+        batch(node, body).await
+    } else {
+        dispatch(node, method, body).await.map(|inner| {
+            let mut out = Vec::with_capacity(inner.len() + 12);
+            out.extend_from_slice(b"{\"result\":");
+            out.extend(inner);
+            out.push(b'}');
+            out
+        })
+    };
+    match answered {
+        Ok(body) => json(StatusCode::OK, body),
         Err(ApiError::Malformed(message)) => (StatusCode::BAD_REQUEST, message).into_response(),
         Err(ApiError::Client(error)) => {
             let body = error_body(&error);
@@ -202,6 +217,55 @@ pub async fn answer(node: &Node, method: &str, body: &[u8], transport_errors: bo
             }
         }
     }
+}
+
+/// `batch`: the commands run in order (or all at once with `parallel`), each answered in its place of
+/// `{"replies":[…]}` with its result under its method's name or its error, as Centrifugo answers.
+async fn batch(node: &Node, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let b: BatchBody = parse(body)?;
+    let run = |command: BTreeMap<String, Box<RawValue>>| async move {
+        let mut methods = command.into_iter();
+        let (method, body) = match (methods.next(), methods.next()) {
+            (Some(one), None) => one,
+            _ => {
+                let error = ClientError::BAD_REQUEST.with_message("a command names one method");
+                return (String::new(), Err(ApiError::Client(error)));
+            }
+        };
+        if method == "batch" {
+            let error = ClientError::BAD_REQUEST.with_message("batches do not nest");
+            return (method, Err(ApiError::Client(error)));
+        }
+        let outcome = Box::pin(dispatch(node, &method, body.get().as_bytes())).await;
+        (method, outcome)
+    };
+    let replies = if b.parallel {
+        futures_util::future::join_all(b.commands.into_iter().map(run)).await
+    } else {
+        let mut replies = Vec::with_capacity(b.commands.len());
+        for command in b.commands {
+            replies.push(run(command).await);
+        }
+        replies
+    };
+    let mut out = Vec::with_capacity(64 * replies.len());
+    let mut o = Object::open(&mut out);
+    o.array("replies", replies, |out, (method, outcome)| {
+        let mut reply = Object::open(out);
+        match outcome {
+            Ok(inner) => reply.key(&method).extend(inner),
+            Err(ApiError::Client(error)) => {
+                reply.object("error", |e| write_error(e, &error));
+            }
+            Err(ApiError::Malformed(message)) => {
+                let error = ClientError::BAD_REQUEST.with_message(message);
+                reply.object("error", |e| write_error(e, &error));
+            }
+        }
+        reply.close();
+    });
+    o.close();
+    Ok(out)
 }
 
 /// `GET /api/plugins`: loaded plugins with their counters, and files that failed to load.
@@ -334,13 +398,21 @@ where
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
-/// `{"result":{…}}`.
+/// A method's result object (the caller puts it under `result`, or in a batch's reply).
 fn result(write: impl FnOnce(&mut Object<'_>)) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
     let mut o = Object::open(&mut out);
-    o.object("result", write);
+    write(&mut o);
     o.close();
     out
+}
+
+#[derive(Deserialize)]
+struct BatchBody {
+    #[serde(default, deserialize_with = "null_as_empty")]
+    commands: Vec<BTreeMap<String, Box<RawValue>>>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    parallel: bool,
 }
 
 #[derive(Deserialize)]
@@ -348,6 +420,8 @@ struct PublishBody {
     #[serde(default, deserialize_with = "null_as_empty")]
     channel: String,
     data: Option<Box<RawValue>>,
+    /// The payload in base64, when `data` is absent (it must still decode to JSON).
+    b64data: Option<String>,
     #[serde(default, deserialize_with = "null_as_empty")]
     skip_history: bool,
     #[serde(default, deserialize_with = "null_as_empty")]
@@ -361,6 +435,7 @@ struct BroadcastBody {
     #[serde(default, deserialize_with = "null_as_empty")]
     channels: Vec<String>,
     data: Option<Box<RawValue>>,
+    b64data: Option<String>,
     #[serde(default, deserialize_with = "null_as_empty")]
     skip_history: bool,
     #[serde(default, deserialize_with = "null_as_empty")]
@@ -418,23 +493,112 @@ struct DisconnectBody {
     #[serde(default, deserialize_with = "null_as_empty")]
     user: String,
     client: Option<String>,
+    session: Option<String>,
+    /// Connections (client ids) to leave connected.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    whitelist: Vec<String>,
     disconnect: Option<DisconnectCode>,
 }
 
 #[derive(Deserialize)]
-struct UserChannelBody {
+struct UnsubscribeBody {
     #[serde(default, deserialize_with = "null_as_empty")]
     user: String,
     #[serde(default, deserialize_with = "null_as_empty")]
     channel: String,
     client: Option<String>,
+    session: Option<String>,
 }
 
-fn payload(data: Option<Box<RawValue>>) -> Result<bytes::Bytes, ClientError> {
-    match data {
-        Some(raw) if raw.get().trim() != "null" => Ok(compact_json(raw.get().trim())),
-        _ => Err(ClientError::BAD_REQUEST.with_message("data required")),
+/// Centrifugo's wrapper for an optional boolean.
+#[derive(Deserialize)]
+struct BoolValue {
+    value: bool,
+}
+
+#[derive(Deserialize, Default)]
+struct OverrideBody {
+    presence: Option<BoolValue>,
+    join_leave: Option<BoolValue>,
+    force_push_join_leave: Option<BoolValue>,
+    force_positioning: Option<BoolValue>,
+    force_recovery: Option<BoolValue>,
+}
+
+#[derive(Deserialize)]
+struct SubscribeBody {
+    #[serde(default, deserialize_with = "null_as_empty")]
+    user: String,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    channel: String,
+    client: Option<String>,
+    session: Option<String>,
+    info: Option<Box<RawValue>>,
+    b64info: Option<String>,
+    data: Option<Box<RawValue>>,
+    b64data: Option<String>,
+    recover_since: Option<SincePosition>,
+    #[serde(rename = "override", default, deserialize_with = "null_as_empty")]
+    overrides: OverrideBody,
+}
+
+#[derive(Deserialize)]
+struct RefreshBody {
+    #[serde(default, deserialize_with = "null_as_empty")]
+    user: String,
+    client: Option<String>,
+    session: Option<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    expired: bool,
+    /// Unix seconds; absent or 0: the connections no longer expire.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    expire_at: u64,
+}
+
+/// The JSON a request carries as `field` (raw) or `b64field` (base64 of the JSON text); `None` when
+/// neither is set. Payloads are JSON on every protocol, so base64 must decode to JSON too.
+fn json_field(
+    raw: Option<Box<RawValue>>,
+    b64: Option<String>,
+    field: &str,
+) -> Result<Option<bytes::Bytes>, ClientError> {
+    if let Some(raw) = raw.filter(|raw| raw.get().trim() != "null") {
+        return Ok(Some(compact_json(raw.get().trim())));
     }
+    let Some(b64) = b64 else {
+        return Ok(None);
+    };
+    let invalid =
+        || ClientError::BAD_REQUEST.with_message(format!("b64{field} must be base64 of JSON"));
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|_| invalid())?;
+    let text = std::str::from_utf8(&decoded).map_err(|_| invalid())?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|_| invalid())?;
+    Ok(Some(compact_json(text.trim())))
+}
+
+/// A publication's payload: `data`, or `b64data`.
+fn payload(
+    data: Option<Box<RawValue>>,
+    b64data: Option<String>,
+) -> Result<bytes::Bytes, ClientError> {
+    json_field(data, b64data, "data")?
+        .ok_or_else(|| ClientError::BAD_REQUEST.with_message("data required"))
+}
+
+/// Connections are named by user and client id: Herald has no session ids to name them by.
+fn no_session(session: Option<&String>) -> Result<(), ClientError> {
+    match session {
+        Some(session) if !session.is_empty() => Err(ClientError::BAD_REQUEST
+            .with_message("session is not supported: name the connection by client")),
+        _ => Ok(()),
+    }
+}
+
+/// The JSON text of an optional payload, for a control command.
+fn text(json: Option<bytes::Bytes>) -> Option<String> {
+    json.map(|json| String::from_utf8_lossy(&json).into_owned())
 }
 
 fn require(channel: &str) -> Result<(), ClientError> {
@@ -455,7 +619,7 @@ async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<Vec<u8>, Api
         "publish" => {
             let b: PublishBody = parse(body)?;
             require(&b.channel)?;
-            let data = payload(b.data)?;
+            let data = payload(b.data, b.b64data)?;
             let position = node
                 .publish(PublishRequest {
                     channel: b.channel,
@@ -477,7 +641,7 @@ async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<Vec<u8>, Api
                     .with_message("channels required")
                     .into());
             }
-            let data = payload(b.data)?;
+            let data = payload(b.data, b.b64data)?;
             let mut responses = Vec::with_capacity(b.channels.len());
             for channel in b.channels {
                 let outcome = match require(&channel) {
@@ -539,6 +703,12 @@ async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<Vec<u8>, Api
             Ok(result(|o| {
                 write_history_result(o, &found.publications, &found.position)
             }))
+        }
+        "history_remove" => {
+            let b: ChannelBody = parse(body)?;
+            require(&b.channel)?;
+            node.remove_history(&b.channel).await?;
+            Ok(result(|_| {}))
         }
         "presence" => {
             let b: ChannelBody = parse(body)?;
@@ -610,9 +780,11 @@ async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<Vec<u8>, Api
                 }
                 None => Disconnect::FORCE_DISCONNECT,
             };
+            no_session(b.session.as_ref())?;
             let target = Target {
                 user: b.user,
                 client: b.client,
+                except: b.whitelist,
             };
             control::send(
                 &*node.engine.broker,
@@ -622,29 +794,72 @@ async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<Vec<u8>, Api
             .map_err(ClientError::from)?;
             Ok(result(|_| {}))
         }
-        "subscribe" | "unsubscribe" => {
-            let b: UserChannelBody = parse(body)?;
+        "subscribe" => {
+            let b: SubscribeBody = parse(body)?;
             require(&b.channel)?;
+            no_session(b.session.as_ref())?;
             node.namespace(&b.channel)?;
-            let action = if method == "subscribe" {
-                Action::Subscribe { channel: b.channel }
-            } else {
-                Action::Unsubscribe { channel: b.channel }
-            };
-            let command = Command {
-                target: Target {
-                    user: b.user,
-                    client: b.client,
+            let o = b.overrides;
+            let request = ServerSubscribe {
+                channel: b.channel,
+                info: text(json_field(b.info, b.b64info, "info")?),
+                data: text(json_field(b.data, b.b64data, "data")?),
+                recover_since: b.recover_since.map(|s| StreamPosition {
+                    offset: s.offset,
+                    epoch: s.epoch,
+                }),
+                overrides: ChannelOverrides {
+                    presence: o.presence.map(|v| v.value),
+                    join_leave: o.join_leave.map(|v| v.value),
+                    force_push_join_leave: o.force_push_join_leave.map(|v| v.value),
+                    force_positioning: o.force_positioning.map(|v| v.value),
+                    force_recovery: o.force_recovery.map(|v| v.value),
                 },
-                action,
             };
-            control::send(&*node.engine.broker, &command)
-                .await
-                .map_err(ClientError::from)?;
-            Ok(result(|_| {}))
+            let target = Target {
+                user: b.user,
+                client: b.client,
+                except: Vec::new(),
+            };
+            command(node, target, Action::Subscribe(request)).await
+        }
+        "unsubscribe" => {
+            let b: UnsubscribeBody = parse(body)?;
+            require(&b.channel)?;
+            no_session(b.session.as_ref())?;
+            node.namespace(&b.channel)?;
+            let target = Target {
+                user: b.user,
+                client: b.client,
+                except: Vec::new(),
+            };
+            let action = Action::Unsubscribe { channel: b.channel };
+            command(node, target, action).await
+        }
+        "refresh" => {
+            let b: RefreshBody = parse(body)?;
+            no_session(b.session.as_ref())?;
+            let target = Target {
+                user: b.user,
+                client: b.client,
+                except: Vec::new(),
+            };
+            let action = Action::Refresh {
+                expired: b.expired,
+                expire_at: (b.expire_at > 0).then_some(b.expire_at),
+            };
+            command(node, target, action).await
         }
         _ => Err(ClientError::METHOD_NOT_FOUND.into()),
     }
+}
+
+/// Sends a command to the target's sessions on every node; answers with an empty result.
+async fn command(node: &Node, target: Target, action: Action) -> Result<Vec<u8>, ApiError> {
+    control::send(&*node.engine.broker, &Command { target, action })
+        .await
+        .map_err(ClientError::from)?;
+    Ok(result(|_| {}))
 }
 
 #[cfg(test)]

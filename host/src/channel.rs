@@ -107,6 +107,50 @@ impl Default for NamespaceOptions {
     }
 }
 
+/// Per-subscription changes to a namespace's options (the server API's `subscribe` `override`): each one
+/// left out keeps the namespace's value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChannelOverrides {
+    /// Replaces `presence`.
+    pub presence: Option<bool>,
+    /// Replaces `join_leave`.
+    pub join_leave: Option<bool>,
+    /// Replaces `force_push_join_leave`.
+    pub force_push_join_leave: Option<bool>,
+    /// Replaces `force_positioning`.
+    pub force_positioning: Option<bool>,
+    /// Replaces `force_recovery`.
+    pub force_recovery: Option<bool>,
+}
+
+impl ChannelOverrides {
+    /// `options` with these changes.
+    pub fn apply(&self, options: &NamespaceOptions) -> NamespaceOptions {
+        let mut changed = options.clone();
+        for (option, value) in [
+            (&mut changed.presence, self.presence),
+            (&mut changed.join_leave, self.join_leave),
+            (
+                &mut changed.force_push_join_leave,
+                self.force_push_join_leave,
+            ),
+            (&mut changed.force_positioning, self.force_positioning),
+            (&mut changed.force_recovery, self.force_recovery),
+        ] {
+            if let Some(value) = value {
+                *option = value;
+            }
+        }
+        // As in the configuration, join and leave come with presence.
+        if !changed.presence {
+            changed.join_leave = false;
+            changed.force_push_join_leave = false;
+        }
+        changed
+    }
+}
+
 impl NamespaceOptions {
     /// History settings, or `None` when history is off.
     pub fn history(&self) -> Option<HistoryOptions> {

@@ -17,7 +17,7 @@ use crate::engine::{
     Broker, BrokerEventHandler, ClientInfo, EngineError, Publication, PublishOptions,
     StreamPosition,
 };
-use crate::hub::{Hub, SessionCommand};
+use crate::hub::{Hub, ServerSubscribe, SessionCommand};
 
 /// The channel commands travel on (a control character first: no client channel name has one).
 pub const CONTROL_CHANNEL: &str = "\u{1}herald:control";
@@ -29,6 +29,9 @@ pub struct Target {
     pub user: String,
     /// Only this connection of the user.
     pub client: Option<String>,
+    /// Connections (client ids) left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub except: Vec<String>,
 }
 
 /// What to do to the targeted connections.
@@ -43,9 +46,15 @@ pub enum Action {
         reason: String,
     },
     /// Subscribe them to a channel server-side.
-    Subscribe {
-        /// The channel.
-        channel: String,
+    Subscribe(ServerSubscribe),
+    /// Change when they expire, or expire them now.
+    Refresh {
+        /// End them as expired now.
+        #[serde(default)]
+        expired: bool,
+        /// When they expire, unix seconds; never when absent.
+        #[serde(default)]
+        expire_at: Option<u64>,
     },
     /// Unsubscribe them from a channel.
     Unsubscribe {
@@ -141,16 +150,28 @@ fn apply(hub: &Hub, publication: &Publication) {
             return;
         }
     };
-    let Target { user, client } = &command.target;
-    for session in hub.sessions(user, client.as_deref()) {
+    let Target {
+        user,
+        client,
+        except,
+    } = &command.target;
+    let sessions = hub.sessions(user, client.as_deref());
+    for session in sessions
+        .iter()
+        .filter(|session| !except.iter().any(|id| **id == *session.client))
+    {
         match &command.action {
             Action::Disconnect { code, reason } => session.disconnect(Disconnect {
                 code: *code,
                 reason: reason.clone().into(),
             }),
-            Action::Subscribe { channel } => {
-                session.command(SessionCommand::Subscribe {
-                    channel: channel.clone(),
+            Action::Subscribe(request) => {
+                session.command(SessionCommand::Subscribe(request.clone()));
+            }
+            Action::Refresh { expired, expire_at } => {
+                session.command(SessionCommand::Refresh {
+                    expired: *expired,
+                    expire_at: *expire_at,
                 });
             }
             Action::Unsubscribe { channel } => {
@@ -172,10 +193,26 @@ mod tests {
             Target {
                 user: "42".into(),
                 client: None,
+                except: vec!["c1".into()],
             },
             &Disconnect::FORCE_DISCONNECT,
         );
         let data = serde_json::to_vec(&command).unwrap();
         assert_eq!(serde_json::from_slice::<Command>(&data).unwrap(), command);
+    }
+
+    /// A node of the previous version sends subscribe commands with only a channel, and no `except`.
+    #[test]
+    fn commands_of_the_previous_version_are_read() {
+        let old = r#"{"target":{"user":"u","client":null},"action":{"subscribe":{"channel":"x"}}}"#;
+        let command: Command = serde_json::from_str(old).unwrap();
+        assert!(command.target.except.is_empty());
+        assert_eq!(
+            command.action,
+            Action::Subscribe(ServerSubscribe {
+                channel: "x".into(),
+                ..Default::default()
+            })
+        );
     }
 }

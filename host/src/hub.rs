@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::channel::ChannelOverrides;
 use crate::disconnect::Disconnect;
 use crate::engine::{BrokerEventHandler, ClientInfo, Publication, StreamPosition};
 use crate::metrics::Metrics;
@@ -61,13 +62,18 @@ impl Pace {
     }
 }
 
-/// Work another part of the server asks a session to do (the server API's subscribe, unsubscribe).
+/// Work another part of the server asks a session to do (the server API's subscribe, unsubscribe, refresh).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionCommand {
     /// Subscribe the connection to a channel server-side.
-    Subscribe {
-        /// The channel.
-        channel: String,
+    Subscribe(ServerSubscribe),
+    /// Change when the connection expires: `expired` ends it now (`3005`), otherwise it expires at
+    /// `expire_at` (unix seconds), or never when that is absent.
+    Refresh {
+        /// End the connection as expired now.
+        expired: bool,
+        /// When it expires, unix seconds.
+        expire_at: Option<u64>,
     },
     /// Unsubscribe the connection from a channel, telling the client with a push.
     Unsubscribe {
@@ -80,6 +86,24 @@ pub enum SessionCommand {
         /// The channel.
         channel: String,
     },
+}
+
+/// A server-side subscription the server asks for (the server API's `subscribe`, a connect plugin's
+/// channels).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ServerSubscribe {
+    /// The channel.
+    pub channel: String,
+    /// Channel info for this connection (compact JSON), shown in presence and join/leave.
+    pub info: Option<String>,
+    /// Data for the client's `subscribe` push (compact JSON).
+    pub data: Option<String>,
+    /// Recover from this position (when the subscription is recoverable).
+    pub recover_since: Option<StreamPosition>,
+    /// The namespace's options changed for this subscription.
+    #[serde(rename = "override")]
+    pub overrides: ChannelOverrides,
 }
 
 /// Commands waiting for one session. Allocates nothing until a command arrives: every idle connection has

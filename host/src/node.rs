@@ -471,6 +471,14 @@ impl Node {
             .await?)
     }
 
+    /// Empties a channel's history (the server API's `history_remove`). The stream keeps its top offset
+    /// and epoch, so subscribers' positions stay valid.
+    pub async fn remove_history(&self, channel: &str) -> Result<(), ClientError> {
+        self.history_options(channel, self.namespace(channel)?)
+            .ok_or(ClientError::NOT_AVAILABLE)?;
+        Ok(self.engine.history.remove_history(channel).await?)
+    }
+
     /// Where a channel's stream stands, to position a subscription to it: `history` is how the subscription's
     /// namespace keeps the channel's history, `admitted` the subscription's admission by the channel policy.
     pub async fn stream_top(

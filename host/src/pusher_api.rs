@@ -475,6 +475,7 @@ async fn terminate_connections(
     let target = Target {
         user: user.to_owned(),
         client: None,
+        except: Vec::new(),
     };
     let command = Command::disconnect(target, &Disconnect::FORCE_DISCONNECT);
     if let Err(error) = control::send(&*node.engine.broker, &command).await {

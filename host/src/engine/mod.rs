@@ -88,7 +88,8 @@ pub struct Publication {
 }
 
 /// A position in a channel's stream: the offset of a publication and the epoch of the stream it is in.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct StreamPosition {
     /// Offset of the last publication (the stream top), 0 for an empty stream.
     pub offset: u64,

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use crate::channel::NamespaceOptions;
 use crate::disconnect::Disconnect;
 use crate::errors::{ClientError, Refusal};
-use crate::hub::{ClientId, SessionHandle};
+use crate::hub::{ClientId, ServerSubscribe, SessionHandle};
 use crate::node::{VERSION, plugin_client_info, valid_json};
 use crate::plugin::bindings::{self, AccessKind, ConnectAllow, Hooks};
 use crate::plugin::chain::{Decision, RpcDecision};
@@ -148,7 +148,11 @@ impl Session {
         self.heartbeat.connected(Instant::now());
         tracing::debug!(client = %self.client, user = %self.user, remote = %self.conn.remote, "client connected");
         for channel in identity.channels {
-            self.server_subscribe(&channel).await;
+            self.server_subscribe(ServerSubscribe {
+                channel,
+                ..ServerSubscribe::default()
+            })
+            .await;
         }
         Ok(())
     }

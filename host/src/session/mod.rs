@@ -17,6 +17,7 @@ mod subscribe;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -410,7 +411,23 @@ impl Decisions for Session {
 
     async fn command(&mut self, command: SessionCommand) {
         match command {
-            SessionCommand::Subscribe { channel } => self.server_subscribe(&channel).await,
+            SessionCommand::Subscribe(request) => self.server_subscribe(request).await,
+            SessionCommand::Refresh { expired, expire_at } => {
+                let ttl = match expire_at {
+                    _ if expired => None,
+                    Some(at) => connect::ttl_until(at),
+                    None => {
+                        self.expires_at = None;
+                        return;
+                    }
+                };
+                match ttl {
+                    Some(ttl) => {
+                        self.expires_at = Some(Instant::now() + Duration::from_secs(ttl.into()));
+                    }
+                    None => self.conn.outbound.close(Disconnect::CONNECTION_EXPIRED),
+                }
+            }
             SessionCommand::Unsubscribe { channel } => {
                 if self.unsubscribe(&channel).await {
                     self.reply(

@@ -789,8 +789,14 @@ impl Decisions for PusherSession {
             SessionCommand::Unsubscribe { channel } => {
                 self.unsubscribe(&channel).await;
             }
+            // Pusher connections do not expire: only an explicit `expired` ends one.
+            SessionCommand::Refresh { expired, .. } => {
+                if expired {
+                    self.conn.outbound.close(Disconnect::CONNECTION_EXPIRED);
+                }
+            }
             // Server-side subscriptions and recovery are Centrifugo protocol features.
-            SessionCommand::Subscribe { .. } | SessionCommand::Resubscribe { .. } => {}
+            SessionCommand::Subscribe(_) | SessionCommand::Resubscribe { .. } => {}
         }
     }
 

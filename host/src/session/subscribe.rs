@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use crate::channel::NamespaceOptions;
 use crate::disconnect::Disconnect;
 use crate::errors::{ClientError, Refusal};
-use crate::hub::{Delivery, SessionCommand};
+use crate::hub::{Delivery, ServerSubscribe, SessionCommand};
 use crate::node::StreamPosition;
 use crate::plugin::bindings::{self, Hooks, SubscribeAllow};
 use crate::plugin::chain::Decision;
@@ -141,9 +141,11 @@ impl Session {
     }
 
     /// Subscribes server-side (server API, a connect plugin's channels): the namespace's forced options
-    /// apply and the client learns of it through a `subscribe` push. The server vouches for the client, but
-    /// the channel policy still decides (a presence roster admits users only).
-    pub(super) async fn server_subscribe(&mut self, channel: &str) {
+    /// apply, changed by the request's overrides, and the client learns of it through a `subscribe` push.
+    /// The server vouches for the client, but the channel policy still decides (a presence roster admits
+    /// users only).
+    pub(super) async fn server_subscribe(&mut self, request: ServerSubscribe) {
+        let channel = request.channel.as_str();
         if self.conn.subscriptions.contains_key(channel) {
             return;
         }
@@ -151,7 +153,7 @@ impl Session {
         let Ok(namespace) = node.namespace(channel) else {
             return;
         };
-        let options = &namespace.options;
+        let options = &request.overrides.apply(&namespace.options);
         let requester = Requester {
             user: &self.user,
             subscribed: false,
@@ -164,10 +166,15 @@ impl Session {
                 return;
             }
         };
+        let json = |text: Option<String>| text.map(|text| Bytes::from(text.into_bytes()));
+        let recoverable = options.force_recovery;
         let mode = Mode {
-            positioned: options.force_positioning || options.force_recovery,
-            recoverable: options.force_recovery,
+            positioned: options.force_positioning || recoverable,
+            recoverable,
             join_leave: options.force_push_join_leave,
+            recover_from: request.recover_since.filter(|_| recoverable),
+            chan_info: json(request.info),
+            data: json(request.data),
             server_side: true,
             ..Mode::default()
         };
