@@ -956,11 +956,16 @@ async fn batch_answers_each_command_in_order() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let replies = body["replies"].as_array().expect("replies at the top level");
+    let replies = body["replies"]
+        .as_array()
+        .expect("replies at the top level");
     assert_eq!(replies.len(), 7, "{body}");
     assert_eq!(replies[0]["publish"]["offset"], 1, "{body}");
     assert_eq!(replies[1]["error"]["code"], 107, "{body}");
-    assert_eq!(replies[2]["history"]["publications"][0]["data"], json!({"n": 1}));
+    assert_eq!(
+        replies[2]["history"]["publications"][0]["data"],
+        json!({"n": 1})
+    );
     for (i, code) in [(3, 107), (4, 107), (5, 104), (6, 107)] {
         assert_eq!(replies[i]["error"]["code"], code, "reply {i}: {body}");
     }
@@ -975,7 +980,10 @@ async fn b64data_must_be_json_and_sessions_are_refused() {
     let (mut client, _) = Client::connect(&server).await;
     subscribe_ok(&mut client, "b64").await;
     let (_, body) = server
-        .api("publish", json!({"channel": "b64", "b64data": "eyJuIjoxfQ=="}))
+        .api(
+            "publish",
+            json!({"channel": "b64", "b64data": "eyJuIjoxfQ=="}),
+        )
         .await;
     assert_eq!(body["result"]["offset"], 1, "{body}");
     let push = client.next_push().await;

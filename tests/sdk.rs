@@ -11,6 +11,9 @@ use tokio::process::Command;
 /// The repository root, where the scripts' relative paths start.
 const REPO_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
+/// Compression on for every message (`min_size = 0`): what the SDK tests run with to go compressed.
+const DEFLATE_EVERYTHING: &str = "[websocket.compression]\nenabled = true\nmin_size = 0";
+
 /// The encoding an SDK speaks in a scenario.
 #[derive(Clone, Copy)]
 enum Encoding {
@@ -135,6 +138,36 @@ async fn cent_drives_every_server_api_method() {
         "tests/e2e/python/cent_api.py",
         "e2e-cent",
         Encoding::Json,
+    )
+    .await;
+}
+
+/// permessage-deflate with the real clients: `ws` (under centrifuge-js, JSON and Protobuf) and Python's
+/// `websockets` (under centrifuge-python) offer it, Herald takes it, and every message, both ways,
+/// compressed: the mixed channel and recovery scenarios pass byte for byte.
+#[tokio::test]
+async fn sdks_work_compressed() {
+    require_node(&["centrifuge", "ws"]).await;
+    require_python("centrifuge, websockets").await;
+    let server = TestServer::start(&format!(
+        "{DEFLATE_EVERYTHING}\n[channel.defaults]\nallow_publish_for_subscriber = true\nallow_publish_for_anonymous = true"
+    ))
+    .await;
+    let mut run = Command::new("node");
+    run.arg("tests/e2e/js/mixed.js")
+        .current_dir(REPO_ROOT)
+        .env("HERALD_WS_URL", server.ws_url())
+        .env("HERALD_API_URL", server.api_url())
+        .env("HERALD_API_KEY", API_KEY)
+        .env("HERALD_CHANNEL", "e2e-deflate-mixed")
+        .env("HERALD_EXPECT_DEFLATE", "1");
+    herald_tests::assert_script_passes(&mut run, "node tests/e2e/js/mixed.js (deflate)").await;
+    run_scenario(
+        &server,
+        "python3",
+        "tests/e2e/python/recover.py",
+        "e2e-deflate-python-recover",
+        Encoding::Protobuf,
     )
     .await;
 }

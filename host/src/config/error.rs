@@ -71,6 +71,9 @@ pub enum ConfigError {
     /// The admin page is on without a password on an address others can reach.
     #[error("admin.password: required when admin.enabled and address is not a loopback address")]
     AdminPassword,
+    /// `[websocket.compression]` is refused.
+    #[error(transparent)]
+    Compression(#[from] super::websocket::CompressionConfigError),
     /// `[log]` is refused.
     #[error(transparent)]
     Log(#[from] LogConfigError),

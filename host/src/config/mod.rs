@@ -45,7 +45,7 @@ pub use pusher::{PusherConfig, PusherConfigError};
 pub use queue::{QueueConfig, QueueConfigError};
 pub use secret::Secret;
 pub use tls::{TlsConfig, TlsConfigError};
-pub use websocket::WebsocketConfig;
+pub use websocket::{CompressionConfig, CompressionConfigError, WebsocketConfig};
 
 /// The embedded default configuration file.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../default.toml");
@@ -195,6 +195,7 @@ impl Config {
         if self.websocket.max_message_size < 1024 {
             return Err(ConfigError::MaxMessageSize);
         }
+        self.websocket.compression.validate()?;
         if self.http_api.max_body_size < 1024 {
             return Err(ConfigError::MaxBodySize);
         }

@@ -1,4 +1,4 @@
-//! `[websocket]`: buffer sizes and message limits of every WebSocket connection.
+//! `[websocket]`: buffer sizes, message limits and compression of every WebSocket connection.
 
 use std::time::Duration;
 
@@ -28,6 +28,54 @@ pub struct WebsocketConfig {
     /// Serve `/conformance/echo`, an endpoint that echoes every message back, for the Autobahn|Testsuite
     /// (`tests/autobahn/run`). Never on in production: it answers anyone (default off).
     pub conformance_echo: bool,
+    /// permessage-deflate (RFC 7692).
+    pub compression: CompressionConfig,
+}
+
+/// `[websocket.compression]`: permessage-deflate, negotiated with clients that offer it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompressionConfig {
+    /// Accept clients' permessage-deflate offers (default off).
+    pub enabled: bool,
+    /// zlib level, 1 (fastest) to 9 (smallest) (default 1).
+    pub level: u32,
+    /// Messages shorter than this many bytes go uncompressed (default 256).
+    pub min_size: usize,
+    /// Keep each connection's compression context from message to message (`server_no_context_takeover`
+    /// is then not asked for): better ratios for chatty one-to-one traffic, but every message is compressed
+    /// per connection, and each connection holds its own compressor (~300 KiB) all its life. Off (the
+    /// default), a publication is compressed once and the same bytes go to every subscriber.
+    pub context_takeover: bool,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            level: 1,
+            min_size: 256,
+            context_takeover: false,
+        }
+    }
+}
+
+/// Why `[websocket.compression]` is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CompressionConfigError {
+    /// `level` is not 1–9.
+    #[error("websocket.compression.level: must be 1 to 9, got {0}")]
+    Level(u32),
+}
+
+impl CompressionConfig {
+    /// Checks the section.
+    pub fn validate(&self) -> Result<(), CompressionConfigError> {
+        if !(1..=9).contains(&self.level) {
+            return Err(CompressionConfigError::Level(self.level));
+        }
+        Ok(())
+    }
 }
 
 impl Default for WebsocketConfig {
@@ -39,6 +87,7 @@ impl Default for WebsocketConfig {
             write_timeout: Duration::from_secs(5),
             allowed_origins: Vec::new(),
             conformance_echo: false,
+            compression: CompressionConfig::default(),
         }
     }
 }

@@ -10,6 +10,8 @@
 pub mod centrifuge;
 pub mod pusher;
 
+use std::sync::{Arc, OnceLock};
+
 use bytes::Bytes;
 
 use crate::disconnect::Disconnect;
@@ -86,10 +88,31 @@ impl Protocol {
 /// Text is checked once, when it is encoded: the writer of every subscriber sends the same buffer
 /// without copying it or checking its UTF-8 again (with thousands of subscribers both showed up in
 /// profiles).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// A frame also keeps what a transport derives from it for every connection alike (the compressed bytes of
+/// permessage-deflate), computed once by the first connection that needs it.
+#[derive(Debug, Clone)]
 pub struct Frame {
     bytes: Bytes,
     binary: bool,
+    /// Absent for frames too small to be worth a shared copy.
+    derived: Option<Arc<OnceLock<Bytes>>>,
+}
+
+impl PartialEq for Frame {
+    fn eq(&self, other: &Self) -> bool {
+        self.binary == other.binary && self.bytes == other.bytes
+    }
+}
+
+impl Eq for Frame {}
+
+/// Frames shorter than this keep no shared derived copy: deriving one again costs less than the slot.
+const DERIVED_MIN: usize = 64;
+
+/// The slot for a frame of `len` bytes.
+fn derived_slot(len: usize) -> Option<Arc<OnceLock<Bytes>>> {
+    (len >= DERIVED_MIN).then(|| Arc::new(OnceLock::new()))
 }
 
 impl Frame {
@@ -105,6 +128,7 @@ impl Frame {
             }
         };
         Self {
+            derived: derived_slot(text.len()),
             bytes: Bytes::from(text),
             binary: false,
         }
@@ -115,12 +139,14 @@ impl Frame {
         Self {
             bytes: Bytes::from_static(text.as_bytes()),
             binary: false,
+            derived: None,
         }
     }
 
     /// A binary frame.
     pub fn binary(bytes: Vec<u8>) -> Self {
         Self {
+            derived: derived_slot(bytes.len()),
             bytes: Bytes::from(bytes),
             binary: true,
         }
@@ -131,6 +157,7 @@ impl Frame {
         Self {
             bytes: Bytes::from_static(bytes),
             binary: true,
+            derived: None,
         }
     }
 
@@ -153,6 +180,15 @@ impl Frame {
     /// The encoded bytes as a shared handle (not a copy).
     pub fn into_bytes(self) -> Bytes {
         self.bytes
+    }
+
+    /// What a transport makes of this frame for every connection alike (`make` runs on the frame's bytes
+    /// once; clones share the result).
+    pub fn derived(&self, make: impl FnOnce(&[u8]) -> Bytes) -> Bytes {
+        match &self.derived {
+            Some(slot) => slot.get_or_init(|| make(&self.bytes)).clone(),
+            None => make(&self.bytes),
+        }
     }
 
     /// Length in bytes.

@@ -10,10 +10,8 @@ use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
-use bytes::Bytes;
 
-use super::socket::Socket;
-use super::websocket::{Event, Link, Upgrade, data_frame};
+use super::websocket::{Event, Link, Upgrade, Upgraded};
 use crate::disconnect::Disconnect;
 use crate::node::Node;
 use crate::protocol::Protocol;
@@ -25,18 +23,18 @@ pub async fn echo_handler(
     upgrade: Upgrade,
 ) -> Response {
     tracing::debug!(%remote, "conformance echo connection");
-    upgrade.accept(&[], move |socket, read_ahead| {
-        echo(node, socket, read_ahead)
-    })
+    let compression = node.config.websocket.compression.clone();
+    upgrade.accept(&[], &compression, move |upgraded| echo(node, upgraded))
 }
 
-async fn echo(node: Arc<Node>, socket: Socket, read_ahead: Bytes) {
+async fn echo(node: Arc<Node>, upgraded: Upgraded) {
     // Counted like any connection so a graceful shutdown waits for it.
     let running = node.sessions.token();
     // Room for the largest message on top of the usual queue: every message is echoed whole.
     let queue = node.config.client.max_queue_bytes + node.config.websocket.max_message_size;
-    let link = Link::with_queue(&node, socket, read_ahead, queue);
+    let link = Link::with_queue(&node, upgraded, queue);
     let outbound = link.outbound.clone();
+    let egress = link.egress.clone();
     let shutdown = node.shutdown.clone();
     // Centrifugo's wire: closes go out with the code decided, unchanged.
     link.run(
@@ -54,10 +52,10 @@ async fn echo(node: Arc<Node>, socket: Socket, read_ahead: Bytes) {
                 };
                 match event {
                     Some(Event::Text(text)) => {
-                        outbound.push_raw(data_frame(false, &text));
+                        outbound.push_raw(egress.data_message(false, text));
                     }
                     Some(Event::Binary(bytes)) => {
-                        outbound.push_raw(data_frame(true, &bytes));
+                        outbound.push_raw(egress.data_message(true, bytes));
                     }
                     // The reader answers pings and a close the peer starts.
                     Some(Event::Ping(_) | Event::Pong(_)) => {}

@@ -68,11 +68,11 @@ pub async fn pusher_handler(
         &headers,
         raw_query.as_deref(),
     ));
-    upgrade.accept(&[], move |socket, read_ahead| {
+    let compression = node.config.websocket.compression.clone();
+    upgrade.accept(&[], &compression, move |upgraded| {
         serve(
             node,
-            socket,
-            read_ahead,
+            upgraded,
             slot,
             Protocol::Pusher,
             async |node, outbound, messages| match refused {

@@ -8,8 +8,11 @@
 //   4. the Protobuf client publishing bytes that are not JSON is refused with error 107, and nobody
 //      receives them; presence and history answer the Protobuf client too
 //
+// With HERALD_EXPECT_DEFLATE=1 it first checks that the server takes `ws`'s permessage-deflate offer (the SDK
+// clients then run compressed).
+//
 // Env: HERALD_WS_URL, HERALD_API_URL, HERALD_API_KEY, HERALD_CHANNEL
-//      (optional) HERALD_E2E_TIMEOUT: overall timeout in seconds, default 30.
+//      (optional) HERALD_E2E_TIMEOUT: overall timeout in seconds, default 30; HERALD_EXPECT_DEFLATE.
 // Exits 0 on success, 1 on a failed check or timeout, 2 on bad configuration.
 'use strict';
 
@@ -44,7 +47,25 @@ function subscriber(name, Centrifuge, decode) {
   return { name, client, sub, received, until };
 }
 
+// Opens a plain `ws` connection (which offers permessage-deflate) and checks the server took the offer.
+async function checkDeflateNegotiated() {
+  const ws = new WebSocket(cfg.wsUrl);
+  await within(new Promise((resolve, reject) => {
+    ws.once('open', resolve);
+    ws.once('error', reject);
+  }), 5000, 'a plain ws connection');
+  check(/permessage-deflate/.test(ws.extensions), `permessage-deflate not negotiated: "${ws.extensions}"`);
+  const reply = new Promise((resolve) => ws.once('message', (data) => resolve(JSON.parse(data))));
+  ws.send(JSON.stringify({ id: 1, connect: {} }));
+  const connected = await within(reply, 5000, 'the connect reply');
+  check(connected.connect && connected.connect.client, `connect over deflate: ${JSON.stringify(connected)}`);
+  ws.close();
+}
+
 async function main() {
+  if (process.env.HERALD_EXPECT_DEFLATE === '1') {
+    await checkDeflateNegotiated();
+  }
   const json = subscriber('json', JsonCentrifuge, (data) => data);
   const protobuf = subscriber('protobuf', ProtobufCentrifuge, (data) => JSON.parse(decoder.decode(data)));
   for (const s of [json, protobuf]) {

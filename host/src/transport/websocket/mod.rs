@@ -5,6 +5,7 @@
 //! The upgrade ([`upgrade`]) hands over the socket itself, so nothing is buffered or boxed for an idle
 //! connection beyond its session.
 
+mod deflate;
 mod reader;
 mod upgrade;
 mod writer;
@@ -16,7 +17,6 @@ use std::time::Duration;
 use axum::extract::{ConnectInfo, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::disconnect::Disconnect;
@@ -26,11 +26,11 @@ use crate::outbound::Outbound;
 use crate::protocol::Protocol;
 use crate::protocol::centrifuge::{Centrifuge, CentrifugeProtobuf, Codec};
 use crate::session::{ConnectionInfo, Incoming, Session};
-use crate::transport::socket::Socket;
 
 pub(super) use reader::{Event, ReadLimits, Reader};
+pub(super) use upgrade::Upgraded;
 pub use upgrade::{NotAnUpgrade, Upgrade};
-pub(super) use writer::data_frame;
+use writer::Egress;
 
 /// Query parameters the Centrifugo SDKs and tools may send.
 #[derive(Debug, Deserialize)]
@@ -87,24 +87,23 @@ pub async fn websocket_handler(
         } else {
             (&Centrifuge, ["centrifuge-json"])
         };
-    upgrade.accept(&subprotocols, move |socket, read_ahead| {
-        serve_centrifuge(node, socket, read_ahead, slot, connection, codec)
+    let compression = node.config.websocket.compression.clone();
+    upgrade.accept(&subprotocols, &compression, move |upgraded| {
+        serve_centrifuge(node, upgraded, slot, connection, codec)
     })
 }
 
 /// Serves an upgraded connection with a Centrifugo protocol session in `codec`'s encoding.
 fn serve_centrifuge(
     node: Arc<Node>,
-    socket: Socket,
-    read_ahead: Bytes,
+    upgraded: Upgraded,
     slot: Slot,
     connection: Box<ConnectionInfo>,
     codec: &'static dyn Codec,
 ) -> impl Future<Output = ()> {
     serve(
         node,
-        socket,
-        read_ahead,
+        upgraded,
         slot,
         codec.protocol(),
         async move |node, outbound, messages| {
@@ -195,9 +194,9 @@ const CLOSING_READ_BUDGET: usize = 16 << 20;
 /// of empty messages uses up [`CLOSING_READ_BUDGET`] too.
 const CLIENT_FRAME_OVERHEAD: usize = 6;
 
-/// A connection's halves: the socket, the queue in front of it and the reader.
+/// A connection's halves: the sending side, the queue in front of it and the reader.
 pub(super) struct Link {
-    pub(super) socket: Arc<Socket>,
+    pub(super) egress: Arc<Egress>,
     pub(super) outbound: Arc<Outbound>,
     pub(super) reader: Reader,
 }
@@ -205,31 +204,33 @@ pub(super) struct Link {
 impl Link {
     /// Sets up an upgraded connection: plain sockets take frames directly from the fan-out; TLS ones go
     /// through the writer (rustls's state is not to be touched from every publishing task).
-    pub(super) fn new(node: &Node, socket: Socket, read_ahead: Bytes) -> Self {
-        Self::with_queue(node, socket, read_ahead, node.config.client.max_queue_bytes)
+    pub(super) fn new(node: &Node, upgraded: Upgraded) -> Self {
+        Self::with_queue(node, upgraded, node.config.client.max_queue_bytes)
     }
 
     /// Like [`Link::new`], with an outbound queue of `max_queue` bytes.
-    pub(super) fn with_queue(
-        node: &Node,
-        socket: Socket,
-        read_ahead: Bytes,
-        max_queue: usize,
-    ) -> Self {
+    pub(super) fn with_queue(node: &Node, upgraded: Upgraded, max_queue: usize) -> Self {
+        let Upgraded {
+            socket,
+            read_ahead,
+            deflate,
+        } = upgraded;
         let socket = Arc::new(socket);
+        let egress = Arc::new(Egress::new(socket.clone(), deflate));
         let outbound = Arc::new(if socket.is_tls() {
             Outbound::new(max_queue)
         } else {
-            Outbound::transmitting(max_queue, socket.clone())
+            Outbound::transmitting(max_queue, egress.clone())
         });
         let ws = &node.config.websocket;
         let limits = ReadLimits {
             max_message: ws.max_message_size,
             read_size: ws.read_buffer_size,
+            inflate: egress.inflates(),
         };
-        let reader = Reader::new(socket.clone(), outbound.clone(), read_ahead, limits);
+        let reader = Reader::new(socket, outbound.clone(), read_ahead, limits);
         Self {
-            socket,
+            egress,
             outbound,
             reader,
         }
@@ -264,7 +265,7 @@ impl Link {
         async move {
             let ws = &node.config.websocket;
             let writer = writer::write_loop(
-                &link.socket,
+                &link.egress,
                 &link.outbound,
                 protocol.wire(),
                 ws.write_timeout,
@@ -306,8 +307,7 @@ impl Link {
 /// whose arguments would stay in the future beside the link they were moved into.
 pub(super) fn serve<S>(
     node: Arc<Node>,
-    socket: Socket,
-    read_ahead: Bytes,
+    upgraded: Upgraded,
     slot: Slot,
     protocol: Protocol,
     session: S,
@@ -316,8 +316,12 @@ where
     S: for<'a> AsyncFnOnce(Arc<Node>, Arc<Outbound>, Messages<'a>),
 {
     let running = node.sessions.token();
-    let counted = socket.counted(node.metrics.connection_kind(protocol.label(), TRANSPORT));
-    let link = Link::new(&node, counted, read_ahead);
+    let kind = node.metrics.connection_kind(protocol.label(), TRANSPORT);
+    let upgraded = Upgraded {
+        socket: upgraded.socket.counted(kind),
+        ..upgraded
+    };
+    let link = Link::new(&node, upgraded);
     let outbound = link.outbound.clone();
     link.run(
         node,
@@ -442,6 +446,8 @@ fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::socket::Socket;
+    use bytes::Bytes;
     use reader::PROTOCOL_ERROR;
     use std::collections::VecDeque;
 
@@ -615,8 +621,11 @@ mod tests {
         let connection = Box::new(connection_info(remote, false, &HeaderMap::new(), None));
         let serving = serve_centrifuge(
             node,
-            Socket::plain(socket),
-            Bytes::new(),
+            Upgraded {
+                socket: Socket::plain(socket),
+                read_ahead: Bytes::new(),
+                deflate: None,
+            },
             slot,
             connection,
             &Centrifuge,

@@ -15,7 +15,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 
-use super::writer;
+use super::{deflate, writer};
 use crate::disconnect::Disconnect;
 use crate::outbound::Outbound;
 use crate::transport::socket::Socket;
@@ -63,12 +63,17 @@ pub(in crate::transport) struct ReadLimits {
     pub(in crate::transport) max_message: usize,
     /// Bytes asked of the socket per read while no frame says it needs more.
     pub(in crate::transport) read_size: usize,
+    /// permessage-deflate was negotiated: a message may come compressed (RSV1 on its first frame), and
+    /// is inflated up to `max_message`.
+    pub(in crate::transport) inflate: bool,
 }
 
 /// A fragmented message being reassembled.
 #[derive(Debug)]
 struct Fragments {
     text: bool,
+    /// Compressed (permessage-deflate): checked once inflated.
+    compressed: bool,
     data: BytesMut,
     /// How much of a text message's data is known to be valid UTF-8: each fragment is checked as it
     /// comes (a bad one fails the message at once), a character split across fragments on arrival of
@@ -122,7 +127,7 @@ impl Frames {
                 // Give the allocation back (the payload keeps what it needs of it).
                 self.buffer = BytesMut::new();
             }
-            if let Some(event) = self.frame(&header, payload) {
+            if let Some(event) = self.frame(&header, payload, limits) {
                 return Some(event);
             }
         }
@@ -135,7 +140,12 @@ impl Frames {
         length: u64,
         limits: &ReadLimits,
     ) -> Result<(), Disconnect> {
-        if header.mask.is_none() || header.rsv1 || header.rsv2 || header.rsv3 {
+        if header.mask.is_none() || header.rsv2 || header.rsv3 {
+            return Err(PROTOCOL_ERROR);
+        }
+        // RSV1 marks a compressed message, on its first frame only.
+        let first_data_frame = matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary));
+        if header.rsv1 && !(limits.inflate && first_data_frame) {
             return Err(PROTOCOL_ERROR);
         }
         match header.opcode {
@@ -157,7 +167,12 @@ impl Frames {
     }
 
     /// What a complete frame means; `None` for a fragment that does not end its message.
-    fn frame(&mut self, header: &FrameHeader, payload: BytesMut) -> Option<Event> {
+    fn frame(
+        &mut self,
+        header: &FrameHeader,
+        payload: BytesMut,
+        limits: &ReadLimits,
+    ) -> Option<Event> {
         match header.opcode {
             OpCode::Control(Control::Ping) => Some(Event::Ping(payload.freeze())),
             OpCode::Control(Control::Pong) => Some(Event::Pong(payload.len())),
@@ -173,12 +188,13 @@ impl Frames {
                     }
                     None => Fragments {
                         text: data == Data::Text,
+                        compressed: header.rsv1,
                         data: payload,
                         checked: 0,
                     },
                 };
                 if !header.is_final {
-                    if fragments.text {
+                    if fragments.text && !fragments.compressed {
                         match std::str::from_utf8(&fragments.data[fragments.checked..]) {
                             Ok(_) => fragments.checked = fragments.data.len(),
                             // Only the end is cut short: the next fragment may complete it.
@@ -191,7 +207,13 @@ impl Frames {
                     self.fragments = Some(fragments);
                     return None;
                 }
-                let message = std::mem::take(&mut fragments.data).freeze();
+                let mut message = std::mem::take(&mut fragments.data).freeze();
+                if fragments.compressed {
+                    message = match deflate::inflate(&message, limits.max_message) {
+                        Ok(inflated) => inflated,
+                        Err(violation) => return Some(self.fail(violation)),
+                    };
+                }
                 if !fragments.text {
                     return Some(Event::Binary(message));
                 }
@@ -330,6 +352,7 @@ mod tests {
     const LIMITS: ReadLimits = ReadLimits {
         max_message: 100,
         read_size: 16,
+        inflate: false,
     };
 
     /// A client frame as it comes off the wire: masked unless said otherwise.
@@ -495,5 +518,75 @@ mod tests {
         frames.buffer.extend_from_slice(&text("hello"));
         assert!(frames.next(&LIMITS).is_some());
         assert_eq!(frames.buffer.capacity(), 0);
+    }
+
+    /// A compressed frame (RSV1 set) as a client sends it: raw deflate of `text` without the sync marker.
+    fn compressed(opcode: OpCode, text: &[u8], is_final: bool) -> Vec<u8> {
+        let mut bytes = wire(opcode, &deflated(text), is_final, true);
+        bytes[0] |= 0x40;
+        bytes
+    }
+
+    /// Raw deflate of `text`, sync-flushed, without the marker.
+    fn deflated(text: &[u8]) -> Vec<u8> {
+        let mut compress = flate2::Compress::new(flate2::Compression::best(), false);
+        let mut out = Vec::with_capacity(text.len() + 64);
+        compress
+            .compress_vec(text, &mut out, flate2::FlushCompress::Sync)
+            .unwrap();
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    fn inflating() -> ReadLimits {
+        ReadLimits {
+            inflate: true,
+            ..LIMITS
+        }
+    }
+
+    fn events_with(bytes: &[u8], limits: &ReadLimits) -> Vec<Event> {
+        let mut frames = Frames::default();
+        frames.buffer.extend_from_slice(bytes);
+        std::iter::from_fn(|| frames.next(limits)).collect()
+    }
+
+    /// With permessage-deflate, a compressed message is inflated (fragmented too: RSV1 on its first frame
+    /// only) and checked as text afterwards; without it, or on a continuation or control frame, RSV1 is a
+    /// protocol error; a message that inflates past the limit is 1009.
+    #[test]
+    fn compressed_messages_are_inflated_within_the_limit() {
+        let hello = compressed(OpCode::Data(Data::Text), b"{\"hello\":\"world\"}", true);
+        assert_eq!(
+            events_with(&hello, &inflating()),
+            vec![Event::Text(Bytes::from_static(b"{\"hello\":\"world\"}"))]
+        );
+        assert!(violation(1002)(&events_with(&hello, &LIMITS)[0]));
+        let body = deflated(&[7; 60]);
+        let (start, end) = body.split_at(body.len() / 2);
+        let mut fragmented = wire(OpCode::Data(Data::Binary), start, false, true);
+        fragmented[0] |= 0x40;
+        fragmented.extend(wire(OpCode::Data(Data::Continue), end, true, true));
+        assert_eq!(
+            events_with(&fragmented, &inflating()),
+            vec![Event::Binary(Bytes::from(vec![7; 60]))]
+        );
+        let mut bad_continuation = wire(OpCode::Data(Data::Text), b"{", false, true);
+        let mut rest = wire(OpCode::Data(Data::Continue), b"}", true, true);
+        rest[0] |= 0x40;
+        bad_continuation.extend(rest);
+        assert!(violation(1002)(
+            &events_with(&bad_continuation, &inflating())[0]
+        ));
+        let mut ping = wire(OpCode::Control(Control::Ping), b"p", true, true);
+        ping[0] |= 0x40;
+        assert!(violation(1002)(&events_with(&ping, &inflating())[0]));
+        let bomb = compressed(OpCode::Data(Data::Text), &[b' '; 10_000], true);
+        assert!(bomb.len() < 100, "small on the wire");
+        assert!(violation(1009)(&events_with(&bomb, &inflating())[0]));
+        let invalid_utf8 = compressed(OpCode::Data(Data::Text), &[0xff, 0xfe], true);
+        assert!(violation(1007)(
+            &events_with(&invalid_utf8, &inflating())[0]
+        ));
     }
 }

@@ -16,7 +16,10 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use crate::config::CompressionConfig;
 use crate::transport::socket::Socket;
+
+use super::deflate::{self, Deflate};
 use crate::transport::tls::Connection;
 
 /// A valid WebSocket upgrade request, ready to be accepted.
@@ -25,6 +28,17 @@ pub struct Upgrade {
     on_upgrade: OnUpgrade,
     key: HeaderValue,
     offered: Option<HeaderValue>,
+    /// The `Sec-WebSocket-Extensions` offers, every header line joined.
+    extensions: String,
+}
+
+/// An accepted connection, handed over by hyper: its socket, the bytes hyper read past the handshake, and
+/// the compression negotiated.
+#[derive(Debug)]
+pub(in crate::transport) struct Upgraded {
+    pub(in crate::transport) socket: Socket,
+    pub(in crate::transport) read_ahead: bytes::Bytes,
+    pub(in crate::transport) deflate: Option<Deflate>,
 }
 
 /// Why a request is not a WebSocket upgrade: the status and a plain reason.
@@ -94,10 +108,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
                 "connection cannot be upgraded",
             ));
         };
+        let extensions = headers
+            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(", ");
         Ok(Self {
             on_upgrade,
             key,
             offered,
+            extensions,
         })
     }
 }
@@ -112,13 +133,19 @@ impl Upgrade {
     }
 
     /// Accepts the upgrade: the `101` response (with the first subprotocol the client offered that is in
-    /// `protocols`), and a task that runs `serve` on the socket once hyper hands it over, with the bytes
-    /// hyper read past the request.
-    pub(in crate::transport) fn accept<F, Fut>(self, protocols: &[&str], serve: F) -> Response
+    /// `protocols`, and permessage-deflate when `compression` allows one of the client's offers), and a
+    /// task that runs `serve` on the connection once hyper hands it over.
+    pub(in crate::transport) fn accept<F, Fut>(
+        self,
+        protocols: &[&str],
+        compression: &CompressionConfig,
+        serve: F,
+    ) -> Response
     where
-        F: FnOnce(Socket, bytes::Bytes) -> Fut + Send + 'static,
+        F: FnOnce(Upgraded) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        let (deflate, extension) = deflate::negotiate(&self.extensions, compression).unzip();
         let chosen = self.offered.as_ref().and_then(|offered| {
             let offered = offered.to_str().ok()?;
             offered
@@ -130,9 +157,13 @@ impl Upgrade {
         // `then`, not an async block: the serving future replaces the wait for the upgrade instead of
         // sitting beside `serve`'s captures, and an idle connection's memory is mostly this task.
         tokio::spawn(self.on_upgrade.then(move |upgraded| {
-            OptionFuture::from(
-                into_socket(upgraded).map(|(socket, read_ahead)| serve(socket, read_ahead)),
-            )
+            OptionFuture::from(into_socket(upgraded).map(|(socket, read_ahead)| {
+                serve(Upgraded {
+                    socket,
+                    read_ahead,
+                    deflate,
+                })
+            }))
             .map(drop)
         }));
         let mut response = Response::new(axum::body::Body::empty());
@@ -146,6 +177,9 @@ impl Upgrade {
         }
         if let Some(chosen) = chosen.and_then(|chosen| HeaderValue::from_str(&chosen).ok()) {
             headers.insert(header::SEC_WEBSOCKET_PROTOCOL, chosen);
+        }
+        if let Some(extension) = extension.and_then(|e| HeaderValue::from_str(&e).ok()) {
+            headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, extension);
         }
         response
     }

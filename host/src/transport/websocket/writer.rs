@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -22,13 +23,16 @@ use crate::outbound::{Batch, Outbound, Outgoing, Transmit, Transmitted};
 use crate::protocol::{Frame, Wire};
 use crate::transport::socket::Socket;
 
+use super::deflate::{self, Deflate};
+
 /// The longest header of a server frame (no mask): 2 bytes and a 64-bit length.
 const MAX_HEADER: usize = 10;
 
-/// A frame header for `length` payload bytes, on the stack.
-fn header(opcode: OpCode, length: usize) -> ([u8; MAX_HEADER], usize) {
+/// A frame header for `length` payload bytes, on the stack; `compressed` sets RSV1 (permessage-deflate).
+fn header(opcode: OpCode, compressed: bool, length: usize) -> ([u8; MAX_HEADER], usize) {
     let header = FrameHeader {
         opcode,
+        rsv1: compressed,
         ..FrameHeader::default()
     };
     let mut bytes = [0u8; MAX_HEADER];
@@ -42,17 +46,11 @@ fn header(opcode: OpCode, length: usize) -> ([u8; MAX_HEADER], usize) {
 
 /// A whole frame with `payload`, copied (control frames and other small, rare frames).
 pub(super) fn message(opcode: OpCode, payload: &[u8]) -> Bytes {
-    let (head, len) = header(opcode, payload.len());
+    let (head, len) = header(opcode, false, payload.len());
     let mut frame = BytesMut::with_capacity(len + payload.len());
     frame.extend_from_slice(&head[..len]);
     frame.extend_from_slice(payload);
     frame.freeze()
-}
-
-/// A whole text or binary message, copied.
-pub(in crate::transport) fn data_frame(binary: bool, payload: &[u8]) -> Bytes {
-    let opcode = if binary { Data::Binary } else { Data::Text };
-    message(OpCode::Data(opcode), payload)
 }
 
 /// A control frame (ping, pong, close) with `payload`.
@@ -85,22 +83,76 @@ fn opcode(frame: &Frame) -> OpCode {
     })
 }
 
-impl Transmit for Socket {
+/// The sending side of a connection: its socket, and how its messages are compressed when the client
+/// negotiated permessage-deflate.
+#[derive(Debug)]
+pub(in crate::transport) struct Egress {
+    pub(in crate::transport) socket: Arc<Socket>,
+    deflate: Option<Deflate>,
+}
+
+impl Egress {
+    /// Sends through `socket`, compressing as `deflate` says.
+    pub(in crate::transport) fn new(socket: Arc<Socket>, deflate: Option<Deflate>) -> Self {
+        Self { socket, deflate }
+    }
+
+    /// Whether client messages may come compressed.
+    pub(in crate::transport) fn inflates(&self) -> bool {
+        self.deflate.is_some()
+    }
+
+    /// A whole text or binary message of `payload` for this connection, compressed as negotiated.
+    pub(in crate::transport) fn data_message(&self, binary: bool, payload: Bytes) -> Bytes {
+        let frame = if binary {
+            Frame::binary(payload.into())
+        } else {
+            Frame::new(payload.into())
+        };
+        let opcode = opcode(&frame);
+        let Some(deflate) = self.compressing(&frame) else {
+            return message(opcode, frame.bytes());
+        };
+        let compressed = deflate::without_marker(&deflate.compress(&frame));
+        let (head, len) = header(opcode, true, compressed.len());
+        let mut whole = BytesMut::with_capacity(len + compressed.len());
+        whole.extend_from_slice(&head[..len]);
+        whole.extend_from_slice(&compressed);
+        whole.freeze()
+    }
+
+    /// The compression that applies to `frame`, if any.
+    fn compressing(&self, frame: &Frame) -> Option<&Deflate> {
+        self.deflate
+            .as_ref()
+            .filter(|deflate| deflate.applies(frame))
+    }
+}
+
+impl Transmit for Egress {
     fn try_transmit(&self, frame: &Frame) -> Transmitted {
-        let (head, head_len) = header(opcode(frame), frame.len());
-        let total = head_len + frame.len();
-        let parts = [IoSlice::new(&head[..head_len]), IoSlice::new(frame.bytes())];
-        match self.try_write_vectored(&parts) {
+        let compressed = match self.compressing(frame) {
+            // Compressing changes the context: the message is compressed once, by the writer, in order.
+            Some(deflate) if deflate.keeps_context() => return Transmitted::Nothing,
+            Some(deflate) => Some(deflate::without_marker(&deflate.compress(frame))),
+            None => None,
+        };
+        let payload = compressed.as_deref().unwrap_or(frame.bytes());
+        let (head, head_len) = header(opcode(frame), compressed.is_some(), payload.len());
+        let total = head_len + payload.len();
+        let parts = [IoSlice::new(&head[..head_len]), IoSlice::new(payload)];
+        let socket = &self.socket;
+        match socket.try_write_vectored(&parts) {
             // A TLS socket may hold records back; the writer must then flush them.
-            Ok(written) if written == total && !self.holds_back() => Transmitted::Whole,
+            Ok(written) if written == total && !socket.holds_back() => Transmitted::Whole,
             Ok(written) if written < head_len => {
                 let mut rest = BytesMut::with_capacity(total - written);
                 rest.extend_from_slice(&head[written..head_len]);
-                rest.extend_from_slice(frame.bytes());
+                rest.extend_from_slice(payload);
                 Transmitted::Rest(rest.freeze())
             }
             Ok(written) => {
-                Transmitted::Rest(Bytes::copy_from_slice(&frame.bytes()[written - head_len..]))
+                Transmitted::Rest(Bytes::copy_from_slice(&payload[written - head_len..]))
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => Transmitted::Nothing,
             Err(_) => Transmitted::Failed,
@@ -112,7 +164,7 @@ impl Transmit for Socket {
 /// [`Wire`] says whether frames may be joined into one message and which close code its clients see.
 /// True when it ended with a close frame, which the client is to answer.
 pub(super) async fn write_loop(
-    socket: &Socket,
+    egress: &Egress,
     outbound: &Outbound,
     wire: &dyn Wire,
     write_timeout: Duration,
@@ -121,11 +173,13 @@ pub(super) async fn write_loop(
     let separator = wire.frame_separator();
     let join_up_to = if separator.is_some() { join_up_to } else { 0 };
     let separator = Bytes::from_static(separator.unwrap_or_default());
+    let socket = &*egress.socket;
     let mut batch = Batch::default();
     loop {
         outbound.next_batch_into(&mut batch).await;
         if !batch.items.is_empty() || socket.holds_back() {
-            let mut chunks = framed(&mut batch.items, &separator, join_up_to);
+            let deflate = egress.deflate.as_ref();
+            let mut chunks = framed(&mut batch.items, &separator, join_up_to, deflate);
             // Boxed, like everything only a busy connection needs: the loop lives as long as the
             // connection, and its idle state is what every connection pays for.
             if !Box::pin(write_all(socket, &mut chunks, write_timeout)).await {
@@ -152,23 +206,31 @@ async fn end_with(socket: &Socket, wire: &dyn Wire, close: Disconnect, timeout: 
     sent
 }
 
-/// A batch as the byte chunks to write: each run of frames of one kind (text or binary) joined with
-/// `separator` into messages of up to `join_up_to` bytes (a frame over it goes alone), every message with
-/// its header. The frames are not copied; the headers share one small buffer.
-fn framed(items: &mut VecDeque<Outgoing>, separator: &Bytes, join_up_to: usize) -> VecDeque<Bytes> {
+/// A batch as the byte chunks to write: each run of frames of one kind (text or binary, compressed or
+/// not) joined with `separator` into messages of up to `join_up_to` bytes (a frame over it goes alone),
+/// every message with its header. Compressed frames are joined compressed (see [`deflate`]). The frames
+/// are not copied; the headers share one small buffer.
+fn framed(
+    items: &mut VecDeque<Outgoing>,
+    separator: &Bytes,
+    join_up_to: usize,
+    deflate: Option<&Deflate>,
+) -> VecDeque<Bytes> {
     let mut chunks = VecDeque::with_capacity(items.len() * 2);
     let mut headers = BytesMut::with_capacity(items.len() * 4);
-    let mut push_header = |chunks: &mut VecDeque<Bytes>, opcode: OpCode, length: usize| {
-        let (head, len) = header(opcode, length);
-        headers.extend_from_slice(&head[..len]);
-        chunks.push_back(headers.split().freeze());
-    };
+    let mut push_header =
+        |chunks: &mut VecDeque<Bytes>, opcode: OpCode, compressed: bool, length: usize| {
+            let (head, len) = header(opcode, compressed, length);
+            headers.extend_from_slice(&head[..len]);
+            chunks.push_back(headers.split().freeze());
+        };
+    let compressing = |frame: &Frame| deflate.filter(|deflate| deflate.applies(frame));
     let mut start = 0;
     while let Some(item) = items.get(start) {
         let first = match item {
             Outgoing::Frame(frame) => frame,
             Outgoing::TransportPing => {
-                push_header(&mut chunks, OpCode::Control(Control::Ping), 0);
+                push_header(&mut chunks, OpCode::Control(Control::Ping), false, 0);
                 start += 1;
                 continue;
             }
@@ -178,22 +240,47 @@ fn framed(items: &mut VecDeque<Outgoing>, separator: &Bytes, join_up_to: usize) 
                 continue;
             }
         };
+        let compressed = compressing(first);
         let (mut end, mut len) = (start + 1, first.len());
         while let Some(Outgoing::Frame(next)) = items.get(end) {
             let joined = len + separator.len() + next.len();
-            if joined > join_up_to || next.is_binary() != first.is_binary() {
+            let alike = next.is_binary() == first.is_binary()
+                && compressing(next).is_some() == compressed.is_some();
+            if joined > join_up_to || !alike {
                 break;
             }
             len = joined;
             end += 1;
         }
-        push_header(&mut chunks, opcode(first), len);
-        for (i, item) in items.range(start..end).enumerate() {
-            if let Outgoing::Frame(frame) = item {
-                if i > 0 && !separator.is_empty() {
-                    chunks.push_back(separator.clone());
+        let frames = items.range(start..end).filter_map(|item| match item {
+            Outgoing::Frame(frame) => Some(frame),
+            _ => None,
+        });
+        match compressed {
+            None => {
+                push_header(&mut chunks, opcode(first), false, len);
+                for (i, frame) in frames.enumerate() {
+                    if i > 0 && !separator.is_empty() {
+                        chunks.push_back(separator.clone());
+                    }
+                    chunks.push_back(frame.clone().into_bytes());
                 }
-                chunks.push_back(frame.clone().into_bytes());
+            }
+            Some(deflate) => {
+                // Compressed in order (a connection that keeps its context needs that), then sized.
+                let mut pieces = Vec::with_capacity((end - start) * 2);
+                for (i, frame) in frames.enumerate() {
+                    if i > 0 && !separator.is_empty() {
+                        pieces.push(deflate.compress_bytes(separator));
+                    }
+                    pieces.push(deflate.compress(frame));
+                }
+                if let Some(last) = pieces.last_mut() {
+                    *last = deflate::without_marker(last);
+                }
+                let len = pieces.iter().map(Bytes::len).sum();
+                push_header(&mut chunks, opcode(first), true, len);
+                chunks.extend(pieces);
             }
         }
         start = end;
@@ -302,7 +389,8 @@ mod tests {
 
     async fn write(socket: Socket, outbound: &Outbound, join_up_to: usize) -> bool {
         let wire = Protocol::Centrifuge.wire();
-        write_loop(&socket, outbound, wire, Duration::from_secs(5), join_up_to).await
+        let egress = Egress::new(Arc::new(socket), None);
+        write_loop(&egress, outbound, wire, Duration::from_secs(5), join_up_to).await
     }
 
     /// Everything queued while the writer was busy goes out as one message, in order, then the close.
@@ -324,6 +412,58 @@ mod tests {
             received(client).await,
             vec![text("{\"a\":1}\n{\"b\":2}\n{}"), (8, close)]
         );
+    }
+
+    /// With permessage-deflate, frames of `min_size` and more go compressed (RSV1), joined compressed;
+    /// smaller ones go as they are. Inflating each message as a client does gives back what was queued.
+    #[tokio::test]
+    async fn compressed_frames_are_joined_and_inflate_to_what_was_queued() {
+        let (socket, mut client) = pair().await;
+        let config = crate::config::CompressionConfig {
+            enabled: true,
+            min_size: 32,
+            ..Default::default()
+        };
+        let (deflate, _) = deflate::negotiate("permessage-deflate", &config).unwrap();
+        let egress = Egress::new(Arc::new(socket), Some(deflate));
+        let outbound = Outbound::new(1 << 20);
+        let long = |n: u8| format!("{{\"n\":{n},\"pad\":\"{}\"}}", "y".repeat(100));
+        for text in [long(1), long(2), "{}".into(), long(3)] {
+            outbound.push(frame(&text));
+        }
+        outbound.close(Disconnect::SHUTDOWN);
+        let wire = Protocol::Centrifuge.wire();
+        write_loop(&egress, &outbound, wire, Duration::from_secs(5), 16 << 10).await;
+        drop(egress);
+        let mut bytes = Vec::new();
+        client.read_to_end(&mut bytes).await.unwrap();
+        let mut cursor = Cursor::new(&bytes[..]);
+        let mut messages = Vec::new();
+        while let Some((header, length)) = FrameHeader::parse(&mut cursor).unwrap() {
+            let start = cursor.position() as usize;
+            let mut payload = bytes[start..start + length as usize].to_vec();
+            if header.rsv1 {
+                payload.extend([0, 0, 0xff, 0xff]);
+                let mut inflater = flate2::Decompress::new(false);
+                let mut out = Vec::with_capacity(4096);
+                inflater
+                    .decompress_vec(&payload, &mut out, flate2::FlushDecompress::Sync)
+                    .unwrap();
+                payload = out;
+            }
+            messages.push((header.rsv1, String::from_utf8_lossy(&payload).into_owned()));
+            cursor.set_position((start + length as usize) as u64);
+        }
+        let texts: Vec<_> = messages.iter().take(3).cloned().collect();
+        assert_eq!(
+            texts,
+            vec![
+                (true, format!("{}\n{}", long(1), long(2))),
+                (false, "{}".into()),
+                (true, long(3)),
+            ]
+        );
+        assert_eq!(messages.len(), 4, "then the close frame");
     }
 
     /// A client that went away gets no close frame.
@@ -370,8 +510,8 @@ mod tests {
     #[tokio::test]
     async fn direct_writes_then_the_queue_in_order() {
         let (socket, client) = pair().await;
-        let socket = Arc::new(socket);
-        let outbound = Outbound::transmitting(64 << 20, socket.clone());
+        let egress = Arc::new(Egress::new(Arc::new(socket), None));
+        let outbound = Outbound::transmitting(64 << 20, egress.clone());
         let payload = "x".repeat(1000);
         let count = 20_000; // ~20 MB: far more than the loopback socket buffers take
         for i in 0..count {
@@ -384,9 +524,9 @@ mod tests {
         outbound.close(Disconnect::CONNECTION_CLOSED);
         let reading = tokio::spawn(received(client));
         let wire = Protocol::Pusher.wire(); // no joining: one message per frame
-        write_loop(&socket, &outbound, wire, Duration::from_secs(5), 0).await;
+        write_loop(&egress, &outbound, wire, Duration::from_secs(5), 0).await;
         drop(outbound);
-        drop(socket);
+        drop(egress);
         let frames = reading.await.unwrap();
         assert_eq!(frames.len(), count);
         for (i, (opcode, text)) in frames.into_iter().enumerate() {
