@@ -75,6 +75,9 @@ pub struct NamespaceOptions {
     pub allow_user_limited_channels: bool,
     /// When set, the part after `ns:` must match this regular expression (and may then be non-ASCII).
     pub channel_regex: Option<String>,
+    /// Delta compression clients may ask for in `subscribe` (`["fossil"]`, the one there is): each
+    /// publication then reaches them as a delta from the previous one where that is smaller.
+    pub allowed_delta_types: Vec<String>,
 }
 
 impl Default for NamespaceOptions {
@@ -103,7 +106,20 @@ impl Default for NamespaceOptions {
             allow_presence_for_anonymous: false,
             allow_user_limited_channels: false,
             channel_regex: None,
+            allowed_delta_types: Vec::new(),
         }
+    }
+}
+
+/// The delta type there is: Fossil's delta format, which centrifuge-js and centrifuge-python apply.
+pub const DELTA_FOSSIL: &str = "fossil";
+
+impl NamespaceOptions {
+    /// Whether clients may ask for delta type `kind`.
+    pub fn allows_delta(&self, kind: &str) -> bool {
+        self.allowed_delta_types
+            .iter()
+            .any(|allowed| allowed == kind)
     }
 }
 
@@ -205,6 +221,9 @@ impl ChannelConfig {
             if (ns.join_leave || ns.force_push_join_leave) && !ns.presence {
                 return Err(ChannelConfigError::JoinLeaveWithoutPresence(key));
             }
+            if let Some(unknown) = ns.allowed_delta_types.iter().find(|t| *t != DELTA_FOSSIL) {
+                return Err(ChannelConfigError::DeltaType(key, unknown.clone()));
+            }
         }
         Ok(())
     }
@@ -243,6 +262,9 @@ pub enum ChannelConfigError {
     /// Join/leave messages are on without presence, whose changes they announce.
     #[error("{0}: join_leave needs presence = true")]
     JoinLeaveWithoutPresence(NamespaceKey),
+    /// A delta type other than `fossil`.
+    #[error("{0}.allowed_delta_types: unknown delta type {1:?} (the one there is: \"fossil\")")]
+    DeltaType(NamespaceKey, String),
     /// A namespace name that is empty or has characters besides ASCII letters, digits, `-`, `_` and `.`.
     #[error(
         "channel.namespaces.{0:?}: a namespace name may only contain ASCII letters, digits, '-', '_' and '.'"

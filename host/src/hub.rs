@@ -6,7 +6,9 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use bytes::Bytes;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -225,6 +227,9 @@ pub struct DeliveryGate {
     stream: Mutex<Followed>,
     /// Set once at open for positioned subscriptions, so deliveries to the others skip the stream lock.
     follows: AtomicBool,
+    /// For a subscription with delta compression: the hub's number of the last publication it was
+    /// handed (0: none), the one the next delta must start from.
+    delta_base: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -294,6 +299,7 @@ impl DeliveryGate {
             held: Mutex::new(Held::default()),
             stream: Mutex::new(Followed::default()),
             follows: AtomicBool::new(false),
+            delta_base: AtomicU64::new(0),
         }
     }
 
@@ -421,6 +427,39 @@ pub struct Subscriber {
     pub gate: Arc<DeliveryGate>,
     /// The channel policy admitted it: no entrance registers a subscriber without asking.
     pub admitted: crate::policy::Grant,
+    /// It negotiated delta compression: publications reach it as deltas where that is smaller.
+    pub delta: bool,
+}
+
+/// Where a channel's publications stand for its subscribers with delta compression, on this node.
+#[derive(Debug, Default)]
+struct DeltaBase {
+    /// Subscribers with delta compression; the base is dropped with the last.
+    subscribers: usize,
+    /// The number of the last publication (counted from the first delta subscriber on).
+    number: u64,
+    /// Its data: what the next delta starts from.
+    data: Option<Bytes>,
+}
+
+/// One publication's place in its channel's delta chain.
+#[derive(Debug)]
+struct DeltaStep {
+    /// The previous publication's number and data.
+    previous: (u64, Option<Bytes>),
+    /// This publication's number.
+    number: u64,
+}
+
+/// Which form of a publication a subscriber gets.
+#[derive(Debug, Clone, Copy)]
+enum Form {
+    /// The plain frame.
+    Plain,
+    /// Full, as a subscription with delta compression expects it.
+    DeltaFull,
+    /// A delta from the previous publication.
+    Delta,
 }
 
 /// Subscribers by channel, then by client id, for the channels of one shard.
@@ -437,6 +476,10 @@ pub struct Hub {
     hasher: RandomState,
     pace: Pace,
     counts: HubMetrics,
+    /// Channels with subscribers that use delta compression (rarely many: one lock will do).
+    delta_bases: Mutex<HashMap<String, DeltaBase>>,
+    /// How many entries `delta_bases` has, so channels without delta compression never take its lock.
+    delta_channels: AtomicUsize,
 }
 
 /// What the hub counts: resolved once, so a fan-out adds to atomics and takes no lock for it.
@@ -480,6 +523,8 @@ impl Hub {
             users: RwLock::new(HashMap::new()),
             hasher: RandomState::new(),
             pace: Pace::new(),
+            delta_bases: Mutex::new(HashMap::new()),
+            delta_channels: AtomicUsize::new(0),
             counts: HubMetrics {
                 deliveries: Protocol::ALL.map(|protocol| metrics.deliveries(protocol.label())),
                 fanout_duration: metrics.fanout_duration.clone(),
@@ -554,8 +599,49 @@ impl Hub {
         let mut shard = write(self.shard(channel));
         let subscribers = shard.entry(channel.to_owned()).or_default();
         let first = subscribers.is_empty();
-        subscribers.insert(subscriber.session.client.clone(), subscriber);
+        if subscriber.delta {
+            let mut bases = lock(&self.delta_bases);
+            let base = bases.entry(channel.to_owned()).or_insert_with(|| {
+                self.delta_channels.fetch_add(1, Ordering::Relaxed);
+                DeltaBase::default()
+            });
+            base.subscribers += 1;
+        }
+        let replaced = subscribers.insert(subscriber.session.client.clone(), subscriber);
+        if let Some(replaced) = replaced {
+            self.leave_delta(channel, &replaced);
+        }
         first
+    }
+
+    /// A subscriber with delta compression left `channel`: the channel's base goes with the last one.
+    fn leave_delta(&self, channel: &str, subscriber: &Subscriber) {
+        if !subscriber.delta {
+            return;
+        }
+        let mut bases = lock(&self.delta_bases);
+        if let Some(base) = bases.get_mut(channel) {
+            base.subscribers -= 1;
+            if base.subscribers == 0 {
+                bases.remove(channel);
+                self.delta_channels.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Moves `channel`'s delta chain on to `publication`; `None` when no subscriber uses deltas there.
+    fn delta_step(&self, channel: &str, publication: &Publication) -> Option<DeltaStep> {
+        if self.delta_channels.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let mut bases = lock(&self.delta_bases);
+        let base = bases.get_mut(channel)?;
+        let previous = (base.number, base.data.replace(publication.data.clone()));
+        base.number += 1;
+        Some(DeltaStep {
+            previous,
+            number: base.number,
+        })
     }
 
     /// Removes a subscriber; true when the channel has no subscriber left on this node.
@@ -564,9 +650,10 @@ impl Hub {
         let Some(subscribers) = shard.get_mut(channel) else {
             return false;
         };
-        if subscribers.remove(client).is_none() {
+        let Some(removed) = subscribers.remove(client) else {
             return false;
-        }
+        };
+        self.leave_delta(channel, &removed);
         let last = subscribers.is_empty();
         if last {
             shard.remove(channel);
@@ -618,9 +705,10 @@ impl Hub {
         &self,
         channel: &str,
         position: &StreamPosition,
-        encode: impl Fn(Protocol) -> Frame,
+        encode: impl Fn(Protocol, Form) -> Frame,
         only_join_leave: bool,
         skip: impl Fn(&Subscriber) -> bool,
+        delta: Option<&DeltaStep>,
     ) {
         let shard = read(self.shard(channel));
         let Some(subscribers) = shard.get(channel) else {
@@ -628,7 +716,7 @@ impl Hub {
         };
         let started = self.pace.now();
         let direct = self.pace.isolated_at(started);
-        let mut frames: [Option<Frame>; Protocol::COUNT] = Default::default();
+        let mut frames: [Option<Frame>; Protocol::COUNT * 3] = Default::default();
         let mut delivered = [0u64; Protocol::COUNT];
         for subscriber in subscribers.values() {
             if only_join_leave && !subscriber.join_leave {
@@ -638,7 +726,21 @@ impl Hub {
                 continue;
             }
             let protocol = subscriber.protocol;
-            let frame = frames[protocol.index()].get_or_insert_with(|| encode(protocol));
+            let form = if subscriber.delta {
+                let number = delta.map_or(0, |step| step.number);
+                let base = subscriber.gate.delta_base.swap(number, Ordering::Relaxed);
+                match delta {
+                    Some(DeltaStep {
+                        previous: (previous, Some(_)),
+                        ..
+                    }) if *previous == base => Form::Delta,
+                    _ => Form::DeltaFull,
+                }
+            } else {
+                Form::Plain
+            };
+            let frame = frames[protocol.index() * 3 + form as usize]
+                .get_or_insert_with(|| encode(protocol, form));
             delivered[protocol.index()] += 1;
             let delivery =
                 subscriber
@@ -697,12 +799,40 @@ impl BrokerEventHandler for Hub {
         };
         // Looked up once, not per subscriber: fan-out loops over thousands.
         let excluded = publication.tags.get(EXCLUDE_TAG);
+        let step = self.delta_step(channel, &publication);
+        // Computed once, by the first subscriber that can take it; none when it would not be smaller
+        // (or not UTF-8, which the JSON form needs).
+        let delta = std::sync::OnceLock::new();
+        let delta = |previous: &Bytes| {
+            delta
+                .get_or_init(|| {
+                    let delta = fossil_delta::delta(&publication.data, previous);
+                    String::from_utf8(delta)
+                        .ok()
+                        .filter(|delta| delta.len() < publication.data.len())
+                })
+                .clone()
+        };
         self.broadcast(
             channel,
             &position,
-            |protocol| protocol.wire().publication(channel, &publication),
+            |protocol, form| {
+                let wire = protocol.wire();
+                match (form, &step) {
+                    (Form::Plain, _) => wire.publication(channel, &publication),
+                    (
+                        Form::Delta,
+                        Some(DeltaStep {
+                            previous: (_, Some(previous)),
+                            ..
+                        }),
+                    ) => wire.delta_publication(channel, &publication, delta(previous).as_deref()),
+                    _ => wire.delta_publication(channel, &publication, None),
+                }
+            },
             false,
             |subscriber| excluded.is_some_and(|excluded| **excluded == *subscriber.session.client),
+            step.as_ref(),
         );
     }
 
@@ -712,9 +842,10 @@ impl BrokerEventHandler for Hub {
         self.broadcast(
             channel,
             &unpositioned,
-            |protocol| protocol.wire().join(channel, &info),
+            |protocol, _| protocol.wire().join(channel, &info),
             true,
             |subscriber| unheard_own_presence(subscriber, &info),
+            None,
         );
     }
 
@@ -724,9 +855,10 @@ impl BrokerEventHandler for Hub {
         self.broadcast(
             channel,
             &unpositioned,
-            |protocol| protocol.wire().leave(channel, &info),
+            |protocol, _| protocol.wire().leave(channel, &info),
             true,
             |subscriber| unheard_own_presence(subscriber, &info),
+            None,
         );
     }
 
@@ -766,6 +898,7 @@ mod tests {
             join_leave,
             gate,
             admitted: crate::policy::Grant::server(),
+            delta: false,
         }
     }
 
@@ -790,6 +923,79 @@ mod tests {
             data: Bytes::from(offset.to_string()),
             ..Default::default()
         })
+    }
+
+    /// The delta chain: a subscriber with delta compression gets its first publication in full (as text),
+    /// then deltas from the one before, which applied to what it has give each publication's data; one that
+    /// joins later starts with a full one; a plain subscriber gets plain frames; a delta that is not
+    /// smaller goes as the full publication. Each form is encoded once.
+    #[tokio::test]
+    async fn delta_subscribers_get_full_then_deltas() {
+        let hub = Hub::new();
+        let (early, plain, late) = (session("a", ""), session("b", ""), session("c", ""));
+        let subscriber_with_delta = |session| {
+            let mut sub = subscriber(session, false, true);
+            sub.delta = true;
+            sub
+        };
+        hub.subscribe("doc", subscriber_with_delta(&early));
+        hub.subscribe("doc", subscriber(&plain, false, true));
+        let document = |n: usize| format!(r#"{{"n":{n},"text":"{}"}}"#, "lorem ipsum ".repeat(20));
+        let publish = |n: usize| {
+            let publication = Arc::new(Publication {
+                data: Bytes::from(document(n)),
+                ..Default::default()
+            });
+            hub.handle_publication("doc", publication, StreamPosition::default());
+        };
+        publish(1);
+        publish(2);
+        hub.subscribe("doc", subscriber_with_delta(&late));
+        publish(3);
+        let parse = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
+        let early = texts(&early).await;
+        let late = texts(&late).await;
+        let plain = texts(&plain).await;
+        // Each batch starts with the gate's reply.
+        let first = parse(&early[1])["push"]["pub"].clone();
+        assert_eq!(
+            first["data"],
+            serde_json::Value::String(document(1)),
+            "full, as text"
+        );
+        assert_eq!(first.get("delta"), None);
+        let mut have = document(1).into_bytes();
+        for (n, frame) in [(2, &early[2]), (3, &early[3])] {
+            let publication = parse(frame)["push"]["pub"].clone();
+            assert_eq!(publication["delta"], true, "{frame}");
+            let delta = publication["data"].as_str().unwrap();
+            assert!(delta.len() < document(n).len() / 4, "{delta}");
+            have = fossil_delta::apply(&have, delta).unwrap();
+            assert_eq!(String::from_utf8(have.clone()).unwrap(), document(n));
+        }
+        let joined_late = parse(&late[1])["push"]["pub"].clone();
+        assert_eq!(joined_late["data"], serde_json::Value::String(document(3)));
+        assert_eq!(
+            parse(&plain[3])["push"]["pub"]["data"]["n"],
+            3,
+            "plain JSON"
+        );
+
+        // A document unlike the one before: the delta would not be smaller, so it goes in full.
+        let different = Arc::new(Publication {
+            data: Bytes::from_static(br#"{"other":true}"#),
+            ..Default::default()
+        });
+        hub.handle_publication("doc", different, StreamPosition::default());
+        let next = texts(&session_of(&hub, "a")).await;
+        let publication = parse(&next[0])["push"]["pub"].clone();
+        assert_eq!(publication["data"], r#"{"other":true}"#);
+        assert_eq!(publication.get("delta"), None);
+    }
+
+    /// The session handle registered in `hub`'s channel "doc" under `client`.
+    fn session_of(hub: &Hub, client: &str) -> Arc<SessionHandle> {
+        read(hub.shard("doc"))["doc"][client].session.clone()
     }
 
     /// Each protocol gets its own encoding, the excluded socket nothing, and a Pusher member never hears
@@ -928,6 +1134,7 @@ mod tests {
                 join_leave: false,
                 gate,
                 admitted: crate::policy::Grant::server(),
+                delta: false,
             },
         );
         (handle, commands)

@@ -26,6 +26,18 @@ pub const EXCLUDE_TAG: &str = "pusher_exclude";
 pub trait Wire: Sync {
     /// A publication for every subscriber of `channel`.
     fn publication(&self, channel: &str, publication: &Publication) -> Frame;
+    /// A publication for a subscription with delta compression: `delta` (Fossil's format) from the
+    /// previous publication's data, or the full publication in the form such a subscription expects when
+    /// `None`. Protocols without delta compression send the plain publication.
+    fn delta_publication(
+        &self,
+        channel: &str,
+        publication: &Publication,
+        delta: Option<&str>,
+    ) -> Frame {
+        let _ = delta;
+        self.publication(channel, publication)
+    }
     /// Someone joined `channel` (sent to subscribers that asked for joins and leaves).
     fn join(&self, channel: &str, who: &ClientInfo) -> Frame;
     /// Someone left `channel`.

@@ -28,7 +28,7 @@ use crate::protocol::pusher::{close, sign};
 use crate::protocol::{Frame, Protocol};
 use crate::webhooks::WebhookEvent;
 
-use super::skeleton::{self, Connection, Decisions};
+use super::skeleton::{self, Connection, Decisions, Wants};
 use super::{ConnectionInfo, Incoming};
 
 /// Longest `client-*` event name (Pusher's limit).
@@ -287,7 +287,7 @@ impl PusherSession {
             Some(member) => self.join(&channel, member, admitted).await,
             None => self
                 .conn
-                .open(&self.handle, &channel, false, admitted)
+                .open(&self.handle, &channel, Wants::default(), admitted)
                 .await
                 .map(|gate| (gate, codec::subscription_succeeded(&channel)))
                 .map_err(|_| unavailable()),
@@ -374,7 +374,15 @@ impl PusherSession {
         }
         let gate = self
             .conn
-            .open(&self.handle, channel, true, admitted)
+            .open(
+                &self.handle,
+                channel,
+                Wants {
+                    join_leave: true,
+                    delta: false,
+                },
+                admitted,
+            )
             .await
             .map_err(|_| unavailable())?;
         if let Err(error) = node.enter_presence(channel, member.clone(), admitted).await {

@@ -78,6 +78,15 @@ pub(super) trait Decisions: Sized {
     }
 }
 
+/// What a subscription takes besides publications.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Wants {
+    /// Join and leave pushes.
+    pub(super) join_leave: bool,
+    /// Publications as deltas (delta compression negotiated).
+    pub(super) delta: bool,
+}
+
 /// What every connection has, whatever its protocol.
 #[derive(Debug)]
 pub(super) struct Connection<S> {
@@ -193,21 +202,22 @@ impl<S> Connection<S> {
 
     /// Registers a subscription with the hub, its frames held until the protocol queues its reply through
     /// the returned gate, and opens the channel on the node for its first subscriber here; undone when
-    /// that fails. `join_leave` asks for join/leave pushes; `admitted` is the channel policy's admission.
+    /// that fails. `wants` says which pushes it takes; `admitted` is the channel policy's admission.
     pub(super) async fn open(
         &self,
         handle: &Arc<SessionHandle>,
         channel: &str,
-        join_leave: bool,
+        wants: Wants,
         admitted: Grant,
     ) -> Result<Arc<DeliveryGate>, ClientError> {
         let gate = Arc::new(DeliveryGate::held());
         let subscriber = Subscriber {
             session: handle.clone(),
             protocol: self.protocol,
-            join_leave,
+            join_leave: wants.join_leave,
             gate: gate.clone(),
             admitted,
+            delta: wants.delta,
         };
         let first = self.node.hub.subscribe(channel, subscriber);
         self.metrics.0.subscriptions.inc();

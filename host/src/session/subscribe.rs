@@ -20,6 +20,7 @@ use crate::protocol::centrifuge::command::{FLAG_REJECT_UNRECOVERED, SubscribeReq
 use crate::protocol::centrifuge::encode::SubscribeResult;
 
 use super::connect::{plugin_json, ttl_until};
+use super::skeleton::Wants;
 use super::{Session, Subscription, require_channel};
 
 /// How one subscription behaves, decided from the request and the namespace.
@@ -39,6 +40,8 @@ struct Mode {
     ttl: Option<u32>,
     /// Made by the server (API subscribe, connect-time channels), not by the client.
     server_side: bool,
+    /// Publications as deltas (the client asked for a delta type the namespace allows).
+    delta: bool,
 }
 
 impl Session {
@@ -72,6 +75,15 @@ impl Session {
         }
         let node = self.conn.node.clone();
         let options = &node.namespace(channel)?.options;
+        let delta = !request.delta.is_empty();
+        if delta && !options.allows_delta(&request.delta) {
+            return Err(ClientError::BAD_REQUEST
+                .with_message(format!(
+                    "delta type {:?} is not allowed in this channel",
+                    request.delta
+                ))
+                .into());
+        }
         let decision = if node.plugins.any(Hooks::SUBSCRIBE) {
             node.plugins
                 .subscribe(bindings::SubscribeRequest {
@@ -127,6 +139,7 @@ impl Session {
                 epoch: request.epoch.clone(),
             }),
             reject_unrecovered: request.flag & FLAG_REJECT_UNRECOVERED != 0,
+            delta,
             chan_info: plugin_json(grant.info, "channel info"),
             data: plugin_json(grant.data, "subscribe data"),
             ttl,
@@ -205,7 +218,15 @@ impl Session {
         };
         let gate = self
             .conn
-            .open(&handle, channel, mode.join_leave, admitted)
+            .open(
+                &handle,
+                channel,
+                Wants {
+                    join_leave: mode.join_leave,
+                    delta: mode.delta,
+                },
+                admitted,
+            )
             .await?;
         let (mut result, covered) = match self.position(channel, options, &mode, admitted).await {
             Ok(found) => found,
@@ -224,6 +245,7 @@ impl Session {
         let node = self.conn.node.clone();
         result.data = mode.data.clone();
         result.ttl = mode.ttl;
+        result.delta = mode.delta;
         // Present before the client hears it is subscribed, so a presence query right after sees it.
         if options.presence
             && let Err(error) = node

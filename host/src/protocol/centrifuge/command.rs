@@ -93,6 +93,8 @@ pub struct SubscribeRequest {
     pub join_leave: bool,
     /// Bit flags; bit 2 asks for error 112 instead of `recovered: false`.
     pub flag: i64,
+    /// Delta compression asked for (`"fossil"`), empty for none.
+    pub delta: String,
 }
 
 /// Subscribe flag: answer 112 instead of an unrecovered subscription.

@@ -137,13 +137,41 @@ pub fn write_client_info(out: &mut Vec<u8>, info: &ClientInfo) {
 
 /// Writes a Publication object.
 pub fn write_publication(out: &mut Vec<u8>, publication: &Publication) {
+    write_publication_as(out, publication, Data::Json);
+}
+
+/// How a publication's data is written.
+#[derive(Debug, Clone, Copy)]
+enum Data<'a> {
+    /// As the JSON value it is.
+    Json,
+    /// As a JSON string holding its JSON text: what a subscription with delta compression receives
+    /// for a full publication (the SDK applies the next delta to exactly these bytes).
+    Text,
+    /// This delta (Fossil's format, UTF-8) as a JSON string, marked `"delta":true`.
+    Delta(&'a str),
+}
+
+fn write_publication_as(out: &mut Vec<u8>, publication: &Publication, data: Data<'_>) {
     let mut o = Object::open(out);
-    o.raw("data", Some(&publication.data));
+    match data {
+        Data::Json => {
+            o.raw("data", Some(&publication.data));
+        }
+        // Payloads are valid UTF-8 JSON from the moment they enter Herald.
+        Data::Text => {
+            o.str("data", &String::from_utf8_lossy(&publication.data));
+        }
+        Data::Delta(delta) => {
+            o.str("data", delta);
+        }
+    }
     if let Some(info) = &publication.info {
         write_client_info(o.key("info"), info);
     }
     o.u64_nonzero("offset", publication.offset);
     write_tags(&mut o, &publication.tags);
+    o.flag("delta", matches!(data, Data::Delta(_)));
     o.close();
 }
 
@@ -223,6 +251,8 @@ pub struct SubscribeResult {
     pub was_recovering: bool,
     /// Custom data for the client.
     pub data: Option<Bytes>,
+    /// Delta compression was negotiated: publications come as text, or as deltas of it.
+    pub delta: bool,
 }
 
 fn write_subscribe_result(o: &mut Object<'_>, r: &SubscribeResult) {
@@ -234,12 +264,14 @@ fn write_subscribe_result(o: &mut Object<'_>, r: &SubscribeResult) {
     o.str_nonempty("epoch", &r.position.epoch)
         .u64_nonzero("offset", r.position.offset);
     if !r.publications.is_empty() {
+        let data = if r.delta { Data::Text } else { Data::Json };
         o.array("publications", &r.publications, |out, p| {
-            write_publication(out, p)
+            write_publication_as(out, p, data)
         });
     }
     o.flag("recovered", r.recovered)
-        .flag("was_recovering", r.was_recovering);
+        .flag("was_recovering", r.was_recovering)
+        .flag("delta", r.delta);
     o.raw("data", r.data.as_ref());
 }
 
@@ -360,6 +392,20 @@ pub fn publication_push(channel: &str, publication: &Publication) -> Frame {
     o.object("push", |p| {
         p.str("channel", channel);
         write_publication(p.key("pub"), publication);
+    });
+    o.close();
+    Frame::new(out)
+}
+
+/// A publication for a subscription with delta compression: `delta` (Fossil's format) from the previous
+/// publication's data, or, when `None`, the full data as text.
+pub fn delta_push(channel: &str, publication: &Publication, delta: Option<&str>) -> Frame {
+    let mut out = Vec::with_capacity(publication.data.len() + channel.len() + 64);
+    let mut o = Object::open(&mut out);
+    o.object("push", |p| {
+        p.str("channel", channel);
+        let data = delta.map_or(Data::Text, Data::Delta);
+        write_publication_as(p.key("pub"), publication, data);
     });
     o.close();
     Frame::new(out)

@@ -78,6 +78,15 @@ impl Wire for Centrifuge {
         encode::publication_push(channel, publication)
     }
 
+    fn delta_publication(
+        &self,
+        channel: &str,
+        publication: &Publication,
+        delta: Option<&str>,
+    ) -> Frame {
+        encode::delta_push(channel, publication, delta)
+    }
+
     fn join(&self, channel: &str, who: &ClientInfo) -> Frame {
         encode::join_push(channel, who)
     }
@@ -188,6 +197,19 @@ pub struct CentrifugeProtobuf;
 impl Wire for CentrifugeProtobuf {
     fn publication(&self, channel: &str, publication: &Publication) -> Frame {
         protobuf::publication_push(channel, publication)
+    }
+
+    /// Data is bytes in Protobuf: a full publication is the plain one.
+    fn delta_publication(
+        &self,
+        channel: &str,
+        publication: &Publication,
+        delta: Option<&str>,
+    ) -> Frame {
+        match delta {
+            Some(delta) => protobuf::delta_push(channel, publication, delta.as_bytes()),
+            None => protobuf::publication_push(channel, publication),
+        }
     }
 
     fn join(&self, channel: &str, who: &ClientInfo) -> Frame {

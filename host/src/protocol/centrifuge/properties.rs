@@ -108,6 +108,7 @@ fn subscribe() -> impl Strategy<Value = SubscribeRequest> {
                 recoverable,
                 join_leave,
                 flag,
+                delta: String::new(),
             },
         )
 }
@@ -478,6 +479,7 @@ proptest! {
             recovered,
             was_recovering,
             data: data.clone(),
+            delta: false,
         };
         let frame = parse(&subscribe_reply(id, &result));
         let r = &frame["subscribe"];

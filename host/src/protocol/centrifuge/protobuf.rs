@@ -106,6 +106,8 @@ mod schema {
         pub(super) recoverable: bool,
         #[prost(bool, tag = "11")]
         pub(super) join_leave: bool,
+        #[prost(string, tag = "12")]
+        pub(super) delta: String,
         #[prost(int64, tag = "14")]
         pub(super) flag: i64,
     }
@@ -250,6 +252,8 @@ mod schema {
         pub(super) offset: u64,
         #[prost(btree_map = "string, string", tag = "7")]
         pub(super) tags: BTreeMap<String, String>,
+        #[prost(bool, tag = "8")]
+        pub(super) delta: bool,
     }
 
     /// `Join` and `Leave`: who.
@@ -323,6 +327,8 @@ mod schema {
         pub(super) data: Bytes,
         #[prost(bool, tag = "12")]
         pub(super) was_recovering: bool,
+        #[prost(bool, tag = "13")]
+        pub(super) delta: bool,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -466,6 +472,7 @@ fn command(wire: schema::Command) -> Result<Command, DecodeError> {
             recoverable: r.recoverable,
             join_leave: r.join_leave,
             flag: r.flag,
+            delta: r.delta,
         })
     } else if let Some(r) = wire.unsubscribe {
         Method::Unsubscribe(ChannelRequest { channel: r.channel })
@@ -548,6 +555,7 @@ fn publication(publication: &Publication) -> schema::Publication {
         info: publication.info.as_ref().map(client_info),
         offset: publication.offset,
         tags: publication.tags.clone(),
+        delta: false,
     }
 }
 
@@ -563,6 +571,7 @@ fn subscribe_result(r: &SubscribeResult) -> schema::SubscribeResult {
         positioned: r.positioned,
         data: r.data.clone().unwrap_or_default(),
         was_recovering: r.was_recovering,
+        delta: r.delta,
     }
 }
 
@@ -681,6 +690,17 @@ pub fn rpc_reply(id: u32, data: &Bytes) -> Frame {
 /// A publication push: encoded once per publication and shared by every Protobuf subscriber.
 pub fn publication_push(channel: &str, p: &Publication) -> Frame {
     push(channel, |push| push.publication = Some(publication(p)))
+}
+
+/// A publication push whose data is `delta` (Fossil's format) from the previous publication's.
+pub fn delta_push(channel: &str, p: &Publication, delta: &[u8]) -> Frame {
+    push(channel, |push| {
+        push.publication = Some(schema::Publication {
+            data: Bytes::copy_from_slice(delta),
+            delta: true,
+            ..publication(p)
+        });
+    })
 }
 
 /// A join push.
