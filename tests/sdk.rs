@@ -1,5 +1,7 @@
-//! End to end with the official SDKs: the recovery scenarios `tests/e2e/js/recover.js` (centrifuge-js) and
-//! `tests/e2e/python/recover.py` (centrifuge-python) run as child processes against a real Herald.
+//! End to end with the official SDKs, run as child processes against a real Herald: the recovery scenarios
+//! `tests/e2e/js/recover.js` (centrifuge-js) and `tests/e2e/python/recover.py` (centrifuge-python) in JSON
+//! and Protobuf, a mixed JSON/Protobuf channel (`mixed.js`), delta compression (`delta.js`), all of them
+//! with permessage-deflate too, and the server API through `cent` (`cent_api.py`).
 //!
 //! They need Node 20+ with `npm ci --prefix tests/e2e/js` done, and Python 3.11 with
 //! `python3 -m pip install -r tests/e2e/python/requirements.txt`. A missing toolchain or dependency fails the
@@ -14,26 +16,20 @@ const REPO_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 /// Compression on for every message (`min_size = 0`): what the SDK tests run with to go compressed.
 const DEFLATE_EVERYTHING: &str = "[websocket.compression]\nenabled = true\nmin_size = 0";
 
-/// The encoding an SDK speaks in a scenario.
-#[derive(Clone, Copy)]
-enum Encoding {
-    Json,
-    Protobuf,
-}
+/// What a scenario script is told to run its SDK in the Protobuf encoding.
+const PROTOBUF: &[(&str, &str)] = &[("HERALD_PROTOCOL", "protobuf")];
 
-/// Runs one SDK scenario script against `server` on `channel` with the SDK in `encoding`, and asserts exit
-/// status 0, printing the script's stdout and stderr otherwise.
+/// Runs one SDK scenario script against `server` on `channel`, with `env` besides the usual variables, and
+/// asserts exit status 0, printing the script's stdout and stderr otherwise.
 async fn run_scenario(
     server: &TestServer,
     program: &str,
     script: &str,
     channel: &str,
-    encoding: Encoding,
+    env: &[(&str, &str)],
 ) {
     let mut run = Command::new(program);
-    if let Encoding::Protobuf = encoding {
-        run.env("HERALD_PROTOCOL", "protobuf");
-    }
+    run.envs(env.iter().copied());
     run.arg(script)
         .current_dir(REPO_ROOT)
         .env("HERALD_WS_URL", server.ws_url())
@@ -55,7 +51,7 @@ async fn centrifuge_js_recovers_after_forced_reconnect() {
         "node",
         "tests/e2e/js/recover.js",
         "e2e-js-recover",
-        Encoding::Json,
+        &[],
     )
     .await;
 }
@@ -70,7 +66,7 @@ async fn centrifuge_js_protobuf_recovers_after_forced_reconnect() {
         "node",
         "tests/e2e/js/recover.js",
         "e2e-js-protobuf-recover",
-        Encoding::Protobuf,
+        PROTOBUF,
     )
     .await;
 }
@@ -85,7 +81,7 @@ async fn centrifuge_python_recovers_after_forced_reconnect() {
         "python3",
         "tests/e2e/python/recover.py",
         "e2e-python-recover",
-        Encoding::Json,
+        &[],
     )
     .await;
 }
@@ -100,7 +96,7 @@ async fn centrifuge_python_protobuf_recovers_after_forced_reconnect() {
         "python3",
         "tests/e2e/python/recover.py",
         "e2e-python-protobuf-recover",
-        Encoding::Protobuf,
+        PROTOBUF,
     )
     .await;
 }
@@ -115,14 +111,7 @@ async fn json_and_protobuf_subscribers_share_a_channel() {
         "[channel.defaults]\nallow_publish_for_subscriber = true\nallow_publish_for_anonymous = true",
     )
     .await;
-    run_scenario(
-        &server,
-        "node",
-        "tests/e2e/js/mixed.js",
-        "e2e-mixed",
-        Encoding::Json,
-    )
-    .await;
+    run_scenario(&server, "node", "tests/e2e/js/mixed.js", "e2e-mixed", &[]).await;
 }
 
 /// cent 5.2 (Centrifugo's Python server API library), sync and async clients: every method of its set
@@ -137,7 +126,7 @@ async fn cent_drives_every_server_api_method() {
         "python3",
         "tests/e2e/python/cent_api.py",
         "e2e-cent",
-        Encoding::Json,
+        &[],
     )
     .await;
 }
@@ -153,21 +142,20 @@ async fn sdks_work_compressed() {
         "{DEFLATE_EVERYTHING}\n[channel.defaults]\nallow_publish_for_subscriber = true\nallow_publish_for_anonymous = true"
     ))
     .await;
-    let mut run = Command::new("node");
-    run.arg("tests/e2e/js/mixed.js")
-        .current_dir(REPO_ROOT)
-        .env("HERALD_WS_URL", server.ws_url())
-        .env("HERALD_API_URL", server.api_url())
-        .env("HERALD_API_KEY", API_KEY)
-        .env("HERALD_CHANNEL", "e2e-deflate-mixed")
-        .env("HERALD_EXPECT_DEFLATE", "1");
-    herald_tests::assert_script_passes(&mut run, "node tests/e2e/js/mixed.js (deflate)").await;
+    run_scenario(
+        &server,
+        "node",
+        "tests/e2e/js/mixed.js",
+        "e2e-deflate-mixed",
+        &[("HERALD_EXPECT_DEFLATE", "1")],
+    )
+    .await;
     run_scenario(
         &server,
         "python3",
         "tests/e2e/python/recover.py",
         "e2e-deflate-python-recover",
-        Encoding::Protobuf,
+        PROTOBUF,
     )
     .await;
 }
@@ -193,14 +181,13 @@ async fn delta_compression_is_byte_exact() {
     require_node(&["centrifuge", "ws"]).await;
     for extra in ["", DEFLATE_EVERYTHING] {
         let server = TestServer::start(&format!("{DELTA_NAMESPACE}\n{extra}")).await;
-        let mut run = Command::new("node");
-        run.arg("tests/e2e/js/delta.js")
-            .current_dir(REPO_ROOT)
-            .env("HERALD_WS_URL", server.ws_url())
-            .env("HERALD_API_URL", server.api_url())
-            .env("HERALD_API_KEY", API_KEY)
-            .env("HERALD_CHANNEL", "deltas:doc")
-            .env("HERALD_PLAIN_CHANNEL", "doc");
-        herald_tests::assert_script_passes(&mut run, "node tests/e2e/js/delta.js").await;
+        run_scenario(
+            &server,
+            "node",
+            "tests/e2e/js/delta.js",
+            "deltas:doc",
+            &[("HERALD_PLAIN_CHANNEL", "doc")],
+        )
+        .await;
     }
 }

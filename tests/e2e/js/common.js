@@ -1,5 +1,5 @@
-// What the end-to-end scripts (recover.js, jwt.js) share: their common environment, failed checks as
-// CheckError, bounded waits, and calls to Herald's HTTP server API.
+// What the end-to-end scripts share: their common environment, failed checks as CheckError, bounded waits,
+// calls to Herald's HTTP server API, and running a scenario to its exit status.
 'use strict';
 
 // Reads and checks the variables every script needs (plus `extra` names), exiting with 2 and `usage` when
@@ -83,4 +83,20 @@ async function apiCall({ apiUrl, apiKey }, method, body) {
   return json.result;
 }
 
-module.exports = { readEnv, CheckError, check, within, apiCall };
+// Runs a scenario's `main` within `timeoutMs` and exits: 0 when it resolves, 1 (with the reason) when it
+// throws or times out.
+function runScenario(main, timeoutMs) {
+  const timer = setTimeout(() => {
+    console.error(`FAIL: timed out after ${timeoutMs} ms`);
+    process.exit(1);
+  }, timeoutMs);
+  main().then(() => {
+    clearTimeout(timer);
+    process.exit(0);
+  }, (e) => {
+    console.error(e instanceof CheckError ? `FAIL: ${e.message}` : e);
+    process.exit(1);
+  });
+}
+
+module.exports = { readEnv, CheckError, check, within, apiCall, runScenario };

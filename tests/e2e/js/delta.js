@@ -18,7 +18,7 @@
 const { Centrifuge: JsonCentrifuge } = require('centrifuge');
 const { Centrifuge: ProtobufCentrifuge } = require('centrifuge/build/protobuf');
 const WebSocket = require('ws');
-const { readEnv, CheckError, check, within, apiCall } = require('./common');
+const { readEnv, check, within, apiCall, runScenario } = require('./common');
 
 const cfg = readEnv('delta.js', {
   extra: ['HERALD_PLAIN_CHANNEL'],
@@ -122,15 +122,4 @@ async function main() {
 }
 
 cfg.plainChannel = process.env.HERALD_PLAIN_CHANNEL;
-const timer = setTimeout(() => {
-  console.error(`FAIL: timed out after ${cfg.timeoutMs} ms`);
-  process.exit(1);
-}, cfg.timeoutMs);
-
-main().then(() => {
-  clearTimeout(timer);
-  process.exit(0);
-}, (e) => {
-  console.error(e instanceof CheckError ? `FAIL: ${e.message}` : e);
-  process.exit(1);
-});
+runScenario(main, cfg.timeoutMs);

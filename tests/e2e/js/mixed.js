@@ -19,7 +19,7 @@
 const { Centrifuge: JsonCentrifuge } = require('centrifuge');
 const { Centrifuge: ProtobufCentrifuge } = require('centrifuge/build/protobuf');
 const WebSocket = require('ws');
-const { readEnv, CheckError, check, within, apiCall } = require('./common');
+const { readEnv, check, within, apiCall, runScenario } = require('./common');
 
 const cfg = readEnv('mixed.js', {
   usage: 'HERALD_WS_URL=ws://127.0.0.1:8000/connection/websocket HERALD_API_URL=http://127.0.0.1:8000/api '
@@ -124,15 +124,4 @@ async function main() {
   console.log(`PASS: 9 publications from the API, JSON and Protobuf clients reached both subscribers in order`);
 }
 
-const timer = setTimeout(() => {
-  console.error(`FAIL: timed out after ${cfg.timeoutMs} ms`);
-  process.exit(1);
-}, cfg.timeoutMs);
-
-main().then(() => {
-  clearTimeout(timer);
-  process.exit(0);
-}, (e) => {
-  console.error(e instanceof CheckError ? `FAIL: ${e.message}` : e);
-  process.exit(1);
-});
+runScenario(main, cfg.timeoutMs);

@@ -42,7 +42,10 @@ const server = http.createServer((request, response) => {
 });
 
 // perMessageDeflate off and no payload limit beyond the default: what a broadcast server would ship with.
-const sockets = new WebSocketServer({ server, perMessageDeflate: false });
+// PER_MESSAGE_DEFLATE=1 turns compression on (ws's defaults, messages from 256 bytes on) for the
+// compression benchmark (tests/load/compression).
+const perMessageDeflate = process.env.PER_MESSAGE_DEFLATE === '1' ? { threshold: 256 } : false;
+const sockets = new WebSocketServer({ server, perMessageDeflate });
 sockets.on('connection', (socket, request) => {
   const joined = roomsOf(request.url);
   for (const room of joined) {
