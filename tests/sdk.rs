@@ -133,17 +133,25 @@ async fn cent_drives_every_server_api_method() {
 
 /// permessage-deflate with the real clients: `ws` (under centrifuge-js, JSON and Protobuf) and Python's
 /// `websockets` (under centrifuge-python) offer it, Herald takes it, and every message, both ways,
-/// compressed: the mixed channel and recovery scenarios pass byte for byte.
+/// compressed: the mixed channel and recovery scenarios pass byte for byte, with shared compression and
+/// with per-connection context takeover.
 #[tokio::test]
 async fn sdks_work_compressed() {
     require_node(&["centrifuge", "ws"]).await;
     require_python("centrifuge, websockets").await;
-    let server = TestServer::start(&format!(
-        "{DEFLATE_EVERYTHING}\n[channel.defaults]\nallow_publish_for_subscriber = true\nallow_publish_for_anonymous = true"
-    ))
-    .await;
+    for takeover in [false, true] {
+        let server = TestServer::start(&format!(
+            "{DEFLATE_EVERYTHING}\ncontext_takeover = {takeover}\n[channel.defaults]\nallow_publish_for_subscriber = true\nallow_publish_for_anonymous = true"
+        ))
+        .await;
+        scenarios_pass_compressed(&server).await;
+    }
+}
+
+/// The mixed channel (checking that `ws` negotiated compression) and centrifuge-python's recovery.
+async fn scenarios_pass_compressed(server: &TestServer) {
     run_scenario(
-        &server,
+        server,
         "node",
         "tests/e2e/js/mixed.js",
         "e2e-deflate-mixed",
@@ -151,7 +159,7 @@ async fn sdks_work_compressed() {
     )
     .await;
     run_scenario(
-        &server,
+        server,
         "python3",
         "tests/e2e/python/recover.py",
         "e2e-deflate-python-recover",

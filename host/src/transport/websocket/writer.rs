@@ -88,13 +88,17 @@ fn opcode(frame: &Frame) -> OpCode {
 #[derive(Debug)]
 pub(in crate::transport) struct Egress {
     pub(in crate::transport) socket: Arc<Socket>,
-    deflate: Option<Deflate>,
+    /// Boxed: every connection has an egress, few negotiate compression.
+    deflate: Option<Box<Deflate>>,
 }
 
 impl Egress {
     /// Sends through `socket`, compressing as `deflate` says.
     pub(in crate::transport) fn new(socket: Arc<Socket>, deflate: Option<Deflate>) -> Self {
-        Self { socket, deflate }
+        Self {
+            socket,
+            deflate: deflate.map(Box::new),
+        }
     }
 
     /// Whether client messages may come compressed.
@@ -124,7 +128,7 @@ impl Egress {
     /// The compression that applies to `frame`, if any.
     fn compressing(&self, frame: &Frame) -> Option<&Deflate> {
         self.deflate
-            .as_ref()
+            .as_deref()
             .filter(|deflate| deflate.applies(frame))
     }
 }
@@ -178,7 +182,7 @@ pub(super) async fn write_loop(
     loop {
         outbound.next_batch_into(&mut batch).await;
         if !batch.items.is_empty() || socket.holds_back() {
-            let deflate = egress.deflate.as_ref();
+            let deflate = egress.deflate.as_deref();
             let mut chunks = framed(&mut batch.items, &separator, join_up_to, deflate);
             // Boxed, like everything only a busy connection needs: the loop lives as long as the
             // connection, and its idle state is what every connection pays for.
