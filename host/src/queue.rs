@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::config::QueueConfig;
 use crate::engine::redis::connection::{Connection as Link, Target};
-use crate::engine::redis::without_password;
+use crate::engine::redis::{RedisConfigError, without_password};
 use crate::errors::Refusal;
 use crate::node::{Node, PublishError, PublishRequest, Source};
 
@@ -39,7 +39,7 @@ pub async fn start(node: Arc<Node>) -> Result<(), StartError> {
     } else {
         config.consumer.clone()
     };
-    let target = target(&node.config);
+    let target = target(&node.config)?;
     let mut consumers = Vec::with_capacity(config.streams.len());
     for stream in &config.streams {
         // A command connection per consumer, reconnecting by itself after a failed command.
@@ -77,6 +77,9 @@ pub async fn start(node: Arc<Node>) -> Result<(), StartError> {
 /// Why the queue consumers did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The TLS certificates cannot be read.
+    #[error(transparent)]
+    Tls(#[from] RedisConfigError),
     /// The queue's Redis cannot be reached.
     #[error("cannot connect to Redis at {}: {error}", .addresses.join(", "))]
     Connect {
@@ -105,7 +108,7 @@ fn default_consumer_name() -> String {
 
 /// Where the queue's Redis is: `queue.addresses` and `queue.cluster`, or else the engine's. A blocking read
 /// legitimately takes `block` before answering, so the command timeout is extended by it.
-fn target(config: &crate::config::Config) -> Target {
+fn target(config: &crate::config::Config) -> Result<Target, RedisConfigError> {
     let queue = &config.queue;
     let redis = &config.engine.redis;
     let (addresses, cluster) = if queue.addresses.is_empty() {
@@ -113,12 +116,7 @@ fn target(config: &crate::config::Config) -> Target {
     } else {
         (&queue.addresses, queue.cluster)
     };
-    Target {
-        addresses: addresses.clone(),
-        cluster,
-        connect_timeout: redis.connect_timeout,
-        command_timeout: queue.block + redis.command_timeout,
-    }
+    redis.target(addresses, cluster, queue.block)
 }
 
 /// Creates the group reading the stream from its beginning (entries added before Herald first ran are

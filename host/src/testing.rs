@@ -15,9 +15,25 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct RedisServer {
     process: Process,
-    /// The port it listens on.
+    /// The port it listens on (TLS only, for a server started with [`RedisServer::start_tls`]).
     pub port: u16,
+    /// The TLS arguments it was started with, kept for a restart; empty for a plain server.
+    tls: Vec<String>,
     _dir: tempfile::TempDir,
+}
+
+/// The PEM files of a TLS Redis server: its certificate and key, and the CA whose certificates it accepts
+/// from clients (when it asks for one).
+#[derive(Debug, Clone)]
+pub struct RedisTls<'a> {
+    /// The server's certificate.
+    pub cert: &'a Path,
+    /// Its key.
+    pub key: &'a Path,
+    /// The CA that signs client certificates.
+    pub ca: &'a Path,
+    /// Refuse clients without a certificate signed by `ca` (`tls-auth-clients yes`).
+    pub require_client_cert: bool,
 }
 
 /// A port nothing listens on right now.
@@ -36,14 +52,35 @@ impl RedisServer {
 
     /// Starts a server with extra `redis-server` arguments (`--name value` pairs).
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_on(extra, Vec::new())
+    }
+
+    /// Starts a server that speaks only TLS (Debian's `redis-server` is built with it).
+    pub fn start_tls(tls: &RedisTls<'_>) -> Self {
+        let path = |path: &Path| path.display().to_string();
+        let tls = vec![
+            "--tls-cert-file".to_owned(),
+            path(tls.cert),
+            "--tls-key-file".to_owned(),
+            path(tls.key),
+            "--tls-ca-cert-file".to_owned(),
+            path(tls.ca),
+            "--tls-auth-clients".to_owned(),
+            if tls.require_client_cert { "yes" } else { "no" }.to_owned(),
+        ];
+        Self::start_on(&[], tls)
+    }
+
+    fn start_on(extra: &[&str], tls: Vec<String>) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         // A port can be taken between choosing and binding it; try a few.
         for _ in 0..5 {
             let port = free_port();
-            if let Some(process) = spawn(port, dir.path(), extra) {
+            if let Some(process) = spawn(port, dir.path(), extra, &tls) {
                 return Self {
                     process,
                     port,
+                    tls,
                     _dir: dir,
                 };
             }
@@ -51,9 +88,14 @@ impl RedisServer {
         panic!("redis-server did not start (is it installed?)");
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>`, or `rediss://` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_empty() {
+            "redis"
+        } else {
+            "rediss"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Stops the server at once (SIGKILL), as a crash would.
@@ -65,7 +107,7 @@ impl RedisServer {
     pub fn restart_empty(&mut self) {
         self.kill();
         for _ in 0..50 {
-            if let Some(process) = spawn(self.port, self._dir.path(), &[]) {
+            if let Some(process) = spawn(self.port, self._dir.path(), &[], &self.tls) {
                 self.process = process;
                 return;
             }
@@ -102,13 +144,24 @@ impl Process {
 }
 
 /// Starts `redis-server` and waits for its "Ready to accept connections" line; `None` if it exits first
-/// (port taken).
-fn spawn(port: u16, dir: &Path, extra: &[&str]) -> Option<Process> {
+/// (port taken). With `tls` arguments the port is its TLS port and there is no plain one.
+fn spawn(port: u16, dir: &Path, extra: &[&str], tls: &[String]) -> Option<Process> {
+    let ports = if tls.is_empty() {
+        vec!["--port".to_owned(), port.to_string()]
+    } else {
+        vec![
+            "--port".to_owned(),
+            "0".to_owned(),
+            "--tls-port".to_owned(),
+            port.to_string(),
+        ]
+    };
     let mut guard = Command::new("sh")
         .arg("-c")
         .arg(r#"redis-server "$@" & echo "pid $!"; read -r _; kill -9 $! 2>/dev/null"#)
         .arg("redis-guard")
-        .args(["--port", &port.to_string()])
+        .args(&ports)
+        .args(tls)
         .args(["--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
         .arg("--dir")

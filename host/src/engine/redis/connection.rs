@@ -12,7 +12,10 @@ use std::time::Duration;
 use redis::aio::{AsyncPushSender, ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, ProtocolVersion, RedisFuture, RedisResult, Value};
+use redis::{
+    Cmd, ConnectionAddr, Pipeline, ProtocolVersion, RedisFuture, RedisResult, TlsCertificates,
+    Value,
+};
 
 /// A command or subscriber connection.
 #[derive(Clone)]
@@ -24,11 +27,13 @@ pub(crate) enum Connection {
 /// How to reach Redis.
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
-    /// `redis://` URLs: one server, or any nodes of a cluster.
+    /// `redis://` (or `rediss://`) URLs: one server, or any nodes of a cluster.
     pub addresses: Vec<String>,
     pub cluster: bool,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
+    /// A CA and a client certificate for `rediss://` addresses; the system's roots when `None`.
+    pub tls: Option<TlsCertificates>,
 }
 
 impl Connection {
@@ -47,6 +52,9 @@ impl Connection {
                     .use_protocol(ProtocolVersion::RESP3)
                     .push_sender(pushes);
             }
+            if let Some(certificates) = &target.tls {
+                builder = builder.certs(certificates.clone());
+            }
             let client = builder.build()?;
             let connection = client
                 .get_async_connection_with_config(ClusterConfig::new())
@@ -59,7 +67,13 @@ impl Connection {
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let info = info.set_redis_settings(settings);
+        let client = match &target.tls {
+            Some(certificates) if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) => {
+                redis::Client::build_with_tls(info, certificates.clone())?
+            }
+            _ => redis::Client::open(info)?,
+        };
         let mut config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(target.connect_timeout))
             .set_response_timeout(Some(target.command_timeout))

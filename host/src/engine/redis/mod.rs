@@ -30,7 +30,8 @@ use redis::{PushInfo, PushKind, Script, Value};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use self::connection::{Connection, Target};
+use self::connection::Connection;
+pub(crate) use self::connection::Target;
 use self::keys::Keys;
 use self::wire::Message;
 use super::{
@@ -43,7 +44,8 @@ use crate::sync::lock;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]` of the server, or of any nodes of a cluster.
+    /// `redis://[user:password@]host:port[/db]` of the server, or of any nodes of a cluster;
+    /// `rediss://` for TLS.
     pub addresses: Vec<String>,
     /// The addresses are Redis Cluster nodes (sharded pub/sub, keys hash-tagged by channel).
     pub cluster: bool,
@@ -61,6 +63,55 @@ pub struct RedisConfig {
     /// A command without an answer after this long fails (publishes answer "temporarily unavailable").
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
+    /// Certificates for `rediss://` addresses (the engine's and the queue's).
+    pub tls: RedisTlsConfig,
+}
+
+/// `[engine.redis.tls]`: how `rediss://` connections are verified and authenticated. The server's
+/// certificate is checked against the host of the address, with the system's roots unless `ca_file` is
+/// set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisTlsConfig {
+    /// PEM file of the CA that signed the server's certificate (managed Redis with a private CA, a
+    /// self-signed server).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM certificate presented to servers that ask for one (`tls-auth-clients`), with `key_file`.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl RedisTlsConfig {
+    /// The certificates read from the files, for the Redis client; `None` when none is configured.
+    fn certificates(&self) -> Result<Option<redis::TlsCertificates>, RedisConfigError> {
+        let read = |key: &'static str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|error| RedisConfigError::TlsFile {
+                key,
+                path: path.to_owned(),
+                reason: error.to_string(),
+            })
+        };
+        let root_cert = self
+            .ca_file
+            .as_deref()
+            .map(|path| read("ca_file", path))
+            .transpose()?;
+        let client_tls = match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read("cert_file", cert)?,
+                client_key: read("key_file", key)?,
+            }),
+            (None, None) => None,
+            _ => return Err(RedisConfigError::TlsPair),
+        };
+        Ok(
+            (root_cert.is_some() || client_tls.is_some()).then_some(redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            }),
+        )
+    }
 }
 
 impl Default for RedisConfig {
@@ -73,6 +124,7 @@ impl Default for RedisConfig {
             position_check_interval: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
             command_timeout: Duration::from_secs(2),
+            tls: RedisTlsConfig::default(),
         }
     }
 }
@@ -95,7 +147,25 @@ impl RedisConfig {
         if self.position_check_interval.is_zero() {
             return Err(RedisConfigError::PositionCheckInterval);
         }
+        self.tls.certificates()?;
         Ok(())
+    }
+
+    /// How to reach the Redis at `addresses` (these, or the queue's own) with this section's timeouts and
+    /// certificates; `extra_wait` lengthens the command timeout (blocking reads).
+    pub(crate) fn target(
+        &self,
+        addresses: &[String],
+        cluster: bool,
+        extra_wait: Duration,
+    ) -> Result<Target, RedisConfigError> {
+        Ok(Target {
+            addresses: addresses.to_vec(),
+            cluster,
+            connect_timeout: self.connect_timeout,
+            command_timeout: self.command_timeout + extra_wait,
+            tls: self.tls.certificates()?,
+        })
     }
 }
 
@@ -117,6 +187,19 @@ pub enum RedisConfigError {
     /// `position_check_interval` is zero.
     #[error("engine.redis.position_check_interval: must be greater than 0")]
     PositionCheckInterval,
+    /// A certificate or key file cannot be read.
+    #[error("engine.redis.tls.{key}: cannot read {}: {reason}", path.display())]
+    TlsFile {
+        /// The key naming the file.
+        key: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Only one of `cert_file` and `key_file` is set.
+    #[error("engine.redis.tls: cert_file and key_file go together")]
+    TlsPair,
 }
 
 /// The first of `addresses` the Redis client cannot connect to as written (not a `redis://` URL), if any.
@@ -293,12 +376,9 @@ impl RedisEngine {
         handler: Arc<dyn BrokerEventHandler>,
         clock: Clock,
     ) -> Result<Arc<Self>, EngineError> {
-        let target = Target {
-            addresses: config.addresses.clone(),
-            cluster: config.cluster,
-            connect_timeout: config.connect_timeout,
-            command_timeout: config.command_timeout,
-        };
+        let target = config
+            .target(&config.addresses, config.cluster, Duration::ZERO)
+            .map_err(|error| EngineError::Unavailable(error.to_string()))?;
         let (reconnected, mut reconnections) = mpsc::unbounded_channel();
         let router = Arc::new(PushRouter {
             channels: RwLock::new(HashMap::new()),
