@@ -288,7 +288,10 @@ mod tests {
 
     #[test]
     fn offers_herald_cannot_take_are_passed_over() {
-        let off = CompressionConfig::default();
+        let off = CompressionConfig {
+            enabled: false,
+            ..CompressionConfig::default()
+        };
         assert_eq!(answer("permessage-deflate", &off), None);
         for offer in [
             "x-webkit-deflate-frame",
