@@ -31,7 +31,9 @@ fuzz_target!(|data: &[u8]| {
                 !payload.contains(&b'\n') && !payload.contains(&b'\r'),
                 "payload keeps a line break: {payload:?}"
             );
-            if let Err(error) = serde_json::from_slice::<serde_json::Value>(payload) {
+            // Syntax, not values: `1E400` is JSON text though no f64 holds it.
+            if let Err(error) = serde_json::from_slice::<Box<serde_json::value::RawValue>>(payload)
+            {
                 panic!("payload {payload:?} is not JSON: {error}");
             }
         }

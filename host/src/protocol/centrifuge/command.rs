@@ -383,6 +383,23 @@ mod tests {
         }
     }
 
+    /// Found by the property test: a number no f64 holds is still JSON text, kept as it came.
+    #[test]
+    fn numbers_beyond_f64_are_kept() {
+        match one(
+            "{\"id\":1,\"publish\":{\"channel\":\"a\",\"data\":{\"x\":1E000057105827149294}}}",
+        )
+        .method
+        {
+            Method::Publish(p) => {
+                let data = p.data.unwrap();
+                assert_eq!(data, "{\"x\":1E000057105827149294}");
+                assert!(serde_json::from_slice::<serde::de::IgnoredAny>(&data).is_ok());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn bad_lines_are_errors() {
         assert_eq!(Command::decode(""), Err(DecodeError::Empty));

@@ -498,13 +498,14 @@ proptest! {
     }
 }
 
-/// The decoder's contract on hostile text: no panic, and kept payloads are one line of JSON.
+/// The decoder's contract on hostile text: no panic, and kept payloads are one line of JSON text (valid
+/// syntax: a number like `1E400` is JSON though no f64 holds it, so the check does not build values).
 fn check_hostile(frame: &str) -> Result<(), TestCaseError> {
     for command in Command::decode_frame(frame).flatten() {
         if let Some(payload) = payload_of(&command.method) {
             prop_assert!(!payload.contains(&b'\n') && !payload.contains(&b'\r'));
             prop_assert!(
-                serde_json::from_slice::<Value>(payload).is_ok(),
+                serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok(),
                 "{payload:?}"
             );
         }
