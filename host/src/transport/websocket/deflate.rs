@@ -141,12 +141,13 @@ thread_local! {
 }
 
 /// Inflates a client's compressed message, refusing one that inflates past `max` bytes (`1009`) or that is
-/// not valid deflate (`1007`).
+/// not valid deflate (`1007`). A message may also end with a final block (RFC 7692 §7.2.3.2, for clients
+/// that cannot sync-flush): the marker appended after it is then not read.
 pub(in crate::transport) fn inflate(compressed: &[u8], max: usize) -> Result<Bytes, Disconnect> {
     INFLATER.with_borrow_mut(|inflater| {
         inflater.reset(false);
         let mut out = Vec::with_capacity((compressed.len() * 4).min(max + 1).max(64));
-        for input in [compressed, &SYNC_MARKER[..]] {
+        'inputs: for (marker, input) in [(false, compressed), (true, &SYNC_MARKER[..])] {
             let start = inflater.total_in();
             loop {
                 let consumed = (inflater.total_in() - start) as usize;
@@ -161,9 +162,12 @@ pub(in crate::transport) fn inflate(compressed: &[u8], max: usize) -> Result<Byt
                     .decompress_vec(&input[consumed..], &mut out, FlushDecompress::Sync)
                     .map_err(|_| INVALID_DEFLATE)?;
                 let consumed = (inflater.total_in() - start) as usize;
-                if status == Status::StreamEnd && consumed < input.len() {
-                    // A final block followed by more data: not one message's stream.
-                    return Err(INVALID_DEFLATE);
+                if status == Status::StreamEnd {
+                    if !marker && consumed < input.len() {
+                        // A final block followed by more of the message: not one deflate stream.
+                        return Err(INVALID_DEFLATE);
+                    }
+                    break 'inputs;
                 }
                 let stuck = out.len() == before && out.len() < out.capacity();
                 if (consumed == input.len() && out.len() < out.capacity()) || stuck {
@@ -414,5 +418,21 @@ mod tests {
         );
         assert_eq!(inflate(b"\xff\xff\xff garbage", 1000), Err(INVALID_DEFLATE));
         assert_eq!(inflate(&[], 1000).unwrap(), Bytes::new());
+    }
+
+    /// A client that ends its message with a final block (BFINAL set) instead of a sync flush is read, the
+    /// marker after the end ignored; data after a final block is not deflate.
+    #[test]
+    fn a_final_block_ends_the_message() {
+        let text = b"{\"final\":\"block\"}";
+        let mut compress = Compress::new(Compression::fast(), false);
+        let mut finished = Vec::with_capacity(128);
+        compress
+            .compress_vec(text, &mut finished, FlushCompress::Finish)
+            .unwrap();
+        assert_eq!(inflate(&finished, 1000).unwrap(), &text[..]);
+        let mut trailing = finished.clone();
+        trailing.extend(b"more");
+        assert_eq!(inflate(&trailing, 1000), Err(INVALID_DEFLATE));
     }
 }
