@@ -7,11 +7,10 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-
-use bytes::Bytes;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::channel::ChannelOverrides;
@@ -726,7 +725,8 @@ impl Hub {
                 continue;
             }
             let protocol = subscriber.protocol;
-            let form = if subscriber.delta {
+            // Joins and leaves are the same for every subscriber and leave the delta chain alone.
+            let form = if subscriber.delta && !only_join_leave {
                 let number = delta.map_or(0, |step| step.number);
                 let base = subscriber.gate.delta_base.swap(number, Ordering::Relaxed);
                 match delta {
@@ -980,6 +980,26 @@ mod tests {
             3,
             "plain JSON"
         );
+
+        // A join between two publications leaves the chain as it was: the next one is still a delta.
+        let early_session = session_of(&hub, "a");
+        hub.subscribe("doc", {
+            let mut sub = subscriber_with_delta(&early_session);
+            sub.join_leave = true;
+            sub
+        });
+        publish(4);
+        hub.handle_join("doc", Arc::new(ClientInfo::default()));
+        publish(5);
+        let after_join = texts(&early_session).await;
+        let pushes: Vec<_> = after_join
+            .iter()
+            .filter(|text| text.contains("\"push\""))
+            .map(|text| parse(text)["push"].clone())
+            .collect();
+        assert_eq!(pushes.len(), 3, "{after_join:?}");
+        assert!(pushes[1].get("join").is_some(), "{after_join:?}");
+        assert_eq!(pushes[2]["pub"]["delta"], true, "{after_join:?}");
 
         // A document unlike the one before: the delta would not be smaller, so it goes in full.
         let different = Arc::new(Publication {
