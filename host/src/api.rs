@@ -28,16 +28,15 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use base64::Engine as _;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
 
-use crate::config::HttpApiConfig;
-use base64::Engine as _;
-
 use crate::channel::ChannelOverrides;
+use crate::config::HttpApiConfig;
 use crate::control::{self, Action, Command, Target};
 use crate::disconnect::Disconnect;
 use crate::engine::{HistoryFilter, StreamPosition};
@@ -816,11 +815,7 @@ async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<Vec<u8>, Api
                     force_recovery: o.force_recovery.map(|v| v.value),
                 },
             };
-            let target = Target {
-                user: b.user,
-                client: b.client,
-                except: Vec::new(),
-            };
+            let target = Target::connections(b.user, b.client);
             command(node, target, Action::Subscribe(request)).await
         }
         "unsubscribe" => {
@@ -828,22 +823,14 @@ async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<Vec<u8>, Api
             require(&b.channel)?;
             no_session(b.session.as_ref())?;
             node.namespace(&b.channel)?;
-            let target = Target {
-                user: b.user,
-                client: b.client,
-                except: Vec::new(),
-            };
+            let target = Target::connections(b.user, b.client);
             let action = Action::Unsubscribe { channel: b.channel };
             command(node, target, action).await
         }
         "refresh" => {
             let b: RefreshBody = parse(body)?;
             no_session(b.session.as_ref())?;
-            let target = Target {
-                user: b.user,
-                client: b.client,
-                except: Vec::new(),
-            };
+            let target = Target::connections(b.user, b.client);
             let action = Action::Refresh {
                 expired: b.expired,
                 expire_at: (b.expire_at > 0).then_some(b.expire_at),

@@ -34,6 +34,17 @@ pub struct Target {
     pub except: Vec<String>,
 }
 
+impl Target {
+    /// A user's connections, or the one with `client`; none left out.
+    pub fn connections(user: String, client: Option<String>) -> Self {
+        Self {
+            user,
+            client,
+            except: Vec::new(),
+        }
+    }
+}
+
 /// What to do to the targeted connections.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

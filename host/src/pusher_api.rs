@@ -472,11 +472,7 @@ async fn terminate_connections(
         // "" is every connection that never signed in.
         return bad_request("a user id is required").into_response();
     }
-    let target = Target {
-        user: user.to_owned(),
-        client: None,
-        except: Vec::new(),
-    };
+    let target = Target::connections(user.to_owned(), None);
     let command = Command::disconnect(target, &Disconnect::FORCE_DISCONNECT);
     if let Err(error) = control::send(&*node.engine.broker, &command).await {
         tracing::warn!(user, %error, "terminate_connections could not reach the cluster");
