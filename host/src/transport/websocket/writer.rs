@@ -44,9 +44,10 @@ fn header(opcode: OpCode, compressed: bool, length: usize) -> ([u8; MAX_HEADER],
     (bytes, len)
 }
 
-/// A whole frame with `payload`, copied (control frames and other small, rare frames).
-pub(super) fn message(opcode: OpCode, payload: &[u8]) -> Bytes {
-    let (head, len) = header(opcode, false, payload.len());
+/// A whole frame with `payload`, copied (control frames and other small, rare frames); `compressed` as for
+/// [`header`].
+pub(super) fn message(opcode: OpCode, compressed: bool, payload: &[u8]) -> Bytes {
+    let (head, len) = header(opcode, compressed, payload.len());
     let mut frame = BytesMut::with_capacity(len + payload.len());
     frame.extend_from_slice(&head[..len]);
     frame.extend_from_slice(payload);
@@ -55,7 +56,7 @@ pub(super) fn message(opcode: OpCode, payload: &[u8]) -> Bytes {
 
 /// A control frame (ping, pong, close) with `payload`.
 pub(super) fn control(control: Control, payload: &[u8]) -> Bytes {
-    message(OpCode::Control(control), payload)
+    message(OpCode::Control(control), false, payload)
 }
 
 /// The close frame for `disconnect`: its code, then its reason cut to what a control frame holds.
@@ -114,15 +115,14 @@ impl Egress {
             Frame::new(payload.into())
         };
         let opcode = opcode(&frame);
-        let Some(deflate) = self.compressing(&frame) else {
-            return message(opcode, frame.bytes());
-        };
-        let compressed = deflate::without_marker(&deflate.compress(&frame));
-        let (head, len) = header(opcode, true, compressed.len());
-        let mut whole = BytesMut::with_capacity(len + compressed.len());
-        whole.extend_from_slice(&head[..len]);
-        whole.extend_from_slice(&compressed);
-        whole.freeze()
+        match self.compressing(&frame) {
+            Some(deflate) => message(
+                opcode,
+                true,
+                &deflate::without_marker(&deflate.compress(&frame)),
+            ),
+            None => message(opcode, false, frame.bytes()),
+        }
     }
 
     /// The compression that applies to `frame`, if any.
@@ -176,14 +176,14 @@ pub(super) async fn write_loop(
 ) -> bool {
     let separator = wire.frame_separator();
     let join_up_to = if separator.is_some() { join_up_to } else { 0 };
-    let separator = Bytes::from_static(separator.unwrap_or_default());
+    let separator = separator.unwrap_or_default();
     let socket = &*egress.socket;
     let mut batch = Batch::default();
     loop {
         outbound.next_batch_into(&mut batch).await;
         if !batch.items.is_empty() || socket.holds_back() {
             let deflate = egress.deflate.as_deref();
-            let mut chunks = framed(&mut batch.items, &separator, join_up_to, deflate);
+            let mut chunks = framed(&mut batch.items, separator, join_up_to, deflate);
             // Boxed, like everything only a busy connection needs: the loop lives as long as the
             // connection, and its idle state is what every connection pays for.
             if !Box::pin(write_all(socket, &mut chunks, write_timeout)).await {
@@ -216,7 +216,7 @@ async fn end_with(socket: &Socket, wire: &dyn Wire, close: Disconnect, timeout: 
 /// are not copied; the headers share one small buffer.
 fn framed(
     items: &mut VecDeque<Outgoing>,
-    separator: &Bytes,
+    separator: &'static [u8],
     join_up_to: usize,
     deflate: Option<&Deflate>,
 ) -> VecDeque<Bytes> {
@@ -265,7 +265,7 @@ fn framed(
                 push_header(&mut chunks, opcode(first), false, len);
                 for (i, frame) in frames.enumerate() {
                     if i > 0 && !separator.is_empty() {
-                        chunks.push_back(separator.clone());
+                        chunks.push_back(Bytes::from_static(separator));
                     }
                     chunks.push_back(frame.clone().into_bytes());
                 }
