@@ -17,7 +17,8 @@
 //! - [`config`]: the configuration and its sections; [`hub`]: this node's sessions and subscriptions and
 //!   the fan-out of encoded frames.
 //! - [`control`]: commands for the sessions of every node, routed apart from the hub's publications;
-//!   [`pusher_app`]: the Pusher app's behaviour beside the core (cache channels, occupancy, webhooks).
+//!   [`pusher_app`]: the Pusher app's behaviour beside the core (cache channels, occupancy, webhooks);
+//!   [`estate`]: what a node owes the cluster for its members, settled by a survivor if it crashes.
 //! - [`node`]: the shared core and the operations every entrance shares.
 //! - [`session`]: one per connection — state machine, heartbeat, subscriptions.
 //! - [`api`], [`pusher_api`], [`queue`], [`admin`]: the other entrances (server API, Pusher HTTP API, queue
@@ -33,6 +34,7 @@ pub mod control;
 pub mod disconnect;
 pub mod engine;
 pub mod errors;
+pub mod estate;
 pub mod glob;
 pub mod hub;
 pub mod limits;

@@ -19,6 +19,7 @@ use crate::engine::{
 // The core model the node's operations speak in, so that the sessions above need no other door to it.
 pub use crate::engine::{ClientInfo, HistoryFilter, StreamPosition};
 use crate::errors::{ClientError, Refusal};
+use crate::estate::{Estate, Owed};
 use crate::hub::Hub;
 use crate::metrics::{Metrics, PublicationSource};
 use crate::plugin::Plugins;
@@ -126,6 +127,8 @@ pub struct Node {
     pub pusher: PusherApp,
     /// This node's Prometheus instruments.
     pub metrics: Arc<Metrics>,
+    /// What this node owes the cluster for the members it holds, should it die without settling.
+    pub estate: Estate,
     started: Instant,
 }
 
@@ -195,7 +198,10 @@ impl Node {
         let api_guard = crate::limits::ApiGuard::new(&config.limits);
         let shutdown = CancellationToken::new();
         let pusher = PusherApp::new(&config.pusher, shutdown.clone());
+        let id = uuid::Uuid::new_v4().to_string();
+        let estate = Estate::new(engine.clone(), &id);
         Ok(Arc::new(Self {
+            estate,
             metrics,
             admission,
             api_guard,
@@ -206,7 +212,7 @@ impl Node {
             shutdown,
             sessions: TaskTracker::new(),
             pusher,
-            id: uuid::Uuid::new_v4().to_string(),
+            id,
             name: node_name(&config),
             started: Instant::now(),
             config,
@@ -248,18 +254,32 @@ impl Node {
     /// Pusher app may report it occupied).
     pub async fn channel_opened(&self, channel: &str) -> Result<(), EngineError> {
         self.engine.broker.subscribe(channel).await?;
-        self.pusher
-            .channel_opened(&self.engine, &self.id, channel)
-            .await;
+        if self.pusher.tracks_occupancy(channel) {
+            self.pusher
+                .channel_opened(&self.engine, &self.id, channel)
+                .await;
+            let hold = ClientInfo {
+                client: self.id.clone(),
+                ..ClientInfo::default()
+            };
+            if let Err(error) = self.estate.record(channel, &hold, Owed::Vacancy).await {
+                tracing::warn!(channel, %error, "channel occupancy not recorded for a crash");
+            }
+        }
         Ok(())
     }
 
     /// A channel lost its last subscriber on this node: the engine stops delivering it here (and the Pusher
     /// app may report it vacated).
     pub async fn channel_closed(&self, channel: &str) -> Result<(), EngineError> {
-        self.pusher
-            .channel_closed(&self.engine, &self.id, channel)
-            .await;
+        if self.pusher.tracks_occupancy(channel) {
+            self.pusher
+                .channel_closed(&self.engine, &self.id, channel)
+                .await;
+            if let Err(error) = self.estate.settle(channel, &self.id).await {
+                tracing::warn!(channel, %error, "channel occupancy record not removed");
+            }
+        }
         self.engine.broker.unsubscribe(channel).await
     }
 
@@ -276,7 +296,37 @@ impl Node {
 
     /// Takes a client out of the channel's presence.
     pub async fn leave_presence(&self, channel: &str, client: &str) -> Result<(), EngineError> {
-        self.engine.presence.remove_presence(channel, client).await
+        self.engine
+            .presence
+            .remove_presence(channel, client)
+            .await
+            .map(drop)
+    }
+
+    /// Records what `member`'s departure from `channel` will owe the cluster, so a survivor can announce it
+    /// if this node dies first (see [`crate::estate`]).
+    pub async fn owe(
+        &self,
+        channel: &str,
+        member: &ClientInfo,
+        owed: Owed,
+    ) -> Result<(), EngineError> {
+        self.estate.record(channel, member, owed).await
+    }
+
+    /// This node did what `client`'s departure from `channel` owed.
+    pub async fn settled(&self, channel: &str, client: &str) -> Result<(), EngineError> {
+        self.estate.settle(channel, client).await
+    }
+
+    /// A Pusher presence member, already out of the channel's presence, left: `member_removed` for the
+    /// user's last connection (see [`PusherApp::member_left`]).
+    pub async fn pusher_member_left(
+        &self,
+        channel: &str,
+        member: ClientInfo,
+    ) -> Result<bool, EngineError> {
+        self.pusher.member_left(&self.engine, channel, member).await
     }
 
     /// Who is in a channel's presence, by client id, for its own subscribers' sessions (the policy-checked

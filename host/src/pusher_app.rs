@@ -49,10 +49,15 @@ impl PusherApp {
         })
     }
 
+    /// Whether the app keeps the channel's occupancy: with webhooks on, for the channels it hears of.
+    pub fn tracks_occupancy(&self, channel: &str) -> bool {
+        self.webhooks.enabled() && self.announced(channel)
+    }
+
     /// A channel got its first subscriber on node `node`: with webhooks on, the app hears when the channel
     /// became occupied in the whole cluster.
     pub async fn channel_opened(&self, engine: &Engine, node: &str, channel: &str) {
-        if self.webhooks.enabled() && self.announced(channel) {
+        if self.tracks_occupancy(channel) {
             self.track_occupancy(engine, node, channel, true).await;
         }
     }
@@ -60,9 +65,36 @@ impl PusherApp {
     /// A channel lost its last subscriber on node `node`: with webhooks on, the app hears when no node has
     /// a subscriber left.
     pub async fn channel_closed(&self, engine: &Engine, node: &str, channel: &str) {
-        if self.webhooks.enabled() && self.announced(channel) {
+        if self.tracks_occupancy(channel) {
             self.track_occupancy(engine, node, channel, false).await;
         }
+    }
+
+    /// Node `node` died holding the channel: its hold is dropped, and the app hears `channel_vacated` if no
+    /// node holds the channel now. Whether it was vacated.
+    pub async fn node_left_channel(&self, engine: &Engine, node: &str, channel: &str) -> bool {
+        self.track_occupancy(engine, node, channel, false).await
+    }
+
+    /// A presence member (already out of the channel's presence) left: when the user has no other
+    /// connection in the channel, every node's subscribers hear `member_removed` and the app's webhook
+    /// too. Whether it was announced.
+    pub async fn member_left(
+        &self,
+        engine: &Engine,
+        channel: &str,
+        member: ClientInfo,
+    ) -> Result<bool, EngineError> {
+        let present = engine.presence.presence(channel).await?;
+        if present.values().any(|info| info.user == member.user) {
+            return Ok(false);
+        }
+        self.webhooks.send(WebhookEvent::MemberRemoved {
+            channel: channel.to_owned(),
+            user_id: member.user.clone(),
+        });
+        engine.broker.publish_leave(channel, member).await?;
+        Ok(true)
     }
 
     /// Channels whose occupancy the app hears of: the names its protocol can use, but not a user's own
@@ -75,8 +107,15 @@ impl PusherApp {
     /// Keeps which nodes hold a channel in the engine's presence (under a name no client can use, the
     /// node's id as the entry), so occupied/vacated is decided for the cluster: occupied when this node
     /// entered an empty list, vacated when it left one that is then empty. Two nodes racing may both
-    /// announce; a node that dies leaves its entry to expire without a `channel_vacated`.
-    async fn track_occupancy(&self, engine: &Engine, node: &str, channel: &str, occupied: bool) {
+    /// announce. A node that dies holding the channel is taken out by the survivor that settles its
+    /// estate (see [`crate::estate`]). Whether an event was sent.
+    async fn track_occupancy(
+        &self,
+        engine: &Engine,
+        node: &str,
+        channel: &str,
+        occupied: bool,
+    ) -> bool {
         let holders = format!("{OCCUPANCY_PREFIX}{channel}");
         let presence = &engine.presence;
         let result = async {
@@ -95,17 +134,23 @@ impl PusherApp {
         }
         .await;
         match result {
-            Ok(true) => self.webhooks.send(if occupied {
-                WebhookEvent::ChannelOccupied {
-                    channel: channel.to_owned(),
-                }
-            } else {
-                WebhookEvent::ChannelVacated {
-                    channel: channel.to_owned(),
-                }
-            }),
-            Ok(false) => {}
-            Err(error) => tracing::warn!(channel, %error, "channel occupancy not tracked"),
+            Ok(true) => {
+                self.webhooks.send(if occupied {
+                    WebhookEvent::ChannelOccupied {
+                        channel: channel.to_owned(),
+                    }
+                } else {
+                    WebhookEvent::ChannelVacated {
+                        channel: channel.to_owned(),
+                    }
+                });
+                true
+            }
+            Ok(false) => false,
+            Err(error) => {
+                tracing::warn!(channel, %error, "channel occupancy not tracked");
+                false
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["protocol"],
     &["outbound", "webhooks"],
     &["config", "hub"],
-    &["control", "pusher_app"],
+    &["control", "pusher_app", "estate"],
     &["node"],
     &["session"],
     // Other entrances to the node, beside the sessions.

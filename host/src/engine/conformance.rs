@@ -866,14 +866,27 @@ pub(crate) mod cases {
             }
         );
 
-        presence
+        // Removal hands back what was removed, so of two nodes removing one entry exactly one gets it.
+        let removed = presence
             .remove_presence(&channel, "c2")
             .await
             .expect("remove");
-        presence
-            .remove_presence(&channel, "never-there")
-            .await
-            .expect("removing an unknown client is fine");
+        assert_eq!(removed, Some(client("alice", "c2")));
+        assert_eq!(
+            presence
+                .remove_presence(&channel, "c2")
+                .await
+                .expect("remove again"),
+            None,
+            "a second removal finds nothing"
+        );
+        assert_eq!(
+            presence
+                .remove_presence(&channel, "never-there")
+                .await
+                .expect("removing an unknown client is fine"),
+            None
+        );
         let stats = presence.presence_stats(&channel).await.expect("stats");
         assert_eq!(
             stats,
@@ -1035,6 +1048,7 @@ mod memory_conformance {
                 broker: engine.clone(),
                 history: engine.clone(),
                 presence: engine,
+                shared: false,
             },
             clock,
         )

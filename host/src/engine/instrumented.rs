@@ -52,11 +52,13 @@ impl Instrumented {
             presence: metrics.operation("presence"),
             presence_stats: metrics.operation("presence_stats"),
         };
+        let shared = inner.shared;
         let engine = Arc::new(Self { inner, operations });
         Engine {
             broker: engine.clone(),
             history: engine.clone(),
             presence: engine,
+            shared,
         }
     }
 }
@@ -138,7 +140,11 @@ impl Presence for Instrumented {
         measured(&self.operations.add_presence, call).await
     }
 
-    async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), EngineError> {
+    async fn remove_presence(
+        &self,
+        channel: &str,
+        client: &str,
+    ) -> Result<Option<ClientInfo>, EngineError> {
         let call = self.inner.presence.remove_presence(channel, client);
         measured(&self.operations.remove_presence, call).await
     }

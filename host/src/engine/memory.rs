@@ -390,15 +390,20 @@ impl Presence for MemoryEngine {
         Ok(())
     }
 
-    async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), EngineError> {
+    async fn remove_presence(
+        &self,
+        channel: &str,
+        client: &str,
+    ) -> Result<Option<ClientInfo>, EngineError> {
         let mut channels = self.presence.lock(channel);
-        if let Some(clients) = channels.get_mut(channel) {
-            clients.remove(client);
-            if clients.is_empty() {
-                channels.remove(channel);
-            }
+        let Some(clients) = channels.get_mut(channel) else {
+            return Ok(None);
+        };
+        let removed = clients.remove(client);
+        if clients.is_empty() {
+            channels.remove(channel);
         }
-        Ok(())
+        Ok(removed)
     }
 
     async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, EngineError> {

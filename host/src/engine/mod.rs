@@ -244,8 +244,13 @@ pub trait History: Send + Sync + 'static {
 pub trait Presence: Send + Sync + 'static {
     /// Records a client as present (or refreshes it).
     async fn add_presence(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError>;
-    /// Removes a client.
-    async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), EngineError>;
+    /// Removes a client, handing back its entry if it was there: of callers racing to remove one entry,
+    /// exactly one gets it (a crashed node's estate is settled by whoever takes each entry).
+    async fn remove_presence(
+        &self,
+        channel: &str,
+        client: &str,
+    ) -> Result<Option<ClientInfo>, EngineError>;
     /// Everyone present, by client id.
     async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, EngineError>;
     /// Counts of who is present.
@@ -261,6 +266,9 @@ pub struct Engine {
     pub history: Arc<dyn History>,
     /// Presence.
     pub presence: Arc<dyn Presence>,
+    /// Whether other nodes share this engine, so what a node leaves in it outlives the node (a crashed
+    /// node's presence is then settled by a survivor, see [`crate::estate`]).
+    pub shared: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -292,6 +300,7 @@ impl Engine {
             broker: engine.clone(),
             history: engine.clone(),
             presence: engine,
+            shared: false,
         }
     }
 }
@@ -314,6 +323,7 @@ impl Engine {
                     broker: engine.clone(),
                     history: engine.clone(),
                     presence: engine,
+                    shared: true,
                 }
             }
         };

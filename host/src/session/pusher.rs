@@ -17,6 +17,7 @@ use crate::channel::ChannelKind;
 use crate::config::PusherConfig;
 use crate::disconnect::Disconnect;
 use crate::errors::Refusal;
+use crate::estate::Owed;
 use crate::hub::{ClientId, DeliveryGate, SessionCommand, SessionHandle};
 use crate::node::{ClientInfo, HistoryFilter, Node, PublishRequest, Source, plugin_client_info};
 use crate::outbound::Outbound;
@@ -385,8 +386,18 @@ impl PusherSession {
             )
             .await
             .map_err(|_| unavailable())?;
-        if let Err(error) = node.enter_presence(channel, member.clone(), admitted).await {
+        let (entered, owed) = tokio::join!(
+            node.enter_presence(channel, member.clone(), admitted),
+            node.owe(channel, member, Owed::LastOfUser)
+        );
+        if let Err(error) = owed {
+            tracing::warn!(channel, %error, "departure not recorded for a crash");
+        }
+        if let Err(error) = entered {
             tracing::warn!(channel, %error, "presence update failed");
+            if let Err(error) = node.settled(channel, &member.client).await {
+                tracing::warn!(channel, %error, "departure record not removed");
+            }
             self.conn.close(channel, &self.handle.client).await;
             return Err(unavailable());
         }
@@ -566,29 +577,15 @@ impl PusherSession {
 
     async fn leave_roster(&self, channel: &str, member: ClientInfo) {
         let node = &self.conn.node;
-        if let Err(error) = node.leave_presence(channel, &member.client).await {
+        let client = member.client.clone();
+        if let Err(error) = node.leave_presence(channel, &client).await {
             tracing::warn!(channel, %error, "presence removal failed");
         }
-        let last = match node.members(channel).await {
-            Ok(present) => !present.values().any(|info| info.user == member.user),
-            Err(error) => {
-                tracing::warn!(channel, %error, "presence read failed");
-                false
-            }
-        };
-        if !last {
-            return;
+        if let Err(error) = node.pusher_member_left(channel, member).await {
+            tracing::warn!(channel, %error, "member_removed not announced");
         }
-        self.conn
-            .node
-            .pusher
-            .webhooks
-            .send(WebhookEvent::MemberRemoved {
-                channel: channel.to_owned(),
-                user_id: member.user.clone(),
-            });
-        if let Err(error) = node.announce_leave(channel, member).await {
-            tracing::warn!(channel, %error, "member_removed broadcast failed");
+        if let Err(error) = node.settled(channel, &client).await {
+            tracing::warn!(channel, %error, "departure record not removed");
         }
     }
 

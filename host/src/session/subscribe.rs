@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use crate::channel::NamespaceOptions;
 use crate::disconnect::Disconnect;
 use crate::errors::{ClientError, Refusal};
+use crate::estate::Owed;
 use crate::hub::{Delivery, ServerSubscribe, SessionCommand};
 use crate::node::StreamPosition;
 use crate::plugin::bindings::{self, Hooks, SubscribeAllow};
@@ -247,14 +248,27 @@ impl Session {
         result.ttl = mode.ttl;
         result.delta = mode.delta;
         // Present before the client hears it is subscribed, so a presence query right after sees it.
-        if options.presence
-            && let Err(error) = node
-                .enter_presence(channel, self.info(mode.chan_info.clone()), admitted)
-                .await
-        {
-            tracing::warn!(channel, %error, "presence update failed");
-        }
         let announce = options.join_leave || options.force_push_join_leave;
+        if options.presence || announce {
+            let member = self.info(mode.chan_info.clone());
+            let owed = if announce { Owed::Leave } else { Owed::Removal };
+            let (entered, owed) = tokio::join!(
+                async {
+                    if options.presence {
+                        node.enter_presence(channel, member.clone(), admitted).await
+                    } else {
+                        Ok(())
+                    }
+                },
+                node.owe(channel, &member, owed)
+            );
+            if let Err(error) = entered {
+                tracing::warn!(channel, %error, "presence update failed");
+            }
+            if let Err(error) = owed {
+                tracing::warn!(channel, %error, "departure not recorded for a crash");
+            }
+        }
         if gate.open(&self.conn.outbound, [reply(&result)], covered) == Delivery::Gap {
             // Publications raced the reply with a hole between them: start over at once.
             let _ = handle.command(SessionCommand::Resubscribe {
@@ -357,6 +371,11 @@ impl Session {
                 .await
         {
             tracing::warn!(channel, %error, "leave broadcast failed");
+        }
+        if (subscription.presence || subscription.announce_leave)
+            && let Err(error) = node.settled(channel, &self.client).await
+        {
+            tracing::warn!(channel, %error, "departure record not removed");
         }
     }
 }

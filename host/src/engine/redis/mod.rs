@@ -860,7 +860,11 @@ impl Presence for RedisEngine {
         Ok(())
     }
 
-    async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), EngineError> {
+    async fn remove_presence(
+        &self,
+        channel: &str,
+        client: &str,
+    ) -> Result<Option<ClientInfo>, EngineError> {
         {
             let mut present = lock(&self.present);
             if let Some(clients) = present.get_mut(channel) {
@@ -872,7 +876,7 @@ impl Presence for RedisEngine {
         }
         let keys = self.keys.channel(channel);
         let mut commands = self.commands.clone();
-        let _: Value = self
+        let removed: Option<Vec<u8>> = self
             .scripts
             .presence_remove
             .key(&keys.presence)
@@ -881,7 +885,7 @@ impl Presence for RedisEngine {
             .invoke_async(&mut commands)
             .await
             .map_err(unavailable)?;
-        Ok(())
+        Ok(removed.and_then(|encoded| wire::decode_client_info(&encoded)))
     }
 
     async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, EngineError> {

@@ -68,6 +68,7 @@ fn engine(redis: Arc<RedisEngine>) -> Engine {
         broker: redis.clone(),
         history: redis.clone(),
         presence: redis,
+        shared: true,
     }
 }
 
