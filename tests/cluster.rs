@@ -182,6 +182,58 @@ async fn info_lists_every_node_with_its_counts() {
     .await;
 }
 
+/// The `num_clients` of each channel in a node's `channels` answer.
+fn channel_counts(body: &Value) -> BTreeSet<(String, u64)> {
+    body["result"]["channels"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no channels: {body}"))
+        .iter()
+        .map(|(name, info)| (name.clone(), info["num_clients"].as_u64().unwrap_or(0)))
+        .collect()
+}
+
+/// The server API's `channels` counts the connections of every node, follows them as they come and go,
+/// and drops a node's connections when it stops; a node with no subscriber of its own answers too.
+#[tokio::test]
+async fn channels_are_counted_across_nodes() {
+    let redis = RedisServer::start();
+    let mut nodes = three_nodes(&redis).await;
+    let (_a1, _) = subscribed(&nodes[0], "counted", json!({})).await;
+    let (a2, _) = subscribed(&nodes[0], "counted", json!({})).await;
+    let (_b1, _) = subscribed(&nodes[1], "counted", json!({})).await;
+    let (_b2, _) = subscribed(&nodes[1], "other", json!({})).await;
+    let expect = |counts: &[(&str, u64)]| -> BTreeSet<(String, u64)> {
+        counts.iter().map(|(c, n)| ((*c).to_owned(), *n)).collect()
+    };
+
+    let all = expect(&[("counted", 3), ("other", 1)]);
+    for node in &nodes {
+        api_until(
+            "every node's subscribers counted",
+            || node.api("channels", json!({})),
+            |body| channel_counts(body) == all,
+        )
+        .await;
+    }
+    let (_, filtered) = nodes[2].api("channels", json!({"pattern": "oth*"})).await;
+    assert_eq!(channel_counts(&filtered), expect(&[("other", 1)]));
+
+    drop(a2);
+    api_until(
+        "a subscriber leaving on another node is counted out",
+        || nodes[2].api("channels", json!({})),
+        |body| channel_counts(body) == expect(&[("counted", 2), ("other", 1)]),
+    )
+    .await;
+    nodes.remove(1).shutdown().await.expect("clean shutdown");
+    api_until(
+        "a stopped node's subscribers are counted out",
+        || nodes[1].api("channels", json!({})),
+        |body| channel_counts(body) == expect(&[("counted", 1)]),
+    )
+    .await;
+}
+
 /// Presence and presence stats list the subscribers of every node from every node (server API and client
 /// commands); join and leave pushes reach subscribers on other nodes, and a leave is gone from presence
 /// everywhere.
@@ -322,8 +374,9 @@ async fn kill_9_scenario(config: &str) {
         assert!(follower.log().resubscribes.is_empty());
     }
 
-    // The killed node never removed its presence entries; they expire (presence_ttl = 3s) and presence
-    // lists exactly the connections that are alive.
+    // The killed node never removed its presence entries; they expire (presence_ttl = 3s here, before a
+    // survivor settles them: tests/dead_node.rs covers that) and presence lists exactly the connections
+    // that are alive.
     let alive: BTreeSet<String> = followers
         .iter()
         .map(|f| f.log().clients.last().expect("connected").clone())

@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 
 use herald::testing::RedisServer;
-use herald_tests::cluster::{HeraldProcess, node_config};
+use herald_tests::cluster::{CLUSTER_WAIT, HeraldProcess, node_config};
 use herald_tests::pusher::{Pusher, data, get, triggered};
 use herald_tests::{PUSHER_APP_ID as APP_ID, PUSHER_CONFIG};
 use serde_json::{Value, json};
@@ -275,6 +275,81 @@ async fn presence_members_join_and_leave_across_nodes() {
     for node in [a, b] {
         assert_eq!(users(node, channel).await, ids(["1"]), "on {}", node.addr);
     }
+}
+
+/// `GET path` with `params` on `node` until `done` accepts the body (other nodes' counts arrive within
+/// about a second); returns it.
+async fn get_until(
+    node: &HeraldProcess,
+    path: &str,
+    params: &[(&str, &str)],
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + CLUSTER_WAIT;
+    loop {
+        let (status, body) = get(node.addr, path, params).await;
+        assert_eq!(status, 200, "{body}");
+        if done(&body) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}; last answer: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// `occupied`, `subscription_count` and the channel list count the subscribers of every node, asked of a
+/// node that has none of its own, and follow them leaving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn occupancy_and_subscription_counts_are_cluster_wide() {
+    let redis = RedisServer::start();
+    let nodes = pusher_nodes(&redis, 3).await;
+    let (a, b, asked) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut first = Pusher::connect(a.addr).await;
+    first.subscribed("news", None).await;
+    let mut second = Pusher::connect(b.addr).await;
+    second.subscribed("news", None).await;
+    let mut third = Pusher::connect(b.addr).await;
+    third.subscribed("sports", None).await;
+
+    let news = format!("/apps/{APP_ID}/channels/news");
+    let info = [("info", "subscription_count")];
+    let body = get_until(asked, &news, &info, "news counted on every node", |body| {
+        body["subscription_count"] == 2
+    })
+    .await;
+    assert_eq!(body["occupied"], true, "{body}");
+    let channels = format!("/apps/{APP_ID}/channels");
+    get_until(
+        asked,
+        &channels,
+        &[],
+        "every node's channels listed",
+        |body| body["channels"] == json!({"news": {}, "sports": {}}),
+    )
+    .await;
+    let (_, prefixed) = get(asked.addr, &channels, &[("filter_by_prefix", "sp")]).await;
+    assert_eq!(prefixed["channels"], json!({"sports": {}}), "{prefixed}");
+
+    drop(first);
+    get_until(
+        asked,
+        &news,
+        &info,
+        "a subscriber leaving on another node",
+        |body| body["subscription_count"] == 1,
+    )
+    .await;
+    drop(second);
+    let body = get_until(asked, &news, &[], "the last subscriber gone", |body| {
+        body["occupied"] == false
+    })
+    .await;
+    assert!(body.get("subscription_count").is_none(), "{body}");
+    drop(third);
 }
 
 /// `terminate_connections` and Herald's own `disconnect` sent to one node close connections held by

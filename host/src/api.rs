@@ -732,14 +732,18 @@ async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<Vec<u8>, Api
             } else {
                 parse(body)?
             };
-            let mut channels = node.hub.channels();
-            channels.retain(|(name, _)| b.pattern.is_empty() || glob::matches(&b.pattern, name));
+            let mut channels: Vec<(String, u64)> = crate::counts::channels(node)
+                .await
+                .map_err(ClientError::from)?
+                .into_iter()
+                .filter(|(name, _)| b.pattern.is_empty() || glob::matches(&b.pattern, name))
+                .collect();
             channels.sort();
             Ok(result(|o| {
                 o.object("channels", |c| {
                     for (name, count) in &channels {
                         c.object(name, |info| {
-                            info.u64("num_clients", *count as u64);
+                            info.u64("num_clients", *count);
                         });
                     }
                 });

@@ -22,7 +22,8 @@
 //! - [`node`]: the shared core and the operations every entrance shares.
 //! - [`session`]: one per connection — state machine, heartbeat, subscriptions.
 //! - [`api`], [`pusher_api`], [`queue`], [`admin`]: the other entrances (server API, Pusher HTTP API, queue
-//!   ingestion, the admin page); [`nodes`]: the cluster's node list.
+//!   ingestion, the admin page); [`nodes`]: the cluster's node list; [`counts`]: subscriber counts across
+//!   the cluster.
 //! - [`transport`]: TCP/TLS accept, HTTP routing, WebSocket upgrade and frame I/O.
 //! - [`server`]: composition — starts the node with what runs beside it, and serves.
 
@@ -31,6 +32,7 @@ pub mod api;
 pub mod channel;
 pub mod config;
 pub mod control;
+pub mod counts;
 pub mod disconnect;
 pub mod engine;
 pub mod errors;

@@ -109,6 +109,11 @@ fn fresh(mut entries: BTreeMap<String, NodeInfo>) -> BTreeMap<String, NodeInfo> 
     entries
 }
 
+/// The ids of the running nodes (fresh entries of the node list).
+pub async fn running(node: &Node) -> Result<Vec<String>, crate::engine::EngineError> {
+    Ok(announced(node).await?.into_keys().collect())
+}
+
 /// The fresh entries of the node list, by id.
 async fn announced(node: &Node) -> Result<BTreeMap<String, NodeInfo>, crate::engine::EngineError> {
     entries(node).await.map(fresh)

@@ -302,7 +302,7 @@ async fn publish(node: &Node, checked: Checked) -> Result<Map<String, Value>, Fa
     Ok(attributes)
 }
 
-/// The attributes `info` asks for: `subscription_count` (connections subscribed on this node) and, for
+/// The attributes `info` asks for: `subscription_count` (connections subscribed on every node) and, for
 /// presence channels, `user_count` (distinct users on every node).
 async fn channel_attributes(
     node: &Node,
@@ -313,10 +313,10 @@ async fn channel_attributes(
     for attribute in info {
         match attribute.as_str() {
             "subscription_count" => {
-                attributes.insert(
-                    "subscription_count".into(),
-                    node.hub.subscriber_count(channel).into(),
-                );
+                let count = crate::counts::subscribers(node, channel)
+                    .await
+                    .map_err(counts_unavailable)?;
+                attributes.insert("subscription_count".into(), count.into());
             }
             "user_count" if ChannelKind::of(channel) == ChannelKind::Presence => {
                 let stats = node
@@ -380,7 +380,7 @@ async fn batch_events(State(node): State<Arc<Node>>, body: Bytes) -> Result<Resp
     }
 }
 
-/// `GET /apps/{app_id}/channels`: occupied channels on this node, optionally by prefix.
+/// `GET /apps/{app_id}/channels`: occupied channels on every node, optionally by prefix.
 async fn channels(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, Failure> {
     let query = query_pairs(&uri);
     let param = |name: &str| {
@@ -396,7 +396,13 @@ async fn channels(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, F
     }
     let max_len = node.config.pusher.max_channel_name_length;
     let mut listed = Map::new();
-    for (name, _) in node.hub.channels() {
+    let mut occupied: Vec<String> = crate::counts::channels(&node)
+        .await
+        .map_err(counts_unavailable)?
+        .into_keys()
+        .collect();
+    occupied.sort();
+    for name in occupied {
         // Channels only the Centrifugo protocol can name, and users' private channels, are not listed.
         if !name.starts_with(prefix)
             || !codec::valid_channel_name(&name, max_len)
@@ -414,7 +420,7 @@ async fn channels(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, F
     Ok(ok(json!({ "channels": listed })))
 }
 
-/// `GET /apps/{app_id}/channels/{channel}`: whether it is occupied (on this node), with `info` attributes.
+/// `GET /apps/{app_id}/channels/{channel}`: whether it is occupied (on any node), with `info` attributes.
 async fn channel(
     State(node): State<Arc<Node>>,
     Path((_app_id, channel)): Path<(String, String)>,
@@ -431,10 +437,16 @@ async fn channel(
             .map(|(_, value)| value.as_str()),
     );
     let mut body = channel_attributes(&node, &channel, &info).await?;
-    body.insert(
-        "occupied".into(),
-        (node.hub.subscriber_count(&channel) > 0).into(),
-    );
+    let occupied = match body.get("subscription_count").and_then(Value::as_u64) {
+        Some(count) => count > 0,
+        None => {
+            crate::counts::subscribers(&node, &channel)
+                .await
+                .map_err(counts_unavailable)?
+                > 0
+        }
+    };
+    body.insert("occupied".into(), occupied.into());
     Ok(ok(Value::Object(body)))
 }
 
@@ -483,6 +495,11 @@ async fn terminate_connections(
 }
 
 /// `503` for a presence read the engine could not answer.
+fn counts_unavailable(error: EngineError) -> Failure {
+    tracing::warn!(%error, "subscriber counts read failed");
+    Failure(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+}
+
 fn presence_unavailable(channel: &str) -> impl FnOnce(EngineError) -> Failure + '_ {
     move |error| {
         tracing::warn!(channel, %error, "presence read failed");

@@ -18,7 +18,7 @@ use crate::transport::tls::Certificates;
 use crate::{admin, api, pusher_api, transport};
 
 /// Starts a node and what runs beside it: the plugin watcher (when `plugins.watch` is on), the announcer
-/// that keeps this node in the cluster's node list, `/metrics` on its own address (when
+/// that keeps this node in the cluster's node list, the publisher of its subscriber counts, `/metrics` on its own address (when
 /// `metrics.address` is set), and the queue consumers (when `queue.enabled`), after
 /// the plugins are loaded so every entry goes through their publish chain.
 pub async fn start(config: Config) -> anyhow::Result<Arc<Node>> {
@@ -27,6 +27,7 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<Node>> {
         crate::plugin::watch::start(node.plugins.clone(), node.shutdown.clone())?;
     }
     crate::nodes::start(node.clone());
+    crate::counts::start(node.clone());
     serve_metrics_address(&node).await?;
     if node.config.queue.enabled {
         crate::queue::start(node.clone())

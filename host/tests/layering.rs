@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["node"],
     &["session"],
     // Other entrances to the node, beside the sessions.
-    &["api", "pusher_api", "queue", "nodes", "admin"],
+    &["api", "pusher_api", "queue", "nodes", "counts", "admin"],
     &["transport"],
     // Composition: what starts and wires everything.
     &["server", "main", "lib"],

@@ -357,6 +357,7 @@ macro_rules! engine_conformance_tests {
             meta_ttl_expiry_starts_a_new_epoch,
             join_and_leave_are_delivered,
             presence_add_replace_remove_and_stats,
+            published_counts_are_kept_per_node,
             channels_are_independent,
             idempotent_publishes_are_published_once,
         );
@@ -804,6 +805,55 @@ pub(crate) mod cases {
             },
         ];
         assert_eq!(delivered, expected);
+    }
+
+    pub(crate) async fn published_counts_are_kept_per_node(h: Harness) {
+        let presence = &h.engine.presence;
+        let node = h.channel("node-a").await;
+        let other = h.channel("node-b").await;
+        let ttl = Duration::from_secs(60);
+        assert!(presence.node_counts(&node).await.expect("read").is_empty());
+        assert_eq!(presence.node_count(&node, "news").await.expect("read"), 0);
+        presence
+            .publish_counts(&node, &[("news".into(), 3), ("chat".into(), 1)], ttl)
+            .await
+            .expect("publish");
+        presence
+            .publish_counts(&other, &[("news".into(), 5)], ttl)
+            .await
+            .expect("publish");
+        // A change sets one channel; a zero takes one out; the rest stays.
+        presence
+            .publish_counts(&node, &[("news".into(), 4), ("chat".into(), 0)], ttl)
+            .await
+            .expect("publish");
+        assert_eq!(
+            presence.node_counts(&node).await.expect("read"),
+            HashMap::from([("news".to_owned(), 4)])
+        );
+        assert_eq!(presence.node_count(&node, "news").await.expect("read"), 4);
+        assert_eq!(presence.node_count(&node, "chat").await.expect("read"), 0);
+        assert_eq!(presence.node_count(&other, "news").await.expect("read"), 5);
+        // Publishing nothing only keeps the set alive.
+        presence
+            .publish_counts(&other, &[], ttl)
+            .await
+            .expect("keep alive");
+        assert_eq!(presence.node_count(&other, "news").await.expect("read"), 5);
+        // Many channels at once (more than one slice).
+        let many: Vec<(String, u64)> = (0..2500).map(|i| (format!("c{i}"), i + 1)).collect();
+        presence
+            .publish_counts(&other, &many, ttl)
+            .await
+            .expect("publish many");
+        assert_eq!(
+            presence.node_counts(&other).await.expect("read").len(),
+            2501
+        );
+        assert_eq!(
+            presence.node_count(&other, "c2499").await.expect("read"),
+            2500
+        );
     }
 
     pub(crate) async fn presence_add_replace_remove_and_stats(h: Harness) {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -28,6 +28,8 @@ struct Operations {
     remove_presence: EngineOperation,
     presence: EngineOperation,
     presence_stats: EngineOperation,
+    publish_counts: EngineOperation,
+    node_counts: EngineOperation,
 }
 
 /// The decorated engine.
@@ -51,6 +53,8 @@ impl Instrumented {
             remove_presence: metrics.operation("remove_presence"),
             presence: metrics.operation("presence"),
             presence_stats: metrics.operation("presence_stats"),
+            publish_counts: metrics.operation("publish_counts"),
+            node_counts: metrics.operation("node_counts"),
         };
         let shared = inner.shared;
         let engine = Arc::new(Self { inner, operations });
@@ -157,5 +161,25 @@ impl Presence for Instrumented {
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError> {
         let call = self.inner.presence.presence_stats(channel);
         measured(&self.operations.presence_stats, call).await
+    }
+
+    async fn publish_counts(
+        &self,
+        node: &str,
+        changed: &[(String, u64)],
+        ttl: Duration,
+    ) -> Result<(), EngineError> {
+        let call = self.inner.presence.publish_counts(node, changed, ttl);
+        measured(&self.operations.publish_counts, call).await
+    }
+
+    async fn node_counts(&self, node: &str) -> Result<HashMap<String, u64>, EngineError> {
+        let call = self.inner.presence.node_counts(node);
+        measured(&self.operations.node_counts, call).await
+    }
+
+    async fn node_count(&self, node: &str, channel: &str) -> Result<u64, EngineError> {
+        let call = self.inner.presence.node_count(node, channel);
+        measured(&self.operations.node_counts, call).await
     }
 }

@@ -40,7 +40,12 @@ pub struct MemoryEngine {
     presence: Sharded<HashMap<String, ClientInfo>>,
     /// Positions of idempotent publishes by (channel, key), until their window ends.
     idempotent: Mutex<HashMap<(String, String), (StreamPosition, Instant)>>,
+    /// Published subscriber counts by node.
+    counts: Mutex<HashMap<String, NodeCounts>>,
 }
+
+/// One node's published counts (channel → count), and until when they are kept.
+type NodeCounts = (HashMap<String, u64>, Instant);
 
 impl std::fmt::Debug for MemoryEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,6 +67,25 @@ impl MemoryEngine {
             streams: Sharded::new(),
             presence: Sharded::new(),
             idempotent: Mutex::default(),
+            counts: Mutex::default(),
+        }
+    }
+
+    /// Node `node`'s counts if they have not expired (expired ones are dropped).
+    fn live_counts<T>(
+        &self,
+        node: &str,
+        read: impl FnOnce(&HashMap<String, u64>) -> T,
+    ) -> Option<T> {
+        let now = (self.clock)();
+        let mut counts = lock(&self.counts);
+        match counts.get(node) {
+            Some((_, until)) if *until <= now => {
+                counts.remove(node);
+                None
+            }
+            Some((channels, _)) => Some(read(channels)),
+            None => None,
         }
     }
 
@@ -404,6 +428,42 @@ impl Presence for MemoryEngine {
             channels.remove(channel);
         }
         Ok(removed)
+    }
+
+    async fn publish_counts(
+        &self,
+        node: &str,
+        changed: &[(String, u64)],
+        ttl: Duration,
+    ) -> Result<(), EngineError> {
+        let now = (self.clock)();
+        let mut counts = lock(&self.counts);
+        let entry = counts
+            .entry(node.to_owned())
+            .or_insert_with(|| (HashMap::new(), now));
+        if entry.1 <= now {
+            entry.0.clear();
+        }
+        entry.1 = now + ttl;
+        for (channel, count) in changed {
+            if *count == 0 {
+                entry.0.remove(channel);
+            } else {
+                entry.0.insert(channel.clone(), *count);
+            }
+        }
+        Ok(())
+    }
+
+    async fn node_counts(&self, node: &str) -> Result<HashMap<String, u64>, EngineError> {
+        Ok(self.live_counts(node, Clone::clone).unwrap_or_default())
+    }
+
+    async fn node_count(&self, node: &str, channel: &str) -> Result<u64, EngineError> {
+        Ok(self
+            .live_counts(node, |channels| channels.get(channel).copied())
+            .flatten()
+            .unwrap_or(0))
     }
 
     async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, EngineError> {

@@ -255,6 +255,19 @@ pub trait Presence: Send + Sync + 'static {
     async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, EngineError>;
     /// Counts of who is present.
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError>;
+    /// Publishes node `node`'s subscriber counts for other nodes to read: each of `changed` gets its count
+    /// (0 takes the channel out); the node's whole set is kept for `ttl` from now, then dropped unless
+    /// published again (a node that stops publishing is gone).
+    async fn publish_counts(
+        &self,
+        node: &str,
+        changed: &[(String, u64)],
+        ttl: Duration,
+    ) -> Result<(), EngineError>;
+    /// Node `node`'s published counts, by channel.
+    async fn node_counts(&self, node: &str) -> Result<HashMap<String, u64>, EngineError>;
+    /// Node `node`'s published count of one channel (0 when it has none).
+    async fn node_count(&self, node: &str, channel: &str) -> Result<u64, EngineError>;
 }
 
 /// The three seams as one cheaply cloned value.

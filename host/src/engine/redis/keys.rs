@@ -54,6 +54,11 @@ impl Keys {
         }
     }
 
+    /// Hash of a node's published subscriber counts: channel → count.
+    pub(super) fn node_counts(&self, node: &str) -> String {
+        format!("{}:counts:{{{node}}}", self.prefix)
+    }
+
     /// Where an idempotent publish remembers its result, in the channel's slot.
     pub(super) fn idempotency(&self, channel: &str, key: &str) -> String {
         format!("{}:{{{}}}:idem:{key}", self.prefix, Self::tag(channel))

@@ -903,6 +903,53 @@ impl Presence for RedisEngine {
         Ok(wire::decode_presence(fields))
     }
 
+    async fn publish_counts(
+        &self,
+        node: &str,
+        changed: &[(String, u64)],
+        ttl: Duration,
+    ) -> Result<(), EngineError> {
+        // Large sets (a node's first publication) go in slices, so no single command is huge.
+        const SLICE: usize = 1000;
+        let key = self.keys.node_counts(node);
+        let mut pipe = redis::pipe();
+        let (set, gone): (Vec<_>, Vec<_>) = changed.iter().partition(|(_, count)| *count > 0);
+        for slice in set.chunks(SLICE) {
+            let pairs: Vec<(&str, u64)> = slice.iter().map(|(c, n)| (c.as_str(), *n)).collect();
+            pipe.hset_multiple(&key, &pairs).ignore();
+        }
+        for slice in gone.chunks(SLICE) {
+            let names: Vec<&str> = slice.iter().map(|(c, _)| c.as_str()).collect();
+            pipe.hdel(&key, names).ignore();
+        }
+        pipe.pexpire(&key, i64::try_from(millis(ttl)).unwrap_or(i64::MAX))
+            .ignore();
+        let mut commands = self.commands.clone();
+        pipe.query_async::<()>(&mut commands)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn node_counts(&self, node: &str) -> Result<HashMap<String, u64>, EngineError> {
+        let mut commands = self.commands.clone();
+        redis::cmd("HGETALL")
+            .arg(self.keys.node_counts(node))
+            .query_async(&mut commands)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn node_count(&self, node: &str, channel: &str) -> Result<u64, EngineError> {
+        let mut commands = self.commands.clone();
+        let count: Option<u64> = redis::cmd("HGET")
+            .arg(self.keys.node_counts(node))
+            .arg(channel)
+            .query_async(&mut commands)
+            .await
+            .map_err(unavailable)?;
+        Ok(count.unwrap_or(0))
+    }
+
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError> {
         let everyone = self.presence(channel).await?;
         let users: HashSet<&str> = everyone.values().map(|info| info.user.as_str()).collect();
