@@ -16,6 +16,7 @@
 //! With an engine no other node shares (the memory engine), nothing outlives the node and nothing is
 //! recorded.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::engine::{ClientInfo, Engine, EngineError};
@@ -184,36 +185,45 @@ pub async fn settle_for(
     dead: &str,
 ) -> Result<Settled, EngineError> {
     let started = Instant::now();
+    let mut by_channel: BTreeMap<String, Vec<(ClientInfo, Owed)>> = BTreeMap::new();
+    for Departure {
+        channel,
+        member,
+        owed,
+    } in take(engine, dead).await?
+    {
+        by_channel.entry(channel).or_default().push((member, owed));
+    }
     let mut settled = Settled::default();
-    for departure in take(engine, dead).await? {
-        let Departure {
-            channel,
-            member,
-            owed,
-        } = departure;
-        if owed == Owed::Vacancy {
-            if pusher.node_left_channel(engine, dead, &channel).await {
-                settled.vacated += 1;
+    for (channel, departures) in by_channel {
+        // Everyone out of presence first, so a Pusher user is judged by the connections that remain.
+        let mut last_of_user = Vec::new();
+        for (member, owed) in departures {
+            if owed == Owed::Vacancy {
+                settled.vacated +=
+                    usize::from(pusher.node_left_channel(engine, dead, &channel).await);
+                continue;
             }
-            continue;
-        }
-        if engine
-            .presence
-            .remove_presence(&channel, &member.client)
-            .await?
-            .is_some()
-        {
-            settled.removed += 1;
-        }
-        let announced = match owed {
-            Owed::Removal | Owed::Vacancy => false,
-            Owed::Leave => {
-                engine.broker.publish_leave(&channel, member).await?;
-                true
+            if engine
+                .presence
+                .remove_presence(&channel, &member.client)
+                .await?
+                .is_some()
+            {
+                settled.removed += 1;
             }
-            Owed::LastOfUser => pusher.member_left(engine, &channel, member).await?,
-        };
-        settled.announced += usize::from(announced);
+            match owed {
+                Owed::Removal | Owed::Vacancy => {}
+                Owed::Leave => {
+                    engine.broker.publish_leave(&channel, member).await?;
+                    settled.announced += 1;
+                }
+                Owed::LastOfUser => last_of_user.push(member),
+            }
+        }
+        if !last_of_user.is_empty() {
+            settled.announced += pusher.members_left(engine, &channel, last_of_user).await?;
+        }
     }
     tracing::debug!(elapsed = ?started.elapsed(), "estate settled");
     Ok(settled)

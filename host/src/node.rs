@@ -320,13 +320,16 @@ impl Node {
     }
 
     /// A Pusher presence member, already out of the channel's presence, left: `member_removed` for the
-    /// user's last connection (see [`PusherApp::member_left`]).
+    /// user's last connection (see [`PusherApp::members_left`]).
     pub async fn pusher_member_left(
         &self,
         channel: &str,
         member: ClientInfo,
-    ) -> Result<bool, EngineError> {
-        self.pusher.member_left(&self.engine, channel, member).await
+    ) -> Result<(), EngineError> {
+        self.pusher
+            .members_left(&self.engine, channel, vec![member])
+            .await
+            .map(drop)
     }
 
     /// Who is in a channel's presence, by client id, for its own subscribers' sessions (the policy-checked

@@ -2,6 +2,8 @@
 //! channels' history rule, the cluster-wide occupancy it reports, and its webhooks. The node calls it at
 //! the few points where a channel's life changes; nothing else in the core knows the Pusher app.
 
+use std::collections::HashSet;
+
 use crate::channel::ChannelKind;
 use crate::config::PusherConfig;
 use crate::engine::{ClientInfo, Engine, EngineError, HistoryOptions};
@@ -76,25 +78,29 @@ impl PusherApp {
         self.track_occupancy(engine, node, channel, false).await
     }
 
-    /// A presence member (already out of the channel's presence) left: when the user has no other
-    /// connection in the channel, every node's subscribers hear `member_removed` and the app's webhook
-    /// too. Whether it was announced.
-    pub async fn member_left(
+    /// Presence members (already out of the channel's presence) left: each user with no other connection
+    /// in the channel is announced once — every node's subscribers hear `member_removed`, and the app's
+    /// webhook too. The channel's presence is read once however many left. How many were announced.
+    pub async fn members_left(
         &self,
         engine: &Engine,
         channel: &str,
-        member: ClientInfo,
-    ) -> Result<bool, EngineError> {
+        members: Vec<ClientInfo>,
+    ) -> Result<usize, EngineError> {
         let present = engine.presence.presence(channel).await?;
-        if present.values().any(|info| info.user == member.user) {
-            return Ok(false);
+        let staying: HashSet<&str> = present.values().map(|info| info.user.as_str()).collect();
+        let mut announced = HashSet::new();
+        for member in members {
+            if staying.contains(member.user.as_str()) || !announced.insert(member.user.clone()) {
+                continue;
+            }
+            self.webhooks.send(WebhookEvent::MemberRemoved {
+                channel: channel.to_owned(),
+                user_id: member.user.clone(),
+            });
+            engine.broker.publish_leave(channel, member).await?;
         }
-        self.webhooks.send(WebhookEvent::MemberRemoved {
-            channel: channel.to_owned(),
-            user_id: member.user.clone(),
-        });
-        engine.broker.publish_leave(channel, member).await?;
-        Ok(true)
+        Ok(announced.len())
     }
 
     /// Channels whose occupancy the app hears of: the names its protocol can use, but not a user's own

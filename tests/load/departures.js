@@ -38,7 +38,7 @@ function fail(message) {
   process.exit(1);
 }
 
-setTimeout(() => fail('no result within 5 minutes'), 300000).unref();
+setTimeout(() => fail(`no result within 2 minutes: ${added.size} added, ${removed.size} removed, killed: ${killedAt !== null}`), 120000).unref();
 
 const added = new Set();
 const removed = new Map();
