@@ -22,6 +22,8 @@ pub(super) struct ChannelKeys {
     pub presence: String,
     /// Sorted set: client id → when its presence entry expires (unix ms).
     pub presence_expiry: String,
+    /// Hash: user id → how many of the user's clients are present.
+    pub presence_users: String,
     /// The pub/sub channel publications, joins and leaves travel on.
     pub pubsub: String,
 }
@@ -50,6 +52,7 @@ impl Keys {
             stream: format!("{base}:stream"),
             presence: format!("{base}:presence"),
             presence_expiry: format!("{base}:presence-expiry"),
+            presence_users: format!("{base}:presence-users"),
             pubsub: format!("{base}:pub"),
         }
     }
@@ -90,6 +93,7 @@ mod tests {
                 &names.stream,
                 &names.presence,
                 &names.presence_expiry,
+                &names.presence_users,
                 &names.pubsub,
                 &keys.idempotency(channel, "k1"),
             ] {

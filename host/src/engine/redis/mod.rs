@@ -18,7 +18,7 @@ pub(crate) mod connection;
 mod keys;
 mod wire;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
@@ -258,6 +258,7 @@ struct Scripts {
     presence_add: Script,
     presence_remove: Script,
     presence_get: Script,
+    presence_stats: Script,
 }
 
 impl Scripts {
@@ -273,9 +274,22 @@ impl Scripts {
                 include_str!("scripts/history.lua")
             )),
             notify: Script::new(include_str!("scripts/notify.lua")),
-            presence_add: Script::new(include_str!("scripts/presence_add.lua")),
-            presence_remove: Script::new(include_str!("scripts/presence_remove.lua")),
-            presence_get: Script::new(include_str!("scripts/presence_get.lua")),
+            presence_add: Script::new(concat!(
+                include_str!("scripts/presence.lua"),
+                include_str!("scripts/presence_add.lua")
+            )),
+            presence_remove: Script::new(concat!(
+                include_str!("scripts/presence.lua"),
+                include_str!("scripts/presence_remove.lua")
+            )),
+            presence_get: Script::new(concat!(
+                include_str!("scripts/presence.lua"),
+                include_str!("scripts/presence_get.lua")
+            )),
+            presence_stats: Script::new(concat!(
+                include_str!("scripts/presence.lua"),
+                include_str!("scripts/presence_stats.lua")
+            )),
         }
     }
 }
@@ -618,6 +632,7 @@ impl RedisEngine {
             .presence_add
             .key(&keys.presence)
             .key(&keys.presence_expiry)
+            .key(&keys.presence_users)
             .arg(self.now())
             .arg(millis(self.presence_ttl))
             .arg(client)
@@ -881,6 +896,7 @@ impl Presence for RedisEngine {
             .presence_remove
             .key(&keys.presence)
             .key(&keys.presence_expiry)
+            .key(&keys.presence_users)
             .arg(client)
             .invoke_async(&mut commands)
             .await
@@ -896,6 +912,7 @@ impl Presence for RedisEngine {
             .presence_get
             .key(&keys.presence)
             .key(&keys.presence_expiry)
+            .key(&keys.presence_users)
             .arg(self.now())
             .invoke_async(&mut commands)
             .await
@@ -951,11 +968,21 @@ impl Presence for RedisEngine {
     }
 
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError> {
-        let everyone = self.presence(channel).await?;
-        let users: HashSet<&str> = everyone.values().map(|info| info.user.as_str()).collect();
+        let keys = self.keys.channel(channel);
+        let mut commands = self.commands.clone();
+        let (clients, users): (u64, u64) = self
+            .scripts
+            .presence_stats
+            .key(&keys.presence)
+            .key(&keys.presence_expiry)
+            .key(&keys.presence_users)
+            .arg(self.now())
+            .invoke_async(&mut commands)
+            .await
+            .map_err(unavailable)?;
         Ok(PresenceStats {
-            num_clients: u32::try_from(everyone.len()).unwrap_or(u32::MAX),
-            num_users: u32::try_from(users.len()).unwrap_or(u32::MAX),
+            num_clients: u32::try_from(clients).unwrap_or(u32::MAX),
+            num_users: u32::try_from(users).unwrap_or(u32::MAX),
         })
     }
 }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use redis::Value;
 
-use super::{RedisConfig, RedisEngine};
+use super::{RedisConfig, RedisEngine, wire};
 use crate::engine::conformance::{ManualClock, TestClock};
 use crate::engine::{
     Broker, BrokerEventHandler, ClientInfo, Engine, EngineError, History, HistoryFilter,
@@ -289,8 +289,78 @@ async fn presence_of_a_stopped_node_expires() {
         .await
         .expect("refresh");
     clock.advance(Duration::from_secs(31)).await;
+    assert_eq!(
+        b.presence_stats("room").await.expect("stats"),
+        PresenceStats {
+            num_clients: 1,
+            num_users: 1
+        },
+        "the expired entry and its user are counted out"
+    );
     let left = b.presence("room").await.expect("presence");
     assert_eq!(left.keys().collect::<Vec<_>>(), vec!["c2"], "{left:?}");
+}
+
+/// Presence written by an older Herald, without the per-user counts, is counted once they are first
+/// needed, and kept counted from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_without_user_counts_is_counted() {
+    let server = RedisServer::start();
+    let clock = UnixClock::new();
+    let (a, _) = node(&server, &clock).await;
+    let keys = a.keys.channel("room");
+    let client = redis::Client::open(server.url()).expect("url");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let expires = clock.now_ms() + 60_000;
+    for (user, id) in [("alice", "c1"), ("alice", "c2"), ("bob", "c3")] {
+        let info = wire::encode_client_info(&member(user, id)).expect("encode");
+        let _: () = redis::pipe()
+            .hset(&keys.presence, id, info)
+            .ignore()
+            .zadd(&keys.presence_expiry, id, expires)
+            .ignore()
+            .query_async(&mut raw)
+            .await
+            .expect("write as an older Herald did");
+    }
+    let stats = |num_clients, num_users| PresenceStats {
+        num_clients,
+        num_users,
+    };
+    assert_eq!(a.presence_stats("room").await.expect("stats"), stats(3, 2));
+    a.remove_presence("room", "c3").await.expect("remove");
+    a.add_presence("room", member("carol", "c4"))
+        .await
+        .expect("add");
+    assert_eq!(a.presence_stats("room").await.expect("stats"), stats(3, 2));
+    a.remove_presence("room", "c1").await.expect("remove");
+    a.remove_presence("room", "c2").await.expect("remove");
+    assert_eq!(a.presence_stats("room").await.expect("stats"), stats(1, 1));
+    // User ids of every MessagePack string width the scripts read: fixstr, str8, str16.
+    let long = ["x".repeat(31), "y".repeat(40), "z".repeat(300)];
+    for (n, user) in long.iter().enumerate() {
+        for copy in 0..2 {
+            a.add_presence("room", member(user, &format!("long-{n}-{copy}")))
+                .await
+                .expect("add");
+        }
+    }
+    assert_eq!(a.presence_stats("room").await.expect("stats"), stats(7, 4));
+    for n in 0..long.len() {
+        a.remove_presence("room", &format!("long-{n}-0"))
+            .await
+            .expect("remove");
+    }
+    assert_eq!(a.presence_stats("room").await.expect("stats"), stats(4, 4));
+    for n in 0..long.len() {
+        a.remove_presence("room", &format!("long-{n}-1"))
+            .await
+            .expect("remove");
+    }
+    assert_eq!(a.presence_stats("room").await.expect("stats"), stats(1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
