@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use herald::testing::{RedisCluster, RedisServer};
 use herald_tests::cluster::{
-    CLUSTER_WAIT, Follower, HeraldProcess, Publisher, node_config, stop_and_check_everyone,
+    Follower, HeraldProcess, Publisher, api_until, node_config, stop_and_check_everyone,
 };
 use herald_tests::{Client, TestServer, WAIT, publication};
 use serde_json::{Value, json};
@@ -111,29 +111,6 @@ fn node_entry<'a>(info: &'a Value, uid: &str) -> Option<&'a Value> {
         .as_array()?
         .iter()
         .find(|node| node["uid"] == uid)
-}
-
-/// Calls the server API with `call` until `done` accepts the result, failing after [`CLUSTER_WAIT`] with
-/// `what`. For state that changes on a clock (presence expiry, stale node entries, nodes announcing
-/// themselves every few seconds), which nobody can wait for as an event.
-async fn api_until<F, Fut>(what: &str, mut call: F, done: impl Fn(&Value) -> bool) -> Value
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = (u16, Value)>,
-{
-    let deadline = tokio::time::Instant::now() + CLUSTER_WAIT;
-    loop {
-        let (status, body) = call().await;
-        assert_eq!(status, 200, "{body}");
-        if done(&body) {
-            return body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}; last answer: {body:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// `info` from an in-process node, until `done` accepts it.

@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 
 use herald::testing::RedisServer;
-use herald_tests::cluster::{CLUSTER_WAIT, HeraldProcess, node_config};
+use herald_tests::cluster::{HeraldProcess, api_until, node_config};
 use herald_tests::pusher::{Pusher, data, get, triggered};
 use herald_tests::{PUSHER_APP_ID as APP_ID, PUSHER_CONFIG};
 use serde_json::{Value, json};
@@ -286,19 +286,7 @@ async fn get_until(
     what: &str,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = tokio::time::Instant::now() + CLUSTER_WAIT;
-    loop {
-        let (status, body) = get(node.addr, path, params).await;
-        assert_eq!(status, 200, "{body}");
-        if done(&body) {
-            return body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}; last answer: {body}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    api_until(what, || get(node.addr, path, params), done).await
 }
 
 /// `occupied`, `subscription_count` and the channel list count the subscribers of every node, asked of a

@@ -1088,3 +1088,26 @@ impl SdkScript {
         );
     }
 }
+
+/// Calls the server API with `call` until `done` accepts the result, failing after [`CLUSTER_WAIT`] with
+/// `what`. For state that changes on a clock (presence expiry, stale node entries, nodes announcing
+/// themselves every few seconds), which nobody can wait for as an event.
+pub async fn api_until<F, Fut>(what: &str, mut call: F, done: impl Fn(&Value) -> bool) -> Value
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = (u16, Value)>,
+{
+    let deadline = tokio::time::Instant::now() + CLUSTER_WAIT;
+    loop {
+        let (status, body) = call().await;
+        assert_eq!(status, 200, "{body}");
+        if done(&body) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}; last answer: {body:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

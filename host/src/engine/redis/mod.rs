@@ -26,7 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rand::Rng;
 use rand::distr::Alphabetic;
-use redis::{PushInfo, PushKind, Script, Value};
+use redis::{PushInfo, PushKind, Script, ScriptInvocation, Value};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -619,20 +619,26 @@ impl RedisEngine {
         Ok(())
     }
 
+    /// One of the presence scripts, given the channel's presence keys (see `scripts/presence.lua`).
+    fn presence_script<'a>(&self, script: &'a Script, channel: &str) -> ScriptInvocation<'a> {
+        let keys = self.keys.channel(channel);
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(keys.presence)
+            .key(keys.presence_expiry)
+            .key(keys.presence_users);
+        invocation
+    }
+
     async fn write_presence(
         &self,
         channel: &str,
         client: &str,
         info: &[u8],
     ) -> Result<(), EngineError> {
-        let keys = self.keys.channel(channel);
         let mut commands = self.commands.clone();
         let _: Value = self
-            .scripts
-            .presence_add
-            .key(&keys.presence)
-            .key(&keys.presence_expiry)
-            .key(&keys.presence_users)
+            .presence_script(&self.scripts.presence_add, channel)
             .arg(self.now())
             .arg(millis(self.presence_ttl))
             .arg(client)
@@ -889,14 +895,9 @@ impl Presence for RedisEngine {
                 }
             }
         }
-        let keys = self.keys.channel(channel);
         let mut commands = self.commands.clone();
         let removed: Option<Vec<u8>> = self
-            .scripts
-            .presence_remove
-            .key(&keys.presence)
-            .key(&keys.presence_expiry)
-            .key(&keys.presence_users)
+            .presence_script(&self.scripts.presence_remove, channel)
             .arg(client)
             .invoke_async(&mut commands)
             .await
@@ -905,14 +906,9 @@ impl Presence for RedisEngine {
     }
 
     async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, EngineError> {
-        let keys = self.keys.channel(channel);
         let mut commands = self.commands.clone();
         let fields: Vec<Vec<u8>> = self
-            .scripts
-            .presence_get
-            .key(&keys.presence)
-            .key(&keys.presence_expiry)
-            .key(&keys.presence_users)
+            .presence_script(&self.scripts.presence_get, channel)
             .arg(self.now())
             .invoke_async(&mut commands)
             .await
@@ -968,14 +964,9 @@ impl Presence for RedisEngine {
     }
 
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError> {
-        let keys = self.keys.channel(channel);
         let mut commands = self.commands.clone();
         let (clients, users): (u64, u64) = self
-            .scripts
-            .presence_stats
-            .key(&keys.presence)
-            .key(&keys.presence_expiry)
-            .key(&keys.presence_users)
+            .presence_script(&self.scripts.presence_stats, channel)
             .arg(self.now())
             .invoke_async(&mut commands)
             .await
