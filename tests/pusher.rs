@@ -722,3 +722,45 @@ async fn cache_channels_give_new_subscribers_the_last_event() {
     pusher.send(json!({"event": "pusher:ping"})).await;
     assert_eq!(pusher.next().await["event"], "pusher:pong");
 }
+
+/// The `{"subscription_count": N}` of a `pusher_internal:subscription_count` event on `channel`.
+fn subscription_count(event: &Value, channel: &str) -> u64 {
+    assert_eq!(
+        (event["event"].as_str(), event["channel"].as_str()),
+        (Some("pusher_internal:subscription_count"), Some(channel)),
+        "{event}"
+    );
+    data(event)["subscription_count"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no count: {event}"))
+}
+
+/// With subscription counting, a channel's subscribers hear its count as it changes (the count, not every
+/// change: it is checked once a second); presence channels are left out (the trigger sent after the
+/// channel's first count comes next).
+#[tokio::test]
+async fn subscription_counting_tells_subscribers_the_count() {
+    let server = TestServer::start(&format!("{PUSHER}\nsubscription_count = true")).await;
+    let mut first = Pusher::connect(server.addr).await;
+    let joined = first
+        .subscribe_presence("presence-room", r#"{"user_id":"1"}"#)
+        .await;
+    assert_eq!(joined["event"], "pusher_internal:subscription_succeeded");
+    first.subscribed("news", None).await;
+    assert_eq!(subscription_count(&first.next().await, "news"), 1);
+    triggered(
+        server.addr,
+        json!({"name": "after", "channels": ["news", "presence-room"], "data": "{}"}),
+    )
+    .await;
+    for _ in 0..2 {
+        assert_eq!(first.next().await["event"], "after");
+    }
+
+    let mut second = Pusher::connect(server.addr).await;
+    second.subscribed("news", None).await;
+    assert_eq!(subscription_count(&first.next().await, "news"), 2);
+    assert_eq!(subscription_count(&second.next().await, "news"), 2);
+    drop(second);
+    assert_eq!(subscription_count(&first.next().await, "news"), 1);
+}

@@ -289,19 +289,48 @@ async fn get_until(
     api_until(what, || get(node.addr, path, params), done).await
 }
 
+/// The count of `client`'s next `pusher_internal:subscription_count` event for `channel`.
+async fn told_count(client: &mut Pusher, channel: &str) -> u64 {
+    let event = client.next().await;
+    assert_eq!(
+        (event["event"].as_str(), event["channel"].as_str()),
+        (Some("pusher_internal:subscription_count"), Some(channel)),
+        "{event}"
+    );
+    data(&event)["subscription_count"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no count: {event}"))
+}
+
 /// `occupied`, `subscription_count` and the channel list count the subscribers of every node, asked of a
-/// node that has none of its own, and follow them leaving.
+/// node that has none of its own, and follow them leaving; with subscription counting on, subscribers on
+/// different nodes hear the cluster's count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn occupancy_and_subscription_counts_are_cluster_wide() {
     let redis = RedisServer::start();
-    let nodes = pusher_nodes(&redis, 3).await;
+    let config = node_config(
+        &redis.url(),
+        &format!("{PUSHER_CONFIG}\nsubscription_count = true"),
+    );
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(HeraldProcess::start(&config).await);
+    }
     let (a, b, asked) = (&nodes[0], &nodes[1], &nodes[2]);
     let mut first = Pusher::connect(a.addr).await;
     first.subscribed("news", None).await;
+    assert_eq!(told_count(&mut first, "news").await, 1);
     let mut second = Pusher::connect(b.addr).await;
     second.subscribed("news", None).await;
     let mut third = Pusher::connect(b.addr).await;
     third.subscribed("sports", None).await;
+    // The second may hear 1 first, before node A's count reaches node B.
+    assert_eq!(told_count(&mut first, "news").await, 2);
+    let mut heard = told_count(&mut second, "news").await;
+    if heard == 1 {
+        heard = told_count(&mut second, "news").await;
+    }
+    assert_eq!(heard, 2);
 
     let news = format!("/apps/{APP_ID}/channels/news");
     let info = [("info", "subscription_count")];
@@ -331,6 +360,7 @@ async fn occupancy_and_subscription_counts_are_cluster_wide() {
         |body| body["subscription_count"] == 1,
     )
     .await;
+    assert_eq!(told_count(&mut second, "news").await, 1);
     drop(second);
     let body = get_until(asked, &news, &[], "the last subscriber gone", |body| {
         body["occupied"] == false

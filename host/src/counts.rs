@@ -35,20 +35,37 @@ async fn other_nodes(node: &Node) -> Result<Vec<String>, EngineError> {
         .collect())
 }
 
-/// Channels with subscribers anywhere in the cluster, with how many.
-pub async fn channels(node: &Node) -> Result<HashMap<String, u64>, EngineError> {
-    let mut all: HashMap<String, u64> = node
-        .hub
+/// This node's channels and their subscribers.
+fn local(node: &Node) -> HashMap<String, u64> {
+    node.hub
         .channels()
         .into_iter()
         .map(|(channel, count)| (channel, count as u64))
-        .collect();
+        .collect()
+}
+
+/// `counts` plus the other nodes' subscribers: of every channel when `other_channels`, else of the
+/// channels already in `counts`.
+async fn with_other_nodes(
+    node: &Node,
+    mut counts: HashMap<String, u64>,
+    other_channels: bool,
+) -> Result<HashMap<String, u64>, EngineError> {
     for other in other_nodes(node).await? {
         for (channel, count) in node.engine.presence.node_counts(&other).await? {
-            *all.entry(channel).or_default() += count;
+            if other_channels {
+                *counts.entry(channel).or_default() += count;
+            } else if let Some(total) = counts.get_mut(&channel) {
+                *total += count;
+            }
         }
     }
-    Ok(all)
+    Ok(counts)
+}
+
+/// Channels with subscribers anywhere in the cluster, with how many.
+pub async fn channels(node: &Node) -> Result<HashMap<String, u64>, EngineError> {
+    with_other_nodes(node, local(node), true).await
 }
 
 /// How many connections are subscribed to `channel` in the whole cluster.
@@ -61,10 +78,13 @@ pub async fn subscribers(node: &Node, channel: &str) -> Result<u64, EngineError>
     Ok(node.hub.subscriber_count(channel) as u64 + counts.into_iter().sum::<u64>())
 }
 
-/// Publishes this node's counts every [`PUBLISH_EVERY`] until it shuts down (with an engine other nodes
-/// share).
+/// Every [`PUBLISH_EVERY`] until it shuts down: publishes this node's counts (with an engine other nodes
+/// share), and with the Pusher app's subscription counting on, tells this node's subscribers their
+/// channels' counts.
 pub fn start(node: Arc<Node>) {
-    if !node.engine.shared {
+    let publishing = node.engine.shared;
+    let telling = node.pusher.counts_subscriptions();
+    if !publishing && !telling {
         return;
     }
     let tracker = node.sessions.clone();
@@ -77,12 +97,16 @@ pub fn start(node: Arc<Node>) {
                 _ = every.tick() => {}
                 () = node.shutdown.cancelled() => break,
             }
-            let now: HashMap<String, u64> = node
-                .hub
-                .channels()
-                .into_iter()
-                .map(|(channel, count)| (channel, count as u64))
-                .collect();
+            let now = local(&node);
+            if telling {
+                match with_other_nodes(&node, now.clone(), false).await {
+                    Ok(totals) => node.pusher.tell_counts(&node.hub, &totals),
+                    Err(error) => tracing::debug!(%error, "subscription counts not read"),
+                }
+            }
+            if !publishing {
+                continue;
+            }
             let changed = changes(&published, &now);
             match node
                 .engine
@@ -97,6 +121,9 @@ pub fn start(node: Arc<Node>) {
                     published.clear();
                 }
             }
+        }
+        if !publishing {
+            return;
         }
         // Gone at once rather than after KEPT_FOR.
         let gone: Vec<(String, u64)> = published.into_keys().map(|c| (c, 0)).collect();

@@ -697,6 +697,19 @@ impl Hub {
         }
     }
 
+    /// Hands `frame` to the channel's subscribers that speak `protocol` (a protocol's own channel event),
+    /// in order with their publications.
+    pub fn notify(&self, channel: &str, protocol: Protocol, frame: Frame) {
+        self.broadcast(
+            channel,
+            &StreamPosition::default(),
+            |_, _| frame.clone(),
+            false,
+            |subscriber| subscriber.protocol != protocol || subscriber.delta,
+            None,
+        );
+    }
+
     /// Hands every subscriber of `channel` its protocol's frame, encoded at most once per protocol.
     /// Subscribers for which `skip` holds get nothing (Pusher's `socket_id` exclusion, a Pusher member's
     /// own presence events).

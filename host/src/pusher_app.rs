@@ -2,12 +2,16 @@
 //! channels' history rule, the cluster-wide occupancy it reports, and its webhooks. The node calls it at
 //! the few points where a channel's life changes; nothing else in the core knows the Pusher app.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 
 use crate::channel::ChannelKind;
 use crate::config::PusherConfig;
 use crate::engine::{ClientInfo, Engine, EngineError, HistoryOptions};
+use crate::hub::Hub;
+use crate::protocol::Protocol;
 use crate::protocol::pusher::codec;
+use crate::sync::lock;
 use crate::webhooks::{WebhookEvent, Webhooks};
 
 /// Prefix of the presence lists of which nodes hold a channel (see [`PusherApp::channel_opened`]);
@@ -20,6 +24,8 @@ pub struct PusherApp {
     config: PusherConfig,
     /// The app's webhooks (none unless configured).
     pub webhooks: Webhooks,
+    /// With subscription counting: the count this node's subscribers of each channel were last told.
+    told_counts: Mutex<HashMap<String, u64>>,
 }
 
 impl PusherApp {
@@ -38,6 +44,38 @@ impl PusherApp {
         Self {
             config: config.clone(),
             webhooks,
+            told_counts: Mutex::default(),
+        }
+    }
+
+    /// Whether the app has subscription counting on.
+    pub fn counts_subscriptions(&self) -> bool {
+        self.config.enabled() && self.config.subscription_count
+    }
+
+    /// With subscription counting on, tells this node's Pusher subscribers of each channel in `totals`
+    /// (the cluster-wide subscriber counts of the channels with subscribers here) the channel's count, when
+    /// it changed since they were last told: `pusher_internal:subscription_count`, on the channels Pusher
+    /// counts (not presence channels, which have their members).
+    pub fn tell_counts(&self, hub: &Hub, totals: &HashMap<String, u64>) {
+        if !self.counts_subscriptions() {
+            return;
+        }
+        let mut told = lock(&self.told_counts);
+        told.retain(|channel, _| totals.contains_key(channel));
+        for (channel, &total) in totals {
+            if !self.announced(channel)
+                || ChannelKind::of(channel) == ChannelKind::Presence
+                || told.get(channel) == Some(&total)
+            {
+                continue;
+            }
+            told.insert(channel.clone(), total);
+            hub.notify(
+                channel,
+                Protocol::Pusher,
+                codec::subscription_count(channel, total),
+            );
         }
     }
 

@@ -45,6 +45,9 @@ pub struct PusherConfig {
     pub max_presence_members: usize,
     /// Largest `user_info` of a presence member in bytes (default 2 KiB).
     pub max_presence_user_info_bytes: usize,
+    /// Pusher's "subscription counting": subscribers of non-presence channels get
+    /// `pusher_internal:subscription_count` when the channel's count (across the cluster) changes.
+    pub subscription_count: bool,
     /// How far an HTTP API request's `auth_timestamp` may be from the server's clock (default 600 s).
     #[serde(with = "humantime_serde")]
     pub timestamp_window: Duration,
@@ -65,6 +68,7 @@ impl Default for PusherConfig {
             webhooks: Vec::new(),
             max_presence_members: 100,
             max_presence_user_info_bytes: 2048,
+            subscription_count: false,
             timestamp_window: Duration::from_secs(600),
         }
     }

@@ -384,6 +384,17 @@ pub fn member_removed(channel: &str, user_id: &str) -> Frame {
     encoded_event("pusher_internal:member_removed", Some(channel), &inner)
 }
 
+/// How many connections are subscribed to the channel, for apps with subscription counting; pusher-js
+/// surfaces it as `pusher:subscription_count`.
+pub fn subscription_count(channel: &str, count: u64) -> Frame {
+    let inner = format!("{{\"subscription_count\":{count}}}");
+    encoded_event(
+        "pusher_internal:subscription_count",
+        Some(channel),
+        inner.as_bytes(),
+    )
+}
+
 /// A failed subscription, routed by pusher-js to the channel (so Laravel Echo's `.error()` fires) without
 /// closing the socket. `kind` is e.g. `AuthError` or `LimitReached`.
 pub fn subscription_error(channel: &str, kind: &str, message: &str, status: u16) -> Frame {
@@ -966,6 +977,10 @@ mod tests {
         assert_eq!(
             member_added("presence-x", "42", Some("  ")).as_str(),
             r#"{"event":"pusher_internal:member_added","channel":"presence-x","data":"{\"user_id\":\"42\",\"user_info\":null}"}"#
+        );
+        assert_eq!(
+            subscription_count("news", 3).as_str(),
+            r#"{"event":"pusher_internal:subscription_count","channel":"news","data":"{\"subscription_count\":3}"}"#
         );
         assert_eq!(
             member_removed("presence-x", "42").as_str(),
