@@ -118,18 +118,19 @@ impl PusherApp {
 
     /// Presence members (already out of the channel's presence) left: each user with no other connection
     /// in the channel is announced once — every node's subscribers hear `member_removed`, and the app's
-    /// webhook too. The channel's presence is read once however many left. How many were announced.
+    /// webhook too. One presence query however many left, which does not read the members. How many were
+    /// announced.
     pub async fn members_left(
         &self,
         engine: &Engine,
         channel: &str,
         members: Vec<ClientInfo>,
     ) -> Result<usize, EngineError> {
-        let present = engine.presence.presence(channel).await?;
-        let staying: HashSet<&str> = present.values().map(|info| info.user.as_str()).collect();
+        let users: Vec<String> = members.iter().map(|member| member.user.clone()).collect();
+        let staying = engine.presence.users_present(channel, &users).await?;
         let mut announced = HashSet::new();
         for member in members {
-            if staying.contains(member.user.as_str()) || !announced.insert(member.user.clone()) {
+            if staying.contains(&member.user) || !announced.insert(member.user.clone()) {
                 continue;
             }
             self.webhooks.send(WebhookEvent::MemberRemoved {

@@ -945,6 +945,33 @@ pub(crate) mod cases {
                 num_users: 2
             }
         );
+        let asked: Vec<String> = ["alice", "bob", "carol", "dave"].map(String::from).into();
+        let mut present: Vec<String> = presence
+            .users_present(&channel, &asked)
+            .await
+            .expect("users present")
+            .into_iter()
+            .collect();
+        present.sort();
+        assert_eq!(present, ["bob", "carol"], "alice's only client is gone");
+        let many: Vec<String> = (0..2500)
+            .map(|i| format!("nobody-{i}"))
+            .chain(["bob".to_owned()])
+            .collect();
+        assert_eq!(
+            presence
+                .users_present(&channel, &many)
+                .await
+                .expect("many users asked"),
+            std::collections::HashSet::from(["bob".to_owned()])
+        );
+        assert!(
+            presence
+                .users_present(&channel, &[])
+                .await
+                .expect("no users asked")
+                .is_empty()
+        );
         presence
             .remove_presence(&channel, "c1")
             .await

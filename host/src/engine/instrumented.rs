@@ -1,7 +1,7 @@
 //! An engine wrapped so that every call is counted and timed by operation, whichever implementation is
 //! inside: the three seams are decorated once here instead of in each engine.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -160,6 +160,15 @@ impl Presence for Instrumented {
 
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError> {
         let call = self.inner.presence.presence_stats(channel);
+        measured(&self.operations.presence_stats, call).await
+    }
+
+    async fn users_present(
+        &self,
+        channel: &str,
+        users: &[String],
+    ) -> Result<HashSet<String>, EngineError> {
+        let call = self.inner.presence.users_present(channel, users);
         measured(&self.operations.presence_stats, call).await
     }
 

@@ -430,6 +430,22 @@ impl Presence for MemoryEngine {
         Ok(removed)
     }
 
+    async fn users_present(
+        &self,
+        channel: &str,
+        users: &[String],
+    ) -> Result<HashSet<String>, EngineError> {
+        let channels = self.presence.lock(channel);
+        let Some(clients) = channels.get(channel) else {
+            return Ok(HashSet::new());
+        };
+        Ok(users
+            .iter()
+            .filter(|user| clients.values().any(|info| info.user == **user))
+            .cloned()
+            .collect())
+    }
+
     async fn publish_counts(
         &self,
         node: &str,

@@ -14,7 +14,7 @@ pub mod redis;
 #[cfg(test)]
 mod conformance;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -255,6 +255,12 @@ pub trait Presence: Send + Sync + 'static {
     async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, EngineError>;
     /// Counts of who is present.
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError>;
+    /// Which of `users` have a client present, without reading everyone.
+    async fn users_present(
+        &self,
+        channel: &str,
+        users: &[String],
+    ) -> Result<HashSet<String>, EngineError>;
     /// Publishes node `node`'s subscriber counts for other nodes to read: each of `changed` gets its count
     /// (0 takes the channel out); the node's whole set is kept for `ttl` from now, then dropped unless
     /// published again (a node that stops publishing is gone).

@@ -18,7 +18,7 @@ pub(crate) mod connection;
 mod keys;
 mod wire;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
@@ -259,6 +259,7 @@ struct Scripts {
     presence_remove: Script,
     presence_get: Script,
     presence_stats: Script,
+    presence_users: Script,
 }
 
 impl Scripts {
@@ -289,6 +290,10 @@ impl Scripts {
             presence_stats: Script::new(concat!(
                 include_str!("scripts/presence.lua"),
                 include_str!("scripts/presence_stats.lua")
+            )),
+            presence_users: Script::new(concat!(
+                include_str!("scripts/presence.lua"),
+                include_str!("scripts/presence_users.lua")
             )),
         }
     }
@@ -914,6 +919,36 @@ impl Presence for RedisEngine {
             .await
             .map_err(unavailable)?;
         Ok(wire::decode_presence(fields))
+    }
+
+    async fn users_present(
+        &self,
+        channel: &str,
+        users: &[String],
+    ) -> Result<HashSet<String>, EngineError> {
+        // Lua unpacks the arguments onto its stack, which holds a few thousand.
+        const SLICE: usize = 1000;
+        let mut present = HashSet::new();
+        for slice in users.chunks(SLICE) {
+            let mut commands = self.commands.clone();
+            let mut script = self.presence_script(&self.scripts.presence_users, channel);
+            script.arg(self.now());
+            for user in slice {
+                script.arg(user);
+            }
+            let counts: Vec<Option<u64>> = script
+                .invoke_async(&mut commands)
+                .await
+                .map_err(unavailable)?;
+            present.extend(
+                slice
+                    .iter()
+                    .zip(counts)
+                    .filter(|(_, count)| count.is_some_and(|n| n > 0))
+                    .map(|(user, _)| user.clone()),
+            );
+        }
+        Ok(present)
     }
 
     async fn publish_counts(

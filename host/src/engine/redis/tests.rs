@@ -297,6 +297,11 @@ async fn presence_of_a_stopped_node_expires() {
         },
         "the expired entry and its user are counted out"
     );
+    let asked = ["alice".to_owned(), "bob".to_owned()];
+    assert_eq!(
+        b.users_present("room", &asked).await.expect("users"),
+        std::collections::HashSet::from(["bob".to_owned()])
+    );
     let left = b.presence("room").await.expect("presence");
     assert_eq!(left.keys().collect::<Vec<_>>(), vec!["c2"], "{left:?}");
 }
