@@ -338,6 +338,25 @@ impl Node {
         self.engine.presence.presence(channel).await
     }
 
+    /// Whether `user` is in the channel's presence, and how many distinct users are, without reading the
+    /// members (for a Pusher presence join).
+    pub async fn roster_size(
+        &self,
+        channel: &str,
+        user: &str,
+    ) -> Result<(bool, usize), EngineError> {
+        let presence = &self.engine.presence;
+        let asked = [user.to_owned()];
+        let (there, stats) = tokio::join!(
+            presence.users_present(channel, &asked),
+            presence.presence_stats(channel)
+        );
+        Ok((
+            there?.contains(user),
+            usize::try_from(stats?.num_users).unwrap_or(usize::MAX),
+        ))
+    }
+
     /// Tells the channel's subscribers on every node that `who` joined.
     pub async fn announce_join(&self, channel: &str, who: ClientInfo) -> Result<(), EngineError> {
         self.engine.broker.publish_join(channel, who).await

@@ -96,14 +96,6 @@ fn members(present: &HashMap<String, ClientInfo>) -> Vec<(String, Option<String>
 }
 
 /// How many distinct users are present.
-fn distinct_users(present: &HashMap<String, ClientInfo>) -> usize {
-    present
-        .values()
-        .map(|info| info.user.as_str())
-        .collect::<std::collections::HashSet<_>>()
-        .len()
-}
-
 /// One Pusher connection's state.
 pub struct PusherSession {
     /// Its subscriptions are by channel, with this connection's membership for presence channels.
@@ -360,13 +352,16 @@ impl PusherSession {
         admitted: Grant,
     ) -> Result<(Arc<DeliveryGate>, Frame), Refused> {
         let node = &self.conn.node;
-        let before = node.members(channel).await.map_err(|error| {
-            tracing::warn!(channel, %error, "presence read failed");
-            unavailable()
-        })?;
-        let returning = before.values().any(|info| info.user == member.user);
+        // Whether the user is already there and how many users are: asked without reading the roster.
+        let (returning, users) =
+            node.roster_size(channel, &member.user)
+                .await
+                .map_err(|error| {
+                    tracing::warn!(channel, %error, "presence read failed");
+                    unavailable()
+                })?;
         let max = self.config().max_presence_members;
-        if !returning && distinct_users(&before) >= max {
+        if !returning && users >= max {
             return Err((
                 "LimitReached",
                 format!("presence channel is full ({max} members)"),
@@ -401,10 +396,10 @@ impl PusherSession {
             self.conn.close(channel, &self.handle.client).await;
             return Err(unavailable());
         }
-        // A failed read still confirms: the roster then is what was there, and the joiner.
+        // A failed read still confirms, with the joiner alone in the roster.
         let mut present = node.members(channel).await.unwrap_or_else(|error| {
             tracing::warn!(channel, %error, "presence read failed");
-            before
+            HashMap::new()
         });
         present.insert(member.client.clone(), member.clone());
         let members = members(&present);
