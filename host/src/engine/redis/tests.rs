@@ -327,6 +327,8 @@ async fn presence_without_user_counts_is_counted() {
             .ignore()
             .zadd(&keys.presence_expiry, id, expires)
             .ignore()
+            .pexpire(&keys.presence, 60_000)
+            .ignore()
             .query_async(&mut raw)
             .await
             .expect("write as an older Herald did");
@@ -336,6 +338,15 @@ async fn presence_without_user_counts_is_counted() {
         num_users,
     };
     assert_eq!(a.presence_stats("room").await.expect("stats"), stats(3, 2));
+    let counts_ttl: i64 = redis::cmd("PTTL")
+        .arg(&keys.presence_users)
+        .query_async(&mut raw)
+        .await
+        .expect("pttl");
+    assert!(
+        counts_ttl > 0,
+        "the counts expire with the entries: {counts_ttl}"
+    );
     a.remove_presence("room", "c3").await.expect("remove");
     a.add_presence("room", member("carol", "c4"))
         .await

@@ -28,11 +28,16 @@ local function count_user(user, delta)
   end
 end
 
--- Presence written before the users hash existed (an older Herald): count it once.
+-- Presence written before the users hash existed (an older Herald): count it once, and let the counts
+-- expire with the entries (a count outliving its presence would be added to the next members').
 local function ensure_users()
   if redis.call('exists', KEYS[3]) == 0 then
     for _, info in ipairs(redis.call('hvals', KEYS[1])) do
       count_user(user_of(info), 1)
+    end
+    local ttl = redis.call('pttl', KEYS[1])
+    if ttl > 0 then
+      redis.call('pexpire', KEYS[3], ttl)
     end
   end
 end
