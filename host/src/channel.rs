@@ -346,6 +346,7 @@ impl Channels {
     ///
     /// Empty names are the caller's concern (a protocol violation for clients, a bad request for the API).
     pub fn resolve(&self, channel: &str) -> Result<&Namespace, ClientError> {
+        let (_, channel) = unscoped(channel);
         if channel.len() > self.max_length {
             return Err(ClientError::BAD_REQUEST.with_message("channel name too long"));
         }
@@ -370,6 +371,30 @@ impl Channels {
             None => Ok(namespace),
         }
     }
+}
+
+/// Encloses the app id at the start of the name of a channel that belongs to a `[[pusher.apps]]` app:
+/// `\u{2}{app id}\u{2}{name}`. Every app has a channel space of its own this way, and no client can name
+/// another space's channels: a control character is refused in every name a client or API gives.
+pub const APP_SCOPE: char = '\u{2}';
+
+/// The name Herald uses for channel `name` of the app with channel space `scope` (empty: the space the
+/// Centrifugo protocol and the single-app form share).
+pub fn scoped(scope: &str, name: &str) -> String {
+    if scope.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{APP_SCOPE}{scope}{APP_SCOPE}{name}")
+    }
+}
+
+/// A channel's space (empty for the shared one) and its name within it: the name its app's clients use,
+/// and the one its kind and namespace are read from.
+pub fn unscoped(channel: &str) -> (&str, &str) {
+    channel
+        .strip_prefix(APP_SCOPE)
+        .and_then(|rest| rest.split_once(APP_SCOPE))
+        .unwrap_or(("", channel))
 }
 
 /// Prefix of a Pusher private channel.
@@ -406,8 +431,10 @@ pub enum ChannelKind<'a> {
 
 impl<'a> ChannelKind<'a> {
     /// Classifies a channel by its name. Markers are checked in this order: the user channel, `$`, Pusher's
-    /// prefixes (presence, private-encrypted, private; matched with their dash), then a `#` anywhere.
+    /// prefixes (presence, private-encrypted, private; matched with their dash), then a `#` anywhere — all
+    /// within the channel's app space (see [`unscoped`]).
     pub fn of(channel: &'a str) -> Self {
+        let (_, channel) = unscoped(channel);
         if let Some(user) = channel.strip_prefix(SERVER_TO_USER_PREFIX) {
             Self::ServerToUser(user)
         } else if channel.starts_with(PRIVATE_PREFIX) {
@@ -437,6 +464,26 @@ pub fn user_allowed(channel: &str, user: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_apps_channels_live_in_its_own_space_and_keep_their_kind() {
+        let scoped_name = scoped("7", "presence-room");
+        assert_eq!(scoped_name, "\u{2}7\u{2}presence-room");
+        assert_eq!(unscoped(&scoped_name), ("7", "presence-room"));
+        assert_eq!(scoped("", "news"), "news", "the shared space adds nothing");
+        assert_eq!(unscoped("news"), ("", "news"));
+        assert_eq!(
+            unscoped("\u{2}no-end"),
+            ("", "\u{2}no-end"),
+            "not a space without its closing mark"
+        );
+        assert_ne!(scoped("7", "a"), scoped("8", "a"));
+        assert_eq!(ChannelKind::of(&scoped_name), ChannelKind::Presence);
+        assert_eq!(
+            ChannelKind::of(&scoped("7", "private-x")),
+            ChannelKind::of("private-x")
+        );
+    }
 
     fn channels() -> Channels {
         let mut config = ChannelConfig::default();

@@ -79,14 +79,10 @@ pub async fn subscribers(node: &Node, channel: &str) -> Result<u64, EngineError>
 }
 
 /// Every [`PUBLISH_EVERY`] until it shuts down: publishes this node's counts (with an engine other nodes
-/// share), and with the Pusher app's subscription counting on, tells this node's subscribers their
+/// share), and with a Pusher app's subscription counting on, tells this node's subscribers their
 /// channels' counts.
 pub fn start(node: Arc<Node>) {
     let publishing = node.engine.shared;
-    let telling = node.pusher.counts_subscriptions();
-    if !publishing && !telling {
-        return;
-    }
     let tracker = node.sessions.clone();
     tracker.spawn(async move {
         let mut every = tokio::time::interval(PUBLISH_EVERY);
@@ -96,6 +92,11 @@ pub fn start(node: Arc<Node>) {
             tokio::select! {
                 _ = every.tick() => {}
                 () = node.shutdown.cancelled() => break,
+            }
+            // Asked each time: a reload may turn an app's counting on or off.
+            let telling = node.pusher.count_subscriptions();
+            if !publishing && !telling {
+                continue;
             }
             let now = local(&node);
             if telling {

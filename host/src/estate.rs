@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::engine::{ClientInfo, Engine, EngineError};
-use crate::pusher_app::PusherApp;
+use crate::pusher_app::PusherApps;
 
 /// Prefix of a node's estate list, followed by the node's id; clients cannot name it.
 const ESTATE_PREFIX: &str = "\u{1}herald:estate:";
@@ -181,7 +181,7 @@ pub async fn take(engine: &Engine, dead: &str) -> Result<Vec<Departure>, EngineE
 /// every node (through the engine) and to the Pusher app's webhooks.
 pub async fn settle_for(
     engine: &Engine,
-    pusher: &PusherApp,
+    pusher: &PusherApps,
     dead: &str,
 ) -> Result<Settled, EngineError> {
     let started = Instant::now();

@@ -17,7 +17,8 @@
 //! - [`config`]: the configuration and its sections; [`hub`]: this node's sessions and subscriptions and
 //!   the fan-out of encoded frames.
 //! - [`control`]: commands for the sessions of every node, routed apart from the hub's publications;
-//!   [`pusher_app`]: the Pusher app's behaviour beside the core (cache channels, occupancy, webhooks);
+//!   [`pusher_app`]: the Pusher apps' behaviour beside the core (their channel spaces, cache channels,
+//!   occupancy, webhooks, limits);
 //!   [`estate`]: what a node owes the cluster for its members, settled by a survivor if it crashes.
 //! - [`node`]: the shared core and the operations every entrance shares.
 //! - [`session`]: one per connection — state machine, heartbeat, subscriptions.
@@ -25,7 +26,8 @@
 //!   ingestion, the admin page); [`nodes`]: the cluster's node list; [`counts`]: subscriber counts across
 //!   the cluster.
 //! - [`transport`]: TCP/TLS accept, HTTP routing, WebSocket upgrade and frame I/O.
-//! - [`server`]: composition — starts the node with what runs beside it, and serves.
+//! - [`server`]: composition — starts the node with what runs beside it, and serves; [`reload`]: the
+//!   configuration file's changes applied while running.
 
 pub mod admin;
 pub mod api;
@@ -51,6 +53,7 @@ pub mod protocol;
 pub mod pusher_api;
 pub mod pusher_app;
 pub mod queue;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod sync;

@@ -29,6 +29,7 @@ enum Command {
     /// Run the server until SIGINT or SIGTERM.
     Serve {
         /// TOML configuration file; without it the embedded default is used (see `herald default-config`).
+        /// Its Pusher apps are reloaded when it changes or on SIGHUP.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Listen address, overriding the configuration's `address` (e.g. 0.0.0.0:8000).
@@ -110,7 +111,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Serve { address, .. } => {
+        Command::Serve {
+            address,
+            config: file,
+            ..
+        } => {
             let mut config = match loaded.expect("loaded for serve") {
                 Ok(config) => config,
                 Err(error) => {
@@ -127,7 +132,7 @@ fn main() -> ExitCode {
                 }
             }
             raise_open_file_limit();
-            match serve(config) {
+            match serve(config, file) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!("{error:#}");
@@ -157,13 +162,17 @@ async fn check_plugin(
 }
 
 #[tokio::main]
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
     let address = config.address;
     let api_on = config.http_api.insecure || !config.http_api.key.is_empty();
     let node = herald::server::start(config).await?;
+    if let Some(file) = file {
+        herald::reload::watch(node.clone(), file.clone())
+            .map_err(|e| anyhow::anyhow!("cannot watch {}: {e}", file.display()))?;
+    }
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
@@ -173,14 +182,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             "server API is off: set http_api.key (e.g. HERALD_HTTP_API__KEY) to enable /api"
         );
     }
-    let pusher = &node.config.pusher;
-    if pusher.enabled() {
+    for app in node.pusher.all().iter() {
+        let app = app.config();
         tracing::info!(
-            app_id = %pusher.app_id,
-            webhooks = pusher.webhooks.len(),
-            "pusher protocol on /app/{}, its HTTP API on /apps/{}",
-            pusher.key,
-            pusher.app_id
+            app_id = %app.id,
+            webhooks = app.webhooks.len(),
+            enabled = app.enabled,
+            "pusher app: clients on /app/{}, its HTTP API on /apps/{}",
+            app.key,
+            app.id
         );
     }
     herald::server::run(node, listener, herald::server::shutdown_signal()).await?;

@@ -26,7 +26,7 @@ use crate::plugin::Plugins;
 use crate::plugin::bindings::{self as plugin_types, PublishSource};
 use crate::plugin::chain::PublishDecision;
 use crate::policy::Grant;
-use crate::pusher_app::PusherApp;
+use crate::pusher_app::PusherApps;
 
 /// The configured node name, or the address (`<host name>:<port>` for an address on every interface, which
 /// would name every node alike).
@@ -124,7 +124,7 @@ pub struct Node {
     /// Its name in the node list (`name`, or one made from the address).
     pub name: String,
     /// The Pusher app's behaviour beside the core (cache channels, occupancy, webhooks).
-    pub pusher: PusherApp,
+    pub pusher: PusherApps,
     /// This node's Prometheus instruments.
     pub metrics: Arc<Metrics>,
     /// What this node owes the cluster for the members it holds, should it die without settling.
@@ -197,7 +197,7 @@ impl Node {
         let admission = crate::limits::Admission::new(&config.limits);
         let api_guard = crate::limits::ApiGuard::new(&config.limits);
         let shutdown = CancellationToken::new();
-        let pusher = PusherApp::new(&config.pusher, shutdown.clone());
+        let pusher = PusherApps::new(&config.pusher, &shutdown);
         let id = uuid::Uuid::new_v4().to_string();
         let estate = Estate::new(engine.clone(), &id);
         Ok(Arc::new(Self {
@@ -320,7 +320,7 @@ impl Node {
     }
 
     /// A Pusher presence member, already out of the channel's presence, left: `member_removed` for the
-    /// user's last connection (see [`PusherApp::members_left`]).
+    /// user's last connection (see [`PusherApps::members_left`]).
     pub async fn pusher_member_left(
         &self,
         channel: &str,
@@ -397,12 +397,8 @@ impl Node {
         let snapshot = crate::metrics::Snapshot {
             outbound_queue_bytes: self.hub.outbound_queue_bytes(),
             ready: self.readiness().await.is_ok(),
-            webhooks_queued: self.pusher.webhooks.queued() as u64,
-            webhook_events: {
-                let counts = self.pusher.webhooks.counts();
-                [&counts.sent, &counts.failed, &counts.dropped]
-                    .map(|count| count.load(std::sync::atomic::Ordering::Relaxed))
-            },
+            webhooks_queued: self.pusher.webhooks_queued() as u64,
+            webhook_events: self.pusher.webhook_events(),
             plugins: self.plugins.metrics_snapshot(),
         };
         self.metrics.render(&snapshot)

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::Extension;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
@@ -28,6 +29,10 @@ use crate::errors::Refusal;
 use crate::node::{Node, PublishError, PublishRequest, Source};
 use crate::protocol::pusher::codec;
 use crate::protocol::pusher::sign::{self, ApiRequest};
+use crate::pusher_app::PusherApp;
+
+/// The app a request was signed for, as the handlers receive it.
+type App = Extension<Arc<PusherApp>>;
 
 /// Most channels one trigger may name (Pusher's limit).
 const MAX_CHANNELS_PER_TRIGGER: usize = 100;
@@ -57,23 +62,40 @@ pub fn routes(node: Arc<Node>) -> Router<Arc<Node>> {
         .route_layer(axum::middleware::from_fn_with_state(node, signed_only))
 }
 
-/// Lets through only requests for this server's app signed with its secret.
+/// Lets through only requests for a configured, enabled app signed with its secret, handing the app to
+/// the handler.
 async fn signed_only(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     // The guard in front buffered the body and enforced its size limit.
     let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
         return bad_request("request body could not be read").into_response();
     };
-    let path = parts.uri.path();
-    let app_id = match path.strip_prefix("/apps/") {
-        Some(rest) => rest.split('/').next().unwrap_or_default(),
-        None => node.config.pusher.app_id.as_str(),
-    };
     let query = query_pairs(&parts.uri);
-    if let Err(failure) = verify(&node, app_id, &parts.method, &parts.uri, &query, &body) {
+    let app = match parts.uri.path().strip_prefix("/apps/") {
+        Some(rest) => {
+            let id = rest.split('/').next().unwrap_or_default();
+            node.pusher.by_id(id).ok_or_else(|| unknown_app(id))
+        }
+        // Without the app in the path, the key it was signed with names it.
+        None => {
+            let key = query.iter().find(|(name, _)| name == "auth_key");
+            let key = key.map_or("", |(_, key)| key.as_str());
+            node.pusher.by_key(key).ok_or_else(|| unknown_app(key))
+        }
+    };
+    let app = match app {
+        Ok(app) => app.clone(),
+        Err(failure) => return failure.into_response(),
+    };
+    if let Err(failure) = verify(&node, &app, &parts.method, &parts.uri, &query, &body) {
         return failure.into_response();
     }
+    parts.extensions.insert(app);
     next.run(Request::from_parts(parts, Body::from(body))).await
+}
+
+fn unknown_app(name: &str) -> Failure {
+    Failure(StatusCode::NOT_FOUND, format!("unknown app {name:?}"))
 }
 
 /// A refusal: status and plain-text reason.
@@ -109,28 +131,16 @@ fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-/// Checks that the request is for this server's app and signed with its secret.
+/// Checks that the request is signed with the app's secret, and that the app is enabled.
 fn verify(
     node: &Node,
-    app_id: &str,
+    app: &PusherApp,
     method: &Method,
     uri: &Uri,
     query: &[(String, String)],
     body: &[u8],
 ) -> Result<(), Failure> {
-    let config = &node.config.pusher;
-    if !config.enabled() {
-        return Err(Failure(
-            StatusCode::NOT_FOUND,
-            "the Pusher API is not enabled".into(),
-        ));
-    }
-    if app_id != config.app_id {
-        return Err(Failure(
-            StatusCode::NOT_FOUND,
-            format!("unknown app {app_id:?}"),
-        ));
-    }
+    let config = app.config();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
@@ -144,13 +154,17 @@ fn verify(
         &config.key,
         config.secret.expose(),
         now,
-        config.timestamp_window.as_secs(),
+        node.config.pusher.timestamp_window.as_secs(),
         &request,
     )
     .map_err(|error| {
         tracing::debug!(%error, "pusher API request refused");
         Failure(StatusCode::UNAUTHORIZED, error.to_string())
-    })
+    })?;
+    if !config.enabled {
+        return Err(Failure(StatusCode::FORBIDDEN, "the app is disabled".into()));
+    }
+    Ok(())
 }
 
 /// One event to trigger, as `events` and the items of `batch_events` carry it.
@@ -179,8 +193,8 @@ struct Checked {
     info: Vec<String>,
 }
 
-fn check(node: &Node, trigger: Trigger) -> Result<Checked, Failure> {
-    let config = &node.config.pusher;
+fn check(app: &PusherApp, trigger: Trigger) -> Result<Checked, Failure> {
+    let config = app.config();
     if trigger.name.is_empty() || trigger.name.len() > MAX_EVENT_NAME {
         return Err(bad_request(format!(
             "event name must be 1 to {MAX_EVENT_NAME} characters"
@@ -266,14 +280,18 @@ fn info_attributes(info: Option<&str>) -> Vec<String> {
 }
 
 /// Publishes a checked trigger to each of its channels and reports the asked-for channel attributes.
-async fn publish(node: &Node, checked: Checked) -> Result<Map<String, Value>, Failure> {
+async fn publish(
+    node: &Node,
+    app: &PusherApp,
+    checked: Checked,
+) -> Result<Map<String, Value>, Failure> {
     let mut tags = BTreeMap::from([(codec::EVENT_TAG.to_owned(), checked.name)]);
     if let Some(socket_id) = checked.socket_id {
         tags.insert(codec::EXCLUDE_TAG.to_owned(), socket_id);
     }
     for channel in &checked.channels {
         node.publish(PublishRequest {
-            channel: channel.clone(),
+            channel: app.channel(channel),
             data: checked.data.clone(),
             tags: tags.clone(),
             source: Source::Api,
@@ -295,7 +313,9 @@ async fn publish(node: &Node, checked: Checked) -> Result<Map<String, Value>, Fa
         for channel in &checked.channels {
             attributes.insert(
                 channel.clone(),
-                Value::Object(channel_attributes(node, channel, &checked.info).await?),
+                Value::Object(
+                    channel_attributes(node, &app.channel(channel), &checked.info).await?,
+                ),
             );
         }
     }
@@ -303,7 +323,7 @@ async fn publish(node: &Node, checked: Checked) -> Result<Map<String, Value>, Fa
 }
 
 /// The attributes `info` asks for: `subscription_count` (connections subscribed on every node) and, for
-/// presence channels, `user_count` (distinct users on every node).
+/// presence channels, `user_count` (distinct users on every node). `channel` is Herald's name for it.
 async fn channel_attributes(
     node: &Node,
     channel: &str,
@@ -339,11 +359,16 @@ async fn channel_attributes(
 }
 
 /// `POST /apps/{app_id}/events`.
-async fn events(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, Failure> {
+async fn events(
+    State(node): State<Arc<Node>>,
+    Extension(app): App,
+    body: Bytes,
+) -> Result<Response, Failure> {
     let trigger: Trigger = serde_json::from_slice(&body)
         .map_err(|error| bad_request(format!("invalid event: {error}")))?;
-    let checked = check(&node, trigger)?;
-    let attributes = publish(&node, checked).await?;
+    let checked = check(&app, trigger)?;
+    within_rate(&app, 1)?;
+    let attributes = publish(&node, &app, checked).await?;
     if attributes.is_empty() {
         Ok(ok(json!({})))
     } else {
@@ -352,7 +377,11 @@ async fn events(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, 
 }
 
 /// `POST /apps/{app_id}/batch_events`: up to ten events, each checked before any is published.
-async fn batch_events(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, Failure> {
+async fn batch_events(
+    State(node): State<Arc<Node>>,
+    Extension(app): App,
+    body: Bytes,
+) -> Result<Response, Failure> {
     #[derive(Deserialize)]
     struct Batch {
         batch: Vec<Trigger>,
@@ -364,13 +393,14 @@ async fn batch_events(State(node): State<Arc<Node>>, body: Bytes) -> Result<Resp
     }
     let checked = batch
         .into_iter()
-        .map(|trigger| check(&node, trigger))
+        .map(|trigger| check(&app, trigger))
         .collect::<Result<Vec<_>, _>>()?;
+    within_rate(&app, checked.len())?;
     let wants_info = checked.iter().any(|c| !c.info.is_empty());
     let mut results = Vec::with_capacity(checked.len());
     for event in checked {
         let channel = event.channels[0].clone();
-        let mut attributes = publish(&node, event).await?;
+        let mut attributes = publish(&node, &app, event).await?;
         results.push(attributes.remove(&channel).unwrap_or_else(|| json!({})));
     }
     if wants_info {
@@ -381,7 +411,11 @@ async fn batch_events(State(node): State<Arc<Node>>, body: Bytes) -> Result<Resp
 }
 
 /// `GET /apps/{app_id}/channels`: occupied channels on every node, optionally by prefix.
-async fn channels(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, Failure> {
+async fn channels(
+    State(node): State<Arc<Node>>,
+    Extension(app): App,
+    uri: Uri,
+) -> Result<Response, Failure> {
     let query = query_pairs(&uri);
     let param = |name: &str| {
         query
@@ -394,7 +428,7 @@ async fn channels(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, F
     if info.iter().any(|a| a == "user_count") && !prefix.starts_with("presence-") {
         return Err(bad_request("user_count needs filter_by_prefix=presence-"));
     }
-    let max_len = node.config.pusher.max_channel_name_length;
+    let max_len = app.config().max_channel_name_length;
     let mut listed = Map::new();
     let mut occupied: Vec<String> = crate::counts::channels(&node)
         .await
@@ -402,20 +436,24 @@ async fn channels(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, F
         .into_keys()
         .collect();
     occupied.sort();
-    for name in occupied {
-        // Channels only the Centrifugo protocol can name, and users' private channels, are not listed.
+    for channel in occupied {
+        // Other apps' channels, channels only the Centrifugo protocol can name, and users' private
+        // channels are not listed.
+        let Some(name) = app.name_of(&channel) else {
+            continue;
+        };
         if !name.starts_with(prefix)
-            || !codec::valid_channel_name(&name, max_len)
-            || matches!(ChannelKind::of(&name), ChannelKind::ServerToUser(_))
+            || !codec::valid_channel_name(name, max_len)
+            || matches!(ChannelKind::of(name), ChannelKind::ServerToUser(_))
         {
             continue;
         }
         let attributes = if info.iter().any(|a| a == "user_count") {
-            channel_attributes(&node, &name, &["user_count".to_owned()]).await?
+            channel_attributes(&node, &channel, &["user_count".to_owned()]).await?
         } else {
             Map::new()
         };
-        listed.insert(name, Value::Object(attributes));
+        listed.insert(name.to_owned(), Value::Object(attributes));
     }
     Ok(ok(json!({ "channels": listed })))
 }
@@ -423,13 +461,15 @@ async fn channels(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, F
 /// `GET /apps/{app_id}/channels/{channel}`: whether it is occupied (on any node), with `info` attributes.
 async fn channel(
     State(node): State<Arc<Node>>,
-    Path((_app_id, channel)): Path<(String, String)>,
+    Extension(app): App,
+    Path((_app_id, name)): Path<(String, String)>,
     uri: Uri,
 ) -> Result<Response, Failure> {
     let query = query_pairs(&uri);
-    if !codec::valid_channel_name(&channel, node.config.pusher.max_channel_name_length) {
-        return Err(bad_request(format!("invalid channel name {channel:?}")));
+    if !codec::valid_channel_name(&name, app.config().max_channel_name_length) {
+        return Err(bad_request(format!("invalid channel name {name:?}")));
     }
+    let channel = app.channel(&name);
     let info = info_attributes(
         query
             .iter()
@@ -453,13 +493,17 @@ async fn channel(
 /// `GET /apps/{app_id}/channels/{channel}/users`: the ids of a presence channel's users, on every node.
 async fn users(
     State(node): State<Arc<Node>>,
-    Path((_app_id, channel)): Path<(String, String)>,
+    Extension(app): App,
+    Path((_app_id, name)): Path<(String, String)>,
 ) -> Result<Response, Failure> {
-    if ChannelKind::of(&channel) != ChannelKind::Presence {
+    if !codec::valid_channel_name(&name, app.config().max_channel_name_length)
+        || ChannelKind::of(&name) != ChannelKind::Presence
+    {
         return Err(bad_request(
             "users can only be listed for presence channels",
         ));
     }
+    let channel = app.channel(&name);
     let present = node
         .engine
         .presence
@@ -477,6 +521,7 @@ async fn users(
 /// node (Pusher clients get 4009 and stay disconnected).
 async fn terminate_connections(
     State(node): State<Arc<Node>>,
+    Extension(app): App,
     Path(params): Path<HashMap<String, String>>,
 ) -> Response {
     let user = params.get("user_id").map_or("", String::as_str);
@@ -484,7 +529,7 @@ async fn terminate_connections(
         // "" is every connection that never signed in.
         return bad_request("a user id is required").into_response();
     }
-    let target = Target::connections(user.to_owned(), None);
+    let target = Target::connections(app.user(user), None);
     let command = Command::disconnect(target, &Disconnect::FORCE_DISCONNECT);
     if let Err(error) = control::send(&*node.engine.broker, &command).await {
         tracing::warn!(user, %error, "terminate_connections could not reach the cluster");
@@ -492,6 +537,18 @@ async fn terminate_connections(
     }
     tracing::info!(user, "pusher API terminated a user's connections");
     ok(json!({}))
+}
+
+/// `429` unless `events` more events are within the app's `max_api_events_per_second`.
+fn within_rate(app: &PusherApp, events: usize) -> Result<(), Failure> {
+    if app.api_events_allowed(events) {
+        Ok(())
+    } else {
+        Err(Failure(
+            StatusCode::TOO_MANY_REQUESTS,
+            "the app's event rate is exceeded".into(),
+        ))
+    }
 }
 
 /// `503` for a presence read the engine could not answer.

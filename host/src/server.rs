@@ -192,7 +192,7 @@ pub async fn run(
         (&mut server).await;
         node.sessions.wait().await;
         // The last connections' member and vacancy events are in the webhook queues by now.
-        node.pusher.webhooks.stopped().await;
+        node.pusher.stopped().await;
     })
     .await;
     match drained {

@@ -20,7 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["api", "pusher_api", "queue", "nodes", "counts", "admin"],
     &["transport"],
     // Composition: what starts and wires everything.
-    &["server", "main", "lib"],
+    &["server", "reload", "main", "lib"],
 ];
 
 fn layer(module: &str) -> Option<usize> {

@@ -10,23 +10,44 @@ use serde_json::{Value, json};
 
 use crate::{Client, PUSHER_APP_ID, PUSHER_KEY, PUSHER_SECRET};
 
+/// A Pusher app's credentials, as its clients and its backend hold them.
+#[derive(Debug, Clone, Copy)]
+pub struct App {
+    /// The id in API paths.
+    pub id: &'static str,
+    /// The key clients connect with.
+    pub key: &'static str,
+    /// The secret that signs.
+    pub secret: &'static str,
+}
+
+/// The app of [`PUSHER_CONFIG`](crate::PUSHER_CONFIG).
+pub const APP: App = App {
+    id: PUSHER_APP_ID,
+    key: PUSHER_KEY,
+    secret: PUSHER_SECRET,
+};
+
 /// A raw Pusher-protocol client: the shared test client reading one JSON event per message.
 pub struct Pusher {
     /// The WebSocket underneath, for raw frames and closes.
     pub client: Client,
     /// The id the server gave this connection in `pusher:connection_established`.
     pub socket_id: String,
+    /// The app it connected to, whose secret signs its authorisations.
+    pub app: App,
 }
 
 impl Pusher {
     /// Connects to the node at `addr` with the app key and reads `pusher:connection_established`.
     pub async fn connect(addr: SocketAddr) -> Self {
-        let mut client = Client::open_url(&url(
-            addr,
-            PUSHER_KEY,
-            "?protocol=7&client=js&version=8.6.0",
-        ))
-        .await;
+        Self::connect_to(addr, APP).await
+    }
+
+    /// Connects to the node at `addr` as a client of `app` and reads `pusher:connection_established`.
+    pub async fn connect_to(addr: SocketAddr, app: App) -> Self {
+        let mut client =
+            Client::open_url(&url(addr, app.key, "?protocol=7&client=js&version=8.6.0")).await;
         let established = client.next_json().await;
         assert_eq!(
             established["event"], "pusher:connection_established",
@@ -36,7 +57,11 @@ impl Pusher {
             .as_str()
             .expect("socket_id")
             .to_owned();
-        Self { client, socket_id }
+        Self {
+            client,
+            socket_id,
+            app,
+        }
     }
 
     /// Sends one event.
@@ -77,8 +102,14 @@ impl Pusher {
     /// exact string, as pusher-js and the server libraries do) and returns the answer.
     pub async fn subscribe_presence(&mut self, channel: &str, channel_data: &str) -> Value {
         let auth = format!(
-            "{PUSHER_KEY}:{}",
-            sign::channel_signature(PUSHER_SECRET, &self.socket_id, channel, Some(channel_data))
+            "{}:{}",
+            self.app.key,
+            sign::channel_signature(
+                self.app.secret,
+                &self.socket_id,
+                channel,
+                Some(channel_data)
+            )
         );
         self.send(json!({
             "event": "pusher:subscribe",
@@ -91,8 +122,9 @@ impl Pusher {
     /// Signs in as `user_data` the way pusher-js does after asking the app backend; returns the answer.
     pub async fn sign_in(&mut self, user_data: &str) -> Value {
         let auth = format!(
-            "{PUSHER_KEY}:{}",
-            sign::user_signature(PUSHER_SECRET, &self.socket_id, user_data)
+            "{}:{}",
+            self.app.key,
+            sign::user_signature(self.app.secret, &self.socket_id, user_data)
         );
         self.send(
             json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}),
@@ -104,8 +136,9 @@ impl Pusher {
     /// What the app backend would answer pusher-js's authorisation request for a private channel with.
     pub fn auth(&self, channel: &str) -> String {
         format!(
-            "{PUSHER_KEY}:{}",
-            sign::channel_signature(PUSHER_SECRET, &self.socket_id, channel, None)
+            "{}:{}",
+            self.app.key,
+            sign::channel_signature(self.app.secret, &self.socket_id, channel, None)
         )
     }
 }
@@ -134,13 +167,52 @@ pub async fn signed(
     secret: &str,
     timestamp: i64,
 ) -> (u16, String) {
+    send_signed(
+        addr,
+        (APP.key, secret),
+        method,
+        path,
+        params,
+        body,
+        timestamp,
+    )
+    .await
+}
+
+/// A request of `app`'s backend to the node at `addr`, signed with its key and secret now; the status and
+/// the body as JSON (a string when it is not JSON).
+pub async fn signed_as(
+    addr: SocketAddr,
+    app: App,
+    method: &str,
+    path: &str,
+    params: &[(&str, &str)],
+    body: Option<Value>,
+) -> (u16, Value) {
+    let credentials = (app.key, app.secret);
+    let (status, body) = send_signed(addr, credentials, method, path, params, body, now()).await;
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
+}
+
+async fn send_signed(
+    addr: SocketAddr,
+    (key, secret): (&str, &str),
+    method: &str,
+    path: &str,
+    params: &[(&str, &str)],
+    body: Option<Value>,
+    timestamp: i64,
+) -> (u16, String) {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let params: Vec<(String, String)> = params
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
     let query = sign::sign_api_request(
-        PUSHER_KEY,
+        key,
         secret,
         method,
         path,
@@ -189,11 +261,7 @@ pub async fn triggered(addr: SocketAddr, body: Value) {
 /// A correctly signed `GET` of the Pusher HTTP API on the node at `addr`; the status and the body as
 /// JSON (a string when it is not JSON).
 pub async fn get(addr: SocketAddr, path: &str, params: &[(&str, &str)]) -> (u16, Value) {
-    let (status, body) = signed(addr, "GET", path, params, None, PUSHER_SECRET, now()).await;
-    (
-        status,
-        serde_json::from_str(&body).unwrap_or(Value::String(body)),
-    )
+    signed_as(addr, APP, "GET", path, params, None).await
 }
 
 /// The `data` of a Pusher event, parsed from its string.

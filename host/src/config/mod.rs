@@ -41,7 +41,7 @@ pub use client::{ClientConfig, ClientConfigError};
 pub use error::ConfigError;
 pub use http_api::HttpApiConfig;
 pub use metrics::MetricsConfig;
-pub use pusher::{PusherConfig, PusherConfigError};
+pub use pusher::{PusherAppConfig, PusherAppConfigError, PusherConfig, PusherConfigError};
 pub use queue::{QueueConfig, QueueConfigError};
 pub use secret::Secret;
 pub use tls::{TlsConfig, TlsConfigError};
@@ -494,7 +494,10 @@ mod tests {
                 |e| {
                     matches!(
                         e,
-                        ConfigError::Pusher(PusherConfigError::Webhook { index: 0, .. })
+                        ConfigError::Pusher(PusherConfigError::App {
+                            index: None,
+                            error: PusherAppConfigError::Webhook { index: 0, .. }
+                        })
                     )
                 },
                 "pusher.webhooks[0].url: \"ftp://h/\" is not an http:// or https:// URL",
@@ -549,8 +552,8 @@ mod tests {
             jail.set_env("HERALD_PUSHER__KEY", "app-key");
             jail.set_env("HERALD_PUSHER__SECRET", "12345");
             let config = Config::load(Source::Embedded).map_err(|e| e.to_string())?;
-            assert_eq!(config.pusher.app_id, "1");
-            assert_eq!(config.pusher.secret.expose(), "12345");
+            assert_eq!(config.pusher.app.id, "1");
+            assert_eq!(config.pusher.app.secret.expose(), "12345");
             assert!(config.pusher.enabled());
             Ok(())
         });

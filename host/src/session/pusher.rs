@@ -13,8 +13,8 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::time::Instant;
 
-use crate::channel::ChannelKind;
-use crate::config::PusherConfig;
+use crate::channel::{ChannelKind, unscoped};
+use crate::config::PusherAppConfig;
 use crate::disconnect::Disconnect;
 use crate::errors::Refusal;
 use crate::estate::Owed;
@@ -27,6 +27,7 @@ use crate::policy::{self, Action, Denied, Grant, Requester};
 use crate::protocol::pusher::codec::{self, ClientMessage};
 use crate::protocol::pusher::{close, sign};
 use crate::protocol::{Frame, Protocol};
+use crate::pusher_app::{AppConnection, PusherApp};
 use crate::webhooks::WebhookEvent;
 
 use super::skeleton::{self, Connection, Decisions, Wants};
@@ -95,11 +96,21 @@ fn members(present: &HashMap<String, ClientInfo>) -> Vec<(String, Option<String>
         .collect()
 }
 
-/// How many distinct users are present.
-/// One Pusher connection's state.
+/// A channel's name as the app's clients know it: without the app's space.
+fn local(channel: &str) -> &str {
+    unscoped(channel).1
+}
+
+/// One Pusher connection's state. Channels and users are named as Herald knows them — in the app's space
+/// (see [`PusherApp::channel`]) — and as the app's clients know them only in frames, signatures and
+/// webhooks.
 pub struct PusherSession {
     /// Its subscriptions are by channel, with this connection's membership for presence channels.
     conn: Connection<Option<ClientInfo>>,
+    /// The app whose key the client connected with.
+    app: Arc<PusherApp>,
+    /// Holds the connection's place in the app's `max_connections`.
+    _counted: AppConnection,
     /// The upgrade request's headers and query, for the connect plugins; dropped once they have run, so
     /// an idle connection does not keep a browser's headers.
     upgrade: Option<ConnectionInfo>,
@@ -111,8 +122,14 @@ pub struct PusherSession {
 }
 
 impl PusherSession {
-    /// A session for a connection that just opened on the app's key.
-    pub fn new(node: Arc<Node>, outbound: Arc<Outbound>, connection: ConnectionInfo) -> Self {
+    /// A session for a connection that just opened on `app`'s key, `counted` among its connections.
+    pub fn new(
+        node: Arc<Node>,
+        app: Arc<PusherApp>,
+        counted: AppConnection,
+        outbound: Arc<Outbound>,
+        connection: ConnectionInfo,
+    ) -> Self {
         let (handle, commands) =
             SessionHandle::new(new_socket_id(), String::new(), outbound.clone());
         let mut conn = Connection::new(
@@ -125,6 +142,8 @@ impl PusherSession {
         conn.commands = Some(commands);
         Self {
             conn,
+            app,
+            _counted: counted,
             upgrade: Some(connection),
             handle,
             last_heard: Instant::now(),
@@ -136,14 +155,19 @@ impl PusherSession {
         &self.handle.client
     }
 
-    fn config(&self) -> &PusherConfig {
-        &self.conn.node.config.pusher
+    fn config(&self) -> Arc<PusherAppConfig> {
+        self.app.config()
+    }
+
+    /// The user the connection is signed in as, as the app knows it.
+    fn user(&self) -> &str {
+        unscoped(&self.handle.user).1
     }
 
     /// The connection as plugins and publications see it.
     fn info(&self) -> ClientInfo {
         ClientInfo {
-            user: self.handle.user.clone(),
+            user: self.user().to_owned(),
             client: self.socket_id().to_owned(),
             conn_info: None,
             chan_info: None,
@@ -184,7 +208,7 @@ impl PusherSession {
         match plugins.connect(request).await {
             Decision::Undecided => Ok(()),
             Decision::Allowed(identity) => {
-                self.handle = self.handle.with_user(identity.user);
+                self.handle = self.handle.with_user(self.app.user(&identity.user));
                 Ok(())
             }
             Decision::Denied(deny) => {
@@ -229,25 +253,55 @@ impl PusherSession {
                 self.conn.outbound.push(codec::pong());
             }
             ClientMessage::Pong => {}
+            // A name from the client is checked before it is put in the app's space, so no client names a
+            // channel of another space.
+            ClientMessage::Subscribe { channel, .. } if !self.valid_name(&channel) => {
+                let refused = (
+                    "InvalidChannel",
+                    format!("invalid channel name {channel:?}"),
+                    400,
+                );
+                let frame = self.refused(&channel, refused);
+                self.conn.outbound.push(frame);
+            }
             ClientMessage::Subscribe {
                 channel,
                 auth,
                 channel_data,
-            } => self.subscribe(channel, auth, channel_data).await,
+            } => {
+                let channel = self.app.channel(&channel);
+                self.subscribe(channel, auth, channel_data).await;
+            }
             ClientMessage::Unsubscribe { channel } => {
-                self.unsubscribe(&channel).await;
+                if self.valid_name(&channel) {
+                    self.unsubscribe(&self.app.channel(&channel)).await;
+                }
+            }
+            ClientMessage::ClientEvent { channel, .. } if !self.valid_name(&channel) => {
+                self.conn.command_failed(4301);
+                self.conn
+                    .outbound
+                    .push(codec::error(Some(4301), "invalid channel name"));
             }
             ClientMessage::ClientEvent {
                 event,
                 channel,
                 data,
-            } => self.client_event(event, channel, data).await,
+            } => {
+                let channel = self.app.channel(&channel);
+                self.client_event(event, channel, data).await;
+            }
             ClientMessage::Signin { auth, user_data } => self.signin(&auth, &user_data),
             ClientMessage::Other { event } => {
                 tracing::debug!(socket_id = %self.socket_id(), event, "unknown pusher event ignored");
             }
         }
         Ok(())
+    }
+
+    /// Whether the client may name `channel`: Pusher's characters and the app's length.
+    fn valid_name(&self, channel: &str) -> bool {
+        codec::valid_channel_name(channel, self.config().max_channel_name_length)
     }
 
     async fn subscribe(
@@ -260,10 +314,12 @@ impl PusherSession {
             // Idempotent, and a member is not announced twice.
             let again = match member {
                 Some(_) => match self.roster(&channel).await {
-                    Ok(members) => codec::presence_subscription_succeeded(&channel, &members),
+                    Ok(members) => {
+                        codec::presence_subscription_succeeded(local(&channel), &members)
+                    }
                     Err(refused) => self.refused(&channel, refused),
                 },
-                None => codec::subscription_succeeded(&channel),
+                None => codec::subscription_succeeded(local(&channel)),
             };
             self.conn.outbound.push(again);
             return;
@@ -282,12 +338,12 @@ impl PusherSession {
                 .conn
                 .open(&self.handle, &channel, Wants::default(), admitted)
                 .await
-                .map(|gate| (gate, codec::subscription_succeeded(&channel)))
+                .map(|gate| (gate, codec::subscription_succeeded(local(&channel))))
                 .map_err(|_| unavailable()),
         };
         match reply {
             Ok((gate, reply)) => {
-                let cached = match codec::is_cache_channel(&channel) {
+                let cached = match codec::is_cache_channel(local(&channel)) {
                     true => Some(self.cached_event(&channel, admitted).await),
                     false => None,
                 };
@@ -323,23 +379,19 @@ impl PusherSession {
                 tracing::warn!(channel, %error, "cache channel read failed");
             });
         if let Ok(Some(publication)) = found.map(|found| found.publications.first().cloned()) {
-            return codec::publication(channel, &publication);
+            return codec::publication(local(channel), &publication);
         }
-        self.conn
-            .node
-            .pusher
-            .webhooks
-            .send(WebhookEvent::CacheMiss {
-                channel: channel.to_owned(),
-            });
-        codec::cache_miss(channel)
+        self.app.webhooks().send(WebhookEvent::CacheMiss {
+            channel: local(channel).to_owned(),
+        });
+        codec::cache_miss(local(channel))
     }
 
     /// The `pusher:subscription_error` for a refusal, logged.
     fn refused(&self, channel: &str, (kind, message, status): Refused) -> Frame {
         tracing::debug!(socket_id = %self.socket_id(), channel, message, "pusher subscription refused");
         self.conn.command_failed(u32::from(status));
-        codec::subscription_error(channel, kind, &message, status)
+        codec::subscription_error(local(channel), kind, &message, status)
     }
 
     /// Joins a presence channel: subscribes, enters the roster (on every node) and
@@ -404,21 +456,17 @@ impl PusherSession {
         present.insert(member.client.clone(), member.clone());
         let members = members(&present);
         if !returning {
-            self.conn
-                .node
-                .pusher
-                .webhooks
-                .send(WebhookEvent::MemberAdded {
-                    channel: channel.to_owned(),
-                    user_id: member.user.clone(),
-                });
+            self.app.webhooks().send(WebhookEvent::MemberAdded {
+                channel: local(channel).to_owned(),
+                user_id: member.user.clone(),
+            });
         }
         if !returning && let Err(error) = node.announce_join(channel, member.clone()).await {
             tracing::warn!(channel, %error, "member_added broadcast failed");
         }
         Ok((
             gate,
-            codec::presence_subscription_succeeded(channel, &members),
+            codec::presence_subscription_succeeded(local(channel), &members),
         ))
     }
 
@@ -440,7 +488,7 @@ impl PusherSession {
         channel_data: Option<String>,
     ) -> Result<(Option<ClientInfo>, Grant), Refused> {
         let max_channels = self.conn.node.config.client.max_channels;
-        if !codec::valid_channel_name(channel, self.config().max_channel_name_length) {
+        if !self.valid_name(local(channel)) {
             return Err((
                 "InvalidChannel",
                 format!("invalid channel name {channel:?}"),
@@ -488,7 +536,7 @@ impl PusherSession {
     ) -> Result<(Option<ClientInfo>, Grant), Refused> {
         let config = self.config();
         let kind = ChannelKind::of(channel);
-        if channel.starts_with('#') && !matches!(kind, ChannelKind::ServerToUser(_)) {
+        if local(channel).starts_with('#') && !matches!(kind, ChannelKind::ServerToUser(_)) {
             return Err((
                 "InvalidChannel",
                 "channels starting with # are reserved".into(),
@@ -517,7 +565,7 @@ impl PusherSession {
                     &config.key,
                     config.secret.expose(),
                     self.socket_id(),
-                    channel,
+                    local(channel),
                     signed_data,
                     &auth,
                 )
@@ -545,7 +593,7 @@ impl PusherSession {
             None
         };
         let requester = Requester {
-            user: member.as_ref().map_or(&self.handle.user, |m| &m.user),
+            user: member.as_ref().map_or(self.user(), |m| &m.user),
             subscribed: false,
             vouched: signed,
         };
@@ -554,7 +602,8 @@ impl PusherSession {
                 Denied::NotVouched => (
                     "AuthError",
                     format!(
-                        "invalid signature for {channel} on socket {}",
+                        "invalid signature for {} on socket {}",
+                        local(channel),
                         self.socket_id()
                     ),
                     401,
@@ -619,11 +668,16 @@ impl PusherSession {
             .map_err(|_| "invalid channel name")?
             .options;
         let requester = Requester {
-            user: member.map_or(&self.handle.user, |m| &m.user),
+            user: member.map_or(self.user(), |m| &m.user),
             subscribed: true,
             vouched: true,
         };
-        policy::authorize(channel, options, Action::Publish, requester).map_err(Denied::message)
+        let granted = policy::authorize(channel, options, Action::Publish, requester)
+            .map_err(Denied::message)?;
+        if !self.app.client_event_allowed() {
+            return Err("the app's client event rate is exceeded");
+        }
+        Ok(granted)
     }
 
     /// Relays a `client-*` event to the channel's other subscribers, on every node.
@@ -663,18 +717,13 @@ impl PusherSession {
             })
             .await;
         match published {
-            Ok(_) => self
-                .conn
-                .node
-                .pusher
-                .webhooks
-                .send(WebhookEvent::ClientEvent {
-                    channel,
-                    event,
-                    data,
-                    socket_id: self.socket_id().to_owned(),
-                    user_id: member.map(|member| member.user),
-                }),
+            Ok(_) => self.app.webhooks().send(WebhookEvent::ClientEvent {
+                channel: local(&channel).to_owned(),
+                event,
+                data,
+                socket_id: self.socket_id().to_owned(),
+                user_id: member.map(|member| member.user),
+            }),
             Err(error) => {
                 let refusal = Refusal::from(error);
                 tracing::debug!(socket_id = %self.socket_id(), ?refusal, "client event refused");
@@ -709,7 +758,7 @@ impl PusherSession {
         };
         let hub = &self.conn.node.hub;
         hub.unregister(&self.handle.client, &self.handle.user);
-        self.handle = self.handle.with_user(user);
+        self.handle = self.handle.with_user(self.app.user(&user));
         hub.register(self.handle.clone());
         self.conn.outbound.push(codec::signin_success(user_data));
     }
@@ -746,7 +795,7 @@ impl Decisions for PusherSession {
         self.conn.node.hub.register(self.handle.clone());
         self.conn.outbound.push(codec::connection_established(
             self.socket_id(),
-            self.config().activity_timeout.as_secs(),
+            self.conn.node.config.pusher.activity_timeout.as_secs(),
         ));
         tracing::debug!(socket_id = %self.socket_id(), remote = %self.conn.remote, "pusher client connected");
         Ok(())
@@ -755,8 +804,8 @@ impl Decisions for PusherSession {
     /// The next liveness check: the pong deadline after a ping, else the end of the allowed silence.
     fn deadline(&self) -> Instant {
         match self.pinged_at {
-            Some(pinged) => pinged + self.config().pong_timeout,
-            None => self.last_heard + self.config().activity_timeout,
+            Some(pinged) => pinged + self.conn.node.config.pusher.pong_timeout,
+            None => self.last_heard + self.conn.node.config.pusher.activity_timeout,
         }
     }
 

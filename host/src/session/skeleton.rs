@@ -378,8 +378,17 @@ mod tests {
     /// The bound is generous on purpose; the sizes are printed (`--nocapture`) to compare changes.
     #[tokio::test]
     async fn run_futures_stay_small() {
-        let node = Node::new(crate::config::Config::default()).expect("a node");
+        let mut config = crate::config::Config::default();
+        config.pusher.app = crate::config::PusherAppConfig {
+            id: "1".into(),
+            key: "key".into(),
+            secret: "secret".into(),
+            ..Default::default()
+        };
+        let node = Node::new(config).expect("a node");
+        let app = node.pusher.by_key("key").expect("the app");
         let outbound = Arc::new(Outbound::new(1 << 16));
+        let counted = app.connect(&outbound).expect("within the app's quota");
         let connection = ConnectionInfo {
             remote: SocketAddr::from(([127, 0, 0, 1], 1)),
             transport_ping: false,
@@ -395,7 +404,7 @@ mod tests {
             &crate::protocol::centrifuge::Centrifuge,
         );
         let centrifuge = centrifuge.run(incoming());
-        let pusher = PusherSession::new(node, outbound, connection).run(incoming());
+        let pusher = PusherSession::new(node, app, counted, outbound, connection).run(incoming());
         let sizes = [
             std::mem::size_of_val(&centrifuge),
             std::mem::size_of_val(&pusher),

@@ -39,8 +39,7 @@ pub async fn pusher_handler(
     headers: HeaderMap,
     upgrade: Upgrade,
 ) -> Response {
-    let config = &node.config.pusher;
-    if !config.enabled() {
+    if !node.pusher.any() {
         return (StatusCode::NOT_FOUND, "the Pusher protocol is not enabled").into_response();
     }
     let (remote, slot) = match admit(&node, peer, &headers) {
@@ -52,14 +51,16 @@ pub async fn pusher_handler(
             .parse::<u32>()
             .is_ok_and(|version| PROTOCOL_VERSIONS.contains(&version))
     });
-    let refused = if key != config.key {
-        tracing::info!(%remote, "pusher connection refused: unknown app key");
-        Some(close::UNKNOWN_APP)
-    } else if !supported {
-        tracing::info!(%remote, protocol = ?query.protocol, "pusher connection refused: protocol version");
-        Some(close::UNSUPPORTED_PROTOCOL)
-    } else {
-        None
+    let admitted = match node.pusher.by_key(&key) {
+        None => {
+            tracing::info!(%remote, "pusher connection refused: unknown app key");
+            Err(close::UNKNOWN_APP)
+        }
+        Some(_) if !supported => {
+            tracing::info!(%remote, protocol = ?query.protocol, "pusher connection refused: protocol version");
+            Err(close::UNSUPPORTED_PROTOCOL)
+        }
+        Some(app) => Ok(app),
     };
     // Boxed until the session takes it, as on the Centrifugo endpoint.
     let connection = Box::new(connection_info(
@@ -75,16 +76,25 @@ pub async fn pusher_handler(
             upgraded,
             slot,
             Protocol::Pusher,
-            async |node, outbound, messages| match refused {
-                // pusher-js reads the reason from a `pusher:error` first, then the close.
-                Some(disconnect) => {
-                    outbound.push(refusal(&disconnect));
-                    outbound.close(disconnect);
-                }
-                None => {
-                    PusherSession::new(node, outbound, unbox(connection))
-                        .run(messages)
-                        .await
+            async move |node, outbound, messages| {
+                // The app's place is taken here, where the connection it counts exists.
+                let counted = admitted.and_then(|app| {
+                    let counted = app.connect(&outbound).inspect_err(|refused| {
+                        tracing::info!(%remote, app_id = %app.config().id, reason = %refused.reason, "pusher connection refused");
+                    })?;
+                    Ok((app, counted))
+                });
+                match counted {
+                    // pusher-js reads the reason from a `pusher:error` first, then the close.
+                    Err(disconnect) => {
+                        outbound.push(refusal(&disconnect));
+                        outbound.close(disconnect);
+                    }
+                    Ok((app, counted)) => {
+                        PusherSession::new(node, app, counted, outbound, unbox(connection))
+                            .run(messages)
+                            .await
+                    }
                 }
             },
         )

@@ -141,6 +141,41 @@ function clientOptions(cfg, authorize) {
   return options;
 }
 
+// Server-library requests whose outcome is checked, logging to `log`: `rejectedStatus` for one that must
+// fail (its HTTP status), `okJson` for one that must answer HTTP 200 with JSON (the body).
+function serverRequests(log) {
+  async function rejectedStatus(promise, what) {
+    let result;
+    try {
+      result = await within(promise, what);
+    } catch (e) {
+      log(`${what}: rejected status=${e && e.status} body=${JSON.stringify(e && e.body)}`);
+      check(e && e.status !== undefined, `${what}: failed without an HTTP status: ${e && e.stack || e}`);
+      return e.status;
+    }
+    throw new Error(`${what}: expected an HTTP error, got HTTP ${result && result.status}`);
+  }
+
+  async function okJson(promise, what) {
+    let response;
+    try {
+      response = await within(promise, what);
+    } catch (e) {
+      throw new Error(`${what} failed: ${e && e.message} status=${e && e.status} body=${JSON.stringify(e && e.body)}`);
+    }
+    const text = await response.text();
+    log(`${what}: HTTP ${response.status} ${text}`);
+    check(response.status === 200, `${what}: expected HTTP 200, got ${response.status} ${text}`);
+    try {
+      return JSON.parse(text);
+    } catch (e) {
+      throw new Error(`${what}: HTTP 200 with a body that is not JSON: ${JSON.stringify(text)}`);
+    }
+  }
+
+  return { rejectedStatus, okJson };
+}
+
 module.exports = {
-  WAIT_MS, env, pusherConfig, startRun, disconnecting, backend, clientOptions, check, within, Queue,
+  WAIT_MS, env, pusherConfig, startRun, disconnecting, backend, clientOptions, serverRequests, check, within, Queue,
 };

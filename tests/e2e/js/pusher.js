@@ -41,7 +41,10 @@ const PusherJs = require('pusher-js');
 
 const PusherClient = PusherJs.default || PusherJs;
 
-const { WAIT_MS, env, pusherConfig, startRun, disconnecting, backend: backendFor, clientOptions, check, within, Queue } = require('./pusher-harness');
+const {
+  WAIT_MS, env, pusherConfig, startRun, disconnecting, backend: backendFor, clientOptions, serverRequests, check,
+  Queue,
+} = require('./pusher-harness');
 
 const cfg = {
   ...pusherConfig('pusher.js'),
@@ -112,36 +115,7 @@ function roster(channel) {
   return members;
 }
 
-// Runs a server-library request that must fail, and returns the HTTP status it failed with.
-async function rejectedStatus(promise, what) {
-  let result;
-  try {
-    result = await within(promise, what);
-  } catch (e) {
-    log(`${what}: rejected status=${e && e.status} body=${JSON.stringify(e && e.body)}`);
-    check(e && e.status !== undefined, `${what}: failed without an HTTP status: ${e && e.stack || e}`);
-    return e.status;
-  }
-  throw new Error(`${what}: expected an HTTP error, got HTTP ${result && result.status}`);
-}
-
-// A server-library request that must succeed: HTTP 200 with a JSON body, which is returned.
-async function okJson(promise, what) {
-  let response;
-  try {
-    response = await within(promise, what);
-  } catch (e) {
-    throw new Error(`${what} failed: ${e && e.message} status=${e && e.status} body=${JSON.stringify(e && e.body)}`);
-  }
-  const text = await response.text();
-  log(`${what}: HTTP ${response.status} ${text}`);
-  check(response.status === 200, `${what}: expected HTTP 200, got ${response.status} ${text}`);
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    throw new Error(`${what}: HTTP 200 with a body that is not JSON: ${JSON.stringify(text)}`);
-  }
-}
+const { rejectedStatus, okJson } = serverRequests(log);
 
 // A call to Herald's own API (POST {apiUrl}/{method}) that must answer HTTP 200; its JSON body.
 async function heraldApi(method, body) {

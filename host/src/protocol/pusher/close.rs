@@ -6,6 +6,10 @@ use crate::disconnect::{Disconnect, known};
 
 /// Unknown app key; pusher-js does not reconnect (4001–4099).
 pub const UNKNOWN_APP: Disconnect = known(4001, "app does not exist");
+/// The app is disabled; pusher-js does not reconnect.
+pub const APP_DISABLED: Disconnect = known(4003, "app is disabled");
+/// The app holds as many connections as it may; pusher-js does not reconnect.
+pub const OVER_QUOTA: Disconnect = known(4004, "app is over its connection quota");
 /// A protocol version this server does not speak.
 pub const UNSUPPORTED_PROTOCOL: Disconnect = known(4007, "unsupported protocol version");
 /// Not authorised; terminal.
