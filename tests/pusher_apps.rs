@@ -129,6 +129,21 @@ async fn same_named_channels_of_different_apps_are_different_channels() {
         json!({"app": "1"}),
         "{push}"
     );
+    // Herald's own API reaches a listed app's channel by its internal name; a Centrifugo client meets the
+    // channel's own rules there (a Pusher private channel needs a vouch it does not have).
+    server
+        .publish("\u{2}2\u{2}news", json!({"app": "api"}))
+        .await;
+    let event = two.next().await;
+    assert_eq!(
+        (event["channel"].as_str(), data(&event)),
+        (Some("news"), json!({"app": "api"})),
+        "{event}"
+    );
+    let refused = centrifugo
+        .subscribe(json!({"channel": "\u{2}2\u{2}private-orders"}))
+        .await;
+    assert!(refused.get("error").is_some(), "{refused}");
 
     let listed = |body: &Value| {
         let mut names: Vec<String> = body["channels"]
@@ -316,10 +331,10 @@ async fn apps_are_added_changed_disabled_and_removed_by_editing_the_file() {
     // App 2 removed, app 3 disabled, app 4 given a new secret and client events, app 5 added.
     let three_off = APP_THREE.replace("secret-three\"\n", "secret-three\"\nenabled = false\n");
     let four_changed = "[[pusher.apps]]\nid = \"4\"\nkey = \"key-four\"\nsecret = \"new-secret\"\nclient_events = true\n";
-    let five = "[[pusher.apps]]\nid = \"5\"\nkey = \"key-five\"\nsecret = \"secret-five\"\n";
+    let five_entry = "[[pusher.apps]]\nid = \"5\"\nkey = \"key-five\"\nsecret = \"secret-five\"\n";
     replace_file(
         &path,
-        &file_with_apps(&format!("{three_off}{four_changed}{five}")),
+        &file_with_apps(&format!("{three_off}{four_changed}{five_entry}")),
     );
 
     let error = two.next().await;
@@ -352,17 +367,19 @@ async fn apps_are_added_changed_disabled_and_removed_by_editing_the_file() {
         key: "key-five",
         secret: "secret-five",
     };
-    Pusher::connect_to(server.addr, five_app).await;
+    let mut five = Pusher::connect_to(server.addr, five_app).await;
     assert_eq!(refusal(&server, TWO.key).await, (json!(4001), 4001));
     assert_eq!(refusal(&server, THREE.key).await, (json!(4003), 4003));
     let (status, _) = get(&server, TWO, "/channels").await;
     assert_eq!(status, 404, "a removed app's API is gone");
 
-    // A file that does not load is refused without stopping the reloads: the next good one applies.
+    // A file that does not load is refused without stopping the reloads: the next good one applies. App 3
+    // is removed, app 2 comes back, app 5 gets a new key.
     replace_file(&path, "[pusher\nbroken");
+    let five_rekeyed = five_entry.replace("key-five", "key-five-new");
     replace_file(
         &path,
-        &file_with_apps(&format!("{APP_TWO}{four_changed}{five}")),
+        &file_with_apps(&format!("{APP_TWO}{four_changed}{five_rekeyed}")),
     );
     let mut back = None;
     let deadline = tokio::time::Instant::now() + herald_tests::WAIT;
@@ -377,6 +394,9 @@ async fn apps_are_added_changed_disabled_and_removed_by_editing_the_file() {
         }
     }
     assert_eq!(refusal(&server, THREE.key).await, (json!(4001), 4001));
+    let error = five.next().await;
+    assert_eq!(error["data"]["code"], 4001, "a new key: {error}");
+    assert_eq!(five.client.expect_close().await.0, 4001);
     kept.send(json!({"event": "pusher:ping", "data": {}})).await;
     assert_eq!(kept.next().await["event"], "pusher:pong", "app 4 untouched");
 }

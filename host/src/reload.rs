@@ -36,7 +36,7 @@ pub fn watch(node: Arc<Node>, path: PathBuf) -> notify::Result<()> {
         }
     })?;
     watcher.watch(&folder, RecursiveMode::NonRecursive)?;
-    tokio::spawn(forward_hangups(hangup));
+    forward_hangups(hangup);
     let mut loaded = std::fs::read(&path).ok();
     tokio::spawn(async move {
         // Dropped with the task: the watcher lives as long as the reloads.
@@ -61,19 +61,25 @@ pub fn watch(node: Arc<Node>, path: PathBuf) -> notify::Result<()> {
     Ok(())
 }
 
-/// `SIGHUP` asks for a reload as a change of the file does (where there are signals).
-async fn forward_hangups(changed: mpsc::UnboundedSender<bool>) {
+/// Makes `SIGHUP` ask for a reload as a change of the file does (where there are signals). Registered
+/// before returning, so a `SIGHUP` once the server listens never meets the default action (exit).
+fn forward_hangups(changed: mpsc::UnboundedSender<bool>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!(
+                "SIGHUP cannot be handled here; the configuration reloads on file changes only"
+            );
             return;
         };
-        while hangups.recv().await.is_some() {
-            if changed.send(true).is_err() {
-                return;
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                if changed.send(true).is_err() {
+                    return;
+                }
             }
-        }
+        });
     }
     #[cfg(not(unix))]
     drop(changed);

@@ -1,4 +1,5 @@
-//! The `herald` binary: configuration checking and signal-driven graceful shutdown.
+//! The `herald` binary: configuration checking, signal-driven graceful shutdown, and reloading the
+//! configuration file's Pusher apps.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -49,6 +50,19 @@ fn check_config(text: &str) -> (bool, String) {
 async fn serve(
     configure: impl FnOnce(&mut tokio::process::Command),
 ) -> (tokio::process::Child, u16, Vec<String>) {
+    let (child, port, seen, _) = serve_logging(configure).await;
+    (child, port, seen)
+}
+
+/// As [`serve`], with the log lines printed after it listened, as they come.
+async fn serve_logging(
+    configure: impl FnOnce(&mut tokio::process::Command),
+) -> (
+    tokio::process::Child,
+    u16,
+    Vec<String>,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -76,9 +90,72 @@ async fn serve(
     })
     .await
     .expect("herald starts");
-    // Keep draining the log so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, port, seen)
+    // Keep draining the log so the child never blocks on a full pipe, whether or not anyone reads it.
+    let (later, later_lines) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = later.send(line);
+        }
+    });
+    (child, port, seen, later_lines)
+}
+
+/// `herald serve --config FILE` reloads the file's Pusher apps on SIGHUP and when the file changes: a
+/// disabled app's open connection is closed with 4003.
+#[tokio::test]
+async fn serve_reloads_its_pusher_apps_on_sighup_and_when_the_file_changes() {
+    let app = |enabled: bool| {
+        format!(
+            "[[pusher.apps]]\nid = \"2\"\nkey = \"key-two\"\nsecret = \"secret-two\"\nenabled = {enabled}\n"
+        )
+    };
+    let file = write_config(&app(true));
+    let path = file.path().to_owned();
+    let (child, port, _, mut log) = serve_logging(|command| {
+        command.arg("--config").arg(&path);
+    })
+    .await;
+    let url = format!("ws://127.0.0.1:{port}/app/key-two?protocol=7");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let established = ws.next().await.unwrap().unwrap();
+    assert!(
+        established
+            .to_text()
+            .unwrap()
+            .contains("pusher:connection_established"),
+        "{established:?}"
+    );
+
+    let pid = child.id().unwrap().to_string();
+    let hangup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(hangup.success());
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = log.recv().await {
+            if line.contains("configuration reloaded") {
+                return;
+            }
+        }
+        panic!("herald exited");
+    })
+    .await
+    .expect("SIGHUP reloads the file");
+
+    std::fs::write(&path, app(false)).unwrap();
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
+                Some(Ok(_)) => continue,
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("closed in time");
+    assert_eq!(closed, 4003);
 }
 
 /// A valid file passes; the embedded default (printed by `default-config`) is itself valid.
