@@ -111,12 +111,11 @@ fn default_consumer_name() -> String {
 fn target(config: &crate::config::Config) -> Result<Target, RedisConfigError> {
     let queue = &config.queue;
     let redis = &config.engine.redis;
-    let (addresses, cluster) = if queue.addresses.is_empty() {
-        (&redis.addresses, redis.cluster)
+    if queue.addresses.is_empty() {
+        redis.target(&redis.addresses, redis.cluster, true, queue.block)
     } else {
-        (&queue.addresses, queue.cluster)
-    };
-    redis.target(addresses, cluster, queue.block)
+        redis.target(&queue.addresses, queue.cluster, false, queue.block)
+    }
 }
 
 /// Creates the group reading the stream from its beginning (entries added before Herald first ran are

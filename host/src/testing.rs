@@ -1,5 +1,6 @@
-//! Real Redis servers for tests: a standalone `redis-server` or a three-master Redis Cluster, each on free
-//! loopback ports with its own data directory, stopped when dropped.
+//! Real Redis servers for tests: a standalone `redis-server`, a primary with a replica watched by a Redis
+//! Sentinel, or a three-master Redis Cluster, each on free loopback ports with its own data directory,
+//! stopped when dropped.
 //!
 //! Used by the engine's own tests and (through the `testing` feature) by the integration tests; it needs
 //! `redis-server` on the PATH (Debian package `redis-server`).
@@ -76,7 +77,7 @@ impl RedisServer {
         // A port can be taken between choosing and binding it; try a few.
         for _ in 0..5 {
             let port = free_port();
-            if let Some(process) = spawn(port, dir.path(), extra, &tls) {
+            if let Some(process) = spawn(&server_arguments(port, dir.path(), extra, &tls), READY) {
                 return Self {
                     process,
                     port,
@@ -103,11 +104,22 @@ impl RedisServer {
         self.process.kill();
     }
 
+    /// Freezes the server (SIGSTOP): it neither answers nor replicates until [`Self::resume`].
+    pub fn pause(&self) {
+        self.process.signal("-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.process.signal("-CONT");
+    }
+
     /// Starts a new, empty server on the same port (after [`Self::kill`]): an outage that lost all data.
     pub fn restart_empty(&mut self) {
         self.kill();
         for _ in 0..50 {
-            if let Some(process) = spawn(self.port, self._dir.path(), &[], &self.tls) {
+            let arguments = server_arguments(self.port, self._dir.path(), &[], &self.tls);
+            if let Some(process) = spawn(&arguments, READY) {
                 self.process = process;
                 return;
             }
@@ -134,6 +146,14 @@ struct Process {
 }
 
 impl Process {
+    fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid {
+            let _ = Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status();
+        }
+    }
+
     fn kill(&mut self) {
         if let Some(pid) = self.pid.take() {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
@@ -143,10 +163,13 @@ impl Process {
     }
 }
 
-/// Starts `redis-server` and waits for its "Ready to accept connections" line; `None` if it exits first
-/// (port taken). With `tls` arguments the port is its TLS port and there is no plain one.
-fn spawn(port: u16, dir: &Path, extra: &[&str], tls: &[String]) -> Option<Process> {
-    let ports = if tls.is_empty() {
+/// What a server prints once it accepts connections.
+const READY: &str = "Ready to accept connections";
+
+/// The arguments of a server on `port` keeping its files in `dir`. With `tls` arguments the port is its TLS
+/// port and there is no plain one.
+fn server_arguments(port: u16, dir: &Path, extra: &[&str], tls: &[String]) -> Vec<String> {
+    let mut arguments = if tls.is_empty() {
         vec!["--port".to_owned(), port.to_string()]
     } else {
         vec![
@@ -156,17 +179,32 @@ fn spawn(port: u16, dir: &Path, extra: &[&str], tls: &[String]) -> Option<Proces
             port.to_string(),
         ]
     };
+    arguments.extend(tls.iter().cloned());
+    arguments.extend(
+        [
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+        ]
+        .map(str::to_owned),
+    );
+    arguments.push(dir.display().to_string());
+    arguments.extend(extra.iter().map(|argument| (*argument).to_owned()));
+    arguments
+}
+
+/// Starts `redis-server arguments` and waits for a line containing `ready`; `None` if it exits first (port
+/// taken).
+fn spawn(arguments: &[String], ready: &str) -> Option<Process> {
     let mut guard = Command::new("sh")
         .arg("-c")
         .arg(r#"redis-server "$@" & echo "pid $!"; read -r _; kill -9 $! 2>/dev/null"#)
         .arg("redis-guard")
-        .args(&ports)
-        .args(tls)
-        .args(["--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .args(extra)
+        .args(arguments)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -191,7 +229,7 @@ fn spawn(port: u16, dir: &Path, extra: &[&str], tls: &[String]) -> Option<Proces
     let ready = pid.is_some_and(|pid| {
         loop {
             match received.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) if line.contains("Ready to accept connections") => break true,
+                Ok(line) if line.contains(ready) => break true,
                 Ok(_) => {}
                 Err(RecvTimeoutError::Disconnected) => break false,
                 Err(RecvTimeoutError::Timeout) => {
@@ -208,6 +246,138 @@ fn spawn(port: u16, dir: &Path, extra: &[&str], tls: &[String]) -> Option<Proces
         return None;
     }
     Some(process)
+}
+
+/// A primary, its replica and one Redis Sentinel watching them (quorum 1, a primary is judged down after
+/// 500 ms), so a test can fail the primary over.
+#[derive(Debug)]
+pub struct RedisSentinel {
+    /// The primary at start.
+    pub primary: RedisServer,
+    /// Its replica, promoted by a failover.
+    pub replica: RedisServer,
+    sentinel: Process,
+    /// The Sentinel's port.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisSentinel {
+    /// The name the Sentinel monitors the primary under.
+    pub const MASTER: &str = "herald-primary";
+
+    /// Starts the three and returns once the replica is in sync and the Sentinel knows it, so a failover
+    /// can pick it.
+    pub fn start() -> Self {
+        let primary = RedisServer::start();
+        let primary_port = primary.port.to_string();
+        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary_port]);
+        wait_until("the replica is in sync", || {
+            redis_cli(replica.port, &["info", "replication"]).contains("master_link_status:up")
+        });
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let config = dir.path().join("sentinel.conf");
+        // The replica is declared rather than discovered: discovery waits for the Sentinel's 10 s INFO round.
+        std::fs::write(
+            &config,
+            format!(
+                "sentinel monitor {master} 127.0.0.1 {primary_port} 1\n\
+                 sentinel down-after-milliseconds {master} 500\n\
+                 sentinel failover-timeout {master} 3000\n\
+                 sentinel known-replica {master} 127.0.0.1 {replica}\n",
+                master = Self::MASTER,
+                replica = replica.port,
+            ),
+        )
+        .expect("write the Sentinel's config");
+        for _ in 0..5 {
+            let port = free_port();
+            let mut arguments = vec![
+                config.display().to_string(),
+                "--sentinel".to_owned(),
+                "--port".to_owned(),
+                port.to_string(),
+            ];
+            arguments.extend(["--bind", "127.0.0.1", "--dir"].map(str::to_owned));
+            arguments.push(dir.path().display().to_string());
+            if let Some(sentinel) = spawn(&arguments, "+monitor master") {
+                let sentinel = Self {
+                    primary,
+                    replica,
+                    sentinel,
+                    port,
+                    _dir: dir,
+                };
+                wait_until("the Sentinel sees the replica", || {
+                    let replicas = redis_cli(port, &["sentinel", "replicas", Self::MASTER]);
+                    replicas.lines().any(|line| line == "slave")
+                        && replicas.contains("master-link-status\nok")
+                });
+                return sentinel;
+            }
+        }
+        panic!("redis-server --sentinel did not start");
+    }
+
+    /// `redis://127.0.0.1:<port>` of the Sentinel.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port of the server the Sentinel names as primary now.
+    pub fn primary_port(&self) -> u16 {
+        let answer = redis_cli(
+            self.port,
+            &["sentinel", "get-master-addr-by-name", Self::MASTER],
+        );
+        answer
+            .lines()
+            .nth(1)
+            .and_then(|port| port.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Kills the primary (SIGKILL) and returns once the Sentinel names the replica instead.
+    pub fn fail_over(&mut self) {
+        self.primary.kill();
+        self.await_failover();
+    }
+
+    /// Returns once the Sentinel names the replica as primary.
+    pub fn await_failover(&self) {
+        let replica = self.replica.port;
+        wait_until("the Sentinel promotes the replica", || {
+            self.primary_port() == replica
+        });
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        self.sentinel.kill();
+    }
+}
+
+/// `redis-cli -p port arguments…`'s output (empty when it fails).
+pub fn redis_cli(port: u16, arguments: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(arguments)
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// Polls `done` every 50 ms for up to 30 s: for state another process reaches on its own clock.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A Redis Cluster of three masters (no replicas) on loopback.
@@ -258,17 +428,9 @@ impl RedisCluster {
     fn wait_until_ready(&self) {
         // Slots propagate by gossip; a node answers `cluster_state:ok` once it sees all of them covered.
         for node in &self.nodes {
-            for attempt in 0.. {
-                let output = Command::new("redis-cli")
-                    .args(["-p", &node.port.to_string(), "cluster", "info"])
-                    .output()
-                    .expect("redis-cli runs");
-                if String::from_utf8_lossy(&output.stdout).contains("cluster_state:ok") {
-                    break;
-                }
-                assert!(attempt < 200, "the cluster did not become ready");
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            wait_until("the cluster is ready", || {
+                redis_cli(node.port, &["cluster", "info"]).contains("cluster_state:ok")
+            });
         }
     }
 }

@@ -442,7 +442,7 @@ mod tests {
         let refused = |toml: &str| Config::from_toml(toml).expect_err(toml);
         /// A configuration, how to recognise its error, and how the message starts.
         type Case = (&'static str, fn(&ConfigError) -> bool, &'static str);
-        let cases: [Case; 9] = [
+        let cases: [Case; 10] = [
             (
                 "[client]\nping_interval = \"5s\"\npong_timeout = \"6s\"",
                 |e| {
@@ -483,6 +483,11 @@ mod tests {
                 "[engine]\ntype = \"redis\"\n[engine.redis]\naddresses = [\"nowhere\"]",
                 |e| matches!(e, ConfigError::Redis(RedisConfigError::InvalidAddress(a)) if a == "nowhere"),
                 "engine.redis.addresses: \"nowhere\" is not a redis:// URL",
+            ),
+            (
+                "[engine]\ntype = \"redis\"\n[engine.redis]\ncluster = true\nsentinel_master = \"m\"",
+                |e| matches!(e, ConfigError::Redis(RedisConfigError::SentinelWithCluster)),
+                "engine.redis.sentinel_master: Sentinel watches one primary",
             ),
             (
                 "[queue]\nenabled = true",

@@ -1,4 +1,5 @@
-//! Connections to Redis, one standalone server or a Redis Cluster, behind one type: commands go through
+//! Connections to Redis, one standalone server, the primary Sentinel names, or a Redis Cluster, behind one
+//! type: commands go through
 //! [`Connection`] (a [`ConnectionLike`], so scripts and pipelines work on both) and pub/sub through
 //! [`Connection::subscribe`], which uses sharded pub/sub on a cluster.
 //!
@@ -7,8 +8,11 @@
 //! sender speak RESP3 (pub/sub on a multiplexed connection needs it); the others keep RESP2's reply shapes
 //! (arrays where RESP3 has maps), which the engine's scripts and the queue's stream readers parse.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::sentinel::FollowedPrimary;
+pub(crate) use super::sentinel::SentinelTarget;
 use redis::aio::{AsyncPushSender, ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
@@ -22,6 +26,7 @@ use redis::{
 pub(crate) enum Connection {
     Standalone(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(Arc<FollowedPrimary>),
 }
 
 /// How to reach Redis.
@@ -30,6 +35,8 @@ pub(crate) struct Target {
     /// `redis://` (or `rediss://`) URLs: one server, or any nodes of a cluster.
     pub addresses: Vec<String>,
     pub cluster: bool,
+    /// The addresses are Sentinels, naming the primary to use.
+    pub sentinel: Option<SentinelTarget>,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
     /// A CA and a client certificate for `rediss://` addresses; the system's roots when `None`.
@@ -61,6 +68,18 @@ impl Connection {
                 .await?;
             return Ok(Self::Cluster(connection));
         }
+        if let Some(sentinel) = &target.sentinel {
+            let pushes = pushes.map(|pushes| Arc::new(pushes) as Arc<dyn AsyncPushSender>);
+            let link = FollowedPrimary::connect(
+                &target.addresses,
+                sentinel,
+                target.tls.as_ref(),
+                manager_config(target),
+                pushes,
+            )
+            .await?;
+            return Ok(Self::Sentinel(link));
+        }
         let address = target.addresses.first().map(String::as_str).unwrap_or("");
         let info = redis::IntoConnectionInfo::into_connection_info(address)?;
         let settings = info
@@ -74,11 +93,7 @@ impl Connection {
             }
             _ => redis::Client::open(info)?,
         };
-        let mut config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(target.connect_timeout))
-            .set_response_timeout(Some(target.command_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
+        let mut config = manager_config(target);
         if let Some(pushes) = pushes {
             config = config
                 .set_push_sender(pushes)
@@ -93,7 +108,7 @@ impl Connection {
     /// carries it.
     pub(super) fn publish_command(&self) -> &'static str {
         match self {
-            Self::Standalone(_) => "publish",
+            Self::Standalone(_) | Self::Sentinel(_) => "publish",
             Self::Cluster(_) => "spublish",
         }
     }
@@ -102,6 +117,7 @@ impl Connection {
         match self {
             Self::Standalone(connection) => connection.subscribe(channel).await,
             Self::Cluster(connection) => connection.ssubscribe(channel).await,
+            Self::Sentinel(link) => link.subscribe(channel).await,
         }
     }
 
@@ -109,6 +125,7 @@ impl Connection {
         match self {
             Self::Standalone(connection) => connection.unsubscribe(channel).await,
             Self::Cluster(connection) => connection.sunsubscribe(channel).await,
+            Self::Sentinel(link) => link.unsubscribe(channel).await,
         }
     }
 }
@@ -118,6 +135,7 @@ impl ConnectionLike for Connection {
         match self {
             Self::Standalone(connection) => connection.req_packed_command(cmd),
             Self::Cluster(connection) => connection.req_packed_command(cmd),
+            Self::Sentinel(link) => link.req_packed_command(cmd),
         }
     }
 
@@ -130,6 +148,7 @@ impl ConnectionLike for Connection {
         match self {
             Self::Standalone(connection) => connection.req_packed_commands(pipeline, offset, count),
             Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Sentinel(link) => link.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -137,6 +156,16 @@ impl ConnectionLike for Connection {
         match self {
             Self::Standalone(connection) => connection.get_db(),
             Self::Cluster(connection) => connection.get_db(),
+            Self::Sentinel(link) => link.get_db(),
         }
     }
+}
+
+/// A standalone or Sentinel-found server's connection settings (a push sender is added per connection).
+fn manager_config(target: &Target) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(target.connect_timeout))
+        .set_response_timeout(Some(target.command_timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2))
 }

@@ -14,7 +14,8 @@ pub(super) struct Keys {
 /// The names belonging to one channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct ChannelKeys {
-    /// Hash: `top`, `epoch`, `forget` (unix ms when the stream is forgotten, 0 = never).
+    /// Hash: `top`, `epoch`, `forget` (unix ms when the stream is forgotten, 0 = never), `term` (the
+    /// failover term it was last written in).
     pub meta: String,
     /// Stream of kept publications; entry ids are `<offset>-0`.
     pub stream: String,
@@ -60,6 +61,18 @@ impl Keys {
     /// Hash of a node's published subscriber counts: channel → count.
     pub(super) fn node_counts(&self, node: &str) -> String {
         format!("{}:counts:{{{node}}}", self.prefix)
+    }
+
+    /// Counter of the Sentinel failovers Herald has followed: a stream written before the latest gets a new
+    /// epoch (see `stream.lua`). Only used without Redis Cluster, so outside any channel's slot.
+    pub(super) fn failover_term(&self) -> String {
+        format!("{}:failover-term", self.prefix)
+    }
+
+    /// Set of the replication ids of the primaries Herald has used, so the nodes that each follow one
+    /// failover count it once.
+    pub(super) fn failover_primaries(&self) -> String {
+        format!("{}:failover-primaries", self.prefix)
     }
 
     /// Where an idempotent publish remembers its result, in the channel's slot.

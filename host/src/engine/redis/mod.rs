@@ -16,6 +16,7 @@
 
 pub(crate) mod connection;
 mod keys;
+mod sentinel;
 mod wire;
 
 use std::collections::{HashMap, HashSet};
@@ -31,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use self::connection::Connection;
+use self::connection::SentinelTarget;
 pub(crate) use self::connection::Target;
 use self::keys::Keys;
 use self::wire::Message;
@@ -45,8 +47,13 @@ use crate::sync::lock;
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]` of the server, or of any nodes of a cluster;
-    /// `rediss://` for TLS.
+    /// `rediss://` for TLS. With `sentinel_master`, the Sentinels' addresses.
     pub addresses: Vec<String>,
+    /// The name a Redis Sentinel deployment monitors the primary under (`sentinel monitor <name> …`):
+    /// the addresses are then Sentinels, asked where the primary is at start and again whenever the
+    /// primary stops answering or answers as a replica, so Herald follows a failover. Empty (the default):
+    /// no Sentinel.
+    pub sentinel_master: String,
     /// The addresses are Redis Cluster nodes (sharded pub/sub, keys hash-tagged by channel).
     pub cluster: bool,
     /// Prefix of every key and pub/sub channel, so several Herald installations can share a Redis.
@@ -119,6 +126,7 @@ impl Default for RedisConfig {
         Self {
             addresses: vec!["redis://127.0.0.1:6379".into()],
             cluster: false,
+            sentinel_master: String::new(),
             prefix: "herald".into(),
             presence_ttl: Duration::from_secs(60),
             position_check_interval: Duration::from_secs(10),
@@ -148,20 +156,33 @@ impl RedisConfig {
             return Err(RedisConfigError::PositionCheckInterval);
         }
         self.tls.certificates()?;
+        if !self.sentinel_master.is_empty() && self.cluster {
+            return Err(RedisConfigError::SentinelWithCluster);
+        }
         Ok(())
     }
 
     /// How to reach the Redis at `addresses` (these, or the queue's own) with this section's timeouts and
-    /// certificates; `extra_wait` lengthens the command timeout (blocking reads).
+    /// certificates; `extra_wait` lengthens the command timeout (blocking reads). `own`: the addresses are
+    /// this section's, Sentinels when `sentinel_master` is set.
     pub(crate) fn target(
         &self,
         addresses: &[String],
         cluster: bool,
+        own: bool,
         extra_wait: Duration,
     ) -> Result<Target, RedisConfigError> {
         Ok(Target {
             addresses: addresses.to_vec(),
             cluster,
+            sentinel: (own && !self.sentinel_master.is_empty()).then(|| {
+                let keys = Keys::new(&self.prefix);
+                SentinelTarget {
+                    master: self.sentinel_master.clone(),
+                    term_key: keys.failover_term(),
+                    primaries_key: keys.failover_primaries(),
+                }
+            }),
             connect_timeout: self.connect_timeout,
             command_timeout: self.command_timeout + extra_wait,
             tls: self.tls.certificates()?,
@@ -200,6 +221,11 @@ pub enum RedisConfigError {
     /// Only one of `cert_file` and `key_file` is set.
     #[error("engine.redis.tls: cert_file and key_file go together")]
     TlsPair,
+    /// `sentinel_master` with a Redis Cluster.
+    #[error(
+        "engine.redis.sentinel_master: Sentinel watches one primary, not a cluster (cluster = true)"
+    )]
+    SentinelWithCluster,
 }
 
 /// The first of `addresses` the Redis client cannot connect to as written (not a `redis://` URL), if any.
@@ -367,6 +393,8 @@ pub struct RedisEngine {
     commands: Connection,
     subscriber: Connection,
     keys: Keys,
+    /// The failover counter the stream scripts compare a stream's term with; empty without Sentinel.
+    failover_term: String,
     clock: Clock,
     presence_ttl: Duration,
     scripts: Scripts,
@@ -396,7 +424,7 @@ impl RedisEngine {
         clock: Clock,
     ) -> Result<Arc<Self>, EngineError> {
         let target = config
-            .target(&config.addresses, config.cluster, Duration::ZERO)
+            .target(&config.addresses, config.cluster, true, Duration::ZERO)
             .map_err(|error| EngineError::Unavailable(error.to_string()))?;
         let (reconnected, mut reconnections) = mpsc::unbounded_channel();
         let router = Arc::new(PushRouter {
@@ -424,6 +452,11 @@ impl RedisEngine {
             commands,
             subscriber,
             keys: Keys::new(&config.prefix),
+            failover_term: target
+                .sentinel
+                .as_ref()
+                .map(|sentinel| sentinel.term_key.clone())
+                .unwrap_or_default(),
             clock,
             presence_ttl: config.presence_ttl,
             scripts: Scripts::new(),
@@ -733,6 +766,7 @@ impl Broker for RedisEngine {
             .arg(commands.publish_command())
             .arg(&keys.pubsub)
             .arg(window)
+            .arg(&self.failover_term)
             .invoke_async(&mut commands)
             .await
             .map_err(unavailable)?;
@@ -832,6 +866,7 @@ impl History for RedisEngine {
             .arg(since_epoch)
             .arg(limit)
             .arg(if filter.reverse { "1" } else { "0" })
+            .arg(&self.failover_term)
             .invoke_async(&mut commands)
             .await
             .map_err(unavailable)?;

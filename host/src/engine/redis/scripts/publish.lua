@@ -4,10 +4,11 @@
 -- KEYS: 1 meta hash, 2 stream, 3 idempotency hash (same hash slot as the others)
 -- ARGV: 1 now (unix ms), 2 keep history ('1'/'0'), 3 size, 4 ttl ms (0 = none), 5 meta ttl ms (0 = forever),
 --       6 epoch for a new stream, 7 publication (MessagePack), 8 'publish' or 'spublish', 9 pub/sub channel,
---       10 idempotency window ms (0 = no key)
+--       10 idempotency window ms (0 = no key), 11 failover term key ('' = no Sentinel)
 -- Returns {offset, epoch, 1 if this was a repeat of an idempotent publish else 0}.
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[10])
+local term = failover_term(ARGV[11])
 
 if window > 0 then
   local seen = redis.call('hmget', KEYS[3], 'offset', 'epoch')
@@ -19,7 +20,7 @@ end
 local offset, epoch = 0, ''
 if ARGV[2] == '1' then
   local size, ttl, meta_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-  local top, previous = live_stream(KEYS[1], now)
+  local top, previous = live_stream(KEYS[1], now, term, ARGV[6])
   if top then
     offset, epoch = top, previous
   else
@@ -27,7 +28,7 @@ if ARGV[2] == '1' then
     redis.call('del', KEYS[2])
   end
   offset = offset + 1
-  write_meta(KEYS[1], offset, epoch, now, meta_ttl)
+  write_meta(KEYS[1], offset, epoch, now, meta_ttl, term)
   if size > 0 then
     redis.call('xadd', KEYS[2], 'MAXLEN', size, offset .. '-0', 'd', ARGV[7], 't', now)
     if ttl > 0 then
