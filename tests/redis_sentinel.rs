@@ -3,7 +3,7 @@
 //! centrifuge-js subscriber. Replication is asynchronous, so the old primary may have acknowledged
 //! publications it never passed on; Herald may lose those but never silently: the subscriber receives every
 //! publication or is told its stream broke (`recovered: false`), and an idempotent publish replicated before
-//! the failover is not repeated by a retry after it.
+//! the failover is not repeated by a retry after it. The nodes' queue consumers follow the primary too.
 //!
 //! Needs `npm ci --prefix tests/e2e/js` (as `./tests/run` does).
 
@@ -14,11 +14,14 @@ use herald_tests::cluster::SdkScript;
 use herald_tests::{TestServer, WAIT, require_node};
 use serde_json::{Value, json};
 
+/// A node on the Sentinel's primary; its queue consumes `herald:queue` there.
 async fn sentinel_node(sentinel: &RedisSentinel) -> TestServer {
     TestServer::start_on_redis(
         &sentinel.url(),
         &format!(
             r#"
+            [queue]
+            enabled = true
             [engine.redis]
             sentinel_master = "{}"
             [client]
