@@ -1,12 +1,13 @@
 //! Redis over TLS (`rediss://`), as managed Redis services require: a `redis-server` started with TLS only,
 //! its certificate signed by a CA generated here, asking clients for a certificate of their own. The engine
 //! and the queue reach it with `[engine.redis.tls]`; a node without the CA, or without a client certificate,
-//! refuses to start with the reason.
+//! refuses to start with the reason. Through a Sentinel over TLS, the primary it names is reached with TLS
+//! too, before and after a failover.
 
 use std::path::{Path, PathBuf};
 
-use herald::testing::{RedisServer, RedisTls};
-use herald_tests::{Client, TestServer, config, publication};
+use herald::testing::{RedisSentinel, RedisServer, RedisTls};
+use herald_tests::{Client, TestServer, WAIT, config, publication};
 use redis::AsyncCommands;
 use serde_json::json;
 
@@ -163,4 +164,47 @@ async fn untrusted_or_unauthenticated_tls_refuses_to_start() {
         missing.to_string().contains("engine.redis.tls.ca_file"),
         "{missing}"
     );
+}
+
+/// Sentinel over TLS: the Sentinel and the primary it names are both reached with TLS and the client
+/// certificate, and after `kill -9` of the primary the node publishes through the promoted replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_over_tls_is_followed_through_a_failover() {
+    let pki = Pki::new();
+    let mut sentinel = RedisSentinel::start_tls(&RedisTls {
+        cert: &pki.path("server.pem"),
+        key: &pki.path("server.key"),
+        ca: &pki.path("ca.pem"),
+        require_client_cert: true,
+    });
+    assert!(sentinel.url().starts_with("rediss://"));
+    let extra = format!(
+        "[engine.redis]\nsentinel_master = \"{}\"\n{}",
+        RedisSentinel::MASTER,
+        pki.tls_toml(true)
+    );
+    let server = TestServer::start_on_redis(&sentinel.url(), &extra).await;
+    let (mut client, _) = Client::connect(&server).await;
+    let reply = client.subscribe(json!({"channel": "secure"})).await;
+    assert!(reply.get("subscribe").is_some(), "{reply}");
+    server.publish("secure", json!({"n": 1})).await;
+    let push = client.next_push().await;
+    assert_eq!(publication(&push, "secure")["data"], json!({"n": 1}));
+
+    sentinel.fail_over();
+    // Publishes fail with a temporary error until the node has moved to the new primary.
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    loop {
+        let (_, body) = server
+            .api("publish", json!({"channel": "secure", "data": {"n": 2}}))
+            .await;
+        if body.get("result").is_some() {
+            break;
+        }
+        assert_eq!(body["error"]["temporary"], true, "{body}");
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let push = client.next_push().await;
+    assert_eq!(publication(&push, "secure")["data"], json!({"n": 2}));
 }

@@ -37,6 +37,42 @@ pub struct RedisTls<'a> {
     pub require_client_cert: bool,
 }
 
+impl RedisTls<'_> {
+    /// The server's TLS arguments.
+    fn server_arguments(&self) -> Vec<String> {
+        let path = |path: &Path| path.display().to_string();
+        vec![
+            "--tls-cert-file".to_owned(),
+            path(self.cert),
+            "--tls-key-file".to_owned(),
+            path(self.key),
+            "--tls-ca-cert-file".to_owned(),
+            path(self.ca),
+            "--tls-auth-clients".to_owned(),
+            if self.require_client_cert {
+                "yes"
+            } else {
+                "no"
+            }
+            .to_owned(),
+        ]
+    }
+
+    /// `redis-cli`'s arguments to reach such a server, presenting the server's own certificate.
+    fn cli_arguments(&self) -> Vec<String> {
+        let path = |path: &Path| path.display().to_string();
+        vec![
+            "--tls".to_owned(),
+            "--cacert".to_owned(),
+            path(self.ca),
+            "--cert".to_owned(),
+            path(self.cert),
+            "--key".to_owned(),
+            path(self.key),
+        ]
+    }
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -58,18 +94,15 @@ impl RedisServer {
 
     /// Starts a server that speaks only TLS (Debian's `redis-server` is built with it).
     pub fn start_tls(tls: &RedisTls<'_>) -> Self {
-        let path = |path: &Path| path.display().to_string();
-        let tls = vec![
-            "--tls-cert-file".to_owned(),
-            path(tls.cert),
-            "--tls-key-file".to_owned(),
-            path(tls.key),
-            "--tls-ca-cert-file".to_owned(),
-            path(tls.ca),
-            "--tls-auth-clients".to_owned(),
-            if tls.require_client_cert { "yes" } else { "no" }.to_owned(),
-        ];
-        Self::start_on(&[], tls)
+        Self::start_on(&[], tls.server_arguments())
+    }
+
+    /// A TLS-only server with extra arguments; it replicates over TLS (`--replicaof` names a TLS port),
+    /// presenting its own certificate.
+    pub fn start_tls_with(tls: &RedisTls<'_>, extra: &[&str]) -> Self {
+        let mut arguments = tls.server_arguments();
+        arguments.extend(["--tls-replication".to_owned(), "yes".to_owned()]);
+        Self::start_on(extra, arguments)
     }
 
     fn start_on(extra: &[&str], tls: Vec<String>) -> Self {
@@ -259,6 +292,8 @@ pub struct RedisSentinel {
     sentinel: Process,
     /// The Sentinel's port.
     pub port: u16,
+    /// `redis-cli`'s TLS arguments; empty for plain servers.
+    cli: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -269,11 +304,29 @@ impl RedisSentinel {
     /// Starts the three and returns once the replica is in sync and the Sentinel knows it, so a failover
     /// can pick it.
     pub fn start() -> Self {
-        let primary = RedisServer::start();
+        Self::start_on(None)
+    }
+
+    /// The same with TLS only, everywhere: clients, replication and the Sentinel's own links.
+    pub fn start_tls(tls: &RedisTls<'_>) -> Self {
+        Self::start_on(Some(tls))
+    }
+
+    fn start_on(tls: Option<&RedisTls<'_>>) -> Self {
+        let primary = match tls {
+            Some(tls) => RedisServer::start_tls_with(tls, &[]),
+            None => RedisServer::start(),
+        };
         let primary_port = primary.port.to_string();
-        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary_port]);
+        let follow = ["--replicaof", "127.0.0.1", &primary_port];
+        let replica = match tls {
+            Some(tls) => RedisServer::start_tls_with(tls, &follow),
+            None => RedisServer::start_with(&follow),
+        };
+        let cli = tls.map(RedisTls::cli_arguments).unwrap_or_default();
         wait_until("the replica is in sync", || {
-            redis_cli(replica.port, &["info", "replication"]).contains("master_link_status:up")
+            redis_cli_with(&cli, replica.port, &["info", "replication"])
+                .contains("master_link_status:up")
         });
         let dir = tempfile::tempdir().expect("a temporary directory");
         let config = dir.path().join("sentinel.conf");
@@ -292,12 +345,16 @@ impl RedisSentinel {
         .expect("write the Sentinel's config");
         for _ in 0..5 {
             let port = free_port();
-            let mut arguments = vec![
-                config.display().to_string(),
-                "--sentinel".to_owned(),
-                "--port".to_owned(),
-                port.to_string(),
-            ];
+            let mut arguments = vec![config.display().to_string(), "--sentinel".to_owned()];
+            match tls {
+                Some(tls) => {
+                    arguments.extend(["--port", "0", "--tls-port"].map(str::to_owned));
+                    arguments.push(port.to_string());
+                    arguments.extend(tls.server_arguments());
+                    arguments.extend(["--tls-replication", "yes"].map(str::to_owned));
+                }
+                None => arguments.extend(["--port".to_owned(), port.to_string()]),
+            }
             arguments.extend(["--bind", "127.0.0.1", "--dir"].map(str::to_owned));
             arguments.push(dir.path().display().to_string());
             if let Some(sentinel) = spawn(&arguments, "+monitor master") {
@@ -306,10 +363,11 @@ impl RedisSentinel {
                     replica,
                     sentinel,
                     port,
+                    cli,
                     _dir: dir,
                 };
                 wait_until("the Sentinel sees the replica", || {
-                    let replicas = redis_cli(port, &["sentinel", "replicas", Self::MASTER]);
+                    let replicas = sentinel.cli(port, &["sentinel", "replicas", Self::MASTER]);
                     replicas.lines().any(|line| line == "slave")
                         && replicas.contains("master-link-status\nok")
                 });
@@ -319,14 +377,24 @@ impl RedisSentinel {
         panic!("redis-server --sentinel did not start");
     }
 
-    /// `redis://127.0.0.1:<port>` of the Sentinel.
+    /// `redis://127.0.0.1:<port>` of the Sentinel (`rediss://` with TLS).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.cli.is_empty() {
+            "redis"
+        } else {
+            "rediss"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// `redis-cli -p port arguments…` against any of the three, over TLS when they use it.
+    pub fn cli(&self, port: u16, arguments: &[&str]) -> String {
+        redis_cli_with(&self.cli, port, arguments)
     }
 
     /// The port of the server the Sentinel names as primary now.
     pub fn primary_port(&self) -> u16 {
-        let answer = redis_cli(
+        let answer = self.cli(
             self.port,
             &["sentinel", "get-master-addr-by-name", Self::MASTER],
         );
@@ -360,7 +428,12 @@ impl Drop for RedisSentinel {
 
 /// `redis-cli -p port arguments…`'s output (empty when it fails).
 pub fn redis_cli(port: u16, arguments: &[&str]) -> String {
+    redis_cli_with(&[], port, arguments)
+}
+
+fn redis_cli_with(connection: &[String], port: u16, arguments: &[&str]) -> String {
     Command::new("redis-cli")
+        .args(connection)
         .args(["-p", &port.to_string()])
         .args(arguments)
         .output()
