@@ -175,6 +175,7 @@ impl FollowedPrimary {
     async fn check(&self, suspected: bool) {
         let mut warned = false;
         loop {
+            let round = tokio::time::Instant::now() + ASK_EVERY;
             let current = self.primary.load().address.clone();
             let next = self.generation() + 1;
             let asked = {
@@ -184,8 +185,12 @@ impl FollowedPrimary {
             match asked {
                 Ok((address, _)) if address == current => {
                     let mut manager = self.manager();
-                    let answered = redis::cmd("PING").query_async::<()>(&mut manager).await;
-                    if answered.is_ok() || !suspected {
+                    // Bounded: a manager reconnecting to a dead server would hold the round for its own
+                    // retries.
+                    let ping = redis::cmd("PING");
+                    let answered =
+                        tokio::time::timeout(ASK_EVERY, ping.query_async::<()>(&mut manager)).await;
+                    if matches!(answered, Ok(Ok(()))) || !suspected {
                         return;
                     }
                 }
@@ -218,7 +223,7 @@ impl FollowedPrimary {
                     }
                 }
             }
-            tokio::time::sleep(ASK_EVERY).await;
+            tokio::time::sleep_until(round).await;
         }
     }
 
