@@ -47,6 +47,7 @@ pub fn app(node: Arc<Node>) -> Router {
     router
         .route("/connection/websocket", get(transport::websocket_handler))
         .route("/app/{key}", get(transport::pusher_handler))
+        .merge(transport::emulation_routes(&node))
         .route(
             "/health",
             get(|| async {

@@ -142,6 +142,8 @@ impl Session {
                 self.conn.node.config.client.ping_interval.as_secs().max(1) as u32
             },
             pong: !transport_ping,
+            session: self.emulation.as_deref().map(str::to_owned),
+            node: self.emulation.is_some().then(|| self.conn.node.id.clone()),
             ..Default::default()
         };
         self.reply(self.codec.connect_reply(id, &result));

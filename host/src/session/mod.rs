@@ -70,6 +70,9 @@ pub struct ConnectionInfo {
     pub headers: Pairs,
     /// Query parameters of the upgrade request, for connect plugins.
     pub query: Pairs,
+    /// The session's name on an emulated transport (HTTP streaming, SSE), which the client puts on the
+    /// commands it sends separately; the connect reply gives it with this node's id.
+    pub emulation: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +108,8 @@ pub struct Session {
     codec: &'static dyn Codec,
     /// Heartbeat with transport ping frames (see [`ConnectionInfo::transport_ping`]).
     transport_ping: bool,
+    /// See [`ConnectionInfo::emulation`].
+    emulation: Option<Arc<str>>,
     /// The upgrade request's headers and query, for the connect hook (a refresh runs it again).
     headers: Pairs,
     query: Pairs,
@@ -140,11 +145,13 @@ impl Session {
             transport,
             headers,
             query,
+            emulation,
         } = connection;
         Self {
             conn: Connection::new(node, outbound, remote, codec.protocol(), transport),
             codec,
             transport_ping,
+            emulation,
             headers,
             query,
             state: State::Opened,

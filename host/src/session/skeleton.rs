@@ -395,6 +395,7 @@ mod tests {
             transport: "websocket",
             headers: crate::session::Pairs::default(),
             query: crate::session::Pairs::default(),
+            emulation: None,
         };
         let incoming = || futures_util::stream::pending::<Incoming>();
         let centrifuge = Session::new(

@@ -3,6 +3,7 @@
 //! see a socket, so the WebSocket library can change and other transports can be added.
 
 mod echo;
+mod emulation;
 pub mod http;
 mod pusher;
 mod socket;
@@ -10,6 +11,7 @@ pub mod tls;
 mod websocket;
 
 pub use echo::echo_handler;
+pub use emulation::emulation_routes;
 pub use pusher::pusher_handler;
 pub use tls::{Listener, ProxyProtocol};
 pub use websocket::{NotAnUpgrade, Upgrade, websocket_handler};

@@ -230,6 +230,10 @@ pub struct ConnectResult {
     pub ping: u32,
     /// Whether the client must answer pings.
     pub pong: bool,
+    /// On an emulated transport: the session's name, which the client's separate command requests carry.
+    pub session: Option<String>,
+    /// On an emulated transport: this node's id, carried beside the session's name.
+    pub node: Option<String>,
 }
 
 /// The result of a subscribe (also used for server-side subscriptions).
@@ -292,6 +296,9 @@ pub fn connect_reply(id: u32, r: &ConnectResult) -> Frame {
             });
         }
         o.u64_nonzero("ping", r.ping.into()).flag("pong", r.pong);
+        if let (Some(session), Some(node)) = (&r.session, &r.node) {
+            o.str("session", session).str("node", node);
+        }
     })
 }
 
@@ -530,6 +537,15 @@ mod tests {
         assert_eq!(
             text(&connect_reply(1, &r)),
             r#"{"id":1,"connect":{"client":"c","version":"0.1.0","ping":25,"pong":true}}"#
+        );
+        let emulated = ConnectResult {
+            session: Some("s1".into()),
+            node: Some("n1".into()),
+            ..r
+        };
+        assert_eq!(
+            text(&connect_reply(1, &emulated)),
+            r#"{"id":1,"connect":{"client":"c","version":"0.1.0","ping":25,"pong":true,"session":"s1","node":"n1"}}"#
         );
         let r = ConnectResult {
             client: "c".into(),

@@ -177,6 +177,7 @@ pub(super) fn connection_info(
                     .collect()
             })
             .unwrap_or_default(),
+        emulation: None,
     }
 }
 
@@ -428,7 +429,7 @@ async fn read_until_closed<R: ReadEvents>(reader: &mut R, mut budget: usize) {
 
 /// Whether a WebSocket upgrade may proceed, against cross-site WebSocket hijacking: no `Origin` (not a
 /// browser), an origin whose host is the request's `Host`, or one matching an allowed pattern.
-fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
+pub(super) fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
     let Some(origin) = origin else { return true };
     let origin = origin.to_ascii_lowercase();
     if allowed

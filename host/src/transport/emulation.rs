@@ -1,0 +1,476 @@
+//! Bidirectional emulation over plain HTTP, for clients whose WebSocket is blocked (corporate proxies,
+//! some carriers, old middleboxes): centrifuge-js's `http_stream` and `sse` transports.
+//!
+//! The server-to-client half is one long response whose request carries the connect command: newline-
+//! delimited JSON on `POST /connection/http_stream` (the body is the command), Server-Sent Events on
+//! `GET /connection/sse` (the `cf_connect` query parameter is). The client-to-server half is
+//! `POST /emulation` with `{"session", "node", "data"}`: the commands in `data` reach the session named by
+//! `session` as if read from its socket. The session does not know which transport it has; the connect
+//! reply names the session and this node so the client can address its commands.
+//!
+//! The stream ends with a disconnect push (`{"push":{"disconnect":{…}}}`), the emulation's close frame.
+//! Responses are marked uncacheable and unbuffered (`Cache-Control: no-cache`, `X-Accel-Buffering: no`);
+//! the protocol's own pings keep an idle stream moving through proxies. Cross-origin requests obey the same
+//! origin allow-list as WebSocket upgrades (answered with CORS headers, preflights included).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Query, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::websocket::{admit, connection_info, origin_allowed};
+use crate::disconnect::Disconnect;
+use crate::limits::Slot;
+use crate::node::Node;
+use crate::outbound::{Batch, Outbound, Outgoing};
+use crate::protocol::centrifuge::{Centrifuge, Codec};
+use crate::session::{Incoming, Session};
+
+/// Client commands waiting for their session, per session: a client that posts faster than its session
+/// handles them is held at the door (its POST waits), not buffered without bound.
+const WAITING_COMMANDS: usize = 16;
+
+/// The emulated sessions of this node: where an emulation request's commands go.
+#[derive(Debug, Default)]
+pub(super) struct Emulations {
+    sessions: Mutex<HashMap<Arc<str>, mpsc::Sender<Incoming>>>,
+}
+
+impl Emulations {
+    fn sender(&self, session: &str) -> Option<mpsc::Sender<Incoming>> {
+        crate::sync::lock(&self.sessions).get(session).cloned()
+    }
+}
+
+/// The routes of the emulation, sharing one registry of sessions.
+pub fn emulation_routes(node: &Node) -> Router<Arc<Node>> {
+    // The commands of one request are bounded like one WebSocket message, with room for the envelope.
+    let limit = node.config.websocket.max_message_size.saturating_mul(2) + 1024;
+    Router::new()
+        .route(
+            "/connection/http_stream",
+            post(http_stream_handler).options(preflight),
+        )
+        .route("/connection/sse", get(sse_handler).options(preflight))
+        .route("/emulation", post(emulation_handler).options(preflight))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(Extension(Arc::new(Emulations::default())))
+}
+
+/// How the stream frames each message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// One JSON message per line (`http_stream`).
+    Lines,
+    /// One Server-Sent Event per message (`sse`).
+    Events,
+}
+
+impl Framing {
+    fn transport(self) -> &'static str {
+        match self {
+            Self::Lines => "http_stream",
+            Self::Events => "sse",
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Self::Lines => "application/json",
+            Self::Events => "text/event-stream",
+        }
+    }
+
+    /// Appends `message` (one JSON text, which holds no raw line breaks) in this framing.
+    fn append(self, out: &mut BytesMut, message: &[u8]) {
+        match self {
+            Self::Lines => {
+                out.extend_from_slice(message);
+                out.extend_from_slice(b"\n");
+            }
+            Self::Events => {
+                for line in message.split(|&byte| byte == b'\n') {
+                    out.extend_from_slice(b"data: ");
+                    out.extend_from_slice(line);
+                    out.extend_from_slice(b"\n");
+                }
+                out.extend_from_slice(b"\n");
+            }
+        }
+    }
+}
+
+/// `POST /connection/http_stream`: the body is the connect command.
+async fn http_stream_handler(
+    State(node): State<Arc<Node>>,
+    Extension(emulations): Extension<Arc<Emulations>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    open(
+        &node,
+        emulations,
+        peer,
+        &headers,
+        query.as_deref(),
+        body,
+        Framing::Lines,
+    )
+}
+
+/// The SSE request's parameters.
+#[derive(Debug, Deserialize)]
+struct SseQuery {
+    /// The connect command (JSON), as an EventSource cannot send a body.
+    #[serde(default)]
+    cf_connect: Option<String>,
+}
+
+/// `GET /connection/sse?cf_connect=…`.
+async fn sse_handler(
+    State(node): State<Arc<Node>>,
+    Extension(emulations): Extension<Arc<Emulations>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(params): Query<SseQuery>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let Some(connect) = params.cf_connect else {
+        return refusal(
+            &node,
+            &headers,
+            StatusCode::BAD_REQUEST,
+            "cf_connect is missing",
+        );
+    };
+    open(
+        &node,
+        emulations,
+        peer,
+        &headers,
+        query.as_deref(),
+        Bytes::from(connect),
+        Framing::Events,
+    )
+}
+
+/// Admits a streaming request like a WebSocket upgrade, starts its session with the request's commands and
+/// answers with the stream.
+fn open(
+    node: &Arc<Node>,
+    emulations: Arc<Emulations>,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    commands: Bytes,
+    framing: Framing,
+) -> Response {
+    if asks_protobuf(headers, query) {
+        return refusal(
+            node,
+            headers,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "HTTP streaming and SSE speak JSON; use WebSocket for Protobuf",
+        );
+    }
+    let (remote, slot) = match admit(node, peer, headers) {
+        Ok(admitted) => admitted,
+        Err((status, reason)) => return refusal(node, headers, status, &reason),
+    };
+    if commands.len() > node.config.websocket.max_message_size {
+        return refusal(
+            node,
+            headers,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the connect command is over websocket.max_message_size",
+        );
+    }
+    if std::str::from_utf8(&commands).is_err() {
+        return refusal(
+            node,
+            headers,
+            StatusCode::BAD_REQUEST,
+            "the connect command is not UTF-8",
+        );
+    }
+    let session_id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
+    let mut connection = connection_info(remote, false, headers, query);
+    connection.transport = framing.transport();
+    connection.emulation = Some(session_id.clone());
+    let outbound = Arc::new(Outbound::new(node.config.client.max_queue_bytes));
+    let (sender, receiver) = mpsc::channel(WAITING_COMMANDS);
+    crate::sync::lock(&emulations.sessions).insert(session_id.clone(), sender);
+    start_session(node, outbound.clone(), connection, commands, receiver, slot);
+    let stream = Stream {
+        outbound,
+        emulations,
+        session: session_id,
+        framing,
+        batch: Batch::default(),
+        ended: false,
+    };
+    let body = Body::from_stream(futures_util::stream::unfold(stream, |mut stream| async {
+        let chunk = stream.next_chunk().await?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), stream))
+    }));
+    let mut response = Response::new(body);
+    let response_headers = response.headers_mut();
+    response_headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(framing.content_type()),
+    );
+    response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response_headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    allow_origin(response_headers, headers);
+    response
+}
+
+/// Runs the session on its own task: its messages are the request's commands, then what emulation
+/// requests bring, until the stream is gone (the registry entry, and with it the sender, is dropped).
+fn start_session(
+    node: &Arc<Node>,
+    outbound: Arc<Outbound>,
+    connection: crate::session::ConnectionInfo,
+    commands: Bytes,
+    receiver: mpsc::Receiver<Incoming>,
+    slot: Slot,
+) {
+    let tracked = node.clone();
+    let node = node.clone();
+    tracked.sessions.spawn(async move {
+        let first = futures_util::stream::once(async move { Incoming::Text(commands) });
+        let rest = futures_util::stream::unfold(receiver, |mut receiver| async move {
+            let incoming = receiver.recv().await?;
+            Some((incoming, receiver))
+        });
+        Session::new(node, outbound.clone(), connection, &Centrifuge)
+            .run(first.chain(rest))
+            .await;
+        // Ends the stream when the client went away first (nothing more is owed then).
+        outbound.close(Disconnect::CONNECTION_CLOSED);
+        drop(slot);
+    });
+}
+
+/// The response side of one emulated session. Dropped when the response ends or the client goes away:
+/// then the session's commands have nowhere to come from and it finishes.
+struct Stream {
+    outbound: Arc<Outbound>,
+    emulations: Arc<Emulations>,
+    session: Arc<str>,
+    framing: Framing,
+    batch: Batch,
+    ended: bool,
+}
+
+impl Stream {
+    /// The next bytes of the response; `None` once it is over.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            self.outbound.next_batch_into(&mut self.batch).await;
+            let mut out = BytesMut::new();
+            for item in self.batch.items.drain(..) {
+                match item {
+                    Outgoing::Frame(frame) => self.framing.append(&mut out, frame.bytes()),
+                    // Pings are protocol messages here; these belong to WebSocket.
+                    Outgoing::TransportPing | Outgoing::Raw(_) => {}
+                }
+            }
+            if let Some(close) = self.batch.close.take() {
+                self.ended = true;
+                if close != Disconnect::CONNECTION_CLOSED {
+                    let close = Centrifuge.protocol().wire().close(close);
+                    self.framing.append(&mut out, &disconnect_push(&close));
+                }
+            }
+            if !out.is_empty() || self.ended {
+                return Some(out.freeze());
+            }
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        crate::sync::lock(&self.emulations.sessions).remove(&self.session);
+        self.outbound.close(Disconnect::CONNECTION_CLOSED);
+    }
+}
+
+/// `{"push":{"disconnect":{"code":…,"reason":"…"}}}`: how a stream tells the client why it ends.
+fn disconnect_push(close: &Disconnect) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "push": {"disconnect": {"code": close.code, "reason": close.reason}}
+    }))
+    .unwrap_or_default()
+}
+
+/// An emulation request: commands for a session of a node.
+#[derive(Debug, Deserialize)]
+struct EmulationRequest {
+    session: String,
+    #[serde(default)]
+    node: String,
+    /// The commands, newline-separated JSON: a string (as centrifuge-js sends them) or the JSON itself.
+    data: serde_json::Value,
+}
+
+/// `POST /emulation`: hands the commands to the session; `204` once they are queued for it, or when the
+/// session is gone from this node (its stream has ended or ends now); `404` for a session of another node.
+async fn emulation_handler(
+    State(node): State<Arc<Node>>,
+    Extension(emulations): Extension<Arc<Emulations>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !origin_allowed(origin, host, &node.config.websocket.allowed_origins) {
+        return refusal(&node, &headers, StatusCode::FORBIDDEN, "origin not allowed");
+    }
+    let request: EmulationRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            let reason = format!("not an emulation request: {error}");
+            return refusal(&node, &headers, StatusCode::BAD_REQUEST, &reason);
+        }
+    };
+    let commands = match request.data {
+        serde_json::Value::String(text) => Bytes::from(text),
+        other => Bytes::from(other.to_string()),
+    };
+    if commands.len() > node.config.websocket.max_message_size {
+        return refusal(
+            &node,
+            &headers,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the commands are over websocket.max_message_size",
+        );
+    }
+    match emulations.sender(&request.session) {
+        Some(sender) => {
+            // A closed channel is a session that just ended: its stream ends too.
+            let _ = sender.send(Incoming::Text(commands)).await;
+        }
+        None if !request.node.is_empty() && request.node != node.id => {
+            return refusal(
+                &node,
+                &headers,
+                StatusCode::NOT_FOUND,
+                "the session is on another node",
+            );
+        }
+        None => {}
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    allow_origin(response.headers_mut(), &headers);
+    response
+}
+
+/// A CORS preflight: allowed for origins a WebSocket upgrade would be allowed from.
+async fn preflight(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !origin_allowed(origin, host, &node.config.websocket.allowed_origins) {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let response_headers = response.headers_mut();
+    allow_origin(response_headers, &headers);
+    response_headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    response_headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("content-type, accept"),
+    );
+    response_headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    response
+}
+
+/// Echoes an allowed request's `Origin` (the caller checked it), with credentials allowed: the SDKs send
+/// cookies to their own site, and a connect plugin may read them.
+fn allow_origin(response: &mut HeaderMap, request: &HeaderMap) {
+    let Some(origin) = request.get(header::ORIGIN) else {
+        return;
+    };
+    response.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    response.insert(
+        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+        HeaderValue::from_static("true"),
+    );
+    response.append(header::VARY, HeaderValue::from_static("origin"));
+}
+
+/// A refused request: the status and the reason as text, with CORS headers for an allowed origin so a
+/// browser script can read it.
+fn refusal(node: &Node, request: &HeaderMap, status: StatusCode, reason: &str) -> Response {
+    let mut response = (status, format!("{reason}\n")).into_response();
+    let origin = request.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = request.get(header::HOST).and_then(|v| v.to_str().ok());
+    if origin_allowed(origin, host, &node.config.websocket.allowed_origins) {
+        allow_origin(response.headers_mut(), request);
+    }
+    response
+}
+
+/// Whether the request asks for Protobuf (the SDKs say so in the query or by content type).
+fn asks_protobuf(headers: &HeaderMap, query: Option<&str>) -> bool {
+    let by_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/octet-stream"));
+    let by_query = query.is_some_and(|query| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .any(|(name, value)| (name == "cf_protocol" || name == "format") && value == "protobuf")
+    });
+    by_type || by_query
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_framing_keeps_messages_apart() {
+        let mut lines = BytesMut::new();
+        Framing::Lines.append(&mut lines, br#"{"id":1}"#);
+        Framing::Lines.append(&mut lines, b"{}");
+        assert_eq!(&lines[..], b"{\"id\":1}\n{}\n");
+        // A line break inside a message (none in compact JSON, but nothing may end an event early) becomes
+        // a second `data:` line of the same event.
+        let mut events = BytesMut::new();
+        Framing::Events.append(&mut events, b"{\"a\":\n1}");
+        Framing::Events.append(&mut events, b"{}");
+        assert_eq!(&events[..], b"data: {\"a\":\ndata: 1}\n\ndata: {}\n\n");
+    }
+
+    #[test]
+    fn the_disconnect_push_says_why() {
+        let push = disconnect_push(&Disconnect::SHUTDOWN);
+        let value: serde_json::Value = serde_json::from_slice(&push).expect("JSON");
+        assert_eq!(
+            value,
+            serde_json::json!({"push": {"disconnect": {"code": 3001, "reason": "shutdown"}}})
+        );
+    }
+}

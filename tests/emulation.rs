@@ -1,0 +1,333 @@
+//! The HTTP emulation of a bidirectional connection, for clients whose WebSocket is blocked: a stream of
+//! replies (`POST /connection/http_stream`, newline-delimited JSON; `GET /connection/sse`, Server-Sent
+//! Events) opened with the connect command, and commands sent separately (`POST /emulation`) naming the
+//! session. Raw HTTP clients here, and centrifuge-js falling back to each transport under Node.
+
+use std::time::Duration;
+
+use herald_tests::{API_KEY, Client, TestServer, WAIT, publication, require_node};
+use serde_json::{Value, json};
+
+/// How an [`Emulated`] client reads its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    HttpStream,
+    Sse,
+}
+
+/// A client on the emulation: its stream, and where its commands go.
+struct Emulated {
+    response: reqwest::Response,
+    buffered: String,
+    kind: Kind,
+    session: String,
+    node: String,
+    base: String,
+    http: reqwest::Client,
+    next_id: u32,
+}
+
+impl Emulated {
+    /// Opens the stream with a connect command and reads the connect reply.
+    async fn connect(server: &TestServer, kind: Kind) -> (Self, Value) {
+        let response = open(server, kind, r#"{"id":1,"connect":{"name":"test"}}"#, &[]).await;
+        assert_eq!(response.status(), 200, "{:?}", response.headers());
+        let headers = response.headers();
+        assert_eq!(headers["cache-control"], "no-cache");
+        assert_eq!(headers["x-accel-buffering"], "no");
+        let mut client = Self {
+            response,
+            buffered: String::new(),
+            kind,
+            session: String::new(),
+            node: String::new(),
+            base: format!("http://{}", server.addr),
+            http: reqwest::Client::new(),
+            next_id: 1,
+        };
+        let reply = client.next_message().await;
+        let result = reply["connect"].clone();
+        assert!(result.is_object(), "{reply}");
+        client.session = result["session"].as_str().expect("a session").to_owned();
+        client.node = result["node"].as_str().expect("a node").to_owned();
+        (client, result)
+    }
+
+    /// The next message on the stream (pings answered on the way, as the SDKs do).
+    async fn next_message(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.read_message())
+                .await
+                .expect("a message within the wait")
+                .expect("the stream is open");
+            if message == json!({}) {
+                assert_eq!(self.send("{}").await, 204);
+                continue;
+            }
+            return message;
+        }
+    }
+
+    /// The next message, or `None` when the stream ended.
+    async fn read_message(&mut self) -> Option<Value> {
+        let separator = match self.kind {
+            Kind::HttpStream => "\n",
+            Kind::Sse => "\n\n",
+        };
+        loop {
+            if let Some(end) = self.buffered.find(separator) {
+                let item: String = self.buffered.drain(..end + separator.len()).collect();
+                let text = match self.kind {
+                    Kind::HttpStream => item.trim_end().to_owned(),
+                    Kind::Sse => item
+                        .lines()
+                        .filter_map(|line| line.strip_prefix("data: "))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                };
+                return Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")));
+            }
+            let chunk = self.response.chunk().await.expect("read the stream")?;
+            self.buffered
+                .push_str(std::str::from_utf8(&chunk).expect("UTF-8 stream"));
+        }
+    }
+
+    /// Posts commands to the session; the HTTP status.
+    async fn send(&self, commands: &str) -> u16 {
+        self.post(json!({"session": self.session, "node": self.node, "data": commands}))
+            .await
+    }
+
+    async fn post(&self, body: Value) -> u16 {
+        self.http
+            .post(format!("{}/emulation", self.base))
+            .json(&body)
+            .send()
+            .await
+            .expect("emulation request")
+            .status()
+            .as_u16()
+    }
+
+    /// Sends one command and returns its reply.
+    async fn command(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let command = json!({"id": id, method: params}).to_string();
+        assert_eq!(self.send(&command).await, 204);
+        loop {
+            let message = self.next_message().await;
+            if message["id"] == id {
+                return message;
+            }
+        }
+    }
+}
+
+/// Opens a stream of `kind` with `connect` as its first command.
+async fn open(
+    server: &TestServer,
+    kind: Kind,
+    connect: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let http = reqwest::Client::new();
+    let request = match kind {
+        Kind::HttpStream => http
+            .post(format!("http://{}/connection/http_stream", server.addr))
+            .header("content-type", "application/json")
+            .body(connect.to_owned()),
+        Kind::Sse => http
+            .get(format!("http://{}/connection/sse", server.addr))
+            .query(&[("cf_connect", connect)]),
+    };
+    let request = headers.iter().fold(request, |request, (name, value)| {
+        request.header(*name, *value)
+    });
+    request.send().await.expect("open the stream")
+}
+
+/// Lets clients publish, which the tests do from emulated clients.
+const PUBLISHING: &str =
+    "[channel.defaults]\nallow_publish_for_client = true\nallow_publish_for_anonymous = true";
+
+async fn both_kinds_carry_a_session(kind: Kind) {
+    let server = TestServer::start(PUBLISHING).await;
+    let (mut client, result) = Emulated::connect(&server, kind).await;
+    assert_eq!(result["node"], server.node.id);
+    let reply = client
+        .command("subscribe", json!({"channel": "news", "recoverable": true}))
+        .await;
+    assert!(reply["subscribe"].is_object(), "{reply}");
+    server.publish("news", json!({"n": 1})).await;
+    let push = client.next_message().await;
+    assert_eq!(publication(&push["push"], "news")["data"], json!({"n": 1}));
+
+    // A WebSocket client of the same channel sees the emulated client's publication.
+    let (mut ws, _) = Client::connect(&server).await;
+    ws.subscribe(json!({"channel": "news"})).await;
+    let reply = client
+        .command("publish", json!({"channel": "news", "data": {"n": 2}}))
+        .await;
+    assert!(reply.get("error").is_none(), "{reply}");
+    assert_eq!(
+        publication(&ws.next_push().await, "news")["data"],
+        json!({"n": 2})
+    );
+
+    // The API's disconnect ends the stream with a disconnect push, the emulation's close frame.
+    let client_id = result["client"].as_str().expect("client id");
+    let (status, body) = server
+        .api(
+            "disconnect",
+            json!({"client": client_id, "user": "", "disconnect": {"code": 4000, "reason": "bye"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut ended = None;
+    while let Some(message) = client.read_message().await {
+        if message
+            .get("push")
+            .is_some_and(|p| p.get("disconnect").is_some())
+        {
+            ended = Some(message);
+        }
+    }
+    let ended = ended.expect("a disconnect push before the end");
+    assert_eq!(
+        ended["push"]["disconnect"],
+        json!({"code": 4000, "reason": "bye"}),
+        "{ended}"
+    );
+    // The session is gone from the node: its commands are answered 204 and go nowhere.
+    assert_eq!(
+        client
+            .send(r#"{"id":9,"presence":{"channel":"news"}}"#)
+            .await,
+        204
+    );
+}
+
+#[tokio::test]
+async fn http_stream_carries_a_whole_session() {
+    both_kinds_carry_a_session(Kind::HttpStream).await;
+}
+
+#[tokio::test]
+async fn sse_carries_a_whole_session() {
+    both_kinds_carry_a_session(Kind::Sse).await;
+}
+
+/// The emulation obeys the same rules as WebSocket: origins, request sizes, channel permissions; a session
+/// cannot be driven by someone who does not know its name.
+#[tokio::test]
+async fn the_emulation_is_no_way_around_the_rules() {
+    let server = TestServer::start(
+        r#"
+        [websocket]
+        allowed_origins = ["https://app.example"]
+        max_message_size = 4096
+        [channel.namespaces.private]
+        allow_subscribe_for_anonymous = false
+        allow_subscribe_for_client = false
+        "#,
+    )
+    .await;
+    let connect = r#"{"id":1,"connect":{}}"#;
+    for kind in [Kind::HttpStream, Kind::Sse] {
+        let refused = open(
+            &server,
+            kind,
+            connect,
+            &[("origin", "https://evil.example")],
+        )
+        .await;
+        assert_eq!(refused.status(), 403, "{kind:?}");
+        let allowed = open(&server, kind, connect, &[("origin", "https://app.example")]).await;
+        assert_eq!(allowed.status(), 200, "{kind:?}");
+        assert_eq!(
+            allowed.headers()["access-control-allow-origin"],
+            "https://app.example"
+        );
+    }
+    let preflight = reqwest::Client::new()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("http://{}/emulation", server.addr),
+        )
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(preflight.status(), 403);
+
+    let (mut client, _) = Emulated::connect(&server, Kind::HttpStream).await;
+    let reply = client
+        .command("subscribe", json!({"channel": "private:room"}))
+        .await;
+    assert_eq!(reply["error"]["code"], 103, "permission denied: {reply}");
+    let huge = "x".repeat(8192);
+    let too_large = client
+        .send(&json!({"id": 50, "publish": {"channel": "news", "data": huge}}).to_string())
+        .await;
+    assert_eq!(too_large, 413);
+    // Another node's session is not this node's to answer for; a made-up session of this node reaches
+    // nothing.
+    let elsewhere = client
+        .post(json!({"session": client.session, "node": "another-node", "data": "{}"}))
+        .await;
+    assert_eq!(
+        elsewhere, 204,
+        "a session this node holds is served whatever the node field says"
+    );
+    let unknown = client
+        .post(json!({"session": "made-up", "node": "another-node", "data": "{}"}))
+        .await;
+    assert_eq!(unknown, 404);
+    let bad = reqwest::Client::new()
+        .post(format!("http://{}/emulation", server.addr))
+        .body("not json")
+        .send()
+        .await
+        .expect("emulation request");
+    assert_eq!(bad.status(), 400);
+    // Still connected and working after all that.
+    let reply = client
+        .command("subscribe", json!({"channel": "news"}))
+        .await;
+    assert!(reply["subscribe"].is_object(), "{reply}");
+}
+
+/// centrifuge-js with WebSocket unavailable falls back to HTTP streaming, and with that unavailable too,
+/// to SSE: connects, subscribes, receives, publishes, and recovers after the server drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn centrifuge_js_falls_back_to_each_emulated_transport() {
+    require_node(&["centrifuge", "ws", "eventsource"]).await;
+    let server = TestServer::start(PUBLISHING).await;
+    for transport in ["http_stream", "sse"] {
+        let output = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::process::Command::new("node")
+                .arg("tests/e2e/js/emulation.js")
+                .current_dir(herald_tests::cluster::REPO_ROOT)
+                .env("HERALD_BASE_URL", format!("http://{}", server.addr))
+                .env("HERALD_API_URL", server.api_url())
+                .env("HERALD_API_KEY", API_KEY)
+                .env("HERALD_CHANNEL", format!("fallback-{transport}"))
+                .env("HERALD_TRANSPORT", transport)
+                .output(),
+        )
+        .await
+        .expect("the script finishes")
+        .expect("node runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("PASS"),
+            "{transport}: {}\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
