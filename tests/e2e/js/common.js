@@ -49,6 +49,22 @@ function within(promise, ms, what, hint) {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(t));
 }
 
+// Resolves each take() with the next value pushed, in order; a take that waits longer than `ms` fails
+// naming what it waited for (and gives up its place).
+class Queue {
+  constructor() { this.items = []; this.waiters = []; }
+  push(item) { const w = this.waiters.shift(); if (w) w(item); else this.items.push(item); }
+  take(what, ms = 20000) {
+    if (this.items.length) return Promise.resolve(this.items.shift());
+    let waiter;
+    const next = new Promise((resolve) => { waiter = resolve; this.waiters.push(resolve); });
+    return within(next, ms, what).catch((e) => {
+      this.waiters = this.waiters.filter((w) => w !== waiter);
+      throw e;
+    });
+  }
+}
+
 // POST {apiUrl}/{method} with the key; the reply's `result`, or a CheckError saying what went wrong.
 async function apiCall({ apiUrl, apiKey }, method, body) {
   const url = `${apiUrl}/${method}`;
@@ -99,4 +115,4 @@ function runScenario(main, timeoutMs) {
   });
 }
 
-module.exports = { readEnv, CheckError, check, within, apiCall, runScenario };
+module.exports = { readEnv, CheckError, check, within, Queue, apiCall, runScenario };

@@ -17,7 +17,7 @@
 const { Centrifuge } = require('centrifuge');
 const WebSocket = require('ws');
 const { EventSource } = require('eventsource');
-const { check, within, apiCall, runScenario } = require('./common');
+const { check, Queue, apiCall, runScenario } = require('./common');
 
 const need = (name) => {
   const value = process.env[name];
@@ -33,17 +33,6 @@ const channel = need('HERALD_CHANNEL');
 const wanted = need('HERALD_TRANSPORT');
 const timeoutMs = Number(process.env.HERALD_E2E_TIMEOUT || '45') * 1000;
 const wsBase = base.replace(/^http/, 'ws');
-
-// Resolves with the next value pushed after the call, in order.
-class Queue {
-  constructor() { this.items = []; this.waiters = []; }
-  push(item) { const w = this.waiters.shift(); if (w) w(item); else this.items.push(item); }
-  take(what) {
-    const next = this.items.length ? Promise.resolve(this.items.shift())
-      : new Promise((resolve) => this.waiters.push(resolve));
-    return within(next, 15000, what);
-  }
-}
 
 async function main() {
   const transports = [

@@ -16,6 +16,7 @@
 
 const { Centrifuge } = require('centrifuge');
 const WebSocket = require('ws');
+const { Queue } = require('./common');
 
 const env = (name) => {
   const value = process.env[name];
@@ -52,20 +53,6 @@ function check(condition, message) {
   if (!condition) throw new Error(message);
 }
 
-// Resolves with the next value pushed after the call, in order.
-class Queue {
-  constructor() { this.items = []; this.waiters = []; }
-  push(item) { const w = this.waiters.shift(); if (w) w(item); else this.items.push(item); }
-  take(what) {
-    const next = this.items.length ? Promise.resolve(this.items.shift())
-      : new Promise((resolve) => this.waiters.push(resolve));
-    let timer;
-    const timeout = new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), 20000);
-    });
-    return Promise.race([next, timeout]).finally(() => clearTimeout(timer));
-  }
-}
 
 // Publishes {n} with an idempotency key, retrying (the balancer may try a dead node first).
 async function publish(n) {
