@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use herald::testing::RedisServer;
 use herald_tests::{API_KEY, Client, TestServer, WAIT, publication, require_node};
 use serde_json::{Value, json};
 
@@ -25,6 +26,8 @@ struct Emulated {
     base: String,
     http: reqwest::Client,
     next_id: u32,
+    /// Messages that came while waiting for a reply, for [`Emulated::next_message`].
+    pending: std::collections::VecDeque<Value>,
 }
 
 impl Emulated {
@@ -44,6 +47,7 @@ impl Emulated {
             base: format!("http://{}", server.addr),
             http: reqwest::Client::new(),
             next_id: 1,
+            pending: std::collections::VecDeque::new(),
         };
         let reply = client.next_message().await;
         let result = reply["connect"].clone();
@@ -55,6 +59,14 @@ impl Emulated {
 
     /// The next message on the stream (pings answered on the way, as the SDKs do).
     async fn next_message(&mut self) -> Value {
+        match self.pending.pop_front() {
+            Some(message) => message,
+            None => self.next_on_stream().await,
+        }
+    }
+
+    /// The next message on the stream itself, answering pings.
+    async fn next_on_stream(&mut self) -> Value {
         loop {
             let message = tokio::time::timeout(WAIT, self.read_message())
                 .await
@@ -117,10 +129,11 @@ impl Emulated {
         let command = json!({"id": id, method: params}).to_string();
         assert_eq!(self.send(&command).await, 204);
         loop {
-            let message = self.next_message().await;
+            let message = self.next_on_stream().await;
             if message["id"] == id {
                 return message;
             }
+            self.pending.push_back(message);
         }
     }
 }
@@ -273,19 +286,20 @@ async fn the_emulation_is_no_way_around_the_rules() {
         .send(&json!({"id": 50, "publish": {"channel": "news", "data": huge}}).to_string())
         .await;
     assert_eq!(too_large, 413);
-    // Another node's session is not this node's to answer for; a made-up session of this node reaches
-    // nothing.
+    // A session this node holds is served whatever the node field says; one it does not hold is passed on
+    // to the named node (here nobody), and a name that is no node's id is refused.
     let elsewhere = client
         .post(json!({"session": client.session, "node": "another-node", "data": "{}"}))
         .await;
-    assert_eq!(
-        elsewhere, 204,
-        "a session this node holds is served whatever the node field says"
-    );
+    assert_eq!(elsewhere, 204);
     let unknown = client
         .post(json!({"session": "made-up", "node": "another-node", "data": "{}"}))
         .await;
-    assert_eq!(unknown, 404);
+    assert_eq!(unknown, 204);
+    let overlong = client
+        .post(json!({"session": "made-up", "node": "n".repeat(100), "data": "{}"}))
+        .await;
+    assert_eq!(overlong, 400);
     let bad = reqwest::Client::new()
         .post(format!("http://{}/emulation", server.addr))
         .body("not json")
@@ -298,6 +312,40 @@ async fn the_emulation_is_no_way_around_the_rules() {
         .command("subscribe", json!({"channel": "news"}))
         .await;
     assert!(reply["subscribe"].is_object(), "{reply}");
+}
+
+/// Behind a load balancer without sticky sessions, a client's commands may reach a node that does not hold
+/// its session: they are passed on through Redis to the node that does, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_posted_to_another_node_reach_the_session() {
+    let redis = RedisServer::start();
+    let holding = TestServer::start_on_redis(&redis.url(), PUBLISHING).await;
+    let other = TestServer::start_on_redis(&redis.url(), PUBLISHING).await;
+    for kind in [Kind::HttpStream, Kind::Sse] {
+        let (mut client, result) = Emulated::connect(&holding, kind).await;
+        assert_eq!(result["node"], holding.node.id);
+        // Every command from now on goes to the other node.
+        client.base = format!("http://{}", other.addr);
+        let reply = client
+            .command("subscribe", json!({"channel": "relayed"}))
+            .await;
+        assert!(reply["subscribe"].is_object(), "{kind:?}: {reply}");
+        for n in 0..5 {
+            let reply = client
+                .command("publish", json!({"channel": "relayed", "data": {"n": n}}))
+                .await;
+            assert!(reply.get("error").is_none(), "{reply}");
+            let push = client.next_message().await;
+            assert_eq!(
+                publication(&push["push"], "relayed")["data"],
+                json!({"n": n})
+            );
+        }
+        let reply = client
+            .command("unsubscribe", json!({"channel": "relayed"}))
+            .await;
+        assert!(reply["unsubscribe"].is_object(), "{reply}");
+    }
 }
 
 /// centrifuge-js with WebSocket unavailable falls back to HTTP streaming, and with that unavailable too,

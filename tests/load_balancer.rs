@@ -3,7 +3,8 @@
 //! configuration the README recommends. Clients connect through nginx, one node is killed (`kill -9`), and
 //! the clients come back through nginx to the other node and recover what they missed: raw protocol
 //! clients under steady traffic, and the official SDKs (centrifuge-js, centrifuge-python), which reconnect
-//! by themselves.
+//! by themselves. centrifuge-js on HTTP streaming and SSE works through nginx's round-robin without
+//! sticky sessions.
 //!
 //! The SDK tests need `npm ci --prefix tests/e2e/js` and
 //! `python3 -m pip install -r tests/e2e/python/requirements.txt` (as `./tests/run` does); without them they
@@ -21,13 +22,17 @@ use herald_tests::cluster::{
 use herald_tests::{API_KEY, require_node, require_python};
 use serde_json::json;
 
-/// Two nodes on one Redis, behind nginx. The nodes believe nginx's `X-Forwarded-For`.
+/// Two nodes on one Redis, behind nginx. The nodes believe nginx's `X-Forwarded-For`; clients may
+/// publish.
 async fn cluster_behind_nginx(redis: &RedisServer) -> ([HeraldProcess; 2], Nginx) {
     let config = node_config(
         &redis.url(),
         r#"
         [limits]
         trusted_proxies = ["127.0.0.1/32"]
+        [channel.defaults]
+        allow_publish_for_client = true
+        allow_publish_for_anonymous = true
         "#,
     );
     let nodes = [
@@ -211,4 +216,28 @@ async fn centrifuge_python_fails_over_through_nginx() {
         "sdk-python-failover",
     )
     .await;
+}
+
+/// centrifuge-js on HTTP streaming and on SSE through nginx's round-robin, without sticky sessions: the
+/// stream stays on one node while the commands land on either, and the node that does not hold the session
+/// passes them on through Redis. Connect, subscribe, publish, a server-side disconnect and recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn centrifuge_js_emulation_needs_no_sticky_sessions() {
+    require_node(&["centrifuge", "ws", "eventsource"]).await;
+    let redis = RedisServer::start();
+    let (_nodes, nginx) = cluster_behind_nginx(&redis).await;
+    for transport in ["http_stream", "sse"] {
+        let run = SdkScript::start(
+            "node",
+            "tests/e2e/js/emulation.js",
+            &[
+                ("HERALD_BASE_URL", format!("http://{}", nginx.addr)),
+                ("HERALD_API_URL", nginx.api_url()),
+                ("HERALD_API_KEY", API_KEY.to_owned()),
+                ("HERALD_CHANNEL", format!("balanced-{transport}")),
+                ("HERALD_TRANSPORT", transport.to_owned()),
+            ],
+        );
+        run.assert_passes().await;
+    }
 }

@@ -1,13 +1,17 @@
 //! Commands for sessions wherever they are: the server API's `disconnect`, `subscribe` and `unsubscribe`
 //! and the Pusher API's `terminate_connections` reach the connections of every node.
 //!
+//! Client commands for an emulated session (HTTP streaming, SSE) held by another node travel the same way,
+//! on that node's own channel ([`node_channel`]), and are handed to the transport that holds the session
+//! ([`EmulationSink`]).
+//!
 //! A command travels as a publication on a channel no client can name, through the engine's broker like
 //! any other (so it crosses nodes with the Redis engine and stays in-process with the memory engine);
 //! every node subscribes to it at start, and its [`Router`] hands each command to the matching local
 //! sessions while every other channel goes to the hub, which knows nothing of commands.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -21,6 +25,51 @@ use crate::hub::{Hub, ServerSubscribe, SessionCommand};
 
 /// The channel commands travel on (a control character first: no client channel name has one).
 pub const CONTROL_CHANNEL: &str = "\u{1}herald:control";
+
+/// Where the channels of single nodes start ([`node_channel`]).
+const NODE_CHANNEL_PREFIX: &str = "\u{1}herald:node:";
+
+/// The channel of commands for one node only: the client commands of the emulated sessions it holds.
+pub fn node_channel(node_id: &str) -> String {
+    format!("{NODE_CHANNEL_PREFIX}{node_id}")
+}
+
+/// Client commands for an emulated session, posted to a node that does not hold it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Emulated {
+    /// The session's name.
+    pub session: String,
+    /// The commands, as the client sent them.
+    pub data: String,
+}
+
+/// Sends client commands to the node holding their emulated session.
+pub async fn send_to_node(
+    broker: &dyn Broker,
+    node_id: &str,
+    emulated: &Emulated,
+) -> Result<(), EngineError> {
+    let data = serde_json::to_vec(emulated).expect("commands serialise");
+    let publication = Publication {
+        data: Bytes::from(data),
+        ..Publication::default()
+    };
+    broker
+        .publish(
+            &node_channel(node_id),
+            publication,
+            &PublishOptions::default(),
+        )
+        .await
+        .map(|_| ())
+}
+
+/// Takes client commands for the emulated sessions of this node (the HTTP emulation transport, which
+/// registers itself with [`Router::serve_emulation`]).
+pub trait EmulationSink: Send + Sync + std::fmt::Debug {
+    /// Hands `data` to the session named `session`, if this node holds it.
+    fn deliver(&self, session: &str, data: Bytes);
+}
 
 /// Which connections a command is for: a user's (`""` is every anonymous connection), or one of them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,12 +164,21 @@ pub async fn send(broker: &dyn Broker, command: &Command) -> Result<(), EngineEr
 #[derive(Debug)]
 pub struct Router {
     hub: Arc<Hub>,
+    emulation: Mutex<Option<Arc<dyn EmulationSink>>>,
 }
 
 impl Router {
     /// Routes to `hub`.
     pub fn new(hub: Arc<Hub>) -> Arc<Self> {
-        Arc::new(Self { hub })
+        Arc::new(Self {
+            hub,
+            emulation: Mutex::new(None),
+        })
+    }
+
+    /// Sends the commands for emulated sessions arriving on this node's channel to `sink`.
+    pub fn serve_emulation(&self, sink: Arc<dyn EmulationSink>) {
+        *crate::sync::lock(&self.emulation) = Some(sink);
     }
 }
 
@@ -133,6 +191,15 @@ impl BrokerEventHandler for Router {
     ) {
         if channel == CONTROL_CHANNEL {
             apply(&self.hub, &publication);
+        } else if channel.starts_with(NODE_CHANNEL_PREFIX) {
+            let sink = crate::sync::lock(&self.emulation).clone();
+            match (serde_json::from_slice::<Emulated>(&publication.data), sink) {
+                (Ok(emulated), Some(sink)) => {
+                    sink.deliver(&emulated.session, Bytes::from(emulated.data));
+                }
+                (Err(error), _) => tracing::warn!(%error, "unreadable emulation command ignored"),
+                (Ok(_), None) => {}
+            }
         } else {
             self.hub.handle_publication(channel, publication, position);
         }

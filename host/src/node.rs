@@ -106,6 +106,8 @@ pub struct Node {
     pub channels: Channels,
     /// Local sessions and subscriptions.
     pub hub: Arc<Hub>,
+    /// Routes what the engine delivers: control commands, emulated sessions' commands, the hub's channels.
+    pub control: Arc<crate::control::Router>,
     /// Broker, history and presence.
     pub engine: Engine,
     /// The loaded plugins and their hook chains.
@@ -180,14 +182,15 @@ impl Node {
     pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
         let metrics = node_metrics(&config);
         let hub = Arc::new(Hub::with_metrics(&metrics));
-        let engine =
-            Engine::memory(crate::control::Router::new(hub.clone())).instrumented(metrics.engine());
-        Self::assemble(config, hub, engine, metrics)
+        let control = crate::control::Router::new(hub.clone());
+        let engine = Engine::memory(control.clone()).instrumented(metrics.engine());
+        Self::assemble(config, hub, control, engine, metrics)
     }
 
     fn assemble(
         config: Config,
         hub: Arc<Hub>,
+        control: Arc<crate::control::Router>,
         engine: Engine,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
@@ -207,6 +210,7 @@ impl Node {
             api_guard,
             channels,
             hub,
+            control,
             engine,
             plugins,
             shutdown,
@@ -225,19 +229,21 @@ impl Node {
     pub async fn start(config: Config) -> anyhow::Result<Arc<Self>> {
         let metrics = node_metrics(&config);
         let hub = Arc::new(Hub::with_metrics(&metrics));
-        let engine = Engine::from_config(
-            &config.engine,
-            crate::control::Router::new(hub.clone()),
-            metrics.engine(),
-        )
-        .await
-        .map_err(|error| anyhow::anyhow!("engine: {error}"))?;
-        let node = Self::assemble(config, hub, engine, metrics)?;
-        node.engine
-            .broker
-            .subscribe(crate::control::CONTROL_CHANNEL)
+        let control = crate::control::Router::new(hub.clone());
+        let engine = Engine::from_config(&config.engine, control.clone(), metrics.engine())
             .await
             .map_err(|error| anyhow::anyhow!("engine: {error}"))?;
+        let node = Self::assemble(config, hub, control, engine, metrics)?;
+        for channel in [
+            crate::control::CONTROL_CHANNEL.to_owned(),
+            crate::control::node_channel(&node.id),
+        ] {
+            node.engine
+                .broker
+                .subscribe(&channel)
+                .await
+                .map_err(|error| anyhow::anyhow!("engine: {error}"))?;
+        }
         node.plugins.load_all().await;
         Ok(node)
     }

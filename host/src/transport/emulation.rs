@@ -6,7 +6,9 @@
 //! `GET /connection/sse` (the `cf_connect` query parameter is). The client-to-server half is
 //! `POST /emulation` with `{"session", "node", "data"}`: the commands in `data` reach the session named by
 //! `session` as if read from its socket. The session does not know which transport it has; the connect
-//! reply names the session and this node so the client can address its commands.
+//! reply names the session and this node so the client can address its commands. Behind a load balancer
+//! the request may reach another node: that node passes the commands on through the engine, on the
+//! holding node's own channel, so no sticky sessions are needed.
 //!
 //! The stream ends with a disconnect push (`{"push":{"disconnect":{…}}}`), the emulation's close frame.
 //! Responses are marked uncacheable and unbuffered (`Cache-Control: no-cache`, `X-Accel-Buffering: no`);
@@ -29,6 +31,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::websocket::{admit, connection_info, origin_allowed};
+use crate::control::{EmulationSink, send_to_node};
 use crate::disconnect::Disconnect;
 use crate::limits::Slot;
 use crate::node::Node;
@@ -36,19 +39,41 @@ use crate::outbound::{Batch, Outbound, Outgoing};
 use crate::protocol::centrifuge::{Centrifuge, Codec};
 use crate::session::{Incoming, Session};
 
-/// Client commands waiting for their session, per session: a client that posts faster than its session
-/// handles them is held at the door (its POST waits), not buffered without bound.
-const WAITING_COMMANDS: usize = 16;
+/// Client commands waiting for their session, per session: a client that posts to this node faster than
+/// its session handles them is held at the door (its POST waits); commands passed on from other nodes
+/// cannot wait, and a session with this many waiting is closed as flooding (`3013`) rather than buffered
+/// without bound or losing commands.
+const WAITING_COMMANDS: usize = 64;
 
 /// The emulated sessions of this node: where an emulation request's commands go.
 #[derive(Debug, Default)]
 pub(super) struct Emulations {
-    sessions: Mutex<HashMap<Arc<str>, mpsc::Sender<Incoming>>>,
+    sessions: Mutex<HashMap<Arc<str>, Emulated>>,
+}
+
+/// One emulated session, as the requests that bring its commands reach it.
+#[derive(Debug, Clone)]
+struct Emulated {
+    commands: mpsc::Sender<Incoming>,
+    outbound: Arc<Outbound>,
 }
 
 impl Emulations {
-    fn sender(&self, session: &str) -> Option<mpsc::Sender<Incoming>> {
+    fn session(&self, session: &str) -> Option<Emulated> {
         crate::sync::lock(&self.sessions).get(session).cloned()
+    }
+}
+
+impl EmulationSink for Emulations {
+    fn deliver(&self, session: &str, data: Bytes) {
+        let Some(emulated) = self.session(session) else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) =
+            emulated.commands.try_send(Incoming::Text(data))
+        {
+            emulated.outbound.close(Disconnect::TOO_MANY_REQUESTS);
+        }
     }
 }
 
@@ -56,6 +81,8 @@ impl Emulations {
 pub fn emulation_routes(node: &Node) -> Router<Arc<Node>> {
     // The commands of one request are bounded like one WebSocket message, with room for the envelope.
     let limit = node.config.websocket.max_message_size.saturating_mul(2) + 1024;
+    let emulations = Arc::new(Emulations::default());
+    node.control.serve_emulation(emulations.clone());
     Router::new()
         .route(
             "/connection/http_stream",
@@ -64,7 +91,7 @@ pub fn emulation_routes(node: &Node) -> Router<Arc<Node>> {
         .route("/connection/sse", get(sse_handler).options(preflight))
         .route("/emulation", post(emulation_handler).options(preflight))
         .layer(DefaultBodyLimit::max(limit))
-        .layer(Extension(Arc::new(Emulations::default())))
+        .layer(Extension(emulations))
 }
 
 /// How the stream frames each message.
@@ -211,7 +238,11 @@ fn open(
     connection.emulation = Some(session_id.clone());
     let outbound = Arc::new(Outbound::new(node.config.client.max_queue_bytes));
     let (sender, receiver) = mpsc::channel(WAITING_COMMANDS);
-    crate::sync::lock(&emulations.sessions).insert(session_id.clone(), sender);
+    let emulated = Emulated {
+        commands: sender,
+        outbound: outbound.clone(),
+    };
+    crate::sync::lock(&emulations.sessions).insert(session_id.clone(), emulated);
     start_session(node, outbound.clone(), connection, commands, receiver, slot);
     let stream = Stream {
         outbound,
@@ -330,8 +361,9 @@ struct EmulationRequest {
     data: serde_json::Value,
 }
 
-/// `POST /emulation`: hands the commands to the session; `204` once they are queued for it, or when the
-/// session is gone from this node (its stream has ended or ends now); `404` for a session of another node.
+/// `POST /emulation`: hands the commands to the session, here or through the engine on the node holding
+/// it; `204` once they are on their way, or when the session is gone from this node (its stream has ended
+/// or ends now); `503` when they cannot be passed on (the engine is unreachable).
 async fn emulation_handler(
     State(node): State<Arc<Node>>,
     Extension(emulations): Extension<Arc<Emulations>>,
@@ -350,6 +382,15 @@ async fn emulation_handler(
             return refusal(&node, &headers, StatusCode::BAD_REQUEST, &reason);
         }
     };
+    // Node ids are UUIDs: anything much longer is not one, and would name a channel in the engine.
+    if request.node.len() > 64 || request.session.len() > 64 {
+        return refusal(
+            &node,
+            &headers,
+            StatusCode::BAD_REQUEST,
+            "not a session or node of this server",
+        );
+    }
     let commands = match request.data {
         serde_json::Value::String(text) => Bytes::from(text),
         other => Bytes::from(other.to_string()),
@@ -362,18 +403,21 @@ async fn emulation_handler(
             "the commands are over websocket.max_message_size",
         );
     }
-    match emulations.sender(&request.session) {
-        Some(sender) => {
+    match emulations.session(&request.session) {
+        Some(emulated) => {
             // A closed channel is a session that just ended: its stream ends too.
-            let _ = sender.send(Incoming::Text(commands)).await;
+            let _ = emulated.commands.send(Incoming::Text(commands)).await;
         }
         None if !request.node.is_empty() && request.node != node.id => {
-            return refusal(
-                &node,
-                &headers,
-                StatusCode::NOT_FOUND,
-                "the session is on another node",
-            );
+            let text = String::from_utf8_lossy(&commands).into_owned();
+            let emulated = crate::control::Emulated {
+                session: request.session,
+                data: text,
+            };
+            if let Err(error) = send_to_node(&*node.engine.broker, &request.node, &emulated).await {
+                let reason = format!("cannot reach the session's node: {error}");
+                return refusal(&node, &headers, StatusCode::SERVICE_UNAVAILABLE, &reason);
+            }
         }
         None => {}
     }
