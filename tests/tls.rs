@@ -18,7 +18,7 @@ use rustls::ProtocolVersion;
 use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -402,6 +402,67 @@ async fn wss_and_https_api_work() {
         publication(&push, "news")["data"],
         json!({"text": "over TLS"})
     );
+}
+
+/// With TLS, a client that offers HTTP/2 gets it (ALPN): an SSE stream runs over HTTP/2 (curl, as a browser
+/// would, so its streams share one connection), and ends with its disconnect push when the server API
+/// disconnects the client. WebSocket clients offer only HTTP/1.1 and keep getting it (above).
+#[tokio::test]
+async fn sse_runs_over_http2_with_tls() {
+    let cert = pair("herald test");
+    let files = Files::new(&cert);
+    let server = TestServer::start(&files.toml("")).await;
+    let url = format!(
+        "https://127.0.0.1:{}/connection/sse?cf_connect=%7B%22id%22%3A1%2C%22connect%22%3A%7B%7D%7D",
+        server.addr.port()
+    );
+    let mut curl = tokio::process::Command::new("curl")
+        .args([
+            "--silent",
+            "--show-error",
+            "--no-buffer",
+            "--http2",
+            "--cacert",
+        ])
+        .arg(&files.cert)
+        .args(["--write-out", "\nHTTP VERSION %{http_version}\n", &url])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("curl runs");
+    let stdout = curl.stdout.take().expect("piped stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("the connect reply within the wait")
+        .expect("read curl's output")
+        .expect("a line");
+    let reply: Value =
+        serde_json::from_str(first.strip_prefix("data: ").expect("an event")).expect("JSON");
+    let client = reply["connect"]["client"].as_str().expect("connected");
+    let (status, body) = https_api(
+        server.addr,
+        trusting(&cert.der),
+        "disconnect",
+        json!({"user": "", "client": client, "disconnect": {"code": 4000, "reason": "bye"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut rest = Vec::new();
+    while let Some(line) = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("the stream ends within the wait")
+        .expect("read curl's output")
+    {
+        rest.push(line);
+    }
+    let rest = rest.join("\n");
+    assert!(
+        rest.contains(r#"data: {"push":{"disconnect":{"code":4000,"reason":"bye"}}}"#),
+        "{rest}"
+    );
+    assert!(rest.ends_with("HTTP VERSION 2"), "{rest}");
+    assert!(curl.wait().await.expect("curl ends").success());
 }
 
 /// Over `wss://` too, a client flooding commands without reading, then reading, gets its close code (3013)

@@ -1,4 +1,5 @@
-//! HTTP/1.1 on the connections the [`Listener`] accepted (hyper), with a deadline on every request head.
+//! HTTP/1.1, and HTTP/2 where a TLS client chose it, on the connections the [`Listener`] accepted (hyper),
+//! with a deadline on every HTTP/1.1 request head.
 //!
 //! axum's own `serve` gives no way to bound how long a client may take to send its request head, so a client
 //! that opens a connection and trickles (or never sends) its request would hold it forever. Here every
@@ -12,11 +13,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Listener;
+use super::tls::speaks_http2;
 
 /// Serves `app` on every connection `listener` accepts until `shutdown`, then lets each connection finish
 /// its request in flight and returns when all have.
@@ -40,18 +42,20 @@ pub async fn serve(
                     request.extensions_mut().insert(ConnectInfo(remote));
                     tower_service::Service::call(&mut app.clone(), request)
                 });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(io), service)
-                .with_upgrades();
-            let mut connection = std::pin::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                _ = shutdown.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
+            let result = if speaks_http2(&io) {
+                // Requests are streams of the connection: none is an upgrade, and the TLS handshake's
+                // deadline bounded the connection's start.
+                let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .serve_connection(TokioIo::new(io), service);
+                until_shutdown(connection, &shutdown, |c| c.graceful_shutdown()).await
+            } else {
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .serve_connection(TokioIo::new(io), service)
+                    .with_upgrades();
+                until_shutdown(connection, &shutdown, |c| c.graceful_shutdown()).await
             };
             if let Err(error) = result {
                 log_connection_error(remote, &error);
@@ -61,6 +65,25 @@ pub async fn serve(
     drop(listener);
     connections.close();
     connections.wait().await;
+}
+
+/// Runs a connection until it ends; at `shutdown`, lets its requests in flight finish first.
+async fn until_shutdown<C>(
+    connection: C,
+    shutdown: &CancellationToken,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+) -> Result<(), hyper::Error>
+where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            graceful(connection.as_mut());
+            connection.await
+        }
+    }
 }
 
 /// Connection-level failures are the client's doing (a timeout, a reset, garbage): debug level only.
