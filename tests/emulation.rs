@@ -379,3 +379,39 @@ async fn centrifuge_js_falls_back_to_each_emulated_transport() {
         );
     }
 }
+
+/// centrifuge-js in headless Chromium without WebSocket falls back to HTTP streaming, and without
+/// streaming `fetch` to SSE, over HTTPS where the browser speaks HTTP/2: it receives every publication in
+/// order, publishes, and recovers after the server drops it (see `tests/e2e/js/browser-fallback.js`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_without_websocket_falls_back_over_http2() {
+    require_node(&["centrifuge", "puppeteer-core"]).await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("certificate parameters");
+    let key = rcgen::KeyPair::generate().expect("key pair");
+    let cert = params.self_signed(&key).expect("self-signed certificate");
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).expect("write the certificate");
+    std::fs::write(&key_file, key.serialize_pem()).expect("write the key");
+    let server = TestServer::start(&format!(
+        "{PUBLISHING}\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+        cert_file.display().to_string(),
+        key_file.display().to_string()
+    ))
+    .await;
+    let base = format!("https://127.0.0.1:{}", server.addr.port());
+    let run = herald_tests::cluster::SdkScript::start(
+        "node",
+        "tests/e2e/js/browser-fallback.js",
+        &[
+            ("HERALD_BASE_URL", base.clone()),
+            ("HERALD_API_URL", format!("{base}/api")),
+            ("HERALD_API_KEY", API_KEY.to_owned()),
+            ("HERALD_CHANNEL", "browser".to_owned()),
+            ("NODE_EXTRA_CA_CERTS", cert_file.display().to_string()),
+        ],
+    );
+    run.assert_passes().await;
+}

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Query, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::BytesMut;
@@ -143,9 +143,11 @@ async fn http_stream_handler(
     Extension(emulations): Extension<Arc<Emulations>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let headers = with_host(headers, &uri);
     open(
         &node,
         emulations,
@@ -172,8 +174,10 @@ async fn sse_handler(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(params): Query<SseQuery>,
     RawQuery(query): RawQuery,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
+    let headers = with_host(headers, &uri);
     let Some(connect) = params.cf_connect else {
         return refusal(
             &node,
@@ -367,9 +371,11 @@ struct EmulationRequest {
 async fn emulation_handler(
     State(node): State<Arc<Node>>,
     Extension(emulations): Extension<Arc<Emulations>>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let headers = with_host(headers, &uri);
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     if !origin_allowed(origin, host, &node.config.websocket.allowed_origins) {
@@ -427,7 +433,8 @@ async fn emulation_handler(
 }
 
 /// A CORS preflight: allowed for origins a WebSocket upgrade would be allowed from.
-async fn preflight(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+async fn preflight(State(node): State<Arc<Node>>, uri: Uri, headers: HeaderMap) -> Response {
+    let headers = with_host(headers, &uri);
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     if !origin_allowed(origin, host, &node.config.websocket.allowed_origins) {
@@ -449,6 +456,18 @@ async fn preflight(State(node): State<Arc<Node>>, headers: HeaderMap) -> Respons
         HeaderValue::from_static("600"),
     );
     response
+}
+
+/// The request's headers with `Host` filled in from the URI's authority when absent: HTTP/2 names the host
+/// in `:authority` only, and the origin checks compare a browser's `Origin` with the host it asked.
+fn with_host(mut headers: HeaderMap, uri: &Uri) -> HeaderMap {
+    if !headers.contains_key(header::HOST)
+        && let Some(authority) = uri.authority()
+        && let Ok(value) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(header::HOST, value);
+    }
+    headers
 }
 
 /// Echoes an allowed request's `Origin` (the caller checked it), with credentials allowed: the SDKs send
