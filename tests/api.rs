@@ -810,6 +810,33 @@ async fn server_side_subscribe_push_carries_position_when_recovery_is_forced() {
     );
 }
 
+/// A server-side subscribe that recovers (`recover_since`) brings what was missed after its `subscribe`
+/// push, as publication pushes in order (the push itself has no room for them).
+#[tokio::test]
+async fn server_side_subscribe_with_recovery_delivers_what_was_missed() {
+    let server = TestServer::start(
+        "[channel.namespaces.feed]\nhistory_size = 10\nhistory_ttl = \"1m\"\nforce_recovery = true",
+    )
+    .await;
+    let first = server.publish("feed:a", json!(1)).await;
+    server.publish("feed:a", json!(2)).await;
+    server.publish("feed:a", json!(3)).await;
+    let (mut client, connect) = Client::connect(&server).await;
+    let (status, body) = server
+        .api(
+            "subscribe",
+            json!({"user": "", "client": client_id(&connect), "channel": "feed:a",
+                   "recover_since": {"offset": 1, "epoch": first["epoch"]}}),
+        )
+        .await;
+    result_of(status, &body);
+    let push = client.next_push().await;
+    assert_eq!(push["subscribe"]["offset"], 1, "{push}");
+    for n in [2, 3] {
+        assert_eq!(publication(&client.next_push().await, "feed:a")["data"], n);
+    }
+}
+
 /// Server-side subscribe and unsubscribe into an unknown namespace is `102`; without a channel `107`.
 #[tokio::test]
 async fn server_side_subscribe_validates_the_channel() {

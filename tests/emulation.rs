@@ -1,7 +1,9 @@
 //! The HTTP emulation of a bidirectional connection, for clients whose WebSocket is blocked: a stream of
 //! replies (`POST /connection/http_stream`, newline-delimited JSON; `GET /connection/sse`, Server-Sent
 //! Events) opened with the connect command, and commands sent separately (`POST /emulation`) naming the
-//! session. Raw HTTP clients here, and centrifuge-js falling back to each transport under Node.
+//! session. Raw HTTP clients here, and centrifuge-js falling back to each transport under Node and in
+//! Chromium. Last, the unidirectional streams (`uni_http_stream`, `uni_sse`, `uni_websocket`) for clients
+//! without an SDK.
 
 use std::time::Duration;
 
@@ -16,11 +18,43 @@ enum Kind {
     Sse,
 }
 
-/// A client on the emulation: its stream, and where its commands go.
-struct Emulated {
+/// Messages off a stream of either kind.
+struct Reader {
     response: reqwest::Response,
     buffered: String,
     kind: Kind,
+}
+
+impl Reader {
+    /// The next message, or `None` when the stream ended.
+    async fn read_message(&mut self) -> Option<Value> {
+        let separator = match self.kind {
+            Kind::HttpStream => "\n",
+            Kind::Sse => "\n\n",
+        };
+        loop {
+            if let Some(end) = self.buffered.find(separator) {
+                let item: String = self.buffered.drain(..end + separator.len()).collect();
+                let text = match self.kind {
+                    Kind::HttpStream => item.trim_end().to_owned(),
+                    Kind::Sse => item
+                        .lines()
+                        .filter_map(|line| line.strip_prefix("data: "))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                };
+                return Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")));
+            }
+            let chunk = self.response.chunk().await.expect("read the stream")?;
+            self.buffered
+                .push_str(std::str::from_utf8(&chunk).expect("UTF-8 stream"));
+        }
+    }
+}
+
+/// A client on the emulation: its stream, and where its commands go.
+struct Emulated {
+    stream: Reader,
     session: String,
     node: String,
     base: String,
@@ -39,9 +73,11 @@ impl Emulated {
         assert_eq!(headers["cache-control"], "no-cache");
         assert_eq!(headers["x-accel-buffering"], "no");
         let mut client = Self {
-            response,
-            buffered: String::new(),
-            kind,
+            stream: Reader {
+                response,
+                buffered: String::new(),
+                kind,
+            },
             session: String::new(),
             node: String::new(),
             base: format!("http://{}", server.addr),
@@ -68,7 +104,7 @@ impl Emulated {
     /// The next message on the stream itself, answering pings.
     async fn next_on_stream(&mut self) -> Value {
         loop {
-            let message = tokio::time::timeout(WAIT, self.read_message())
+            let message = tokio::time::timeout(WAIT, self.stream.read_message())
                 .await
                 .expect("a message within the wait")
                 .expect("the stream is open");
@@ -77,31 +113,6 @@ impl Emulated {
                 continue;
             }
             return message;
-        }
-    }
-
-    /// The next message, or `None` when the stream ended.
-    async fn read_message(&mut self) -> Option<Value> {
-        let separator = match self.kind {
-            Kind::HttpStream => "\n",
-            Kind::Sse => "\n\n",
-        };
-        loop {
-            if let Some(end) = self.buffered.find(separator) {
-                let item: String = self.buffered.drain(..end + separator.len()).collect();
-                let text = match self.kind {
-                    Kind::HttpStream => item.trim_end().to_owned(),
-                    Kind::Sse => item
-                        .lines()
-                        .filter_map(|line| line.strip_prefix("data: "))
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                };
-                return Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")));
-            }
-            let chunk = self.response.chunk().await.expect("read the stream")?;
-            self.buffered
-                .push_str(std::str::from_utf8(&chunk).expect("UTF-8 stream"));
         }
     }
 
@@ -199,7 +210,7 @@ async fn both_kinds_carry_a_session(kind: Kind) {
         .await;
     assert_eq!(status, 200, "{body}");
     let mut ended = None;
-    while let Some(message) = client.read_message().await {
+    while let Some(message) = client.stream.read_message().await {
         if message
             .get("push")
             .is_some_and(|p| p.get("disconnect").is_some())
@@ -414,4 +425,196 @@ async fn chromium_without_websocket_falls_back_over_http2() {
         ],
     );
     run.assert_passes().await;
+}
+
+// ------------------------------------------------------------------------------ unidirectional ---
+
+/// Opens a unidirectional stream with `request` (`uni_http_stream` posts it; `uni_sse` puts it in
+/// `cf_connect`) and returns it with its first message, the connect push.
+async fn uni(server: &TestServer, kind: Kind, request: &str) -> (Reader, Value) {
+    let http = reqwest::Client::new();
+    let response = match kind {
+        Kind::HttpStream => http
+            .post(format!("http://{}/connection/uni_http_stream", server.addr))
+            .body(request.to_owned()),
+        Kind::Sse => http
+            .get(format!("http://{}/connection/uni_sse", server.addr))
+            .query(&[("cf_connect", request)]),
+    }
+    .send()
+    .await
+    .expect("open the stream");
+    assert_eq!(response.status(), 200);
+    let mut reader = Reader {
+        response,
+        buffered: String::new(),
+        kind,
+    };
+    let connect = reader.next().await;
+    (reader, connect)
+}
+
+impl Reader {
+    /// The next message, within the wait.
+    async fn next(&mut self) -> Value {
+        tokio::time::timeout(WAIT, self.read_message())
+            .await
+            .expect("a message within the wait")
+            .expect("the stream is open")
+    }
+}
+
+/// A connect plugin that lets token `good` in as `alice`, subscribed to `news` server-side; channels
+/// recover whoever subscribes (the server subscribes for these clients).
+fn uni_server_config() -> (tempfile::TempDir, String) {
+    let (dir, plugins) = herald_tests::scripted_plugin(
+        "id = \"s\"\nconnect_user = \"alice\"\nconnect_channels = [\"news\"]\n",
+    );
+    (
+        dir,
+        format!("{plugins}[channel.defaults]\nforce_recovery = true\n"),
+    )
+}
+
+/// A client without an SDK: the connect request comes with the stream, the connect plugin's channels
+/// are subscribed, publications arrive as bare pushes, a server API `subscribe` adds a channel, and a
+/// reconnect with the last position in `subs` recovers what was missed; the API's disconnect ends the
+/// stream with a disconnect push.
+async fn uni_stream_carries_server_side_subscriptions(kind: Kind) {
+    let (_plugins, plugins) = uni_server_config();
+    let server = TestServer::start(&plugins).await;
+    let (mut stream, connect) = uni(&server, kind, r#"{"token":"good"}"#).await;
+    let result = &connect["connect"];
+    assert!(result["client"].is_string(), "{connect}");
+    assert!(
+        result.get("pong").is_none(),
+        "nobody answers pings here: {connect}"
+    );
+    // The connect plugin's channel, subscribed by the server.
+    let subscribed = stream.next().await;
+    assert_eq!(subscribed["channel"], "news", "{subscribed}");
+    let news = &subscribed["subscribe"];
+    assert_eq!(news["recoverable"], true, "{subscribed}");
+    let epoch = news["epoch"].as_str().expect("an epoch").to_owned();
+
+    server.publish("news", json!({"n": 1})).await;
+    let push = stream.next().await;
+    assert_eq!(push["channel"], "news", "{push}");
+    assert_eq!(push["pub"]["data"], json!({"n": 1}));
+    let offset = push["pub"]["offset"].as_u64().expect("an offset");
+
+    let client = result["client"].as_str().expect("client id");
+    let (status, body) = server
+        .api(
+            "subscribe",
+            json!({"user": "alice", "client": client, "channel": "extra"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let push = stream.next().await;
+    assert_eq!(push["channel"], "extra", "{push}");
+    assert!(push["subscribe"].is_object(), "{push}");
+    server.publish("extra", json!({"n": "x"})).await;
+    assert_eq!(stream.next().await["pub"]["data"], json!({"n": "x"}));
+
+    let (status, body) = server
+        .api(
+            "disconnect",
+            json!({"user": "alice", "client": client, "disconnect": {"code": 3011, "reason": "again"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut last = None;
+    while let Some(message) = stream.read_message().await {
+        last = Some(message);
+    }
+    assert_eq!(
+        last,
+        Some(json!({"disconnect": {"code": 3011, "reason": "again"}}))
+    );
+
+    // Missed while away, recovered at the reconnect from the position the client kept.
+    server.publish("news", json!({"n": 2})).await;
+    server.publish("news", json!({"n": 3})).await;
+    let request = json!({
+        "token": "good",
+        "subs": {"news": {"recover": true, "offset": offset, "epoch": epoch}}
+    })
+    .to_string();
+    let (mut stream, connect) = uni(&server, kind, &request).await;
+    assert!(connect["connect"].is_object(), "{connect}");
+    let subscribed = stream.next().await;
+    let position = &subscribed["subscribe"];
+    assert_eq!(
+        (&position["offset"], &position["epoch"]),
+        (&json!(offset), &json!(epoch)),
+        "recovering from where the client was: {subscribed}"
+    );
+    for n in [2, 3] {
+        let push = stream.next().await;
+        assert_eq!(push["pub"]["data"], json!({"n": n}), "{push}");
+    }
+}
+
+#[tokio::test]
+async fn uni_http_stream_carries_server_side_subscriptions() {
+    uni_stream_carries_server_side_subscriptions(Kind::HttpStream).await;
+}
+
+#[tokio::test]
+async fn uni_sse_carries_server_side_subscriptions() {
+    uni_stream_carries_server_side_subscriptions(Kind::Sse).await;
+}
+
+type WebSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next message of a unidirectional WebSocket that is not a ping.
+async fn next_push(ws: &mut WebSocket) -> Value {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let message = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a message within the wait")
+            .expect("open")
+            .expect("a message");
+        if let Message::Text(text) = message {
+            let value: Value = serde_json::from_str(&text).expect("JSON");
+            if value != json!({}) {
+                return value;
+            }
+        }
+    }
+}
+
+/// The unidirectional WebSocket: the first message is the connect request (the plugin's channel is
+/// subscribed), pushes follow, and a command sent later is ignored without closing the connection.
+#[tokio::test]
+async fn uni_websocket_takes_one_request_and_pushes() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (_plugins, plugins) = uni_server_config();
+    let server = TestServer::start(&plugins).await;
+    let url = format!("ws://{}/connection/uni_websocket", server.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("uni_websocket upgrade");
+    ws.send(Message::text(r#"{"token":"good"}"#))
+        .await
+        .expect("send the request");
+    let connect = next_push(&mut ws).await;
+    assert!(connect["connect"].is_object(), "{connect}");
+    let subscribed = next_push(&mut ws).await;
+    assert_eq!(subscribed["channel"], "news", "{subscribed}");
+    server.publish("news", json!({"n": 1})).await;
+    let push = next_push(&mut ws).await;
+    assert_eq!(push["pub"]["data"], json!({"n": 1}), "{push}");
+    // A command is not for this protocol: ignored, no reply, the connection stays.
+    ws.send(Message::text(r#"{"id":2,"subscribe":{"channel":"other"}}"#))
+        .await
+        .expect("send");
+    server.publish("news", json!({"n": 2})).await;
+    let value = next_push(&mut ws).await;
+    assert_eq!(value["pub"]["data"], json!({"n": 2}), "{value}");
 }

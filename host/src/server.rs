@@ -48,6 +48,7 @@ pub fn app(node: Arc<Node>) -> Router {
         .route("/connection/websocket", get(transport::websocket_handler))
         .route("/app/{key}", get(transport::pusher_handler))
         .merge(transport::emulation_routes(&node))
+        .merge(transport::uni_routes(&node))
         .route(
             "/health",
             get(|| async {

@@ -61,11 +61,13 @@ pub enum Protocol {
     CentrifugeProtobuf,
     /// The Pusher Channels protocol v7.
     Pusher,
+    /// The Centrifugo protocol's unidirectional form (JSON pushes only).
+    CentrifugeUni,
 }
 
 impl Protocol {
     /// How many protocols there are, for per-protocol tables.
-    pub const COUNT: usize = 3;
+    pub const COUNT: usize = 4;
 
     /// Position in per-protocol tables.
     pub const fn index(self) -> usize {
@@ -73,7 +75,12 @@ impl Protocol {
     }
 
     /// Every protocol, in [`Protocol::index`] order.
-    pub const ALL: [Self; Self::COUNT] = [Self::Centrifuge, Self::CentrifugeProtobuf, Self::Pusher];
+    pub const ALL: [Self; Self::COUNT] = [
+        Self::Centrifuge,
+        Self::CentrifugeProtobuf,
+        Self::Pusher,
+        Self::CentrifugeUni,
+    ];
 
     /// Its name in metrics' `protocol` label.
     pub const fn label(self) -> &'static str {
@@ -81,6 +88,7 @@ impl Protocol {
             Self::Centrifuge => "centrifuge",
             Self::CentrifugeProtobuf => "centrifuge-protobuf",
             Self::Pusher => "pusher",
+            Self::CentrifugeUni => "centrifuge-uni",
         }
     }
 
@@ -90,6 +98,7 @@ impl Protocol {
             Self::Centrifuge => &centrifuge::Centrifuge,
             Self::CentrifugeProtobuf => &centrifuge::CentrifugeProtobuf,
             Self::Pusher => &pusher::Pusher,
+            Self::CentrifugeUni => &centrifuge::CentrifugeUni,
         }
     }
 }

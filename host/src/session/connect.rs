@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use crate::channel::NamespaceOptions;
 use crate::disconnect::Disconnect;
+use crate::engine::StreamPosition;
 use crate::errors::{ClientError, Refusal};
 use crate::hub::{ClientId, ServerSubscribe, SessionHandle};
 use crate::node::{VERSION, plugin_client_info, valid_json};
@@ -141,7 +142,7 @@ impl Session {
             } else {
                 self.conn.node.config.client.ping_interval.as_secs().max(1) as u32
             },
-            pong: !transport_ping,
+            pong: !transport_ping && !self.codec.unidirectional(),
             session: self.emulation.as_deref().map(str::to_owned),
             node: self.emulation.is_some().then(|| self.conn.node.id.clone()),
             ..Default::default()
@@ -149,9 +150,19 @@ impl Session {
         self.reply(self.codec.connect_reply(id, &result));
         self.heartbeat.connected(Instant::now());
         tracing::debug!(client = %self.client, user = %self.user, remote = %self.conn.remote, "client connected");
+        // A reconnecting client names the position it reached in each server-side subscription.
         for channel in identity.channels {
+            let recover_since = request
+                .subs
+                .get(&channel)
+                .filter(|position| position.recover)
+                .map(|position| StreamPosition {
+                    offset: position.offset,
+                    epoch: position.epoch.clone(),
+                });
             self.server_subscribe(ServerSubscribe {
                 channel,
+                recover_since,
                 ..ServerSubscribe::default()
             })
             .await;
@@ -352,6 +363,10 @@ impl Session {
             Some(Beat::Ping) if self.transport_ping => self.conn.outbound.push_transport_ping(),
             Some(Beat::Ping) => {
                 self.conn.outbound.push(self.codec.ping());
+                // A listening client never answers: its ping only keeps the stream moving.
+                if self.codec.unidirectional() {
+                    self.heartbeat.pong();
+                }
             }
             Some(Beat::Close(disconnect)) => return Err(disconnect),
             None => {}

@@ -149,7 +149,7 @@ impl Session {
         let codec = self.codec;
         Ok(self
             .open(channel, options, mode, admitted, move |result| {
-                codec.subscribe_reply(id, result)
+                vec![codec.subscribe_reply(id, result)]
             })
             .await?)
     }
@@ -195,7 +195,15 @@ impl Session {
         let codec = self.codec;
         if let Err(error) = self
             .open(channel, options, mode, admitted, move |result| {
-                codec.subscribe_push(channel, result)
+                // A push has no room for recovered publications: they follow it, as live ones would.
+                let mut frames = vec![codec.subscribe_push(channel, result)];
+                frames.extend(
+                    result
+                        .publications
+                        .iter()
+                        .map(|publication| codec.publication(channel, publication)),
+                );
+                frames
             })
             .await
         {
@@ -212,7 +220,7 @@ impl Session {
         options: &NamespaceOptions,
         mode: Mode,
         admitted: Grant,
-        reply: impl FnOnce(&SubscribeResult) -> Frame,
+        reply: impl FnOnce(&SubscribeResult) -> Vec<Frame>,
     ) -> Result<(), ClientError> {
         let Some(handle) = self.handle.clone() else {
             return Err(ClientError::INTERNAL);
@@ -269,7 +277,7 @@ impl Session {
                 tracing::warn!(channel, %error, "departure not recorded for a crash");
             }
         }
-        if gate.open(&self.conn.outbound, [reply(&result)], covered) == Delivery::Gap {
+        if gate.open(&self.conn.outbound, reply(&result), covered) == Delivery::Gap {
             // Publications raced the reply with a hole between them: start over at once.
             let _ = handle.command(SessionCommand::Resubscribe {
                 channel: channel.to_owned(),

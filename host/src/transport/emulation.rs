@@ -36,7 +36,7 @@ use crate::disconnect::Disconnect;
 use crate::limits::Slot;
 use crate::node::Node;
 use crate::outbound::{Batch, Outbound, Outgoing};
-use crate::protocol::centrifuge::{Centrifuge, Codec};
+use crate::protocol::centrifuge::{Centrifuge, CentrifugeUni, Codec};
 use crate::session::{Incoming, Session};
 
 /// Client commands waiting for their session, per session: a client that posts to this node faster than
@@ -96,7 +96,7 @@ pub fn emulation_routes(node: &Node) -> Router<Arc<Node>> {
 
 /// How the stream frames each message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+pub(super) enum Framing {
     /// One JSON message per line (`http_stream`).
     Lines,
     /// One Server-Sent Event per message (`sse`).
@@ -104,10 +104,13 @@ enum Framing {
 }
 
 impl Framing {
-    fn transport(self) -> &'static str {
-        match self {
-            Self::Lines => "http_stream",
-            Self::Events => "sse",
+    /// The transport's name in metrics' `transport` label.
+    fn transport(self, mode: &Mode) -> &'static str {
+        match (self, mode) {
+            (Self::Lines, Mode::Emulated(_)) => "http_stream",
+            (Self::Events, Mode::Emulated(_)) => "sse",
+            (Self::Lines, Mode::Unidirectional) => "uni_http_stream",
+            (Self::Events, Mode::Unidirectional) => "uni_sse",
         }
     }
 
@@ -150,7 +153,7 @@ async fn http_stream_handler(
     let headers = with_host(headers, &uri);
     open(
         &node,
-        emulations,
+        Mode::Emulated(emulations),
         peer,
         &headers,
         query.as_deref(),
@@ -161,10 +164,10 @@ async fn http_stream_handler(
 
 /// The SSE request's parameters.
 #[derive(Debug, Deserialize)]
-struct SseQuery {
+pub(super) struct SseQuery {
     /// The connect command (JSON), as an EventSource cannot send a body.
     #[serde(default)]
-    cf_connect: Option<String>,
+    pub(super) cf_connect: Option<String>,
 }
 
 /// `GET /connection/sse?cf_connect=…`.
@@ -188,7 +191,7 @@ async fn sse_handler(
     };
     open(
         &node,
-        emulations,
+        Mode::Emulated(emulations),
         peer,
         &headers,
         query.as_deref(),
@@ -197,11 +200,19 @@ async fn sse_handler(
     )
 }
 
+/// What kind of session a stream carries.
+pub(super) enum Mode {
+    /// Bidirectional, its later commands coming through `POST /emulation`.
+    Emulated(Arc<Emulations>),
+    /// Unidirectional: the request was the client's only message (see [`CentrifugeUni`]).
+    Unidirectional,
+}
+
 /// Admits a streaming request like a WebSocket upgrade, starts its session with the request's commands and
 /// answers with the stream.
-fn open(
+pub(super) fn open(
     node: &Arc<Node>,
-    emulations: Arc<Emulations>,
+    mode: Mode,
     peer: SocketAddr,
     headers: &HeaderMap,
     query: Option<&str>,
@@ -236,22 +247,39 @@ fn open(
             "the connect command is not UTF-8",
         );
     }
-    let session_id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
     let mut connection = connection_info(remote, false, headers, query);
-    connection.transport = framing.transport();
-    connection.emulation = Some(session_id.clone());
+    connection.transport = framing.transport(&mode);
     let outbound = Arc::new(Outbound::new(node.config.client.max_queue_bytes));
     let (sender, receiver) = mpsc::channel(WAITING_COMMANDS);
-    let emulated = Emulated {
-        commands: sender,
-        outbound: outbound.clone(),
+    let (codec, held): (&'static dyn Codec, Held) = match mode {
+        Mode::Emulated(emulations) => {
+            let session: Arc<str> = uuid::Uuid::new_v4().to_string().into();
+            connection.emulation = Some(session.clone());
+            let emulated = Emulated {
+                commands: sender,
+                outbound: outbound.clone(),
+            };
+            crate::sync::lock(&emulations.sessions).insert(session.clone(), emulated);
+            (&Centrifuge, Held::Registered(emulations, session))
+        }
+        Mode::Unidirectional => (&CentrifugeUni, Held::Sender(sender)),
     };
-    crate::sync::lock(&emulations.sessions).insert(session_id.clone(), emulated);
-    start_session(node, outbound.clone(), connection, commands, receiver, slot);
+    let commands = match held {
+        Held::Sender(_) => connect_command(&commands),
+        Held::Registered(..) => commands,
+    };
+    start_session(
+        node,
+        outbound.clone(),
+        connection,
+        codec,
+        commands,
+        receiver,
+        slot,
+    );
     let stream = Stream {
         outbound,
-        emulations,
-        session: session_id,
+        held,
         framing,
         batch: Batch::default(),
         ended: false,
@@ -278,6 +306,7 @@ fn start_session(
     node: &Arc<Node>,
     outbound: Arc<Outbound>,
     connection: crate::session::ConnectionInfo,
+    codec: &'static dyn Codec,
     commands: Bytes,
     receiver: mpsc::Receiver<Incoming>,
     slot: Slot,
@@ -290,7 +319,7 @@ fn start_session(
             let incoming = receiver.recv().await?;
             Some((incoming, receiver))
         });
-        Session::new(node, outbound.clone(), connection, &Centrifuge)
+        Session::new(node, outbound.clone(), connection, codec)
             .run(first.chain(rest))
             .await;
         // Ends the stream when the client went away first (nothing more is owed then).
@@ -303,11 +332,32 @@ fn start_session(
 /// then the session's commands have nowhere to come from and it finishes.
 struct Stream {
     outbound: Arc<Outbound>,
-    emulations: Arc<Emulations>,
-    session: Arc<str>,
+    held: Held,
     framing: Framing,
     batch: Batch,
     ended: bool,
+}
+
+/// What keeps a stream's session fed until the stream is dropped.
+enum Held {
+    /// An emulated session: its registry entry, through which requests reach it.
+    Registered(Arc<Emulations>, Arc<str>),
+    /// A unidirectional one: the sender nobody sends on.
+    Sender(
+        #[expect(
+            dead_code,
+            reason = "held so the session's messages end with the stream"
+        )]
+        mpsc::Sender<Incoming>,
+    ),
+}
+
+/// A unidirectional client's connect request (`{"token":…,"subs":…}`, or nothing) as the connect command
+/// the session expects.
+pub(super) fn connect_command(request: &[u8]) -> Bytes {
+    let request = std::str::from_utf8(request).unwrap_or_default().trim();
+    let request = if request.is_empty() { "{}" } else { request };
+    Bytes::from(format!(r#"{{"id":1,"connect":{request}}}"#))
 }
 
 impl Stream {
@@ -329,8 +379,13 @@ impl Stream {
             if let Some(close) = self.batch.close.take() {
                 self.ended = true;
                 if close != Disconnect::CONNECTION_CLOSED {
-                    let close = Centrifuge.protocol().wire().close(close);
-                    self.framing.append(&mut out, &disconnect_push(&close));
+                    let push = match self.held {
+                        Held::Registered(..) => disconnect_push(&close),
+                        Held::Sender(_) => {
+                            crate::protocol::centrifuge::uni::disconnect_push(&close)
+                        }
+                    };
+                    self.framing.append(&mut out, &push);
                 }
             }
             if !out.is_empty() || self.ended {
@@ -342,7 +397,9 @@ impl Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        crate::sync::lock(&self.emulations.sessions).remove(&self.session);
+        if let Held::Registered(emulations, session) = &self.held {
+            crate::sync::lock(&emulations.sessions).remove(session);
+        }
         self.outbound.close(Disconnect::CONNECTION_CLOSED);
     }
 }
@@ -433,7 +490,11 @@ async fn emulation_handler(
 }
 
 /// A CORS preflight: allowed for origins a WebSocket upgrade would be allowed from.
-async fn preflight(State(node): State<Arc<Node>>, uri: Uri, headers: HeaderMap) -> Response {
+pub(super) async fn preflight(
+    State(node): State<Arc<Node>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     let headers = with_host(headers, &uri);
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
@@ -460,7 +521,7 @@ async fn preflight(State(node): State<Arc<Node>>, uri: Uri, headers: HeaderMap) 
 
 /// The request's headers with `Host` filled in from the URI's authority when absent: HTTP/2 names the host
 /// in `:authority` only, and the origin checks compare a browser's `Origin` with the host it asked.
-fn with_host(mut headers: HeaderMap, uri: &Uri) -> HeaderMap {
+pub(super) fn with_host(mut headers: HeaderMap, uri: &Uri) -> HeaderMap {
     if !headers.contains_key(header::HOST)
         && let Some(authority) = uri.authority()
         && let Ok(value) = HeaderValue::from_str(authority.as_str())

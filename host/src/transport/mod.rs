@@ -8,10 +8,12 @@ pub mod http;
 mod pusher;
 mod socket;
 pub mod tls;
+mod uni;
 mod websocket;
 
 pub use echo::echo_handler;
 pub use emulation::emulation_routes;
 pub use pusher::pusher_handler;
 pub use tls::{Listener, ProxyProtocol};
+pub use uni::uni_routes;
 pub use websocket::{NotAnUpgrade, Upgrade, websocket_handler};

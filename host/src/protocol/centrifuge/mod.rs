@@ -8,6 +8,9 @@
 pub mod command;
 pub mod encode;
 pub mod protobuf;
+pub mod uni;
+
+pub use uni::CentrifugeUni;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,6 +37,11 @@ pub trait Codec: Wire + std::fmt::Debug {
         message: &[u8],
         binary: bool,
     ) -> Result<Vec<Result<Command, DecodeError>>, Disconnect>;
+    /// Whether the client only listens (sends its connect request and nothing after): its pings need no
+    /// answer.
+    fn unidirectional(&self) -> bool {
+        false
+    }
     /// The heartbeat ping.
     fn ping(&self) -> Frame;
     /// An error reply.

@@ -14,6 +14,7 @@
 //! deny_publish_code = 460            # publish: deny data containing the above with this code
 //! rpc_echo = true                    # rpc: reply with the request's data
 //! connect_user = "alice"             # connect: token "good" is allowed as this user
+//! connect_channels = ["news"]        # connect: ... and subscribed to these channels server-side
 //! connect_protocols = ["pusher"]     # connect: these protocols are allowed as connect_user, token or not
 //! deny_protocols = ["pusher"]        # connect: deny these protocols (with `deny_code`)
 //! access_deny = ["hidden:*"]         # history/presence: deny these channels (with `deny_code`)
@@ -53,6 +54,7 @@ struct Script {
     deny_publish_code: u32,
     rpc_echo: bool,
     connect_user: Option<String>,
+    connect_channels: Vec<String>,
     connect_protocols: Vec<String>,
     deny_protocols: Vec<String>,
     access_deny: Vec<String>,
@@ -74,6 +76,7 @@ impl Default for Script {
             deny_publish_code: 103,
             rpc_echo: false,
             connect_user: None,
+            connect_channels: Vec::new(),
             connect_protocols: Vec::new(),
             deny_protocols: Vec::new(),
             access_deny: Vec::new(),
@@ -129,7 +132,7 @@ impl Plugin for Scripted {
                 ConnectVerdict::Allow(ConnectAllow {
                     user: user.clone(),
                     info: None,
-                    channels: Vec::new(),
+                    channels: s.connect_channels.clone(),
                     expire_at: None,
                     data: None,
                 })
