@@ -393,7 +393,8 @@ async fn centrifuge_js_falls_back_to_each_emulated_transport() {
 
 /// centrifuge-js in headless Chromium without WebSocket falls back to HTTP streaming, and without
 /// streaming `fetch` to SSE, over HTTPS where the browser speaks HTTP/2: it receives every publication in
-/// order, publishes, and recovers after the server drops it (see `tests/e2e/js/browser-fallback.js`).
+/// order, publishes, and recovers after the server drops it; and a page with a plain `EventSource` on
+/// `uni_sse` receives what the server subscribes it to (see `tests/e2e/js/browser-fallback.js`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_without_websocket_falls_back_over_http2() {
     require_node(&["centrifuge", "puppeteer-core"]).await;

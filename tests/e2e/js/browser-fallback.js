@@ -3,7 +3,7 @@
 // bodies do not exist either (no ReadableStream), to SSE. For each: connect, subscribe, receive
 // publications, publish from the page, get dropped by the server (API disconnect 3011) and recover exactly
 // what was missed. Over HTTPS the browser uses HTTP/2 for the emulation's requests (checked in the page's
-// resource timing).
+// resource timing). Last, a page with only the browser's own EventSource on `uni_sse`.
 //
 // Env: HERALD_BASE_URL (https://127.0.0.1:port), HERALD_API_URL, HERALD_API_KEY, HERALD_CHANNEL; CHROMIUM
 // (default /usr/bin/chromium); HERALD_E2E_TIMEOUT (s, default 90). Node reaches the API over HTTPS with
@@ -107,6 +107,36 @@ async function run(browser, mode) {
   await page.close();
 }
 
+// A page with nothing but the browser's own EventSource on the unidirectional SSE endpoint: the server
+// subscribes it (API), it receives a publication, and the server's disconnect arrives as the last event.
+async function plainEventSource(browser) {
+  const page = await browser.newPage();
+  await page.goto(`${base}/health`, { waitUntil: 'load' });
+  await page.evaluate(() => {
+    window.pushes = [];
+    const source = new EventSource(`/connection/uni_sse?cf_connect=${encodeURIComponent('{}')}`);
+    source.onmessage = (event) => window.pushes.push(JSON.parse(event.data));
+    window.source = source;
+  });
+  const pushes = () => page.evaluate(() => window.pushes);
+  const until = (what, predicate) => page.waitForFunction(predicate, { timeout: 15000 })
+    .catch(async () => { throw new Error(`EventSource: no ${what}; pushes ${JSON.stringify(await pushes())}`); });
+  await until('connect push', () => window.pushes.some((p) => p.connect));
+  const client = (await pushes()).find((p) => p.connect).connect.client;
+  const name = `${channel}-plain`;
+  await apiCall(api, 'subscribe', { user: '', client, channel: name });
+  await until('subscribe push', () => window.pushes.some((p) => p.subscribe));
+  await apiCall(api, 'publish', { channel: name, data: { hello: 'EventSource' } });
+  await until('publication', () => window.pushes.some((p) => p.pub));
+  const publication = (await pushes()).find((p) => p.pub);
+  check(publication.channel === name && publication.pub.data.hello === 'EventSource',
+    `EventSource: ${JSON.stringify(publication)}`);
+  await apiCall(api, 'disconnect', { user: '', client, disconnect: { code: 3503, reason: 'bye' } });
+  await until('disconnect push', () => window.pushes.some((p) => p.disconnect));
+  await page.evaluate(() => window.source.close());
+  await page.close();
+}
+
 async function main() {
   const browser = await puppeteer.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -120,6 +150,8 @@ async function main() {
       await run(browser, mode);
       console.log(`${mode} ok`);
     }
+    await plainEventSource(browser);
+    console.log('plain EventSource on uni_sse ok');
   } finally {
     await browser.close();
   }
