@@ -1,6 +1,7 @@
 //! One subscriber connection: open a TCP socket from a chosen loopback source address, upgrade to
-//! WebSocket, subscribe in the chosen dialect, then receive until told to stop — recording every stamped
-//! delivery, answering heartbeats and sending what the publisher hands it. It never decides what to publish.
+//! WebSocket (or open an HTTP stream, see [`crate::stream`]), subscribe in the chosen dialect, then receive
+//! until told to stop — recording every stamped delivery, answering heartbeats and sending what the
+//! publisher hands it. It never decides what to publish.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::measure::Tally;
+use crate::stream::{StreamLink, Transport};
 use crate::wire::{self, Handshake, HandshakeState, Protocol};
 
 /// Everything one connection needs to open and subscribe.
@@ -37,6 +39,14 @@ pub(crate) struct Dial {
     pub channel_names: Vec<String>,
     /// Bound on connect + upgrade + subscribe.
     pub timeout: Duration,
+    /// WebSocket, or one of the HTTP streams.
+    pub transport: Transport,
+}
+
+/// An open, subscribed connection.
+pub(crate) enum Link {
+    WebSocket(Socket),
+    Stream(StreamLink),
 }
 
 type Socket = WebSocketStream<TcpStream>;
@@ -51,13 +61,54 @@ fn websocket_config() -> WebSocketConfig {
 }
 
 /// Opens the connection and completes the handshake; the error text goes into the report.
-pub(crate) async fn open(dial: &Dial) -> Result<Socket, String> {
-    match tokio::time::timeout(dial.timeout, open_unbounded(dial)).await {
+pub(crate) async fn open(dial: &Dial) -> Result<Link, String> {
+    let opening = async {
+        match dial.transport {
+            Transport::Websocket => open_unbounded(dial).await.map(Link::WebSocket),
+            transport => open_stream(dial, transport).await.map(Link::Stream),
+        }
+    };
+    match tokio::time::timeout(dial.timeout, opening).await {
         Ok(result) => result,
         Err(_) => Err(format!(
             "no subscription within {:?} (connect + upgrade + subscribe)",
             dial.timeout
         )),
+    }
+}
+
+/// `http://host:port` of the server a WebSocket URL names.
+fn http_base(url: &str) -> Result<String, String> {
+    let url = url::Url::parse(url).map_err(|e| format!("--url: {e}"))?;
+    let scheme = if url.scheme() == "wss" {
+        "https"
+    } else {
+        "http"
+    };
+    let host = url.host_str().unwrap_or("127.0.0.1");
+    let port = url.port_or_known_default().unwrap_or(80);
+    Ok(format!("{scheme}://{host}:{port}"))
+}
+
+/// Opens an HTTP stream with the connect and subscribe commands and reads until subscribed.
+async fn open_stream(dial: &Dial, transport: Transport) -> Result<StreamLink, String> {
+    let commands = wire::greeting(dial.protocol, &dial.channel_names)
+        .ok_or("HTTP streams speak the Centrifugo protocol")?;
+    let base = http_base(&dial.url)?;
+    let mut link = StreamLink::open(transport, &base, dial.source, &commands).await?;
+    let mut handshake = HandshakeState::new(dial.protocol, dial.channel_names.clone());
+    let mut state = handshake.initial();
+    let mut replies = Vec::new();
+    while state == Handshake::Pending {
+        let message = link.next().await?.ok_or("closed during subscribe")?;
+        state = handshake.on_frame(&message, &mut replies);
+        for reply in replies.drain(..) {
+            link.send(&reply).await?;
+        }
+    }
+    match state {
+        Handshake::Failed(reason) => Err(reason),
+        Handshake::Pending | Handshake::Subscribed => Ok(link),
     }
 }
 
@@ -122,12 +173,72 @@ async fn open_unbounded(dial: &Dial) -> Result<Socket, String> {
 
 /// Receives until `stop` fires or the server closes; `outgoing` carries frames the publisher wants sent.
 pub(crate) async fn run(
-    mut ws: Socket,
+    link: Link,
     dial: Dial,
     tally: Arc<Tally>,
-    mut outgoing: Option<mpsc::Receiver<String>>,
+    outgoing: Option<mpsc::Receiver<String>>,
     stop: CancellationToken,
 ) {
+    let ended = match link {
+        Link::WebSocket(ws) => run_websocket(ws, &dial, &tally, outgoing, &stop).await,
+        Link::Stream(stream) => run_stream(stream, &dial, &tally, outgoing, &stop).await,
+    };
+    if let Some(reason) = ended {
+        for &channel in &dial.channel_indexes {
+            tally.change_subscribers(channel, false);
+        }
+        if !stop.is_cancelled() {
+            tally.closed_early.fetch_add(1, Ordering::Relaxed);
+            tally.record_error(reason);
+        }
+    }
+}
+
+/// A stream's receive loop; why it ended early, if it did.
+async fn run_stream(
+    mut link: StreamLink,
+    dial: &Dial,
+    tally: &Tally,
+    mut outgoing: Option<mpsc::Receiver<String>>,
+    stop: &CancellationToken,
+) -> Option<String> {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            message = link.next() => match message {
+                Ok(Some(text)) => {
+                    let answer = wire::scan_frame(dial.protocol, &text, |stamp| {
+                        tally.record_delivery(dial.index, stamp);
+                    });
+                    if let Some(answer) = answer
+                        && let Err(e) = link.send(answer).await
+                    {
+                        return Some(format!("send heartbeat answer: {e}"));
+                    }
+                }
+                Ok(None) => return Some("stream ended".to_string()),
+                Err(e) => return Some(e),
+            },
+            frame = next_outgoing(&mut outgoing) => match frame {
+                Some(frame) => {
+                    if let Err(e) = link.send(&frame).await {
+                        return Some(format!("send publish: {e}"));
+                    }
+                }
+                None => outgoing = None,
+            },
+        }
+    }
+}
+
+/// A WebSocket's receive loop; why it ended early, if it did.
+async fn run_websocket(
+    mut ws: Socket,
+    dial: &Dial,
+    tally: &Tally,
+    mut outgoing: Option<mpsc::Receiver<String>>,
+    stop: &CancellationToken,
+) -> Option<String> {
     let protocol = dial.protocol;
     let shard = dial.index;
     let ended = loop {
@@ -169,17 +280,10 @@ pub(crate) async fn run(
             },
         }
     };
-    if let Some(reason) = ended {
-        for &channel in &dial.channel_indexes {
-            tally.change_subscribers(channel, false);
-        }
-        if !stop.is_cancelled() {
-            tally.closed_early.fetch_add(1, Ordering::Relaxed);
-            tally.record_error(reason);
-        }
-    } else {
+    if ended.is_none() {
         let _ = tokio::time::timeout(Duration::from_millis(200), ws.close(None)).await;
     }
+    ended
 }
 
 /// The next frame to publish, or never when this connection does not publish.

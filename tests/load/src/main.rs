@@ -24,6 +24,7 @@ mod measure;
 mod publisher;
 mod pusher_api;
 mod report;
+mod stream;
 mod wire;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -93,6 +94,10 @@ struct RunArgs {
     /// Dialect spoken to the server.
     #[arg(long, value_enum, default_value = "centrifuge")]
     protocol: Protocol,
+    /// How connections reach the server: WebSocket, or (Centrifugo protocol, Herald) HTTP streaming or
+    /// SSE, at the host and port of `--url`.
+    #[arg(long, value_enum, default_value = "websocket")]
+    transport: stream::Transport,
     /// WebSocket URL; `{channels}` is replaced by the connection's channels joined with commas (raw mode).
     /// Pusher mode: `ws://127.0.0.1:8000/app/<key>?protocol=7&client=herald-load&version=1`.
     #[arg(long, default_value = "ws://127.0.0.1:8000/connection/websocket")]
@@ -285,6 +290,11 @@ async fn run(args: &RunArgs) -> anyhow::Result<Report> {
     if args.sources == 0 {
         bail!("--sources must be at least 1");
     }
+    if args.transport != stream::Transport::Websocket && args.protocol != Protocol::Centrifuge {
+        bail!(
+            "--transport http-stream and sse speak the Centrifugo protocol (--protocol centrifuge)"
+        );
+    }
     if args.protocol == Protocol::Pusher
         && args.messages > 0
         && args.publish_from == Source::Clients
@@ -360,6 +370,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<Report> {
             channel_indexes,
             channel_names: names,
             timeout: Duration::from_secs_f64(args.connect_timeout),
+            transport: args.transport,
         };
         let tally = tally.clone();
         let stop = stop.clone();
@@ -368,8 +379,8 @@ async fn run(args: &RunArgs) -> anyhow::Result<Report> {
         tokio::spawn(async move {
             let outcome = connection::open(&dial).await;
             drop(permit);
-            let ws = match outcome {
-                Ok(ws) => ws,
+            let link = match outcome {
+                Ok(link) => link,
                 Err(error) => {
                     tally.failed.fetch_add(1, Ordering::Relaxed);
                     tally.record_error(error);
@@ -391,7 +402,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<Report> {
             };
             drop(publisher_tx);
             let _ = opened_tx.send(());
-            connection::run(ws, dial, tally, outgoing, stop).await;
+            connection::run(link, dial, tally, outgoing, stop).await;
         });
         attempts.push(opened_rx);
     }
