@@ -619,3 +619,33 @@ async fn uni_websocket_takes_one_request_and_pushes() {
     let value = next_push(&mut ws).await;
     assert_eq!(value["pub"]["data"], json!({"n": 2}), "{value}");
 }
+
+/// Plugins see which transport a connection came on: one that refuses `sse` refuses the SSE stream's
+/// connect (the stream then ends with the refusal) while HTTP streaming connects.
+#[tokio::test]
+async fn plugins_see_the_transport() {
+    let (_plugins, plugins) = herald_tests::scripted_plugin(
+        "id = \"s\"\nconnect_user = \"alice\"\ndeny_transports = [\"sse\", \"uni_sse\"]\ndeny_code = 3507\n",
+    );
+    let server = TestServer::start(&plugins).await;
+    let connect = r#"{"id":1,"connect":{"token":"good"}}"#;
+    let mut refused = Reader {
+        response: open(&server, Kind::Sse, connect, &[]).await,
+        buffered: String::new(),
+        kind: Kind::Sse,
+    };
+    let mut last = None;
+    while let Some(message) = refused.read_message().await {
+        last = Some(message);
+    }
+    assert_eq!(
+        last,
+        Some(
+            json!({"push": {"disconnect": {"code": 3507, "reason": "sse connections denied by s"}}})
+        )
+    );
+    let (_, uni_refused) = uni(&server, Kind::Sse, r#"{"token":"good"}"#).await;
+    assert_eq!(uni_refused["disconnect"]["code"], 3507, "{uni_refused}");
+    let (_client, result) = Emulated::connect(&server, Kind::HttpStream).await;
+    assert!(result["client"].is_string(), "{result}");
+}

@@ -87,7 +87,8 @@ impl ConnectRequest {
         }
     }
 
-    /// Sets the transport (`"websocket"`).
+    /// Sets the transport (`"websocket"`, `"http_stream"`, `"sse"`, `"uni_websocket"`, `"uni_http_stream"`,
+    /// `"uni_sse"`).
     pub fn transport(mut self, transport: impl Into<String>) -> Self {
         self.transport = transport.into();
         self

@@ -58,7 +58,7 @@ impl Session {
         refresh: bool,
     ) -> bindings::ConnectRequest {
         bindings::ConnectRequest {
-            transport: "websocket".into(),
+            transport: self.transport.into(),
             protocol: "centrifuge".into(),
             remote_addr: self.conn.remote.to_string(),
             headers: self.headers.to_vec(),

@@ -110,6 +110,8 @@ pub struct Session {
     transport_ping: bool,
     /// See [`ConnectionInfo::emulation`].
     emulation: Option<Arc<str>>,
+    /// See [`ConnectionInfo::transport`]; plugins see it in the connect request.
+    transport: &'static str,
     /// The upgrade request's headers and query, for the connect hook (a refresh runs it again).
     headers: Pairs,
     query: Pairs,
@@ -152,6 +154,7 @@ impl Session {
             codec,
             transport_ping,
             emulation,
+            transport,
             headers,
             query,
             state: State::Opened,

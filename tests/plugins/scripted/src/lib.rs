@@ -17,6 +17,7 @@
 //! connect_channels = ["news"]        # connect: ... and subscribed to these channels server-side
 //! connect_protocols = ["pusher"]     # connect: these protocols are allowed as connect_user, token or not
 //! deny_protocols = ["pusher"]        # connect: deny these protocols (with `deny_code`)
+//! deny_transports = ["sse"]          # connect: deny these transports (with `deny_code`)
 //! access_deny = ["hidden:*"]         # history/presence: deny these channels (with `deny_code`)
 //! fail_init = false                  # init: refuse to start
 //!
@@ -57,6 +58,7 @@ struct Script {
     connect_channels: Vec<String>,
     connect_protocols: Vec<String>,
     deny_protocols: Vec<String>,
+    deny_transports: Vec<String>,
     access_deny: Vec<String>,
     fail_init: bool,
     route: Option<RouteRule>,
@@ -79,6 +81,7 @@ impl Default for Script {
             connect_channels: Vec::new(),
             connect_protocols: Vec::new(),
             deny_protocols: Vec::new(),
+            deny_transports: Vec::new(),
             access_deny: Vec::new(),
             fail_init: false,
             route: None,
@@ -124,6 +127,12 @@ impl Plugin for Scripted {
             return ConnectVerdict::Deny(deny(
                 s.deny_code,
                 format!("{} connections denied by {}", request.protocol, s.id),
+            ));
+        }
+        if s.deny_transports.contains(&request.transport) {
+            return ConnectVerdict::Deny(deny(
+                s.deny_code,
+                format!("{} connections denied by {}", request.transport, s.id),
             ));
         }
         let by_protocol = s.connect_protocols.contains(&request.protocol);
