@@ -649,3 +649,22 @@ async fn plugins_see_the_transport() {
     let (_client, result) = Emulated::connect(&server, Kind::HttpStream).await;
     assert!(result["client"].is_string(), "{result}");
 }
+
+/// `uni_sse` also takes its request as a POST body (for clients that can post), still as SSE.
+#[tokio::test]
+async fn uni_sse_takes_a_posted_request() {
+    let server = TestServer::start("").await;
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/connection/uni_sse", server.addr))
+        .body("{}")
+        .send()
+        .await
+        .expect("open the stream");
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut stream = Reader {
+        response,
+        buffered: String::new(),
+        kind: Kind::Sse,
+    };
+    assert!(stream.next().await["connect"]["client"].is_string());
+}

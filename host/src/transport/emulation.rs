@@ -433,9 +433,7 @@ async fn emulation_handler(
     body: Bytes,
 ) -> Response {
     let headers = with_host(headers, &uri);
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    if !origin_allowed(origin, host, &node.config.websocket.allowed_origins) {
+    if !allowed(&node, &headers) {
         return refusal(&node, &headers, StatusCode::FORBIDDEN, "origin not allowed");
     }
     let request: EmulationRequest = match serde_json::from_slice(&body) {
@@ -496,9 +494,7 @@ pub(super) async fn preflight(
     headers: HeaderMap,
 ) -> Response {
     let headers = with_host(headers, &uri);
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    if !origin_allowed(origin, host, &node.config.websocket.allowed_origins) {
+    if !allowed(&node, &headers) {
         return StatusCode::FORBIDDEN.into_response();
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
@@ -531,6 +527,13 @@ pub(super) fn with_host(mut headers: HeaderMap, uri: &Uri) -> HeaderMap {
     headers
 }
 
+/// Whether the request's origin may use the emulation: the WebSocket upgrades' rule.
+fn allowed(node: &Node, request: &HeaderMap) -> bool {
+    let origin = request.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = request.get(header::HOST).and_then(|v| v.to_str().ok());
+    origin_allowed(origin, host, &node.config.websocket.allowed_origins)
+}
+
 /// Echoes an allowed request's `Origin` (the caller checked it), with credentials allowed: the SDKs send
 /// cookies to their own site, and a connect plugin may read them.
 fn allow_origin(response: &mut HeaderMap, request: &HeaderMap) {
@@ -549,9 +552,7 @@ fn allow_origin(response: &mut HeaderMap, request: &HeaderMap) {
 /// browser script can read it.
 fn refusal(node: &Node, request: &HeaderMap, status: StatusCode, reason: &str) -> Response {
     let mut response = (status, format!("{reason}\n")).into_response();
-    let origin = request.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let host = request.get(header::HOST).and_then(|v| v.to_str().ok());
-    if origin_allowed(origin, host, &node.config.websocket.allowed_origins) {
+    if allowed(node, request) {
         allow_origin(response.headers_mut(), request);
     }
     response

@@ -35,12 +35,12 @@ pub fn uni_routes(node: &Node) -> Router<Arc<Node>> {
         .route(
             "/connection/uni_sse",
             get(uni_sse_handler)
-                .post(uni_sse_post_handler)
+                .post(uni_posted_handler)
                 .options(preflight),
         )
         .route(
             "/connection/uni_http_stream",
-            post(uni_http_stream_handler).options(preflight),
+            post(uni_posted_handler).options(preflight),
         )
         .route("/connection/uni_websocket", get(uni_websocket_handler))
         .layer(DefaultBodyLimit::max(limit))
@@ -70,8 +70,9 @@ async fn uni_sse_handler(
     )
 }
 
-/// `POST /connection/uni_sse` with the connect request as body, for clients that can post.
-async fn uni_sse_post_handler(
+/// `POST /connection/uni_sse` (for clients that can post) and `POST /connection/uni_http_stream`, with the
+/// connect request as body; the path says how the stream is framed.
+async fn uni_posted_handler(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
@@ -79,6 +80,11 @@ async fn uni_sse_post_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let framing = if uri.path().ends_with("/uni_sse") {
+        Framing::Events
+    } else {
+        Framing::Lines
+    };
     let headers = with_host(headers, &uri);
     let query = query.as_deref();
     open(
@@ -88,29 +94,7 @@ async fn uni_sse_post_handler(
         &headers,
         query,
         body,
-        Framing::Events,
-    )
-}
-
-/// `POST /connection/uni_http_stream` with the connect request as body.
-async fn uni_http_stream_handler(
-    State(node): State<Arc<Node>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    RawQuery(query): RawQuery,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let headers = with_host(headers, &uri);
-    let query = query.as_deref();
-    open(
-        &node,
-        Mode::Unidirectional,
-        peer,
-        &headers,
-        query,
-        body,
-        Framing::Lines,
+        framing,
     )
 }
 
