@@ -250,23 +250,25 @@ pub(super) fn open(
     let mut connection = connection_info(remote, false, headers, query);
     connection.transport = framing.transport(&mode);
     let outbound = Arc::new(Outbound::new(node.config.client.max_queue_bytes));
-    let (sender, receiver) = mpsc::channel(WAITING_COMMANDS);
-    let (codec, held): (&'static dyn Codec, Held) = match mode {
+    let (codec, commands, later, registration): (&'static dyn Codec, _, _, _) = match mode {
         Mode::Emulated(emulations) => {
             let session: Arc<str> = uuid::Uuid::new_v4().to_string().into();
             connection.emulation = Some(session.clone());
+            let (sender, receiver) = mpsc::channel(WAITING_COMMANDS);
             let emulated = Emulated {
                 commands: sender,
                 outbound: outbound.clone(),
             };
             crate::sync::lock(&emulations.sessions).insert(session.clone(), emulated);
-            (&Centrifuge, Held::Registered(emulations, session))
+            (
+                &Centrifuge,
+                commands,
+                Some(receiver),
+                Some((emulations, session)),
+            )
         }
-        Mode::Unidirectional => (&CentrifugeUni, Held::Sender(sender)),
-    };
-    let commands = match held {
-        Held::Sender(_) => connect_command(&commands),
-        Held::Registered(..) => commands,
+        // Nothing comes after the request: the session ends when the stream closes its queue.
+        Mode::Unidirectional => (&CentrifugeUni, connect_command(&commands), None, None),
     };
     start_session(
         node,
@@ -274,12 +276,13 @@ pub(super) fn open(
         connection,
         codec,
         commands,
-        receiver,
+        later,
         slot,
     );
     let stream = Stream {
         outbound,
-        held,
+        codec,
+        registration,
         framing,
         batch: Batch::default(),
         ended: false,
@@ -301,23 +304,27 @@ pub(super) fn open(
 }
 
 /// Runs the session on its own task: its messages are the request's commands, then what emulation
-/// requests bring, until the stream is gone (the registry entry, and with it the sender, is dropped).
+/// requests bring (`later`; nothing for a unidirectional stream), until the stream is gone and closes the
+/// session's queue.
 fn start_session(
     node: &Arc<Node>,
     outbound: Arc<Outbound>,
     connection: crate::session::ConnectionInfo,
     codec: &'static dyn Codec,
     commands: Bytes,
-    receiver: mpsc::Receiver<Incoming>,
+    later: Option<mpsc::Receiver<Incoming>>,
     slot: Slot,
 ) {
     let tracked = node.clone();
     let node = node.clone();
     tracked.sessions.spawn(async move {
         let first = futures_util::stream::once(async move { Incoming::Text(commands) });
-        let rest = futures_util::stream::unfold(receiver, |mut receiver| async move {
-            let incoming = receiver.recv().await?;
-            Some((incoming, receiver))
+        let rest = futures_util::stream::unfold(later, |mut later| async move {
+            let incoming = match &mut later {
+                Some(receiver) => receiver.recv().await?,
+                None => std::future::pending().await,
+            };
+            Some((incoming, later))
         });
         Session::new(node, outbound.clone(), connection, codec)
             .run(first.chain(rest))
@@ -328,28 +335,17 @@ fn start_session(
     });
 }
 
-/// The response side of one emulated session. Dropped when the response ends or the client goes away:
-/// then the session's commands have nowhere to come from and it finishes.
+/// The response side of one streamed session. Dropped when the response ends or the client goes away:
+/// then it closes the session's queue (which ends the session) and takes it out of the registry.
 struct Stream {
     outbound: Arc<Outbound>,
-    held: Held,
+    /// The session's encoding, for the disconnect push that ends the stream.
+    codec: &'static dyn Codec,
+    /// An emulated session's registry and name (none for a unidirectional one).
+    registration: Option<(Arc<Emulations>, Arc<str>)>,
     framing: Framing,
     batch: Batch,
     ended: bool,
-}
-
-/// What keeps a stream's session fed until the stream is dropped.
-enum Held {
-    /// An emulated session: its registry entry, through which requests reach it.
-    Registered(Arc<Emulations>, Arc<str>),
-    /// A unidirectional one: the sender nobody sends on.
-    Sender(
-        #[expect(
-            dead_code,
-            reason = "held so the session's messages end with the stream"
-        )]
-        mpsc::Sender<Incoming>,
-    ),
 }
 
 /// A unidirectional client's connect request (`{"token":…,"subs":…}`, or nothing) as the connect command
@@ -379,13 +375,8 @@ impl Stream {
             if let Some(close) = self.batch.close.take() {
                 self.ended = true;
                 if close != Disconnect::CONNECTION_CLOSED {
-                    let push = match self.held {
-                        Held::Registered(..) => disconnect_push(&close),
-                        Held::Sender(_) => {
-                            crate::protocol::centrifuge::uni::disconnect_push(&close)
-                        }
-                    };
-                    self.framing.append(&mut out, &push);
+                    let push = self.codec.disconnect_push(&close);
+                    self.framing.append(&mut out, push.bytes());
                 }
             }
             if !out.is_empty() || self.ended {
@@ -397,19 +388,11 @@ impl Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        if let Held::Registered(emulations, session) = &self.held {
+        if let Some((emulations, session)) = &self.registration {
             crate::sync::lock(&emulations.sessions).remove(session);
         }
         self.outbound.close(Disconnect::CONNECTION_CLOSED);
     }
-}
-
-/// `{"push":{"disconnect":{"code":…,"reason":"…"}}}`: how a stream tells the client why it ends.
-fn disconnect_push(close: &Disconnect) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "push": {"disconnect": {"code": close.code, "reason": close.reason}}
-    }))
-    .unwrap_or_default()
 }
 
 /// An emulation request: commands for a session of a node.
@@ -587,15 +570,5 @@ mod tests {
         Framing::Events.append(&mut events, b"{\"a\":\n1}");
         Framing::Events.append(&mut events, b"{}");
         assert_eq!(&events[..], b"data: {\"a\":\ndata: 1}\n\ndata: {}\n\n");
-    }
-
-    #[test]
-    fn the_disconnect_push_says_why() {
-        let push = disconnect_push(&Disconnect::SHUTDOWN);
-        let value: serde_json::Value = serde_json::from_slice(&push).expect("JSON");
-        assert_eq!(
-            value,
-            serde_json::json!({"push": {"disconnect": {"code": 3001, "reason": "shutdown"}}})
-        );
     }
 }

@@ -156,7 +156,8 @@ impl FollowedPrimary {
         let mut channels = self.channels.lock().await;
         let result = self.manager().subscribe(channel).await;
         let result = Self::watch(&self.shared, result);
-        // Kept even when it failed: the engine undoes its count, and an unsubscribe follows a success only.
+        // Noted only once it succeeded: the engine undoes its count after a failure, so no unsubscribe
+        // follows and a new primary must not get it.
         if result.is_ok() {
             channels.insert(channel.to_owned());
         }
@@ -168,6 +169,32 @@ impl FollowedPrimary {
         channels.remove(channel);
         let result = self.manager().unsubscribe(channel).await;
         Self::watch(&self.shared, result)
+    }
+
+    pub(super) fn req_packed_command<'a>(&'a self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let result = self.manager().req_packed_command(cmd).await;
+            Self::watch(&self.shared, result)
+        })
+    }
+
+    pub(super) fn req_packed_commands<'a>(
+        &'a self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let result = self
+                .manager()
+                .req_packed_commands(pipeline, offset, count)
+                .await;
+            Self::watch(&self.shared, result)
+        })
+    }
+
+    pub(super) fn get_db(&self) -> i64 {
+        self.manager().get_db()
     }
 
     /// Asks the Sentinels until the primary they name answers; moves there if it is another server.
@@ -392,32 +419,4 @@ fn primary_may_have_moved(error: &RedisError) -> bool {
         || error.is_connection_refusal()
         || error.is_timeout()
         || error.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
-}
-
-impl FollowedPrimary {
-    pub(super) fn req_packed_command<'a>(&'a self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move {
-            let result = self.manager().req_packed_command(cmd).await;
-            Self::watch(&self.shared, result)
-        })
-    }
-
-    pub(super) fn req_packed_commands<'a>(
-        &'a self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move {
-            let result = self
-                .manager()
-                .req_packed_commands(pipeline, offset, count)
-                .await;
-            Self::watch(&self.shared, result)
-        })
-    }
-
-    pub(super) fn get_db(&self) -> i64 {
-        self.manager().get_db()
-    }
 }

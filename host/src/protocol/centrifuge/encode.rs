@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::disconnect::Disconnect;
 use crate::engine::{ClientInfo, Publication, StreamPosition};
 use crate::errors::ClientError;
 use crate::protocol::Frame;
@@ -279,6 +280,21 @@ fn write_subscribe_result(o: &mut Object<'_>, r: &SubscribeResult) {
     o.raw("data", r.data.as_ref());
 }
 
+/// `{"push":{"disconnect":{"code":…,"reason":"…"}}}`: why the server ends a connection whose transport has
+/// no close frame of its own (the HTTP streams).
+pub fn disconnect_push(disconnect: &Disconnect) -> Frame {
+    let mut out = Vec::with_capacity(64);
+    let mut o = Object::open(&mut out);
+    o.object("push", |p| {
+        p.object("disconnect", |d| {
+            d.u64("code", disconnect.code.into())
+                .str("reason", &disconnect.reason);
+        });
+    });
+    o.close();
+    Frame::new(out)
+}
+
 /// `{"id":N,"connect":{…}}`.
 pub fn connect_reply(id: u32, r: &ConnectResult) -> Frame {
     reply(id, "connect", |o| {
@@ -522,6 +538,14 @@ mod tests {
         assert_eq!(
             text(&error_reply(5, &ClientError::INTERNAL)),
             r#"{"id":5,"error":{"code":100,"message":"internal server error","temporary":true}}"#
+        );
+    }
+
+    #[test]
+    fn disconnect_push_golden() {
+        assert_eq!(
+            text(&disconnect_push(&Disconnect::SHUTDOWN)),
+            r#"{"push":{"disconnect":{"code":3001,"reason":"shutdown"}}}"#
         );
     }
 

@@ -75,6 +75,8 @@ pub trait Codec: Wire + std::fmt::Debug {
     fn unsubscribe_push(&self, channel: &str, code: u32, reason: &str) -> Frame;
     /// The server added a subscription.
     fn subscribe_push(&self, channel: &str, result: &SubscribeResult) -> Frame;
+    /// The server ends the connection: what a transport without close frames sends last.
+    fn disconnect_push(&self, disconnect: &Disconnect) -> Frame;
 }
 
 /// The Centrifugo protocol, JSON encoding.
@@ -195,6 +197,10 @@ impl Codec for Centrifuge {
 
     fn subscribe_push(&self, channel: &str, result: &SubscribeResult) -> Frame {
         encode::subscribe_push(channel, result)
+    }
+
+    fn disconnect_push(&self, disconnect: &Disconnect) -> Frame {
+        encode::disconnect_push(disconnect)
     }
 }
 
@@ -318,6 +324,10 @@ impl Codec for CentrifugeProtobuf {
 
     fn subscribe_push(&self, channel: &str, result: &SubscribeResult) -> Frame {
         protobuf::subscribe_push(channel, result)
+    }
+
+    fn disconnect_push(&self, disconnect: &Disconnect) -> Frame {
+        protobuf::disconnect_push(disconnect)
     }
 }
 

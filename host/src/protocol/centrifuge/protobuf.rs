@@ -19,6 +19,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use prost::Message as _;
 
+use crate::disconnect::Disconnect;
 use crate::engine::{ClientInfo, Publication, StreamPosition};
 use crate::errors::ClientError;
 use crate::protocol::{Frame, compact_json};
@@ -228,6 +229,16 @@ mod schema {
         pub(super) unsubscribe: Option<Unsubscribe>,
         #[prost(message, optional, tag = "9")]
         pub(super) subscribe: Option<Subscribe>,
+        #[prost(message, optional, tag = "11")]
+        pub(super) disconnect: Option<Disconnect>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Disconnect {
+        #[prost(uint32, tag = "1")]
+        pub(super) code: u32,
+        #[prost(string, tag = "2")]
+        pub(super) reason: String,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -731,6 +742,16 @@ pub fn unsubscribe_push(channel: &str, code: u32, reason: &str) -> Frame {
     })
 }
 
+/// Why the server ends a connection whose transport has no close frame of its own.
+pub fn disconnect_push(disconnect: &Disconnect) -> Frame {
+    push("", |push| {
+        push.disconnect = Some(schema::Disconnect {
+            code: disconnect.code.into(),
+            reason: disconnect.reason.to_string(),
+        });
+    })
+}
+
 /// A server-side subscription added at runtime.
 pub fn subscribe_push(channel: &str, r: &SubscribeResult) -> Frame {
     push(channel, |push| {
@@ -892,6 +913,18 @@ mod tests {
                 id: 3,
                 method: Method::Ping
             })]
+        );
+    }
+
+    #[test]
+    fn a_disconnect_push_carries_code_and_reason() {
+        let push = decoded_reply(&disconnect_push(&Disconnect::SHUTDOWN))
+            .push
+            .unwrap();
+        let disconnect = push.disconnect.unwrap();
+        assert_eq!(
+            (disconnect.code, disconnect.reason.as_str()),
+            (3001, "shutdown")
         );
     }
 

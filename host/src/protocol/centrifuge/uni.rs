@@ -54,14 +54,6 @@ fn unwrapped_reply(frame: &Frame) -> Frame {
     }
 }
 
-/// The disconnect a unidirectional stream ends with: `{"disconnect":{"code":…,"reason":"…"}}`.
-pub fn disconnect_push(disconnect: &Disconnect) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "disconnect": {"code": disconnect.code, "reason": disconnect.reason}
-    }))
-    .unwrap_or_default()
-}
-
 impl Wire for CentrifugeUni {
     fn publication(&self, channel: &str, publication: &Publication) -> Frame {
         unwrapped_push(&Centrifuge.publication(channel, publication))
@@ -175,6 +167,11 @@ impl Codec for CentrifugeUni {
     fn subscribe_push(&self, channel: &str, result: &SubscribeResult) -> Frame {
         unwrapped_push(&Centrifuge.subscribe_push(channel, result))
     }
+
+    /// `{"disconnect":{"code":…,"reason":"…"}}`.
+    fn disconnect_push(&self, disconnect: &Disconnect) -> Frame {
+        unwrapped_push(&Centrifuge.disconnect_push(disconnect))
+    }
 }
 
 #[cfg(test)]
@@ -212,8 +209,8 @@ mod tests {
         );
         assert_eq!(text(&CentrifugeUni.ping()), "{}");
         assert_eq!(
-            disconnect_push(&Disconnect::SHUTDOWN),
-            br#"{"disconnect":{"code":3001,"reason":"shutdown"}}"#
+            text(&CentrifugeUni.disconnect_push(&Disconnect::SHUTDOWN)),
+            r#"{"disconnect":{"code":3001,"reason":"shutdown"}}"#
         );
     }
 }
