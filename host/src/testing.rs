@@ -281,6 +281,9 @@ fn spawn(arguments: &[String], ready: &str) -> Option<Process> {
     Some(process)
 }
 
+/// How long a Sentinel set-up may take to reach a state (sync, discovery, a promotion).
+const SENTINEL_WAIT: Duration = Duration::from_secs(30);
+
 /// A primary, its replica and one Redis Sentinel watching them (quorum 1, a primary is judged down after
 /// 500 ms), so a test can fail the primary over.
 #[derive(Debug)]
@@ -324,7 +327,7 @@ impl RedisSentinel {
             None => RedisServer::start_with(&follow),
         };
         let cli = tls.map(RedisTls::cli_arguments).unwrap_or_default();
-        wait_until("the replica is in sync", || {
+        wait_until("the replica is in sync", SENTINEL_WAIT, || {
             redis_cli_with(&cli, replica.port, &["info", "replication"])
                 .contains("master_link_status:up")
         });
@@ -366,7 +369,7 @@ impl RedisSentinel {
                     cli,
                     _dir: dir,
                 };
-                wait_until("the Sentinel sees the replica", || {
+                wait_until("the Sentinel sees the replica", SENTINEL_WAIT, || {
                     let replicas = sentinel.cli(port, &["sentinel", "replicas", Self::MASTER]);
                     replicas.lines().any(|line| line == "slave")
                         && replicas.contains("master-link-status\nok")
@@ -414,7 +417,7 @@ impl RedisSentinel {
     /// Returns once the Sentinel names the replica as primary.
     pub fn await_failover(&self) {
         let replica = self.replica.port;
-        wait_until("the Sentinel promotes the replica", || {
+        wait_until("the Sentinel promotes the replica", SENTINEL_WAIT, || {
             self.primary_port() == replica
         });
     }
@@ -441,14 +444,11 @@ fn redis_cli_with(connection: &[String], port: u16, arguments: &[&str]) -> Strin
         .unwrap_or_default()
 }
 
-/// Polls `done` every 50 ms for up to 30 s: for state another process reaches on its own clock.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+/// Polls `done` every 50 ms for up to `within`: for state another process reaches on its own clock.
+fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
     while !done() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "timed out waiting until {what}"
-        );
+        assert!(started.elapsed() < within, "timed out waiting until {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -501,7 +501,7 @@ impl RedisCluster {
     fn wait_until_ready(&self) {
         // Slots propagate by gossip; a node answers `cluster_state:ok` once it sees all of them covered.
         for node in &self.nodes {
-            wait_until("the cluster is ready", || {
+            wait_until("the cluster is ready", Duration::from_secs(10), || {
                 redis_cli(node.port, &["cluster", "info"]).contains("cluster_state:ok")
             });
         }

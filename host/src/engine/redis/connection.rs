@@ -1,7 +1,6 @@
 //! Connections to Redis, one standalone server, the primary Sentinel names, or a Redis Cluster, behind one
-//! type: commands go through
-//! [`Connection`] (a [`ConnectionLike`], so scripts and pipelines work on both) and pub/sub through
-//! [`Connection::subscribe`], which uses sharded pub/sub on a cluster.
+//! type: commands go through [`Connection`] (a [`ConnectionLike`], so scripts and pipelines work on each)
+//! and pub/sub through [`Connection::subscribe`], which uses sharded pub/sub on a cluster.
 //!
 //! Both kinds reconnect by themselves and restore their subscriptions; pushes (messages, and a
 //! `Disconnection` when the link drops) reach the sender given at connect time. Only connections with a push
