@@ -23,9 +23,20 @@ struct Reader {
     response: reqwest::Response,
     buffered: String,
     kind: Kind,
+    /// The id of the last SSE event that had one (what a browser sends back as `Last-Event-ID`).
+    last_id: Option<String>,
 }
 
 impl Reader {
+    fn new(response: reqwest::Response, kind: Kind) -> Self {
+        Self {
+            response,
+            buffered: String::new(),
+            kind,
+            last_id: None,
+        }
+    }
+
     /// The next message, or `None` when the stream ended.
     async fn read_message(&mut self) -> Option<Value> {
         let separator = match self.kind {
@@ -35,6 +46,9 @@ impl Reader {
         loop {
             if let Some(end) = self.buffered.find(separator) {
                 let item: String = self.buffered.drain(..end + separator.len()).collect();
+                if let Some(id) = item.lines().find_map(|line| line.strip_prefix("id: ")) {
+                    self.last_id = Some(id.to_owned());
+                }
                 let text = match self.kind {
                     Kind::HttpStream => item.trim_end().to_owned(),
                     Kind::Sse => item
@@ -73,11 +87,7 @@ impl Emulated {
         assert_eq!(headers["cache-control"], "no-cache");
         assert_eq!(headers["x-accel-buffering"], "no");
         let mut client = Self {
-            stream: Reader {
-                response,
-                buffered: String::new(),
-                kind,
-            },
+            stream: Reader::new(response, kind),
             session: String::new(),
             node: String::new(),
             base: format!("http://{}", server.addr),
@@ -360,12 +370,17 @@ async fn commands_posted_to_another_node_reach_the_session() {
 }
 
 /// centrifuge-js with WebSocket unavailable falls back to HTTP streaming, and with that unavailable too,
-/// to SSE: connects, subscribes, receives, publishes, and recovers after the server drops it.
+/// to SSE: connects, subscribes, receives, publishes, and recovers after the server drops it; its
+/// Protobuf build over HTTP streaming too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn centrifuge_js_falls_back_to_each_emulated_transport() {
     require_node(&["centrifuge", "ws", "eventsource"]).await;
     let server = TestServer::start(PUBLISHING).await;
-    for transport in ["http_stream", "sse"] {
+    for (transport, protocol) in [
+        ("http_stream", "json"),
+        ("sse", "json"),
+        ("http_stream", "protobuf"),
+    ] {
         let output = tokio::time::timeout(
             Duration::from_secs(60),
             tokio::process::Command::new("node")
@@ -374,8 +389,9 @@ async fn centrifuge_js_falls_back_to_each_emulated_transport() {
                 .env("HERALD_BASE_URL", format!("http://{}", server.addr))
                 .env("HERALD_API_URL", server.api_url())
                 .env("HERALD_API_KEY", API_KEY)
-                .env("HERALD_CHANNEL", format!("fallback-{transport}"))
+                .env("HERALD_CHANNEL", format!("fallback-{transport}-{protocol}"))
                 .env("HERALD_TRANSPORT", transport)
+                .env("HERALD_PROTOCOL", protocol)
                 .output(),
         )
         .await
@@ -384,7 +400,7 @@ async fn centrifuge_js_falls_back_to_each_emulated_transport() {
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success() && stdout.contains("PASS"),
-            "{transport}: {}\n{stdout}\n{}",
+            "{transport} ({protocol}): {}\n{stdout}\n{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
@@ -394,7 +410,8 @@ async fn centrifuge_js_falls_back_to_each_emulated_transport() {
 /// centrifuge-js in headless Chromium without WebSocket falls back to HTTP streaming, and without
 /// streaming `fetch` to SSE, over HTTPS where the browser speaks HTTP/2: it receives every publication in
 /// order, publishes, and recovers after the server drops it; and a page with a plain `EventSource` on
-/// `uni_sse` receives what the server subscribes it to (see `tests/e2e/js/browser-fallback.js`).
+/// `uni_sse` receives what the connect plugin subscribes it to, and recovers by itself through
+/// `Last-Event-ID` (see `tests/e2e/js/browser-fallback.js`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_without_websocket_falls_back_over_http2() {
     require_node(&["centrifuge", "puppeteer-core"]).await;
@@ -407,8 +424,12 @@ async fn chromium_without_websocket_falls_back_over_http2() {
     let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_file, cert.pem()).expect("write the certificate");
     std::fs::write(&key_file, key.serialize_pem()).expect("write the key");
+    // Token `good` is alice, subscribed to `browser-plain`; other connects pass to the defaults.
+    let (_plugins, plugins) = herald_tests::scripted_plugin(
+        "id = \"s\"\nconnect_user = \"alice\"\nconnect_channels = [\"browser-plain\"]\n",
+    );
     let server = TestServer::start(&format!(
-        "{PUBLISHING}\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+        "{plugins}{PUBLISHING}\nforce_recovery = true\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
         cert_file.display().to_string(),
         key_file.display().to_string()
     ))
@@ -446,11 +467,7 @@ async fn uni(server: &TestServer, kind: Kind, request: &str) -> (Reader, Value) 
     .await
     .expect("open the stream");
     assert_eq!(response.status(), 200);
-    let mut reader = Reader {
-        response,
-        buffered: String::new(),
-        kind,
-    };
+    let mut reader = Reader::new(response, kind);
     let connect = reader.next().await;
     (reader, connect)
 }
@@ -629,11 +646,7 @@ async fn plugins_see_the_transport() {
     );
     let server = TestServer::start(&plugins).await;
     let connect = r#"{"id":1,"connect":{"token":"good"}}"#;
-    let mut refused = Reader {
-        response: open(&server, Kind::Sse, connect, &[]).await,
-        buffered: String::new(),
-        kind: Kind::Sse,
-    };
+    let mut refused = Reader::new(open(&server, Kind::Sse, connect, &[]).await, Kind::Sse);
     let mut last = None;
     while let Some(message) = refused.read_message().await {
         last = Some(message);
@@ -661,10 +674,85 @@ async fn uni_sse_takes_a_posted_request() {
         .await
         .expect("open the stream");
     assert_eq!(response.headers()["content-type"], "text/event-stream");
-    let mut stream = Reader {
-        response,
-        buffered: String::new(),
-        kind: Kind::Sse,
-    };
+    let mut stream = Reader::new(response, Kind::Sse);
     assert!(stream.next().await["connect"]["client"].is_string());
+}
+
+/// A plain `EventSource` keeps no positions, so the server writes them into each SSE event's id (every
+/// recoverable channel's offset and epoch), and a reconnect naming the last one in `Last-Event-ID`
+/// recovers what was missed on each channel, even with the first connect's `cf_connect` unchanged.
+#[tokio::test]
+async fn uni_sse_recovers_from_the_last_event_id() {
+    let (_plugins, plugins) = herald_tests::scripted_plugin(
+        "id = \"s\"\nconnect_user = \"alice\"\nconnect_channels = [\"news\", \"a&b\"]\n",
+    );
+    let server = TestServer::start(&format!(
+        "{plugins}[channel.defaults]\nforce_recovery = true\n"
+    ))
+    .await;
+    let request = r#"{"token":"good"}"#;
+    let (mut stream, connect) = uni(&server, Kind::Sse, request).await;
+    let client = connect["connect"]["client"]
+        .as_str()
+        .expect("client id")
+        .to_owned();
+    let mut epochs = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let subscribed = stream.next().await;
+        let channel = subscribed["channel"]
+            .as_str()
+            .expect("a channel")
+            .to_owned();
+        epochs.insert(channel, subscribed["subscribe"]["epoch"].clone());
+    }
+    server.publish("news", json!({"n": 1})).await;
+    server.publish("a&b", json!({"n": "x"})).await;
+    assert_eq!(stream.next().await["pub"]["data"], json!({"n": 1}));
+    assert_eq!(stream.next().await["pub"]["data"], json!({"n": "x"}));
+    let id = stream.last_id.clone().expect("events carry ids");
+    assert_eq!(
+        id,
+        format!(
+            "a%26b=1.{}&news=1.{}",
+            epochs["a&b"].as_str().unwrap(),
+            epochs["news"].as_str().unwrap()
+        )
+    );
+    let (status, body) = server
+        .api(
+            "disconnect",
+            json!({"user": "alice", "client": client, "disconnect": {"code": 3011, "reason": "again"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    while stream.read_message().await.is_some() {}
+
+    server.publish("news", json!({"n": 2})).await;
+    server.publish("a&b", json!({"n": "y"})).await;
+    server.publish("news", json!({"n": 3})).await;
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/connection/uni_sse", server.addr))
+        .query(&[("cf_connect", request)])
+        .header("Last-Event-ID", &id)
+        .send()
+        .await
+        .expect("reopen the stream");
+    let mut stream = Reader::new(response, Kind::Sse);
+    assert!(stream.next().await["connect"].is_object());
+    let mut recovered = Vec::new();
+    while recovered.len() < 3 {
+        let push = stream.next().await;
+        if push["pub"].is_object() {
+            recovered.push((push["channel"].clone(), push["pub"]["data"].clone()));
+        }
+    }
+    recovered.sort_by_key(|(channel, _)| channel.to_string());
+    assert_eq!(
+        recovered,
+        [
+            (json!("a&b"), json!({"n": "y"})),
+            (json!("news"), json!({"n": 2})),
+            (json!("news"), json!({"n": 3})),
+        ]
+    );
 }

@@ -220,13 +220,18 @@ async fn centrifuge_python_fails_over_through_nginx() {
 
 /// centrifuge-js on HTTP streaming and on SSE through nginx's round-robin, without sticky sessions: the
 /// stream stays on one node while the commands land on either, and the node that does not hold the session
-/// passes them on through Redis. Connect, subscribe, publish, a server-side disconnect and recovery.
+/// passes them on through Redis. Connect, subscribe, publish, a server-side disconnect and recovery; the
+/// Protobuf build's commands too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn centrifuge_js_emulation_needs_no_sticky_sessions() {
     require_node(&["centrifuge", "ws", "eventsource"]).await;
     let redis = RedisServer::start();
     let (_nodes, nginx) = cluster_behind_nginx(&redis).await;
-    for transport in ["http_stream", "sse"] {
+    for (transport, protocol) in [
+        ("http_stream", "json"),
+        ("sse", "json"),
+        ("http_stream", "protobuf"),
+    ] {
         let run = SdkScript::start(
             "node",
             "tests/e2e/js/emulation.js",
@@ -234,8 +239,9 @@ async fn centrifuge_js_emulation_needs_no_sticky_sessions() {
                 ("HERALD_BASE_URL", format!("http://{}", nginx.addr)),
                 ("HERALD_API_URL", nginx.api_url()),
                 ("HERALD_API_KEY", API_KEY.to_owned()),
-                ("HERALD_CHANNEL", format!("balanced-{transport}")),
+                ("HERALD_CHANNEL", format!("balanced-{transport}-{protocol}")),
                 ("HERALD_TRANSPORT", transport.to_owned()),
+                ("HERALD_PROTOCOL", protocol.to_owned()),
             ],
         );
         run.assert_passes().await;

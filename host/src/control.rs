@@ -40,7 +40,9 @@ pub struct Emulated {
     /// The session's name.
     pub session: String,
     /// The commands, as the client sent them.
-    pub data: String,
+    pub data: Bytes,
+    /// Whether they are Protobuf (else JSON text).
+    pub binary: bool,
 }
 
 /// Sends client commands to the node holding their emulated session.
@@ -49,7 +51,8 @@ pub async fn send_to_node(
     node_id: &str,
     emulated: &Emulated,
 ) -> Result<(), EngineError> {
-    let data = serde_json::to_vec(emulated).expect("commands serialise");
+    // MessagePack, as the commands may be Protobuf bytes.
+    let data = rmp_serde::to_vec_named(emulated).expect("commands serialise");
     let publication = Publication {
         data: Bytes::from(data),
         ..Publication::default()
@@ -67,8 +70,9 @@ pub async fn send_to_node(
 /// Takes client commands for the emulated sessions of this node (the HTTP emulation transport, which
 /// registers itself with [`Router::serve_emulation`]).
 pub trait EmulationSink: Send + Sync + std::fmt::Debug {
-    /// Hands `data` to the session named `session`, if this node holds it.
-    fn deliver(&self, session: &str, data: Bytes);
+    /// Hands `data` (Protobuf when `binary`, else JSON text) to the session named `session`, if this node
+    /// holds it.
+    fn deliver(&self, session: &str, data: Bytes, binary: bool);
 }
 
 /// Which connections a command is for: a user's (`""` is every anonymous connection), or one of them.
@@ -193,9 +197,9 @@ impl BrokerEventHandler for Router {
             apply(&self.hub, &publication);
         } else if channel.starts_with(NODE_CHANNEL_PREFIX) {
             let sink = crate::sync::lock(&self.emulation).clone();
-            match (serde_json::from_slice::<Emulated>(&publication.data), sink) {
+            match (rmp_serde::from_slice::<Emulated>(&publication.data), sink) {
                 (Ok(emulated), Some(sink)) => {
-                    sink.deliver(&emulated.session, Bytes::from(emulated.data));
+                    sink.deliver(&emulated.session, emulated.data, emulated.binary);
                 }
                 (Err(error), _) => tracing::warn!(%error, "unreadable emulation command ignored"),
                 (Ok(_), None) => {}

@@ -36,7 +36,9 @@ use crate::disconnect::Disconnect;
 use crate::limits::Slot;
 use crate::node::Node;
 use crate::outbound::{Batch, Outbound, Outgoing};
-use crate::protocol::centrifuge::{Centrifuge, CentrifugeUni, Codec};
+use crate::protocol::Frame;
+use crate::protocol::centrifuge::emulation::EmulationRequest;
+use crate::protocol::centrifuge::{Centrifuge, CentrifugeProtobuf, CentrifugeUni, Codec, uni};
 use crate::session::{Incoming, Session};
 
 /// Client commands waiting for their session, per session: a client that posts to this node faster than
@@ -65,15 +67,24 @@ impl Emulations {
 }
 
 impl EmulationSink for Emulations {
-    fn deliver(&self, session: &str, data: Bytes) {
+    fn deliver(&self, session: &str, data: Bytes, binary: bool) {
         let Some(emulated) = self.session(session) else {
             return;
         };
         if let Err(mpsc::error::TrySendError::Full(_)) =
-            emulated.commands.try_send(Incoming::Text(data))
+            emulated.commands.try_send(incoming(data, binary))
         {
             emulated.outbound.close(Disconnect::TOO_MANY_REQUESTS);
         }
+    }
+}
+
+/// A client message as the session reads it.
+fn incoming(data: Bytes, binary: bool) -> Incoming {
+    if binary {
+        Incoming::Binary(data)
+    } else {
+        Incoming::Text(data)
     }
 }
 
@@ -97,7 +108,7 @@ pub fn emulation_routes(node: &Node) -> Router<Arc<Node>> {
 /// How the stream frames each message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Framing {
-    /// One JSON message per line (`http_stream`).
+    /// One JSON message per line, or Protobuf's own length-delimited messages (`http_stream`).
     Lines,
     /// One Server-Sent Event per message (`sse`).
     Events,
@@ -114,21 +125,30 @@ impl Framing {
         }
     }
 
-    fn content_type(self) -> &'static str {
+    fn content_type(self, binary: bool) -> &'static str {
         match self {
+            Self::Lines if binary => "application/octet-stream",
             Self::Lines => "application/json",
             Self::Events => "text/event-stream",
         }
     }
 
-    /// Appends `message` (one JSON text, which holds no raw line breaks) in this framing.
-    fn append(self, out: &mut BytesMut, message: &[u8]) {
+    /// Appends `frame` in this framing: a JSON text (which holds no raw line breaks) as a line or an
+    /// event (with `id` as the event's id); a Protobuf frame as it is, already length-delimited.
+    fn append(self, out: &mut BytesMut, frame: &Frame, id: Option<&str>) {
+        let message = frame.bytes();
         match self {
+            Self::Lines if frame.is_binary() => out.extend_from_slice(message),
             Self::Lines => {
                 out.extend_from_slice(message);
                 out.extend_from_slice(b"\n");
             }
             Self::Events => {
+                if let Some(id) = id {
+                    out.extend_from_slice(b"id: ");
+                    out.extend_from_slice(id.as_bytes());
+                    out.extend_from_slice(b"\n");
+                }
                 for line in message.split(|&byte| byte == b'\n') {
                     out.extend_from_slice(b"data: ");
                     out.extend_from_slice(line);
@@ -219,17 +239,25 @@ pub(super) fn open(
     commands: Bytes,
     framing: Framing,
 ) -> Response {
-    if asks_protobuf(headers, query) {
+    // centrifuge-js speaks Protobuf over HTTP streaming only: SSE is text, the unidirectional protocol JSON.
+    let binary = asks_protobuf(headers, query);
+    if binary && (framing == Framing::Events || matches!(mode, Mode::Unidirectional)) {
         return refusal(
             node,
             headers,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "HTTP streaming and SSE speak JSON; use WebSocket for Protobuf",
+            "SSE and unidirectional streams speak JSON; Protobuf goes over http_stream or WebSocket",
         );
     }
     let (remote, slot) = match admit(node, peer, headers) {
         Ok(admitted) => admitted,
         Err((status, reason)) => return refusal(node, headers, status, &reason),
+    };
+    // A browser's EventSource reconnecting on its own names where it was in `Last-Event-ID`.
+    let positioned = matches!(mode, Mode::Unidirectional) && framing == Framing::Events;
+    let commands = match headers.get("last-event-id") {
+        Some(id) if positioned => uni::with_last_event_id(&commands, id.to_str().unwrap_or("")),
+        _ => commands,
     };
     if commands.len() > node.config.websocket.max_message_size {
         return refusal(
@@ -239,7 +267,7 @@ pub(super) fn open(
             "the connect command is over websocket.max_message_size",
         );
     }
-    if std::str::from_utf8(&commands).is_err() {
+    if !binary && std::str::from_utf8(&commands).is_err() {
         return refusal(
             node,
             headers,
@@ -250,6 +278,7 @@ pub(super) fn open(
     let mut connection = connection_info(remote, false, headers, query);
     connection.transport = framing.transport(&mode);
     let outbound = Arc::new(Outbound::new(node.config.client.max_queue_bytes));
+    let positions = positioned.then(|| uni::Positions::asked(&commands));
     let (codec, commands, later, registration): (&'static dyn Codec, _, _, _) = match mode {
         Mode::Emulated(emulations) => {
             let session: Arc<str> = uuid::Uuid::new_v4().to_string().into();
@@ -260,15 +289,25 @@ pub(super) fn open(
                 outbound: outbound.clone(),
             };
             crate::sync::lock(&emulations.sessions).insert(session.clone(), emulated);
+            let codec: &'static dyn Codec = if binary {
+                &CentrifugeProtobuf
+            } else {
+                &Centrifuge
+            };
             (
-                &Centrifuge,
-                commands,
+                codec,
+                incoming(commands, binary),
                 Some(receiver),
                 Some((emulations, session)),
             )
         }
         // Nothing comes after the request: the session ends when the stream closes its queue.
-        Mode::Unidirectional => (&CentrifugeUni, connect_command(&commands), None, None),
+        Mode::Unidirectional => (
+            &CentrifugeUni,
+            Incoming::Text(connect_command(&commands)),
+            None,
+            None,
+        ),
     };
     start_session(
         node,
@@ -283,6 +322,7 @@ pub(super) fn open(
         outbound,
         codec,
         registration,
+        positions,
         framing,
         batch: Batch::default(),
         ended: false,
@@ -295,7 +335,7 @@ pub(super) fn open(
     let response_headers = response.headers_mut();
     response_headers.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(framing.content_type()),
+        HeaderValue::from_static(framing.content_type(binary)),
     );
     response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response_headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
@@ -311,14 +351,14 @@ fn start_session(
     outbound: Arc<Outbound>,
     connection: crate::session::ConnectionInfo,
     codec: &'static dyn Codec,
-    commands: Bytes,
+    commands: Incoming,
     later: Option<mpsc::Receiver<Incoming>>,
     slot: Slot,
 ) {
     let tracked = node.clone();
     let node = node.clone();
     tracked.sessions.spawn(async move {
-        let first = futures_util::stream::once(async move { Incoming::Text(commands) });
+        let first = futures_util::stream::once(async move { commands });
         let rest = futures_util::stream::unfold(later, |mut later| async move {
             let incoming = match &mut later {
                 Some(receiver) => receiver.recv().await?,
@@ -343,6 +383,8 @@ struct Stream {
     codec: &'static dyn Codec,
     /// An emulated session's registry and name (none for a unidirectional one).
     registration: Option<(Arc<Emulations>, Arc<str>)>,
+    /// Where a unidirectional SSE client is, written as each event's id.
+    positions: Option<uni::Positions>,
     framing: Framing,
     batch: Batch,
     ended: bool,
@@ -367,7 +409,13 @@ impl Stream {
             let mut out = BytesMut::new();
             for item in self.batch.items.drain(..) {
                 match item {
-                    Outgoing::Frame(frame) => self.framing.append(&mut out, frame.bytes()),
+                    Outgoing::Frame(frame) => {
+                        let positions = self.positions.as_mut();
+                        let id = positions
+                            .and_then(|p| p.observe(frame.bytes()).then(|| p.event_id()))
+                            .flatten();
+                        self.framing.append(&mut out, &frame, id.as_deref());
+                    }
                     // Pings are protocol messages here; these belong to WebSocket.
                     Outgoing::TransportPing | Outgoing::Raw(_) => {}
                 }
@@ -376,7 +424,7 @@ impl Stream {
                 self.ended = true;
                 if close != Disconnect::CONNECTION_CLOSED {
                     let push = self.codec.disconnect_push(&close);
-                    self.framing.append(&mut out, push.bytes());
+                    self.framing.append(&mut out, &push, None);
                 }
             }
             if !out.is_empty() || self.ended {
@@ -395,16 +443,6 @@ impl Drop for Stream {
     }
 }
 
-/// An emulation request: commands for a session of a node.
-#[derive(Debug, Deserialize)]
-struct EmulationRequest {
-    session: String,
-    #[serde(default)]
-    node: String,
-    /// The commands, newline-separated JSON: a string (as centrifuge-js sends them) or the JSON itself.
-    data: serde_json::Value,
-}
-
 /// `POST /emulation`: hands the commands to the session, here or through the engine on the node holding
 /// it; `204` once they are on their way, or when the session is gone from this node (its stream has ended
 /// or ends now); `503` when they cannot be passed on (the engine is unreachable).
@@ -419,7 +457,7 @@ async fn emulation_handler(
     if !allowed(&node, &headers) {
         return refusal(&node, &headers, StatusCode::FORBIDDEN, "origin not allowed");
     }
-    let request: EmulationRequest = match serde_json::from_slice(&body) {
+    let request = match EmulationRequest::decode(&body, asks_protobuf(&headers, None)) {
         Ok(request) => request,
         Err(error) => {
             let reason = format!("not an emulation request: {error}");
@@ -435,10 +473,7 @@ async fn emulation_handler(
             "not a session or node of this server",
         );
     }
-    let commands = match request.data {
-        serde_json::Value::String(text) => Bytes::from(text),
-        other => Bytes::from(other.to_string()),
-    };
+    let commands = request.data;
     if commands.len() > node.config.websocket.max_message_size {
         return refusal(
             &node,
@@ -450,13 +485,16 @@ async fn emulation_handler(
     match emulations.session(&request.session) {
         Some(emulated) => {
             // A closed channel is a session that just ended: its stream ends too.
-            let _ = emulated.commands.send(Incoming::Text(commands)).await;
+            let _ = emulated
+                .commands
+                .send(incoming(commands, request.binary))
+                .await;
         }
         None if !request.node.is_empty() && request.node != node.id => {
-            let text = String::from_utf8_lossy(&commands).into_owned();
             let emulated = crate::control::Emulated {
                 session: request.session,
-                data: text,
+                data: commands,
+                binary: request.binary,
             };
             if let Err(error) = send_to_node(&*node.engine.broker, &request.node, &emulated).await {
                 let reason = format!("cannot reach the session's node: {error}");
@@ -560,15 +598,22 @@ mod tests {
 
     #[test]
     fn each_framing_keeps_messages_apart() {
+        let text = |text: &str| Frame::new(text.as_bytes().to_vec());
         let mut lines = BytesMut::new();
-        Framing::Lines.append(&mut lines, br#"{"id":1}"#);
-        Framing::Lines.append(&mut lines, b"{}");
+        Framing::Lines.append(&mut lines, &text(r#"{"id":1}"#), Some("ignored"));
+        Framing::Lines.append(&mut lines, &text("{}"), None);
         assert_eq!(&lines[..], b"{\"id\":1}\n{}\n");
+        // Protobuf frames are length-delimited already.
+        Framing::Lines.append(&mut lines, &Frame::binary(vec![1, 8]), None);
+        assert_eq!(&lines[lines.len() - 2..], &[1, 8]);
         // A line break inside a message (none in compact JSON, but nothing may end an event early) becomes
         // a second `data:` line of the same event.
         let mut events = BytesMut::new();
-        Framing::Events.append(&mut events, b"{\"a\":\n1}");
-        Framing::Events.append(&mut events, b"{}");
-        assert_eq!(&events[..], b"data: {\"a\":\ndata: 1}\n\ndata: {}\n\n");
+        Framing::Events.append(&mut events, &text("{\"a\":\n1}"), None);
+        Framing::Events.append(&mut events, &text("{}"), Some("a=1.e"));
+        assert_eq!(
+            &events[..],
+            b"data: {\"a\":\ndata: 1}\n\nid: a=1.e\ndata: {}\n\n"
+        );
     }
 }

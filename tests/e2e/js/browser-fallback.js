@@ -107,32 +107,52 @@ async function run(browser, mode) {
   await page.close();
 }
 
-// A page with nothing but the browser's own EventSource on the unidirectional SSE endpoint: the server
-// subscribes it (API), it receives a publication, and the server's disconnect arrives as the last event.
+// A page with nothing but the browser's own EventSource on the unidirectional SSE endpoint: the connect
+// plugin subscribes it to `${channel}-plain` (the test's config) and the server API to another channel; it
+// receives publications; the server drops it (code 3011) and publishes while it is away; the EventSource
+// reconnects by itself with `Last-Event-ID`, which recovers what it missed, in order; last, a disconnect
+// without reconnect arrives as the last event.
 async function plainEventSource(browser) {
   const page = await browser.newPage();
   await page.goto(`${base}/health`, { waitUntil: 'load' });
   await page.evaluate(() => {
     window.pushes = [];
-    const source = new EventSource(`/connection/uni_sse?cf_connect=${encodeURIComponent('{}')}`);
-    source.onmessage = (event) => window.pushes.push(JSON.parse(event.data));
+    const request = encodeURIComponent(JSON.stringify({ token: 'good' }));
+    const source = new EventSource(`/connection/uni_sse?cf_connect=${request}`);
+    source.onmessage = (event) => window.pushes.push({ ...JSON.parse(event.data), id: event.lastEventId });
     window.source = source;
   });
   const pushes = () => page.evaluate(() => window.pushes);
-  const until = (what, predicate) => page.waitForFunction(predicate, { timeout: 15000 })
+  const until = (what, predicate, arg) => page.waitForFunction(predicate, { timeout: 15000 }, arg)
     .catch(async () => { throw new Error(`EventSource: no ${what}; pushes ${JSON.stringify(await pushes())}`); });
+  const name = `${channel}-plain`;
   await until('connect push', () => window.pushes.some((p) => p.connect));
   const client = (await pushes()).find((p) => p.connect).connect.client;
-  const name = `${channel}-plain`;
-  await apiCall(api, 'subscribe', { user: '', client, channel: name });
-  await until('subscribe push', () => window.pushes.some((p) => p.subscribe));
-  await apiCall(api, 'publish', { channel: name, data: { hello: 'EventSource' } });
+  await until('subscribe push', (name) => window.pushes.some((p) => p.subscribe && p.channel === name), name);
+  await apiCall(api, 'publish', { channel: name, data: { n: 1 } });
   await until('publication', () => window.pushes.some((p) => p.pub));
   const publication = (await pushes()).find((p) => p.pub);
-  check(publication.channel === name && publication.pub.data.hello === 'EventSource',
-    `EventSource: ${JSON.stringify(publication)}`);
-  await apiCall(api, 'disconnect', { user: '', client, disconnect: { code: 3503, reason: 'bye' } });
-  await until('disconnect push', () => window.pushes.some((p) => p.disconnect));
+  check(publication.channel === name && publication.pub.data.n === 1, `EventSource: ${JSON.stringify(publication)}`);
+  check(publication.id.startsWith(`${name}=${publication.pub.offset}.`), `event id ${publication.id}`);
+
+  await apiCall(api, 'disconnect', { user: 'alice', client, disconnect: { code: 3011, reason: 'come back' } });
+  for (let n = 2; n <= 3; n += 1) {
+    await apiCall(api, 'publish', { channel: name, data: { n } });
+  }
+  await until('the reconnect', () => window.pushes.filter((p) => p.connect).length === 2);
+  await until('recovered publications', () => window.pushes.filter((p) => p.pub).length === 3);
+  const all = await pushes();
+  const again = all.filter((p) => p.connect)[1].connect.client;
+  check(again !== client, 'the same client after the reconnect');
+  const resubscribed = all.slice(all.findIndex((p) => p.connect && p.connect.client === again))
+    .find((p) => p.subscribe);
+  check(resubscribed && resubscribed.subscribe.offset === publication.pub.offset,
+    `not recovering from the last event id: ${JSON.stringify(resubscribed)}`);
+  const received = all.filter((p) => p.pub).map((p) => p.pub.data.n);
+  check(JSON.stringify(received) === '[1,2,3]', `received ${JSON.stringify(received)}`);
+
+  await apiCall(api, 'disconnect', { user: 'alice', client: again, disconnect: { code: 3503, reason: 'bye' } });
+  await until('disconnect push', () => window.pushes.some((p) => p.disconnect && p.disconnect.code === 3503));
   await page.evaluate(() => window.source.close());
   await page.close();
 }

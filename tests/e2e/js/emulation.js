@@ -11,10 +11,12 @@
 //      n=5..7; then n=8 arrives live
 //
 // Env: HERALD_BASE_URL (http://host:port), HERALD_API_URL, HERALD_API_KEY, HERALD_CHANNEL,
-//      HERALD_TRANSPORT (http_stream | sse); HERALD_E2E_TIMEOUT (s, default 45).
+//      HERALD_TRANSPORT (http_stream | sse); HERALD_E2E_TIMEOUT (s, default 45);
+//      HERALD_PROTOCOL=protobuf: the SDK's Protobuf build (HTTP streaming only: its SSE is JSON).
 'use strict';
 
-const { Centrifuge } = require('centrifuge');
+const PROTOBUF = process.env.HERALD_PROTOCOL === 'protobuf';
+const { Centrifuge } = require(PROTOBUF ? 'centrifuge/build/protobuf' : 'centrifuge');
 const WebSocket = require('ws');
 const { EventSource } = require('eventsource');
 const { check, Queue, apiCall, runScenario } = require('./common');
@@ -44,6 +46,7 @@ async function main() {
     { transport: 'sse', endpoint: `${base}/connection/sse` },
   ];
   const client = new Centrifuge(transports, {
+    protocol: PROTOBUF ? 'protobuf' : 'json',
     websocket: WebSocket,
     eventsource: EventSource,
     emulationEndpoint: `${base}/emulation`,
@@ -57,7 +60,11 @@ async function main() {
   client.on('connected', (ctx) => connected.push(ctx));
   const sub = client.newSubscription(channel, { recoverable: true, positioned: true });
   sub.on('subscribed', (ctx) => subscribed.push(ctx));
-  sub.on('publication', (ctx) => publications.push({ n: ctx.data && ctx.data.n, offset: ctx.offset }));
+  sub.on('publication', (ctx) => {
+    // In Protobuf, data is the JSON text's bytes.
+    const data = PROTOBUF ? JSON.parse(Buffer.from(ctx.data).toString('utf8')) : ctx.data;
+    publications.push({ n: data && data.n, offset: ctx.offset });
+  });
   sub.subscribe();
   client.connect();
 
@@ -76,7 +83,7 @@ async function main() {
     await apiCall(api, 'publish', { channel, data: { n } });
     await expect(n, 'live');
   }
-  await sub.publish({ n: 4 });
+  await sub.publish(PROTOBUF ? new TextEncoder().encode(JSON.stringify({ n: 4 })) : { n: 4 });
   await expect(4, 'own publication');
 
   await apiCall(api, 'disconnect', {
@@ -96,7 +103,7 @@ async function main() {
   await apiCall(api, 'publish', { channel, data: { n: 8 } });
   await expect(8, 'live after recovery');
   client.disconnect();
-  console.log(`PASS: centrifuge-js over ${wanted}`);
+  console.log(`PASS: centrifuge-js (${PROTOBUF ? 'Protobuf' : 'JSON'}) over ${wanted}`);
 }
 
 runScenario(main, timeoutMs);

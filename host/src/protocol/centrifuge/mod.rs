@@ -6,6 +6,7 @@
 //! (a command that cannot be decoded is a protocol error). The session speaks either through [`Codec`].
 
 pub mod command;
+pub mod emulation;
 pub mod encode;
 pub mod protobuf;
 pub mod uni;

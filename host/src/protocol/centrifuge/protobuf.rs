@@ -314,6 +314,10 @@ mod schema {
         pub(super) ping: u32,
         #[prost(bool, tag = "8")]
         pub(super) pong: bool,
+        #[prost(string, tag = "9")]
+        pub(super) session: String,
+        #[prost(string, tag = "10")]
+        pub(super) node: String,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -623,6 +627,8 @@ pub fn connect_reply(id: u32, c: &ConnectResult) -> Frame {
                 .collect::<BTreeMap<_, _>>(),
             ping: c.ping,
             pong: c.pong,
+            session: c.session.clone().unwrap_or_default(),
+            node: c.node.clone().unwrap_or_default(),
         });
     })
 }
