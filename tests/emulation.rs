@@ -335,6 +335,24 @@ async fn the_emulation_is_no_way_around_the_rules() {
     assert!(reply["subscribe"].is_object(), "{reply}");
 }
 
+/// One address cannot make a node pass commands on without bound: past
+/// `limits.emulation_requests_per_second_per_ip` its emulation requests get `429` with `Retry-After`.
+#[tokio::test]
+async fn emulation_requests_are_bounded_per_address() {
+    let server = TestServer::start("[limits]\nemulation_requests_per_second_per_ip = 1\n").await;
+    let post = || {
+        reqwest::Client::new()
+            .post(format!("http://{}/emulation", server.addr))
+            .json(&json!({"session": "made-up", "node": "another-node", "data": "{}"}))
+            .send()
+    };
+    let first = post().await.expect("emulation request");
+    assert_eq!(first.status(), 204);
+    let second = post().await.expect("emulation request");
+    assert_eq!(second.status(), 429);
+    assert_eq!(second.headers()["retry-after"], "1");
+}
+
 /// Behind a load balancer without sticky sessions, a client's commands may reach a node that does not hold
 /// its session: they are passed on through Redis to the node that does, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

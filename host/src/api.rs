@@ -140,7 +140,7 @@ pub fn client_ip(node: &Node, request: &Request) -> Option<IpAddr> {
 
 /// `429` with a `Retry-After` in whole seconds (at least 1).
 fn too_many_requests(refused: ApiRefused) -> Response {
-    let seconds = refused.retry_after().as_secs_f64().ceil().max(1.0) as u64;
+    let seconds = crate::limits::retry_after_seconds(refused.retry_after());
     (
         StatusCode::TOO_MANY_REQUESTS,
         [(header::RETRY_AFTER, HeaderValue::from(seconds))],

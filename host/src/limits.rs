@@ -55,6 +55,11 @@ pub struct LimitsConfig {
     /// How long an address that kept presenting wrong API keys is refused (default 1 min).
     #[serde(with = "humantime_serde")]
     pub api_auth_backoff: Duration,
+    /// `POST /emulation` requests (the commands of HTTP-streaming and SSE clients) per second one client
+    /// address may make (default 1,000, also the burst); more get HTTP 429. Each connection's commands
+    /// are limited by `commands_per_second` besides; this bounds what one address can make a node pass on
+    /// to other nodes.
+    pub emulation_requests_per_second_per_ip: u32,
 }
 
 impl Default for LimitsConfig {
@@ -72,6 +77,7 @@ impl Default for LimitsConfig {
             api_requests_per_second_per_ip: 1_000,
             api_auth_failures_per_minute: 10,
             api_auth_backoff: Duration::from_secs(60),
+            emulation_requests_per_second_per_ip: 1_000,
         }
     }
 }
@@ -125,6 +131,10 @@ impl LimitsConfig {
             (
                 "limits.api_auth_failures_per_minute",
                 self.api_auth_failures_per_minute.into(),
+            ),
+            (
+                "limits.emulation_requests_per_second_per_ip",
+                self.emulation_requests_per_second_per_ip.into(),
             ),
             (
                 "limits.handshake_timeout",
@@ -371,12 +381,50 @@ impl ApiRefused {
     }
 }
 
+/// A `Retry-After` value: whole seconds, at least 1.
+pub fn retry_after_seconds(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
+}
+
+/// A request rate per client address (the whole second's worth may come at once). Addresses whose budget
+/// is full again are forgotten now and then, so it holds only the addresses seen lately.
+#[derive(Debug)]
+pub struct AddressRate {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    checked: AtomicUsize,
+}
+
+impl AddressRate {
+    /// `per_second` requests per second per address (0 is taken as 1).
+    pub fn per_second(per_second: u32) -> Self {
+        let per_second = nonzero(per_second);
+        Self {
+            limiter: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(per_second)),
+            checked: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether `address` may make a request now; if not, how long until it may.
+    pub fn check(&self, address: IpAddr) -> Result<(), Duration> {
+        if self
+            .checked
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(4096)
+        {
+            self.limiter.retain_recent();
+        }
+        self.limiter
+            .check_key(&address)
+            .map_err(|not_until| not_until.wait_time_from(self.limiter.clock().now()))
+    }
+}
+
 /// Guards the HTTP API per client address: a request rate, and a back-off for addresses that keep presenting
 /// wrong keys, so a key cannot be guessed at line speed. It refuses at once instead of delaying answers:
 /// a delayed answer would hold a connection and a task per attempt, which is what an attacker wants.
 #[derive(Debug)]
 pub struct ApiGuard {
-    requests: DefaultKeyedRateLimiter<IpAddr>,
+    requests: AddressRate,
     failures: DefaultKeyedRateLimiter<IpAddr>,
     /// Addresses in back-off, with when it ends. Entries are dropped when they are found expired, and the
     /// whole table is swept now and then, so it holds at most the addresses blocked in the last back-off.
@@ -388,10 +436,9 @@ pub struct ApiGuard {
 impl ApiGuard {
     /// A guard per `config`.
     pub fn new(config: &LimitsConfig) -> Self {
-        let per_second = nonzero(config.api_requests_per_second_per_ip);
         let failures = nonzero(config.api_auth_failures_per_minute);
         Self {
-            requests: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(per_second)),
+            requests: AddressRate::per_second(config.api_requests_per_second_per_ip),
             // The allowance refills evenly over the minute, and the whole minute's worth may be used at once.
             failures: RateLimiter::keyed(Quota::per_minute(failures)),
             blocked: Mutex::new(HashMap::new()),
@@ -409,7 +456,6 @@ impl ApiGuard {
             .is_multiple_of(4096)
         {
             // Forget addresses whose budgets are full again and back-offs that ended.
-            self.requests.retain_recent();
             self.failures.retain_recent();
             self.blocked().retain(|_, until| *until > now);
         }
@@ -425,10 +471,8 @@ impl ApiGuard {
             }
         }
         self.requests
-            .check_key(&address)
-            .map_err(|not_until| ApiRefused::TooFast {
-                retry_after: not_until.wait_time_from(self.requests.clock().now()),
-            })
+            .check(address)
+            .map_err(|retry_after| ApiRefused::TooFast { retry_after })
     }
 
     /// Records a failed authentication from `address`. Past the allowance the address starts its back-off,

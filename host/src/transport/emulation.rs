@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use super::websocket::{admit, connection_info, origin_allowed};
 use crate::control::{EmulationSink, send_to_node};
 use crate::disconnect::Disconnect;
-use crate::limits::Slot;
+use crate::limits::{AddressRate, Slot};
 use crate::node::Node;
 use crate::outbound::{Batch, Outbound, Outgoing};
 use crate::protocol::Frame;
@@ -48,9 +48,11 @@ use crate::session::{Incoming, Session};
 const WAITING_COMMANDS: usize = 64;
 
 /// The emulated sessions of this node: where an emulation request's commands go.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Emulations {
     sessions: Mutex<HashMap<Arc<str>, Emulated>>,
+    /// `limits.emulation_requests_per_second_per_ip`.
+    requests: AddressRate,
 }
 
 /// One emulated session, as the requests that bring its commands reach it.
@@ -92,7 +94,10 @@ fn incoming(data: Bytes, binary: bool) -> Incoming {
 pub fn emulation_routes(node: &Node) -> Router<Arc<Node>> {
     // The commands of one request are bounded like one WebSocket message, with room for the envelope.
     let limit = node.config.websocket.max_message_size.saturating_mul(2) + 1024;
-    let emulations = Arc::new(Emulations::default());
+    let emulations = Arc::new(Emulations {
+        sessions: Mutex::default(),
+        requests: AddressRate::per_second(node.config.limits.emulation_requests_per_second_per_ip),
+    });
     node.control.serve_emulation(emulations.clone());
     Router::new()
         .route(
@@ -445,10 +450,12 @@ impl Drop for Stream {
 
 /// `POST /emulation`: hands the commands to the session, here or through the engine on the node holding
 /// it; `204` once they are on their way, or when the session is gone from this node (its stream has ended
-/// or ends now); `503` when they cannot be passed on (the engine is unreachable).
+/// or ends now); `503` when they cannot be passed on (the engine is unreachable); `429` past the
+/// address's `limits.emulation_requests_per_second_per_ip`.
 async fn emulation_handler(
     State(node): State<Arc<Node>>,
     Extension(emulations): Extension<Arc<Emulations>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
@@ -456,6 +463,24 @@ async fn emulation_handler(
     let headers = with_host(headers, &uri);
     if !allowed(&node, &headers) {
         return refusal(&node, &headers, StatusCode::FORBIDDEN, "origin not allowed");
+    }
+    let forwarded_for = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let address = node.admission.client_address(peer, forwarded_for).ip();
+    if let Err(retry_after) = emulations.requests.check(address) {
+        tracing::debug!(%address, "emulation request refused: too many requests");
+        node.metrics
+            .limit_refused("emulation_requests_per_second_per_ip");
+        let mut response = refusal(
+            &node,
+            &headers,
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many requests",
+        );
+        let seconds = crate::limits::retry_after_seconds(retry_after);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        return response;
     }
     let request = match EmulationRequest::decode(&body, asks_protobuf(&headers, None)) {
         Ok(request) => request,
