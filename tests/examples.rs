@@ -1,5 +1,5 @@
 //! The example plugins (`plugins/channel-acl`, `plugins/content-filter`, `plugins/router`,
-//! `plugins/jwt-auth`) end to end: real WebAssembly built by `plugins/build`, loaded by a real Herald, driven
+//! `plugins/jwt-auth`, `plugins/rate-limit`) end to end: real WebAssembly built by `plugins/build`, loaded by a real Herald, driven
 //! by raw WebSocket clients and the server API. Each plugin alone, the three decision plugins chained in
 //! file-name order, and the deployed set (`target/plugins/` with every `example.toml`) as the README runs it.
 //!
@@ -25,6 +25,10 @@ fn content_filter() -> Vec<u8> {
 
 fn router() -> Vec<u8> {
     built_plugin("herald-plugin-router")
+}
+
+fn rate_limit() -> Vec<u8> {
+    built_plugin("herald-plugin-rate-limit")
 }
 
 /// Top-level channels open to anonymous clients for subscribe, publish, history and presence (client
@@ -877,4 +881,69 @@ async fn deployed_examples_load_and_work_with_the_default_config() {
     assert_eq!(users, [&json!("alice")], "{body}");
 
     assert_no_failures(&server).await;
+}
+
+// ---------------------------------------------------------------------------------- rate-limit ---
+
+/// `rate-limit` counts a user's publications in the plugin's node-local state, which every instance
+/// shares: six publications by one user, at once over six connections (so the pool runs several
+/// instances), let exactly three through and refuse the rest with `111`; another user has a budget of
+/// their own, and the server API's publications are never counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_shares_its_counts_between_instances() {
+    // The scripted test plugin lets token `good` in as alice.
+    let scripted_wasm = built_plugin("herald-test-scripted");
+    let plugged = start(
+        &[
+            ("10-scripted.wasm", &scripted_wasm),
+            (
+                "10-scripted.toml",
+                b"id = \"s\"\nconnect_user = \"alice\"\n",
+            ),
+            ("20-rate-limit.wasm", &rate_limit()),
+            ("20-rate-limit.toml", b"publishes = 3\nwindow_ms = 600000\n"),
+        ],
+        "",
+    )
+    .await;
+    let server = &plugged.server;
+    let status = assert_loaded(server, &["10-scripted.wasm", "20-rate-limit.wasm"]).await;
+    assert_eq!(
+        entry(&status, "20-rate-limit.wasm")["capabilities"],
+        json!(["local-state"])
+    );
+
+    let mut alices = Vec::new();
+    for _ in 0..6 {
+        let mut client = Client::open(server).await;
+        let reply = client.command("connect", json!({"token": "good"})).await;
+        assert!(reply.get("connect").is_some(), "{reply}");
+        alices.push(client);
+    }
+    let replies = futures_util::future::join_all(alices.iter_mut().map(|client| {
+        client.command(
+            "publish",
+            json!({"channel": "chat", "data": {"text": "hi"}}),
+        )
+    }))
+    .await;
+    let refused: Vec<&Value> = replies
+        .iter()
+        .filter(|r| r.get("error").is_some())
+        .collect();
+    assert_eq!(refused.len(), 3, "{replies:?}");
+    for reply in refused {
+        assert_eq!(reply_error(reply)["code"], 111, "{reply}");
+    }
+    // Another user (an anonymous connection counts as its own) and the backend are not held back.
+    let mut other = anonymous(server).await;
+    let reply = other
+        .command(
+            "publish",
+            json!({"channel": "chat", "data": {"text": "me too"}}),
+        )
+        .await;
+    assert!(reply.get("publish").is_some(), "{reply}");
+    publish_ok(server, "chat", json!({"text": "from the backend"})).await;
+    assert_no_failures(server).await;
 }

@@ -1035,3 +1035,142 @@ async fn plugins_api_requires_the_key() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(loaded_files(&body["result"]), ["10-hostile.wasm"]);
 }
+
+/// A new version serves first on baseline (Winch) code, then on optimised (Cranelift) code: both are
+/// isolated alike — a loop, an exhausted memory, a deep recursion and a panic fail closed with the same
+/// kinds on each — and both pass normal calls afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baseline_code_is_as_isolated_as_optimised_code() {
+    use herald::plugin::bindings::{PublishRequest, PublishSource};
+    use herald::plugin::runtime::{Call, Limits, Runtime, Tier};
+    let states = herald::plugin::state::LocalStates::new(100, 1 << 20);
+    let runtime = Runtime::new(None, 64 << 20, states).expect("plugin runtime");
+    let limits = Limits {
+        deadline: Duration::from_millis(50),
+        memory: 16 << 20,
+        max_idle: 4,
+    };
+    let publish = |what: &str| {
+        Call::Publish(PublishRequest {
+            source: PublishSource::Api,
+            publisher: None,
+            channel: "news".into(),
+            data: format!("{what:?}").into_bytes(),
+            tags: vec![],
+        })
+    };
+    for tier in [Tier::Baseline, Tier::Optimized] {
+        let plugin = runtime
+            .load(
+                "10-hostile.wasm",
+                hostile(),
+                tier,
+                |_| Ok(("{}".to_owned(), limits)),
+                &Default::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{tier:?}: {e}"));
+        assert_eq!(plugin.tier, tier);
+        for (what, kind) in [
+            ("loop", "deadline"),
+            ("oom", "memory_limit"),
+            ("recursion", "stack_overflow"),
+            ("panic", "panic"),
+        ] {
+            let failure = plugin.call(&publish(what)).await.expect_err("fails closed");
+            assert_eq!(failure.kind.as_str(), kind, "{tier:?} {what}: {failure}");
+        }
+        plugin
+            .call(&publish("fine"))
+            .await
+            .unwrap_or_else(|e| panic!("{tier:?}: {e}"));
+    }
+}
+
+/// A loaded version moves from its baseline code to optimised code by itself, and `/api/plugins` says
+/// which code serves.
+#[tokio::test]
+async fn a_loaded_version_moves_to_optimised_code_by_itself() {
+    let plugged = Plugged::start(&[("10-hostile.wasm", &hostile())]).await;
+    let server = &plugged.server;
+    let status = plugged.status().await;
+    let code = &entry(&status, "10-hostile.wasm").expect("listed")["code"];
+    assert!(code == "baseline" || code == "optimized", "{status:#}");
+    server.node.plugins.optimized().await;
+    let status = plugged.status().await;
+    assert_eq!(
+        entry(&status, "10-hostile.wasm").expect("listed")["code"],
+        "optimized",
+        "{status:#}"
+    );
+    publish_ok(server, "news", json!({"n": 1})).await;
+}
+
+/// The scripted fixture as built against contract 0.1, before 0.2 existed (kept in `tests/fixtures/`).
+fn scripted_0_1() -> Vec<u8> {
+    let path = std::path::Path::new(herald_tests::cluster::REPO_ROOT)
+        .join("tests/fixtures/scripted-0.1.wasm");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A plugin built against contract 0.1 loads and decides beside a 0.2 plugin; `/api/plugins` and
+/// `herald plugin check` say which contract each targets and which capabilities it imports.
+#[tokio::test]
+async fn a_0_1_plugin_serves_beside_0_2_plugins() {
+    let config = b"id = \"old\"\ndeny_subscribe = [\"x:old-rule\"]\n";
+    let plugged = Plugged::start(&[
+        ("10-old.wasm", &scripted_0_1()),
+        ("10-old.toml", config),
+        ("20-new.wasm", &hostile()),
+    ])
+    .await;
+    let status = plugged.status().await;
+    assert_eq!(
+        loaded_files(&status),
+        ["10-old.wasm", "20-new.wasm"],
+        "{status:#}"
+    );
+    let old = entry(&status, "10-old.wasm").expect("listed");
+    let new = entry(&status, "20-new.wasm").expect("listed");
+    assert_eq!(
+        (&old["contract"], &new["contract"]),
+        (&json!("0.1.0"), &json!("0.2.0"))
+    );
+    assert_eq!(
+        (&old["capabilities"], &new["capabilities"]),
+        (&json!([]), &json!([]))
+    );
+
+    let (mut client, _) = Client::connect(&plugged.server).await;
+    let reply = client.subscribe(json!({"channel": "x:old-rule"})).await;
+    assert_eq!(
+        reply_error(&reply)["code"],
+        103,
+        "the 0.1 plugin's deny: {reply}"
+    );
+    subscribe_ok(&mut client, "x:fine").await;
+    let (status, body) = plugged
+        .server
+        .api("publish", json!({"channel": "news", "data": "panic"}))
+        .await;
+    assert_eq!(
+        api_error(status, &body)["code"],
+        100,
+        "the 0.2 plugin still runs"
+    );
+
+    let checked = herald::plugin::check(&plugged.path("10-old.wasm"), None)
+        .await
+        .expect("checks");
+    assert!(
+        checked.contains("contract herald:plugin@0.1.0"),
+        "{checked}"
+    );
+    let checked = herald::plugin::check(&plugged.path("20-new.wasm"), None)
+        .await
+        .expect("checks");
+    assert!(
+        checked.contains("contract herald:plugin@0.2.0; capabilities: none beyond"),
+        "{checked}"
+    );
+}

@@ -1,5 +1,7 @@
-//! Plugin costs: one hook call through the chain on a warm instance, and loading (compiling) a plugin with
-//! and without the on-disk cache. Needs the fixtures built first: `plugins/build`.
+//! Plugin costs: one hook call through the chain on a warm (optimised) instance, loading (compiling) a
+//! plugin with and without the on-disk cache, and hot reloads of every example plugin: rename into place
+//! to the new version serving (baseline code), to its optimised code serving, and back to a version seen
+//! before (cached). Needs the plugins built first: `plugins/build`.
 //!
 //! `cargo bench -p herald --bench plugin_hooks`
 // criterion_group! and criterion_main! generate functions that cannot carry docs.
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use herald::plugin::bindings::{ClientInfo, PublishRequest, PublishSource, SubscribeRequest};
+use herald::plugin::runtime::Tier;
 use herald::plugin::{Plugins, PluginsConfig};
 
 fn fixture() -> PathBuf {
@@ -42,6 +45,8 @@ fn hooks(c: &mut Criterion) {
     std::fs::copy(fixture(), dir.path().join("10-hostile.wasm")).unwrap();
     let plugins = plugins_in(dir.path(), &dir.path().join(".cache"));
     runtime.block_on(plugins.load_all());
+    // The code that serves in the long run.
+    runtime.block_on(plugins.optimized());
     assert_eq!(plugins.loaded().len(), 1, "fixture loaded");
 
     let data = br#"{"text":"a publication of about two hundred bytes, which is what a chat message or a small event tends to be in practice; it is scanned by the plugin and passed through"}"#.to_vec();
@@ -104,7 +109,25 @@ fn loading(c: &mut Criterion) {
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(10));
-    group.bench_function("uncached (compile)", |b| {
+    group.bench_function("uncached, optimised code serving", |b| {
+        b.iter_custom(|iterations| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iterations {
+                let dir = tempfile::tempdir().unwrap();
+                std::fs::copy(fixture(), dir.path().join("10-hostile.wasm")).unwrap();
+                let plugins = plugins_in(dir.path(), &dir.path().join(".cache"));
+                let started = Instant::now();
+                runtime.block_on(async {
+                    plugins.load_all().await;
+                    plugins.optimized().await;
+                });
+                total += started.elapsed();
+                assert_eq!(plugins.loaded()[0].tier, Tier::Optimized);
+            }
+            total
+        })
+    });
+    group.bench_function("uncached, serving (baseline code)", |b| {
         b.iter_custom(|iterations| {
             let mut total = Duration::ZERO;
             for _ in 0..iterations {
@@ -115,6 +138,9 @@ fn loading(c: &mut Criterion) {
                 runtime.block_on(plugins.load_all());
                 total += started.elapsed();
                 assert_eq!(plugins.loaded().len(), 1);
+                // Untimed: the background compile of the optimised code, which must not compete with
+                // the next load (and holds the runtime until it ends).
+                runtime.block_on(plugins.optimized());
             }
             total
         })
@@ -131,6 +157,9 @@ fn loading(c: &mut Criterion) {
                 runtime.block_on(plugins.load_all());
                 total += started.elapsed();
                 assert_eq!(plugins.loaded().len(), 1);
+                // Untimed: the background compile of the optimised code, which must not compete with
+                // the next load (and holds the runtime until it ends).
+                runtime.block_on(plugins.optimized());
             }
             total
         })
@@ -138,7 +167,7 @@ fn loading(c: &mut Criterion) {
     group.finish();
 }
 
-/// The fixture with a custom section appended: same behaviour, different content hash (a "new version").
+/// `original` with a custom section appended: same behaviour, different content hash (a "new version").
 fn new_version(original: &[u8], n: u32) -> Vec<u8> {
     let name = b"herald-bench";
     let payload = n.to_le_bytes();
@@ -151,55 +180,96 @@ fn new_version(original: &[u8], n: u32) -> Vec<u8> {
     bytes
 }
 
-fn reload(c: &mut Criterion) {
+/// The example plugins, with a configuration each `init` accepts.
+const EXAMPLES: [(&str, &str); 5] = [
+    ("template", ""),
+    ("channel_acl", ""),
+    ("content_filter", ""),
+    ("router", ""),
+    (
+        "jwt_auth",
+        "hmac_secret = \"bench-secret-with-enough-bytes-0123456789\"\n",
+    ),
+];
+
+fn example(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "../target/wasm32-wasip2/plugin/herald_plugin_{name}.wasm"
+    ));
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}: run plugins/build first", path.display()))
+}
+
+/// Hot reloads of each example plugin through the watcher (rename into place, then poll the set every
+/// 200 µs): to the new version serving on baseline code, to its optimised code serving, and a rename back
+/// to the version before it (compiled before, so from the cache). Medians of `ROUNDS`, printed.
+fn reload(_: &mut Criterion) {
+    const ROUNDS: u32 = 7;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let original = std::fs::read(fixture()).unwrap();
-    let target = dir.path().join("10-hostile.wasm");
-    std::fs::write(&target, &original).unwrap();
-    let config = PluginsConfig {
-        dir: dir.path().display().to_string(),
-        ..PluginsConfig::default()
+    let median = |mut samples: Vec<Duration>| {
+        samples.sort();
+        samples[samples.len() / 2]
     };
-    let plugins = std::sync::Arc::new(Plugins::new(&config, Default::default()).unwrap());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    runtime.block_on(async {
-        plugins.load_all().await;
-        herald::plugin::watch::start(plugins.clone(), shutdown.clone()).unwrap();
-    });
-    let mut version = 0;
-    let mut group = c.benchmark_group("hot reload");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(20));
-    group.bench_function("rename into place -> new version serving", |b| {
-        b.iter_custom(|iterations| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iterations {
-                version += 1;
-                let before = plugins.loaded()[0].hash.clone();
-                let staged = dir.path().join(".10-hostile.wasm.tmp");
-                std::fs::write(&staged, new_version(&original, version)).unwrap();
-                let started = Instant::now();
-                std::fs::rename(&staged, &target).unwrap();
-                while plugins.loaded()[0].hash == before {
-                    assert!(
-                        started.elapsed() < Duration::from_secs(10),
-                        "reload did not happen"
-                    );
-                    std::thread::sleep(Duration::from_micros(200));
+    for (name, config) in EXAMPLES {
+        let dir = tempfile::tempdir().unwrap();
+        let original = example(name);
+        let target = dir.path().join("10-plugin.wasm");
+        std::fs::write(&target, &original).unwrap();
+        std::fs::write(dir.path().join("10-plugin.toml"), config).unwrap();
+        let config = PluginsConfig {
+            dir: dir.path().display().to_string(),
+            ..PluginsConfig::default()
+        };
+        let plugins = std::sync::Arc::new(Plugins::new(&config, Default::default()).unwrap());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        runtime.block_on(async {
+            plugins.load_all().await;
+            plugins.optimized().await;
+            herald::plugin::watch::start(plugins.clone(), shutdown.clone()).unwrap();
+        });
+        assert_eq!(plugins.loaded().len(), 1, "{name} loaded");
+        let swap_to = |bytes: &[u8], optimised: bool| {
+            let before = plugins.loaded()[0].hash.clone();
+            let staged = dir.path().join(".10-plugin.wasm.tmp");
+            std::fs::write(&staged, bytes).unwrap();
+            let started = Instant::now();
+            std::fs::rename(&staged, &target).unwrap();
+            loop {
+                let serving = plugins.loaded()[0].clone();
+                if serving.hash != before && (!optimised || serving.tier == Tier::Optimized) {
+                    break;
                 }
-                total += started.elapsed();
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "{name}: no reload"
+                );
+                std::thread::sleep(Duration::from_micros(200));
             }
-            total
-        })
-    });
-    group.finish();
-    shutdown.cancel();
+            let elapsed = started.elapsed();
+            runtime.block_on(plugins.optimized());
+            elapsed
+        };
+        let (mut serving, mut optimised, mut cached) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            let fresh = new_version(&original, 2 * round + 1);
+            let also_fresh = new_version(&original, 2 * round + 2);
+            serving.push(swap_to(&fresh, false));
+            optimised.push(swap_to(&also_fresh, true));
+            cached.push(swap_to(&fresh, true));
+        }
+        println!(
+            "hot reload {name} ({} KB): serving {:?}, optimised code serving {:?}, cached {:?} (medians of {ROUNDS})",
+            original.len() / 1000,
+            median(serving),
+            median(optimised),
+            median(cached),
+        );
+        shutdown.cancel();
+    }
 }
 
 criterion_group!(benches, hooks, loading, reload);

@@ -78,6 +78,7 @@ extern crate self as herald_sdk;
 pub mod json;
 pub mod pattern;
 pub mod requests;
+pub mod state;
 
 #[doc(hidden)]
 pub mod bindings {
@@ -86,7 +87,7 @@ pub mod bindings {
     // component-model type: plugins built before and after stay interchangeable.
     wit_bindgen::generate!({
         path: "../wit",
-        world: "herald:plugin/plugin@0.1.0",
+        world: "herald:plugin/plugin@0.2.0",
         pub_export_macro: true,
         export_macro_name: "__export_guest",
         default_bindings_module: "herald_sdk::bindings",
@@ -121,6 +122,8 @@ pub mod codes {
     pub const BAD_REQUEST: u32 = 107;
     /// Error reply: token expired — the SDKs fetch a new token and retry.
     pub const TOKEN_EXPIRED: u32 = 109;
+    /// Error reply: too many requests (temporary: the SDKs may retry later).
+    pub const TOO_MANY_REQUESTS: u32 = 111;
     /// Close: connection expired (reconnects with a new token).
     pub const CONNECTION_EXPIRED: u32 = 3005;
     /// Close: invalid token (terminal).

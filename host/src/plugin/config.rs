@@ -39,6 +39,10 @@ pub struct PluginsConfig {
     pub memory_limit: usize,
     /// Warm instances kept per plugin (default 16).
     pub max_idle_instances: usize,
+    /// Entries one plugin's node-local state holds at most (default 10,000).
+    pub state_max_entries: usize,
+    /// Bytes (keys, values and 64 per entry) one plugin's node-local state holds at most (default 4 MiB).
+    pub state_max_bytes: usize,
     /// Configuration passed to each plugin's `init`, by plugin name. A `<file>.toml` beside the plugin
     /// takes precedence.
     pub config: BTreeMap<String, serde_json::Value>,
@@ -56,6 +60,8 @@ impl std::fmt::Debug for PluginsConfig {
             .field("deadline", &self.deadline)
             .field("memory_limit", &self.memory_limit)
             .field("max_idle_instances", &self.max_idle_instances)
+            .field("state_max_entries", &self.state_max_entries)
+            .field("state_max_bytes", &self.state_max_bytes)
             .field("config (redacted) for", &configured)
             .field("limits", &self.limits)
             .finish()
@@ -71,6 +77,8 @@ impl Default for PluginsConfig {
             deadline: Duration::from_millis(10),
             memory_limit: 16 * 1024 * 1024,
             max_idle_instances: 16,
+            state_max_entries: 10_000,
+            state_max_bytes: 4 * 1024 * 1024,
             config: BTreeMap::new(),
             limits: BTreeMap::new(),
         }

@@ -1,8 +1,12 @@
-//! What a plugin instance's store holds, and the host functions a plugin may import (log, clock).
+//! What a plugin instance's store holds, and the host functions a plugin may import (log, clock; from 0.2
+//! the plugin's node-local state).
 //!
 //! Each instance gets its own [`InstanceState`]: a closed WASI context (no files, no network, no
 //! environment; the Rust standard library in the guest needs WASI to exist, not to do anything) and a
 //! memory cap that records when it refused to grow, so a failure can be reported as "memory limit".
+
+use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Result};
@@ -10,6 +14,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{self, Level};
+use super::state::LocalStore;
 
 /// Largest guest stderr kept (a panic message) to explain a trap.
 const STDERR_CAPTURE: usize = 4096;
@@ -20,6 +25,8 @@ pub(super) struct InstanceState {
     wasi: WasiCtx,
     table: ResourceTable,
     stderr: MemoryOutputPipe,
+    /// The plugin's node-local state (none while its name is not known yet: the load's first instance).
+    state: Option<Arc<LocalStore>>,
     /// The memory cap.
     pub limits: MemoryCap,
 }
@@ -34,7 +41,7 @@ impl std::fmt::Debug for InstanceState {
 
 impl InstanceState {
     /// State for a new instance of `plugin` capped at `memory_limit` bytes of linear memory.
-    pub(super) fn new(plugin: &str, memory_limit: usize) -> Self {
+    pub(super) fn new(plugin: &str, memory_limit: usize, state: Option<Arc<LocalStore>>) -> Self {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
         Self {
@@ -42,6 +49,7 @@ impl InstanceState {
             wasi,
             table: ResourceTable::new(),
             stderr,
+            state,
             limits: MemoryCap {
                 limit: memory_limit,
                 refused: false,
@@ -84,6 +92,48 @@ impl bindings::herald::plugin::host::Host for InstanceState {
 }
 
 impl bindings::herald::plugin::types::Host for InstanceState {}
+
+impl bindings::v0_1::herald::plugin::host::Host for InstanceState {
+    fn log(&mut self, level: bindings::v0_1::herald::plugin::host::Level, message: String) {
+        use bindings::v0_1::herald::plugin::host::Level as V0_1;
+        let level = match level {
+            V0_1::Trace => Level::Trace,
+            V0_1::Debug => Level::Debug,
+            V0_1::Info => Level::Info,
+            V0_1::Warn => Level::Warn,
+            V0_1::Error => Level::Error,
+        };
+        bindings::herald::plugin::host::Host::log(self, level, message);
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        bindings::herald::plugin::host::Host::now_ms(self)
+    }
+}
+
+impl bindings::herald::plugin::local_state::Host for InstanceState {
+    fn get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.state.as_ref()?.get(&key, Instant::now())
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u64) -> bool {
+        self.state
+            .as_ref()
+            .is_some_and(|state| state.set(&key, value, ttl_ms, Instant::now()))
+    }
+
+    fn incr(&mut self, key: String, delta: i64, ttl_ms: u64) -> Option<i64> {
+        self.state
+            .as_ref()?
+            .incr(&key, delta, ttl_ms, Instant::now())
+    }
+
+    fn delete(&mut self, key: String) -> bool {
+        self.state
+            .as_ref()
+            .is_some_and(|state| state.delete(&key, Instant::now()))
+    }
+}
 
 /// Caps an instance's linear memory and remembers a refusal.
 #[derive(Debug, Clone, Copy)]

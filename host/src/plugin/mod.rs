@@ -11,6 +11,7 @@ mod config;
 mod host;
 mod load_error;
 pub mod runtime;
+pub mod state;
 pub mod watch;
 
 pub use config::{PluginLimits, PluginsConfig, PluginsConfigError};
@@ -28,7 +29,8 @@ use bindings::{
     RpcRequest, SubscribeAllow, SubscribeRequest,
 };
 use chain::{Decision, Draft, PublishDecision, RpcDecision};
-use runtime::{Call, Failure, FailureKind, Limits, LoadedPlugin, Reply, Runtime};
+use runtime::{Call, Failure, FailureKind, Limits, LoadedPlugin, Reply, Runtime, Tier};
+use state::LocalStates;
 
 /// The most memory any plugin can be given (the pooling allocator's slot size).
 fn largest_memory(config: &PluginsConfig) -> usize {
@@ -60,8 +62,11 @@ struct StartFiles {
 /// The loaded plugins and the chains over them.
 pub struct Plugins {
     config: PluginsConfig,
-    runtime: Option<Runtime>,
-    set: ArcSwap<Vec<Arc<LoadedPlugin>>>,
+    runtime: Option<Arc<Runtime>>,
+    /// Shared with the background tasks that swap a version's optimised code in.
+    set: Arc<ArcSwap<Vec<Arc<LoadedPlugin>>>>,
+    /// Versions whose optimised code is being compiled.
+    optimizing: Arc<tokio::sync::watch::Sender<usize>>,
     errors: Mutex<BTreeMap<String, Rejection>>,
     /// What the folder held when the server started (see [`Plugins::failed_at_start`]).
     at_start: Mutex<StartFiles>,
@@ -96,20 +101,26 @@ impl Plugins {
             // wasmtime's cache wants an absolute path; a relative `dir` is relative to the working directory.
             let cache = std::path::absolute(&cache)
                 .map_err(|e| anyhow::anyhow!("plugins.cache_dir {}: {e}", cache.display()))?;
-            Some(Runtime::new(Some(&cache), largest_memory(config))?)
+            let states = LocalStates::new(config.state_max_entries, config.state_max_bytes);
+            Some(Arc::new(Runtime::new(
+                Some(&cache),
+                largest_memory(config),
+                states,
+            )?))
         };
         Ok(Self::with_runtime(config, runtime, metrics))
     }
 
     fn with_runtime(
         config: &PluginsConfig,
-        runtime: Option<Runtime>,
+        runtime: Option<Arc<Runtime>>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Self {
             config: config.clone(),
             runtime,
-            set: ArcSwap::from_pointee(Vec::new()),
+            set: Arc::new(ArcSwap::from_pointee(Vec::new())),
+            optimizing: Arc::new(tokio::sync::watch::Sender::new(0)),
             errors: Mutex::new(BTreeMap::new()),
             at_start: Mutex::new(StartFiles::default()),
             loading: tokio::sync::Mutex::new(()),
@@ -236,7 +247,8 @@ impl Plugins {
         let loaded = runtime
             .load(
                 &file,
-                bytes,
+                bytes.clone(),
+                Tier::Baseline,
                 |name| self.settings_for(name, &beside),
                 &self.metrics,
             )
@@ -260,9 +272,66 @@ impl Plugins {
                     next.sort_by(|a, b| a.file.cmp(&b.file));
                     next
                 });
+                self.optimize_in_background(runtime.clone(), plugin, bytes);
             }
             Err(reason) => self.rejected(&file, reason),
         }
+    }
+
+    /// Compiles `plugin`'s optimised code on a task of its own and swaps it in for the baseline version,
+    /// unless that version has been replaced or unloaded meanwhile. A failure (which a component that
+    /// compiled and initialised once should not meet) leaves the baseline code serving, logged.
+    fn optimize_in_background(
+        &self,
+        runtime: Arc<Runtime>,
+        plugin: Arc<LoadedPlugin>,
+        bytes: Vec<u8>,
+    ) {
+        let set = self.set.clone();
+        let optimizing = self.optimizing.clone();
+        optimizing.send_modify(|pending| *pending += 1);
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let file = &plugin.file;
+            match runtime.optimize(&plugin, bytes).await {
+                Ok(optimized) => {
+                    let optimized = Arc::new(optimized);
+                    let mut swapped = false;
+                    set.rcu(|set| {
+                        swapped = false;
+                        set.iter()
+                            .map(|p| {
+                                if Arc::ptr_eq(p, &plugin) {
+                                    swapped = true;
+                                    optimized.clone()
+                                } else {
+                                    p.clone()
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                    });
+                    if swapped {
+                        tracing::info!(
+                            %file, plugin = %plugin.metadata.name,
+                            millis = started.elapsed().as_millis() as u64,
+                            "plugin now runs optimised code"
+                        );
+                    }
+                }
+                Err(reason) => tracing::warn!(
+                    %file, %reason,
+                    "plugin's optimised code failed; its baseline code keeps serving"
+                ),
+            }
+            optimizing.send_modify(|pending| *pending -= 1);
+        });
+    }
+
+    /// Waits until every loaded version runs optimised code (or its optimisation failed): for benchmarks
+    /// and tests that measure the code that serves in the long run.
+    pub async fn optimized(&self) {
+        let mut pending = self.optimizing.subscribe();
+        let _ = pending.wait_for(|pending| *pending == 0).await;
     }
 
     fn rejected(&self, file: &str, reason: LoadError) {
@@ -486,7 +555,9 @@ pub fn read_config(path: &Path) -> Result<String, LoadError> {
 /// Validates a plugin offline (`herald plugin check`): compiles, links, reads its metadata and runs
 /// `init` with the configuration beside it (or `config`, JSON). Returns a description of the plugin.
 pub async fn check(path: &Path, config: Option<String>) -> Result<String, LoadError> {
-    let runtime = Runtime::new(None, 64 * 1024 * 1024).map_err(LoadError::Runtime)?;
+    let defaults = PluginsConfig::default();
+    let states = LocalStates::new(defaults.state_max_entries, defaults.state_max_bytes);
+    let runtime = Runtime::new(None, 64 * 1024 * 1024, states).map_err(LoadError::Runtime)?;
     let bytes = std::fs::read(path).map_err(|error| LoadError::Unreadable {
         path: path.to_owned(),
         error,
@@ -496,13 +567,14 @@ pub async fn check(path: &Path, config: Option<String>) -> Result<String, LoadEr
         .and_then(|f| f.to_str())
         .unwrap_or("plugin.wasm")
         .to_owned();
-    let defaults = PluginsConfig::default();
     let plugins = Plugins::with_runtime(&defaults, None, Arc::default());
     let beside = path.with_extension("toml");
+    // The code that serves in the long run is what is checked.
     let plugin = runtime
         .load(
             &file,
             bytes,
+            Tier::Optimized,
             |name| match &config {
                 Some(json) => Ok((json.clone(), plugins.settings_for(name, Path::new(""))?.1)),
                 None => plugins.settings_for(name, &beside),
@@ -511,11 +583,16 @@ pub async fn check(path: &Path, config: Option<String>) -> Result<String, LoadEr
         )
         .await?;
     let m = &plugin.metadata;
+    let capabilities = match plugin.capabilities() {
+        [] => "none beyond logging and the clock".to_owned(),
+        asked => asked.join(", "),
+    };
     Ok(format!(
-        "{file}: plugin {} {} (hooks: {}) ok",
+        "{file}: plugin {} {} (hooks: {}; contract herald:plugin@{}; capabilities: {capabilities}) ok",
         m.name,
         m.version,
-        hook_names(m.hooks).join(", ")
+        hook_names(m.hooks).join(", "),
+        plugin.contract().version(),
     ))
 }
 

@@ -1,7 +1,13 @@
-//! The plugin runtime: one wasmtime engine for every plugin, compiled plugins with their warm instances,
-//! and the isolation around each call.
+//! The plugin runtime: the wasmtime engines every plugin runs on, compiled plugins with their warm
+//! instances, and the isolation around each call.
 //!
-//! Instances are created from a pre-linked [`PluginPre`], initialised once, and reused from a per-plugin
+//! A new plugin version is compiled twice. First by wasmtime's baseline compiler (Winch), which compiles a
+//! large component several times faster than the optimising one, so a reload serves the new version
+//! quickly ([`Tier::Baseline`]); then by Cranelift in the background, whose code replaces it once ready
+//! ([`Tier::Optimized`]) and is what serves from then on. Both are cached on disk, so a version seen before
+//! loads in milliseconds either way.
+//!
+//! Instances are created from a pre-linked plugin (of either contract version), initialised once, and reused from a per-plugin
 //! idle pool; a call never instantiates unless the pool is empty. Every call runs under an epoch deadline
 //! and every instance under a memory cap. A call that traps, times out or runs out of memory is a failure:
 //! its instance is dropped (a trapped instance cannot be entered again), the failure is counted by hook and
@@ -15,12 +21,14 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
-    Cache, CacheConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    Cache, CacheConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    Strategy, Trap,
 };
 
-use super::bindings::{self, Plugin, PluginMetadata as Metadata, PluginPre};
+use super::bindings::{self, Plugin, PluginMetadata as Metadata, PluginPre, v0_1};
 use super::host::InstanceState;
 use super::load_error::LoadError;
+use super::state::{LocalStates, LocalStore};
 
 /// How often the engine's epoch advances; deadlines are counted in these ticks.
 const TICK: Duration = Duration::from_millis(1);
@@ -241,6 +249,25 @@ impl Stats {
     }
 }
 
+/// Which compiler made a plugin version's code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// Winch, the baseline compiler: fast to compile, slower to run; what a new version serves first.
+    Baseline,
+    /// Cranelift, the optimising compiler: what every version serves once its code is ready.
+    Optimized,
+}
+
+impl Tier {
+    /// The tier's name in `/api/plugins` and the logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Baseline => "baseline",
+            Self::Optimized => "optimized",
+        }
+    }
+}
+
 /// A compiled, initialised plugin version and its warm instances.
 pub struct LoadedPlugin {
     /// The file it was loaded from (its chain position is the file name's order).
@@ -251,14 +278,18 @@ pub struct LoadedPlugin {
     pub hash: String,
     /// When this version was loaded.
     pub loaded_at: SystemTime,
-    /// Call and failure counters.
-    pub stats: Stats,
+    /// Call and failure counters (one set per version, kept when its optimised code replaces the baseline).
+    pub stats: Arc<Stats>,
+    /// Which compiler made the code serving.
+    pub tier: Tier,
     /// How long calls take, by hook (index in [`HOOK_NAMES`]).
     call_durations: [prometheus::Histogram; HOOK_NAMES.len()],
     limits: Limits,
     config: String,
     engine: Engine,
-    pre: PluginPre<InstanceState>,
+    linked: Linked,
+    /// The plugin's node-local state, shared with its other versions.
+    state: Arc<LocalStore>,
     idle: Mutex<Vec<Warm>>,
 }
 
@@ -274,13 +305,167 @@ impl std::fmt::Debug for LoadedPlugin {
 /// A warm instance and its store.
 struct Warm {
     store: Store<InstanceState>,
-    plugin: Plugin,
+    plugin: Instance,
 }
 
-/// The shared engine and linker; dropping it stops the epoch ticker.
-pub struct Runtime {
+/// Which version of the contract a plugin was built against: what it may import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contract {
+    /// `herald:plugin@0.1.0`: logging and the clock.
+    V0_1,
+    /// `herald:plugin@0.2.0`: also node-local state.
+    V0_2,
+}
+
+impl Contract {
+    /// The version, as in `herald:plugin@<version>`.
+    pub fn version(self) -> &'static str {
+        match self {
+            Self::V0_1 => "0.1.0",
+            Self::V0_2 => "0.2.0",
+        }
+    }
+}
+
+/// A linked plugin, ready to instantiate.
+struct Linked {
+    pre: LinkedPre,
+    /// The host capabilities it imports beyond logging and the clock (`local-state`), by interface name.
+    capabilities: Vec<String>,
+}
+
+/// The pre-linked component, of either contract version.
+enum LinkedPre {
+    V0_1(v0_1::PluginPre<InstanceState>),
+    V0_2(PluginPre<InstanceState>),
+}
+
+/// An instance of either contract version.
+enum Instance {
+    V0_1(v0_1::Plugin),
+    V0_2(Plugin),
+}
+
+/// Runs `$call` on the instance's `guest` export, whichever contract version it has (the generated
+/// accessors are distinct types with the same methods).
+macro_rules! on_guest {
+    ($instance:expr, |$guest:ident| $call:expr) => {
+        match $instance {
+            Instance::V0_1(plugin) => {
+                let $guest = plugin.herald_plugin_guest();
+                $call
+            }
+            Instance::V0_2(plugin) => {
+                let $guest = plugin.herald_plugin_guest();
+                $call
+            }
+        }
+    };
+}
+
+impl Linked {
+    fn contract(&self) -> Contract {
+        match self.pre {
+            LinkedPre::V0_1(_) => Contract::V0_1,
+            LinkedPre::V0_2(_) => Contract::V0_2,
+        }
+    }
+
+    async fn instantiate(&self, store: &mut Store<InstanceState>) -> wasmtime::Result<Instance> {
+        Ok(match &self.pre {
+            LinkedPre::V0_1(pre) => Instance::V0_1(pre.instantiate_async(store).await?),
+            LinkedPre::V0_2(pre) => Instance::V0_2(pre.instantiate_async(store).await?),
+        })
+    }
+}
+
+/// One compiler's engine and the linker over it (code from one engine cannot run on the other).
+struct Compiler {
     engine: Engine,
     linker: Linker<InstanceState>,
+}
+
+impl Compiler {
+    /// An engine of `tier` with epoch interruption and, when `cache_dir` is given, an on-disk cache of
+    /// compiled plugins (keyed by the wasm's hash and the engine's settings, written and read only by
+    /// wasmtime itself). The optimised engine's instances come from the pooling allocator; the baseline
+    /// engine serves a version only until its optimised code is ready, so it allocates on demand rather
+    /// than reserving a second pool.
+    fn new(tier: Tier, cache_dir: Option<&Path>, max_memory: usize) -> anyhow::Result<Self> {
+        let mut config = wasmtime::Config::new();
+        // Herald does not use the component-model async ABI; turning it off saves ~0.4 µs per call.
+        config.concurrency_support(false);
+        config.epoch_interruption(true);
+        match tier {
+            Tier::Optimized => {
+                config.strategy(Strategy::Cranelift);
+                let mut pool = PoolingAllocationConfig::default();
+                pool.total_component_instances(POOLED_INSTANCES)
+                    .total_core_instances(POOLED_INSTANCES * 4)
+                    .total_memories(POOLED_INSTANCES * 2)
+                    .total_tables(POOLED_INSTANCES * 4)
+                    .total_stacks(POOLED_INSTANCES)
+                    .max_memory_size(max_memory);
+                config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+            }
+            Tier::Baseline => {
+                config.strategy(Strategy::Winch);
+            }
+        }
+        if let Some(dir) = cache_dir {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                anyhow::anyhow!("cannot create plugin cache {}: {e}", dir.display())
+            })?;
+            let mut cache = CacheConfig::new();
+            cache.with_directory(dir);
+            config.cache(Some(Cache::new(cache)?));
+        }
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Plugin::add_to_linker::<InstanceState, HasSelf<InstanceState>>(&mut linker, |state| state)?;
+        v0_1::Plugin::add_to_linker::<InstanceState, HasSelf<InstanceState>>(
+            &mut linker,
+            |state| state,
+        )?;
+        Ok(Self { engine, linker })
+    }
+
+    /// Compiles (on a blocking thread) and links a component, of whichever contract version it targets.
+    async fn compile(&self, bytes: Vec<u8>) -> Result<Linked, LoadError> {
+        let engine = self.engine.clone();
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+            .await
+            .map_err(LoadError::CompilationAborted)?
+            .map_err(|e| LoadError::NotAComponent(root_cause(&e)))?;
+        let capabilities = component
+            .component_type()
+            .imports(&self.engine)
+            .filter_map(|(name, _)| {
+                let interface = name.strip_prefix("herald:plugin/")?.split('@').next()?;
+                (!matches!(interface, "host" | "types")).then(|| interface.to_owned())
+            })
+            .collect();
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Unlinkable(root_cause(&e)))?;
+        let pre = match PluginPre::new(pre.clone()) {
+            Ok(current) => LinkedPre::V0_2(current),
+            Err(error) => v0_1::PluginPre::new(pre)
+                .map(LinkedPre::V0_1)
+                .map_err(|_| LoadError::NoContract(root_cause(&error)))?,
+        };
+        Ok(Linked { pre, capabilities })
+    }
+}
+
+/// The engines and linkers of both tiers and the plugins' node-local state; dropping it stops the epoch
+/// ticker.
+pub struct Runtime {
+    optimized: Compiler,
+    baseline: Compiler,
+    states: LocalStates,
     ticking: Arc<AtomicBool>,
 }
 
@@ -297,99 +482,81 @@ impl Drop for Runtime {
 }
 
 impl Runtime {
-    /// An engine with the pooling allocator, epoch interruption and, when `cache_dir` is given, an on-disk
-    /// cache of compiled plugins (keyed by the wasm's hash and the engine's settings, written and read only
-    /// by wasmtime itself). `max_memory` is the largest memory any plugin may be given.
-    pub fn new(cache_dir: Option<&Path>, max_memory: usize) -> anyhow::Result<Self> {
-        let mut config = wasmtime::Config::new();
-        // Herald does not use the component-model async ABI; turning it off saves ~0.4 µs per call.
-        config.concurrency_support(false);
-        config.epoch_interruption(true);
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(POOLED_INSTANCES)
-            .total_core_instances(POOLED_INSTANCES * 4)
-            .total_memories(POOLED_INSTANCES * 2)
-            .total_tables(POOLED_INSTANCES * 4)
-            .total_stacks(POOLED_INSTANCES)
-            .max_memory_size(max_memory);
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        if let Some(dir) = cache_dir {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                anyhow::anyhow!("cannot create plugin cache {}: {e}", dir.display())
-            })?;
-            let mut cache = CacheConfig::new();
-            cache.with_directory(dir);
-            config.cache(Some(Cache::new(cache)?));
-        }
-        let engine = Engine::new(&config)?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        Plugin::add_to_linker::<InstanceState, HasSelf<InstanceState>>(&mut linker, |state| state)?;
+    /// The engines of both tiers (see [`Compiler::new`]); `max_memory` is the largest memory any plugin
+    /// may be given; `states` keeps the plugins' node-local state.
+    pub fn new(
+        cache_dir: Option<&Path>,
+        max_memory: usize,
+        states: LocalStates,
+    ) -> anyhow::Result<Self> {
+        let optimized = Compiler::new(Tier::Optimized, cache_dir, max_memory)?;
+        let baseline = Compiler::new(Tier::Baseline, cache_dir, max_memory)?;
         let ticking = Arc::new(AtomicBool::new(true));
-        let ticker_engine = engine.clone();
+        let engines = [optimized.engine.clone(), baseline.engine.clone()];
         let still_ticking = ticking.clone();
         std::thread::Builder::new()
             .name("herald-plugin-epoch".into())
             .spawn(move || {
                 while still_ticking.load(Ordering::Relaxed) {
                     std::thread::sleep(TICK);
-                    ticker_engine.increment_epoch();
+                    engines.iter().for_each(Engine::increment_epoch);
                 }
             })?;
         Ok(Self {
-            engine,
-            linker,
+            optimized,
+            baseline,
+            states,
             ticking,
         })
     }
 
-    /// Compiles, links, asks for metadata, configures (`config_for(name)`) and initialises a plugin; the
-    /// initialised instance becomes the first warm one. Compilation runs on a blocking thread.
+    fn compiler(&self, tier: Tier) -> &Compiler {
+        match tier {
+            Tier::Baseline => &self.baseline,
+            Tier::Optimized => &self.optimized,
+        }
+    }
+
+    /// Compiles with `tier`'s compiler, links, asks for metadata, configures (`config_for(name)`) and
+    /// initialises a plugin; the initialised instance becomes the first warm one. Compilation runs on a
+    /// blocking thread.
     pub async fn load(
         &self,
         file: &str,
         bytes: Vec<u8>,
+        tier: Tier,
         config_for: impl FnOnce(&str) -> Result<(String, Limits), LoadError>,
         metrics: &crate::metrics::Metrics,
     ) -> Result<LoadedPlugin, LoadError> {
         let hash = hex::encode(Sha256::digest(&bytes));
-        let engine = self.engine.clone();
-        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
-            .await
-            .map_err(LoadError::CompilationAborted)?
-            .map_err(|e| LoadError::NotAComponent(root_cause(&e)))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::Unlinkable(root_cause(&e)))?;
-        let pre = PluginPre::new(pre).map_err(|e| LoadError::NoContract(root_cause(&e)))?;
-
-        let mut store = new_store(&self.engine, file, usize::MAX / 2);
+        let compiler = self.compiler(tier);
+        let linked = compiler.compile(bytes).await?;
+        let mut store = new_store(&compiler.engine, file, usize::MAX / 2, None);
         store.set_epoch_deadline(ticks(INIT_DEADLINE));
-        let plugin = pre
-            .instantiate_async(&mut store)
+        let plugin = linked
+            .instantiate(&mut store)
             .await
             .map_err(|e| LoadError::Instantiation(root_cause(&e)))?;
-        let metadata = plugin
-            .herald_plugin_guest()
-            .call_metadata(&mut store)
-            .await
-            .map_err(|e| {
+        let metadata =
+            on_guest!(&plugin, |guest| guest.call_metadata(&mut store).await).map_err(|e| {
                 LoadError::Metadata(describe(&e, store.data(), FailureKind::Other).message)
             })?;
         let (config, limits) = config_for(&metadata.name)?;
+        let state = self.states.of(&metadata.name);
         let loaded = LoadedPlugin {
             file: file.to_owned(),
             hash,
             loaded_at: SystemTime::now(),
-            stats: Stats::default(),
+            stats: Arc::default(),
+            tier,
             call_durations: HOOK_NAMES
                 .map(|hook| metrics.plugin_call_duration(&metadata.name, hook)),
             metadata,
             limits,
             config,
-            engine: self.engine.clone(),
-            pre,
+            engine: compiler.engine.clone(),
+            state,
+            linked,
             idle: Mutex::new(Vec::new()),
         };
         let warm = loaded
@@ -399,14 +566,50 @@ impl Runtime {
         loaded.idle().push(warm);
         Ok(loaded)
     }
+
+    /// The same version as `plugin` (whose `.wasm` is `bytes`) on optimised code: same metadata,
+    /// configuration, limits and counters, its first instance initialised.
+    pub async fn optimize(
+        &self,
+        plugin: &LoadedPlugin,
+        bytes: Vec<u8>,
+    ) -> Result<LoadedPlugin, LoadError> {
+        let linked = self.optimized.compile(bytes).await?;
+        let optimized = LoadedPlugin {
+            file: plugin.file.clone(),
+            metadata: plugin.metadata.clone(),
+            hash: plugin.hash.clone(),
+            loaded_at: plugin.loaded_at,
+            stats: plugin.stats.clone(),
+            tier: Tier::Optimized,
+            call_durations: plugin.call_durations.clone(),
+            limits: plugin.limits,
+            config: plugin.config.clone(),
+            engine: self.optimized.engine.clone(),
+            linked,
+            state: plugin.state.clone(),
+            idle: Mutex::new(Vec::new()),
+        };
+        let warm = optimized
+            .instantiate()
+            .await
+            .map_err(LoadError::FirstInstance)?;
+        optimized.idle().push(warm);
+        Ok(optimized)
+    }
 }
 
 fn ticks(deadline: Duration) -> u64 {
     (deadline.as_micros().div_ceil(TICK.as_micros())).max(1) as u64
 }
 
-fn new_store(engine: &Engine, plugin: &str, memory: usize) -> Store<InstanceState> {
-    let mut store = Store::new(engine, InstanceState::new(plugin, memory));
+fn new_store(
+    engine: &Engine,
+    plugin: &str,
+    memory: usize,
+    state: Option<Arc<LocalStore>>,
+) -> Store<InstanceState> {
+    let mut store = Store::new(engine, InstanceState::new(plugin, memory, state));
     store.limiter(|state| &mut state.limits);
     store.epoch_deadline_trap();
     store
@@ -506,23 +709,37 @@ impl LoadedPlugin {
         self.limits
     }
 
+    /// The contract version it was built against.
+    pub fn contract(&self) -> Contract {
+        self.linked.contract()
+    }
+
+    /// The host capabilities it imports beyond logging and the clock (`local-state`).
+    pub fn capabilities(&self) -> &[String] {
+        &self.linked.capabilities
+    }
+
     async fn instantiate(&self) -> Result<Warm, Failure> {
-        let mut store = new_store(&self.engine, &self.metadata.name, self.limits.memory);
+        let mut store = new_store(
+            &self.engine,
+            &self.metadata.name,
+            self.limits.memory,
+            Some(self.state.clone()),
+        );
         store.set_epoch_deadline(ticks(INIT_DEADLINE));
-        let plugin = self.pre.instantiate_async(&mut store).await.map_err(|e| {
+        let plugin = self.linked.instantiate(&mut store).await.map_err(|e| {
             describe(&e, store.data(), FailureKind::Instantiation).context("instantiation failed")
         })?;
-        plugin
-            .herald_plugin_guest()
+        on_guest!(&plugin, |guest| guest
             .call_init(&mut store, &self.config)
-            .await
-            .map_err(|e| describe(&e, store.data(), FailureKind::Other).context("init failed"))?
-            .map_err(|e| {
-                Failure::new(
-                    FailureKind::InitRefused,
-                    format!("init refused: {}", redact_config_values(&e, &self.config)),
-                )
-            })?;
+            .await)
+        .map_err(|e| describe(&e, store.data(), FailureKind::Other).context("init failed"))?
+        .map_err(|e| {
+            Failure::new(
+                FailureKind::InitRefused,
+                format!("init refused: {}", redact_config_values(&e, &self.config)),
+            )
+        })?;
         Ok(Warm { store, plugin })
     }
 
@@ -577,19 +794,18 @@ impl LoadedPlugin {
 }
 
 async fn invoke(warm: &mut Warm, call: &Call) -> wasmtime::Result<Reply> {
-    let guest = warm.plugin.herald_plugin_guest();
     let store = &mut warm.store;
-    Ok(match call {
-        Call::Connect(r) => Reply::Connect(guest.call_on_connect(store, r).await?),
-        Call::Subscribe(r) => Reply::Subscribe(guest.call_on_subscribe(store, r).await?),
-        Call::Publish(r) => Reply::Publish(guest.call_on_publish(store, r).await?),
-        Call::Rpc(r) => Reply::Rpc(guest.call_on_rpc(store, r).await?),
-        Call::Access(r) => Reply::Access(guest.call_on_access(store, r).await?),
+    on_guest!(&warm.plugin, |guest| Ok(match call {
+        Call::Connect(r) => Reply::Connect(guest.call_on_connect(&mut *store, r).await?),
+        Call::Subscribe(r) => Reply::Subscribe(guest.call_on_subscribe(&mut *store, r).await?),
+        Call::Publish(r) => Reply::Publish(guest.call_on_publish(&mut *store, r).await?),
+        Call::Rpc(r) => Reply::Rpc(guest.call_on_rpc(&mut *store, r).await?),
+        Call::Access(r) => Reply::Access(guest.call_on_access(&mut *store, r).await?),
         Call::Disconnect(e) => {
-            guest.call_on_disconnect(store, e).await?;
+            guest.call_on_disconnect(&mut *store, e).await?;
             Reply::Disconnect
         }
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -616,7 +832,7 @@ mod tests {
 
     #[test]
     fn failures_are_classified_by_kind() {
-        let state = InstanceState::new("test", 1 << 20);
+        let state = InstanceState::new("test", 1 << 20, None);
         let kind =
             |trap: Trap| describe(&wasmtime::Error::new(trap), &state, FailureKind::Other).kind;
         assert_eq!(kind(Trap::Interrupt), FailureKind::Deadline);
