@@ -512,6 +512,17 @@ fn uni_server_config() -> (tempfile::TempDir, String) {
     )
 }
 
+/// Has the server drop alice's connection `client` with code 3011 (reconnect).
+async fn drop_to_reconnect(server: &TestServer, client: &str) {
+    let (status, body) = server
+        .api(
+            "disconnect",
+            json!({"user": "alice", "client": client, "disconnect": {"code": 3011, "reason": "again"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 /// A client without an SDK: the connect request comes with the stream, the connect plugin's channels
 /// are subscribed, publications arrive as bare pushes, a server API `subscribe` adds a channel, and a
 /// reconnect with the last position in `subs` recovers what was missed; the API's disconnect ends the
@@ -553,13 +564,7 @@ async fn uni_stream_carries_server_side_subscriptions(kind: Kind) {
     server.publish("extra", json!({"n": "x"})).await;
     assert_eq!(stream.next().await["pub"]["data"], json!({"n": "x"}));
 
-    let (status, body) = server
-        .api(
-            "disconnect",
-            json!({"user": "alice", "client": client, "disconnect": {"code": 3011, "reason": "again"}}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    drop_to_reconnect(&server, client).await;
     let mut last = None;
     while let Some(message) = stream.read_message().await {
         last = Some(message);
@@ -736,13 +741,7 @@ async fn uni_sse_recovers_from_the_last_event_id() {
             epochs["news"].as_str().unwrap()
         )
     );
-    let (status, body) = server
-        .api(
-            "disconnect",
-            json!({"user": "alice", "client": client, "disconnect": {"code": 3011, "reason": "again"}}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    drop_to_reconnect(&server, &client).await;
     while stream.read_message().await.is_some() {}
 
     server.publish("news", json!({"n": 2})).await;

@@ -1087,13 +1087,24 @@ async fn baseline_code_is_as_isolated_as_optimised_code() {
     }
 }
 
-/// A loaded version moves from its baseline code to optimised code by itself, and `/api/plugins` says
-/// which code serves.
+/// At start plugins serve optimised code; a reloaded version serves baseline code first and moves to
+/// optimised code by itself; `/api/plugins` says which code serves.
 #[tokio::test]
-async fn a_loaded_version_moves_to_optimised_code_by_itself() {
+async fn a_reloaded_version_moves_to_optimised_code_by_itself() {
     let plugged = Plugged::start(&[("10-hostile.wasm", &hostile())]).await;
     let server = &plugged.server;
     let status = plugged.status().await;
+    assert_eq!(
+        entry(&status, "10-hostile.wasm").expect("listed")["code"],
+        "optimized"
+    );
+
+    plugged.deploy("10-hostile.wasm", &scripted());
+    let status = plugged
+        .wait_status("the new version", |status| {
+            entry(status, "10-hostile.wasm").is_some_and(|p| p["name"] == "scripted")
+        })
+        .await;
     let code = &entry(&status, "10-hostile.wasm").expect("listed")["code"];
     assert!(code == "baseline" || code == "optimized", "{status:#}");
     server.node.plugins.optimized().await;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use herald::plugin::bindings::{ClientInfo, PublishRequest, PublishSource, SubscribeRequest};
-use herald::plugin::runtime::Tier;
+use herald::plugin::runtime::{Call, Limits, Runtime, Tier};
 use herald::plugin::{Plugins, PluginsConfig};
 
 fn fixture() -> PathBuf {
@@ -98,6 +98,32 @@ fn hooks(c: &mut Criterion) {
         b.to_async(&runtime)
             .iter(|| plugins.subscribe(subscribe.clone()))
     });
+
+    // One version's two codes side by side, called directly (no chain): what a hook costs in the moments
+    // after a reload, on baseline code, and after, on optimised code.
+    let states = herald::plugin::state::LocalStates::new(100, 1 << 20);
+    let direct = Runtime::new(None, 64 << 20, states).unwrap();
+    let limits = Limits {
+        deadline: Duration::from_millis(10),
+        memory: 16 << 20,
+        max_idle: 4,
+    };
+    let call = Call::Publish(publish.clone());
+    for tier in [Tier::Baseline, Tier::Optimized] {
+        let plugin = runtime
+            .block_on(direct.load(
+                "10-hostile.wasm",
+                std::fs::read(fixture()).unwrap(),
+                tier,
+                |_| Ok(("{}".to_owned(), limits)),
+                &Default::default(),
+            ))
+            .unwrap();
+        c.bench_function(
+            &format!("publish hook, {} code, direct", tier.as_str()),
+            |b| b.to_async(&runtime).iter(|| plugin.call(&call)),
+        );
+    }
 }
 
 fn loading(c: &mut Criterion) {
@@ -109,6 +135,7 @@ fn loading(c: &mut Criterion) {
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(10));
+    // At start: straight to optimised code.
     group.bench_function("uncached, optimised code serving", |b| {
         b.iter_custom(|iterations| {
             let mut total = Duration::ZERO;
@@ -135,9 +162,10 @@ fn loading(c: &mut Criterion) {
                 std::fs::copy(fixture(), dir.path().join("10-hostile.wasm")).unwrap();
                 let plugins = plugins_in(dir.path(), &dir.path().join(".cache"));
                 let started = Instant::now();
-                runtime.block_on(plugins.load_all());
+                let file = dir.path().join("10-hostile.wasm");
+                runtime.block_on(plugins.load_file(&file, false, Tier::Baseline));
                 total += started.elapsed();
-                assert_eq!(plugins.loaded().len(), 1);
+                assert_eq!(plugins.loaded()[0].tier, Tier::Baseline);
                 // Untimed: the background compile of the optimised code, which must not compete with
                 // the next load (and holds the runtime until it ends).
                 runtime.block_on(plugins.optimized());

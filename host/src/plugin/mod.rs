@@ -194,7 +194,8 @@ impl Plugins {
     }
 
     /// Loads every `.wasm` of the folder, in name order, as the server starts; failures are logged and
-    /// recorded.
+    /// recorded. The server serves once they are loaded, so they are compiled straight to optimised code
+    /// (from the cache in milliseconds): no baseline code, and no compile competing with the first traffic.
     pub async fn load_all(&self) {
         let Some(dir) = self.dir() else { return };
         let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
@@ -214,13 +215,14 @@ impl Plugins {
             .filter_map(|file| file.file_name()?.to_str().map(str::to_owned))
             .collect();
         for file in files {
-            self.load_file(&file, false).await;
+            self.load_file(&file, false, Tier::Optimized).await;
         }
     }
 
-    /// Loads (or reloads) one plugin file and swaps it into the set; on any failure the old version keeps
-    /// serving and the reason is logged. Unchanged content is skipped unless `force` (its config changed).
-    pub async fn load_file(&self, path: &Path, force: bool) {
+    /// Loads (or reloads) one plugin file with `tier`'s compiler and swaps it into the set; on any failure
+    /// the old version keeps serving and the reason is logged. Unchanged content is skipped unless `force`
+    /// (its config changed). A version loaded on baseline code moves to optimised code by itself.
+    pub async fn load_file(&self, path: &Path, force: bool, tier: Tier) {
         let Some(runtime) = &self.runtime else { return };
         let Some(file) = path.file_name().and_then(|f| f.to_str()).map(str::to_owned) else {
             return;
@@ -244,11 +246,13 @@ impl Plugins {
         }
         let beside = path.with_extension("toml");
         let started = std::time::Instant::now();
+        // Baseline code is followed by the same bytes compiled again.
+        let again = (tier == Tier::Baseline).then(|| bytes.clone());
         let loaded = runtime
             .load(
                 &file,
-                bytes.clone(),
-                Tier::Baseline,
+                bytes,
+                tier,
                 |name| self.settings_for(name, &beside),
                 &self.metrics,
             )
@@ -272,7 +276,9 @@ impl Plugins {
                     next.sort_by(|a, b| a.file.cmp(&b.file));
                     next
                 });
-                self.optimize_in_background(runtime.clone(), plugin, bytes);
+                if let Some(bytes) = again {
+                    self.optimize_in_background(runtime.clone(), plugin, bytes);
+                }
             }
             Err(reason) => self.rejected(&file, reason),
         }

@@ -559,12 +559,7 @@ impl Runtime {
             linked,
             idle: Mutex::new(Vec::new()),
         };
-        let warm = loaded
-            .instantiate()
-            .await
-            .map_err(LoadError::FirstInstance)?;
-        loaded.idle().push(warm);
-        Ok(loaded)
+        loaded.with_first_instance().await
     }
 
     /// The same version as `plugin` (whose `.wasm` is `bytes`) on optimised code: same metadata,
@@ -590,12 +585,7 @@ impl Runtime {
             state: plugin.state.clone(),
             idle: Mutex::new(Vec::new()),
         };
-        let warm = optimized
-            .instantiate()
-            .await
-            .map_err(LoadError::FirstInstance)?;
-        optimized.idle().push(warm);
-        Ok(optimized)
+        optimized.with_first_instance().await
     }
 }
 
@@ -717,6 +707,14 @@ impl LoadedPlugin {
     /// The host capabilities it imports beyond logging and the clock (`local-state`).
     pub fn capabilities(&self) -> &[String] {
         &self.linked.capabilities
+    }
+
+    /// The version with its first instance initialised and warm: a version whose `init` fails is never
+    /// served.
+    async fn with_first_instance(self) -> Result<Self, LoadError> {
+        let warm = self.instantiate().await.map_err(LoadError::FirstInstance)?;
+        self.idle().push(warm);
+        Ok(self)
     }
 
     async fn instantiate(&self) -> Result<Warm, Failure> {

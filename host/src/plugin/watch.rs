@@ -15,6 +15,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::runtime::Tier;
 use super::{Plugins, is_plugin_file};
 
 /// How long events for the folder are collected before acting on them.
@@ -66,7 +67,10 @@ pub fn start(plugins: Arc<Plugins>, shutdown: CancellationToken) -> notify::Resu
             }
             for (path, config_changed) in reload {
                 if path.is_file() {
-                    plugins.load_file(&path, config_changed).await;
+                    // A reload serves baseline code first, so even a large plugin swaps quickly.
+                    plugins
+                        .load_file(&path, config_changed, Tier::Baseline)
+                        .await;
                 } else if let Some(file) = path.file_name().and_then(|f| f.to_str()) {
                     plugins.unload(file);
                 }
