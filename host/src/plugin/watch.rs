@@ -19,7 +19,7 @@ use super::runtime::Tier;
 use super::{Plugins, is_plugin_file};
 
 /// How long events for the folder are collected before acting on them.
-pub const DEBOUNCE: Duration = Duration::from_millis(50);
+pub const DEBOUNCE: Duration = Duration::from_millis(25);
 
 /// Starts watching the plugin folder; reloads run until `shutdown`.
 pub fn start(plugins: Arc<Plugins>, shutdown: CancellationToken) -> notify::Result<()> {
