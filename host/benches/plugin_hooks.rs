@@ -126,6 +126,32 @@ fn hooks(c: &mut Criterion) {
     }
 }
 
+/// Loads the fixture `iterations` times into a fresh folder with `tier`'s compiler (on-disk cache in
+/// `cache`, or a fresh one), timing each load until the version serves; the background compile of
+/// optimised code that follows a baseline load is waited for untimed, so it competes with no next load
+/// (and its runtime is dropped).
+fn timed_loads(
+    runtime: &tokio::runtime::Runtime,
+    iterations: u64,
+    tier: Tier,
+    cache: Option<&Path>,
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iterations {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("10-hostile.wasm");
+        std::fs::copy(fixture(), &file).unwrap();
+        let fresh = dir.path().join(".cache");
+        let plugins = plugins_in(dir.path(), cache.unwrap_or(&fresh));
+        let started = Instant::now();
+        runtime.block_on(plugins.load_file(&file, false, tier));
+        total += started.elapsed();
+        assert_eq!(plugins.loaded()[0].tier, tier);
+        runtime.block_on(plugins.optimized());
+    }
+    total
+}
+
 fn loading(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -137,59 +163,16 @@ fn loading(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(10));
     // At start: straight to optimised code.
     group.bench_function("uncached, optimised code serving", |b| {
-        b.iter_custom(|iterations| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iterations {
-                let dir = tempfile::tempdir().unwrap();
-                std::fs::copy(fixture(), dir.path().join("10-hostile.wasm")).unwrap();
-                let plugins = plugins_in(dir.path(), &dir.path().join(".cache"));
-                let started = Instant::now();
-                runtime.block_on(async {
-                    plugins.load_all().await;
-                    plugins.optimized().await;
-                });
-                total += started.elapsed();
-                assert_eq!(plugins.loaded()[0].tier, Tier::Optimized);
-            }
-            total
-        })
+        b.iter_custom(|iterations| timed_loads(&runtime, iterations, Tier::Optimized, None))
     });
+    // A reload: baseline code first.
     group.bench_function("uncached, serving (baseline code)", |b| {
-        b.iter_custom(|iterations| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iterations {
-                let dir = tempfile::tempdir().unwrap();
-                std::fs::copy(fixture(), dir.path().join("10-hostile.wasm")).unwrap();
-                let plugins = plugins_in(dir.path(), &dir.path().join(".cache"));
-                let started = Instant::now();
-                let file = dir.path().join("10-hostile.wasm");
-                runtime.block_on(plugins.load_file(&file, false, Tier::Baseline));
-                total += started.elapsed();
-                assert_eq!(plugins.loaded()[0].tier, Tier::Baseline);
-                // Untimed: the background compile of the optimised code, which must not compete with
-                // the next load (and holds the runtime until it ends).
-                runtime.block_on(plugins.optimized());
-            }
-            total
-        })
+        b.iter_custom(|iterations| timed_loads(&runtime, iterations, Tier::Baseline, None))
     });
     let cache = tempfile::tempdir().unwrap();
     group.bench_function("cached", |b| {
         b.iter_custom(|iterations| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iterations {
-                let dir = tempfile::tempdir().unwrap();
-                std::fs::copy(fixture(), dir.path().join("10-hostile.wasm")).unwrap();
-                let plugins = plugins_in(dir.path(), cache.path());
-                let started = Instant::now();
-                runtime.block_on(plugins.load_all());
-                total += started.elapsed();
-                assert_eq!(plugins.loaded().len(), 1);
-                // Untimed: the background compile of the optimised code, which must not compete with
-                // the next load (and holds the runtime until it ends).
-                runtime.block_on(plugins.optimized());
-            }
-            total
+            timed_loads(&runtime, iterations, Tier::Optimized, Some(cache.path()))
         })
     });
     group.finish();
