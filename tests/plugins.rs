@@ -1042,9 +1042,9 @@ async fn plugins_api_requires_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baseline_code_is_as_isolated_as_optimised_code() {
     use herald::plugin::bindings::{PublishRequest, PublishSource};
-    use herald::plugin::runtime::{Call, Limits, Runtime, Tier};
-    let states = herald::plugin::state::LocalStates::new(100, 1 << 20);
-    let runtime = Runtime::new(None, 64 << 20, states).expect("plugin runtime");
+    use herald::plugin::runtime::{Call, HostServices, Limits, Runtime, Tier};
+    let services = HostServices::new(&Default::default());
+    let runtime = Runtime::new(None, 64 << 20, services).expect("plugin runtime");
     let limits = Limits {
         deadline: Duration::from_millis(50),
         memory: 16 << 20,
@@ -1184,4 +1184,117 @@ async fn a_0_1_plugin_serves_beside_0_2_plugins() {
         checked.contains("contract herald:plugin@0.2.0; capabilities: none beyond"),
         "{checked}"
     );
+}
+
+/// A backend for plugins to ask, on a loopback port: `/auth` lets in the holder of session cookie
+/// `laravel_session=valid` as alice (and refuses anyone else with 401), `/slow` answers after 10 s,
+/// `/garbage` answers 200 with HTML.
+async fn backend() -> std::net::SocketAddr {
+    use axum::routing::post;
+    async fn auth(axum::Json(body): axum::Json<Value>) -> (axum::http::StatusCode, String) {
+        let cookie = body["cookie"].as_str().unwrap_or_default();
+        if cookie.split("; ").any(|c| c == "laravel_session=valid") {
+            (axum::http::StatusCode::OK, r#"{"user":"alice"}"#.to_owned())
+        } else {
+            (axum::http::StatusCode::UNAUTHORIZED, "{}".to_owned())
+        }
+    }
+    let app = axum::Router::new()
+        .route("/auth", post(auth))
+        .route(
+            "/slow",
+            post(|| async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                r#"{"user":"late"}"#
+            }),
+        )
+        .route("/garbage", post(|| async { "<html>oops</html>" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the backend");
+    let addr = listener.local_addr().expect("its address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// A plugin asks its backend over HTTP (contract 0.2) at connect: a session cookie the backend accepts
+/// connects as the user it names, one it refuses is closed with 3500; a backend that answers garbage,
+/// too slowly or not at all fails the connect closed (3500, 3004, 3004) within the plugin's timeout; a
+/// URL outside the plugin's allowed prefixes is never requested. `/api/plugins` counts the requests and
+/// their failures, by kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_asks_its_backend_and_fails_closed_without_it() {
+    let backend = backend().await;
+    let nobody = format!("127.0.0.1:{}", herald::testing::free_port());
+    let cases = [
+        (
+            format!("http://{backend}/auth"),
+            Some("laravel_session=valid"),
+            None,
+        ),
+        (
+            format!("http://{backend}/auth"),
+            Some("laravel_session=stolen"),
+            Some(3500),
+        ),
+        (format!("http://{backend}/garbage"), None, Some(3500)),
+        (format!("http://{backend}/slow"), None, Some(3004)),
+        (format!("http://{nobody}/auth"), None, Some(3004)),
+        ("http://10.255.255.1/auth".to_owned(), None, Some(3004)),
+    ];
+    for (url, cookie, closed) in cases {
+        let dir = tempfile::tempdir().expect("plugin dir");
+        std::fs::write(dir.path().join("10-scripted.wasm"), scripted()).expect("write plugin");
+        let script = format!("connect_backend = {url:?}\n");
+        std::fs::write(dir.path().join("10-scripted.toml"), script).expect("write config");
+        let server = TestServer::start(&format!(
+            "[plugins]\ndir = {:?}\n[plugins.limits.scripted]\ndeadline = \"3s\"\n\
+             [plugins.http.scripted]\nallow = [\"http://{backend}/\", \"http://{nobody}/auth\"]\n\
+             timeout = \"300ms\"\n",
+            dir.path().to_str().expect("utf-8 path"),
+        ))
+        .await;
+        let headers: Vec<(&'static str, &str)> =
+            cookie.map(|c| ("cookie", c)).into_iter().collect();
+        let mut client = Client::open_with_headers(&server.ws_url(), &headers).await;
+        let started = std::time::Instant::now();
+        match closed {
+            None => {
+                let reply = client.command("connect", json!({})).await;
+                assert!(reply["connect"]["client"].is_string(), "{url}: {reply}");
+            }
+            Some(code) => {
+                let id = client.next_id();
+                client
+                    .send_text(&json!({"id": id, "connect": {}}).to_string())
+                    .await;
+                assert_eq!(client.expect_close().await.0, code, "{url}");
+                // Bounded by the plugin's HTTP timeout (300 ms), well inside its 3 s deadline.
+                assert!(
+                    started.elapsed() < Duration::from_secs(3),
+                    "{url}: took {:?}",
+                    started.elapsed()
+                );
+            }
+        }
+        let status = get_plugins(&server, Some(API_KEY)).await.1;
+        let plugin = entry(&status["result"], "10-scripted.wasm")
+            .expect("listed")
+            .clone();
+        assert_eq!(plugin["capabilities"], json!(["http"]), "{plugin:#}");
+        assert_eq!(plugin["http_requests"], 1, "{url}: {plugin:#}");
+        let failures = &plugin["http_failures"];
+        match url.as_str() {
+            u if u.ends_with("/slow") => {
+                assert_eq!(failures, &json!([{"reason": "timeout", "count": 1}]))
+            }
+            u if u.starts_with("http://10.") => {
+                assert_eq!(failures, &json!([{"reason": "not_allowed", "count": 1}]));
+            }
+            u if u.contains(&nobody) => {
+                assert_eq!(failures, &json!([{"reason": "unavailable", "count": 1}]));
+            }
+            _ => assert_eq!(failures, &json!([]), "{url}: answered, whatever it said"),
+        }
+    }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use herald::plugin::bindings::{ClientInfo, PublishRequest, PublishSource, SubscribeRequest};
-use herald::plugin::runtime::{Call, Limits, Runtime, Tier};
+use herald::plugin::runtime::{Call, HostServices, Limits, Runtime, Tier};
 use herald::plugin::{Plugins, PluginsConfig};
 
 fn fixture() -> PathBuf {
@@ -101,8 +101,8 @@ fn hooks(c: &mut Criterion) {
 
     // One version's two codes side by side, called directly (no chain): what a hook costs in the moments
     // after a reload, on baseline code, and after, on optimised code.
-    let states = herald::plugin::state::LocalStates::new(100, 1 << 20);
-    let direct = Runtime::new(None, 64 << 20, states).unwrap();
+    let services = HostServices::new(&PluginsConfig::default());
+    let direct = Runtime::new(None, 64 << 20, services).unwrap();
     let limits = Limits {
         deadline: Duration::from_millis(10),
         memory: 16 << 20,

@@ -316,6 +316,10 @@ pub fn plugins_report(node: &Node) -> serde_json::Value {
                 "denies": stats.denies.load(std::sync::atomic::Ordering::Relaxed),
                 "failures": stats.failures.load(std::sync::atomic::Ordering::Relaxed),
                 "failure_reasons": reasons,
+                "http_requests": p.http().stats.requests.load(std::sync::atomic::Ordering::Relaxed),
+                "http_failures": p.http().stats.failure_counts().into_iter()
+                    .map(|(reason, count)| serde_json::json!({"reason": reason, "count": count}))
+                    .collect::<Vec<_>>(),
             })
         })
         .collect();

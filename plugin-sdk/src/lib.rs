@@ -75,6 +75,7 @@
 
 extern crate self as herald_sdk;
 
+pub mod http;
 pub mod json;
 pub mod pattern;
 pub mod requests;

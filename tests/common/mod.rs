@@ -250,7 +250,18 @@ impl Client {
 
     /// Opens a WebSocket to a URL.
     pub async fn open_url(url: &str) -> Self {
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        Self::open_with_headers(url, &[]).await
+    }
+
+    /// Opens a WebSocket to a URL with extra request headers (a browser's cookie, say).
+    pub async fn open_with_headers(url: &str, headers: &[(&'static str, &str)]) -> Self {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request().expect("a WebSocket URL");
+        for (name, value) in headers {
+            let value = value.parse().expect("a header value");
+            request.headers_mut().insert(*name, value);
+        }
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
             .await
             .expect("ws open in time")
             .expect("ws open");

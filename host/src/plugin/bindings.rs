@@ -4,13 +4,16 @@
 //! request and verdict are one Rust type whichever version the plugin targets.
 //!
 //! Nothing else runs `bindgen!`. Exports are called asynchronously (so an epoch deadline can interrupt a
-//! guest without blocking a runtime thread); the host imports are plain synchronous functions.
+//! guest without blocking a runtime thread); the host imports are plain synchronous functions but for
+//! `http.fetch`, which awaits the backend with the instance suspended.
 // The generated code documents itself in the WIT files, and its visibility is bindgen's.
 #![allow(missing_docs, unreachable_pub)]
 
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "herald:plugin/plugin@0.2.0",
+    // A request to the backend suspends the instance's fiber instead of blocking a thread.
+    imports: { "herald:plugin/http.fetch": async },
     exports: { default: async },
     additional_derives: [PartialEq, Eq],
 });

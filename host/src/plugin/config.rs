@@ -48,6 +48,8 @@ pub struct PluginsConfig {
     pub config: BTreeMap<String, serde_json::Value>,
     /// Limit overrides by plugin name.
     pub limits: BTreeMap<String, PluginLimits>,
+    /// Outbound HTTP by plugin name (contract 0.2); a plugin without a section may reach nothing.
+    pub http: BTreeMap<String, super::http::PluginHttpConfig>,
 }
 
 impl std::fmt::Debug for PluginsConfig {
@@ -64,6 +66,7 @@ impl std::fmt::Debug for PluginsConfig {
             .field("state_max_bytes", &self.state_max_bytes)
             .field("config (redacted) for", &configured)
             .field("limits", &self.limits)
+            .field("http", &self.http)
             .finish()
     }
 }
@@ -81,6 +84,7 @@ impl Default for PluginsConfig {
             state_max_bytes: 4 * 1024 * 1024,
             config: BTreeMap::new(),
             limits: BTreeMap::new(),
+            http: BTreeMap::new(),
         }
     }
 }
@@ -105,6 +109,13 @@ impl PluginsConfig {
                     plugin: name.clone(),
                 });
             }
+        }
+        for (name, http) in &self.http {
+            http.validate()
+                .map_err(|reason| PluginsConfigError::PluginHttp {
+                    plugin: name.clone(),
+                    reason,
+                })?;
         }
         if !self.dir.is_empty() && !Path::new(&self.dir).is_dir() {
             return Err(PluginsConfigError::NotAFolder {
@@ -135,6 +146,14 @@ pub enum PluginsConfigError {
     PluginMemoryLimit {
         /// The plugin's name.
         plugin: String,
+    },
+    /// A plugin's `http` section is invalid.
+    #[error("plugins.http.{plugin}: {reason}")]
+    PluginHttp {
+        /// The plugin's name.
+        plugin: String,
+        /// What is wrong.
+        reason: String,
     },
     /// `dir` is set but is not a folder.
     #[error("plugins.dir: {dir} is not a folder")]

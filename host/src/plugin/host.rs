@@ -1,5 +1,5 @@
 //! What a plugin instance's store holds, and the host functions a plugin may import (log, clock; from 0.2
-//! the plugin's node-local state).
+//! the plugin's node-local state and outbound HTTP).
 //!
 //! Each instance gets its own [`InstanceState`]: a closed WASI context (no files, no network, no
 //! environment; the Rust standard library in the guest needs WASI to exist, not to do anything) and a
@@ -14,7 +14,15 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{self, Level};
+use super::http::PluginHttp;
 use super::state::LocalStore;
+
+/// What a plugin's instances share on this node: its state and its outbound HTTP.
+#[derive(Debug, Clone)]
+pub(super) struct Grants {
+    pub state: Arc<LocalStore>,
+    pub http: Arc<PluginHttp>,
+}
 
 /// Largest guest stderr kept (a panic message) to explain a trap.
 const STDERR_CAPTURE: usize = 4096;
@@ -25,8 +33,10 @@ pub(super) struct InstanceState {
     wasi: WasiCtx,
     table: ResourceTable,
     stderr: MemoryOutputPipe,
-    /// The plugin's node-local state (none while its name is not known yet: the load's first instance).
-    state: Option<Arc<LocalStore>>,
+    /// The plugin's state and HTTP (none while its name is not known yet: the load's first instance).
+    grants: Option<Grants>,
+    /// When the hook being called must have decided (the epoch deadline's instant, for HTTP requests).
+    pub deadline: Option<Instant>,
     /// The memory cap.
     pub limits: MemoryCap,
 }
@@ -41,7 +51,7 @@ impl std::fmt::Debug for InstanceState {
 
 impl InstanceState {
     /// State for a new instance of `plugin` capped at `memory_limit` bytes of linear memory.
-    pub(super) fn new(plugin: &str, memory_limit: usize, state: Option<Arc<LocalStore>>) -> Self {
+    pub(super) fn new(plugin: &str, memory_limit: usize, grants: Option<Grants>) -> Self {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
         Self {
@@ -49,7 +59,8 @@ impl InstanceState {
             wasi,
             table: ResourceTable::new(),
             stderr,
-            state,
+            grants,
+            deadline: None,
             limits: MemoryCap {
                 limit: memory_limit,
                 refused: false,
@@ -111,27 +122,44 @@ impl bindings::v0_1::herald::plugin::host::Host for InstanceState {
     }
 }
 
+impl InstanceState {
+    fn state(&self) -> Option<&LocalStore> {
+        self.grants.as_ref().map(|grants| &*grants.state)
+    }
+}
+
 impl bindings::herald::plugin::local_state::Host for InstanceState {
     fn get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.state.as_ref()?.get(&key, Instant::now())
+        self.state()?.get(&key, Instant::now())
     }
 
     fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u64) -> bool {
-        self.state
-            .as_ref()
+        self.state()
             .is_some_and(|state| state.set(&key, value, ttl_ms, Instant::now()))
     }
 
     fn incr(&mut self, key: String, delta: i64, ttl_ms: u64) -> Option<i64> {
-        self.state
-            .as_ref()?
-            .incr(&key, delta, ttl_ms, Instant::now())
+        self.state()?.incr(&key, delta, ttl_ms, Instant::now())
     }
 
     fn delete(&mut self, key: String) -> bool {
-        self.state
-            .as_ref()
+        self.state()
             .is_some_and(|state| state.delete(&key, Instant::now()))
+    }
+}
+
+impl bindings::herald::plugin::http::Host for InstanceState {
+    async fn fetch(
+        &mut self,
+        request: bindings::herald::plugin::http::Request,
+    ) -> Result<bindings::herald::plugin::http::Response, bindings::herald::plugin::http::Error>
+    {
+        let Some(grants) = &self.grants else {
+            let reason = "no HTTP while the plugin loads".to_owned();
+            return Err(bindings::herald::plugin::http::Error::NotAllowed(reason));
+        };
+        let http = grants.http.clone();
+        http.fetch(request, self.deadline).await
     }
 }
 

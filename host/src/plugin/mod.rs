@@ -9,6 +9,7 @@ pub mod bindings;
 pub mod chain;
 mod config;
 mod host;
+pub mod http;
 mod load_error;
 pub mod runtime;
 pub mod state;
@@ -29,8 +30,9 @@ use bindings::{
     RpcRequest, SubscribeAllow, SubscribeRequest,
 };
 use chain::{Decision, Draft, PublishDecision, RpcDecision};
-use runtime::{Call, Failure, FailureKind, Limits, LoadedPlugin, Reply, Runtime, Tier};
-use state::LocalStates;
+use runtime::{
+    Call, Failure, FailureKind, HostServices, Limits, LoadedPlugin, Reply, Runtime, Tier,
+};
 
 /// The most memory any plugin can be given (the pooling allocator's slot size).
 fn largest_memory(config: &PluginsConfig) -> usize {
@@ -101,11 +103,10 @@ impl Plugins {
             // wasmtime's cache wants an absolute path; a relative `dir` is relative to the working directory.
             let cache = std::path::absolute(&cache)
                 .map_err(|e| anyhow::anyhow!("plugins.cache_dir {}: {e}", cache.display()))?;
-            let states = LocalStates::new(config.state_max_entries, config.state_max_bytes);
             Some(Arc::new(Runtime::new(
                 Some(&cache),
                 largest_memory(config),
-                states,
+                HostServices::new(config),
             )?))
         };
         Ok(Self::with_runtime(config, runtime, metrics))
@@ -562,8 +563,8 @@ pub fn read_config(path: &Path) -> Result<String, LoadError> {
 /// `init` with the configuration beside it (or `config`, JSON). Returns a description of the plugin.
 pub async fn check(path: &Path, config: Option<String>) -> Result<String, LoadError> {
     let defaults = PluginsConfig::default();
-    let states = LocalStates::new(defaults.state_max_entries, defaults.state_max_bytes);
-    let runtime = Runtime::new(None, 64 * 1024 * 1024, states).map_err(LoadError::Runtime)?;
+    let services = HostServices::new(&defaults);
+    let runtime = Runtime::new(None, 64 * 1024 * 1024, services).map_err(LoadError::Runtime)?;
     let bytes = std::fs::read(path).map_err(|error| LoadError::Unreadable {
         path: path.to_owned(),
         error,

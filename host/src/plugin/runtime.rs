@@ -26,9 +26,10 @@ use wasmtime::{
 };
 
 use super::bindings::{self, Plugin, PluginMetadata as Metadata, PluginPre, v0_1};
-use super::host::InstanceState;
+use super::host::{Grants, InstanceState};
+use super::http::{HttpPolicies, PluginHttp};
 use super::load_error::LoadError;
-use super::state::{LocalStates, LocalStore};
+use super::state::LocalStates;
 
 /// How often the engine's epoch advances; deadlines are counted in these ticks.
 const TICK: Duration = Duration::from_millis(1);
@@ -288,8 +289,8 @@ pub struct LoadedPlugin {
     config: String,
     engine: Engine,
     linked: Linked,
-    /// The plugin's node-local state, shared with its other versions.
-    state: Arc<LocalStore>,
+    /// The plugin's node-local state and outbound HTTP, shared with its other versions.
+    grants: Grants,
     idle: Mutex<Vec<Warm>>,
 }
 
@@ -460,12 +461,38 @@ impl Compiler {
     }
 }
 
-/// The engines and linkers of both tiers and the plugins' node-local state; dropping it stops the epoch
+/// What the host grants plugins beyond logging and the clock (contract 0.2), per plugin name.
+#[derive(Debug)]
+pub struct HostServices {
+    /// Node-local state.
+    pub states: LocalStates,
+    /// Outbound HTTP.
+    pub http: HttpPolicies,
+}
+
+impl HostServices {
+    /// Per `[plugins]`.
+    pub fn new(config: &super::PluginsConfig) -> Self {
+        Self {
+            states: LocalStates::new(config.state_max_entries, config.state_max_bytes),
+            http: HttpPolicies::new(&config.http),
+        }
+    }
+
+    fn grants(&self, plugin: &str) -> Grants {
+        Grants {
+            state: self.states.of(plugin),
+            http: self.http.of(plugin),
+        }
+    }
+}
+
+/// The engines and linkers of both tiers and the plugins' state and HTTP; dropping it stops the epoch
 /// ticker.
 pub struct Runtime {
     optimized: Compiler,
     baseline: Compiler,
-    states: LocalStates,
+    services: HostServices,
     ticking: Arc<AtomicBool>,
 }
 
@@ -483,11 +510,11 @@ impl Drop for Runtime {
 
 impl Runtime {
     /// The engines of both tiers (see [`Compiler::new`]); `max_memory` is the largest memory any plugin
-    /// may be given; `states` keeps the plugins' node-local state.
+    /// may be given; `services` is what plugins may import beyond logging and the clock.
     pub fn new(
         cache_dir: Option<&Path>,
         max_memory: usize,
-        states: LocalStates,
+        services: HostServices,
     ) -> anyhow::Result<Self> {
         let optimized = Compiler::new(Tier::Optimized, cache_dir, max_memory)?;
         let baseline = Compiler::new(Tier::Baseline, cache_dir, max_memory)?;
@@ -505,7 +532,7 @@ impl Runtime {
         Ok(Self {
             optimized,
             baseline,
-            states,
+            services,
             ticking,
         })
     }
@@ -542,7 +569,7 @@ impl Runtime {
                 LoadError::Metadata(describe(&e, store.data(), FailureKind::Other).message)
             })?;
         let (config, limits) = config_for(&metadata.name)?;
-        let state = self.states.of(&metadata.name);
+        let grants = self.services.grants(&metadata.name);
         let loaded = LoadedPlugin {
             file: file.to_owned(),
             hash,
@@ -555,7 +582,7 @@ impl Runtime {
             limits,
             config,
             engine: compiler.engine.clone(),
-            state,
+            grants,
             linked,
             idle: Mutex::new(Vec::new()),
         };
@@ -582,7 +609,7 @@ impl Runtime {
             config: plugin.config.clone(),
             engine: self.optimized.engine.clone(),
             linked,
-            state: plugin.state.clone(),
+            grants: plugin.grants.clone(),
             idle: Mutex::new(Vec::new()),
         };
         optimized.with_first_instance().await
@@ -597,9 +624,9 @@ fn new_store(
     engine: &Engine,
     plugin: &str,
     memory: usize,
-    state: Option<Arc<LocalStore>>,
+    grants: Option<Grants>,
 ) -> Store<InstanceState> {
-    let mut store = Store::new(engine, InstanceState::new(plugin, memory, state));
+    let mut store = Store::new(engine, InstanceState::new(plugin, memory, grants));
     store.limiter(|state| &mut state.limits);
     store.epoch_deadline_trap();
     store
@@ -704,9 +731,14 @@ impl LoadedPlugin {
         self.linked.contract()
     }
 
-    /// The host capabilities it imports beyond logging and the clock (`local-state`).
+    /// The host capabilities it imports beyond logging and the clock (`local-state`, `http`).
     pub fn capabilities(&self) -> &[String] {
         &self.linked.capabilities
+    }
+
+    /// Its outbound HTTP, with the counters `/api/plugins` shows.
+    pub fn http(&self) -> &PluginHttp {
+        &self.grants.http
     }
 
     /// The version with its first instance initialised and warm: a version whose `init` fails is never
@@ -722,7 +754,7 @@ impl LoadedPlugin {
             &self.engine,
             &self.metadata.name,
             self.limits.memory,
-            Some(self.state.clone()),
+            Some(self.grants.clone()),
         );
         store.set_epoch_deadline(ticks(INIT_DEADLINE));
         let plugin = self.linked.instantiate(&mut store).await.map_err(|e| {
@@ -761,6 +793,7 @@ impl LoadedPlugin {
             },
         };
         warm.store.set_epoch_deadline(ticks(self.limits.deadline));
+        warm.store.data_mut().deadline = Some(std::time::Instant::now() + self.limits.deadline);
         match invoke(&mut warm, call).await {
             Ok(reply) => {
                 let mut idle = self.idle();

@@ -19,6 +19,8 @@
 //! deny_protocols = ["pusher"]        # connect: deny these protocols (with `deny_code`)
 //! deny_transports = ["sse"]          # connect: deny these transports (with `deny_code`)
 //! access_deny = ["hidden:*"]         # history/presence: deny these channels (with `deny_code`)
+//! connect_backend = "http://…/auth"  # connect: POST {"token","cookie"} there; 200 {"user":…} allows that
+//!                                    # user, another status or body denies 3500, no answer 3004
 //! fail_init = false                  # init: refuse to start
 //!
 //! [route]                            # publish: route `from` to `to` (publish checks: deny, drop, route, tag)
@@ -29,6 +31,7 @@
 //!
 //! Anything not configured passes.
 
+use herald_sdk::http;
 use herald_sdk::pattern::glob;
 use herald_sdk::{
     AccessRequest, AccessVerdict, Config, ConnectAllow, ConnectRequest, ConnectVerdict, Hooks,
@@ -60,6 +63,7 @@ struct Script {
     deny_protocols: Vec<String>,
     deny_transports: Vec<String>,
     access_deny: Vec<String>,
+    connect_backend: Option<String>,
     fail_init: bool,
     route: Option<RouteRule>,
 }
@@ -83,6 +87,7 @@ impl Default for Script {
             deny_protocols: Vec::new(),
             deny_transports: Vec::new(),
             access_deny: Vec::new(),
+            connect_backend: None,
             fail_init: false,
             route: None,
         }
@@ -96,6 +101,41 @@ struct RouteRule {
     to: Vec<String>,
     #[serde(default)]
     keep_original: bool,
+}
+
+/// Connect as the backend says: it gets the token and the client's `cookie` header, and answers
+/// `{"user": …}` (Laravel-style session auth). Anything else fails closed.
+fn ask_backend(backend: &str, request: &ConnectRequest) -> ConnectVerdict {
+    #[derive(Deserialize)]
+    struct Answer {
+        user: String,
+    }
+    let cookie = request
+        .headers
+        .iter()
+        .find(|(name, _)| name == "cookie")
+        .map_or("", |(_, value)| value.as_str());
+    let body =
+        herald_sdk::json::encode(&serde_json::json!({"token": request.token, "cookie": cookie}));
+    match http::fetch(&http::Request::post(backend, body)) {
+        Ok(response) if response.status == 200 => {
+            match serde_json::from_slice::<Answer>(&response.body) {
+                Ok(answer) => ConnectVerdict::Allow(ConnectAllow {
+                    user: answer.user,
+                    info: None,
+                    channels: Vec::new(),
+                    expire_at: None,
+                    data: None,
+                }),
+                Err(_) => ConnectVerdict::Deny(deny(3500, "the backend's answer is not JSON")),
+            }
+        }
+        Ok(response) => ConnectVerdict::Deny(deny(
+            3500,
+            format!("the backend refused: {}", response.status),
+        )),
+        Err(error) => ConnectVerdict::Deny(deny(3004, format!("backend unavailable: {error:?}"))),
+    }
 }
 
 fn any_match(patterns: &[String], channel: &str) -> bool {
@@ -134,6 +174,9 @@ impl Plugin for Scripted {
                 s.deny_code,
                 format!("{} connections denied by {}", request.transport, s.id),
             ));
+        }
+        if let Some(backend) = &s.connect_backend {
+            return ask_backend(backend, request);
         }
         let by_protocol = s.connect_protocols.contains(&request.protocol);
         match &s.connect_user {
