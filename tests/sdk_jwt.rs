@@ -136,3 +136,99 @@ async fn centrifuge_js_authenticates_with_jwt_auth() {
         .env("HERALD_CHANNEL", "e2e-js-jwt");
     herald_tests::assert_script_passes(&mut run, "node tests/e2e/js/jwt.js").await;
 }
+
+/// Test-only Ed25519 keys (`openssl genpkey -algorithm ed25519`): the script signs with the private halves,
+/// the identity provider below publishes the public halves (`x`) in its key set.
+const K1_PRIVATE_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIDF4Zt6ohWoi7+1t/85Q5PxIOheVt9CDFUBDIJAHRf67
+-----END PRIVATE KEY-----
+";
+const K1_X: &str = "CKqXXMXMDQx9r4HzcS8FPM_MNMXKUwW5oWhpxG7hG5E";
+const K2_PRIVATE_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIGt5YYp7XeKJB4R8Mt4fIcOImVTYOK0dLI4nMM7/nXB9
+-----END PRIVATE KEY-----
+";
+const K2_X: &str = "LRPjs7RhlumUgBD0eN4MtdfXxh2Df8Ybk1uOdIbOjw0";
+
+fn ed_jwk(kid: &str, x: &str) -> serde_json::Value {
+    serde_json::json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid, "x": x})
+}
+
+/// A Keycloak-style identity provider on a loopback port: `GET /certs` is the key set (`k1`), and
+/// `POST /rotate` publishes `k2` beside it. Returns its address and how many times the set was fetched.
+async fn identity_provider() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::{Arc, Mutex, atomic::AtomicUsize, atomic::Ordering};
+    let keys = Arc::new(Mutex::new(vec![ed_jwk("k1", K1_X)]));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let (served, counted) = (keys.clone(), fetches.clone());
+    let app = axum::Router::new()
+        .route(
+            "/certs",
+            axum::routing::get(move || {
+                counted.fetch_add(1, Ordering::Relaxed);
+                let keys = served.lock().expect("keys").clone();
+                async move { axum::Json(serde_json::json!({ "keys": keys })) }
+            }),
+        )
+        .route(
+            "/rotate",
+            axum::routing::post(move || {
+                keys.lock().expect("keys").push(ed_jwk("k2", K2_X));
+                async {}
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the identity provider");
+    let addr = listener.local_addr().expect("its address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, fetches)
+}
+
+/// Key rotation without a reload, end to end: jwt-auth verifies EdDSA tokens with keys from a JWKS URL
+/// (fetched through the plugin's outbound HTTP), and after the provider publishes a new key, a
+/// centrifuge-js client with a token of that key connects while the first one stays; a token naming an
+/// unpublished key is refused with 3500 (see `tests/e2e/js/jwks.js`). The set is fetched twice: once at
+/// the first token, once for the new key (the unknown one falls in the refetch interval).
+#[tokio::test]
+async fn centrifuge_js_follows_a_jwks_key_rotation() {
+    let wasm = built_plugin("herald-plugin-jwt-auth");
+    require_node(&["centrifuge", "ws"]).await;
+    let (provider, fetches) = identity_provider().await;
+    let plugin_dir = tempfile::tempdir().expect("temp plugin dir");
+    std::fs::write(plugin_dir.path().join(PLUGIN_FILE), wasm).expect("write plugin");
+    let plugin_config = format!("jwks_url = \"http://{provider}/certs\"\n");
+    std::fs::write(
+        plugin_dir
+            .path()
+            .join(Path::new(PLUGIN_FILE).with_extension("toml")),
+        plugin_config,
+    )
+    .expect("write plugin config");
+    let server = TestServer::start(&format!(
+        "[plugins]\ndir = {:?}\n[plugins.limits.jwt-auth]\ndeadline = \"2s\"\n\
+         [plugins.http.jwt-auth]\nallow = [\"http://{provider}/certs\"]\n[client]\nallow_anonymous = false\n",
+        plugin_dir.path().to_str().expect("utf-8 temp path"),
+    ))
+    .await;
+
+    let mut run = Command::new("node");
+    run.arg("tests/e2e/js/jwks.js")
+        .current_dir(REPO_ROOT)
+        .env("HERALD_WS_URL", server.ws_url())
+        .env("HERALD_API_URL", server.api_url())
+        .env("HERALD_API_KEY", API_KEY)
+        .env("HERALD_CHANNEL", "e2e-js-jwks")
+        .env("HERALD_ROTATE_URL", format!("http://{provider}/rotate"))
+        .env("HERALD_K1_PRIVATE_KEY", K1_PRIVATE_KEY)
+        .env("HERALD_K2_PRIVATE_KEY", K2_PRIVATE_KEY);
+    herald_tests::assert_script_passes(&mut run, "node tests/e2e/js/jwks.js").await;
+    assert_eq!(
+        fetches.load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "one fetch, one refetch for the new key"
+    );
+}

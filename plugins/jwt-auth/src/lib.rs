@@ -23,13 +23,19 @@
 //! -----END PUBLIC KEY-----
 //! """
 //! ecdsa_public_key = "-----BEGIN PUBLIC KEY-----\n...\n-----END PUBLIC KEY-----\n"  # ES256 (P-256), ES384 (P-384)
+//! eddsa_public_key = "-----BEGIN PUBLIC KEY-----\n...\n-----END PUBLIC KEY-----\n"  # EdDSA (Ed25519)
+//! # Keys published by an identity provider (Keycloak, Auth0, Cognito): tokens whose header names a `kid`
+//! # are checked with that key of the set (RSA, EC or Ed25519; never a symmetric key).
+//! jwks_url = "https://auth.example/realms/app/protocol/openid-connect/certs"
+//! jwks_cache_ttl_ms = 3600000        # how long a fetched set is trusted (default 1 h)
+//! jwks_refresh_interval_ms = 10000   # at most one refetch for an unknown `kid` per this (default 10 s)
 //! audience = "herald"              # optional: tokens must carry this `aud`
 //! issuer = "https://auth.example"  # optional: tokens must carry this `iss`
 //! allow_anonymous_tokens = false   # optional: accept connection tokens with an empty `sub`
 //! ```
 //!
-//! At least one of `hmac_secret`, `rsa_public_key` and `ecdsa_public_key` is required (empty strings count as
-//! absent); unknown keys are rejected so that a misspelt `audience` cannot silently switch a check off. A
+//! At least one of `hmac_secret`, `rsa_public_key`, `ecdsa_public_key`, `eddsa_public_key` and `jwks_url`
+//! is required (empty strings count as absent); unknown keys are rejected so that a misspelt `audience` cannot silently switch a check off. A
 //! token's header `alg` must belong to a configured key: an HS256 token is invalid when only an RSA key is
 //! configured, and `none` is never accepted.
 //!
@@ -60,6 +66,17 @@
 //!
 //! `b64info`/`b64data` (Protobuf only), `meta` and `override` are ignored.
 //!
+//! ## JWKS
+//!
+//! With `jwks_url`, the set is fetched when a token first needs it (Herald's outbound HTTP, contract 0.2:
+//! allow the URL in `[plugins.http.jwt-auth]` and give the plugin a deadline that covers the request) and
+//! kept in the plugin's shared state, so every instance on the node uses one fetch. A token whose `kid` is
+//! not in the set triggers a refetch — key rotation works without a reload — at most once per
+//! `jwks_refresh_interval_ms` per node, so a stream of made-up `kid`s cannot turn into a stream of requests.
+//! A set older than `jwks_cache_ttl_ms` is fetched again. When the set cannot be fetched, the decision
+//! fails closed: connect closes with `3004` (the SDK reconnects later), subscribe gets error `100`
+//! (temporary).
+//!
 //! ## Codes
 //!
 //! | Situation | connect | refresh | subscribe | sub_refresh |
@@ -75,12 +92,15 @@
 //! Close reasons are plain text ("invalid token", "connection expired", "permission denied"); the detail of
 //! a refusal goes to Herald's log at debug level (never the token itself).
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use herald_sdk::{
     Config, ConnectAllow, ConnectRequest, ConnectVerdict, Deny, Hooks, Level, Plugin,
-    SubscribeAllow, SubscribeRequest, SubscribeVerdict, codes, deny,
+    SubscribeAllow, SubscribeRequest, SubscribeVerdict, codes, deny, http, state,
 };
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny};
@@ -91,6 +111,8 @@ pub struct JwtAuth {
     hmac: Option<DecodingKey>,
     rsa: Option<DecodingKey>,
     ecdsa: Option<DecodingKey>,
+    eddsa: Option<DecodingKey>,
+    jwks: Option<Jwks>,
     /// Audience and issuer checks shared by every token; `algorithms` is set per token.
     validation: Validation,
     allow_anonymous_tokens: bool,
@@ -103,9 +125,108 @@ struct Settings {
     hmac_secret: Option<String>,
     rsa_public_key: Option<String>,
     ecdsa_public_key: Option<String>,
+    eddsa_public_key: Option<String>,
+    jwks_url: Option<String>,
+    jwks_cache_ttl_ms: Option<u64>,
+    jwks_refresh_interval_ms: Option<u64>,
     audience: Option<String>,
     issuer: Option<String>,
     allow_anonymous_tokens: bool,
+}
+
+/// The shared-state key of the fetched set (`<fetched at, ms>\n<the JWKS JSON>`).
+const JWKS_KEY: &str = "jwks";
+/// The shared-state counter that rate-limits refetches.
+const JWKS_REFRESH_KEY: &str = "jwks:refresh";
+
+/// Keys published at a JWKS URL, shared by the plugin's instances through its state.
+struct Jwks {
+    url: String,
+    cache_ttl_ms: u64,
+    refresh_interval: Duration,
+    /// This instance's parsed copy and when the set was fetched (ms).
+    parsed: RefCell<Option<(u64, JwkSet)>>,
+}
+
+/// Why no key could be found for a token.
+enum KeyError {
+    /// The token cannot be valid (unknown `kid`, no key for its `alg`): the token's fault.
+    Invalid(String),
+    /// The key set could not be fetched: nobody's fault, try later.
+    Unavailable(String),
+}
+
+impl Jwks {
+    /// The key `kid` names, fetching the set when this node has none, a stale one, or one without `kid`.
+    fn key(&self, kid: &str) -> Result<DecodingKey, KeyError> {
+        let now = herald_sdk::now_ms();
+        if let Some(key) = self.cached(kid, now) {
+            return key;
+        }
+        // Another instance may have fetched it meanwhile.
+        if let Some((fetched, set)) = state::get(JWKS_KEY).as_deref().and_then(parse_stored) {
+            self.parsed.replace(Some((fetched, set)));
+            if let Some(key) = self.cached(kid, now) {
+                return key;
+            }
+        }
+        let window = self.refresh_interval;
+        let fresh_enough = self
+            .parsed
+            .borrow()
+            .as_ref()
+            .is_some_and(|(fetched, _)| now < fetched + self.cache_ttl_ms);
+        if fresh_enough && state::incr(JWKS_REFRESH_KEY, 1, window) != Some(1) {
+            return Err(KeyError::Invalid(format!(
+                "unknown kid {kid:?} (the key set was refetched less than {} ms ago)",
+                window.as_millis()
+            )));
+        }
+        let response = http::fetch(&http::Request::get(&self.url))
+            .map_err(|e| KeyError::Unavailable(format!("cannot fetch the key set: {e:?}")))?;
+        if response.status != 200 {
+            return Err(KeyError::Unavailable(format!(
+                "the key set answered {}",
+                response.status
+            )));
+        }
+        let set: JwkSet = serde_json::from_slice(&response.body)
+            .map_err(|e| KeyError::Unavailable(format!("the key set is not a JWKS: {e}")))?;
+        let mut stored = format!("{now}\n").into_bytes();
+        stored.extend_from_slice(&response.body);
+        // A full state only costs other instances a fetch of their own.
+        state::set(JWKS_KEY, &stored, Duration::from_millis(self.cache_ttl_ms));
+        self.parsed.replace(Some((now, set)));
+        self.cached(kid, now)
+            .unwrap_or_else(|| Err(KeyError::Invalid(format!("unknown kid {kid:?}"))))
+    }
+
+    /// The key from this instance's copy, if the copy is fresh and has `kid`.
+    fn cached(&self, kid: &str, now: u64) -> Option<Result<DecodingKey, KeyError>> {
+        let parsed = self.parsed.borrow();
+        let (fetched, set) = parsed.as_ref()?;
+        if now >= fetched + self.cache_ttl_ms {
+            return None;
+        }
+        let jwk = set.find(kid)?;
+        if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
+            return Some(Err(KeyError::Invalid(format!(
+                "kid {kid:?} is a symmetric key, which a key set must not publish"
+            ))));
+        }
+        Some(
+            DecodingKey::from_jwk(jwk)
+                .map_err(|e| KeyError::Invalid(format!("kid {kid:?} is not a usable key: {e}"))),
+        )
+    }
+}
+
+/// `<fetched at>\n<JWKS>` as stored.
+fn parse_stored(stored: &[u8]) -> Option<(u64, JwkSet)> {
+    let newline = stored.iter().position(|&b| b == b'\n')?;
+    let fetched = std::str::from_utf8(&stored[..newline]).ok()?.parse().ok()?;
+    let set = serde_json::from_slice(&stored[newline + 1..]).ok()?;
+    Some((fetched, set))
 }
 
 /// The claims Herald uses, from either kind of token.
@@ -215,9 +336,25 @@ impl JwtAuth {
             .map_err(|e| {
                 format!("invalid configuration: ecdsa_public_key is not an EC public key PEM: {e}")
             })?;
-        if hmac.is_none() && rsa.is_none() && ecdsa.is_none() {
+        let eddsa = non_empty(settings.eddsa_public_key)
+            .map(|pem| DecodingKey::from_ed_pem(pem.as_bytes()))
+            .transpose()
+            .map_err(|e| {
+                format!(
+                    "invalid configuration: eddsa_public_key is not an Ed25519 public key PEM: {e}"
+                )
+            })?;
+        let jwks = non_empty(settings.jwks_url).map(|url| Jwks {
+            url,
+            cache_ttl_ms: settings.jwks_cache_ttl_ms.unwrap_or(3_600_000),
+            refresh_interval: Duration::from_millis(
+                settings.jwks_refresh_interval_ms.unwrap_or(10_000),
+            ),
+            parsed: RefCell::new(None),
+        });
+        if hmac.is_none() && rsa.is_none() && ecdsa.is_none() && eddsa.is_none() && jwks.is_none() {
             return Err("invalid configuration: no key to verify tokens with; set at least one of hmac_secret, \
-                        rsa_public_key and ecdsa_public_key"
+                        rsa_public_key, ecdsa_public_key, eddsa_public_key and jwks_url"
                 .into());
         }
 
@@ -243,27 +380,40 @@ impl JwtAuth {
             hmac,
             rsa,
             ecdsa,
+            eddsa,
+            jwks,
             validation,
             allow_anonymous_tokens: settings.allow_anonymous_tokens,
         })
     }
 
-    /// Checks the token's signature (with the key its `alg` names), shape, `aud` and `iss`; not its times.
-    fn verify(&self, token: &str) -> Result<Claims, String> {
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
-        let key = match header.alg {
-            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => self.hmac.as_ref(),
-            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => self.rsa.as_ref(),
-            Algorithm::ES256 | Algorithm::ES384 => self.ecdsa.as_ref(),
-            _ => None,
+    /// Checks the token's signature (with the key its `kid` or its `alg` names), shape, `aud` and `iss`;
+    /// not its times.
+    fn verify(&self, token: &str) -> Result<Claims, KeyError> {
+        let invalid = |detail: String| KeyError::Invalid(detail);
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| invalid(format!("malformed token: {e}")))?;
+        let from_set;
+        let key = match (&self.jwks, header.kid.as_deref()) {
+            (Some(jwks), Some(kid)) => {
+                from_set = jwks.key(kid)?;
+                Some(&from_set)
+            }
+            _ => match header.alg {
+                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => self.hmac.as_ref(),
+                Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => self.rsa.as_ref(),
+                Algorithm::ES256 | Algorithm::ES384 => self.ecdsa.as_ref(),
+                Algorithm::EdDSA => self.eddsa.as_ref(),
+                _ => None,
+            },
         };
-        let key = key.ok_or_else(|| format!("no key configured for alg {:?}", header.alg))?;
+        let key =
+            key.ok_or_else(|| invalid(format!("no key configured for alg {:?}", header.alg)))?;
         let mut validation = self.validation.clone();
         validation.algorithms = vec![header.alg];
         jsonwebtoken::decode::<Claims>(token, key, &validation)
             .map(|data| data.claims)
-            .map_err(|e| format!("token rejected: {e}"))
+            .map_err(|e| invalid(format!("token rejected: {e}")))
     }
 
     /// `on_connect` at the time `now` (unix seconds).
@@ -276,7 +426,10 @@ impl JwtAuth {
         };
         let mut claims = match self.verify(&request.token) {
             Ok(claims) => claims,
-            Err(detail) => return invalid(&detail),
+            Err(KeyError::Invalid(detail)) => return invalid(&detail),
+            Err(KeyError::Unavailable(detail)) => {
+                return ConnectVerdict::Deny(refuse(3004, "internal server error", &detail));
+            }
         };
         if claims.channel.as_deref().is_some_and(|c| !c.is_empty()) {
             return invalid("a connection token must not carry a channel claim");
@@ -327,7 +480,10 @@ impl JwtAuth {
         };
         let claims = match self.verify(&request.token) {
             Ok(claims) => claims,
-            Err(detail) => return bad(&detail),
+            Err(KeyError::Invalid(detail)) => return bad(&detail),
+            Err(KeyError::Unavailable(detail)) => {
+                return SubscribeVerdict::Deny(refuse(codes::INTERNAL, "internal error", &detail));
+            }
         };
         let Some(channel) = claims.channel.as_deref().filter(|c| !c.is_empty()) else {
             return bad("a subscription token needs a channel claim");

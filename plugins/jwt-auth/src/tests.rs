@@ -792,3 +792,155 @@ fn sub_refresh_with_an_invalid_token_is_close_3500() {
         Some(NOW + HOUR)
     );
 }
+
+// ------------------------------------------------------------------------------------------- JWKS ---
+
+/// Test-only Ed25519 key pair (generated with `openssl genpkey -algorithm ed25519`).
+const ED_PRIVATE_KEY: &str = "\
+-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIDF4Zt6ohWoi7+1t/85Q5PxIOheVt9CDFUBDIJAHRf67
+-----END PRIVATE KEY-----
+";
+const ED_PUBLIC_KEY: &str = "\
+-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEACKqXXMXMDQx9r4HzcS8FPM/MNMXKUwW5oWhpxG7hG5E=
+-----END PUBLIC KEY-----
+";
+
+/// `RSA_PUBLIC_KEY` as a JWK with `kid`.
+fn rsa_jwk(kid: &str) -> Value {
+    json!({
+        "kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig", "e": "AQAB",
+        "n": "02fGvl9dcpDT2CCi_k9QCJ3xSebVZon6EVUuOjtz9wn3BOc8iwGpXDl9aONvpblsPNumO4BW9CQqRLB53sEjEiOs_BEtozAd-4jeMXAGCeKLq79kiSpNUxb0iKLtZzsgrsLM49LDOn5ubghNNQKyknm_KNi3gJN3ma3SCDn110bAasY47QqSQVkB--K52TgnMmj79j3U7zdTvNNCOqpooRXPCIXSBZmICrnUzbufnlURwXAHacgDdljX4yRv-RcKk2Cf8fNguWYWUPqjzq1q-EjR0nVDZw8wmbjYEcvSL5tY9zG4JAvVEn2JfpUj6uxp94cI8WxscAJYKKEXFJLNfQ",
+    })
+}
+
+/// `ED_PUBLIC_KEY` as a JWK with `kid`.
+fn ed_jwk(kid: &str) -> Value {
+    json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "alg": "EdDSA",
+           "x": "CKqXXMXMDQx9r4HzcS8FPM_MNMXKUwW5oWhpxG7hG5E"})
+}
+
+fn signed_with_kid(alg: Algorithm, kid: &str, claims: &Value, key: &EncodingKey) -> String {
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.to_owned());
+    encode(&header, claims, key).expect("token signs")
+}
+
+fn rs256_kid(kid: &str) -> String {
+    let key = EncodingKey::from_rsa_pem(RSA_PRIVATE_KEY.as_bytes()).expect("RSA private key");
+    signed_with_kid(Algorithm::RS256, kid, &user_claims(), &key)
+}
+
+fn eddsa_kid(kid: &str) -> String {
+    let key = EncodingKey::from_ed_pem(ED_PRIVATE_KEY.as_bytes()).expect("Ed25519 private key");
+    signed_with_kid(Algorithm::EdDSA, kid, &user_claims(), &key)
+}
+
+/// A JWKS plugin whose identity provider is a stub serving the key set in `keys` (changeable by the
+/// test) and counting its requests.
+fn jwks_plugin(
+    keys: Value,
+) -> (
+    JwtAuth,
+    std::rc::Rc<RefCell<Value>>,
+    std::rc::Rc<std::cell::Cell<u32>>,
+) {
+    state::clear();
+    let keys = std::rc::Rc::new(RefCell::new(keys));
+    let fetches = std::rc::Rc::new(std::cell::Cell::new(0));
+    let (served, counted) = (keys.clone(), fetches.clone());
+    http::stub(move |request| {
+        assert_eq!(request.url, "https://idp.test/certs");
+        counted.set(counted.get() + 1);
+        let body = json!({ "keys": *served.borrow() }).to_string();
+        Ok(http::Response::json(200, body))
+    });
+    let plugin = plugin(json!({"jwks_url": "https://idp.test/certs"}));
+    (plugin, keys, fetches)
+}
+
+#[test]
+fn jwks_keys_verify_tokens_by_kid_with_one_fetch() {
+    let (plugin, _, fetches) = jwks_plugin(json!([rsa_jwk("k1"), ed_jwk("k2")]));
+    assert_eq!(
+        allowed(plugin.connect_at(&connect_request(&rs256_kid("k1")), NOW)).user,
+        "42"
+    );
+    assert_eq!(
+        allowed(plugin.connect_at(&connect_request(&eddsa_kid("k2")), NOW)).user,
+        "42"
+    );
+    assert_eq!(fetches.get(), 1, "the set is fetched once");
+    // A token signed by one key but naming another's kid is refused.
+    assert_eq!(
+        connect_code(&plugin, &rs256_kid("k2")),
+        codes::INVALID_TOKEN
+    );
+}
+
+#[test]
+fn a_rotated_key_is_found_by_refetching_at_most_once_per_interval() {
+    let (plugin, keys, fetches) = jwks_plugin(json!([rsa_jwk("old")]));
+    assert_eq!(
+        allowed(plugin.connect_at(&connect_request(&rs256_kid("old")), NOW)).user,
+        "42"
+    );
+    // The provider rotates: a token with the new kid makes the plugin fetch the set again.
+    *keys.borrow_mut() = json!([rsa_jwk("old"), ed_jwk("new")]);
+    assert_eq!(
+        allowed(plugin.connect_at(&connect_request(&eddsa_kid("new")), NOW)).user,
+        "42"
+    );
+    assert_eq!(fetches.get(), 2);
+    // Made-up kids do not make it fetch again within the interval the rotation's refetch began.
+    for n in 0..5 {
+        let token = rs256_kid(&format!("made-up-{n}"));
+        assert_eq!(connect_code(&plugin, &token), codes::INVALID_TOKEN);
+    }
+    assert_eq!(fetches.get(), 2, "at most one refetch per interval");
+}
+
+#[test]
+fn an_unreachable_key_set_fails_closed_without_blaming_the_token() {
+    state::clear();
+    http::stub(|_| Err(http::Error::Unavailable("connection refused".into())));
+    let plugin = plugin(json!({"jwks_url": "https://idp.test/certs"}));
+    assert_eq!(connect_code(&plugin, &rs256_kid("k1")), 3004);
+    let token = {
+        let key = EncodingKey::from_rsa_pem(RSA_PRIVATE_KEY.as_bytes()).expect("RSA private key");
+        let claims = json!({"sub": "42", "channel": "news", "exp": NOW + HOUR});
+        signed_with_kid(Algorithm::RS256, "k1", &claims, &key)
+    };
+    assert_eq!(subscribe_code(&plugin, &token, "news"), codes::INTERNAL);
+    // A key set that is not one, or that publishes a symmetric key, verifies nothing.
+    state::clear();
+    http::stub(|_| Ok(http::Response::json(200, "<html>")));
+    let plugin = self::plugin(json!({"jwks_url": "https://idp.test/certs"}));
+    assert_eq!(connect_code(&plugin, &rs256_kid("k1")), 3004);
+    state::clear();
+    http::stub(|_| {
+        let keys = json!({"keys": [{"kty": "oct", "kid": "k1", "k": "c2VjcmV0"}]});
+        Ok(http::Response::json(200, keys.to_string()))
+    });
+    let plugin = self::plugin(json!({"jwks_url": "https://idp.test/certs"}));
+    assert_eq!(
+        connect_code(&plugin, &hs256(&user_claims())),
+        codes::INVALID_TOKEN
+    );
+}
+
+#[test]
+fn eddsa_is_accepted_with_a_configured_key() {
+    let plugin = plugin(json!({ "eddsa_public_key": ED_PUBLIC_KEY }));
+    let key = EncodingKey::from_ed_pem(ED_PRIVATE_KEY.as_bytes()).expect("Ed25519 private key");
+    let token = sign(Algorithm::EdDSA, &user_claims(), &key);
+    assert_eq!(
+        allowed(plugin.connect_at(&connect_request(&token), NOW)).user,
+        "42"
+    );
+    assert_eq!(
+        connect_code(&plugin, &rs(Algorithm::RS256, &user_claims())),
+        codes::INVALID_TOKEN
+    );
+}
