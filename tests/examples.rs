@@ -1,5 +1,5 @@
 //! The example plugins (`plugins/channel-acl`, `plugins/content-filter`, `plugins/router`,
-//! `plugins/jwt-auth`, `plugins/rate-limit`) end to end: real WebAssembly built by `plugins/build`, loaded by a real Herald, driven
+//! `plugins/jwt-auth`, `plugins/rate-limit`, `plugins/backend-proxy`) end to end: real WebAssembly built by `plugins/build`, loaded by a real Herald, driven
 //! by raw WebSocket clients and the server API. Each plugin alone, the three decision plugins chained in
 //! file-name order, and the deployed set (`target/plugins/` with every `example.toml`) as the README runs it.
 //!
@@ -946,4 +946,136 @@ async fn rate_limit_shares_its_counts_between_instances() {
     assert!(reply.get("publish").is_some(), "{reply}");
     publish_ok(server, "chat", json!({"text": "from the backend"})).await;
     assert_no_failures(server).await;
+}
+
+// ------------------------------------------------------------------------------- backend-proxy ---
+
+fn backend_proxy() -> Vec<u8> {
+    built_plugin("herald-plugin-backend-proxy")
+}
+
+/// A Laravel-style application speaking Centrifugo's proxy protocol on a loopback port, authenticating by
+/// the session cookie the proxy copies: `/connect` (the cookie `laravel_session=alice-session` is alice;
+/// anyone else is told to go with 4501), `/subscribe` (`chat-` channels, with data; the rest 103),
+/// `/publish` (signs the publication with its author), `/rpc` (`sum`); `/slow` answers after 10 s and
+/// `/garbage` with HTML.
+async fn laravel_style_backend() -> std::net::SocketAddr {
+    use axum::routing::post;
+    use axum::{Json, http::HeaderMap};
+    fn session_user(headers: &HeaderMap) -> Option<&'static str> {
+        let cookie = headers.get("cookie")?.to_str().ok()?;
+        cookie
+            .split("; ")
+            .any(|c| c == "laravel_session=alice-session")
+            .then_some("alice")
+    }
+    let app = axum::Router::new()
+        .route(
+            "/connect",
+            post(|headers: HeaderMap| async move {
+                Json(match session_user(&headers) {
+                    Some(user) => json!({"result": {"user": user, "data": {"welcome": user}}}),
+                    None => json!({"disconnect": {"code": 4501, "reason": "unauthorized"}}),
+                })
+            }),
+        )
+        .route(
+            "/subscribe",
+            post(|Json(request): Json<Value>| async move {
+                let channel = request["channel"].as_str().unwrap_or_default().to_owned();
+                Json(
+                    if channel.starts_with("chat-") && request["user"] == "alice" {
+                        json!({"result": {"data": {"room": channel}}})
+                    } else {
+                        json!({"error": {"code": 103, "message": "permission denied"}})
+                    },
+                )
+            }),
+        )
+        .route(
+            "/publish",
+            post(|Json(request): Json<Value>| async move {
+                let mut data = request["data"].clone();
+                data["by"] = request["user"].clone();
+                Json(json!({"result": {"data": data}}))
+            }),
+        )
+        .route(
+            "/rpc",
+            post(|Json(request): Json<Value>| async move {
+                let sum = request["data"]["a"].as_i64().unwrap_or(0)
+                    + request["data"]["b"].as_i64().unwrap_or(0);
+                Json(json!({"result": {"data": {"sum": sum}}}))
+            }),
+        )
+        .route(
+            "/slow",
+            post(|| async {
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                Json(json!({"result": {"user": "late"}}))
+            }),
+        )
+        .route("/garbage", post(|| async { "<html>Whoops</html>" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the backend");
+    let addr = listener.local_addr().expect("its address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// Starts a server with backend-proxy configured by `proxy` (its TOML), allowed to reach `backend`.
+async fn proxied(proxy: &str, backend: std::net::SocketAddr) -> Plugged {
+    start(
+        &[
+            ("10-backend-proxy.wasm", &backend_proxy()),
+            ("10-backend-proxy.toml", proxy.as_bytes()),
+        ],
+        &format!(
+            "[plugins.limits.backend-proxy]\ndeadline = \"3s\"\n\
+             [plugins.http.backend-proxy]\nallow = [\"http://{backend}/\"]\ntimeout = \"300ms\"\n"
+        ),
+    )
+    .await
+}
+
+/// A backend written for Centrifugo's proxies works unchanged through `backend-proxy`: centrifuge-js with
+/// the session cookie connects as the backend's user, subscribes where the backend allows (103 where it
+/// does not), sees its publication rewritten by the publish proxy, gets RPC answers, and a client without
+/// the cookie is sent away with the backend's 4501 (see `tests/e2e/js/backend-proxy.js`). A backend that
+/// answers too slowly, with garbage, or is down fails the connect closed with error 100 (temporary).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_proxy_speaks_centrifugo_s_proxy_protocol() {
+    herald_tests::require_node(&["centrifuge", "ws"]).await;
+    let backend = laravel_style_backend().await;
+    let proxy = format!(
+        "connect_url = \"http://{backend}/connect\"\nsubscribe_url = \"http://{backend}/subscribe\"\n\
+         publish_url = \"http://{backend}/publish\"\nrpc_url = \"http://{backend}/rpc\"\n\
+         headers = [\"cookie\"]\n"
+    );
+    let plugged = proxied(&proxy, backend).await;
+    let mut run = tokio::process::Command::new("node");
+    run.arg("tests/e2e/js/backend-proxy.js")
+        .current_dir(herald_tests::cluster::REPO_ROOT)
+        .env("HERALD_WS_URL", plugged.server.ws_url())
+        .env("HERALD_COOKIE", "theme=dark; laravel_session=alice-session");
+    herald_tests::assert_script_passes(&mut run, "node tests/e2e/js/backend-proxy.js").await;
+
+    let down = format!("127.0.0.1:{}", herald::testing::free_port());
+    for url in [
+        format!("http://{backend}/slow"),
+        format!("http://{backend}/garbage"),
+        format!("http://{down}/connect"),
+    ] {
+        let allowed = if url.contains(&down) {
+            down.parse().expect("an address")
+        } else {
+            backend
+        };
+        let plugged = proxied(&format!("connect_url = {url:?}\n"), allowed).await;
+        let mut client = Client::open(&plugged.server).await;
+        let reply = client.command("connect", json!({})).await;
+        assert_eq!(reply_error(&reply)["code"], 100, "{url}: {reply}");
+        assert_eq!(reply_error(&reply)["temporary"], true, "{url}: {reply}");
+    }
 }
