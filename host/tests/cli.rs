@@ -269,15 +269,22 @@ fn plugin_check(args: &[&std::ffi::OsStr]) -> (bool, String) {
     )
 }
 
-/// `herald plugin check` accepts a valid plugin and names it, its version and hooks.
+/// `herald plugin check` accepts a valid plugin and names it, its version and hooks, the contract version
+/// it targets and the capabilities it imports.
 #[test]
 fn plugin_check_describes_a_valid_plugin() {
     let (ok, out) = plugin_check(&[fixture("herald_test_hostile").as_os_str()]);
     assert!(ok, "{out}");
     assert!(
-        out.contains("plugin hostile 1.0.0 (hooks: connect, subscribe, publish) ok"),
+        out.contains(
+            "plugin hostile 1.0.0 (hooks: connect, subscribe, publish; contract herald:plugin@0.2.0; \
+             capabilities: none beyond logging and the clock) ok"
+        ),
         "{out}"
     );
+    let (ok, out) = plugin_check(&[fixture("herald_test_scripted").as_os_str()]);
+    assert!(ok, "{out}");
+    assert!(out.contains("capabilities: http)"), "{out}");
 }
 
 /// Garbage, a core module, a plugin whose init refuses its configuration and one that implements a hook it
