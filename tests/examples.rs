@@ -1016,12 +1016,7 @@ async fn laravel_style_backend() -> std::net::SocketAddr {
             }),
         )
         .route("/garbage", post(|| async { "<html>Whoops</html>" }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the backend");
-    let addr = listener.local_addr().expect("its address");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
+    herald_tests::serve_loopback(app).await
 }
 
 /// Starts a server with backend-proxy configured by `proxy` (its TOML), allowed to reach `backend`.

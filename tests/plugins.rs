@@ -1209,12 +1209,7 @@ async fn backend() -> std::net::SocketAddr {
             }),
         )
         .route("/garbage", post(|| async { "<html>oops</html>" }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the backend");
-    let addr = listener.local_addr().expect("its address");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
+    herald_tests::serve_loopback(app).await
 }
 
 /// A plugin asks its backend over HTTP (contract 0.2) at connect: a session cookie the backend accepts

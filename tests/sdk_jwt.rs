@@ -180,12 +180,7 @@ async fn identity_provider() -> (
                 async {}
             }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the identity provider");
-    let addr = listener.local_addr().expect("its address");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (addr, fetches)
+    (herald_tests::serve_loopback(app).await, fetches)
 }
 
 /// Key rotation without a reload, end to end: jwt-auth verifies EdDSA tokens with keys from a JWKS URL

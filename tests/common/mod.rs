@@ -475,6 +475,17 @@ pub fn built_plugin(crate_name: &str) -> Vec<u8> {
     })
 }
 
+/// Serves `app` on a free loopback port for the rest of the test (a backend for plugins to ask); its
+/// address.
+pub async fn serve_loopback(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let addr = listener.local_addr().expect("its address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
 /// A fresh plugin folder holding the scripted test plugin with `script` as its configuration (see
 /// `tests/plugins/scripted`), and the `[plugins]` TOML that loads it.
 pub fn scripted_plugin(script: &str) -> (tempfile::TempDir, String) {

@@ -14,16 +14,9 @@
 
 const { Centrifuge } = require('centrifuge');
 const WebSocket = require('ws');
-const { check, Queue, runScenario } = require('./common');
+const { requireEnv, check, Queue, runScenario } = require('./common');
 
-const need = (name) => {
-  const value = process.env[name];
-  if (!value) {
-    console.error(`backend-proxy.js: ${name} is not set`);
-    process.exit(2);
-  }
-  return value;
-};
+const need = (name) => requireEnv('backend-proxy.js', name);
 const wsUrl = need('HERALD_WS_URL');
 const cookie = need('HERALD_COOKIE');
 const timeoutMs = Number(process.env.HERALD_E2E_TIMEOUT || '40') * 1000;

@@ -4,6 +4,16 @@
 
 // Reads and checks the variables every script needs (plus `extra` names), exiting with 2 and `usage` when
 // one is missing or malformed: {wsUrl, apiUrl, apiKey, channel, timeoutMs}.
+// The value of the environment variable `name`, or exit 2 saying which script lacks it.
+function requireEnv(script, name) {
+  const value = process.env[name];
+  if (!value) {
+    console.error(`${script}: ${name} is not set`);
+    process.exit(2);
+  }
+  return value;
+}
+
 function readEnv(script, { extra = [], usage, defaultTimeoutSec }) {
   const fail = (message) => {
     console.error(`${script}: ${message}`);
@@ -115,4 +125,4 @@ function runScenario(main, timeoutMs) {
   });
 }
 
-module.exports = { readEnv, CheckError, check, within, Queue, apiCall, runScenario };
+module.exports = { requireEnv, readEnv, CheckError, check, within, Queue, apiCall, runScenario };

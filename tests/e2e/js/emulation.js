@@ -19,16 +19,9 @@ const PROTOBUF = process.env.HERALD_PROTOCOL === 'protobuf';
 const { Centrifuge } = require(PROTOBUF ? 'centrifuge/build/protobuf' : 'centrifuge');
 const WebSocket = require('ws');
 const { EventSource } = require('eventsource');
-const { check, Queue, apiCall, runScenario } = require('./common');
+const { requireEnv, check, Queue, apiCall, runScenario } = require('./common');
 
-const need = (name) => {
-  const value = process.env[name];
-  if (!value) {
-    console.error(`emulation.js: ${name} is not set`);
-    process.exit(2);
-  }
-  return value;
-};
+const need = (name) => requireEnv('emulation.js', name);
 const base = need('HERALD_BASE_URL').replace(/\/+$/, '');
 const api = { apiUrl: need('HERALD_API_URL').replace(/\/+$/, ''), apiKey: need('HERALD_API_KEY') };
 const channel = need('HERALD_CHANNEL');

@@ -16,16 +16,9 @@
 const crypto = require('crypto');
 const { Centrifuge } = require('centrifuge');
 const WebSocket = require('ws');
-const { check, Queue, apiCall, runScenario } = require('./common');
+const { requireEnv, check, Queue, apiCall, runScenario } = require('./common');
 
-const need = (name) => {
-  const value = process.env[name];
-  if (!value) {
-    console.error(`jwks.js: ${name} is not set`);
-    process.exit(2);
-  }
-  return value;
-};
+const need = (name) => requireEnv('jwks.js', name);
 const wsUrl = need('HERALD_WS_URL');
 const api = { apiUrl: need('HERALD_API_URL').replace(/\/+$/, ''), apiKey: need('HERALD_API_KEY') };
 const channel = need('HERALD_CHANNEL');
