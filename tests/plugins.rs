@@ -1188,7 +1188,7 @@ async fn a_0_1_plugin_serves_beside_0_2_plugins() {
 
 /// A backend for plugins to ask, on a loopback port: `/auth` lets in the holder of session cookie
 /// `laravel_session=valid` as alice (and refuses anyone else with 401), `/slow` answers after 10 s,
-/// `/garbage` answers 200 with HTML.
+/// `/garbage` answers 200 with HTML, `/auth-200ms` lets anyone in as alice after 200 ms.
 async fn backend() -> std::net::SocketAddr {
     use axum::routing::post;
     async fn auth(axum::Json(body): axum::Json<Value>) -> (axum::http::StatusCode, String) {
@@ -1208,7 +1208,14 @@ async fn backend() -> std::net::SocketAddr {
                 r#"{"user":"late"}"#
             }),
         )
-        .route("/garbage", post(|| async { "<html>oops</html>" }));
+        .route("/garbage", post(|| async { "<html>oops</html>" }))
+        .route(
+            "/auth-200ms",
+            post(|| async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                r#"{"user":"alice"}"#
+            }),
+        );
     herald_tests::serve_loopback(app).await
 }
 
@@ -1292,4 +1299,47 @@ async fn a_plugin_asks_its_backend_and_fails_closed_without_it() {
             _ => assert_eq!(failures, &json!([]), "{url}: answered, whatever it said"),
         }
     }
+}
+
+/// More connects waiting on a slow backend at once than the runtime has instances (600 against a pool of
+/// 512): the calls past the bound wait for a free instance within their deadline instead of failing, so
+/// every client connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_waiting_hooks_than_instances_queue_instead_of_failing() {
+    let backend = backend().await;
+    let dir = tempfile::tempdir().expect("plugin dir");
+    std::fs::write(dir.path().join("10-scripted.wasm"), scripted()).expect("write plugin");
+    let script = format!("connect_backend = \"http://{backend}/auth-200ms\"\n");
+    std::fs::write(dir.path().join("10-scripted.toml"), script).expect("write config");
+    let server = TestServer::start(&format!(
+        "[plugins]\ndir = {:?}\n[plugins.limits.scripted]\ndeadline = \"20s\"\n\
+         [plugins.http.scripted]\nallow = [\"http://{backend}/\"]\nmax_concurrent = 1000\n",
+        dir.path().to_str().expect("utf-8 path"),
+    ))
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..600 {
+        clients.push(Client::open(&server).await);
+    }
+    let replies = futures_util::future::join_all(
+        clients
+            .iter_mut()
+            .map(|client| client.command("connect", json!({}))),
+    )
+    .await;
+    let refused: Vec<&Value> = replies
+        .iter()
+        .filter(|r| r.get("connect").is_none())
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "{} refused, e.g. {:?}",
+        refused.len(),
+        refused.first()
+    );
+    let status = get_plugins(&server, Some(API_KEY)).await.1;
+    let plugin = entry(&status["result"], "10-scripted.wasm")
+        .expect("listed")
+        .clone();
+    assert_eq!(plugin["failures"], 0, "{plugin:#}");
 }

@@ -40,6 +40,11 @@ const INIT_DEADLINE: Duration = Duration::from_secs(2);
 /// Instances the pooling allocator can hold at once (over all plugins).
 const POOLED_INSTANCES: u32 = 512;
 
+/// Hook calls running at once over all plugins; more wait (within their deadline) for one to end. Half the
+/// pool, so the busy instances and the idle ones kept per plugin fit in it: without the bound, hooks
+/// waiting on a slow backend would take every slot and the next call would fail to instantiate.
+const CONCURRENT_CALLS: usize = POOLED_INSTANCES as usize / 2;
+
 /// Limits of one plugin's calls and instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -291,6 +296,8 @@ pub struct LoadedPlugin {
     linked: Linked,
     /// The plugin's node-local state and outbound HTTP, shared with its other versions.
     grants: Grants,
+    /// The runtime's bound on calls running at once.
+    calls: Arc<tokio::sync::Semaphore>,
     idle: Mutex<Vec<Warm>>,
 }
 
@@ -493,6 +500,8 @@ pub struct Runtime {
     optimized: Compiler,
     baseline: Compiler,
     services: HostServices,
+    /// [`CONCURRENT_CALLS`] permits, shared by every plugin.
+    calls: Arc<tokio::sync::Semaphore>,
     ticking: Arc<AtomicBool>,
 }
 
@@ -533,6 +542,7 @@ impl Runtime {
             optimized,
             baseline,
             services,
+            calls: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CALLS)),
             ticking,
         })
     }
@@ -583,6 +593,7 @@ impl Runtime {
             config,
             engine: compiler.engine.clone(),
             grants,
+            calls: self.calls.clone(),
             linked,
             idle: Mutex::new(Vec::new()),
         };
@@ -610,6 +621,7 @@ impl Runtime {
             engine: self.optimized.engine.clone(),
             linked,
             grants: plugin.grants.clone(),
+            calls: plugin.calls.clone(),
             idle: Mutex::new(Vec::new()),
         };
         optimized.with_first_instance().await
@@ -775,14 +787,28 @@ impl LoadedPlugin {
 
     /// Calls a hook on a warm instance under the plugin's deadline; a failure is counted by kind, logged
     /// with its full reason and returned.
+    /// The deadline counts from here: waiting for a free instance spends it too.
     pub async fn call(&self, call: &Call) -> Result<Reply, Failure> {
         let started = std::time::Instant::now();
-        let outcome = self.call_warm(call).await;
+        let deadline = started + self.limits.deadline;
+        let permit =
+            tokio::time::timeout(self.limits.deadline, self.calls.clone().acquire_owned()).await;
+        let outcome = match permit {
+            Ok(Ok(_running)) => self.call_warm(call, deadline).await,
+            _ => {
+                self.stats.calls.fetch_add(1, Ordering::Relaxed);
+                let waited = Failure::new(
+                    FailureKind::Deadline,
+                    "deadline exceeded waiting for one of the calls running at once to end",
+                );
+                Err(self.failed(call, waited))
+            }
+        };
         self.call_durations[call.hook_index()].observe(started.elapsed().as_secs_f64());
         outcome
     }
 
-    async fn call_warm(&self, call: &Call) -> Result<Reply, Failure> {
+    async fn call_warm(&self, call: &Call, deadline: std::time::Instant) -> Result<Reply, Failure> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let warm = self.idle().pop();
         let mut warm = match warm {
@@ -792,8 +818,9 @@ impl LoadedPlugin {
                 Err(reason) => return Err(self.failed(call, reason)),
             },
         };
-        warm.store.set_epoch_deadline(ticks(self.limits.deadline));
-        warm.store.data_mut().deadline = Some(std::time::Instant::now() + self.limits.deadline);
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        warm.store.set_epoch_deadline(ticks(left));
+        warm.store.data_mut().deadline = Some(deadline);
         match invoke(&mut warm, call).await {
             Ok(reply) => {
                 let mut idle = self.idle();
