@@ -1210,6 +1210,13 @@ async fn backend() -> std::net::SocketAddr {
         )
         .route("/garbage", post(|| async { "<html>oops</html>" }))
         .route(
+            "/auth-3s",
+            post(|| async {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                r#"{"user":"alice"}"#
+            }),
+        )
+        .route(
             "/auth-200ms",
             post(|| async {
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1342,4 +1349,53 @@ async fn more_waiting_hooks_than_instances_queue_instead_of_failing() {
         .expect("listed")
         .clone();
     assert_eq!(plugin["failures"], 0, "{plugin:#}");
+}
+
+/// Connects waiting on a slow backend do not hold up other hooks: with 400 connects waiting 3 s for the
+/// backend (more than the 384 calls that may run at once in all), a publication through the same plugin's
+/// publish hook is decided at once, because each hook has its own share of the calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_connects_do_not_hold_up_publish_hooks() {
+    let backend = backend().await;
+    let dir = tempfile::tempdir().expect("plugin dir");
+    std::fs::write(dir.path().join("10-scripted.wasm"), scripted()).expect("write plugin");
+    let script = format!("connect_backend = \"http://{backend}/auth-3s\"\n");
+    std::fs::write(dir.path().join("10-scripted.toml"), script).expect("write config");
+    let server = TestServer::start(&format!(
+        "[plugins]\ndir = {:?}\n[plugins.limits.scripted]\ndeadline = \"30s\"\n\
+         [plugins.http.scripted]\nallow = [\"http://{backend}/\"]\nmax_concurrent = 1000\n\
+         timeout = \"10s\"\n",
+        dir.path().to_str().expect("utf-8 path"),
+    ))
+    .await;
+    let mut waiting = Vec::new();
+    for _ in 0..400 {
+        let mut client = Client::open(&server).await;
+        let id = client.next_id();
+        client
+            .send_text(&json!({"id": id, "connect": {}}).to_string())
+            .await;
+        waiting.push(client);
+    }
+    // Every connect is with the plugin (waiting on the backend, or for its turn) before the publish.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = get_plugins(&server, Some(API_KEY)).await.1;
+        let plugin = entry(&status["result"], "10-scripted.wasm")
+            .expect("listed")
+            .clone();
+        if plugin["calls"].as_u64() >= Some(400) || plugin["http_requests"].as_u64() >= Some(128) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{plugin:#}");
+        tokio::time::sleep(POLL).await;
+    }
+    let started = std::time::Instant::now();
+    publish_ok(&server, "news", json!({"n": 1})).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the publish hook waited {:?} behind the connects",
+        started.elapsed()
+    );
+    drop(waiting);
 }

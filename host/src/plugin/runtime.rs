@@ -40,10 +40,45 @@ const INIT_DEADLINE: Duration = Duration::from_secs(2);
 /// Instances the pooling allocator can hold at once (over all plugins).
 const POOLED_INSTANCES: u32 = 512;
 
-/// Hook calls running at once over all plugins; more wait (within their deadline) for one to end. Half the
-/// pool, so the busy instances and the idle ones kept per plugin fit in it: without the bound, hooks
-/// waiting on a slow backend would take every slot and the next call would fail to instantiate.
-const CONCURRENT_CALLS: usize = POOLED_INSTANCES as usize / 2;
+/// Hook calls running at once over all plugins; more wait (within their deadline) for one to end. The
+/// busy instances and the idle ones kept per plugin must fit in the pool: without the bound, hooks waiting
+/// on a slow backend would take every slot and the next call would fail to instantiate.
+const CONCURRENT_CALLS: usize = POOLED_INSTANCES as usize * 3 / 4;
+
+/// Calls of one hook running at once over all plugins, within [`CONCURRENT_CALLS`]: connects waiting on a
+/// slow backend cannot hold up the publish hooks of a fan-out, nor the other way round.
+const CONCURRENT_CALLS_PER_HOOK: usize = POOLED_INSTANCES as usize / 4;
+
+/// The bounds one call acquires: its hook's, then the runtime's.
+#[derive(Debug, Clone)]
+struct CallBounds {
+    per_hook: Arc<[tokio::sync::Semaphore; HOOK_NAMES.len()]>,
+    all: Arc<tokio::sync::Semaphore>,
+}
+
+impl CallBounds {
+    fn new() -> Self {
+        Self {
+            per_hook: Arc::new(std::array::from_fn(|_| {
+                tokio::sync::Semaphore::new(CONCURRENT_CALLS_PER_HOOK)
+            })),
+            all: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CALLS)),
+        }
+    }
+
+    /// Both permits for a call of hook `hook`, held while it runs.
+    async fn acquire(
+        &self,
+        hook: usize,
+    ) -> (
+        tokio::sync::SemaphorePermit<'_>,
+        tokio::sync::SemaphorePermit<'_>,
+    ) {
+        let of_hook = self.per_hook[hook].acquire().await.expect("never closed");
+        let of_all = self.all.acquire().await.expect("never closed");
+        (of_hook, of_all)
+    }
+}
 
 /// Limits of one plugin's calls and instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,8 +331,8 @@ pub struct LoadedPlugin {
     linked: Linked,
     /// The plugin's node-local state and outbound HTTP, shared with its other versions.
     grants: Grants,
-    /// The runtime's bound on calls running at once.
-    calls: Arc<tokio::sync::Semaphore>,
+    /// The runtime's bounds on calls running at once.
+    calls: CallBounds,
     idle: Mutex<Vec<Warm>>,
 }
 
@@ -500,8 +535,8 @@ pub struct Runtime {
     optimized: Compiler,
     baseline: Compiler,
     services: HostServices,
-    /// [`CONCURRENT_CALLS`] permits, shared by every plugin.
-    calls: Arc<tokio::sync::Semaphore>,
+    /// The bounds on calls running at once, shared by every plugin.
+    calls: CallBounds,
     ticking: Arc<AtomicBool>,
 }
 
@@ -542,7 +577,7 @@ impl Runtime {
             optimized,
             baseline,
             services,
-            calls: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CALLS)),
+            calls: CallBounds::new(),
             ticking,
         })
     }
@@ -791,10 +826,10 @@ impl LoadedPlugin {
     pub async fn call(&self, call: &Call) -> Result<Reply, Failure> {
         let started = std::time::Instant::now();
         let deadline = started + self.limits.deadline;
-        let permit =
-            tokio::time::timeout(self.limits.deadline, self.calls.clone().acquire_owned()).await;
-        let outcome = match permit {
-            Ok(Ok(_running)) => self.call_warm(call, deadline).await,
+        let permits =
+            tokio::time::timeout(self.limits.deadline, self.calls.acquire(call.hook_index())).await;
+        let outcome = match permits {
+            Ok(_running) => self.call_warm(call, deadline).await,
             _ => {
                 self.stats.calls.fetch_add(1, Ordering::Relaxed);
                 let waited = Failure::new(
