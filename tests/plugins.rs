@@ -1042,7 +1042,7 @@ async fn plugins_api_requires_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baseline_code_is_as_isolated_as_optimised_code() {
     use herald::plugin::bindings::{PublishRequest, PublishSource};
-    use herald::plugin::runtime::{Call, HostServices, Limits, Runtime, Tier};
+    use herald::plugin::runtime::{Call, HostServices, Limits, Runtime, Tier, Wasm};
     let services = HostServices::new(&Default::default());
     let runtime = Runtime::new(None, 64 << 20, services).expect("plugin runtime");
     let limits = Limits {
@@ -1063,7 +1063,7 @@ async fn baseline_code_is_as_isolated_as_optimised_code() {
         let plugin = runtime
             .load(
                 "10-hostile.wasm",
-                hostile(),
+                Wasm::new(hostile()),
                 tier,
                 |_| Ok(("{}".to_owned(), limits)),
                 &Default::default(),

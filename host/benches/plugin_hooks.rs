@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use herald::plugin::bindings::{ClientInfo, PublishRequest, PublishSource, SubscribeRequest};
-use herald::plugin::runtime::{Call, HostServices, Limits, Runtime, Tier};
+use herald::plugin::runtime::{Call, HostServices, Limits, Runtime, Tier, Wasm};
 use herald::plugin::{Plugins, PluginsConfig};
 
 fn fixture() -> PathBuf {
@@ -113,7 +113,7 @@ fn hooks(c: &mut Criterion) {
         let plugin = runtime
             .block_on(direct.load(
                 "10-hostile.wasm",
-                std::fs::read(fixture()).unwrap(),
+                Wasm::new(std::fs::read(fixture()).unwrap()),
                 tier,
                 |_| Ok(("{}".to_owned(), limits)),
                 &Default::default(),

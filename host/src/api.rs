@@ -131,11 +131,11 @@ async fn read_body(node: &Node, request: Request) -> Result<Request, Response> {
 /// The client address of an HTTP request: the peer, or what a trusted proxy says it forwards.
 pub fn client_ip(node: &Node, request: &Request) -> Option<IpAddr> {
     let ConnectInfo(peer) = request.extensions().get::<ConnectInfo<SocketAddr>>()?;
-    let forwarded_for = request
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
-    Some(node.admission.client_address(*peer, forwarded_for).ip())
+    Some(
+        node.admission
+            .request_client_address(*peer, request.headers())
+            .ip(),
+    )
 }
 
 /// `429` with a `Retry-After` in whole seconds (at least 1).

@@ -285,6 +285,16 @@ impl Admission {
             .any(|net| net.contains(&ip))
     }
 
+    /// The client address of an HTTP request from `peer` with `headers`: see [`Admission::client_address`].
+    pub fn request_client_address(
+        &self,
+        peer: SocketAddr,
+        headers: &axum::http::HeaderMap,
+    ) -> SocketAddr {
+        let forwarded_for = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        self.client_address(peer, forwarded_for)
+    }
+
     /// The client's address: the peer, or — when the peer is a trusted proxy — the last address in
     /// `X-Forwarded-For` that is not itself a trusted proxy.
     pub fn client_address(&self, peer: SocketAddr, forwarded_for: Option<&str>) -> SocketAddr {

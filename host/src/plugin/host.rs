@@ -158,8 +158,7 @@ impl bindings::herald::plugin::http::Host for InstanceState {
             let reason = "no HTTP while the plugin loads".to_owned();
             return Err(bindings::herald::plugin::http::Error::NotAllowed(reason));
         };
-        let http = grants.http.clone();
-        http.fetch(request, self.deadline).await
+        grants.http.fetch(request, self.deadline).await
     }
 }
 

@@ -9,8 +9,8 @@
 //! the plugin's timeout and by what is left of its hook's deadline, its response by the size limit.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -137,10 +137,14 @@ impl HttpStats {
     }
 }
 
+/// The HTTP client every plugin's requests go through (one connection pool), built at the first request
+/// a plugin is allowed to make: a node whose plugins ask nothing never builds it.
+type SharedClient = Arc<OnceLock<reqwest::Client>>;
+
 /// One plugin's outbound HTTP: its permissions, its requests in flight and its counters.
 #[derive(Debug)]
 pub struct PluginHttp {
-    client: reqwest::Client,
+    client: SharedClient,
     allow: Vec<Prefix>,
     config: PluginHttpConfig,
     in_flight: Arc<Semaphore>,
@@ -149,11 +153,7 @@ pub struct PluginHttp {
 }
 
 impl PluginHttp {
-    fn new(config: PluginHttpConfig) -> Self {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("an HTTP client without custom TLS builds");
+    fn new(config: PluginHttpConfig, client: SharedClient) -> Self {
         Self {
             client,
             allow: config
@@ -204,7 +204,13 @@ impl PluginHttp {
         let within = self.config.timeout.min(left);
         let method = reqwest::Method::from_bytes(request.method.as_bytes())
             .map_err(|_| Error::Unavailable(format!("{:?} is not a method", request.method)))?;
-        let mut builder = self.client.request(method, url).body(request.body);
+        let client = self.client.get_or_init(|| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("an HTTP client without custom TLS builds")
+        });
+        let mut builder = client.request(method, url).body(request.body);
         for (name, value) in &request.headers {
             builder = builder.header(name.as_str(), value.as_str());
         }
@@ -263,30 +269,33 @@ fn describe(error: &reqwest::Error) -> String {
     text
 }
 
-/// Every plugin's outbound HTTP, by plugin name (`[plugins.http]`); a plugin without a section may reach
-/// nothing.
+/// Every plugin's outbound HTTP, by plugin name (`[plugins.http]`; a plugin without a section may reach
+/// nothing), kept across the plugin's reloads like its state, counters included.
 #[derive(Debug, Default)]
 pub struct HttpPolicies {
-    plugins: BTreeMap<String, Arc<PluginHttp>>,
+    config: BTreeMap<String, PluginHttpConfig>,
+    plugins: Mutex<BTreeMap<String, Arc<PluginHttp>>>,
+    client: SharedClient,
 }
 
 impl HttpPolicies {
     /// The policies of `[plugins.http]` (validated before).
     pub fn new(config: &BTreeMap<String, PluginHttpConfig>) -> Self {
         Self {
-            plugins: config
-                .iter()
-                .map(|(name, config)| (name.clone(), Arc::new(PluginHttp::new(config.clone()))))
-                .collect(),
+            config: config.clone(),
+            ..Self::default()
         }
     }
 
     /// The outbound HTTP of the plugin named `plugin`: its section's, or one that allows nothing.
     pub fn of(&self, plugin: &str) -> Arc<PluginHttp> {
-        self.plugins
-            .get(plugin)
-            .cloned()
-            .unwrap_or_else(|| Arc::new(PluginHttp::new(PluginHttpConfig::default())))
+        crate::sync::lock(&self.plugins)
+            .entry(plugin.to_owned())
+            .or_insert_with(|| {
+                let config = self.config.get(plugin).cloned().unwrap_or_default();
+                Arc::new(PluginHttp::new(config, self.client.clone()))
+            })
+            .clone()
     }
 }
 

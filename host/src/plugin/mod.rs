@@ -31,7 +31,7 @@ use bindings::{
 };
 use chain::{Decision, Draft, PublishDecision, RpcDecision};
 use runtime::{
-    Call, Failure, FailureKind, HostServices, Limits, LoadedPlugin, Reply, Runtime, Tier,
+    Call, Failure, FailureKind, HostServices, Limits, LoadedPlugin, Reply, Runtime, Tier, Wasm,
 };
 
 /// The most memory any plugin can be given (the pooling allocator's slot size).
@@ -236,23 +236,20 @@ impl Plugins {
                 return self.rejected(&file, LoadError::Unreadable { path, error });
             }
         };
-        let hash = {
-            use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(&bytes))
-        };
+        let wasm = Wasm::new(bytes);
         let current = self.loaded().iter().find(|p| p.file == file).cloned();
-        if !force && current.as_ref().is_some_and(|p| p.hash == hash) {
+        if !force && current.as_ref().is_some_and(|p| p.hash == wasm.hash()) {
             tracing::debug!(%file, "plugin unchanged; not reloaded");
             return;
         }
         let beside = path.with_extension("toml");
         let started = std::time::Instant::now();
         // Baseline code is followed by the same bytes compiled again.
-        let again = (tier == Tier::Baseline).then(|| bytes.clone());
+        let again = (tier == Tier::Baseline).then(|| wasm.bytes().to_vec());
         let loaded = runtime
             .load(
                 &file,
-                bytes,
+                wasm,
                 tier,
                 |name| self.settings_for(name, &beside),
                 &self.metrics,
@@ -580,7 +577,7 @@ pub async fn check(path: &Path, config: Option<String>) -> Result<String, LoadEr
     let plugin = runtime
         .load(
             &file,
-            bytes,
+            Wasm::new(bytes),
             Tier::Optimized,
             |name| match &config {
                 Some(json) => Ok((json.clone(), plugins.settings_for(name, Path::new(""))?.1)),

@@ -1,11 +1,11 @@
 //! The plugin runtime: the wasmtime engines every plugin runs on, compiled plugins with their warm
 //! instances, and the isolation around each call.
 //!
-//! A new plugin version is compiled twice. First by wasmtime's baseline compiler (Winch), which compiles a
-//! large component several times faster than the optimising one, so a reload serves the new version
+//! A reloaded plugin version is compiled twice. First by wasmtime's baseline compiler (Winch), which
+//! compiles a large component several times faster than the optimising one, so the new version serves
 //! quickly ([`Tier::Baseline`]); then by Cranelift in the background, whose code replaces it once ready
-//! ([`Tier::Optimized`]) and is what serves from then on. Both are cached on disk, so a version seen before
-//! loads in milliseconds either way.
+//! ([`Tier::Optimized`]) and is what serves from then on. Plugins found at start are compiled by Cranelift
+//! alone. Both are cached on disk, so a version seen before loads in milliseconds either way.
 //!
 //! Instances are created from a pre-linked plugin (of either contract version), initialised once, and reused from a per-plugin
 //! idle pool; a call never instantiates unless the pool is empty. Every call runs under an epoch deadline
@@ -304,6 +304,31 @@ impl Stats {
     }
 }
 
+/// A plugin file's content and its SHA-256 (hex), computed once: what tells versions apart.
+#[derive(Debug, Clone)]
+pub struct Wasm {
+    bytes: Vec<u8>,
+    hash: String,
+}
+
+impl Wasm {
+    /// `bytes` and their hash.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        let hash = hex::encode(Sha256::digest(&bytes));
+        Self { bytes, hash }
+    }
+
+    /// The SHA-256 of the content, hex.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// The content.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 /// Which compiler made a plugin version's code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
@@ -370,7 +395,7 @@ struct Warm {
 pub enum Contract {
     /// `herald:plugin@0.1.0`: logging and the clock.
     V0_1,
-    /// `herald:plugin@0.2.0`: also node-local state.
+    /// `herald:plugin@0.2.0`: also node-local state and outbound HTTP.
     V0_2,
 }
 
@@ -387,7 +412,8 @@ impl Contract {
 /// A linked plugin, ready to instantiate.
 struct Linked {
     pre: LinkedPre,
-    /// The host capabilities it imports beyond logging and the clock (`local-state`), by interface name.
+    /// The host capabilities it imports beyond logging and the clock (`local-state`, `http`), by interface
+    /// name.
     capabilities: Vec<String>,
 }
 
@@ -609,12 +635,12 @@ impl Runtime {
     pub async fn load(
         &self,
         file: &str,
-        bytes: Vec<u8>,
+        wasm: Wasm,
         tier: Tier,
         config_for: impl FnOnce(&str) -> Result<(String, Limits), LoadError>,
         metrics: &crate::metrics::Metrics,
     ) -> Result<LoadedPlugin, LoadError> {
-        let hash = hex::encode(Sha256::digest(&bytes));
+        let Wasm { bytes, hash } = wasm;
         let compiler = self.compiler(tier);
         let linked = compiler.compile(bytes).await?;
         let mut store = new_store(&compiler.engine, file, usize::MAX / 2, None);
@@ -834,9 +860,9 @@ impl LoadedPlugin {
         Ok(Warm { store, plugin })
     }
 
-    /// Calls a hook on a warm instance under the plugin's deadline; a failure is counted by kind, logged
-    /// with its full reason and returned.
-    /// The deadline counts from here: waiting for a free instance spends it too.
+    /// Calls a hook on a warm instance under the plugin's deadline, which counts from here (waiting for a
+    /// turn among the calls running at once spends it too); a failure is counted by kind, logged with its
+    /// full reason and returned.
     pub async fn call(&self, call: &Call) -> Result<Reply, Failure> {
         let started = std::time::Instant::now();
         let deadline = started + self.limits.deadline;
@@ -849,7 +875,7 @@ impl LoadedPlugin {
         };
         let outcome = match permits {
             Some(_running) => self.call_warm(call, deadline).await,
-            _ => {
+            None => {
                 self.stats.calls.fetch_add(1, Ordering::Relaxed);
                 let waited = Failure::new(
                     FailureKind::Deadline,
@@ -858,7 +884,7 @@ impl LoadedPlugin {
                 Err(self.failed(call, waited))
             }
         };
-        self.call_durations[call.hook_index()].observe(started.elapsed().as_secs_f64());
+        self.call_durations[hook].observe(started.elapsed().as_secs_f64());
         outcome
     }
 

@@ -464,8 +464,7 @@ async fn emulation_handler(
     if !allowed(&node, &headers) {
         return refusal(&node, &headers, StatusCode::FORBIDDEN, "origin not allowed");
     }
-    let forwarded_for = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    let address = node.admission.client_address(peer, forwarded_for).ip();
+    let address = node.admission.request_client_address(peer, &headers).ip();
     if let Err(retry_after) = emulations.requests.check(address) {
         tracing::debug!(%address, "emulation request refused: too many requests");
         node.metrics

@@ -161,6 +161,15 @@ fn expire_at(result: &Map<String, Value>) -> Option<u64> {
         .filter(|&at| at > 0)
 }
 
+/// The connection a connect or refresh is for.
+fn connecting(request: &ConnectRequest) -> ClientInfo {
+    ClientInfo {
+        user: request.user.clone(),
+        client: request.client.clone(),
+        info: None,
+    }
+}
+
 fn headers_key(client: &str) -> String {
     format!("headers:{client}")
 }
@@ -235,11 +244,7 @@ impl BackendProxy {
     }
 
     fn connect(&self, request: &ConnectRequest, url: &str) -> ConnectVerdict {
-        let client = ClientInfo {
-            user: request.user.clone(),
-            client: request.client.clone(),
-            info: None,
-        };
+        let client = connecting(request);
         let mut body = Self::common(&client, &request.transport);
         body.insert("name".into(), "".into());
         body.insert("version".into(), "".into());
@@ -289,11 +294,7 @@ impl BackendProxy {
     }
 
     fn refresh(&self, request: &ConnectRequest, url: &str) -> ConnectVerdict {
-        let client = ClientInfo {
-            user: request.user.clone(),
-            client: request.client.clone(),
-            info: None,
-        };
+        let client = connecting(request);
         let body = Self::common(&client, &request.transport);
         let result = match self.ask(url, body, self.copied_headers(&request.headers)) {
             Outcome::Result(result) => result,

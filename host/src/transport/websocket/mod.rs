@@ -135,8 +135,7 @@ pub(super) fn admit(
     headers: &HeaderMap,
 ) -> Result<(SocketAddr, Slot), (StatusCode, String)> {
     let ws = &node.config.websocket;
-    let forwarded_for = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    let remote = node.admission.client_address(peer, forwarded_for);
+    let remote = node.admission.request_client_address(peer, headers);
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     if !origin_allowed(origin, host, &ws.allowed_origins) {
