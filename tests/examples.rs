@@ -910,7 +910,7 @@ async fn rate_limit_shares_its_counts_between_instances() {
     let status = assert_loaded(server, &["10-scripted.wasm", "20-rate-limit.wasm"]).await;
     assert_eq!(
         entry(&status, "20-rate-limit.wasm")["capabilities"],
-        json!(["local-state"])
+        json!(["local-state", "cluster-state"])
     );
 
     let mut alices = Vec::new();
@@ -946,6 +946,68 @@ async fn rate_limit_shares_its_counts_between_instances() {
     assert!(reply.get("publish").is_some(), "{reply}");
     publish_ok(server, "chat", json!({"text": "from the backend"})).await;
     assert_no_failures(server).await;
+}
+
+/// With the Redis engine the counts are the cluster's: a user publishing through two nodes shares one
+/// limit; with Redis not answering, publications are refused within the hook's deadline, not let through.
+#[tokio::test]
+async fn rate_limit_counts_across_nodes_on_redis() {
+    let redis = herald::testing::RedisServer::start();
+    let engine = format!(
+        "[engine]\ntype = \"redis\"\n[engine.redis]\naddresses = [\"{}\"]\n",
+        redis.url()
+    );
+    let scripted_wasm = built_plugin("herald-test-scripted");
+    let files: &[(&str, &[u8])] = &[
+        ("10-scripted.wasm", &scripted_wasm),
+        (
+            "10-scripted.toml",
+            b"id = \"s\"\nconnect_user = \"alice\"\n",
+        ),
+        ("20-rate-limit.wasm", &rate_limit()),
+        ("20-rate-limit.toml", b"publishes = 3\nwindow_ms = 600000\n"),
+    ];
+    let nodes = [start(files, &engine).await, start(files, &engine).await];
+    let mut alices = Vec::new();
+    for node in nodes.iter().chain(&nodes).chain(&nodes) {
+        let mut client = Client::open(&node.server).await;
+        let reply = client.command("connect", json!({"token": "good"})).await;
+        assert!(reply.get("connect").is_some(), "{reply}");
+        alices.push(client);
+    }
+    let replies = futures_util::future::join_all(alices.iter_mut().map(|client| {
+        client.command(
+            "publish",
+            json!({"channel": "chat", "data": {"text": "hi"}}),
+        )
+    }))
+    .await;
+    let refused: Vec<&Value> = replies
+        .iter()
+        .filter(|r| r.get("error").is_some())
+        .collect();
+    assert_eq!(refused.len(), 3, "three of six over two nodes: {replies:?}");
+    for reply in refused {
+        assert_eq!(reply_error(reply)["code"], 111, "{reply}");
+    }
+    for node in &nodes {
+        assert_no_failures(&node.server).await;
+    }
+
+    // Another user is counted on their own, then Redis stops answering: refused, not waved through.
+    let mut bob = anonymous(&nodes[1].server).await;
+    let publish = json!({"channel": "chat", "data": {"text": "bob"}});
+    let reply = bob.command("publish", publish.clone()).await;
+    assert!(reply.get("publish").is_some(), "{reply}");
+    redis.pause();
+    let reply = bob.command("publish", publish.clone()).await;
+    redis.resume();
+    assert!(reply.get("error").is_some(), "{reply}");
+    let reply = bob.command("publish", publish).await;
+    assert!(
+        reply.get("publish").is_some(),
+        "after Redis answers again: {reply}"
+    );
 }
 
 // ------------------------------------------------------------------------------- backend-proxy ---

@@ -1043,7 +1043,10 @@ async fn plugins_api_requires_the_key() {
 async fn baseline_code_is_as_isolated_as_optimised_code() {
     use herald::plugin::bindings::{PublishRequest, PublishSource};
     use herald::plugin::runtime::{Call, HostServices, Limits, Runtime, Tier, Wasm};
-    let services = HostServices::new(&Default::default());
+    let services = HostServices::new(
+        &Default::default(),
+        std::sync::Arc::new(herald::engine::keyvalue::Stores::new(Default::default())),
+    );
     let runtime = Runtime::new(None, 64 << 20, services).expect("plugin runtime");
     let limits = Limits {
         deadline: Duration::from_millis(50),

@@ -33,7 +33,12 @@ fn plugins_in(dir: &Path, cache: &Path) -> Plugins {
         watch: false,
         ..PluginsConfig::default()
     };
-    Plugins::new(&config, Default::default()).expect("plugin runtime")
+    Plugins::new(&config, Default::default(), node_local()).expect("plugin runtime")
+}
+
+/// The memory engine's shared state, for plugins' `cluster-state`.
+fn node_local() -> std::sync::Arc<herald::engine::keyvalue::Stores> {
+    std::sync::Arc::new(herald::engine::keyvalue::Stores::new(Default::default()))
 }
 
 fn hooks(c: &mut Criterion) {
@@ -101,7 +106,7 @@ fn hooks(c: &mut Criterion) {
 
     // One version's two codes side by side, called directly (no chain): what a hook costs in the moments
     // after a reload, on baseline code, and after, on optimised code.
-    let services = HostServices::new(&PluginsConfig::default());
+    let services = HostServices::new(&PluginsConfig::default(), node_local());
     let direct = Runtime::new(None, 64 << 20, services).unwrap();
     let limits = Limits {
         deadline: Duration::from_millis(10),
@@ -235,7 +240,8 @@ fn reload(_: &mut Criterion) {
             dir: dir.path().display().to_string(),
             ..PluginsConfig::default()
         };
-        let plugins = std::sync::Arc::new(Plugins::new(&config, Default::default()).unwrap());
+        let plugins =
+            std::sync::Arc::new(Plugins::new(&config, Default::default(), node_local()).unwrap());
         let shutdown = tokio_util::sync::CancellationToken::new();
         runtime.block_on(async {
             plugins.load_all().await;

@@ -72,7 +72,7 @@ impl From<crate::engine::EngineError> for ClientError {
         use crate::engine::EngineError;
         match err {
             EngineError::UnrecoverablePosition => Self::UNRECOVERABLE_POSITION,
-            EngineError::Unavailable(_) => Self::INTERNAL,
+            EngineError::Unavailable(_) | EngineError::Refused(_) => Self::INTERNAL,
         }
     }
 }

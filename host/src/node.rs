@@ -183,7 +183,8 @@ impl Node {
         let metrics = node_metrics(&config);
         let hub = Arc::new(Hub::with_metrics(&metrics));
         let control = crate::control::Router::new(hub.clone());
-        let engine = Engine::memory(control.clone()).instrumented(metrics.engine());
+        let engine = Engine::memory(control.clone(), config.plugins.state_bounds())
+            .instrumented(metrics.engine());
         Self::assemble(config, hub, control, engine, metrics)
     }
 
@@ -196,7 +197,11 @@ impl Node {
     ) -> anyhow::Result<Arc<Self>> {
         config.validate()?;
         let channels = Channels::new(&config.channel)?;
-        let plugins = Arc::new(Plugins::new(&config.plugins, metrics.clone())?);
+        let plugins = Arc::new(Plugins::new(
+            &config.plugins,
+            metrics.clone(),
+            engine.state.clone(),
+        )?);
         let admission = crate::limits::Admission::new(&config.limits);
         let api_guard = crate::limits::ApiGuard::new(&config.limits);
         let shutdown = CancellationToken::new();
@@ -230,7 +235,8 @@ impl Node {
         let metrics = node_metrics(&config);
         let hub = Arc::new(Hub::with_metrics(&metrics));
         let control = crate::control::Router::new(hub.clone());
-        let engine = Engine::from_config(&config.engine, control.clone(), metrics.engine())
+        let state = config.plugins.state_bounds();
+        let engine = Engine::from_config(&config.engine, state, control.clone(), metrics.engine())
             .await
             .map_err(|error| anyhow::anyhow!("engine: {error}"))?;
         let node = Self::assemble(config, hub, control, engine, metrics)?;
@@ -521,7 +527,7 @@ impl Node {
                     EngineError::Unavailable(_) => {
                         PublishError::EngineUnavailable(ClientError::from(e))
                     }
-                    EngineError::UnrecoverablePosition => {
+                    EngineError::UnrecoverablePosition | EngineError::Refused(_) => {
                         PublishError::Refused(ClientError::from(e).into())
                     }
                 }

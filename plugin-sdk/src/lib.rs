@@ -75,8 +75,11 @@
 
 extern crate self as herald_sdk;
 
+pub mod cluster_state;
 pub mod http;
 pub mod json;
+#[cfg(not(target_arch = "wasm32"))]
+mod native_store;
 pub mod pattern;
 pub mod requests;
 pub mod state;

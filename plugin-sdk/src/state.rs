@@ -75,56 +75,31 @@ mod imp {
 
 #[cfg(not(target_arch = "wasm32"))]
 mod imp {
-    use std::cell::RefCell;
-    use std::collections::HashMap;
-
-    /// Value and expiry (ms since the epoch, by [`crate::now_ms`]).
-    type Entry = (Vec<u8>, Option<u64>);
+    use crate::native_store::NativeStore;
 
     thread_local! {
-        static STORE: RefCell<HashMap<String, Entry>> = RefCell::new(HashMap::new());
-    }
-
-    fn live(entry: &Entry) -> bool {
-        entry.1.is_none_or(|at| at > crate::now_ms())
-    }
-
-    fn expiry(ttl_ms: u64) -> Option<u64> {
-        (ttl_ms > 0).then(|| crate::now_ms().saturating_add(ttl_ms))
+        static STORE: NativeStore = NativeStore::default();
     }
 
     pub(super) fn get(key: &str) -> Option<Vec<u8>> {
-        STORE.with_borrow(|store| store.get(key).filter(|e| live(e)).map(|e| e.0.clone()))
+        STORE.with(|store| store.get(key))
     }
 
     pub(super) fn set(key: &str, value: &[u8], ttl_ms: u64) -> bool {
-        STORE.with_borrow_mut(|store| {
-            store.insert(key.to_owned(), (value.to_vec(), expiry(ttl_ms)))
-        });
+        STORE.with(|store| store.set(key, value, ttl_ms));
         true
     }
 
     pub(super) fn incr(key: &str, delta: i64, ttl_ms: u64) -> Option<i64> {
-        STORE.with_borrow_mut(|store| {
-            let (current, expires) = match store.get(key).filter(|e| live(e)) {
-                Some((value, expires)) => {
-                    let number = std::str::from_utf8(value).ok().and_then(|t| t.parse().ok());
-                    (number.unwrap_or(0i64), *expires)
-                }
-                None => (0, expiry(ttl_ms)),
-            };
-            let sum = current.saturating_add(delta);
-            store.insert(key.to_owned(), (sum.to_string().into_bytes(), expires));
-            Some(sum)
-        })
+        Some(STORE.with(|store| store.incr(key, delta, ttl_ms)))
     }
 
     pub(super) fn delete(key: &str) -> bool {
-        STORE.with_borrow_mut(|store| store.remove(key).is_some_and(|e| live(&e)))
+        STORE.with(|store| store.delete(key))
     }
 
     pub(super) fn clear() {
-        STORE.with_borrow_mut(HashMap::clear);
+        STORE.with(NativeStore::clear);
     }
 }
 

@@ -1,5 +1,5 @@
-//! The engine conformance suite: the contract of [`Broker`], [`History`] and [`Presence`] as tests, written
-//! once and run against every engine.
+//! The engine conformance suite: the contract of [`Broker`], [`History`], [`Presence`] and [`SharedState`]
+//! as tests, written once and run against every engine.
 //!
 //! An engine module runs it with `engine_conformance_tests!(make_engine)`, where `make_engine` is an
 //! `async fn(Arc<dyn BrokerEventHandler>) -> (Engine, Arc<dyn TestClock>)`. That expands to one
@@ -213,6 +213,11 @@ impl Harness {
         }
     }
 
+    /// A shared-state scope of this case.
+    fn scope(&self, name: &str) -> String {
+        format!("{}{name}", self.channel_prefix)
+    }
+
     /// A channel of this case, subscribed so the engine delivers its events here.
     async fn channel(&self, name: &str) -> String {
         let channel = format!("{}{name}", self.channel_prefix);
@@ -360,6 +365,9 @@ macro_rules! engine_conformance_tests {
             published_counts_are_kept_per_node,
             channels_are_independent,
             idempotent_publishes_are_published_once,
+            shared_state_is_kept_by_scope_and_key,
+            shared_state_increments_are_atomic_and_saturate,
+            shared_state_entries_expire,
         );
     };
     (@cases $make_engine:path; $($case:ident),+ $(,)?) => {
@@ -1102,6 +1110,166 @@ pub(crate) mod cases {
             "the repeat was not delivered"
         );
     }
+
+    pub(crate) async fn shared_state_is_kept_by_scope_and_key(h: Harness) {
+        let state = &h.engine.state;
+        let (scope, other) = (h.scope("a"), h.scope("b"));
+        assert_eq!(state.state_get(&scope, "k").await.expect("get"), None);
+        state
+            .state_set(&scope, "k", b"v1".to_vec(), Duration::ZERO)
+            .await
+            .expect("set");
+        state
+            .state_set(&other, "k", b"other".to_vec(), Duration::ZERO)
+            .await
+            .expect("set");
+        assert_eq!(
+            state.state_get(&scope, "k").await.expect("get"),
+            Some(b"v1".to_vec())
+        );
+        state
+            .state_set(&scope, "k", vec![0, 255, 10], Duration::ZERO)
+            .await
+            .expect("replace");
+        assert_eq!(
+            state.state_get(&scope, "k").await.expect("get"),
+            Some(vec![0, 255, 10]),
+            "values are bytes, not text"
+        );
+        assert!(state.state_delete(&scope, "k").await.expect("delete"));
+        assert!(!state.state_delete(&scope, "k").await.expect("delete"));
+        assert_eq!(state.state_get(&scope, "k").await.expect("get"), None);
+        assert_eq!(
+            state.state_get(&other, "k").await.expect("get"),
+            Some(b"other".to_vec()),
+            "another scope's entry of the same key is its own"
+        );
+    }
+
+    pub(crate) async fn shared_state_increments_are_atomic_and_saturate(h: Harness) {
+        let state = h.engine.state.clone();
+        let scope = h.scope("n");
+        let incrs = (0..40).map(|_| {
+            let (state, scope) = (state.clone(), scope.clone());
+            tokio::spawn(async move {
+                state
+                    .state_incr(&scope, "count", 1, Duration::ZERO)
+                    .await
+                    .expect("incr")
+            })
+        });
+        let mut sums: Vec<i64> = futures_util::future::join_all(incrs)
+            .await
+            .into_iter()
+            .map(|sum| sum.expect("task"))
+            .collect();
+        sums.sort_unstable();
+        assert_eq!(sums, (1..=40).collect::<Vec<_>>(), "each saw its own sum");
+        assert_eq!(
+            state.state_get(&scope, "count").await.expect("get"),
+            Some(b"40".to_vec())
+        );
+        assert_eq!(
+            state
+                .state_incr(&scope, "count", -50, Duration::ZERO)
+                .await
+                .expect("incr"),
+            -10
+        );
+        state
+            .state_set(&scope, "text", b"not a number".to_vec(), Duration::ZERO)
+            .await
+            .expect("set");
+        assert_eq!(
+            state
+                .state_incr(&scope, "text", 3, Duration::ZERO)
+                .await
+                .expect("incr"),
+            3,
+            "not a number counts as 0"
+        );
+        for (start, delta, saturated) in [(i64::MAX - 1, 5, i64::MAX), (i64::MIN + 1, -5, i64::MIN)]
+        {
+            state
+                .state_set(
+                    &scope,
+                    "edge",
+                    start.to_string().into_bytes(),
+                    Duration::ZERO,
+                )
+                .await
+                .expect("set");
+            assert_eq!(
+                state
+                    .state_incr(&scope, "edge", delta, Duration::ZERO)
+                    .await
+                    .expect("incr"),
+                saturated
+            );
+            assert_eq!(
+                state.state_get(&scope, "edge").await.expect("get"),
+                Some(saturated.to_string().into_bytes())
+            );
+        }
+    }
+
+    /// Entries expire after their TTL; an increment keeps the expiry the entry was created with. Engines
+    /// that expire by their own clock (Redis) are polled until they have, so this case takes the TTL.
+    pub(crate) async fn shared_state_entries_expire(h: Harness) {
+        const TTL: Duration = Duration::from_millis(300);
+        let state = &h.engine.state;
+        let scope = h.scope("ttl");
+        state
+            .state_set(&scope, "set", b"v".to_vec(), TTL)
+            .await
+            .expect("set");
+        state
+            .state_set(&scope, "forever", b"v".to_vec(), Duration::ZERO)
+            .await
+            .expect("set");
+        assert_eq!(
+            state
+                .state_incr(&scope, "window", 1, TTL)
+                .await
+                .expect("incr"),
+            1
+        );
+        assert_eq!(
+            state
+                .state_incr(&scope, "window", 1, Duration::ZERO)
+                .await
+                .expect("incr"),
+            2,
+            "a later increment with no TTL"
+        );
+        assert!(state.state_get(&scope, "set").await.expect("get").is_some());
+        h.clock.advance(TTL).await;
+        let deadline = Instant::now() + DELIVERY_TIMEOUT;
+        loop {
+            let set = state.state_get(&scope, "set").await.expect("get");
+            let window = state.state_get(&scope, "window").await.expect("get");
+            if set.is_none() && window.is_none() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still there after their TTL: {set:?} {window:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            state.state_get(&scope, "forever").await.expect("get"),
+            Some(b"v".to_vec())
+        );
+        assert_eq!(
+            state
+                .state_incr(&scope, "window", 1, TTL)
+                .await
+                .expect("incr"),
+            1,
+            "a new window"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -1125,6 +1293,7 @@ mod memory_conformance {
                 broker: engine.clone(),
                 history: engine.clone(),
                 presence: engine,
+                state: Arc::new(crate::engine::keyvalue::Stores::new(Default::default())),
                 shared: false,
             },
             clock,

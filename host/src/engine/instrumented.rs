@@ -1,5 +1,5 @@
 //! An engine wrapped so that every call is counted and timed by operation, whichever implementation is
-//! inside: the three seams are decorated once here instead of in each engine.
+//! inside: the four seams are decorated once here instead of in each engine.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use crate::metrics::{EngineMetrics, EngineOperation};
 
 use super::{
     Broker, ClientInfo, Engine, EngineError, History, HistoryFilter, HistoryOptions, HistoryResult,
-    Presence, PresenceStats, Publication, PublishOptions, StreamPosition,
+    Presence, PresenceStats, Publication, PublishOptions, SharedState, StreamPosition,
 };
 
 /// Each operation's instruments, resolved once.
@@ -30,6 +30,10 @@ struct Operations {
     presence_stats: EngineOperation,
     publish_counts: EngineOperation,
     node_counts: EngineOperation,
+    state_get: EngineOperation,
+    state_set: EngineOperation,
+    state_incr: EngineOperation,
+    state_delete: EngineOperation,
 }
 
 /// The decorated engine.
@@ -55,13 +59,18 @@ impl Instrumented {
             presence_stats: metrics.operation("presence_stats"),
             publish_counts: metrics.operation("publish_counts"),
             node_counts: metrics.operation("node_counts"),
+            state_get: metrics.operation("state_get"),
+            state_set: metrics.operation("state_set"),
+            state_incr: metrics.operation("state_incr"),
+            state_delete: metrics.operation("state_delete"),
         };
         let shared = inner.shared;
         let engine = Arc::new(Self { inner, operations });
         Engine {
             broker: engine.clone(),
             history: engine.clone(),
-            presence: engine,
+            presence: engine.clone(),
+            state: engine,
             shared,
         }
     }
@@ -190,5 +199,40 @@ impl Presence for Instrumented {
     async fn node_count(&self, node: &str, channel: &str) -> Result<u64, EngineError> {
         let call = self.inner.presence.node_count(node, channel);
         measured(&self.operations.node_counts, call).await
+    }
+}
+
+#[async_trait]
+impl SharedState for Instrumented {
+    async fn state_get(&self, scope: &str, key: &str) -> Result<Option<Vec<u8>>, EngineError> {
+        let call = self.inner.state.state_get(scope, key);
+        measured(&self.operations.state_get, call).await
+    }
+
+    async fn state_set(
+        &self,
+        scope: &str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), EngineError> {
+        let call = self.inner.state.state_set(scope, key, value, ttl);
+        measured(&self.operations.state_set, call).await
+    }
+
+    async fn state_incr(
+        &self,
+        scope: &str,
+        key: &str,
+        delta: i64,
+        ttl: Duration,
+    ) -> Result<i64, EngineError> {
+        let call = self.inner.state.state_incr(scope, key, delta, ttl);
+        measured(&self.operations.state_incr, call).await
+    }
+
+    async fn state_delete(&self, scope: &str, key: &str) -> Result<bool, EngineError> {
+        let call = self.inner.state.state_delete(scope, key);
+        measured(&self.operations.state_delete, call).await
     }
 }

@@ -541,7 +541,7 @@ mod tests {
     #[tokio::test]
     async fn engine_memory_delivers_through_the_handler() {
         let recorder = Arc::new(Recorder::default());
-        let engine = Engine::memory(recorder.clone());
+        let engine = Engine::memory(recorder.clone(), Default::default());
         let opts = PublishOptions {
             history: Some(history_options(10, 60, 600)),
             ..PublishOptions::default()

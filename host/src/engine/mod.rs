@@ -1,13 +1,15 @@
 //! The engine: where publications get their place in a channel's stream and reach every node.
 //!
-//! Three seams, each a trait with a contract: [`Broker`] (publish and cross-node fan-out), [`History`]
-//! (streams, offsets, epochs) and [`Presence`]. An engine delivers what it broadcasts to the node's
+//! Four seams, each a trait with a contract: [`Broker`] (publish and cross-node fan-out), [`History`]
+//! (streams, offsets, epochs), [`Presence`] and [`SharedState`] (plugins' cluster-wide key-value state). An engine delivers what it broadcasts to the node's
 //! [`BrokerEventHandler`] (the hub); it never knows about sessions or protocols.
 //!
-//! Implementations: [`memory`] (single node, the default) and [`redis`] (many nodes on one Redis or Redis
-//! Cluster). Every implementation must pass the shared conformance suite in `conformance.rs`.
+//! Implementations: [`memory`] (single node, the default; its shared state is [`keyvalue`]) and [`redis`]
+//! (many nodes on one Redis or Redis Cluster). Every implementation must pass the shared conformance suite
+//! in `conformance.rs`.
 
 mod instrumented;
+pub mod keyvalue;
 pub mod memory;
 pub mod redis;
 
@@ -166,6 +168,9 @@ pub enum EngineError {
     /// The backing service cannot be reached now; the caller may retry.
     #[error("engine temporarily unavailable: {0}")]
     Unavailable(String),
+    /// The engine will not store this (a bounded store is full).
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 /// Receives what a [`Broker`] delivers on this node. Implemented by the hub.
@@ -276,7 +281,38 @@ pub trait Presence: Send + Sync + 'static {
     async fn node_count(&self, node: &str, channel: &str) -> Result<u64, EngineError>;
 }
 
-/// The three seams as one cheaply cloned value.
+/// Plugins' key-value state shared by every node: entries by scope (a plugin's name) and key.
+///
+/// Each call is atomic on its own entry (of callers on any nodes incrementing one key, none is lost);
+/// there are no transactions across entries. An entry's expiry is given when it is written.
+#[async_trait]
+pub trait SharedState: Send + Sync + 'static {
+    /// The value under `key`, unless absent or expired.
+    async fn state_get(&self, scope: &str, key: &str) -> Result<Option<Vec<u8>>, EngineError>;
+    /// Stores `value` under `key`, expiring after `ttl` (zero: never). [`EngineError::Refused`] when a
+    /// bounded store has no room for it.
+    async fn state_set(
+        &self,
+        scope: &str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), EngineError>;
+    /// Adds `delta` to the number under `key`, kept as decimal text (absent, expired or not a number:
+    /// 0; the sum saturates at the bounds of `i64`), and returns the sum. A new entry expires after `ttl`
+    /// (zero: never); an existing one keeps its expiry.
+    async fn state_incr(
+        &self,
+        scope: &str,
+        key: &str,
+        delta: i64,
+        ttl: Duration,
+    ) -> Result<i64, EngineError>;
+    /// Removes `key`; whether it was there.
+    async fn state_delete(&self, scope: &str, key: &str) -> Result<bool, EngineError>;
+}
+
+/// The four seams as one cheaply cloned value.
 #[derive(Clone)]
 pub struct Engine {
     /// Publish and fan-out.
@@ -285,6 +321,8 @@ pub struct Engine {
     pub history: Arc<dyn History>,
     /// Presence.
     pub presence: Arc<dyn Presence>,
+    /// Plugins' shared state.
+    pub state: Arc<dyn SharedState>,
     /// Whether other nodes share this engine, so what a node leaves in it outlives the node (a crashed
     /// node's presence is then settled by a survivor, see [`crate::estate`]).
     pub shared: bool,
@@ -297,9 +335,10 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// The single-node in-memory engine delivering to `handler`. Inside a tokio runtime, a background task
-    /// sweeps expired streams every few seconds for as long as the engine lives.
-    pub fn memory(handler: Arc<dyn BrokerEventHandler>) -> Self {
+    /// The single-node in-memory engine delivering to `handler`, its plugins' shared state bounded by
+    /// `state` per plugin. Inside a tokio runtime, a background task sweeps expired streams every few
+    /// seconds for as long as the engine lives.
+    pub fn memory(handler: Arc<dyn BrokerEventHandler>, state: keyvalue::StoreBounds) -> Self {
         let engine = Arc::new(memory::MemoryEngine::new(handler));
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let weak = Arc::downgrade(&engine);
@@ -319,6 +358,7 @@ impl Engine {
             broker: engine.clone(),
             history: engine.clone(),
             presence: engine,
+            state: Arc::new(keyvalue::Stores::new(state)),
             shared: false,
         }
     }
@@ -326,14 +366,16 @@ impl Engine {
 
 impl Engine {
     /// The engine `config` selects, delivering to `handler` and counted into `metrics`; the Redis engine
-    /// connects first and fails with the reason when Redis cannot be reached.
+    /// connects first and fails with the reason when Redis cannot be reached. `state` bounds the memory
+    /// engine's shared state per plugin (Redis's own memory bounds Redis's).
     pub async fn from_config(
         config: &EngineConfig,
+        state: keyvalue::StoreBounds,
         handler: Arc<dyn BrokerEventHandler>,
         metrics: &crate::metrics::EngineMetrics,
     ) -> Result<Self, EngineError> {
         let engine = match config.kind {
-            EngineKind::Memory => Self::memory(handler),
+            EngineKind::Memory => Self::memory(handler, state),
             EngineKind::Redis => {
                 let engine =
                     redis::RedisEngine::connect(&config.redis, handler, Arc::new(now_ms)).await?;
@@ -341,7 +383,8 @@ impl Engine {
                 Self {
                     broker: engine.clone(),
                     history: engine.clone(),
-                    presence: engine,
+                    presence: engine.clone(),
+                    state: engine,
                     shared: true,
                 }
             }

@@ -5,7 +5,7 @@
 //!
 //! Nothing else runs `bindgen!`. Exports are called asynchronously (so an epoch deadline can interrupt a
 //! guest without blocking a runtime thread); the host imports are plain synchronous functions but for
-//! `http.fetch`, which awaits the backend with the instance suspended.
+//! `http.fetch` and `cluster-state`, which await the backend or the engine with the instance suspended.
 // The generated code documents itself in the WIT files, and its visibility is bindgen's.
 #![allow(missing_docs, unreachable_pub)]
 
@@ -13,7 +13,14 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "herald:plugin/plugin@0.2.0",
     // A request to the backend suspends the instance's fiber instead of blocking a thread.
-    imports: { "herald:plugin/http.fetch": async },
+    // So does a call to the engine for cluster-wide state.
+    imports: {
+        "herald:plugin/http.fetch": async,
+        "herald:plugin/cluster-state.get": async,
+        "herald:plugin/cluster-state.set": async,
+        "herald:plugin/cluster-state.incr": async,
+        "herald:plugin/cluster-state.delete": async,
+    },
     exports: { default: async },
     additional_derives: [PartialEq, Eq],
 });

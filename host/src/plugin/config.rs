@@ -42,7 +42,14 @@ pub struct PluginsConfig {
     /// Entries one plugin's node-local state holds at most (default 10,000).
     pub state_max_entries: usize,
     /// Bytes (keys, values and 64 per entry) one plugin's node-local state holds at most (default 4 MiB).
+    /// Both bounds apply to a plugin's `cluster-state` too on the memory engine (one node).
     pub state_max_bytes: usize,
+    /// Largest value (and key) a plugin may write to its `cluster-state` (default 64 KiB).
+    pub cluster_state_max_value_bytes: usize,
+    /// Longest a `cluster-state` entry lives (default 1 day): a longer TTL, or none, is cut to this, so
+    /// what a plugin leaves in Redis always expires.
+    #[serde(with = "humantime_serde")]
+    pub cluster_state_max_ttl: Duration,
     /// Configuration passed to each plugin's `init`, by plugin name. A `<file>.toml` beside the plugin
     /// takes precedence.
     pub config: BTreeMap<String, serde_json::Value>,
@@ -64,6 +71,11 @@ impl std::fmt::Debug for PluginsConfig {
             .field("max_idle_instances", &self.max_idle_instances)
             .field("state_max_entries", &self.state_max_entries)
             .field("state_max_bytes", &self.state_max_bytes)
+            .field(
+                "cluster_state_max_value_bytes",
+                &self.cluster_state_max_value_bytes,
+            )
+            .field("cluster_state_max_ttl", &self.cluster_state_max_ttl)
             .field("config (redacted) for", &configured)
             .field("limits", &self.limits)
             .field("http", &self.http)
@@ -82,6 +94,8 @@ impl Default for PluginsConfig {
             max_idle_instances: 16,
             state_max_entries: 10_000,
             state_max_bytes: 4 * 1024 * 1024,
+            cluster_state_max_value_bytes: 64 * 1024,
+            cluster_state_max_ttl: Duration::from_secs(86_400),
             config: BTreeMap::new(),
             limits: BTreeMap::new(),
             http: BTreeMap::new(),
@@ -90,10 +104,21 @@ impl Default for PluginsConfig {
 }
 
 impl PluginsConfig {
+    /// What one plugin's node-local state (and, on the memory engine, its cluster state) holds at most.
+    pub fn state_bounds(&self) -> crate::engine::keyvalue::StoreBounds {
+        crate::engine::keyvalue::StoreBounds {
+            max_entries: self.state_max_entries,
+            max_bytes: self.state_max_bytes,
+        }
+    }
+
     /// Checks the limits and the folder; the error names the key.
     pub fn validate(&self) -> Result<(), PluginsConfigError> {
         if self.deadline.is_zero() {
             return Err(PluginsConfigError::Deadline);
+        }
+        if self.cluster_state_max_ttl.is_zero() {
+            return Err(PluginsConfigError::ClusterStateTtl);
         }
         if self.memory_limit < MIN_MEMORY {
             return Err(PluginsConfigError::MemoryLimit);
@@ -132,6 +157,9 @@ pub enum PluginsConfigError {
     /// `deadline` is zero.
     #[error("plugins.deadline: must be greater than 0")]
     Deadline,
+    /// `cluster_state_max_ttl` is zero.
+    #[error("plugins.cluster_state_max_ttl: must be greater than 0")]
+    ClusterStateTtl,
     /// `memory_limit` is under 1 MiB.
     #[error("plugins.memory_limit: must be at least 1 MiB")]
     MemoryLimit,

@@ -1,5 +1,5 @@
 //! What a plugin instance's store holds, and the host functions a plugin may import (log, clock; from 0.2
-//! the plugin's node-local state and outbound HTTP).
+//! the plugin's node-local and cluster-wide state and outbound HTTP).
 //!
 //! Each instance gets its own [`InstanceState`]: a closed WASI context (no files, no network, no
 //! environment; the Rust standard library in the guest needs WASI to exist, not to do anything) and a
@@ -13,14 +13,17 @@ use wasmtime::{ResourceLimiter, Result};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::bindings::herald::plugin::cluster_state;
 use super::bindings::{self, Level};
+use super::cluster_state::ClusterState;
 use super::http::PluginHttp;
-use super::state::LocalStore;
+use crate::engine::keyvalue::Store;
 
-/// What a plugin's instances share on this node: its state and its outbound HTTP.
+/// What a plugin's instances share: its node-local and cluster-wide state and its outbound HTTP.
 #[derive(Debug, Clone)]
 pub(super) struct Grants {
-    pub state: Arc<LocalStore>,
+    pub state: Arc<Store>,
+    pub cluster: ClusterState,
     pub http: Arc<PluginHttp>,
 }
 
@@ -123,8 +126,17 @@ impl bindings::v0_1::herald::plugin::host::Host for InstanceState {
 }
 
 impl InstanceState {
-    fn state(&self) -> Option<&LocalStore> {
+    fn state(&self) -> Option<&Store> {
         self.grants.as_ref().map(|grants| &*grants.state)
+    }
+
+    fn cluster(&self) -> Result<&ClusterState, cluster_state::Error> {
+        self.grants
+            .as_ref()
+            .map(|grants| &grants.cluster)
+            .ok_or_else(|| {
+                cluster_state::Error::Unavailable("no state while the plugin loads".to_owned())
+            })
     }
 }
 
@@ -145,6 +157,36 @@ impl bindings::herald::plugin::local_state::Host for InstanceState {
     fn delete(&mut self, key: String) -> bool {
         self.state()
             .is_some_and(|state| state.delete(&key, Instant::now()))
+    }
+}
+
+impl cluster_state::Host for InstanceState {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, cluster_state::Error> {
+        self.cluster()?.get(key, self.deadline).await
+    }
+
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    ) -> Result<(), cluster_state::Error> {
+        self.cluster()?.set(key, value, ttl_ms, self.deadline).await
+    }
+
+    async fn incr(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: u64,
+    ) -> Result<i64, cluster_state::Error> {
+        self.cluster()?
+            .incr(key, delta, ttl_ms, self.deadline)
+            .await
+    }
+
+    async fn delete(&mut self, key: String) -> Result<bool, cluster_state::Error> {
+        self.cluster()?.delete(key, self.deadline).await
     }
 }
 

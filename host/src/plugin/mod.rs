@@ -7,12 +7,12 @@
 
 pub mod bindings;
 pub mod chain;
+pub mod cluster_state;
 mod config;
 mod host;
 pub mod http;
 mod load_error;
 pub mod runtime;
-pub mod state;
 pub mod watch;
 
 pub use config::{PluginLimits, PluginsConfig, PluginsConfigError};
@@ -88,9 +88,11 @@ impl std::fmt::Debug for Plugins {
 
 impl Plugins {
     /// Plugins per `config`; nothing is loaded yet (see [`Plugins::load_all`]).
+    /// Plugins' `cluster-state` is the engine's `shared` state.
     pub fn new(
         config: &PluginsConfig,
         metrics: Arc<crate::metrics::Metrics>,
+        shared: Arc<dyn crate::engine::SharedState>,
     ) -> anyhow::Result<Self> {
         let runtime = if config.dir.is_empty() {
             None
@@ -106,7 +108,7 @@ impl Plugins {
             Some(Arc::new(Runtime::new(
                 Some(&cache),
                 largest_memory(config),
-                HostServices::new(config),
+                HostServices::new(config, shared),
             )?))
         };
         Ok(Self::with_runtime(config, runtime, metrics))
@@ -560,7 +562,10 @@ pub fn read_config(path: &Path) -> Result<String, LoadError> {
 /// `init` with the configuration beside it (or `config`, JSON). Returns a description of the plugin.
 pub async fn check(path: &Path, config: Option<String>) -> Result<String, LoadError> {
     let defaults = PluginsConfig::default();
-    let services = HostServices::new(&defaults);
+    let scratch = Arc::new(crate::engine::keyvalue::Stores::new(
+        defaults.state_bounds(),
+    ));
+    let services = HostServices::new(&defaults, scratch);
     let runtime = Runtime::new(None, 64 * 1024 * 1024, services).map_err(LoadError::Runtime)?;
     let bytes = std::fs::read(path).map_err(|error| LoadError::Unreadable {
         path: path.to_owned(),

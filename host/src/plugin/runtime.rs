@@ -26,10 +26,11 @@ use wasmtime::{
 };
 
 use super::bindings::{self, Plugin, PluginMetadata as Metadata, PluginPre, v0_1};
+use super::cluster_state::ClusterStates;
 use super::host::{Grants, InstanceState};
 use super::http::{HttpPolicies, PluginHttp};
 use super::load_error::LoadError;
-use super::state::LocalStates;
+use crate::engine::keyvalue::Stores;
 
 /// How often the engine's epoch advances; deadlines are counted in these ticks.
 const TICK: Duration = Duration::from_millis(1);
@@ -547,16 +548,19 @@ impl Compiler {
 #[derive(Debug)]
 pub struct HostServices {
     /// Node-local state.
-    pub states: LocalStates,
+    pub states: Stores,
+    /// Cluster-wide state, through the engine.
+    pub cluster: ClusterStates,
     /// Outbound HTTP.
     pub http: HttpPolicies,
 }
 
 impl HostServices {
-    /// Per `[plugins]`.
-    pub fn new(config: &super::PluginsConfig) -> Self {
+    /// Per `[plugins]`, with the engine's shared state for `cluster-state`.
+    pub fn new(config: &super::PluginsConfig, shared: Arc<dyn crate::engine::SharedState>) -> Self {
         Self {
-            states: LocalStates::new(config.state_max_entries, config.state_max_bytes),
+            states: Stores::new(config.state_bounds()),
+            cluster: ClusterStates::new(shared, config),
             http: HttpPolicies::new(&config.http),
         }
     }
@@ -564,6 +568,7 @@ impl HostServices {
     fn grants(&self, plugin: &str) -> Grants {
         Grants {
             state: self.states.of(plugin),
+            cluster: self.cluster.of(plugin),
             http: self.http.of(plugin),
         }
     }

@@ -1,10 +1,13 @@
 //! # rate-limit: per-user publish and subscribe rates
 //!
 //! Counts each user's client publications and subscriptions (an anonymous connection counts as its own
-//! user) in fixed windows, in the plugin's node-local state (contract 0.2), which every instance of the
-//! plugin on the node shares: past the limit within a window, the request is denied with error
+//! user) in fixed windows: past the limit within a window, the request is denied with error
 //! `111 too many requests` until the window ends. Publications from the server API and the message queue
 //! are the backend's own and never limited.
+//!
+//! The counts are kept cluster-wide by default (`cluster-state`, contract 0.2: in Redis with the Redis
+//! engine, so a user connected to several nodes shares one limit), or per node (`scope = "node"`:
+//! `local-state`, no round trip to Redis, each node counting on its own).
 //!
 //! ```toml
 //! [plugins.config.rate-limit]
@@ -13,17 +16,19 @@
 //! window_ms = 10000       # the window (default 1000)
 //! channels = ["*"]        # which channels count (patterns: `*`, `{user}`; default all)
 //! except = ["internal:*"] # ...except these
+//! scope = "cluster"       # "cluster" (default) or "node"
 //! ```
 //!
-//! Conditions: the counts are per node (a user connected to two nodes gets the limit on each); a window
-//! starts at a user's first counted request and lasts `window_ms`; when the state is full (see
-//! `plugins.state_max_entries`) requests are denied rather than let through uncounted.
+//! Conditions: a window starts at a user's first counted request and lasts `window_ms` (by Redis's clock
+//! in the cluster scope); requests are denied rather than let through uncounted when the count cannot be
+//! kept — `111` when the state is full (`plugins.state_max_entries`), `100` when Redis cannot be reached
+//! or does not answer within the hook's deadline.
 
 use std::time::Duration;
 
 use herald_sdk::{
-    Config, Hooks, Plugin, PublishRequest, PublishSource, PublishVerdict, SubscribeRequest,
-    SubscribeVerdict, codes, deny, pattern, state,
+    Config, Deny, Hooks, Plugin, PublishRequest, PublishSource, PublishVerdict, SubscribeRequest,
+    SubscribeVerdict, cluster_state, codes, deny, pattern, state,
 };
 use serde::Deserialize;
 
@@ -36,6 +41,18 @@ struct Settings {
     window_ms: u64,
     channels: Vec<String>,
     except: Vec<String>,
+    scope: Scope,
+}
+
+/// Where the counts are kept.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Scope {
+    /// In the cluster's state: one limit across nodes.
+    #[default]
+    Cluster,
+    /// In this node's state: each node counts alone.
+    Node,
 }
 
 impl Default for Settings {
@@ -46,6 +63,7 @@ impl Default for Settings {
             window_ms: 1000,
             channels: vec!["*".to_owned()],
             except: Vec::new(),
+            scope: Scope::Cluster,
         }
     }
 }
@@ -71,9 +89,9 @@ impl RateLimit {
             && !s.except.iter().any(|p| pattern::matches(p, channel, user))
     }
 
-    /// Counts one `action` by `who` (a user id, or `client:<id>` for an anonymous connection); `Err`
-    /// with the reason when it is over the limit.
-    fn count(&self, action: Action, who: &str) -> Result<(), String> {
+    /// Counts one `action` by `who` (a user id, or `client:<id>` for an anonymous connection); the
+    /// refusal when it is over the limit or cannot be counted.
+    fn count(&self, action: Action, who: &str) -> Result<(), Deny> {
         let (limit, name) = match action {
             Action::Publish => (self.settings.publishes, "publish"),
             Action::Subscribe => (self.settings.subscribes, "subscribe"),
@@ -82,13 +100,31 @@ impl RateLimit {
             return Ok(());
         }
         let window = Duration::from_millis(self.settings.window_ms);
-        match state::incr(&format!("{name}:{who}"), 1, window) {
-            Some(count) if count <= i64::from(limit) => Ok(()),
-            Some(_) => Err(format!(
-                "too many {name} requests: at most {limit} per {} ms",
-                self.settings.window_ms
+        let key = format!("{name}:{who}");
+        let count = match self.settings.scope {
+            Scope::Node => state::incr(&key, 1, window)
+                .ok_or_else(|| deny(codes::TOO_MANY_REQUESTS, "rate limit state is full"))?,
+            Scope::Cluster => {
+                cluster_state::incr(&key, 1, window).map_err(|error| match error {
+                    cluster_state::Error::Full => {
+                        deny(codes::TOO_MANY_REQUESTS, "rate limit state is full")
+                    }
+                    error => deny(
+                        codes::INTERNAL,
+                        format!("rate limit cannot be counted: {error:?}"),
+                    ),
+                })?
+            }
+        };
+        match count <= i64::from(limit) {
+            true => Ok(()),
+            false => Err(deny(
+                codes::TOO_MANY_REQUESTS,
+                format!(
+                    "too many {name} requests: at most {limit} per {} ms",
+                    self.settings.window_ms
+                ),
             )),
-            None => Err("rate limit state is full".to_owned()),
         }
     }
 }
@@ -122,7 +158,7 @@ impl Plugin for RateLimit {
         }
         match self.count(Action::Subscribe, &who(&client.user, &client.client)) {
             Ok(()) => SubscribeVerdict::Pass,
-            Err(reason) => SubscribeVerdict::Deny(deny(codes::TOO_MANY_REQUESTS, reason)),
+            Err(refusal) => SubscribeVerdict::Deny(refusal),
         }
     }
 
@@ -135,7 +171,7 @@ impl Plugin for RateLimit {
         }
         match self.count(Action::Publish, &who(&publisher.user, &publisher.client)) {
             Ok(()) => PublishVerdict::Pass,
-            Err(reason) => PublishVerdict::Deny(deny(codes::TOO_MANY_REQUESTS, reason)),
+            Err(refusal) => PublishVerdict::Deny(refusal),
         }
     }
 }
@@ -150,6 +186,8 @@ mod tests {
 
     fn plugin(json: &str) -> RateLimit {
         state::clear();
+        cluster_state::clear();
+        cluster_state::fail_with(None);
         RateLimit::init(Config::from_json(json).expect("valid JSON")).expect("init")
     }
 
@@ -194,6 +232,42 @@ mod tests {
         assert_eq!(plugin.on_subscribe(&internal), SubscribeVerdict::Pass);
         let refresh = anonymous("a").refresh(true);
         assert_eq!(plugin.on_subscribe(&refresh), SubscribeVerdict::Pass);
+    }
+
+    #[test]
+    fn node_and_cluster_counts_are_kept_apart() {
+        let node = plugin(r#"{"publishes": 1, "scope": "node"}"#);
+        let request = PublishRequest::new("chat", "{}").user("42");
+        assert_eq!(node.on_publish(&request), PublishVerdict::Pass);
+        assert!(matches!(node.on_publish(&request), PublishVerdict::Deny(_)));
+        assert_eq!(state::get("publish:user:42"), Some(b"2".to_vec()));
+        assert_eq!(cluster_state::get("publish:user:42"), Ok(None));
+
+        let cluster = plugin(r#"{"publishes": 1}"#);
+        assert_eq!(cluster.on_publish(&request), PublishVerdict::Pass);
+        assert_eq!(
+            cluster_state::get("publish:user:42"),
+            Ok(Some(b"1".to_vec()))
+        );
+        assert_eq!(state::get("publish:user:42"), None);
+    }
+
+    #[test]
+    fn an_unreachable_cluster_state_fails_closed() {
+        let plugin = plugin(r#"{"publishes": 5}"#);
+        cluster_state::fail_with(Some(cluster_state::Error::Unavailable("redis down".into())));
+        let request = PublishRequest::new("chat", "{}").user("42");
+        match plugin.on_publish(&request) {
+            PublishVerdict::Deny(refusal) => assert_eq!(refusal.code, codes::INTERNAL),
+            other => panic!("{other:?}"),
+        }
+        cluster_state::fail_with(Some(cluster_state::Error::Full));
+        assert_eq!(
+            plugin.on_publish(&request),
+            too_many("rate limit state is full")
+        );
+        cluster_state::fail_with(None);
+        assert_eq!(plugin.on_publish(&request), PublishVerdict::Pass);
     }
 
     #[test]

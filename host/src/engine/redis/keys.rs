@@ -75,6 +75,12 @@ impl Keys {
         format!("{}:failover-primaries", self.prefix)
     }
 
+    /// A plugin's shared-state entry. The scope's length comes first, so no scope and key pair can name
+    /// another's entry (`a:b` + `c` against `a` + `b:c`); one entry is one key, in whatever slot it hashes.
+    pub(super) fn state(&self, scope: &str, key: &str) -> String {
+        format!("{}:state:{}:{scope}:{key}", self.prefix, scope.len())
+    }
+
     /// Where an idempotent publish remembers its result, in the channel's slot.
     pub(super) fn idempotency(&self, channel: &str, key: &str) -> String {
         format!("{}:{{{}}}:idem:{key}", self.prefix, Self::tag(channel))
@@ -115,5 +121,15 @@ mod tests {
         }
         assert_ne!(keys.channel("odd}name").meta, keys.channel("{braced}").meta);
         assert_eq!(keys.channel("news").meta, "herald:{news}:meta");
+    }
+
+    #[test]
+    fn state_entries_of_different_scopes_never_share_a_key() {
+        let keys = Keys::new("herald");
+        assert_ne!(keys.state("a:b", "c"), keys.state("a", "b:c"));
+        assert_eq!(
+            keys.state("rate-limit", "u:1"),
+            "herald:state:10:rate-limit:u:1"
+        );
     }
 }

@@ -11,8 +11,12 @@
 //! - **Presence**: a hash of clients plus a sorted set of expiry times; each node refreshes its own entries,
 //!   so the entries of a crashed node expire after `presence_ttl`.
 //!
-//! Time (TTLs, expiry) is this node's clock passed to every script, not Redis' clock: the engine is tested
-//! with a manual clock, and nodes should run NTP anyway.
+//! - **Shared state** (plugins' `cluster-state`): one Redis string per entry, expiring by Redis's own TTL.
+//!
+//! Time (TTLs, expiry) of streams and presence is this node's clock passed to every script, not Redis'
+//! clock: the engine is tested with a manual clock, and nodes should run NTP anyway. Shared-state entries
+//! are the exception: they expire by Redis's clock, relative to when they were written, so nodes whose
+//! clocks disagree still agree on a rate limit's window.
 
 pub(crate) mod connection;
 mod keys;
@@ -38,7 +42,8 @@ use self::keys::Keys;
 use self::wire::Message;
 use super::{
     Broker, BrokerEventHandler, ClientInfo, EngineError, History, HistoryFilter, HistoryOptions,
-    HistoryResult, Presence, PresenceStats, Publication, PublishOptions, StreamPosition,
+    HistoryResult, Presence, PresenceStats, Publication, PublishOptions, SharedState,
+    StreamPosition,
 };
 use crate::sync::lock;
 
@@ -286,6 +291,7 @@ struct Scripts {
     presence_get: Script,
     presence_stats: Script,
     presence_users: Script,
+    state_incr: Script,
 }
 
 impl Scripts {
@@ -321,6 +327,7 @@ impl Scripts {
                 include_str!("scripts/presence.lua"),
                 include_str!("scripts/presence_users.lua")
             )),
+            state_incr: Script::new(include_str!("scripts/state_incr.lua")),
         }
     }
 }
@@ -906,6 +913,67 @@ impl History for RedisEngine {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl SharedState for RedisEngine {
+    async fn state_get(&self, scope: &str, key: &str) -> Result<Option<Vec<u8>>, EngineError> {
+        let mut commands = self.commands.clone();
+        redis::cmd("GET")
+            .arg(self.keys.state(scope, key))
+            .query_async(&mut commands)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn state_set(
+        &self,
+        scope: &str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), EngineError> {
+        let mut set = redis::cmd("SET");
+        set.arg(self.keys.state(scope, key)).arg(value);
+        if !ttl.is_zero() {
+            set.arg("PX").arg(millis(ttl).max(1));
+        }
+        let mut commands = self.commands.clone();
+        let _: Value = set.query_async(&mut commands).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn state_incr(
+        &self,
+        scope: &str,
+        key: &str,
+        delta: i64,
+        ttl: Duration,
+    ) -> Result<i64, EngineError> {
+        let ttl_ms = if ttl.is_zero() { 0 } else { millis(ttl).max(1) };
+        let mut commands = self.commands.clone();
+        let sum: String = self
+            .scripts
+            .state_incr
+            .key(self.keys.state(scope, key))
+            .arg(delta)
+            .arg(ttl_ms)
+            .invoke_async(&mut commands)
+            .await
+            .map_err(unavailable)?;
+        sum.parse()
+            .map_err(|_| malformed("a shared-state increment"))
+    }
+
+    async fn state_delete(&self, scope: &str, key: &str) -> Result<bool, EngineError> {
+        let mut commands = self.commands.clone();
+        let removed: u64 = redis::cmd("DEL")
+            .arg(self.keys.state(scope, key))
+            .query_async(&mut commands)
+            .await
+            .map_err(unavailable)?;
+        Ok(removed > 0)
     }
 }
 

@@ -67,7 +67,8 @@ fn engine(redis: Arc<RedisEngine>) -> Engine {
     Engine {
         broker: redis.clone(),
         history: redis.clone(),
-        presence: redis,
+        presence: redis.clone(),
+        state: redis,
         shared: true,
     }
 }

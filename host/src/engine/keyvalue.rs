@@ -1,5 +1,6 @@
-//! Plugins' node-local state (`herald:plugin/local-state`, from 0.2): one bounded key-value store per
-//! plugin name, shared by all its instances on this node and kept across its reloads.
+//! Bounded key-value stores with expiry and atomic increments, one per scope (a plugin's name): plugins'
+//! node-local state (`herald:plugin/local-state`), and the memory engine's [`SharedState`] (on one node
+//! the cluster's state is the node's).
 //!
 //! Bounded by entries and bytes (key, value and a fixed overhead per entry); a write that does not fit
 //! after expired entries are dropped is refused rather than evicting what another instance relies on.
@@ -9,48 +10,68 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
+
+use super::{EngineError, SharedState};
+
 /// What an entry costs besides its key and value (the map's slot, the expiry), for the byte bound.
 const ENTRY_OVERHEAD: usize = 64;
 
 /// Writes between sweeps of expired entries.
 const SWEEP_EVERY: u32 = 1024;
 
-/// The stores of every plugin on this node, by plugin name.
-#[derive(Debug)]
-pub struct LocalStates {
-    stores: Mutex<HashMap<String, Arc<LocalStore>>>,
-    max_entries: usize,
-    max_bytes: usize,
+/// How much one scope's store holds at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreBounds {
+    /// Entries (expired ones not yet dropped included).
+    pub max_entries: usize,
+    /// Bytes: keys, values and 64 per entry.
+    pub max_bytes: usize,
 }
 
-impl LocalStates {
-    /// Stores of at most `max_entries` entries and `max_bytes` bytes each.
-    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
+impl Default for StoreBounds {
+    fn default() -> Self {
+        Self {
+            max_entries: 10_000,
+            max_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Stores by scope, each bounded alike.
+#[derive(Debug)]
+pub struct Stores {
+    stores: Mutex<HashMap<String, Arc<Store>>>,
+    bounds: StoreBounds,
+}
+
+impl Stores {
+    /// Stores bounded by `bounds` each.
+    pub fn new(bounds: StoreBounds) -> Self {
         Self {
             stores: Mutex::new(HashMap::new()),
-            max_entries,
-            max_bytes,
+            bounds,
         }
     }
 
-    /// The store of the plugin named `plugin` (created empty the first time).
-    pub fn of(&self, plugin: &str) -> Arc<LocalStore> {
+    /// The store of `scope` (created empty the first time).
+    pub fn of(&self, scope: &str) -> Arc<Store> {
         crate::sync::lock(&self.stores)
-            .entry(plugin.to_owned())
+            .entry(scope.to_owned())
             .or_insert_with(|| {
-                Arc::new(LocalStore {
+                Arc::new(Store {
                     inner: Mutex::default(),
-                    max_entries: self.max_entries,
-                    max_bytes: self.max_bytes,
+                    max_entries: self.bounds.max_entries,
+                    max_bytes: self.bounds.max_bytes,
                 })
             })
             .clone()
     }
 }
 
-/// One plugin's store.
+/// One scope's store.
 #[derive(Debug)]
-pub struct LocalStore {
+pub struct Store {
     inner: Mutex<Inner>,
     max_entries: usize,
     max_bytes: usize,
@@ -79,9 +100,11 @@ fn cost(key: &str, value: &[u8]) -> usize {
     key.len() + value.len() + ENTRY_OVERHEAD
 }
 
-/// `ttl_ms` from now (0: never).
+/// `ttl_ms` from now (0, or past what an `Instant` can name: never).
 fn expiry(now: Instant, ttl_ms: u64) -> Option<Instant> {
-    (ttl_ms > 0).then(|| now + Duration::from_millis(ttl_ms))
+    (ttl_ms > 0)
+        .then(|| now.checked_add(Duration::from_millis(ttl_ms)))
+        .flatten()
 }
 
 impl Inner {
@@ -130,7 +153,7 @@ impl Inner {
     }
 }
 
-impl LocalStore {
+impl Store {
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
         crate::sync::lock(&self.inner)
     }
@@ -200,17 +223,68 @@ impl LocalStore {
     }
 }
 
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn full() -> EngineError {
+    EngineError::Refused("the plugin's state is full".to_owned())
+}
+
+#[async_trait]
+impl SharedState for Stores {
+    async fn state_get(&self, scope: &str, key: &str) -> Result<Option<Vec<u8>>, EngineError> {
+        Ok(self.of(scope).get(key, Instant::now()))
+    }
+
+    async fn state_set(
+        &self,
+        scope: &str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), EngineError> {
+        match self.of(scope).set(key, value, millis(ttl), Instant::now()) {
+            true => Ok(()),
+            false => Err(full()),
+        }
+    }
+
+    async fn state_incr(
+        &self,
+        scope: &str,
+        key: &str,
+        delta: i64,
+        ttl: Duration,
+    ) -> Result<i64, EngineError> {
+        self.of(scope)
+            .incr(key, delta, millis(ttl), Instant::now())
+            .ok_or_else(full)
+    }
+
+    async fn state_delete(&self, scope: &str, key: &str) -> Result<bool, EngineError> {
+        Ok(self.of(scope).delete(key, Instant::now()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn store(max_entries: usize, max_bytes: usize) -> Arc<LocalStore> {
-        LocalStates::new(max_entries, max_bytes).of("p")
+    fn store(max_entries: usize, max_bytes: usize) -> Arc<Store> {
+        Stores::new(StoreBounds {
+            max_entries,
+            max_bytes,
+        })
+        .of("p")
     }
 
     #[test]
     fn values_expire_and_are_shared_by_name() {
-        let states = LocalStates::new(10, 10_000);
+        let states = Stores::new(StoreBounds {
+            max_entries: 10,
+            max_bytes: 10_000,
+        });
         let now = Instant::now();
         assert!(states.of("p").set("k", b"v".to_vec(), 100, now));
         assert_eq!(states.of("p").get("k", now), Some(b"v".to_vec()));
