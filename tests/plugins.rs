@@ -1042,12 +1042,20 @@ async fn plugins_api_requires_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baseline_code_is_as_isolated_as_optimised_code() {
     use herald::plugin::bindings::{PublishRequest, PublishSource};
-    use herald::plugin::runtime::{Call, HostServices, Limits, Runtime, Tier, Wasm};
+    use herald::plugin::runtime::{Call, HostServices, Limits, PoolBounds, Runtime, Tier, Wasm};
     let services = HostServices::new(
         &Default::default(),
         std::sync::Arc::new(herald::engine::keyvalue::Stores::new(Default::default())),
     );
-    let runtime = Runtime::new(None, 64 << 20, services).expect("plugin runtime");
+    let runtime = Runtime::new(
+        None,
+        PoolBounds {
+            instances: 64,
+            max_memory: 64 << 20,
+        },
+        services,
+    )
+    .expect("plugin runtime");
     let limits = Limits {
         deadline: Duration::from_millis(50),
         memory: 16 << 20,
@@ -1352,6 +1360,65 @@ async fn more_waiting_hooks_than_instances_queue_instead_of_failing() {
         .expect("listed")
         .clone();
     assert_eq!(plugin["failures"], 0, "{plugin:#}");
+}
+
+/// `plugins.max_instances` bounds the hooks waiting on a backend at once (a quarter of the pool per hook):
+/// 40 connects through a backend answering in 300 ms with a pool of 16 reach the backend at most 4 at a
+/// time, and every one of them connects, the rest having waited their turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_instance_pool_bounds_the_hooks_waiting_on_a_backend() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    #[derive(Default)]
+    struct InFlight {
+        now: AtomicUsize,
+        most: AtomicUsize,
+    }
+    let counted = Arc::new(InFlight::default());
+    let app = axum::Router::new()
+        .route(
+            "/auth",
+            axum::routing::post(
+                |axum::extract::State(counted): axum::extract::State<Arc<InFlight>>| async move {
+                    let now = counted.now.fetch_add(1, Ordering::SeqCst) + 1;
+                    counted.most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    counted.now.fetch_sub(1, Ordering::SeqCst);
+                    r#"{"user":"alice"}"#
+                },
+            ),
+        )
+        .with_state(counted.clone());
+    let backend = herald_tests::serve_loopback(app).await;
+    let dir = tempfile::tempdir().expect("plugin dir");
+    std::fs::write(dir.path().join("10-scripted.wasm"), scripted()).expect("write plugin");
+    let script = format!("connect_backend = \"http://{backend}/auth\"\n");
+    std::fs::write(dir.path().join("10-scripted.toml"), script).expect("write config");
+    let server = TestServer::start(&format!(
+        "[plugins]\ndir = {:?}\nmax_instances = 16\n[plugins.limits.scripted]\ndeadline = \"20s\"\n\
+         [plugins.http.scripted]\nallow = [\"http://{backend}/\"]\n",
+        dir.path().to_str().expect("utf-8 path"),
+    ))
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..40 {
+        clients.push(Client::open(&server).await);
+    }
+    let replies = futures_util::future::join_all(
+        clients
+            .iter_mut()
+            .map(|client| client.command("connect", json!({}))),
+    )
+    .await;
+    assert!(
+        replies.iter().all(|reply| reply.get("connect").is_some()),
+        "{replies:?}"
+    );
+    assert_eq!(
+        counted.most.load(Ordering::SeqCst),
+        4,
+        "a quarter of 16 instances at once"
+    );
 }
 
 /// Connects waiting on a slow backend do not hold up other hooks: with 400 connects waiting 3 s for the

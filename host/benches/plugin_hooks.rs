@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use herald::plugin::bindings::{ClientInfo, PublishRequest, PublishSource, SubscribeRequest};
-use herald::plugin::runtime::{Call, HostServices, Limits, Runtime, Tier, Wasm};
+use herald::plugin::runtime::{Call, HostServices, Limits, PoolBounds, Runtime, Tier, Wasm};
 use herald::plugin::{Plugins, PluginsConfig};
 
 fn fixture() -> PathBuf {
@@ -107,7 +107,15 @@ fn hooks(c: &mut Criterion) {
     // One version's two codes side by side, called directly (no chain): what a hook costs in the moments
     // after a reload, on baseline code, and after, on optimised code.
     let services = HostServices::new(&PluginsConfig::default(), node_local());
-    let direct = Runtime::new(None, 64 << 20, services).unwrap();
+    let direct = Runtime::new(
+        None,
+        PoolBounds {
+            instances: 64,
+            max_memory: 64 << 20,
+        },
+        services,
+    )
+    .unwrap();
     let limits = Limits {
         deadline: Duration::from_millis(10),
         memory: 16 << 20,

@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 /// The least linear memory a plugin may be given, overall or by an override.
 const MIN_MEMORY: usize = 1024 * 1024;
 
+/// Bounds of `max_instances`: at least 4 calls of a hook at once; at most what the address space holds
+/// (each instance reserves two memories of several GiB of address space).
+const MIN_INSTANCES: u32 = 16;
+const MAX_INSTANCES: u32 = 4096;
+
 /// Per-plugin limit overrides (`[plugins.limits.<name>]`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -39,6 +44,11 @@ pub struct PluginsConfig {
     pub memory_limit: usize,
     /// Warm instances kept per plugin (default 16).
     pub max_idle_instances: usize,
+    /// Instances of all plugins at once (default 512; 16 to 4096). A hook waiting on its backend holds
+    /// one, and a quarter of them may run one hook at once: connects through a backend answering in
+    /// 200 ms are decided at up to `max_instances / 4 / 0.2 s` a second. Each costs address space (its
+    /// memory's reservation) and, while used, its resident memory.
+    pub max_instances: u32,
     /// Entries one plugin's node-local state holds at most (default 10,000).
     pub state_max_entries: usize,
     /// Bytes (keys, values and 64 per entry) one plugin's node-local state holds at most (default 4 MiB).
@@ -69,6 +79,7 @@ impl std::fmt::Debug for PluginsConfig {
             .field("deadline", &self.deadline)
             .field("memory_limit", &self.memory_limit)
             .field("max_idle_instances", &self.max_idle_instances)
+            .field("max_instances", &self.max_instances)
             .field("state_max_entries", &self.state_max_entries)
             .field("state_max_bytes", &self.state_max_bytes)
             .field(
@@ -92,6 +103,7 @@ impl Default for PluginsConfig {
             deadline: Duration::from_millis(10),
             memory_limit: 16 * 1024 * 1024,
             max_idle_instances: 16,
+            max_instances: 512,
             state_max_entries: 10_000,
             state_max_bytes: 4 * 1024 * 1024,
             cluster_state_max_value_bytes: 64 * 1024,
@@ -116,6 +128,9 @@ impl PluginsConfig {
     pub fn validate(&self) -> Result<(), PluginsConfigError> {
         if self.deadline.is_zero() {
             return Err(PluginsConfigError::Deadline);
+        }
+        if !(MIN_INSTANCES..=MAX_INSTANCES).contains(&self.max_instances) {
+            return Err(PluginsConfigError::MaxInstances);
         }
         if self.cluster_state_max_ttl.is_zero() {
             return Err(PluginsConfigError::ClusterStateTtl);
@@ -157,6 +172,9 @@ pub enum PluginsConfigError {
     /// `deadline` is zero.
     #[error("plugins.deadline: must be greater than 0")]
     Deadline,
+    /// `max_instances` is out of its range.
+    #[error("plugins.max_instances: must be between {MIN_INSTANCES} and {MAX_INSTANCES}")]
+    MaxInstances,
     /// `cluster_state_max_ttl` is zero.
     #[error("plugins.cluster_state_max_ttl: must be greater than 0")]
     ClusterStateTtl,

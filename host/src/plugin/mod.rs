@@ -31,20 +31,11 @@ use bindings::{
 };
 use chain::{Decision, Draft, PublishDecision, RpcDecision};
 use runtime::{
-    Call, Failure, FailureKind, HostServices, Limits, LoadedPlugin, Reply, Runtime, Tier, Wasm,
+    Call, Failure, FailureKind, HostServices, Limits, LoadedPlugin, PoolBounds, Reply, Runtime,
+    Tier, Wasm,
 };
 
 /// The most memory any plugin can be given (the pooling allocator's slot size).
-fn largest_memory(config: &PluginsConfig) -> usize {
-    config
-        .limits
-        .values()
-        .filter_map(|l| l.memory_limit)
-        .chain([config.memory_limit])
-        .max()
-        .unwrap_or(0)
-}
-
 /// A file that failed to load, as [`Plugins::load_errors`] lists it.
 #[derive(Debug, Clone)]
 pub struct Rejection {
@@ -107,7 +98,7 @@ impl Plugins {
                 .map_err(|e| anyhow::anyhow!("plugins.cache_dir {}: {e}", cache.display()))?;
             Some(Arc::new(Runtime::new(
                 Some(&cache),
-                largest_memory(config),
+                PoolBounds::of(config),
                 HostServices::new(config, shared),
             )?))
         };
@@ -566,7 +557,11 @@ pub async fn check(path: &Path, config: Option<String>) -> Result<String, LoadEr
         defaults.state_bounds(),
     ));
     let services = HostServices::new(&defaults, scratch);
-    let runtime = Runtime::new(None, 64 * 1024 * 1024, services).map_err(LoadError::Runtime)?;
+    let bounds = PoolBounds {
+        instances: 16,
+        max_memory: 64 * 1024 * 1024,
+    };
+    let runtime = Runtime::new(None, bounds, services).map_err(LoadError::Runtime)?;
     let bytes = std::fs::read(path).map_err(|error| LoadError::Unreadable {
         path: path.to_owned(),
         error,

@@ -38,19 +38,39 @@ const TICK: Duration = Duration::from_millis(1);
 /// `init` gets more time than a hook: it may parse keys or rules.
 const INIT_DEADLINE: Duration = Duration::from_secs(2);
 
-/// Instances the pooling allocator can hold at once (over all plugins).
-const POOLED_INSTANCES: u32 = 512;
+/// How much the optimised engine's pool holds.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolBounds {
+    /// Instances at once, over all plugins (`plugins.max_instances`). A call suspended on its backend
+    /// holds one, so this also bounds how many hooks wait on backends at once (see [`CallBounds`]).
+    pub instances: u32,
+    /// The largest linear memory any plugin may be given.
+    pub max_memory: usize,
+}
 
-/// Hook calls running at once over all plugins; more wait (within their deadline) for one to end. The
-/// busy instances and the idle ones kept per plugin must fit in the pool: without the bound, hooks waiting
-/// on a slow backend would take every slot and the next call would fail to instantiate.
-const CONCURRENT_CALLS: usize = POOLED_INSTANCES as usize * 3 / 4;
+impl PoolBounds {
+    /// The bounds `[plugins]` sets.
+    pub fn of(config: &super::PluginsConfig) -> Self {
+        let max_memory = config
+            .limits
+            .values()
+            .filter_map(|l| l.memory_limit)
+            .chain([config.memory_limit])
+            .max()
+            .unwrap_or(0);
+        Self {
+            instances: config.max_instances,
+            max_memory,
+        }
+    }
+}
 
-/// Calls of one hook running at once over all plugins, within [`CONCURRENT_CALLS`]: connects waiting on a
-/// slow backend cannot hold up the publish hooks of a fan-out, nor the other way round.
-const CONCURRENT_CALLS_PER_HOOK: usize = POOLED_INSTANCES as usize / 4;
-
-/// The bounds one call acquires: its hook's, then the runtime's.
+/// The bounds one call acquires: its hook's, then the runtime's. Hook calls running at once over all
+/// plugins are three quarters of the pool; more wait (within their deadline) for one to end: the busy
+/// instances and the idle ones kept per plugin must fit in the pool, and without the bound hooks waiting
+/// on a slow backend would take every slot and the next call would fail to instantiate. Calls of one hook
+/// are a quarter of the pool, so connects waiting on a slow backend cannot hold up the publish hooks of a
+/// fan-out, nor the other way round.
 #[derive(Debug, Clone)]
 struct CallBounds {
     per_hook: Arc<[tokio::sync::Semaphore; HOOK_NAMES.len()]>,
@@ -58,12 +78,13 @@ struct CallBounds {
 }
 
 impl CallBounds {
-    fn new() -> Self {
+    fn new(instances: u32) -> Self {
+        let instances = instances as usize;
         Self {
             per_hook: Arc::new(std::array::from_fn(|_| {
-                tokio::sync::Semaphore::new(CONCURRENT_CALLS_PER_HOOK)
+                tokio::sync::Semaphore::new(instances / 4)
             })),
-            all: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CALLS)),
+            all: Arc::new(tokio::sync::Semaphore::new(instances * 3 / 4)),
         }
     }
 
@@ -475,7 +496,7 @@ impl Compiler {
     /// wasmtime itself). The optimised engine's instances come from the pooling allocator; the baseline
     /// engine serves a version only until its optimised code is ready, so it allocates on demand rather
     /// than reserving a second pool.
-    fn new(tier: Tier, cache_dir: Option<&Path>, max_memory: usize) -> anyhow::Result<Self> {
+    fn new(tier: Tier, cache_dir: Option<&Path>, bounds: PoolBounds) -> anyhow::Result<Self> {
         let mut config = wasmtime::Config::new();
         // Herald does not use the component-model async ABI; turning it off saves ~0.4 µs per call.
         config.concurrency_support(false);
@@ -484,12 +505,13 @@ impl Compiler {
             Tier::Optimized => {
                 config.strategy(Strategy::Cranelift);
                 let mut pool = PoolingAllocationConfig::default();
-                pool.total_component_instances(POOLED_INSTANCES)
-                    .total_core_instances(POOLED_INSTANCES * 4)
-                    .total_memories(POOLED_INSTANCES * 2)
-                    .total_tables(POOLED_INSTANCES * 4)
-                    .total_stacks(POOLED_INSTANCES)
-                    .max_memory_size(max_memory);
+                let instances = bounds.instances;
+                pool.total_component_instances(instances)
+                    .total_core_instances(instances * 4)
+                    .total_memories(instances * 2)
+                    .total_tables(instances * 4)
+                    .total_stacks(instances)
+                    .max_memory_size(bounds.max_memory);
                 config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
             }
             Tier::Baseline => {
@@ -598,15 +620,15 @@ impl Drop for Runtime {
 }
 
 impl Runtime {
-    /// The engines of both tiers (see [`Compiler::new`]); `max_memory` is the largest memory any plugin
-    /// may be given; `services` is what plugins may import beyond logging and the clock.
+    /// The engines of both tiers (see [`Compiler::new`]), the optimised one's pool bounded by `bounds`;
+    /// `services` is what plugins may import beyond logging and the clock.
     pub fn new(
         cache_dir: Option<&Path>,
-        max_memory: usize,
+        bounds: PoolBounds,
         services: HostServices,
     ) -> anyhow::Result<Self> {
-        let optimized = Compiler::new(Tier::Optimized, cache_dir, max_memory)?;
-        let baseline = Compiler::new(Tier::Baseline, cache_dir, max_memory)?;
+        let optimized = Compiler::new(Tier::Optimized, cache_dir, bounds)?;
+        let baseline = Compiler::new(Tier::Baseline, cache_dir, bounds)?;
         let ticking = Arc::new(AtomicBool::new(true));
         let engines = [optimized.engine.clone(), baseline.engine.clone()];
         let still_ticking = ticking.clone();
@@ -622,7 +644,7 @@ impl Runtime {
             optimized,
             baseline,
             services,
-            calls: CallBounds::new(),
+            calls: CallBounds::new(bounds.instances),
             ticking,
         })
     }
