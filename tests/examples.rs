@@ -885,8 +885,39 @@ async fn deployed_examples_load_and_work_with_the_default_config() {
 
 // ---------------------------------------------------------------------------------- rate-limit ---
 
-/// `rate-limit` counts a user's publications in the plugin's node-local state, which every instance
-/// shares: six publications by one user, at once over six connections (so the pool runs several
+/// Connects one client per entry of `servers` as alice (the scripted fixture's token `good`), then has
+/// them all publish to `chat` at once; the replies.
+async fn alices_publish_at_once(servers: &[&TestServer]) -> Vec<Value> {
+    let mut alices = Vec::new();
+    for server in servers {
+        let mut client = Client::open(server).await;
+        let reply = client.command("connect", json!({"token": "good"})).await;
+        assert!(reply.get("connect").is_some(), "{reply}");
+        alices.push(client);
+    }
+    futures_util::future::join_all(alices.iter_mut().map(|client| {
+        client.command(
+            "publish",
+            json!({"channel": "chat", "data": {"text": "hi"}}),
+        )
+    }))
+    .await
+}
+
+/// Asserts exactly `count` of `replies` are `111 too many requests`, and the others succeeded.
+fn assert_too_many(replies: &[Value], count: usize) {
+    let refused: Vec<&Value> = replies
+        .iter()
+        .filter(|r| r.get("error").is_some())
+        .collect();
+    assert_eq!(refused.len(), count, "{replies:?}");
+    for reply in refused {
+        assert_eq!(reply_error(reply)["code"], 111, "{reply}");
+    }
+}
+
+/// `rate-limit` counts a user's publications in the plugin's cluster state (on the memory engine, the
+/// node's), which every instance shares: six publications by one user, at once over six connections (so the pool runs several
 /// instances), let exactly three through and refuse the rest with `111`; another user has a budget of
 /// their own, and the server API's publications are never counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -913,28 +944,8 @@ async fn rate_limit_shares_its_counts_between_instances() {
         json!(["local-state", "cluster-state"])
     );
 
-    let mut alices = Vec::new();
-    for _ in 0..6 {
-        let mut client = Client::open(server).await;
-        let reply = client.command("connect", json!({"token": "good"})).await;
-        assert!(reply.get("connect").is_some(), "{reply}");
-        alices.push(client);
-    }
-    let replies = futures_util::future::join_all(alices.iter_mut().map(|client| {
-        client.command(
-            "publish",
-            json!({"channel": "chat", "data": {"text": "hi"}}),
-        )
-    }))
-    .await;
-    let refused: Vec<&Value> = replies
-        .iter()
-        .filter(|r| r.get("error").is_some())
-        .collect();
-    assert_eq!(refused.len(), 3, "{replies:?}");
-    for reply in refused {
-        assert_eq!(reply_error(reply)["code"], 111, "{reply}");
-    }
+    let replies = alices_publish_at_once(&[server; 6]).await;
+    assert_too_many(&replies, 3);
     // Another user (an anonymous connection counts as its own) and the backend are not held back.
     let mut other = anonymous(server).await;
     let reply = other
@@ -968,28 +979,9 @@ async fn rate_limit_counts_across_nodes_on_redis() {
         ("20-rate-limit.toml", b"publishes = 3\nwindow_ms = 600000\n"),
     ];
     let nodes = [start(files, &engine).await, start(files, &engine).await];
-    let mut alices = Vec::new();
-    for node in nodes.iter().chain(&nodes).chain(&nodes) {
-        let mut client = Client::open(&node.server).await;
-        let reply = client.command("connect", json!({"token": "good"})).await;
-        assert!(reply.get("connect").is_some(), "{reply}");
-        alices.push(client);
-    }
-    let replies = futures_util::future::join_all(alices.iter_mut().map(|client| {
-        client.command(
-            "publish",
-            json!({"channel": "chat", "data": {"text": "hi"}}),
-        )
-    }))
-    .await;
-    let refused: Vec<&Value> = replies
-        .iter()
-        .filter(|r| r.get("error").is_some())
-        .collect();
-    assert_eq!(refused.len(), 3, "three of six over two nodes: {replies:?}");
-    for reply in refused {
-        assert_eq!(reply_error(reply)["code"], 111, "{reply}");
-    }
+    let (a, b) = (&nodes[0].server, &nodes[1].server);
+    let replies = alices_publish_at_once(&[a, b, a, b, a, b]).await;
+    assert_too_many(&replies, 3);
     for node in &nodes {
         assert_no_failures(&node.server).await;
     }

@@ -1319,32 +1319,50 @@ async fn a_plugin_asks_its_backend_and_fails_closed_without_it() {
     }
 }
 
+/// A server whose scripted fixture asks `connect_url` at connect; `plugins` continues its `[plugins]`
+/// section (keys, then sub-tables). The folder lives as long as the returned guard.
+async fn asking_at_connect(connect_url: &str, plugins: &str) -> (TestServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("plugin dir");
+    std::fs::write(dir.path().join("10-scripted.wasm"), scripted()).expect("write plugin");
+    let script = format!("connect_backend = \"{connect_url}\"\n");
+    std::fs::write(dir.path().join("10-scripted.toml"), script).expect("write config");
+    let server = TestServer::start(&format!(
+        "[plugins]\ndir = {:?}\n{plugins}",
+        dir.path().to_str().expect("utf-8 path"),
+    ))
+    .await;
+    (server, dir)
+}
+
+/// `count` clients sending `connect` at once; their replies.
+async fn connect_at_once(server: &TestServer, count: usize) -> Vec<Value> {
+    let mut clients = Vec::new();
+    for _ in 0..count {
+        clients.push(Client::open(server).await);
+    }
+    futures_util::future::join_all(
+        clients
+            .iter_mut()
+            .map(|client| client.command("connect", json!({}))),
+    )
+    .await
+}
+
 /// More connects waiting on a slow backend at once than the runtime has instances (600 against a pool of
 /// 512): the calls past the bound wait for a free instance within their deadline instead of failing, so
 /// every client connects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_waiting_hooks_than_instances_queue_instead_of_failing() {
     let backend = backend().await;
-    let dir = tempfile::tempdir().expect("plugin dir");
-    std::fs::write(dir.path().join("10-scripted.wasm"), scripted()).expect("write plugin");
-    let script = format!("connect_backend = \"http://{backend}/auth-200ms\"\n");
-    std::fs::write(dir.path().join("10-scripted.toml"), script).expect("write config");
-    let server = TestServer::start(&format!(
-        "[plugins]\ndir = {:?}\n[plugins.limits.scripted]\ndeadline = \"20s\"\n\
-         [plugins.http.scripted]\nallow = [\"http://{backend}/\"]\nmax_concurrent = 1000\n",
-        dir.path().to_str().expect("utf-8 path"),
-    ))
-    .await;
-    let mut clients = Vec::new();
-    for _ in 0..600 {
-        clients.push(Client::open(&server).await);
-    }
-    let replies = futures_util::future::join_all(
-        clients
-            .iter_mut()
-            .map(|client| client.command("connect", json!({}))),
+    let (server, _dir) = asking_at_connect(
+        &format!("http://{backend}/auth-200ms"),
+        &format!(
+            "[plugins.limits.scripted]\ndeadline = \"20s\"\n\
+             [plugins.http.scripted]\nallow = [\"http://{backend}/\"]\nmax_concurrent = 1000\n"
+        ),
     )
     .await;
+    let replies = connect_at_once(&server, 600).await;
     let refused: Vec<&Value> = replies
         .iter()
         .filter(|r| r.get("connect").is_none())
@@ -1390,26 +1408,15 @@ async fn the_instance_pool_bounds_the_hooks_waiting_on_a_backend() {
         )
         .with_state(counted.clone());
     let backend = herald_tests::serve_loopback(app).await;
-    let dir = tempfile::tempdir().expect("plugin dir");
-    std::fs::write(dir.path().join("10-scripted.wasm"), scripted()).expect("write plugin");
-    let script = format!("connect_backend = \"http://{backend}/auth\"\n");
-    std::fs::write(dir.path().join("10-scripted.toml"), script).expect("write config");
-    let server = TestServer::start(&format!(
-        "[plugins]\ndir = {:?}\nmax_instances = 16\n[plugins.limits.scripted]\ndeadline = \"20s\"\n\
-         [plugins.http.scripted]\nallow = [\"http://{backend}/\"]\n",
-        dir.path().to_str().expect("utf-8 path"),
-    ))
-    .await;
-    let mut clients = Vec::new();
-    for _ in 0..40 {
-        clients.push(Client::open(&server).await);
-    }
-    let replies = futures_util::future::join_all(
-        clients
-            .iter_mut()
-            .map(|client| client.command("connect", json!({}))),
+    let (server, _dir) = asking_at_connect(
+        &format!("http://{backend}/auth"),
+        &format!(
+            "max_instances = 16\n[plugins.limits.scripted]\ndeadline = \"20s\"\n\
+             [plugins.http.scripted]\nallow = [\"http://{backend}/\"]\n"
+        ),
     )
     .await;
+    let replies = connect_at_once(&server, 40).await;
     assert!(
         replies.iter().all(|reply| reply.get("connect").is_some()),
         "{replies:?}"
@@ -1427,16 +1434,14 @@ async fn the_instance_pool_bounds_the_hooks_waiting_on_a_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_connects_do_not_hold_up_publish_hooks() {
     let backend = backend().await;
-    let dir = tempfile::tempdir().expect("plugin dir");
-    std::fs::write(dir.path().join("10-scripted.wasm"), scripted()).expect("write plugin");
-    let script = format!("connect_backend = \"http://{backend}/auth-3s\"\n");
-    std::fs::write(dir.path().join("10-scripted.toml"), script).expect("write config");
-    let server = TestServer::start(&format!(
-        "[plugins]\ndir = {:?}\n[plugins.limits.scripted]\ndeadline = \"30s\"\n\
-         [plugins.http.scripted]\nallow = [\"http://{backend}/\"]\nmax_concurrent = 1000\n\
-         timeout = \"10s\"\n",
-        dir.path().to_str().expect("utf-8 path"),
-    ))
+    let (server, _dir) = asking_at_connect(
+        &format!("http://{backend}/auth-3s"),
+        &format!(
+            "[plugins.limits.scripted]\ndeadline = \"30s\"\n\
+             [plugins.http.scripted]\nallow = [\"http://{backend}/\"]\nmax_concurrent = 1000\n\
+             timeout = \"10s\"\n"
+        ),
+    )
     .await;
     let mut waiting = Vec::new();
     for _ in 0..400 {
