@@ -883,6 +883,76 @@ async fn deployed_examples_load_and_work_with_the_default_config() {
     assert_no_failures(&server).await;
 }
 
+/// jwt-auth with a JWKS URL fails closed when it cannot have the key set: an identity provider that answers
+/// too slowly, with garbage, with an error status, or is down closes the connect with `3004` (the SDK
+/// reconnects later) — neither letting the token in nor calling it invalid — and `/api/plugins` counts
+/// the failed requests by kind. (A provider that answers: `tests/sdk_jwt.rs`, with centrifuge-js.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_auth_fails_closed_without_its_key_set() {
+    use axum::routing::get;
+    let provider = herald_tests::serve_loopback(
+        axum::Router::new()
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                    "{\"keys\":[]}"
+                }),
+            )
+            .route("/garbage", get(|| async { "<html>oops</html>" }))
+            .route(
+                "/error",
+                get(|| async { (axum::http::StatusCode::BAD_GATEWAY, "{}") }),
+            ),
+    )
+    .await;
+    let down = format!("127.0.0.1:{}", herald::testing::free_port());
+    // `{"alg":"EdDSA","typ":"JWT","kid":"k1"}`.`{"sub":"alice","exp":4102444800}`: the key must come
+    // from the set; the signature is never reached.
+    let token = "eyJhbGciOiJFZERTQSIsInR5cCI6IkpXVCIsImtpZCI6ImsxIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6NDEwMjQ0NDgwMH0.c2lnbmF0dXJl";
+    for (url, failure) in [
+        (format!("http://{provider}/slow"), "timeout"),
+        (format!("http://{provider}/garbage"), "none"),
+        (format!("http://{provider}/error"), "none"),
+        (format!("http://{down}/certs"), "unavailable"),
+    ] {
+        let host = url.split('/').nth(2).expect("a host");
+        let plugged = start(
+            &[
+                ("10-jwt-auth.wasm", &built_plugin("herald-plugin-jwt-auth")),
+                (
+                    "10-jwt-auth.toml",
+                    format!("jwks_url = {url:?}\n").as_bytes(),
+                ),
+            ],
+            &format!(
+                "[plugins.limits.jwt-auth]\ndeadline = \"2s\"\n\
+                 [plugins.http.jwt-auth]\nallow = [\"http://{host}/\"]\ntimeout = \"300ms\"\n"
+            ),
+        )
+        .await;
+        let server = &plugged.server;
+        let mut client = Client::open(server).await;
+        client
+            .send_text(&json!({"id": 1, "connect": {"token": token}}).to_string())
+            .await;
+        let (code, _) = client.expect_close().await;
+        assert_eq!(code, 3004, "{url}");
+        let status = server.plugins_status().await;
+        let plugin = entry(&status, "10-jwt-auth.wasm");
+        assert_eq!(plugin["http_requests"], 1, "{url}: {plugin:#}");
+        let failures = match failure {
+            "none" => json!([]),
+            reason => json!([{"reason": reason, "count": 1}]),
+        };
+        assert_eq!(plugin["http_failures"], failures, "{url}: {plugin:#}");
+        assert_eq!(
+            plugin["failures"], 0,
+            "a decision, not a failure: {plugin:#}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------- rate-limit ---
 
 /// Connects one client per entry of `servers` as alice (the scripted fixture's token `good`), then has
