@@ -1,7 +1,9 @@
 //! Plugin costs: one hook call through the chain on a warm (optimised) instance, loading (compiling) a
 //! plugin with and without the on-disk cache, and hot reloads of every example plugin: rename into place
 //! to the new version serving (baseline code), to its optimised code serving, and back to a version seen
-//! before (cached). Needs the plugins built first: `plugins/build`.
+//! before (cached); and `rate-limit`'s publish hook counting in node-local state, in cluster state on the
+//! memory engine and in cluster state on Redis (a `redis-server` started for the bench on a free loopback
+//! port). Needs the plugins built first: `plugins/build`.
 //!
 //! `cargo bench -p herald --bench plugin_hooks`
 // criterion_group! and criterion_main! generate functions that cannot carry docs.
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use herald::plugin::bindings::{ClientInfo, PublishRequest, PublishSource, SubscribeRequest};
 use herald::plugin::runtime::{Call, HostServices, Limits, PoolBounds, Runtime, Tier, Wasm};
+use herald::plugin::chain::PublishDecision;
 use herald::plugin::{Plugins, PluginsConfig};
 
 fn fixture() -> PathBuf {
@@ -34,6 +37,13 @@ fn plugins_in(dir: &Path, cache: &Path) -> Plugins {
         ..PluginsConfig::default()
     };
     Plugins::new(&config, Default::default(), node_local()).expect("plugin runtime")
+}
+
+/// Whether the command line's filter (criterion's first free argument, if any) selects `name`, so the
+/// measurements this bench prints itself are skipped like criterion's own.
+fn selected(name: &str) -> bool {
+    let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
+    filter.is_none_or(|filter| name.contains(&filter))
 }
 
 /// The memory engine's shared state, for plugins' `cluster-state`.
@@ -229,6 +239,9 @@ fn example(name: &str) -> Vec<u8> {
 /// to the version before it (compiled before, so from the cache). Medians of `ROUNDS`, printed.
 fn reload(_: &mut Criterion) {
     const ROUNDS: u32 = 7;
+    if !selected("hot reload") {
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -297,5 +310,101 @@ fn reload(_: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, hooks, loading, reload);
+/// A `redis-server` of the bench's own on a free loopback port, killed when dropped.
+struct BenchRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl BenchRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for BenchRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `rate-limit`'s publish hook, counting every publication of one user: in node-local state, in cluster
+/// state on the memory engine, and in cluster state on Redis (one round trip per decision), each on a node
+/// started as `herald serve` starts it.
+fn rate_limit(c: &mut Criterion) {
+    if !selected("rate-limit publish hook") {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let redis = BenchRedis::start();
+    let publish = PublishRequest {
+        source: PublishSource::Client,
+        publisher: Some(ClientInfo {
+            user: "42".into(),
+            client: "c".into(),
+            info: None,
+        }),
+        channel: "chat:room".into(),
+        data: br#"{"text":"hi"}"#.to_vec(),
+        tags: vec![],
+    };
+    let redis_engine = format!(
+        "[engine]\ntype = \"redis\"\n[engine.redis]\naddresses = [\"{}\"]\n",
+        redis.url()
+    );
+    for (label, scope, engine) in [
+        ("node-local state", "node", String::new()),
+        ("cluster state, memory engine", "cluster", String::new()),
+        ("cluster state, Redis engine", "cluster", redis_engine),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("10-rate-limit.wasm"), example("rate_limit")).unwrap();
+        std::fs::write(
+            dir.path().join("10-rate-limit.toml"),
+            format!("publishes = 1000000000\nwindow_ms = 3600000\nscope = \"{scope}\"\n"),
+        )
+        .unwrap();
+        let config = herald::config::Config::from_toml(&format!(
+            "{engine}[plugins]\ndir = {:?}\nwatch = false\n",
+            dir.path().display().to_string()
+        ))
+        .unwrap();
+        let node = runtime.block_on(herald::node::Node::start(config)).unwrap();
+        let decision = runtime.block_on(node.plugins.publish(publish.clone()));
+        assert!(
+            matches!(decision, PublishDecision::Publish { .. }),
+            "{label}: {decision:?}"
+        );
+        c.bench_function(&format!("rate-limit publish hook, {label}"), |b| {
+            b.to_async(&runtime)
+                .iter(|| node.plugins.publish(publish.clone()))
+        });
+    }
+}
+
+criterion_group!(benches, hooks, loading, reload, rate_limit);
 criterion_main!(benches);
