@@ -215,11 +215,16 @@ fn new_version(original: &[u8], n: u32) -> Vec<u8> {
 }
 
 /// The example plugins, with a configuration each `init` accepts.
-const EXAMPLES: [(&str, &str); 5] = [
+const EXAMPLES: [(&str, &str); 7] = [
     ("template", ""),
     ("channel_acl", ""),
     ("content_filter", ""),
     ("router", ""),
+    ("rate_limit", "publishes = 20\n"),
+    (
+        "backend_proxy",
+        "connect_url = \"http://127.0.0.1:9/connect\"\n",
+    ),
     (
         "jwt_auth",
         "hmac_secret = \"bench-secret-with-enough-bytes-0123456789\"\n",
