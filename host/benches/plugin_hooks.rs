@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use herald::plugin::bindings::{ClientInfo, PublishRequest, PublishSource, SubscribeRequest};
-use herald::plugin::runtime::{Call, HostServices, Limits, PoolBounds, Runtime, Tier, Wasm};
 use herald::plugin::chain::PublishDecision;
+use herald::plugin::runtime::{Call, HostServices, Limits, PoolBounds, Runtime, Tier, Wasm};
 use herald::plugin::{Plugins, PluginsConfig};
 
 fn fixture() -> PathBuf {
@@ -335,7 +335,10 @@ impl BenchRedis {
             .expect("redis-server (apt-get install redis-server)");
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "redis-server did not start");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Self { child, port }

@@ -609,11 +609,7 @@ fn asks_protobuf(headers: &HeaderMap, query: Option<&str>) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|value| value.starts_with("application/octet-stream"));
-    let by_query = query.is_some_and(|query| {
-        url::form_urlencoded::parse(query.as_bytes())
-            .any(|(name, value)| (name == "cf_protocol" || name == "format") && value == "protobuf")
-    });
-    by_type || by_query
+    by_type || super::query_asks_protobuf(query)
 }
 
 #[cfg(test)]

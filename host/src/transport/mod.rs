@@ -17,3 +17,26 @@ pub use pusher::pusher_handler;
 pub use tls::{Listener, ProxyProtocol};
 pub use uni::uni_routes;
 pub use websocket::{NotAnUpgrade, Upgrade, websocket_handler};
+
+/// Whether a request's query asks for the Protobuf encoding: `cf_protocol=protobuf`, or `format=protobuf`
+/// (the older name), as the Centrifugo SDKs write it for every transport.
+fn query_asks_protobuf(query: Option<&str>) -> bool {
+    query.is_some_and(|query| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .any(|(name, value)| matches!(&*name, "cf_protocol" | "format") && value == "protobuf")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn either_query_name_asks_for_protobuf() {
+        use super::query_asks_protobuf as asks;
+        assert!(asks(Some("cf_protocol=protobuf")));
+        assert!(asks(Some("cf_ws_frame_ping_pong=true&format=protobuf")));
+        assert!(!asks(Some("cf_protocol=json")));
+        assert!(!asks(Some("protocol=protobuf")));
+        assert!(!asks(Some("")));
+        assert!(!asks(None));
+    }
+}

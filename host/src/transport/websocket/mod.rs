@@ -38,26 +38,10 @@ pub struct WebsocketQuery {
     /// `true` switches the heartbeat to WebSocket ping frames.
     #[serde(default)]
     cf_ws_frame_ping_pong: Option<String>,
-    /// `protobuf` selects the Protobuf encoding.
-    #[serde(default)]
-    cf_protocol: Option<String>,
-    /// The older name of `cf_protocol`.
-    #[serde(default)]
-    format: Option<String>,
 }
 
 /// The subprotocol a Protobuf client offers (centrifuge-js and centrifuge-python in Protobuf mode).
 const PROTOBUF_SUBPROTOCOL: &str = "centrifuge-protobuf";
-
-impl WebsocketQuery {
-    /// Whether the query asks for Protobuf (the SDKs' HTTP-based transports and older clients say so
-    /// there; over WebSocket they offer the subprotocol).
-    fn asks_protobuf(&self) -> bool {
-        [&self.cf_protocol, &self.format]
-            .into_iter()
-            .any(|value| value.as_deref() == Some("protobuf"))
-    }
-}
 
 /// The axum handler for `/connection/websocket`.
 pub async fn websocket_handler(
@@ -81,12 +65,13 @@ pub async fn websocket_handler(
         &headers,
         raw_query.as_deref(),
     ));
-    let (codec, subprotocols): (&'static dyn Codec, _) =
-        if upgrade.offers(PROTOBUF_SUBPROTOCOL) || query.asks_protobuf() {
-            (&CentrifugeProtobuf, [PROTOBUF_SUBPROTOCOL])
-        } else {
-            (&Centrifuge, ["centrifuge-json"])
-        };
+    let (codec, subprotocols): (&'static dyn Codec, _) = if upgrade.offers(PROTOBUF_SUBPROTOCOL)
+        || super::query_asks_protobuf(raw_query.as_deref())
+    {
+        (&CentrifugeProtobuf, [PROTOBUF_SUBPROTOCOL])
+    } else {
+        (&Centrifuge, ["centrifuge-json"])
+    };
     let compression = node.config.websocket.compression.clone();
     upgrade.accept(&subprotocols, &compression, move |upgraded| {
         serve_centrifuge(node, upgraded, slot, connection, codec)
