@@ -244,7 +244,7 @@ impl Plugins {
                 &file,
                 wasm,
                 tier,
-                |name| self.settings_for(name, &beside),
+                |name| settings_for(&self.config, name, &beside),
                 &self.metrics,
             )
             .await;
@@ -356,25 +356,6 @@ impl Plugins {
         if removed {
             tracing::info!(%file, "plugin unloaded (file removed)");
         }
-    }
-
-    /// The configuration (as JSON text) and limits of the plugin named `name`.
-    fn settings_for(&self, name: &str, beside: &Path) -> Result<(String, Limits), LoadError> {
-        let config = if beside.is_file() {
-            read_config(beside)?
-        } else {
-            match self.config.config.get(name) {
-                Some(value) => value.to_string(),
-                None => "{}".to_owned(),
-            }
-        };
-        let overrides = self.config.limits.get(name).cloned().unwrap_or_default();
-        let limits = Limits {
-            deadline: overrides.deadline.unwrap_or(self.config.deadline),
-            memory: overrides.memory_limit.unwrap_or(self.config.memory_limit),
-            max_idle: self.config.max_idle_instances,
-        };
-        Ok((config, limits))
     }
 
     fn members(&self, hook: Hooks) -> Vec<Arc<LoadedPlugin>> {
@@ -549,6 +530,30 @@ pub fn read_config(path: &Path) -> Result<String, LoadError> {
     })
 }
 
+/// The configuration (as JSON text) and limits `config` gives the plugin named `name`, the file `beside`
+/// its `.wasm` taking precedence for the configuration.
+fn settings_for(
+    config: &PluginsConfig,
+    name: &str,
+    beside: &Path,
+) -> Result<(String, Limits), LoadError> {
+    let text = if beside.is_file() {
+        read_config(beside)?
+    } else {
+        match config.config.get(name) {
+            Some(value) => value.to_string(),
+            None => "{}".to_owned(),
+        }
+    };
+    let overrides = config.limits.get(name).cloned().unwrap_or_default();
+    let limits = Limits {
+        deadline: overrides.deadline.unwrap_or(config.deadline),
+        memory: overrides.memory_limit.unwrap_or(config.memory_limit),
+        max_idle: config.max_idle_instances,
+    };
+    Ok((text, limits))
+}
+
 /// Validates a plugin offline (`herald plugin check`): compiles, links, reads its metadata and runs
 /// `init` with the configuration beside it (or `config`, JSON). Returns a description of the plugin.
 pub async fn check(path: &Path, config: Option<String>) -> Result<String, LoadError> {
@@ -571,7 +576,7 @@ pub async fn check(path: &Path, config: Option<String>) -> Result<String, LoadEr
         .and_then(|f| f.to_str())
         .unwrap_or("plugin.wasm")
         .to_owned();
-    let plugins = Plugins::with_runtime(&defaults, None, Arc::default());
+    let metrics = Arc::default();
     let beside = path.with_extension("toml");
     // The code that serves in the long run is what is checked.
     let plugin = runtime
@@ -580,10 +585,13 @@ pub async fn check(path: &Path, config: Option<String>) -> Result<String, LoadEr
             Wasm::new(bytes),
             Tier::Optimized,
             |name| match &config {
-                Some(json) => Ok((json.clone(), plugins.settings_for(name, Path::new(""))?.1)),
-                None => plugins.settings_for(name, &beside),
+                Some(json) => Ok((
+                    json.clone(),
+                    settings_for(&defaults, name, Path::new(""))?.1,
+                )),
+                None => settings_for(&defaults, name, &beside),
             },
-            &plugins.metrics,
+            &metrics,
         )
         .await?;
     let m = &plugin.metadata;
