@@ -26,9 +26,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::BytesMut;
-use futures_util::StreamExt;
+use futures_channel::mpsc;
+use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use tokio::sync::mpsc;
 
 use super::websocket::{admit, connection_info, origin_allowed};
 use crate::control::{EmulationSink, send_to_node};
@@ -58,23 +58,31 @@ pub(super) struct Emulations {
 /// One emulated session, as the requests that bring its commands reach it.
 #[derive(Debug, Clone)]
 struct Emulated {
+    /// futures' bounded channel allocates per message, where tokio's allocates a block of 32 slots (1.8
+    /// KiB) up front: most streamed sessions only ever get pongs through it.
     commands: mpsc::Sender<Incoming>,
     outbound: Arc<Outbound>,
 }
 
 impl Emulations {
+    /// The session, for a request that waits for room in its channel. The clone is a sender of its own,
+    /// which the channel lets put one command past its bound: at most one per request in flight.
     fn session(&self, session: &str) -> Option<Emulated> {
         crate::sync::lock(&self.sessions).get(session).cloned()
     }
 }
 
 impl EmulationSink for Emulations {
+    /// Hands on commands from another node without waiting: through the registry's own sender (a clone
+    /// would get a slot of its own each time, and the bound would never be reached), closing the session
+    /// with `TOO_MANY_REQUESTS` once it is full.
     fn deliver(&self, session: &str, data: Bytes, binary: bool) {
-        let Some(emulated) = self.session(session) else {
+        let mut sessions = crate::sync::lock(&self.sessions);
+        let Some(emulated) = sessions.get_mut(session) else {
             return;
         };
-        if let Err(mpsc::error::TrySendError::Full(_)) =
-            emulated.commands.try_send(incoming(data, binary))
+        if let Err(error) = emulated.commands.try_send(incoming(data, binary))
+            && error.is_full()
         {
             emulated.outbound.close(Disconnect::TOO_MANY_REQUESTS);
         }
@@ -366,7 +374,7 @@ fn start_session(
         let first = futures_util::stream::once(async move { commands });
         let rest = futures_util::stream::unfold(later, |mut later| async move {
             let incoming = match &mut later {
-                Some(receiver) => receiver.recv().await?,
+                Some(receiver) => receiver.next().await?,
                 None => std::future::pending().await,
             };
             Some((incoming, later))
@@ -507,8 +515,9 @@ async fn emulation_handler(
         );
     }
     match emulations.session(&request.session) {
-        Some(emulated) => {
-            // A closed channel is a session that just ended: its stream ends too.
+        Some(mut emulated) => {
+            // Waits for room (the request is the backpressure); a closed channel is a session that just
+            // ended: its stream ends too.
             let _ = emulated
                 .commands
                 .send(incoming(commands, request.binary))
@@ -615,6 +624,28 @@ fn asks_protobuf(headers: &HeaderMap, query: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commands_from_other_nodes_past_the_bound_close_the_session() {
+        let emulations = Emulations {
+            sessions: Mutex::default(),
+            requests: AddressRate::per_second(1000),
+        };
+        let (commands, _never_read) = mpsc::channel(WAITING_COMMANDS);
+        let outbound = Arc::new(Outbound::new(1 << 20));
+        let emulated = Emulated {
+            commands,
+            outbound: outbound.clone(),
+        };
+        crate::sync::lock(&emulations.sessions).insert("s".into(), emulated);
+        // The bound, and the registry's sender's own slot.
+        for _ in 0..=WAITING_COMMANDS {
+            emulations.deliver("s", Bytes::from_static(b"{}"), false);
+        }
+        assert!(!outbound.is_closed(), "within the bound");
+        emulations.deliver("s", Bytes::from_static(b"{}"), false);
+        assert_eq!(outbound.close_reason(), Some(Disconnect::TOO_MANY_REQUESTS));
+    }
 
     #[test]
     fn each_framing_keeps_messages_apart() {
