@@ -61,8 +61,7 @@ impl Stores {
             .or_insert_with(|| {
                 Arc::new(Store {
                     inner: Mutex::default(),
-                    max_entries: self.bounds.max_entries,
-                    max_bytes: self.bounds.max_bytes,
+                    bounds: self.bounds,
                 })
             })
             .clone()
@@ -73,8 +72,7 @@ impl Stores {
 #[derive(Debug)]
 pub struct Store {
     inner: Mutex<Inner>,
-    max_entries: usize,
-    max_bytes: usize,
+    bounds: StoreBounds,
 }
 
 #[derive(Debug, Default)]
@@ -127,15 +125,15 @@ impl Inner {
     }
 
     /// Puts `entry` under `key` if it fits (replacing what was there); whether it did.
-    fn put(&mut self, key: &str, entry: Entry, bounds: (usize, usize), now: Instant) -> bool {
-        let (max_entries, max_bytes) = bounds;
+    fn put(&mut self, key: &str, entry: Entry, bounds: StoreBounds, now: Instant) -> bool {
         self.writes = self.writes.wrapping_add(1);
         if self.writes.is_multiple_of(SWEEP_EVERY) {
             self.sweep(now);
         }
         let old = self.remove(key);
         let fits = |inner: &Self| {
-            inner.entries.len() < max_entries && inner.bytes + cost(key, &entry.value) <= max_bytes
+            inner.entries.len() < bounds.max_entries
+                && inner.bytes + cost(key, &entry.value) <= bounds.max_bytes
         };
         if !fits(self) {
             self.sweep(now);
@@ -158,10 +156,6 @@ impl Store {
         crate::sync::lock(&self.inner)
     }
 
-    fn bounds(&self) -> (usize, usize) {
-        (self.max_entries, self.max_bytes)
-    }
-
     /// The value under `key`, unless absent or expired.
     pub fn get(&self, key: &str, now: Instant) -> Option<Vec<u8>> {
         let mut inner = self.inner();
@@ -181,15 +175,13 @@ impl Store {
             value,
             expires_at: expiry(now, ttl_ms),
         };
-        let bounds = self.bounds();
-        self.inner().put(key, entry, bounds, now)
+        self.inner().put(key, entry, self.bounds, now)
     }
 
     /// Adds `delta` to the number under `key` (absent, expired or not a number: 0), stored as its decimal
     /// text, and returns the sum (saturating); a new entry expires after `ttl_ms`, an existing one keeps
     /// its expiry. `None` when it does not fit.
     pub fn incr(&self, key: &str, delta: i64, ttl_ms: u64, now: Instant) -> Option<i64> {
-        let bounds = self.bounds();
         let mut inner = self.inner();
         let (current, expires_at) = match inner.entries.get(key) {
             Some(entry) if entry.live(now) => {
@@ -206,7 +198,7 @@ impl Store {
             value: sum.to_string().into_bytes(),
             expires_at,
         };
-        inner.put(key, entry, bounds, now).then_some(sum)
+        inner.put(key, entry, self.bounds, now).then_some(sum)
     }
 
     /// Removes `key`; whether it was there (and live).

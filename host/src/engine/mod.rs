@@ -1,8 +1,9 @@
 //! The engine: where publications get their place in a channel's stream and reach every node.
 //!
 //! Four seams, each a trait with a contract: [`Broker`] (publish and cross-node fan-out), [`History`]
-//! (streams, offsets, epochs), [`Presence`] and [`SharedState`] (plugins' cluster-wide key-value state). An engine delivers what it broadcasts to the node's
-//! [`BrokerEventHandler`] (the hub); it never knows about sessions or protocols.
+//! (streams, offsets, epochs), [`Presence`] and [`SharedState`] (plugins' cluster-wide key-value state).
+//! An engine delivers what it broadcasts to the node's [`BrokerEventHandler`] (the hub); it never knows
+//! about sessions or protocols.
 //!
 //! Implementations: [`memory`] (single node, the default; its shared state is [`keyvalue`]) and [`redis`]
 //! (many nodes on one Redis or Redis Cluster). Every implementation must pass the shared conformance suite

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::keyvalue::StoreBounds;
+
 /// The least linear memory a plugin may be given, overall or by an override.
 const MIN_MEMORY: usize = 1024 * 1024;
 
@@ -104,8 +106,8 @@ impl Default for PluginsConfig {
             memory_limit: 16 * 1024 * 1024,
             max_idle_instances: 16,
             max_instances: 512,
-            state_max_entries: 10_000,
-            state_max_bytes: 4 * 1024 * 1024,
+            state_max_entries: StoreBounds::default().max_entries,
+            state_max_bytes: StoreBounds::default().max_bytes,
             cluster_state_max_value_bytes: 64 * 1024,
             cluster_state_max_ttl: Duration::from_secs(86_400),
             config: BTreeMap::new(),
@@ -117,8 +119,8 @@ impl Default for PluginsConfig {
 
 impl PluginsConfig {
     /// What one plugin's node-local state (and, on the memory engine, its cluster state) holds at most.
-    pub fn state_bounds(&self) -> crate::engine::keyvalue::StoreBounds {
-        crate::engine::keyvalue::StoreBounds {
+    pub fn state_bounds(&self) -> StoreBounds {
+        StoreBounds {
             max_entries: self.state_max_entries,
             max_bytes: self.state_max_bytes,
         }
@@ -207,4 +209,33 @@ pub enum PluginsConfigError {
         /// The configured folder.
         dir: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_and_cluster_state_bounds_are_checked() {
+        let with = |edit: fn(&mut PluginsConfig)| {
+            let mut config = PluginsConfig::default();
+            edit(&mut config);
+            config.validate()
+        };
+        assert_eq!(with(|_| {}), Ok(()));
+        assert_eq!(with(|c| c.max_instances = MIN_INSTANCES), Ok(()));
+        assert_eq!(with(|c| c.max_instances = MAX_INSTANCES), Ok(()));
+        assert_eq!(
+            with(|c| c.max_instances = MIN_INSTANCES - 1),
+            Err(PluginsConfigError::MaxInstances)
+        );
+        assert_eq!(
+            with(|c| c.max_instances = MAX_INSTANCES + 1),
+            Err(PluginsConfigError::MaxInstances)
+        );
+        assert_eq!(
+            with(|c| c.cluster_state_max_ttl = Duration::ZERO),
+            Err(PluginsConfigError::ClusterStateTtl)
+        );
+    }
 }

@@ -35,7 +35,6 @@ use runtime::{
     Tier, Wasm,
 };
 
-/// The most memory any plugin can be given (the pooling allocator's slot size).
 /// A file that failed to load, as [`Plugins::load_errors`] lists it.
 #[derive(Debug, Clone)]
 pub struct Rejection {
@@ -78,8 +77,8 @@ impl std::fmt::Debug for Plugins {
 }
 
 impl Plugins {
-    /// Plugins per `config`; nothing is loaded yet (see [`Plugins::load_all`]).
-    /// Plugins' `cluster-state` is the engine's `shared` state.
+    /// Plugins per `config`, their `cluster-state` the engine's `shared` state; nothing is loaded yet (see
+    /// [`Plugins::load_all`]).
     pub fn new(
         config: &PluginsConfig,
         metrics: Arc<crate::metrics::Metrics>,

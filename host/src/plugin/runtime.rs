@@ -390,7 +390,7 @@ pub struct LoadedPlugin {
     config: String,
     engine: Engine,
     linked: Linked,
-    /// The plugin's node-local state and outbound HTTP, shared with its other versions.
+    /// The plugin's state (node-local and cluster-wide) and outbound HTTP, shared with its other versions.
     grants: Grants,
     /// The runtime's bounds on calls running at once.
     calls: CallBounds,
@@ -417,7 +417,7 @@ struct Warm {
 pub enum Contract {
     /// `herald:plugin@0.1.0`: logging and the clock.
     V0_1,
-    /// `herald:plugin@0.2.0`: also node-local state and outbound HTTP.
+    /// `herald:plugin@0.2.0`: also node-local and cluster-wide state and outbound HTTP.
     V0_2,
 }
 
@@ -434,8 +434,8 @@ impl Contract {
 /// A linked plugin, ready to instantiate.
 struct Linked {
     pre: LinkedPre,
-    /// The host capabilities it imports beyond logging and the clock (`local-state`, `http`), by interface
-    /// name.
+    /// The host capabilities it imports beyond logging and the clock (`local-state`, `cluster-state`,
+    /// `http`), by interface name.
     capabilities: Vec<String>,
 }
 
@@ -845,7 +845,8 @@ impl LoadedPlugin {
         self.linked.contract()
     }
 
-    /// The host capabilities it imports beyond logging and the clock (`local-state`, `http`).
+    /// The host capabilities it imports beyond logging and the clock (`local-state`, `cluster-state`,
+    /// `http`).
     pub fn capabilities(&self) -> &[String] {
         &self.linked.capabilities
     }

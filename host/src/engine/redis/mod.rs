@@ -277,6 +277,12 @@ fn malformed(what: &str) -> EngineError {
     EngineError::Unavailable(format!("unexpected reply from Redis to {what}"))
 }
 
+/// A shared-state TTL in Redis's milliseconds: 0 for none, and a TTL under a millisecond rounded up to
+/// one rather than down to none.
+fn state_ttl_ms(ttl: Duration) -> u64 {
+    if ttl.is_zero() { 0 } else { millis(ttl).max(1) }
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -936,8 +942,9 @@ impl SharedState for RedisEngine {
     ) -> Result<(), EngineError> {
         let mut set = redis::cmd("SET");
         set.arg(self.keys.state(scope, key)).arg(value);
-        if !ttl.is_zero() {
-            set.arg("PX").arg(millis(ttl).max(1));
+        let ttl_ms = state_ttl_ms(ttl);
+        if ttl_ms > 0 {
+            set.arg("PX").arg(ttl_ms);
         }
         let mut commands = self.commands.clone();
         let _: Value = set.query_async(&mut commands).await.map_err(unavailable)?;
@@ -951,14 +958,13 @@ impl SharedState for RedisEngine {
         delta: i64,
         ttl: Duration,
     ) -> Result<i64, EngineError> {
-        let ttl_ms = if ttl.is_zero() { 0 } else { millis(ttl).max(1) };
         let mut commands = self.commands.clone();
         let sum: String = self
             .scripts
             .state_incr
             .key(self.keys.state(scope, key))
             .arg(delta)
-            .arg(ttl_ms)
+            .arg(state_ttl_ms(ttl))
             .invoke_async(&mut commands)
             .await
             .map_err(unavailable)?;
