@@ -102,13 +102,10 @@ impl RateLimit {
         let window = Duration::from_millis(self.settings.window_ms);
         let key = format!("{name}:{who}");
         let count = match self.settings.scope {
-            Scope::Node => state::incr(&key, 1, window)
-                .ok_or_else(|| deny(codes::TOO_MANY_REQUESTS, "rate limit state is full"))?,
+            Scope::Node => state::incr(&key, 1, window).ok_or_else(state_full)?,
             Scope::Cluster => {
                 cluster_state::incr(&key, 1, window).map_err(|error| match error {
-                    cluster_state::Error::Full => {
-                        deny(codes::TOO_MANY_REQUESTS, "rate limit state is full")
-                    }
+                    cluster_state::Error::Full => state_full(),
                     error => deny(
                         codes::INTERNAL,
                         format!("rate limit cannot be counted: {error:?}"),
@@ -127,6 +124,11 @@ impl RateLimit {
             )),
         }
     }
+}
+
+/// The refusal when the count cannot be kept because the state is full, whichever scope.
+fn state_full() -> Deny {
+    deny(codes::TOO_MANY_REQUESTS, "rate limit state is full")
 }
 
 /// Who a connection counts as: its user, or its own connection when anonymous.
