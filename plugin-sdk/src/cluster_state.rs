@@ -27,9 +27,7 @@ use std::time::Duration;
 
 pub use crate::bindings::herald::plugin::cluster_state::Error;
 
-fn millis(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
-}
+use crate::state::millis;
 
 /// The value under `key`, unless absent or expired.
 pub fn get(key: &str) -> Result<Option<Vec<u8>>, Error> {

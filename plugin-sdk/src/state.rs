@@ -20,7 +20,8 @@
 
 use std::time::Duration;
 
-fn millis(ttl: Duration) -> u64 {
+/// A TTL as the contract passes it: milliseconds, saturating.
+pub(crate) fn millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
 }
 

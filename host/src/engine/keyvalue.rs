@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{EngineError, SharedState};
+use super::{EngineError, SharedState, millis};
 
 /// What an entry costs besides its key and value (the map's slot, the expiry), for the byte bound.
 const ENTRY_OVERHEAD: usize = 64;
@@ -213,10 +213,6 @@ impl Store {
         let inner = self.inner();
         (inner.entries.len(), inner.bytes)
     }
-}
-
-fn millis(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn full() -> EngineError {

@@ -399,6 +399,11 @@ impl Engine {
     }
 }
 
+/// A duration in whole milliseconds, saturating: how TTLs go to the stores.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Current unix time in milliseconds.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -43,7 +43,7 @@ use self::wire::Message;
 use super::{
     Broker, BrokerEventHandler, ClientInfo, EngineError, History, HistoryFilter, HistoryOptions,
     HistoryResult, Presence, PresenceStats, Publication, PublishOptions, SharedState,
-    StreamPosition,
+    StreamPosition, millis,
 };
 use crate::sync::lock;
 
@@ -281,10 +281,6 @@ fn malformed(what: &str) -> EngineError {
 /// one rather than down to none.
 fn state_ttl_ms(ttl: Duration) -> u64 {
     if ttl.is_zero() { 0 } else { millis(ttl).max(1) }
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The Lua scripts, loaded into Redis on first use.
