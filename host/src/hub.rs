@@ -23,6 +23,9 @@ use crate::sync::{lock, read, write};
 
 const SHARDS: usize = 64;
 
+/// How many subscribers ahead of the one being delivered to the fan-out touches (see [`Subscriber::warm`]).
+const WARM_AHEAD: usize = 4;
+
 /// A fan-out starting sooner than this after the previous one ended is part of a stream of publications.
 const BACK_TO_BACK: Duration = Duration::from_millis(1);
 
@@ -312,7 +315,7 @@ impl DeliveryGate {
     ) -> Delivery {
         let send = |frame: &Frame| {
             if direct {
-                outbound.push(frame.clone())
+                outbound.push_shared(frame)
             } else {
                 outbound.push_queued(frame.clone())
             }
@@ -418,6 +421,9 @@ impl DeliveryGate {
 pub struct Subscriber {
     /// The session.
     pub session: Arc<SessionHandle>,
+    /// The session's outbound queue, held here too so that a delivery reaches it without a stop at the
+    /// session's handle: one cache line fewer per subscriber of a fan-out.
+    pub outbound: Arc<Outbound>,
     /// The protocol its connection speaks, which decides the encoding it receives.
     pub protocol: Protocol,
     /// Whether it wants join/leave pushes.
@@ -428,6 +434,15 @@ pub struct Subscriber {
     pub admitted: crate::policy::Grant,
     /// It negotiated delta compression: publications reach it as deltas where that is smaller.
     pub delta: bool,
+}
+
+impl Subscriber {
+    /// Loads what a delivery to this subscriber reads first (its gate's state and its queue's lock), so
+    /// that it is in the cache when the fan-out gets there.
+    fn warm(&self) {
+        std::hint::black_box(self.gate.live.load(Ordering::Relaxed));
+        self.outbound.warm();
+    }
 }
 
 /// Where a channel's publications stand for its subscribers with delta compression, on this node.
@@ -730,7 +745,14 @@ impl Hub {
         let direct = self.pace.isolated_at(started);
         let mut frames: [Option<Frame>; Protocol::COUNT * 3] = Default::default();
         let mut delivered = [0u64; Protocol::COUNT];
+        // Thousands of subscribers' state is cold by the time a publication reaches them: touching the
+        // next ones' gate and queue early lets those memory loads overlap the current one's socket write
+        // instead of stalling the loop one after the other.
+        let mut ahead = subscribers.values().skip(WARM_AHEAD);
         for subscriber in subscribers.values() {
+            if let Some(next) = ahead.next() {
+                next.warm();
+            }
             if only_join_leave && !subscriber.join_leave {
                 continue;
             }
@@ -755,10 +777,9 @@ impl Hub {
             let frame = frames[protocol.index() * 3 + form as usize]
                 .get_or_insert_with(|| encode(protocol, form));
             delivered[protocol.index()] += 1;
-            let delivery =
-                subscriber
-                    .gate
-                    .deliver(position, frame, &subscriber.session.outbound, direct);
+            let delivery = subscriber
+                .gate
+                .deliver(position, frame, &subscriber.outbound, direct);
             if delivery == Delivery::Gap {
                 self.gap(channel, subscriber);
             }
@@ -908,6 +929,7 @@ mod tests {
         Subscriber {
             protocol: Protocol::Centrifuge,
             session: session.clone(),
+            outbound: session.outbound.clone(),
             join_leave,
             gate,
             admitted: crate::policy::Grant::server(),
@@ -1164,6 +1186,7 @@ mod tests {
             Subscriber {
                 protocol: Protocol::Centrifuge,
                 session: handle.clone(),
+                outbound: handle.outbound.clone(),
                 join_leave: false,
                 gate,
                 admitted: crate::policy::Grant::server(),

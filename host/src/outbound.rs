@@ -11,6 +11,7 @@
 //! and nothing is queued while the client keeps up. Otherwise a push queues, and only the push that found
 //! the queue empty wakes the writer (a writer that has not yet drained the queue was already woken).
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -117,6 +118,13 @@ impl Outbound {
         }
     }
 
+    /// Reads the queue's lock word without taking the lock: a fan-out calls this a few connections
+    /// ahead, so the cache line a push needs is loaded while earlier pushes write (see [`crate::hub`]).
+    pub fn warm(&self) {
+        // The poison flag sits next to the lock word; reading it takes nothing.
+        std::hint::black_box(self.state.is_poisoned());
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         crate::sync::lock(&self.state)
     }
@@ -125,16 +133,22 @@ impl Outbound {
     /// otherwise. Returns false if the connection is closing (the frame is dropped). Overflowing the byte
     /// budget drops everything queued and closes the connection as slow.
     pub fn push(&self, frame: Frame) -> bool {
-        self.send(frame, true)
+        self.send(Cow::Owned(frame), true)
+    }
+
+    /// As [`Outbound::push`] for a frame many connections are sent (a fan-out): it is only copied (a
+    /// reference count taken) when it has to be queued.
+    pub fn push_shared(&self, frame: &Frame) -> bool {
+        self.send(Cow::Borrowed(frame), true)
     }
 
     /// Queues a frame for the writer even when it could be written directly, so that frames arriving in
     /// quick succession leave in one write (see [`crate::hub`]'s fan-out); otherwise as [`Outbound::push`].
     pub fn push_queued(&self, frame: Frame) -> bool {
-        self.send(frame, false)
+        self.send(Cow::Owned(frame), false)
     }
 
-    fn send(&self, frame: Frame, direct: bool) -> bool {
+    fn send(&self, frame: Cow<'_, Frame>, direct: bool) -> bool {
         let state = self.lock();
         if state.close.is_some() {
             return false;
@@ -157,7 +171,7 @@ impl Outbound {
                 }
             }
         }
-        self.queue(state, Outgoing::Frame(frame), true)
+        self.queue(state, Outgoing::Frame(frame.into_owned()), true)
     }
 
     /// Queues bytes the transport framed itself (see [`Outgoing::Raw`]); false if the connection is

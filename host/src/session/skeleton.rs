@@ -213,6 +213,7 @@ impl<S> Connection<S> {
         let gate = Arc::new(DeliveryGate::held());
         let subscriber = Subscriber {
             session: handle.clone(),
+            outbound: handle.outbound.clone(),
             protocol: self.protocol,
             join_leave: wants.join_leave,
             gate: gate.clone(),

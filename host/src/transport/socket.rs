@@ -190,6 +190,24 @@ impl Socket {
         written
     }
 
+    /// Like [`Socket::try_write_vectored`], for the fan-out's direct path: on plain TCP one `sendmsg`
+    /// straight on the socket, skipping the reactor's readiness check (a cache line of tokio's state per
+    /// delivery, cold when thousands of connections take one publication each). That is sound because a
+    /// refusal (`WouldBlock`) only sends the frame to the queue, whose writer then writes through the
+    /// reactor and so learns the socket is full before it waits for room.
+    pub(super) fn try_write_now(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let Stream::Plain(tcp) = &self.stream else {
+            return self.try_write_vectored(bufs);
+        };
+        // No SIGPIPE for a client that went away: the error says so.
+        let written =
+            socket2::SockRef::from(tcp).send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL);
+        if let (Ok(n), Some(metrics)) = (&written, &self.metrics) {
+            metrics.bytes_sent.inc_by(*n as u64);
+        }
+        written
+    }
+
     fn write_stream(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match &self.stream {
             Stream::Plain(tcp) => tcp.try_write_vectored(bufs),

@@ -204,8 +204,11 @@ impl Link {
         let egress = Arc::new(Egress::new(socket.clone(), deflate));
         let outbound = Arc::new(if socket.is_tls() {
             Outbound::new(max_queue)
-        } else {
+        } else if egress.inflates() {
+            // Compression was negotiated: frames may have to be compressed on their way.
             Outbound::transmitting(max_queue, egress.clone())
+        } else {
+            Outbound::transmitting(max_queue, socket.clone())
         });
         let ws = &node.config.websocket;
         let limits = ReadLimits {

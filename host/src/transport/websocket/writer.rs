@@ -141,26 +141,38 @@ impl Transmit for Egress {
             Some(deflate) => Some(deflate::without_marker(&deflate.compress(frame))),
             None => None,
         };
-        let payload = compressed.as_deref().unwrap_or(frame.bytes());
-        let (head, head_len) = header(opcode(frame), compressed.is_some(), payload.len());
-        let total = head_len + payload.len();
-        let parts = [IoSlice::new(&head[..head_len]), IoSlice::new(payload)];
-        let socket = &self.socket;
-        match socket.try_write_vectored(&parts) {
-            // A TLS socket may hold records back; the writer must then flush them.
-            Ok(written) if written == total && !socket.holds_back() => Transmitted::Whole,
-            Ok(written) if written < head_len => {
-                let mut rest = BytesMut::with_capacity(total - written);
-                rest.extend_from_slice(&head[written..head_len]);
-                rest.extend_from_slice(payload);
-                Transmitted::Rest(rest.freeze())
-            }
-            Ok(written) => {
-                Transmitted::Rest(Bytes::copy_from_slice(&payload[written - head_len..]))
-            }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Transmitted::Nothing,
-            Err(_) => Transmitted::Failed,
+        match compressed {
+            Some(payload) => transmit(&self.socket, opcode(frame), true, &payload),
+            None => transmit(&self.socket, opcode(frame), false, frame.bytes()),
         }
+    }
+}
+
+/// A connection without compression takes frames straight into its socket: the fan-out then goes from
+/// the queue to the socket without a stop at the [`Egress`] (a cache line per subscriber).
+impl Transmit for Socket {
+    fn try_transmit(&self, frame: &Frame) -> Transmitted {
+        transmit(self, opcode(frame), false, frame.bytes())
+    }
+}
+
+/// Writes one message of `payload` into `socket` now, as far as it takes it.
+fn transmit(socket: &Socket, opcode: OpCode, compressed: bool, payload: &[u8]) -> Transmitted {
+    let (head, head_len) = header(opcode, compressed, payload.len());
+    let total = head_len + payload.len();
+    let parts = [IoSlice::new(&head[..head_len]), IoSlice::new(payload)];
+    match socket.try_write_now(&parts) {
+        // A TLS socket may hold records back; the writer must then flush them.
+        Ok(written) if written == total && !socket.holds_back() => Transmitted::Whole,
+        Ok(written) if written < head_len => {
+            let mut rest = BytesMut::with_capacity(total - written);
+            rest.extend_from_slice(&head[written..head_len]);
+            rest.extend_from_slice(payload);
+            Transmitted::Rest(rest.freeze())
+        }
+        Ok(written) => Transmitted::Rest(Bytes::copy_from_slice(&payload[written - head_len..])),
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => Transmitted::Nothing,
+        Err(_) => Transmitted::Failed,
     }
 }
 
@@ -509,13 +521,16 @@ mod tests {
         );
     }
 
-    /// While the client reads, pushes go straight to the socket with no writer running; once its buffers
-    /// are full the rest is queued (a frame cut in the middle included) and the writer sends it, in order.
+    /// While the client reads, pushes go straight to the socket with no writer running (the socket itself
+    /// takes them, as on a connection without compression, past the reactor's readiness); once its buffers
+    /// are full the rest is queued (a frame cut in the middle included) and the writer, which waits
+    /// through the reactor, sends it, in order.
     #[tokio::test]
     async fn direct_writes_then_the_queue_in_order() {
         let (socket, client) = pair().await;
-        let egress = Arc::new(Egress::new(Arc::new(socket), None));
-        let outbound = Outbound::transmitting(64 << 20, egress.clone());
+        let socket = Arc::new(socket);
+        let egress = Arc::new(Egress::new(socket.clone(), None));
+        let outbound = Outbound::transmitting(64 << 20, socket);
         let payload = "x".repeat(1000);
         let count = 20_000; // ~20 MB: far more than the loopback socket buffers take
         for i in 0..count {
