@@ -9,6 +9,8 @@
 //! its percentiles are the floor under any server's fan-out latency at the same rate and size.
 //! `--write writev` writes the way a server's direct path does instead (non-blocking, through tokio's
 //! reactor, header and message in one `writev`), to split the kernel's price for that from the server's own.
+//! `--reader-work-us` has the reader spend CPU on each message as a decoding client does, to see whether a
+//! busier reading core changes what the writes cost.
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -43,6 +45,11 @@ pub(crate) struct FloorArgs {
     /// Core the reading thread is pinned to.
     #[arg(long, default_value_t = 1)]
     reader_cpu: usize,
+    /// CPU the reader spends on each message after reading it, in microseconds (busy, on its core): a real
+    /// client decodes what it reads (`herald-load`'s WebSocket clients spend ~8 µs per delivery here), and
+    /// how busy the reading core is changes what each write costs the writing one. 0: only count bytes.
+    #[arg(long, default_value_t = 0)]
+    reader_work_us: u64,
     /// Disable Nagle's algorithm on the writing side, as WebSocket servers do.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     nodelay: bool,
@@ -73,6 +80,8 @@ pub(crate) struct FloorReport {
     pub bursts: u32,
     pub deliveries_rate: f64,
     pub write: WriteMode,
+    /// CPU the reader spent on each message, in microseconds.
+    pub reader_work_us: u64,
     /// Mean time per `write` of one writer thread over all bursts, in microseconds.
     pub write_us_mean: f64,
     /// Writer time for a whole burst, fastest / median / slowest, in milliseconds.
@@ -87,7 +96,7 @@ impl FloorReport {
     pub(crate) fn summary(&self) -> String {
         let l = &self.latency_us;
         format!(
-            "floor: {} connections × {} B, {} bursts at {} deliveries/s, {:?} from cores {:?}\n\
+            "floor: {} connections × {} B, {} bursts at {} deliveries/s, {:?} from cores {:?}, reader {} µs a message\n\
              writers: {:.2} µs per write and core; a burst takes {:.1} / {:.1} / {:.1} ms (min / median / max)\n\
              latency from burst start: p50 {} p90 {} p99 {} p99.9 {} max {} (mean {:.0}) µs over {} deliveries\n",
             self.connections,
@@ -96,6 +105,7 @@ impl FloorReport {
             self.deliveries_rate,
             self.write,
             self.writer_cpus,
+            self.reader_work_us,
             self.write_us_mean,
             self.burst_ms_min,
             self.burst_ms_median,
@@ -160,9 +170,10 @@ pub(crate) fn run(args: &FloorArgs) -> anyhow::Result<FloorReport> {
     let reader = {
         let shared = Arc::clone(&shared);
         let (connections, size) = (args.connections, args.write.wire_size(args.size));
+        let work = Duration::from_micros(args.reader_work_us);
         std::thread::spawn(move || {
             core_affinity::set_for_current(reader_core);
-            read_all(address, connections, size, &shared, &connected_tx)
+            read_all(address, connections, size, work, &shared, &connected_tx)
         })
     };
     // The listener does not block, so a reader that fails to connect is noticed instead of awaited forever.
@@ -282,6 +293,7 @@ pub(crate) fn run(args: &FloorArgs) -> anyhow::Result<FloorReport> {
         bursts: args.bursts,
         deliveries_rate: args.deliveries_rate,
         write: args.write,
+        reader_work_us: args.reader_work_us,
         writer_cpus: args.writer_cpus.clone(),
         write_us_mean: total.as_secs_f64() * 1e6 * writers_used as f64
             / (args.connections as f64 * bursts.len() as f64),
@@ -386,11 +398,12 @@ fn nanos_since(anchor: Instant, instant: Instant) -> u64 {
 }
 
 /// Connects every connection, reports that on `connected`, then reads until the writer closes them,
-/// recording each whole message's delay since the start of its burst.
+/// recording each whole message's delay since the start of its burst and then spending `work` on it.
 fn read_all(
     address: SocketAddr,
     connections: usize,
     size: usize,
+    work: Duration,
     shared: &Arc<Shared>,
     connected: &std::sync::mpsc::Sender<anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
@@ -427,8 +440,15 @@ fn read_all(
                         let now = nanos_since(shared.anchor, Instant::now());
                         let started = shared.burst_started_ns.load(Ordering::Acquire);
                         let delay_us = now.saturating_sub(started) / 1000;
-                        let mut latency = shared.latency.lock().expect("latency lock");
-                        latency.saturating_record_n(delay_us.max(1), whole as u64);
+                        shared
+                            .latency
+                            .lock()
+                            .expect("latency lock")
+                            .saturating_record_n(delay_us.max(1), whole as u64);
+                        let busy_until = Instant::now() + work * whole as u32;
+                        while Instant::now() < busy_until {
+                            std::hint::spin_loop();
+                        }
                     }
                     shared
                         .received_bytes
@@ -455,6 +475,7 @@ mod tests {
             deliveries_rate: 1_000_000.0,
             writer_cpus,
             reader_cpu: 0,
+            reader_work_us: 0,
             nodelay: true,
             write: WriteMode::Write,
             json: None,
