@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use indexmap::IndexMap;
 use tokio::sync::Notify;
 
 use crate::channel::ChannelOverrides;
@@ -476,8 +477,14 @@ enum Form {
     Delta,
 }
 
-/// Subscribers by channel, then by client id, for the channels of one shard.
-type ChannelShard = HashMap<String, HashMap<ClientId, Subscriber>>;
+/// Subscribers by channel, then by client id, for the channels of one shard. A channel's subscribers are
+/// kept in the order they subscribed (a departure moves the last one into its place), not in hash order:
+/// a fan-out then writes to the sockets roughly in the order the kernel allocated them, which measured
+/// 8–16 % cheaper per write than a random order for 5,000 connections (see BENCHMARKS.md).
+type ChannelShard = HashMap<String, Subscribers>;
+
+/// One channel's subscribers on this node.
+type Subscribers = IndexMap<ClientId, Subscriber>;
 
 /// Sessions and subscriptions of this node.
 #[derive(Debug)]
@@ -664,7 +671,7 @@ impl Hub {
         let Some(subscribers) = shard.get_mut(channel) else {
             return false;
         };
-        let Some(removed) = subscribers.remove(client) else {
+        let Some(removed) = subscribers.swap_remove(client) else {
             return false;
         };
         self.leave_delta(channel, &removed);
@@ -692,7 +699,7 @@ impl Hub {
     pub fn subscriber_count(&self, channel: &str) -> usize {
         read(self.shard(channel))
             .get(channel)
-            .map_or(0, HashMap::len)
+            .map_or(0, IndexMap::len)
     }
 
     /// Counts for the `info` API.
@@ -701,7 +708,7 @@ impl Hub {
             let shard = read(shard);
             (
                 c + shard.len(),
-                s + shard.values().map(HashMap::len).sum::<usize>(),
+                s + shard.values().map(IndexMap::len).sum::<usize>(),
             )
         });
         HubStats {
@@ -1046,6 +1053,25 @@ mod tests {
         let publication = parse(&next[0])["push"]["pub"].clone();
         assert_eq!(publication["data"], r#"{"other":true}"#);
         assert_eq!(publication.get("delta"), None);
+    }
+
+    /// A channel's subscribers are walked in the order they subscribed (the fan-out's writes then follow
+    /// the kernel's allocation order); one that leaves hands its place to the last.
+    #[test]
+    fn a_channels_subscribers_keep_the_order_they_came_in() {
+        let hub = Hub::new();
+        let clients: Vec<String> = (0..100).map(|n| format!("client-{n}")).collect();
+        for client in &clients {
+            hub.subscribe("doc", subscriber(&session(client, ""), false, true));
+        }
+        hub.unsubscribe("doc", "client-10");
+        let order: Vec<String> = read(hub.shard("doc"))["doc"]
+            .keys()
+            .map(ToString::to_string)
+            .collect();
+        let mut expected = clients.clone();
+        expected.swap_remove(10);
+        assert_eq!(order, expected);
     }
 
     /// The session handle registered in `hub`'s channel "doc" under `client`.

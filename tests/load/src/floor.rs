@@ -50,6 +50,10 @@ pub(crate) struct FloorArgs {
     /// how busy the reading core is changes what each write costs the writing one. 0: only count bytes.
     #[arg(long, default_value_t = 0)]
     reader_work_us: u64,
+    /// Write to the connections in a random order (fixed for the run) instead of the order they were
+    /// accepted in: a server's subscribers come out of a hash table, not in the kernel's allocation order.
+    #[arg(long)]
+    shuffle: bool,
     /// Disable Nagle's algorithm on the writing side, as WebSocket servers do.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     nodelay: bool,
@@ -202,6 +206,10 @@ pub(crate) fn run(args: &FloorArgs) -> anyhow::Result<FloorReport> {
         std::thread::sleep(Duration::from_millis(1));
     }
 
+    if args.shuffle {
+        use rand::seq::SliceRandom;
+        sockets.shuffle(&mut rand::rng());
+    }
     // Writers start a burst together at the first barrier and report done at the second; a writer that
     // fails still meets both barriers (and stops writing) so nobody waits forever.
     let message = vec![b'x'; args.size];
@@ -476,6 +484,7 @@ mod tests {
             writer_cpus,
             reader_cpu: 0,
             reader_work_us: 0,
+            shuffle: false,
             nodelay: true,
             write: WriteMode::Write,
             json: None,
