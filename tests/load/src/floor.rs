@@ -50,10 +50,11 @@ pub(crate) struct FloorArgs {
     /// how busy the reading core is changes what each write costs the writing one. 0: only count bytes.
     #[arg(long, default_value_t = 0)]
     reader_work_us: u64,
-    /// Write to the connections in a random order (fixed for the run) instead of the order they were
-    /// accepted in: a server's subscribers come out of a hash table, not in the kernel's allocation order.
-    #[arg(long)]
-    shuffle: bool,
+    /// Write to the connections in a random order (fixed for the run) within each run of this many
+    /// connections instead of the order they were accepted in (0: in order; at least `--connections`:
+    /// all at random, as from a hash table; 256: the order clients subscribe in when 256 connect at once).
+    #[arg(long, default_value_t = 0)]
+    shuffle: usize,
     /// Disable Nagle's algorithm on the writing side, as WebSocket servers do.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     nodelay: bool,
@@ -206,9 +207,11 @@ pub(crate) fn run(args: &FloorArgs) -> anyhow::Result<FloorReport> {
         std::thread::sleep(Duration::from_millis(1));
     }
 
-    if args.shuffle {
+    if args.shuffle > 1 {
         use rand::seq::SliceRandom;
-        sockets.shuffle(&mut rand::rng());
+        for window in sockets.chunks_mut(args.shuffle) {
+            window.shuffle(&mut rand::rng());
+        }
     }
     // Writers start a burst together at the first barrier and report done at the second; a writer that
     // fails still meets both barriers (and stops writing) so nobody waits forever.
@@ -484,7 +487,7 @@ mod tests {
             writer_cpus,
             reader_cpu: 0,
             reader_work_us: 0,
-            shuffle: false,
+            shuffle: 0,
             nodelay: true,
             write: WriteMode::Write,
             json: None,
