@@ -239,6 +239,17 @@ fn example(name: &str) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("{}: {e}: run plugins/build first", path.display()))
 }
 
+/// The runtime the reload and rate-limit benches run a node on: one worker thread, so the node's background
+/// tasks (the plugin watcher, Redis's connection) keep running between the calls the bench makes from its
+/// own thread.
+fn one_worker_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Hot reloads of each example plugin through the watcher (rename into place, then poll the set every
 /// 200 µs): to the new version serving on baseline code, to its optimised code serving, and a rename back
 /// to the version before it (compiled before, so from the cache). Medians of `ROUNDS`, printed.
@@ -247,11 +258,7 @@ fn reload(_: &mut Criterion) {
     if !selected("hot reload") {
         return;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = one_worker_runtime();
     let median = |mut samples: Vec<Duration>| {
         samples.sort();
         samples[samples.len() / 2]
@@ -363,11 +370,7 @@ fn rate_limit(c: &mut Criterion) {
     if !selected("rate-limit publish hook") {
         return;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = one_worker_runtime();
     let redis = BenchRedis::start();
     let publish = PublishRequest {
         source: PublishSource::Client,
